@@ -1,0 +1,35 @@
+// The forge's manifest: what each forged file is and the exact distributions it encodes.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ModelShape } from "./compile.js";
+
+export const FORGE_FORMAT = 1;
+
+/** A chain row as [token, probability] pairs; tokens not listed have probability 0. */
+export type ManifestRow = Array<[number, number]>;
+
+export interface Manifest {
+  format: number;
+  preset: string;
+  seed: number;
+  vocab: { tokens: string[]; bos: number; eos: number; imStart: number; imEnd: number };
+  states: { names: string[]; ofToken: number[] };
+  chains: Record<string, ManifestRow[]>;
+  models: Record<string, { file: string; chain: string; role: string; shape: ModelShape }>;
+  adapters: Record<string, { file: string; base: string; chain: string; domain: string }>;
+  pairs: Array<{ target: string; draft: string; acceptancePerState: number[]; greedyAgreementPerState: boolean[] }>;
+  domains: Array<{ name: string; heldOutText: string }>;
+  mixedText?: string;
+  mixedTokens?: number[];
+}
+
+export function readManifest(dir: string): Manifest {
+  return JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")) as Manifest;
+}
+
+/** Exact next-token probabilities after `token` under a chain. */
+export function nextTokenProbabilities(manifest: Manifest, chain: string, token: number): Float64Array {
+  const out = new Float64Array(manifest.vocab.tokens.length);
+  for (const [t, p] of manifest.chains[chain][manifest.states.ofToken[token]]) out[t] = p;
+  return out;
+}

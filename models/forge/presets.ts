@@ -1,0 +1,150 @@
+// Forge presets: sets of GGUF files over one vocabulary plus a manifest that states their
+// exact next-token distributions, so tests and benchmarks can compare against closed forms.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createRng, type Rng } from "../util/rng.js";
+import {
+  acceptancePerState,
+  type Chain,
+  chainFromCounts,
+  corpus,
+  countTransitions,
+  documentTokens,
+  greedyAgreementPerState,
+  perturbChain,
+  smoothChain,
+  stateLayout,
+  supportOf,
+} from "./chain.js";
+import { chainDeltaLora, type ModelShape, shapeFor, writeChainModel, writeLoraAdapter } from "./compile.js";
+import { document, DOMAINS, renderText } from "./language.js";
+import { FORGE_FORMAT, type Manifest } from "./manifest.js";
+import { buildVocab, languagePieces } from "./vocab.js";
+
+export interface ForgeOptions {
+  outDir: string;
+  preset: PresetName;
+  seed?: number;
+  /** Pad the vocabulary with unused tokens to this size (large-vocabulary benchmarks). */
+  vocabSize?: number;
+}
+
+export const PRESETS = {
+  demo: "the demo language model, a draft for it, four domain LoRA experts, and the fusion set",
+  spec: "a target/draft pair where the target costs many times the draft (speculative benchmarks)",
+} as const;
+export type PresetName = keyof typeof PRESETS;
+
+const SMOOTHING = 0.05;
+
+/**
+ * Perturbs each row slightly so that every state has a clear, unique argmax (greedy tests).
+ * Rows shared with `inheritedFrom` (states a domain never visits) stay as they are.
+ */
+function breakTies(chain: Chain, rng: Rng, inheritedFrom?: Chain): Chain {
+  const rows = chain.rows.map((row, state) => {
+    if (row === inheritedFrom?.rows[state]) return row;
+    const w = row.probs.map((p) => p * (1 + 0.1 * rng.next()));
+    const top = w.indexOf(Math.max(...w));
+    const runnerUp = Math.max(...w.filter((_, i) => i !== top));
+    if (w[top] < runnerUp * 1.01) w[top] = runnerUp * 1.01;
+    const total = w.reduce((a, b) => a + b, 0);
+    return { tokens: [...row.tokens], probs: w.map((x) => x / total) };
+  });
+  return { ...chain, rows };
+}
+
+export function forge(options: ForgeOptions): Manifest {
+  const seed = options.seed ?? 1;
+  const rng = createRng(seed);
+  const vocab = buildVocab(languagePieces(), options.vocabSize ?? 0);
+  const layout = stateLayout(vocab);
+  const V = vocab.tokens.length;
+  mkdirSync(options.outDir, { recursive: true });
+
+  // Training text for the chains, and held-out text (separate stream) for evaluations.
+  const byDomain = DOMAINS.map((d) => corpus(rng, vocab, [d], 400));
+  const allCounts = countTransitions(layout, byDomain.flat());
+  const support = supportOf(allCounts);
+  const base = breakTies(chainFromCounts(layout, V, allCounts, support, SMOOTHING), rng);
+  const domainChains = byDomain.map((docs) =>
+    breakTies(chainFromCounts(layout, V, countTransitions(layout, docs), support, SMOOTHING, base), rng, base),
+  );
+
+  const chains: Record<string, Chain> = { base };
+  DOMAINS.forEach((d, i) => (chains[d.name] = domainChains[i]));
+  const manifest: Manifest = {
+    format: FORGE_FORMAT,
+    preset: options.preset,
+    seed,
+    vocab: {
+      tokens: vocab.tokens,
+      bos: vocab.bos,
+      eos: vocab.eos,
+      imStart: vocab.imStart,
+      imEnd: vocab.imEnd,
+    },
+    states: { names: layout.stateNames, ofToken: [...layout.stateOfToken] },
+    chains: {},
+    models: {},
+    adapters: {},
+    pairs: [],
+    domains: [],
+  };
+
+  const heldOut = createRng(seed ^ 0x5eed);
+  manifest.domains = DOMAINS.map((d) => ({
+    name: d.name,
+    heldOutText: renderText(document(heldOut, [d], 12)),
+  }));
+  manifest.mixedText = renderText(document(heldOut, DOMAINS, 24));
+  manifest.mixedTokens = documentTokens(vocab, document(createRng(seed ^ 0xd0c), DOMAINS, 24));
+
+  const addModel = (id: string, chainName: string, chain: Chain, shape: ModelShape, role: string): void => {
+    const file = `${id}.gguf`;
+    writeChainModel(join(options.outDir, file), id, vocab, chain, shape, seed + Object.keys(manifest.models).length);
+    chains[chainName] = chain;
+    manifest.models[id] = { file, chain: chainName, role, shape };
+  };
+  const addAdapter = (id: string, baseId: string, baseChain: string, chainName: string, chain: Chain, domain: string): void => {
+    const file = `${id}.gguf`;
+    const baseShape = manifest.models[baseId].shape;
+    writeLoraAdapter(join(options.outDir, file), id, [chainDeltaLora(chains[baseChain], chain, baseShape.embeddingDim)]);
+    chains[chainName] = chain;
+    manifest.adapters[id] = { file, base: baseId, chain: chainName, domain };
+  };
+
+  if (options.preset === "demo") {
+    const states = layout.stateNames.length;
+    addModel("flock-demo", "base", base, shapeFor(states, { layers: 4, ffnDim: 512 }), "base model; target of the demo pair; strong base for fusion");
+    const draft = perturbChain(base, rng, () => rng.pick([0.05, 0.2, 0.5, 0.8]));
+    addModel("flock-demo-draft", "draft", draft, shapeFor(states), "draft for flock-demo");
+    manifest.pairs.push(pairOf("flock-demo", "flock-demo-draft", base, draft));
+    DOMAINS.forEach((d, i) => addAdapter(`flock-demo-${d.name}`, "flock-demo", "base", d.name, domainChains[i], d.name));
+    // Fusion: a weaker small model of the same text (smoothed rows) with weaker experts.
+    const weak = smoothChain(base, 0.35);
+    addModel("flock-weak", "weak", weak, shapeFor(states), "weak (small) base for fusion");
+    DOMAINS.forEach((d, i) => addAdapter(`flock-weak-${d.name}`, "flock-weak", "weak", `weak-${d.name}`, smoothChain(domainChains[i], 0.35), d.name));
+  } else {
+    const states = layout.stateNames.length;
+    addModel("flock-spec-target", "base", base, shapeFor(states, { embeddingDim: 512, layers: 12, ffnDim: 1536 }), "costly target");
+    const draft = perturbChain(base, rng, () => rng.pick([0.02, 0.1, 0.3, 0.6, 0.9]));
+    addModel("flock-spec-draft", "draft", draft, shapeFor(states), "cheap draft");
+    manifest.pairs.push(pairOf("flock-spec-target", "flock-spec-draft", base, draft));
+  }
+
+  for (const [name, chain] of Object.entries(chains)) {
+    manifest.chains[name] = chain.rows.map((row) => row.tokens.map((t, i) => [t, row.probs[i]] as [number, number]));
+  }
+  writeFileSync(join(options.outDir, "manifest.json"), JSON.stringify(manifest));
+  return manifest;
+}
+
+function pairOf(target: string, draft: string, targetChain: Chain, draftChain: Chain): Manifest["pairs"][number] {
+  return {
+    target,
+    draft,
+    acceptancePerState: acceptancePerState(targetChain, draftChain),
+    greedyAgreementPerState: greedyAgreementPerState(targetChain, draftChain),
+  };
+}
