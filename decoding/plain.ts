@@ -1,0 +1,63 @@
+// The plain autoregressive decoder: one model, one token per step.
+import { createRng } from "../models/util/rng.js";
+import { OutputAssembler } from "./output.js";
+import { adjustLogits, logSoftmax, sampleToken, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
+import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob } from "./types.js";
+
+export interface LogprobModel extends DecodingModel {
+  tokenText(token: number): string;
+}
+
+export function describeLogprobs(model: LogprobModel, logits: Float32Array, token: number, top: number): TokenLogprob {
+  const logprobs = logSoftmax(logits);
+  const finite = (lp: number) => Math.max(lp, ZERO_PROBABILITY_LOGPROB);
+  return {
+    token,
+    text: model.tokenText(token),
+    logprob: finite(logprobs[token]),
+    top: topTokens(logprobs, top).map((t) => ({ token: t.token, logprob: finite(t.logprob), text: model.tokenText(t.token) })),
+  };
+}
+
+export async function* plainDecode(model: LogprobModel, request: GenerationRequest): AsyncGenerator<DecodeStep> {
+  const seq = await model.acquire(request.prompt, request.signal);
+  try {
+    const rng = createRng(request.seed);
+    const output = new OutputAssembler(model, request.prompt, request.stopStrings);
+    const stopTokens = new Set(request.stopTokens);
+    const counts = new Map<number, number>();
+    let logits = await seq.prefill(request.prompt);
+
+    for (let generated = 1; ; generated++) {
+      if (request.signal?.aborted) return;
+      const token = sampleToken(adjustLogits(logits, request.sampling, counts), request.sampling, rng);
+      counts.set(token, (counts.get(token) ?? 0) + 1);
+      const logprob = request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
+
+      if (model.isEndOfGeneration(token) || stopTokens.has(token)) {
+        const rest = output.finish();
+        yield { tokens: [token], text: rest.text, logprobs: rest.logprobs, finishReason: "stop" };
+        return;
+      }
+      const released = output.push(token, logprob);
+      if (released.stopped) {
+        yield { tokens: [token], text: released.text, logprobs: released.logprobs, finishReason: "stop" };
+        return;
+      }
+      if (generated >= request.maxTokens || seq.length + 1 > seq.contextSize) {
+        const rest = output.finish();
+        yield {
+          tokens: [token],
+          text: released.text + rest.text,
+          logprobs: [...released.logprobs, ...rest.logprobs],
+          finishReason: rest.stopped ? "stop" : "length",
+        };
+        return;
+      }
+      yield { tokens: [token], text: released.text, logprobs: released.logprobs };
+      [logits] = await seq.evaluate([token], [0]);
+    }
+  } finally {
+    seq.release();
+  }
+}

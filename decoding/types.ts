@@ -1,0 +1,47 @@
+// What decoders consume and produce. Steps flow as an AsyncGenerator<DecodeStep> to server/,
+// which only formats them.
+import type { EngineSequence } from "../models/sequence.js";
+import type { SamplingParams } from "./sampler.js";
+
+/** The slice of a served model a decoder needs. */
+export interface DecodingModel {
+  readonly id: string;
+  readonly contextSize: number;
+  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<EngineSequence>;
+  detokenize(tokens: readonly number[], context?: readonly number[]): string;
+  isEndOfGeneration(token: number): boolean;
+}
+
+export interface TokenLogprob {
+  token: number;
+  text: string;
+  logprob: number;
+  top: Array<{ token: number; text: string; logprob: number }>;
+}
+
+export interface GenerationRequest {
+  prompt: readonly number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  seed: number;
+  /** User stop sequences plus the chat template's plain-text terminators. */
+  stopStrings: readonly string[];
+  /** Tokens that end the turn besides the model's end-of-generation tokens. */
+  stopTokens: readonly number[];
+  /** Number of alternatives per token to report, or null for no logprobs. */
+  topLogprobs: number | null;
+  signal?: AbortSignal;
+}
+
+export type FinishReason = "stop" | "length";
+
+export interface DecodeStep {
+  /** Tokens generated in this step (all of them count as completion tokens). */
+  tokens: number[];
+  /** Text released by this step, after stop-sequence hold-back. */
+  text: string;
+  /** Log-probabilities of the released tokens, when requested. */
+  logprobs?: TokenLogprob[];
+  /** Present on the last step. */
+  finishReason?: FinishReason;
+}

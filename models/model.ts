@@ -1,0 +1,179 @@
+// A served model: weights plus one context whose sequences are pooled, with the tokenizer,
+// detokenizer and chat template that decoding needs.
+import {
+  type ChatHistoryItem,
+  type ChatWrapper,
+  type LlamaContext,
+  type LlamaContextSequence,
+  type LlamaModel,
+  LlamaText,
+  resolveChatWrapper,
+  type Token,
+} from "node-llama-cpp";
+import { FlockError } from "./errors.js";
+import type { ModelEntry } from "./registry.js";
+import { EngineSequence } from "./sequence.js";
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+export interface RenderedPrompt {
+  tokens: number[];
+  /** Tokens the chat template ends a turn with (beyond the model's end-of-generation tokens). */
+  stopTokens: number[];
+  /** Plain-text turn terminators of the template. */
+  stopStrings: string[];
+}
+
+interface Waiter {
+  prompt: readonly number[];
+  resolve: (seq: EngineSequence) => void;
+  reject: (err: unknown) => void;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+export class LoadedModel {
+  private readonly free: LlamaContextSequence[] = [];
+  private readonly waiters: Waiter[] = [];
+  private readonly chatWrapper: ChatWrapper;
+  private disposed = false;
+
+  private constructor(
+    readonly id: string,
+    readonly weights: LlamaModel,
+    private readonly context: LlamaContext,
+    readonly parallel: number,
+    readonly threads: number,
+  ) {
+    for (let i = 0; i < parallel; i++) this.free.push(context.getSequence());
+    this.chatWrapper = resolveChatWrapper(weights);
+  }
+
+  static async create(weights: LlamaModel, entry: ModelEntry, threads: number): Promise<LoadedModel> {
+    const contextSize = Math.min(entry.contextSize, weights.trainContextSize);
+    const context = await weights.createContext({
+      contextSize,
+      sequences: entry.parallel,
+      threads: { ideal: threads, min: threads },
+      batchSize: entry.batchSize,
+      lora: entry.lora.length > 0 ? { adapters: entry.lora.map((l) => ({ filePath: l.path, scale: l.scale })) } : undefined,
+      failedCreationRemedy: false,
+    });
+    return new LoadedModel(entry.id, weights, context, entry.parallel, threads);
+  }
+
+  /** Tokens one sequence can hold (prompt + completion). */
+  get contextSize(): number {
+    return this.context.contextSize;
+  }
+  get vocabularySize(): number {
+    return this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
+  }
+  get gpuLayers(): number {
+    return this.weights.gpuLayers;
+  }
+  get chatTemplateName(): string {
+    return this.chatWrapper.wrapperName;
+  }
+  /** Sequences not serving a request right now. */
+  get idleSequences(): number {
+    return this.free.length;
+  }
+
+  /** Tokenizes user text; special-token text in it stays plain text. Adds BOS as the model wants. */
+  tokenizePrompt(text: string): number[] {
+    const tokens = this.weights.tokenize(text, false);
+    const bos = this.weights.tokens.bos;
+    return this.weights.tokens.shouldPrependBosToken && bos !== null ? [bos, ...tokens] : tokens;
+  }
+
+  /** Renders a conversation with the model's own chat template, ready for the assistant's turn. */
+  renderChat(messages: readonly ChatMessage[]): RenderedPrompt {
+    const history: ChatHistoryItem[] = messages.map((m) =>
+      m.role === "assistant" ? { type: "model", response: [m.content] } : { type: m.role, text: m.content },
+    );
+    history.push({ type: "model", response: [] });
+    const state = this.chatWrapper.generateContextState({ chatHistory: history });
+    const stopTokens: number[] = [];
+    const stopStrings: string[] = [];
+    for (const trigger of state.stopGenerationTriggers) {
+      const text = LlamaText(trigger);
+      const tokens = text.tokenize(this.weights.tokenizer);
+      const plain = text.values.every((v) => typeof v === "string");
+      if (plain) stopStrings.push(text.toString());
+      else if (tokens.length === 1) stopTokens.push(tokens[0]);
+    }
+    return { tokens: state.contextText.tokenize(this.weights.tokenizer), stopTokens, stopStrings: stopStrings.filter((s) => s.length > 0) };
+  }
+
+  detokenize(tokens: readonly number[], context?: readonly number[]): string {
+    return this.weights.detokenize(tokens as Token[], false, context as Token[] | undefined);
+  }
+
+  /** A token's own text, special tokens spelled out (for logprobs). */
+  tokenText(token: number): string {
+    return this.weights.detokenize([token as Token], true);
+  }
+
+  isEndOfGeneration(token: number): boolean {
+    return this.weights.isEogToken(token as Token);
+  }
+
+  /**
+   * Waits for an idle sequence, preferring the one whose cached tokens share the longest prefix
+   * with `prompt` (its KV cache is reused). Rejects when `signal` aborts while waiting.
+   */
+  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<EngineSequence> {
+    if (this.disposed) return Promise.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const seq = this.takeBestFree(prompt);
+    if (seq) return Promise.resolve(this.wrap(seq));
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { prompt, resolve, reject, signal };
+      if (signal) {
+        waiter.onAbort = () => {
+          const i = this.waiters.indexOf(waiter);
+          if (i >= 0) this.waiters.splice(i, 1);
+          reject(signal.reason);
+        };
+        signal.addEventListener("abort", waiter.onAbort, { once: true });
+      }
+      this.waiters.push(waiter);
+    });
+  }
+
+  private takeBestFree(prompt: readonly number[]): LlamaContextSequence | undefined {
+    if (this.free.length === 0) return undefined;
+    let best = 0;
+    let bestShared = -1;
+    this.free.forEach((seq, i) => {
+      const shared = seq.compareContextTokens(prompt as Token[]).firstDifferentIndex;
+      if (shared > bestShared) [best, bestShared] = [i, shared];
+    });
+    return this.free.splice(best, 1)[0];
+  }
+
+  private wrap(seq: LlamaContextSequence): EngineSequence {
+    return new EngineSequence(seq, () => this.release(seq));
+  }
+
+  private release(seq: LlamaContextSequence): void {
+    const waiter = this.waiters.shift();
+    if (!waiter) {
+      this.free.push(seq);
+      return;
+    }
+    if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
+    waiter.resolve(this.wrap(seq));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const w of this.waiters.splice(0)) w.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
+    await this.context.dispose();
+  }
+}

@@ -1,0 +1,82 @@
+// One KV-cache sequence checked out of a model's pool: evaluate tokens, read next-token
+// logits at chosen positions, roll the cache back. Released back to the pool when done.
+import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
+import { FlockError } from "./errors.js";
+
+export class EngineSequence {
+  private released = false;
+
+  constructor(
+    private readonly seq: LlamaContextSequence,
+    private readonly onRelease: () => void,
+  ) {}
+
+  /** Tokens currently held in the KV cache. */
+  get tokens(): readonly number[] {
+    return this.seq.contextTokens;
+  }
+  get length(): number {
+    return this.seq.nextTokenIndex;
+  }
+  get contextSize(): number {
+    return this.seq.contextSize;
+  }
+
+  /**
+   * Brings the cache to exactly `prompt`, reusing the longest cached prefix, and returns the
+   * next-token logits after the prompt's last token.
+   */
+  async prefill(prompt: readonly number[]): Promise<Float32Array> {
+    if (prompt.length === 0) throw new FlockError("invalid_request", "the prompt is empty", "prompt");
+    // The last prompt token is always evaluated again: its logits are what we need.
+    const reused = Math.min(this.seq.compareContextTokens(prompt as Token[]).firstDifferentIndex, prompt.length - 1);
+    await this.truncate(reused);
+    const [logits] = await this.evaluate(prompt.slice(reused), [prompt.length - reused - 1]);
+    return logits;
+  }
+
+  /**
+   * Appends `tokens` to the cache and returns next-token logits after each position listed in
+   * `logitsAt` (indices into `tokens`), in that order. The values are log-probabilities from
+   * node-llama-cpp's probabilities path, i.e. logits up to an additive constant per position.
+   */
+  async evaluate(tokens: readonly number[], logitsAt: readonly number[]): Promise<Float32Array[]> {
+    this.assertHeld();
+    if (this.length + tokens.length > this.contextSize) {
+      throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
+    }
+    const wanted = new Set(logitsAt);
+    const input: ControlledEvaluateInputItem[] = tokens.map((t, i) =>
+      wanted.has(i) ? [t as Token, { generateNext: { probabilities: true } }] : (t as Token),
+    );
+    const results = await this.seq.controlledEvaluate(input);
+    const vocabularySize = this.seq.model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
+    return logitsAt.map((i) => {
+      const probabilities = results[i]?.next?.probabilities;
+      if (!probabilities) throw new FlockError("internal", `the engine returned no distribution for position ${i}`);
+      const logits = new Float32Array(vocabularySize).fill(-Infinity);
+      for (const [token, p] of probabilities) logits[token] = Math.log(p);
+      return logits;
+    });
+  }
+
+  /** Drops every cached token from `length` on (KV rollback). */
+  async truncate(length: number): Promise<void> {
+    this.assertHeld();
+    if (length < this.length) await this.seq.eraseContextTokenRanges([{ start: length, end: this.length }]);
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.onRelease();
+  }
+
+  [Symbol.dispose](): void {
+    this.release();
+  }
+
+  private assertHeld(): void {
+    if (this.released) throw new FlockError("internal", "sequence used after release");
+  }
+}

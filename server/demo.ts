@@ -1,0 +1,40 @@
+// The built-in demo: forged on first start into the cache directory, then served.
+import { existsSync, renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { FORGE_FORMAT, readManifest } from "../models/forge/manifest.js";
+import { forge } from "../models/forge/presets.js";
+import type { ModelEntryInput } from "../models/registry.js";
+
+const DEMO_SEED = 1;
+
+export function demoDir(cacheDir: string): string {
+  return join(cacheDir, `demo-f${FORGE_FORMAT}-s${DEMO_SEED}`);
+}
+
+/** Forges the demo set if it is not cached yet; returns the model entries to serve. */
+export function demoModels(cacheDir: string): ModelEntryInput[] {
+  const dir = demoDir(cacheDir);
+  if (!existsSync(join(dir, "manifest.json"))) {
+    // Forge beside the target and rename, so a concurrent or interrupted start never sees half a set.
+    const staging = `${dir}.staging-${process.pid}`;
+    forge({ outDir: staging, preset: "demo", seed: DEMO_SEED });
+    rmSync(dir, { recursive: true, force: true });
+    try {
+      renameSync(staging, dir);
+    } catch (err) {
+      rmSync(staging, { recursive: true, force: true });
+      if (!existsSync(join(dir, "manifest.json"))) throw err;
+    }
+  }
+  const manifest = readManifest(dir);
+  const file = (f: string) => join(dir, f);
+  const base = manifest.models["flock-demo"];
+  return [
+    { id: "flock-demo", path: file(base.file) },
+    { id: "flock-demo-draft", path: file(manifest.models["flock-demo-draft"].file), parallel: 2 },
+    // One LoRA expert per id: the demo of adapters (node-llama-cpp applies LoRA per context).
+    ...Object.entries(manifest.adapters)
+      .filter(([, a]) => a.base === "flock-demo")
+      .map(([id, a]) => ({ id, path: file(base.file), lora: [{ path: file(a.file) }], parallel: 2 })),
+  ];
+}

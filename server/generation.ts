@@ -1,0 +1,104 @@
+// From a validated OpenAI request to the decoder's GenerationRequests (one per choice), and
+// running the choices together.
+import { randomInt } from "node:crypto";
+import type { SamplingParams } from "../decoding/sampler.js";
+import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
+import { FlockError } from "../models/errors.js";
+import type { Pipeline } from "../routing/pipeline.js";
+import { type ChatCompletionRequest, type CompletionRequest, EXTENSION_KEY } from "./schemas.js";
+
+export interface Limits {
+  /** Largest `n` accepted. */
+  maxN: number;
+  /** Largest `max_tokens` accepted; null: bounded by the context window only. */
+  maxTokens: number | null;
+}
+
+type CommonRequest = ChatCompletionRequest | CompletionRequest;
+
+export function samplingParams(body: CommonRequest): SamplingParams {
+  const ext = body[EXTENSION_KEY];
+  return {
+    temperature: body.temperature ?? 1,
+    topP: body.top_p ?? 1,
+    topK: ext?.top_k ?? 0,
+    minP: ext?.min_p ?? 0,
+    presencePenalty: body.presence_penalty ?? 0,
+    frequencyPenalty: body.frequency_penalty ?? 0,
+    logitBias: new Map(Object.entries(body.logit_bias ?? {}).map(([token, bias]) => [Number(token), bias])),
+  };
+}
+
+export function stopSequences(body: CommonRequest): string[] {
+  if (body.stop == null) return [];
+  return (typeof body.stop === "string" ? [body.stop] : body.stop).filter((s) => s.length > 0);
+}
+
+export function choiceCount(body: CommonRequest, limits: Limits): number {
+  const n = body.n ?? 1;
+  if (n > limits.maxN) throw new FlockError("invalid_request", `n is ${n}; this server allows at most ${limits.maxN}`, "n");
+  return n;
+}
+
+/**
+ * How many tokens a choice may generate: what was asked, checked against the context window
+ * (OpenAI's context_length_exceeded) and the server's cap; when nothing was asked, what the
+ * window leaves.
+ */
+export function maxTokensFor(
+  requested: number | null | undefined,
+  promptTokens: number,
+  pipeline: Pipeline,
+  limits: Limits,
+  promptParam: "messages" | "prompt",
+  requestedParam: "max_tokens" | "max_completion_tokens",
+): number {
+  const window = pipeline.model.contextSize;
+  if (requested != null && limits.maxTokens !== null && requested > limits.maxTokens) {
+    throw new FlockError("invalid_request", `${requestedParam} is ${requested}; this server allows at most ${limits.maxTokens}`, requestedParam);
+  }
+  const completion = requested ?? 1;
+  if (promptTokens + completion > window) {
+    const what = promptParam === "messages" ? "in the messages" : "in the prompt";
+    throw new FlockError(
+      "context_length_exceeded",
+      `This model's maximum context length is ${window} tokens. However, you requested ${promptTokens + completion} tokens ` +
+        `(${promptTokens} ${what}, ${completion} in the completion). Please reduce the length of the ${promptParam} or completion.`,
+      promptParam,
+    );
+  }
+  const left = window - promptTokens;
+  return Math.min(requested ?? left, left, limits.maxTokens ?? Infinity);
+}
+
+export function choiceRequests(
+  n: number,
+  base: Omit<GenerationRequest, "seed">,
+  seed: number | null | undefined,
+): GenerationRequest[] {
+  // Choice i uses seed + i, so a seeded request is reproducible choice by choice.
+  const first = seed ?? randomInt(0, 2 ** 31);
+  return Array.from({ length: n }, (_, i) => ({ ...base, seed: (first + i) >>> 0 }));
+}
+
+/** Runs the choices concurrently, yielding each step as soon as it is produced. */
+export async function* mergeChoices(pipeline: Pipeline, requests: readonly GenerationRequest[]): AsyncGenerator<{ index: number; step: DecodeStep }> {
+  const generators = requests.map((r) => pipeline.generate(r));
+  const next = (index: number) => generators[index].next().then((result) => ({ index, result }));
+  const inFlight = new Map(generators.map((_, i) => [i, next(i)]));
+  try {
+    while (inFlight.size > 0) {
+      const { index, result } = await Promise.race(inFlight.values());
+      if (result.done) {
+        inFlight.delete(index);
+        continue;
+      }
+      inFlight.set(index, next(index));
+      yield { index, step: result.value };
+    }
+  } finally {
+    // Stop choices still running (client gone, or another choice failed): frees their sequences.
+    for (const pending of inFlight.values()) pending.catch(() => undefined);
+    await Promise.allSettled(generators.map((g) => g.return(undefined)));
+  }
+}

@@ -1,0 +1,84 @@
+// POST /v1/chat/completions
+import type { Hono } from "hono";
+import type { ChatMessage } from "../../models/model.js";
+import { chatLogprobs, completionId, nowSeconds } from "../format.js";
+import { choiceCount, choiceRequests, maxTokensFor, samplingParams, stopSequences } from "../generation.js";
+import { respond, type ResponseShape } from "../respond.js";
+import { ChatCompletionRequest, contentText } from "../schemas.js";
+import { parseBody } from "../validation.js";
+import type { AppEnv, ServerContext } from "../app.js";
+
+function toChatMessages(body: ChatCompletionRequest): ChatMessage[] {
+  return body.messages.map((m) => ({
+    // The developer role is OpenAI's newer name for system instructions.
+    role: m.role === "developer" ? "system" : m.role,
+    content: contentText(m.content),
+  }));
+}
+
+export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
+  app.post("/v1/chat/completions", async (c) => {
+    const body = await parseBody(c, ChatCompletionRequest);
+    const pipeline = ctx.registry().resolve(body.model);
+    const n = choiceCount(body, ctx.limits);
+    const rendered = pipeline.model.renderChat(toChatMessages(body));
+    const requestedMax = body.max_completion_tokens ?? body.max_tokens;
+    const maxTokens = maxTokensFor(
+      requestedMax,
+      rendered.tokens.length,
+      pipeline,
+      ctx.limits,
+      "messages",
+      body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens",
+    );
+    const abort = new AbortController();
+    const requests = choiceRequests(
+      n,
+      {
+        prompt: rendered.tokens,
+        maxTokens,
+        sampling: samplingParams(body),
+        stopStrings: [...stopSequences(body), ...rendered.stopStrings],
+        stopTokens: rendered.stopTokens,
+        topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null,
+        signal: abort.signal,
+      },
+      body.seed,
+    );
+
+    const id = completionId("chatcmpl");
+    const created = nowSeconds();
+    const envelope = { id, object: "chat.completion.chunk", created, model: pipeline.id };
+    const includeUsage = body.stream_options?.include_usage === true;
+    const usageField = includeUsage ? { usage: null } : {};
+    const shape: ResponseShape = {
+      opening: (index) => [{ ...envelope, choices: [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }], ...usageField }],
+      step: (index, step) => {
+        const chunks: object[] = [];
+        if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0) {
+          const logprobs = body.logprobs ? { content: chatLogprobs(step.logprobs ?? []) } : null;
+          chunks.push({ ...envelope, choices: [{ index, delta: { content: step.text }, logprobs, finish_reason: null }], ...usageField });
+        }
+        if (step.finishReason) {
+          chunks.push({ ...envelope, choices: [{ index, delta: {}, logprobs: null, finish_reason: step.finishReason }], ...usageField });
+        }
+        return chunks;
+      },
+      usage: (usage) => ({ ...envelope, choices: [], usage }),
+      response: (choices, usage) => ({
+        id,
+        object: "chat.completion",
+        created,
+        model: pipeline.id,
+        choices: choices.map((ch, index) => ({
+          index,
+          message: { role: "assistant", content: ch.text, refusal: null },
+          logprobs: body.logprobs ? { content: chatLogprobs(ch.logprobs) } : null,
+          finish_reason: ch.finishReason,
+        })),
+        usage,
+      }),
+    };
+    return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log") });
+  });
+}
