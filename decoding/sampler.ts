@@ -35,7 +35,7 @@ export function adjustLogits(logits: Float32Array, params: SamplingParams, count
   for (const [token, bias] of params.logitBias) if (token < out.length) out[token] += bias;
   if (params.presencePenalty !== 0 || params.frequencyPenalty !== 0) {
     for (const [token, count] of counts) {
-      out[token] -= params.presencePenalty + params.frequencyPenalty * count;
+      if (count > 0) out[token] -= params.presencePenalty + params.frequencyPenalty * count;
     }
   }
   return out;
@@ -79,9 +79,12 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
   let keep = order.length;
   if (params.topK > 0) keep = Math.min(keep, params.topK);
   if (params.topP < 1) {
+    // The nucleus is measured on the top-k survivors renormalised (vLLM, llama.cpp).
+    let survivors = 0;
+    for (let r = 0; r < keep; r++) survivors += probs[order[r]];
     let cumulative = 0;
     for (let r = 0; r < keep; r++) {
-      cumulative += probs[order[r]];
+      cumulative += probs[order[r]] / survivors;
       if (cumulative >= params.topP) {
         keep = r + 1;
         break;
@@ -140,6 +143,7 @@ export function logSoftmax(logits: Float32Array): Float64Array {
 /** The `count` most likely tokens, most likely first (ties by token id). */
 export function topTokens(logprobs: Float64Array, count: number): Array<{ token: number; logprob: number }> {
   const best: Array<{ token: number; logprob: number }> = [];
+  if (count <= 0) return best;
   for (let t = 0; t < logprobs.length; t++) {
     const lp = logprobs[t];
     if (best.length === count && lp <= best[best.length - 1].logprob) continue;

@@ -14,6 +14,7 @@ import { CHATML_TEMPLATE, type Vocab } from "./vocab.js";
 /** Logit of a token a state can never emit: exp underflows to exactly 0 in float32. */
 export const IMPOSSIBLE_LOGIT = -1e4;
 export const RMS_EPS = 1e-5;
+const CONTEXTUAL_FLOOR_LOGIT = -12;
 
 export interface ModelShape {
   /** Residual width; at least the number of chain states, a multiple of headDim. */
@@ -61,7 +62,20 @@ export function compiledLogit(p: number): number {
   return p > 0 ? Math.fround(Math.log(p)) : IMPOSSIBLE_LOGIT;
 }
 
-export function writeChainModel(path: string, name: string, vocab: Vocab, chain: Chain, shape: ModelShape, seed: number): void {
+/**
+ * `contextual`: also randomise the attention-output and FFN-down weights, so the residual (and
+ * the logits) depend on every earlier token — no longer analytic, but a model whose KV cache
+ * matters, for cache-consistency tests.
+ */
+export function writeChainModel(
+  path: string,
+  name: string,
+  vocab: Vocab,
+  chain: Chain,
+  shape: ModelShape,
+  seed: number,
+  contextual = false,
+): void {
   const V = vocab.tokens.length;
   const d = shape.embeddingDim;
   const states = chain.stateNames.length;
@@ -120,15 +134,17 @@ export function writeChainModel(path: string, name: string, vocab: Vocab, chain:
     } else if (tensorName === "output_norm.weight") {
       data.fill(outputNorm);
     } else if (tensorName === "output.weight") {
-      data.fill(IMPOSSIBLE_LOGIT);
+      // A contextual model's residual is no longer one-hot: a -1e4 floor would turn its small
+      // perturbations into huge logit swings, so it gets a moderate floor instead.
+      data.fill(contextual ? CONTEXTUAL_FLOOR_LOGIT : IMPOSSIBLE_LOGIT);
       // Columns past the last state are never read by a one-hot input; zero keeps them inert.
       for (let tok = 0; tok < V; tok++) data.fill(0, tok * d + states, (tok + 1) * d);
       chain.rows.forEach((row, state) => {
-        row.tokens.forEach((tok, i) => (data[tok * d + state] = compiledLogit(row.probs[i])));
+        row.tokens.forEach((tok, i) => (data[tok * d + state] = Math.max(compiledLogit(row.probs[i]), contextual ? CONTEXTUAL_FLOOR_LOGIT : -Infinity)));
       });
     } else if (tensorName.endsWith("_norm.weight")) {
       data.fill(1);
-    } else if (!tensorName.endsWith("attn_output.weight") && !tensorName.endsWith("ffn_down.weight")) {
+    } else if (contextual || (!tensorName.endsWith("attn_output.weight") && !tensorName.endsWith("ffn_down.weight"))) {
       // Random weights: the compute is real even though its result is discarded.
       for (let i = 0; i < n; i++) data[i] = (rng.next() - 0.5) * 0.1;
     }

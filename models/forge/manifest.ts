@@ -15,7 +15,8 @@ export interface Manifest {
   vocab: { tokens: string[]; bos: number; eos: number; imStart: number; imEnd: number };
   states: { names: string[]; ofToken: number[] };
   chains: Record<string, ManifestRow[]>;
-  models: Record<string, { file: string; chain: string; role: string; shape: ModelShape }>;
+  /** `analytic`: the model's next-token distribution is exactly its chain's row. */
+  models: Record<string, { file: string; chain: string; role: string; shape: ModelShape; analytic: boolean }>;
   adapters: Record<string, { file: string; base: string; chain: string; domain: string }>;
   pairs: Array<{ target: string; draft: string; acceptancePerState: number[]; greedyAgreementPerState: boolean[] }>;
   domains: Array<{ name: string; heldOutText: string }>;

@@ -100,11 +100,11 @@ export function forge(options: ForgeOptions): Manifest {
   manifest.mixedText = renderText(document(heldOut, DOMAINS, 24));
   manifest.mixedTokens = documentTokens(vocab, document(createRng(seed ^ 0xd0c), DOMAINS, 24));
 
-  const addModel = (id: string, chainName: string, chain: Chain, shape: ModelShape, role: string): void => {
+  const addModel = (id: string, chainName: string, chain: Chain, shape: ModelShape, role: string, contextual = false): void => {
     const file = `${id}.gguf`;
-    writeChainModel(join(options.outDir, file), id, vocab, chain, shape, seed + Object.keys(manifest.models).length);
+    writeChainModel(join(options.outDir, file), id, vocab, chain, shape, seed + Object.keys(manifest.models).length, contextual);
     chains[chainName] = chain;
-    manifest.models[id] = { file, chain: chainName, role, shape };
+    manifest.models[id] = { file, chain: chainName, role, shape, analytic: !contextual };
   };
   const addAdapter = (id: string, baseId: string, baseChain: string, chainName: string, chain: Chain, domain: string): void => {
     const file = `${id}.gguf`;
@@ -125,6 +125,7 @@ export function forge(options: ForgeOptions): Manifest {
     const weak = smoothChain(base, 0.35);
     addModel("flock-weak", "weak", weak, shapeFor(states), "weak (small) base for fusion");
     DOMAINS.forEach((d, i) => addAdapter(`flock-weak-${d.name}`, "flock-weak", "weak", `weak-${d.name}`, smoothChain(domainChains[i], 0.35), d.name));
+    addModel("flock-contextual", "base", base, shapeFor(states, { layers: 2 }), "random attention and FFN outputs: logits depend on the whole context (KV-cache tests); not analytic", true);
   } else {
     const states = layout.stateNames.length;
     addModel("flock-spec-target", "base", base, shapeFor(states, { embeddingDim: 512, layers: 12, ffnDim: 1536 }), "costly target");

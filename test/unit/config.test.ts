@@ -1,0 +1,136 @@
+// Server configuration from a JSON file, environment variables and CLI flags.
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism, homedir, tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, type ServerConfig } from "../../server/config.js";
+
+const dir = mkdtempSync(join(tmpdir(), "flock-config-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let files = 0;
+function configFile(content: unknown): string {
+  const path = join(dir, `config-${files++}.json`);
+  writeFileSync(path, typeof content === "string" ? content : JSON.stringify(content));
+  return path;
+}
+/** loadConfig with an empty environment unless one is given, so the test host's FLOCK_* do not leak in. */
+const load = (argv: string[], env: NodeJS.ProcessEnv = {}): ServerConfig => {
+  const config = loadConfig(argv, env);
+  if (config === null) throw new Error("unexpected null");
+  return config;
+};
+function configError(argv: string[], env: NodeJS.ProcessEnv = {}): ConfigError {
+  try {
+    loadConfig(argv, env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  throw new Error(`no ConfigError for ${argv.join(" ")}`);
+}
+
+describe("loadConfig", () => {
+  it("has sane defaults", () => {
+    const config = load([]);
+    expect(config).toMatchObject({
+      host: "127.0.0.1",
+      port: 8080,
+      gpu: "auto",
+      models: [],
+      logLevel: "info",
+      limits: { maxN: 8, maxTokens: null, maxBodyBytes: 8 * 1024 * 1024 },
+    });
+    expect(config.threads).toBe(Math.max(1, availableParallelism() - 1));
+    expect(config.cacheDir).toBe(join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "flock"));
+  });
+
+  it("returns null for --help and -h", () => {
+    expect(loadConfig(["--help"], {})).toBeNull();
+    expect(loadConfig(["-h", "--port", "80"], {})).toBeNull();
+  });
+
+  it("layers file < environment < flags", () => {
+    const file = configFile({ host: "file-host", port: 1000, gpu: "off", logLevel: "warn", threads: 3 });
+    const env = { FLOCK_HOST: "env-host", FLOCK_PORT: "2000", FLOCK_THREADS: "5" };
+    expect(load(["--config", file])).toMatchObject({ host: "file-host", port: 1000, gpu: "off", logLevel: "warn", threads: 3 });
+    expect(load(["--config", file], env)).toMatchObject({ host: "env-host", port: 2000, gpu: "off", logLevel: "warn", threads: 5 });
+    expect(load(["--config", file, "--host", "flag-host", "--threads", "7", "--log-level", "debug"], env)).toMatchObject({
+      host: "flag-host",
+      port: 2000,
+      gpu: "off",
+      logLevel: "debug",
+      threads: 7,
+    });
+  });
+
+  it("reads every documented environment variable", () => {
+    const env = { FLOCK_HOST: "0.0.0.0", FLOCK_PORT: "9000", FLOCK_GPU: "cuda", FLOCK_THREADS: "2", FLOCK_LOG_LEVEL: "error", FLOCK_CACHE_DIR: "/c" };
+    expect(load([], env)).toMatchObject({ host: "0.0.0.0", port: 9000, gpu: "cuda", threads: 2, logLevel: "error", cacheDir: "/c" });
+  });
+
+  it("takes the config file from FLOCK_CONFIG unless --config names one", () => {
+    const a = configFile({ port: 1111 });
+    const b = configFile({ port: 2222 });
+    expect(load([], { FLOCK_CONFIG: a }).port).toBe(1111);
+    expect(load(["--config", b], { FLOCK_CONFIG: a }).port).toBe(2222);
+  });
+
+  it("merges limits from the file with --max-* flags", () => {
+    const file = configFile({ limits: { maxN: 2, maxTokens: 100 } });
+    expect(load(["--config", file]).limits).toEqual({ maxN: 2, maxTokens: 100, maxBodyBytes: 8 * 1024 * 1024 });
+    expect(load(["--config", file, "--max-tokens", "50", "--max-body-bytes", "4096"]).limits).toEqual({ maxN: 2, maxTokens: 50, maxBodyBytes: 4096 });
+  });
+
+  it("turns --model ID=PATH flags into model entries with the per-model flags", () => {
+    const config = load(["--model", "tiny=/m/tiny.gguf", "--model", "big:q4=/m/a=b.gguf", "--parallel", "2", "--context-size", "1024", "--gpu-layers", "max"]);
+    expect(config.models).toEqual([
+      { id: "tiny", path: "/m/tiny.gguf", lora: [], contextSize: 1024, parallel: 2, gpuLayers: "max" },
+      { id: "big:q4", path: "/m/a=b.gguf", lora: [], contextSize: 1024, parallel: 2, gpuLayers: "max" },
+    ]);
+    const defaults = load(["--model", "m=/x.gguf", "--gpu-layers", "12"]).models[0];
+    expect(defaults).toEqual({ id: "m", path: "/x.gguf", lora: [], contextSize: 4096, parallel: 4, gpuLayers: 12 });
+  });
+
+  it("adds --model entries to the file's models", () => {
+    const file = configFile({ models: [{ id: "from-file", path: "/f.gguf" }] });
+    expect(load(["--config", file, "--model", "from-flag=/g.gguf"]).models.map((m) => m.id)).toEqual(["from-file", "from-flag"]);
+  });
+
+  it("rejects malformed --model specs", () => {
+    for (const spec of ["nopath", "=/x.gguf", "id="]) expect(configError(["--model", spec]).message).toContain("--model");
+  });
+
+  it("names the offending field for bad values from flags, environment and file", () => {
+    const cases: Array<[string[], NodeJS.ProcessEnv, string]> = [
+      [["--port", "70000"], {}, "port"],
+      [["--port", "http"], {}, "port"],
+      [["--port", "80.5"], {}, "port"],
+      [[], { FLOCK_THREADS: "0" }, "threads"],
+      [["--gpu", "tpu"], {}, "gpu"],
+      [["--log-level", "loud"], {}, "logLevel"],
+      [["--max-n", "0"], {}, "limits.maxN"],
+      [["--model", "m=/x.gguf", "--gpu-layers=-1"], {}, "models.0.gpuLayers"],
+      [["--model", "m=/x.gguf", "--parallel", "65"], {}, "models.0.parallel"],
+      [["--model", "bad id=/x.gguf"], {}, "models.0.id"],
+      [["--config", configFile({ port: "8080" })], {}, "port"],
+      [["--config", configFile({ limits: { maxBodyBytes: 10 } })], {}, "limits.maxBodyBytes"],
+      [["--config", configFile({ hots: "typo" })], {}, "hots"],
+    ];
+    for (const [argv, env, field] of cases) {
+      expect(configError(argv, env).message, argv.join(" ") + JSON.stringify(env)).toContain(field);
+    }
+  });
+
+  it("rejects unknown flags", () => {
+    expect(configError(["--prot", "80"]).message).toContain("--prot");
+  });
+
+  it("gives a ConfigError naming the file when it cannot be read or is not a JSON object", () => {
+    const missing = join(dir, "missing.json");
+    const broken = configFile("{ not json");
+    const array = configFile([1, 2]);
+    for (const path of [missing, broken, array, dir]) {
+      expect(configError(["--config", path]).message).toContain(path);
+    }
+  });
+});

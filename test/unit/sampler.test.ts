@@ -1,0 +1,235 @@
+// Token selection: logit adjustments, the truncated sampling distribution, draws, logprobs.
+// Expected values are derived by hand from small distributions chosen so the arithmetic is exact
+// enough to check (logits are log-probabilities, so softmax(logits) gives them back).
+import { describe, expect, it } from "vitest";
+import {
+  adjustLogits,
+  argmax,
+  DEFAULT_SAMPLING,
+  drawFrom,
+  logSoftmax,
+  sampleToken,
+  samplingDistribution,
+  type SamplingParams,
+  topTokens,
+} from "../../decoding/sampler.js";
+import { createRng, type Rng } from "../../models/util/rng.js";
+import { chiSquarePValue, chiSquareStatistic } from "../helpers/stats.js";
+
+const params = (over: Partial<SamplingParams> = {}): SamplingParams => ({ ...DEFAULT_SAMPLING, ...over });
+const logitsOf = (probs: number[]) => new Float32Array(probs.map((p) => (p > 0 ? Math.log(p) : -Infinity)));
+const expectDistribution = (actual: Float64Array, expected: number[]) => {
+  expect(actual.length).toBe(expected.length);
+  expected.forEach((p, i) => expect(actual[i], `token ${i}`).toBeCloseTo(p, 6));
+};
+const sum = (xs: ArrayLike<number>) => Array.from(xs).reduce((a, b) => a + b, 0);
+/** An Rng that returns the given uniforms in turn. */
+const scripted = (...us: number[]): Rng => ({
+  next: () => us.shift() ?? 0.5,
+  int: () => 0,
+  pick: <T>(items: readonly T[]) => items[0],
+});
+
+describe("adjustLogits", () => {
+  it("adds logit_bias to the named tokens, ignores ids beyond the vocabulary and copies the input", () => {
+    const logits = new Float32Array([1, 2, 3]);
+    const out = adjustLogits(logits, params({ logitBias: new Map([[0, 5], [2, -100], [7, 1]]) }), new Map());
+    expect(Array.from(out)).toEqual([6, 2, -97]);
+    expect(Array.from(logits)).toEqual([1, 2, 3]);
+    expect(out).not.toBe(logits);
+  });
+
+  it("subtracts presence·[count>0] + frequency·count (OpenAI's formula)", () => {
+    const logits = new Float32Array([1, 1, 1, 1]);
+    const counts = new Map([[1, 1], [2, 3]]);
+    const out = adjustLogits(logits, params({ presencePenalty: 0.5, frequencyPenalty: 0.25 }), counts);
+    expect(Array.from(out)).toEqual([1, 1 - 0.5 - 0.25, 1 - 0.5 - 0.75, 1]);
+  });
+
+  it("accepts negative penalties (they encourage repetition) and combines them with bias", () => {
+    const out = adjustLogits(
+      new Float32Array([0, 0]),
+      params({ presencePenalty: -1, frequencyPenalty: -0.5, logitBias: new Map([[0, 2]]) }),
+      new Map([[0, 2]]),
+    );
+    expect(Array.from(out)).toEqual([2 + 1 + 1, 0]);
+  });
+
+  it("gives no presence penalty to a token whose count is 0", () => {
+    const out = adjustLogits(new Float32Array([1, 1]), params({ presencePenalty: 2 }), new Map([[0, 0], [1, 1]]));
+    expect(Array.from(out)).toEqual([1, -1]);
+  });
+
+  it("leaves logits alone when nothing is set", () => {
+    expect(Array.from(adjustLogits(new Float32Array([3, -1]), params(), new Map([[0, 4]])))).toEqual([3, -1]);
+  });
+});
+
+describe("argmax", () => {
+  it("returns the index of the largest value, the lowest id on ties", () => {
+    expect(argmax([0.1, 3, -2, 3, 1])).toBe(1);
+    expect(argmax([5])).toBe(0);
+    expect(argmax(new Float32Array([-Infinity, -Infinity, -7, -8]))).toBe(2);
+    expect(argmax([-1, -1, -1])).toBe(0);
+  });
+});
+
+describe("samplingDistribution", () => {
+  const p4 = [0.1, 0.2, 0.3, 0.4];
+
+  it("is softmax(logits) at temperature 1, and sums to 1", () => {
+    const d = samplingDistribution(logitsOf(p4), params());
+    expectDistribution(d, p4);
+    expect(sum(d)).toBeCloseTo(1, 12);
+  });
+
+  it("scales logits by 1/temperature", () => {
+    // probs ∝ p^(1/T): T = 0.5 squares, T = 2 takes square roots
+    expectDistribution(samplingDistribution(logitsOf([1 / 7, 2 / 7, 4 / 7]), params({ temperature: 0.5 })), [1 / 21, 4 / 21, 16 / 21]);
+    const r = Math.SQRT2;
+    expectDistribution(samplingDistribution(logitsOf([1 / 7, 2 / 7, 4 / 7]), params({ temperature: 2 })), [1 / (3 + r), r / (3 + r), 2 / (3 + r)]);
+  });
+
+  it("is one-hot on the argmax at temperature 0, whatever the truncation settings", () => {
+    const d = samplingDistribution(new Float32Array([0.5, 2, -1, 2]), params({ temperature: 0, topK: 3, topP: 0.1, minP: 0.9 }));
+    expect(Array.from(d)).toEqual([0, 1, 0, 0]);
+  });
+
+  it("top_k keeps the k most likely tokens, renormalised, ties broken by lowest id", () => {
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topK: 2 })), [0, 0, 3 / 7, 4 / 7]);
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topK: 4 })), p4);
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topK: 100 })), p4);
+    const tied = new Float32Array([1, 3, 2, 3]);
+    expectDistribution(samplingDistribution(tied, params({ topK: 1 })), [0, 1, 0, 0]);
+    expectDistribution(samplingDistribution(tied, params({ topK: 2 })), [0, 0.5, 0, 0.5]);
+  });
+
+  it("top_p keeps the smallest prefix whose cumulative probability reaches top_p", () => {
+    // sorted: 0.4, 0.3, 0.2, 0.1 → cumulative 0.4, 0.7, 0.9, 1.0
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topP: 0.35 })), [0, 0, 0, 1]);
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topP: 0.41 })), [0, 0, 3 / 7, 4 / 7]);
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topP: 0.69 })), [0, 0, 3 / 7, 4 / 7]);
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topP: 0.71 })), [0, 2 / 9, 3 / 9, 4 / 9]);
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topP: 0.95 })), p4);
+  });
+
+  it("min_p keeps tokens with p ≥ min_p · p_max, measured after temperature", () => {
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ minP: 0.6 })), [0, 0, 3 / 7, 4 / 7]); // ≥ 0.24
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ minP: 0.45 })), [0, 2 / 9, 3 / 9, 4 / 9]); // ≥ 0.18
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ minP: 0.2 })), p4); // ≥ 0.08
+    // T = 0.5 → ∝ 1, 4, 9, 16: min_p 0.3 keeps ≥ 4.8, i.e. 9 and 16 (0.2 would survive at T = 1)
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ temperature: 0.5, minP: 0.3 })), [0, 0, 9 / 25, 16 / 25]);
+  });
+
+  it("applies top_k, top_p and min_p together as the tightest of the three", () => {
+    const p = [0.05, 0.1, 0.15, 0.3, 0.4]; // sorted cumulative: 0.4, 0.7, 0.85, 0.95, 1
+    expectDistribution(samplingDistribution(logitsOf(p), params({ topK: 3, topP: 0.99, minP: 0 })), [0, 0, 0.15 / 0.85, 0.3 / 0.85, 0.4 / 0.85]);
+    expectDistribution(samplingDistribution(logitsOf(p), params({ topK: 4, topP: 0.99, minP: 0.5 })), [0, 0, 0, 3 / 7, 4 / 7]);
+  });
+
+  it("measures top_p on the top-k survivors renormalised, as vLLM and llama.cpp do", () => {
+    // top_k = 2 leaves 0.4, 0.3 → renormalised 4/7 ≈ 0.571, 3/7; 4/7 ≥ 0.5 already → only token 3.
+    expectDistribution(samplingDistribution(logitsOf(p4), params({ topK: 2, topP: 0.5 })), [0, 0, 0, 1]);
+  });
+
+  it("gives -Infinity logits probability 0 and rejects a distribution with no mass", () => {
+    const d = samplingDistribution(new Float32Array([-Infinity, 0, -Infinity, 0]), params({ topP: 0.99 }));
+    expectDistribution(d, [0, 0.5, 0, 0.5]);
+    expect(() => samplingDistribution(new Float32Array([-Infinity, -Infinity]), params())).toThrow();
+  });
+});
+
+describe("drawFrom", () => {
+  it("maps a uniform through the inverse CDF, skipping zero-probability tokens", () => {
+    const probs = new Float64Array([0.25, 0, 0.5, 0.25]);
+    expect([0.1, 0.3, 0.7, 0.9].map((u) => drawFrom(probs, scripted(u)))).toEqual([0, 2, 2, 3]);
+    // a uniform beyond the (rounded) total lands on the last token with mass, not on a zero
+    expect(drawFrom(new Float64Array([0.3, 0.3, 0.3, 0]), scripted(0.95))).toBe(2);
+  });
+
+  it("matches the distribution in a chi-square test (false-failure probability 1e-3)", () => {
+    const probs = new Float64Array([0.05, 0, 0.15, 0.3, 0, 0.5]);
+    const rng = createRng(20240601);
+    const counts = new Array<number>(probs.length).fill(0);
+    const n = 20_000;
+    for (let i = 0; i < n; i++) counts[drawFrom(probs, rng)]++;
+    expect(counts[1] + counts[4]).toBe(0);
+    const fit = chiSquareStatistic(counts, probs);
+    expect(fit.degreesOfFreedom).toBe(3);
+    expect(chiSquarePValue(fit.statistic, fit.degreesOfFreedom)).toBeGreaterThan(1e-3);
+    // and the same counts do reject a distribution that is off by one percentage point per cell
+    const wrong = chiSquareStatistic(counts, [0.06, 0, 0.14, 0.3, 0, 0.5]);
+    expect(chiSquarePValue(wrong.statistic, wrong.degreesOfFreedom)).toBeLessThan(1e-3);
+  });
+});
+
+describe("sampleToken", () => {
+  const logits = logitsOf([0.1, 0.2, 0.3, 0.4]);
+  const run = (seed: number, p: SamplingParams, n = 200) => {
+    const rng = createRng(seed);
+    return Array.from({ length: n }, () => sampleToken(logits, p, rng));
+  };
+
+  it("reproduces the same tokens from the same seed, and different ones from another seed", () => {
+    expect(run(7, params())).toEqual(run(7, params()));
+    expect(run(7, params())).not.toEqual(run(8, params()));
+  });
+
+  it("draws from the truncated distribution (top_k 2 at T = 0.5: ∝ 9, 16)", () => {
+    const draws = run(99, params({ topK: 2, temperature: 0.5 }), 10_000);
+    const counts = [0, 1, 2, 3].map((t) => draws.filter((d) => d === t).length);
+    expect(counts[0] + counts[1]).toBe(0);
+    const fit = chiSquareStatistic(counts, [0, 0, 9 / 25, 16 / 25]);
+    expect(chiSquarePValue(fit.statistic, fit.degreesOfFreedom)).toBeGreaterThan(1e-3);
+  });
+
+  it("is the argmax at temperature 0", () => {
+    expect(new Set(run(3, params({ temperature: 0 }), 20))).toEqual(new Set([3]));
+  });
+});
+
+describe("logSoftmax", () => {
+  it("returns log-probabilities that exponentiate to a distribution", () => {
+    const lp = logSoftmax(new Float32Array([0, Math.log(2), Math.log(4)]));
+    [1 / 7, 2 / 7, 4 / 7].forEach((p, i) => expect(lp[i]).toBeCloseTo(Math.log(p), 6));
+    expect(sum(Array.from(lp, Math.exp))).toBeCloseTo(1, 12);
+  });
+
+  it("is stable for large logits and keeps -Infinity as -Infinity", () => {
+    const lp = logSoftmax(new Float32Array([1000, 1000, -Infinity]));
+    expect(lp[0]).toBeCloseTo(Math.log(0.5), 12);
+    expect(lp[1]).toBeCloseTo(Math.log(0.5), 12);
+    expect(lp[2]).toBe(-Infinity);
+  });
+});
+
+describe("topTokens", () => {
+  it("returns the most likely tokens first, ties by lowest token id", () => {
+    const lp = new Float64Array([-2, -0.5, -3, -0.5, -1]);
+    expect(topTokens(lp, 3)).toEqual([
+      { token: 1, logprob: -0.5 },
+      { token: 3, logprob: -0.5 },
+      { token: 4, logprob: -1 },
+    ]);
+    expect(topTokens(lp, 2).map((t) => t.token)).toEqual([1, 3]);
+    expect(topTokens(lp, 1).map((t) => t.token)).toEqual([1]);
+  });
+
+  it("returns every token, sorted, when count exceeds the vocabulary", () => {
+    expect(topTokens(new Float64Array([-3, -1, -2]), 10).map((t) => t.token)).toEqual([1, 2, 0]);
+  });
+
+  it("ranks -Infinity below every finite logprob, ties among them by id", () => {
+    const lp = new Float64Array([-Infinity, -5, -Infinity, -9]);
+    expect(topTokens(lp, 3)).toEqual([
+      { token: 1, logprob: -5 },
+      { token: 3, logprob: -9 },
+      { token: 0, logprob: -Infinity },
+    ]);
+    expect(topTokens(lp, 2).map((t) => t.token)).toEqual([1, 3]);
+  });
+
+  it("returns an empty list for count 0 (chat logprobs: true without top_logprobs)", () => {
+    expect(topTokens(new Float64Array([-1, -2]), 0)).toEqual([]);
+  });
+});
