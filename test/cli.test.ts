@@ -1,0 +1,92 @@
+// `npm start` as a user runs it: the CLI entry point, the built-in demo forged into a fresh
+// cache directory, an OpenAI client, and a clean exit on SIGTERM.
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { afterAll, describe, expect, it } from "vitest";
+
+const root = join(import.meta.dirname, "..");
+const tsx = join(root, "node_modules", ".bin", "tsx");
+
+function run(args: string[], env: Record<string, string> = {}): ChildProcess {
+  return spawn(tsx, ["server/main.ts", ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+}
+
+function output(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d) => (stdout += d));
+  child.stderr!.on("data", (d) => (stderr += d));
+  return new Promise((resolve) => child.on("exit", (code) => resolve({ code, stdout, stderr })));
+}
+
+/** Resolves with the URL from the "listening" log line. */
+function listeningUrl(child: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buffer = "";
+    child.stdout!.on("data", (d: Buffer) => {
+      buffer += d.toString();
+      for (const line of buffer.split("\n")) {
+        if (!line.startsWith("{")) continue;
+        try {
+          const entry = JSON.parse(line) as { msg?: string; url?: string };
+          if (entry.msg === "listening" && entry.url) resolve(entry.url);
+        } catch {
+          // a partial line; wait for the rest
+        }
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`server exited with ${code} before listening`)));
+  });
+}
+
+const cacheDir = mkdtempSync(join(tmpdir(), "flock-cli-"));
+afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
+
+describe("the flock command", () => {
+  it("forges and serves the demo without configuration, and exits 0 on SIGTERM", async () => {
+    const child = run(["--port", "0", "--threads", "1", "--gpu", "off"], { FLOCK_CACHE_DIR: cacheDir });
+    const exited = output(child);
+    const url = await listeningUrl(child);
+    let health = await fetch(`${url}/health`);
+    for (let i = 0; i < 200 && health.status !== 200; i++) {
+      expect(health.status).toBe(503);
+      await new Promise((r) => setTimeout(r, 100));
+      health = await fetch(`${url}/health`);
+    }
+    expect(health.status).toBe(200);
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+
+    const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none" });
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toContain("flock-demo");
+    const res = await client.chat.completions.create({ model: "flock-demo", messages: [{ role: "user", content: "Tell me a story." }], max_tokens: 30, seed: 3 });
+    expect(res.choices[0].message.content).toMatch(/^[A-Z][a-z]+ [a-z]+/); // words of the demo language
+
+    child.kill("SIGTERM");
+    expect((await exited).code).toBe(0);
+  });
+
+  it("prints usage for --help and exits 0", async () => {
+    const { code, stdout } = await output(run(["--help"]));
+    expect(code).toBe(0);
+    expect(stdout).toContain("--model ID=PATH");
+  });
+
+  it("rejects bad flags with exit code 2 and a message naming the problem", async () => {
+    const bad = await output(run(["--port", "banana"]));
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("port");
+    const unknown = await output(run(["--frobnicate"]));
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain("frobnicate");
+  });
+
+  it("exits 1 with the file named when a model file is missing", async () => {
+    const { code, stdout } = await output(run(["--port", "0", "--gpu", "off", "--model", "m=/nonexistent/model.gguf"]));
+    expect(code).toBe(1);
+    expect(stdout).toContain("/nonexistent/model.gguf");
+  });
+});
