@@ -33,7 +33,8 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
     c.set("log", log);
     const started = performance.now();
     await next();
-    c.header("x-request-id", requestId);
+    // Set on the final response (also streams, whose headers are built before this point).
+    c.res.headers.set("x-request-id", requestId);
     log.info({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) }, "request");
   });
 
