@@ -23,6 +23,8 @@ export interface ModelShape {
   ffnDim: number;
   headDim: number;
   contextLength: number;
+  /** Storage of the blocks' matrices (they only cost compute, so any type serves). */
+  blockWeights: "f16" | "q8_0";
 }
 
 export function shapeFor(states: number, overrides: Partial<ModelShape> = {}): ModelShape {
@@ -36,6 +38,7 @@ export function shapeFor(states: number, overrides: Partial<ModelShape> = {}): M
     ffnDim: overrides.ffnDim ?? embeddingDim * 2,
     headDim,
     contextLength: overrides.contextLength ?? 4096,
+    blockWeights: overrides.blockWeights ?? "f16",
   };
 }
 
@@ -101,20 +104,21 @@ export function writeChainModel(
     ...tokenizerMetadata(vocab),
   ];
 
+  const block = shape.blockWeights === "q8_0" ? TensorType.Q8_0 : TensorType.F16;
   const tensors: Array<{ name: string; dims: number[]; type: TensorType }> = [
     { name: "token_embd.weight", dims: [d, V], type: TensorType.F16 },
   ];
   for (let i = 0; i < shape.layers; i++) {
     tensors.push(
       { name: `blk.${i}.attn_norm.weight`, dims: [d], type: TensorType.F32 },
-      { name: `blk.${i}.attn_q.weight`, dims: [d, d], type: TensorType.F16 },
-      { name: `blk.${i}.attn_k.weight`, dims: [d, d], type: TensorType.F16 },
-      { name: `blk.${i}.attn_v.weight`, dims: [d, d], type: TensorType.F16 },
-      { name: `blk.${i}.attn_output.weight`, dims: [d, d], type: TensorType.F16 },
+      { name: `blk.${i}.attn_q.weight`, dims: [d, d], type: block },
+      { name: `blk.${i}.attn_k.weight`, dims: [d, d], type: block },
+      { name: `blk.${i}.attn_v.weight`, dims: [d, d], type: block },
+      { name: `blk.${i}.attn_output.weight`, dims: [d, d], type: block },
       { name: `blk.${i}.ffn_norm.weight`, dims: [d], type: TensorType.F32 },
-      { name: `blk.${i}.ffn_gate.weight`, dims: [d, shape.ffnDim], type: TensorType.F16 },
-      { name: `blk.${i}.ffn_up.weight`, dims: [d, shape.ffnDim], type: TensorType.F16 },
-      { name: `blk.${i}.ffn_down.weight`, dims: [shape.ffnDim, d], type: TensorType.F16 },
+      { name: `blk.${i}.ffn_gate.weight`, dims: [d, shape.ffnDim], type: block },
+      { name: `blk.${i}.ffn_up.weight`, dims: [d, shape.ffnDim], type: block },
+      { name: `blk.${i}.ffn_down.weight`, dims: [shape.ffnDim, d], type: block },
     );
   }
   tensors.push(

@@ -27,6 +27,22 @@ enum ValueType {
 export enum TensorType {
   F32 = 0,
   F16 = 1,
+  /** Blocks of 32 weights: an f16 scale, then 32 int8 values (llama.cpp's q8_0). */
+  Q8_0 = 8,
+}
+
+const Q8_BLOCK = 32;
+
+function byteSize(type: TensorType, n: number): number {
+  switch (type) {
+    case TensorType.F32:
+      return n * 4;
+    case TensorType.F16:
+      return n * 2;
+    case TensorType.Q8_0:
+      if (n % Q8_BLOCK !== 0) throw new Error(`q8_0 needs a multiple of ${Q8_BLOCK} values, got ${n}`);
+      return (n / Q8_BLOCK) * (2 + Q8_BLOCK);
+  }
 }
 
 type Scalar =
@@ -161,15 +177,29 @@ function tensorByteSize(t: TensorSpec): number {
   if (n !== t.data.length) {
     throw new Error(`tensor ${t.name}: dims ${t.dims.join("x")} hold ${n} values, data has ${t.data.length}`);
   }
-  return t.type === TensorType.F32 ? n * 4 : n * 2;
+  return byteSize(t.type, n);
 }
 
 function encodeTensor(t: TensorSpec): Buffer {
   if (t.type === TensorType.F32) {
     return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   }
-  const out = Buffer.alloc(t.data.length * 2);
-  for (let i = 0; i < t.data.length; i++) out.writeUInt16LE(float32ToFloat16Bits(t.data[i]), i * 2);
+  if (t.type === TensorType.F16) {
+    const out = Buffer.alloc(t.data.length * 2);
+    for (let i = 0; i < t.data.length; i++) out.writeUInt16LE(float32ToFloat16Bits(t.data[i]), i * 2);
+    return out;
+  }
+  // q8_0 as ggml quantizes it: scale = max|x| / 127, values rounded to nearest.
+  const out = Buffer.alloc(byteSize(t.type, t.data.length));
+  for (let b = 0; b < t.data.length / Q8_BLOCK; b++) {
+    let amax = 0;
+    for (let i = 0; i < Q8_BLOCK; i++) amax = Math.max(amax, Math.abs(t.data[b * Q8_BLOCK + i]));
+    const scale = amax / 127;
+    const inv = scale > 0 ? 1 / scale : 0;
+    const at = b * (2 + Q8_BLOCK);
+    out.writeUInt16LE(float32ToFloat16Bits(scale), at);
+    for (let i = 0; i < Q8_BLOCK; i++) out.writeInt8(Math.round(t.data[b * Q8_BLOCK + i] * inv), at + 2 + i);
+  }
   return out;
 }
 
@@ -202,8 +232,7 @@ export function writeGguf(
     header.u32(t.type);
     header.u64(offset);
     offsets.push(offset);
-    const n = t.dims.reduce((a, b) => a * b, 1);
-    offset += alignUp(t.type === TensorType.F32 ? n * 4 : n * 2, ALIGNMENT);
+    offset += alignUp(byteSize(t.type, t.dims.reduce((a, b) => a * b, 1)), ALIGNMENT);
   }
   header.padTo(ALIGNMENT);
 
