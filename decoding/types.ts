@@ -2,6 +2,7 @@
 // which only formats them.
 import type { EngineSequence } from "../models/sequence.js";
 import type { SamplingParams } from "./sampler.js";
+import type { SpeculativeOverrides } from "./speculative/settings.js";
 
 /** The slice of a served model a decoder needs. */
 export interface DecodingModel {
@@ -31,6 +32,8 @@ export interface GenerationRequest {
   /** Number of alternatives per token to report, or null for no logprobs. */
   topLogprobs: number | null;
   signal?: AbortSignal;
+  /** Per-request speculative settings (ignored by pipelines without a draft). */
+  speculative?: SpeculativeOverrides;
 }
 
 export type FinishReason = "stop" | "length";
@@ -44,4 +47,18 @@ export interface DecodeStep {
   logprobs?: TokenLogprob[];
   /** Present on the last step. */
   finishReason?: FinishReason;
+  /** Speculative decoding: what this step's verification round did. */
+  speculative?: SpeculativeRound;
+}
+
+/** How each token of a verified round came to be (see decoding/speculative/verifier.ts). */
+export type TokenOrigin = "accepted" | "recovered" | "bonus";
+
+export interface SpeculativeRound {
+  /** Candidates the draft proposed this round. */
+  drafted: number;
+  /** Candidates the target accepted. */
+  accepted: number;
+  /** Origin of each token in `tokens`. */
+  origins: TokenOrigin[];
 }

@@ -83,6 +83,13 @@ export class LoadedModel {
     return this.free.length;
   }
 
+  /** Whether `other` tokenizes identically (same token texts in the same order). */
+  sameVocabulary(other: LoadedModel): boolean {
+    const mine = this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
+    const theirs = other.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
+    return mine !== undefined && theirs !== undefined && mine.length === theirs.length && mine.every((t, i) => t === theirs[i]);
+  }
+
   /** Tokenizes user text; special-token text in it stays plain text. Adds BOS as the model wants. */
   tokenizePrompt(text: string): number[] {
     const tokens = this.weights.tokenize(text, false);

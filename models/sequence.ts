@@ -29,10 +29,21 @@ export class EngineSequence {
   async prefill(prompt: readonly number[]): Promise<Float32Array> {
     if (prompt.length === 0) throw new FlockError("invalid_request", "the prompt is empty", "prompt");
     // The last prompt token is always evaluated again: its logits are what we need.
-    const reused = Math.min(this.seq.compareContextTokens(prompt as Token[]).firstDifferentIndex, prompt.length - 1);
-    await this.truncate(reused);
-    const [logits] = await this.evaluate(prompt.slice(reused), [prompt.length - reused - 1]);
+    await this.syncTo(prompt.slice(0, -1));
+    const [logits] = await this.evaluate(prompt.slice(-1), [0]);
     return logits;
+  }
+
+  /** How many leading tokens of `tokens` the cache already holds. */
+  sharedPrefix(tokens: readonly number[]): number {
+    return Math.min(this.seq.compareContextTokens(tokens as Token[]).firstDifferentIndex, tokens.length);
+  }
+
+  /** Makes the cache hold exactly `tokens`, reusing the longest cached prefix; no logits. */
+  async syncTo(tokens: readonly number[]): Promise<void> {
+    const reused = this.sharedPrefix(tokens);
+    await this.truncate(reused);
+    if (reused < tokens.length) await this.evaluate(tokens.slice(reused), []);
   }
 
   /**

@@ -1,20 +1,68 @@
 // Request → pipeline resolution: which model(s) and which decoder serve a model id.
 import { plainDecode } from "../decoding/plain.js";
+import { speculativeDecode } from "../decoding/speculative/decoder.js";
+import type { OnlineLogisticPredictor, AcceptancePredictor } from "../decoding/speculative/predictors.js";
+import { buildPolicy, candidateCap, type SpeculativeSettings } from "../decoding/speculative/settings.js";
+import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
 import { FlockError } from "../models/errors.js";
 import type { LoadedModel } from "../models/model.js";
 
-export interface Pipeline {
+interface PipelineBase {
   /** The model id clients use. */
   readonly id: string;
-  readonly kind: "plain";
   /** The model whose tokenizer, chat template and context window apply. */
   readonly model: LoadedModel;
   generate(request: GenerationRequest): AsyncGenerator<DecodeStep>;
 }
 
-export function plainPipeline(model: LoadedModel): Pipeline {
+export interface PlainPipeline extends PipelineBase {
+  readonly kind: "plain";
+}
+
+export interface SpeculativePipeline extends PipelineBase {
+  readonly kind: "speculative";
+  readonly draft: LoadedModel;
+  readonly settings: SpeculativeSettings;
+  readonly predictor: AcceptancePredictor;
+  /** Pipeline-wide counters (vLLM's spec_decode_* schema). */
+  readonly stats: SpeculativeStats;
+}
+
+export type Pipeline = PlainPipeline | SpeculativePipeline;
+
+export function plainPipeline(model: LoadedModel): PlainPipeline {
   return { id: model.id, kind: "plain", model, generate: (request) => plainDecode(model, request) };
+}
+
+export function speculativePipeline(
+  target: LoadedModel,
+  draft: LoadedModel,
+  settings: SpeculativeSettings,
+  predictor: AcceptancePredictor | OnlineLogisticPredictor,
+): SpeculativePipeline {
+  if (!target.sameVocabulary(draft)) {
+    throw new FlockError("invalid_request", `model ${target.id}: the draft's vocabulary differs from the target's; speculative decoding needs the same tokenizer`);
+  }
+  const stats = new SpeculativeStats();
+  return {
+    id: target.id,
+    kind: "speculative",
+    model: target,
+    draft,
+    settings,
+    predictor,
+    stats,
+    generate(request) {
+      const { enabled, ...overrides } = request.speculative ?? {};
+      if (enabled === false) return plainDecode(target, request);
+      const effective = { ...settings, ...overrides };
+      return speculativeDecode(
+        { target, draft, policy: buildPolicy(effective, predictor), predictor, maxCandidates: candidateCap(effective), stats },
+        request,
+      );
+    },
+  };
 }
 
 export class PipelineRegistry {

@@ -30,7 +30,8 @@ export function demoModels(cacheDir: string): ModelEntryInput[] {
   const file = (f: string) => join(dir, f);
   const base = manifest.models["flock-demo"];
   return [
-    { id: "flock-demo", path: file(base.file) },
+    // The demo's base model is served with its draft: SpecDec++ speculative decoding.
+    { id: "flock-demo", path: file(base.file), speculative: { draft: file(manifest.models["flock-demo-draft"].file) } },
     { id: "flock-demo-draft", path: file(manifest.models["flock-demo-draft"].file), parallel: 2 },
     // One LoRA expert per id: the demo of adapters (node-llama-cpp applies LoRA per context).
     ...Object.entries(manifest.adapters)

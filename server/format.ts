@@ -1,6 +1,6 @@
 // OpenAI response and chunk shapes, built from decode steps.
 import { randomUUID } from "node:crypto";
-import type { FinishReason, TokenLogprob } from "../decoding/types.js";
+import type { DecodeStep, FinishReason, TokenLogprob } from "../decoding/types.js";
 
 export interface Usage {
   prompt_tokens: number;
@@ -46,17 +46,57 @@ export function completionLogprobs(entries: readonly TokenLogprob[], offset: num
   };
 }
 
-/** Accumulates one choice of a non-streamed response. */
+/** Speculative counters of one choice or a whole response. */
+export class SpeculativeTally {
+  rounds = 0;
+  drafted = 0;
+  accepted = 0;
+
+  add(other: { drafted: number; accepted: number; rounds?: number }): void {
+    this.rounds += other.rounds ?? 1;
+    this.drafted += other.drafted;
+    this.accepted += other.accepted;
+  }
+
+  /** The `flock.speculative` response extension. */
+  toJSON() {
+    return {
+      rounds: this.rounds,
+      drafted_tokens: this.drafted,
+      accepted_tokens: this.accepted,
+      acceptance_rate: this.drafted === 0 ? 0 : this.accepted / this.drafted,
+      mean_candidate_length: this.rounds === 0 ? 0 : this.drafted / this.rounds,
+    };
+  }
+}
+
+/** Accumulates one choice. */
 export class ChoiceAccumulator {
   text = "";
   tokens = 0;
   logprobs: TokenLogprob[] = [];
   finishReason: FinishReason | null = null;
+  speculative: SpeculativeTally | null = null;
 
-  add(step: { tokens: number[]; text: string; logprobs?: TokenLogprob[]; finishReason?: FinishReason }): void {
+  add(step: DecodeStep): void {
     this.text += step.text;
     this.tokens += step.tokens.length;
     if (step.logprobs) this.logprobs.push(...step.logprobs);
     if (step.finishReason) this.finishReason = step.finishReason;
+    if (step.speculative) (this.speculative ??= new SpeculativeTally()).add(step.speculative);
   }
+}
+
+/** The response-level `flock` extension, or nothing when no feature reported anything. */
+export function responseExtension(choices: readonly ChoiceAccumulator[]): { flock?: object } {
+  const withStats = choices.filter((c) => c.speculative);
+  if (withStats.length === 0) return {};
+  const total = new SpeculativeTally();
+  for (const c of withStats) total.add(c.speculative!);
+  return { flock: { speculative: total } };
+}
+
+/** The `flock` extension on a choice's final stream chunk. */
+export function choiceExtension(choice: ChoiceAccumulator): { flock?: object } {
+  return choice.speculative ? { flock: { speculative: choice.speculative } } : {};
 }

@@ -2,6 +2,7 @@
 // running the choices together.
 import { randomInt } from "node:crypto";
 import type { SamplingParams } from "../decoding/sampler.js";
+import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
 import { FlockError } from "../models/errors.js";
 import type { Pipeline } from "../routing/pipeline.js";
@@ -27,6 +28,25 @@ export function samplingParams(body: CommonRequest): SamplingParams {
     frequencyPenalty: body.frequency_penalty ?? 0,
     logitBias: new Map(Object.entries(body.logit_bias ?? {}).map(([token, bias]) => [Number(token), bias])),
   };
+}
+
+/** `flock.speculative`, checked against the pipeline: only models served with a draft take it. */
+export function speculativeOverrides(body: CommonRequest, pipeline: Pipeline): SpeculativeOverrides | undefined {
+  const s = body[EXTENSION_KEY]?.speculative;
+  if (!s) return undefined;
+  if (pipeline.kind !== "speculative" && s.enabled !== false) {
+    throw new FlockError("unsupported", `model ${pipeline.id} is not served with a draft model; remove ${EXTENSION_KEY}.speculative`, `${EXTENSION_KEY}.speculative`);
+  }
+  const overrides: SpeculativeOverrides = {
+    enabled: s.enabled,
+    policy: s.policy,
+    k: s.k,
+    threshold: s.threshold,
+    pMin: s.p_min,
+    minCandidates: s.min_candidates,
+    maxCandidates: s.max_candidates,
+  };
+  return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
 }
 
 export function stopSequences(body: CommonRequest): string[] {

@@ -12,10 +12,22 @@ const LogitBias = z
   .record(z.string().regex(/^\d+$/, "logit_bias keys are token ids"), z.number().min(-100).max(100))
   .nullish();
 
-/** Sampling extensions beyond OpenAI's parameters. */
-const FlockSampling = z.strictObject({
+/** Speculative decoding settings a request may override (models served with a draft). */
+const FlockSpeculative = z.strictObject({
+  enabled: z.boolean().optional(),
+  policy: z.enum(["specdec++", "fixed", "confidence"]).optional(),
+  k: z.int().min(1).max(32).optional(),
+  threshold: z.number().gt(0).lt(1).optional(),
+  p_min: z.number().min(0).max(1).optional(),
+  min_candidates: z.int().min(1).max(64).optional(),
+  max_candidates: z.int().min(1).max(64).optional(),
+});
+
+/** flock's extensions beyond OpenAI's parameters. */
+const FlockExtension = z.strictObject({
   top_k: z.int().min(0).optional(),
   min_p: z.number().min(0).max(1).optional(),
+  speculative: FlockSpeculative.optional(),
 });
 
 const common = {
@@ -31,7 +43,7 @@ const common = {
   logit_bias: LogitBias,
   seed: z.int().nullish(),
   user: z.string().optional(),
-  [EXTENSION_KEY]: FlockSampling.optional(),
+  [EXTENSION_KEY]: FlockExtension.optional(),
 };
 
 const TextPart = z.strictObject({ type: z.literal("text"), text: z.string() });

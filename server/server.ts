@@ -4,7 +4,8 @@ import type { AddressInfo } from "node:net";
 import { serve, type ServerType } from "@hono/node-server";
 import { Engine } from "../models/engine.js";
 import { ModelEntry } from "../models/registry.js";
-import { PipelineRegistry, plainPipeline } from "../routing/pipeline.js";
+import { PipelineRegistry } from "../routing/pipeline.js";
+import { loadPipeline, savePredictors } from "../routing/load.js";
 import { createApp, notReady } from "./app.js";
 import type { ServerConfig } from "./config.js";
 import { demoModels } from "./demo.js";
@@ -39,6 +40,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
   log.info({ url: `http://${host}:${port}` }, "listening");
 
   let engine: Engine | null = null;
+  let saveTimer: NodeJS.Timeout | undefined;
   const ready = (async () => {
     engine = await Engine.create({ gpu: config.gpu, threads: config.threads });
     log.info(engine.describe(), "engine ready");
@@ -46,11 +48,27 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     if (config.models.length === 0) log.info({ cacheDir: config.cacheDir }, "no models configured: serving the built-in demo");
     const loaded = new PipelineRegistry();
     for (const entry of entries) {
-      const model = await engine.load(entry);
-      loaded.add(plainPipeline(model));
-      log.info({ model: entry.id, path: entry.path, contextSize: model.contextSize, parallel: model.parallel, threads: model.threads, gpuLayers: model.gpuLayers, chatTemplate: model.chatTemplateName }, "model loaded");
+      const pipeline = await loadPipeline(engine, entry, config.cacheDir);
+      loaded.add(pipeline);
+      const model = pipeline.model;
+      log.info(
+        {
+          model: entry.id,
+          path: entry.path,
+          contextSize: model.contextSize,
+          parallel: model.parallel,
+          threads: model.threads,
+          gpuLayers: model.gpuLayers,
+          chatTemplate: model.chatTemplateName,
+          ...(pipeline.kind === "speculative" ? { draft: entry.speculative?.draft, policy: pipeline.settings.policy, predictor: pipeline.predictor.name } : {}),
+        },
+        "model loaded",
+      );
     }
     registry = loaded;
+    // Acceptance predictors learn while serving; keep what they learned across restarts.
+    saveTimer = setInterval(() => savePredictors(loaded), 60_000);
+    saveTimer.unref();
   })().catch((err: unknown) => {
     failure = (err as Error).message;
     log.error({ err }, "loading models failed");
@@ -65,6 +83,8 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     async close() {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await ready.catch(() => undefined);
+      clearInterval(saveTimer);
+      if (registry) savePredictors(registry);
       if (engine) await (engine as Engine)[Symbol.asyncDispose]();
     },
   };

@@ -30,7 +30,7 @@ async function post(path: string, body: unknown, headers: Record<string, string>
 describe("models", () => {
   it("lists the configured model ids and describes one", async () => {
     const list = await t.client.models.list();
-    expect(list.data.map((m) => m.id)).toEqual(["flock-demo", "kitchen", "small"]);
+    expect(list.data.map((m) => m.id)).toEqual(["flock-demo", "kitchen", "small", "spec"]);
     const one = await t.client.models.retrieve("kitchen");
     expect(one).toMatchObject({ id: "kitchen", object: "model", owned_by: "flock" });
   });
@@ -133,6 +133,49 @@ describe("chat completions", () => {
       max_tokens: 3,
     });
     expect(res.choices[0].message.role).toBe("assistant");
+  });
+});
+
+describe("speculative decoding through the API", () => {
+  type WithExtension = { flock?: { speculative: { rounds: number; drafted_tokens: number; accepted_tokens: number; acceptance_rate: number; mean_candidate_length: number } } };
+
+  it("greedy output equals the plain model's, and the response reports drafted and accepted tokens", async () => {
+    const ask = (model: string) => t.client.chat.completions.create({ model, messages: [{ role: "user", content: "Boats?" }], temperature: 0, max_tokens: 30 });
+    const [spec, plainRes] = await Promise.all([ask("spec"), ask("flock-demo")]);
+    expect(spec.choices[0].message.content).toBe(plainRes.choices[0].message.content);
+    const ext = (spec as unknown as WithExtension).flock!.speculative;
+    expect(ext.rounds).toBeGreaterThan(0);
+    expect(ext.accepted_tokens).toBeLessThanOrEqual(ext.drafted_tokens);
+    // Each round emits its accepted tokens and one more, unless EOS or max_tokens ends it early.
+    expect(spec.usage!.completion_tokens).toBeLessThanOrEqual(ext.rounds + ext.accepted_tokens);
+    expect(spec.usage!.completion_tokens).toBeGreaterThan(ext.rounds + ext.accepted_tokens - 20);
+    expect(ext.mean_candidate_length).toBeCloseTo(ext.drafted_tokens / ext.rounds, 10);
+    expect((plainRes as unknown as WithExtension).flock).toBeUndefined();
+  });
+
+  it("streams report the choice's speculative counters on its final chunk; per-request settings apply", async () => {
+    const stream = await t.client.completions.create({
+      model: "spec",
+      prompt: "The cook",
+      max_tokens: 24,
+      stream: true,
+      logit_bias: { [String(t.manifest.vocab.eos)]: -100 },
+      flock: { speculative: { policy: "fixed", k: 2 } },
+    } as OpenAI.CompletionCreateParamsStreaming);
+    let last: WithExtension | undefined;
+    for await (const chunk of stream) if (chunk.choices[0]?.finish_reason) last = chunk as unknown as WithExtension;
+    const ext = last!.flock!.speculative;
+    expect(ext.drafted_tokens).toBeLessThanOrEqual(2 * ext.rounds);
+    expect(ext.mean_candidate_length).toBeLessThanOrEqual(2);
+  });
+
+  it("enabled: false serves the target alone; speculative settings on a model without a draft are a 400", async () => {
+    const off = await t.client.completions.create({ model: "spec", prompt: "The cook", max_tokens: 5, flock: { speculative: { enabled: false } } } as OpenAI.CompletionCreateParamsNonStreaming);
+    expect((off as unknown as WithExtension).flock).toBeUndefined();
+    const res = await post("/v1/completions", { model: "flock-demo", prompt: "x", flock: { speculative: { k: 2 } } });
+    expect(res).toMatchObject({ status: 400, body: { error: { param: "flock.speculative", code: "unsupported_parameter" } } });
+    const bad = await post("/v1/completions", { model: "spec", prompt: "x", flock: { speculative: { policy: "magic" } } });
+    expect(bad).toMatchObject({ status: 400, body: { error: { param: "flock.speculative.policy" } } });
   });
 });
 

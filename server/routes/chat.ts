@@ -1,8 +1,8 @@
 // POST /v1/chat/completions
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../models/model.js";
-import { chatLogprobs, completionId, nowSeconds } from "../format.js";
-import { choiceCount, choiceRequests, maxTokensFor, samplingParams, stopSequences } from "../generation.js";
+import { chatLogprobs, choiceExtension, completionId, nowSeconds, responseExtension } from "../format.js";
+import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
 import { parseBody } from "../validation.js";
@@ -42,6 +42,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         stopTokens: rendered.stopTokens,
         topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null,
         signal: abort.signal,
+        speculative: speculativeOverrides(body, pipeline),
       },
       body.seed,
     );
@@ -53,14 +54,14 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const usageField = includeUsage ? { usage: null } : {};
     const shape: ResponseShape = {
       opening: (index) => [{ ...envelope, choices: [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }], ...usageField }],
-      step: (index, step) => {
+      step: (index, step, choice) => {
         const chunks: object[] = [];
         if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0) {
           const logprobs = body.logprobs ? { content: chatLogprobs(step.logprobs ?? []) } : null;
           chunks.push({ ...envelope, choices: [{ index, delta: { content: step.text }, logprobs, finish_reason: null }], ...usageField });
         }
         if (step.finishReason) {
-          chunks.push({ ...envelope, choices: [{ index, delta: {}, logprobs: null, finish_reason: step.finishReason }], ...usageField });
+          chunks.push({ ...envelope, choices: [{ index, delta: {}, logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice) });
         }
         return chunks;
       },
@@ -77,6 +78,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           finish_reason: ch.finishReason,
         })),
         usage,
+        ...responseExtension(choices),
       }),
     };
     return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log") });

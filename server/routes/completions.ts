@@ -2,8 +2,8 @@
 import type { Hono } from "hono";
 import { FlockError } from "../../models/errors.js";
 import type { GenerationRequest } from "../../decoding/types.js";
-import { completionId, completionLogprobs, nowSeconds } from "../format.js";
-import { choiceCount, choiceRequests, maxTokensFor, samplingParams, stopSequences } from "../generation.js";
+import { choiceExtension, completionId, completionLogprobs, nowSeconds, responseExtension } from "../format.js";
+import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
 import { parseBody } from "../validation.js";
@@ -52,7 +52,16 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       const echo = body.echo ? (typeof prompt === "string" ? prompt : pipeline.model.detokenize(tokens)) : "";
       for (const request of choiceRequests(
         n,
-        { prompt: tokens, maxTokens, sampling, stopStrings: stops, stopTokens: [], topLogprobs: body.logprobs ?? null, signal: abort.signal },
+        {
+          prompt: tokens,
+          maxTokens,
+          sampling,
+          stopStrings: stops,
+          stopTokens: [],
+          topLogprobs: body.logprobs ?? null,
+          signal: abort.signal,
+          speculative: speculativeOverrides(body, pipeline),
+        },
         body.seed == null ? body.seed : body.seed + p * n,
       )) {
         requests.push(request);
@@ -77,7 +86,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           chunks.push({ ...envelope, choices: [{ index, text: step.text, logprobs, finish_reason: null }], ...usageField });
         }
         if (step.finishReason) {
-          chunks.push({ ...envelope, choices: [{ index, text: "", logprobs: null, finish_reason: step.finishReason }], ...usageField });
+          chunks.push({ ...envelope, choices: [{ index, text: "", logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice) });
         }
         return chunks;
       },
@@ -94,6 +103,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           finish_reason: ch.finishReason,
         })),
         usage,
+        ...responseExtension(choices),
       }),
     };
     return respond(c, { pipeline, requests, promptTokens, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log") });

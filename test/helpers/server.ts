@@ -29,10 +29,17 @@ export async function startTestServer(overrides: Partial<ServerConfigInput> = {}
     gpu: "off",
     threads: 1,
     logLevel: "silent",
+    cacheDir: join(forgeDir, "state"),
     models: [
       { id: "flock-demo", path: join(forgeDir, manifest.models["flock-demo"].file), parallel: 4 },
       { id: "kitchen", path: join(forgeDir, manifest.models["flock-demo"].file), lora: [{ path: join(forgeDir, manifest.adapters["flock-demo-kitchen"].file) }], parallel: 2 },
       { id: "small", path: join(forgeDir, manifest.models["flock-demo"].file), contextSize: 64, parallel: 1 },
+      {
+        id: "spec",
+        path: join(forgeDir, manifest.models["flock-demo"].file),
+        parallel: 2,
+        speculative: { draft: join(forgeDir, manifest.models["flock-demo-draft"].file) },
+      },
     ],
     ...overrides,
   });

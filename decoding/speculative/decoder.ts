@@ -1,0 +1,152 @@
+// The speculative decoder: a draft model proposes candidates (as many as the candidate-length
+// policy allows), the target scores them all in one batch, the verifier keeps a lossless prefix.
+//
+// Cache invariants, with `all` = prompt + generated tokens:
+// - the target's cache holds a prefix of `all`; each round evaluates the committed tokens it
+//   lacks (at least the last one) followed by the candidates, with logits at every position
+//   from the last committed token on;
+// - the draft's cache likewise holds a prefix of `all` (plus candidates from the last round,
+//   rolled back to what was accepted); each round it catches up, then drafts.
+import { createRng } from "../../models/util/rng.js";
+import type { EngineSequence } from "../../models/sequence.js";
+import { OutputAssembler } from "../output.js";
+import { describeLogprobs, type LogprobModel } from "../plain.js";
+import { adjustLogits, drawFrom, samplingDistribution } from "../sampler.js";
+import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob, TokenOrigin } from "../types.js";
+import { draftFeatures, type DraftFeatures } from "./features.js";
+import type { CandidateLengthPolicy } from "./policies.js";
+import type { AcceptancePredictor } from "./predictors.js";
+import type { SpeculativeStats } from "./stats.js";
+import { verify } from "./verifier.js";
+
+export interface SpeculativeSetup {
+  target: LogprobModel;
+  draft: DecodingModel;
+  /** A fresh policy for this request (policies keep per-candidate state). */
+  policy: CandidateLengthPolicy;
+  /** Trained from every verified position; null when the policy uses none. */
+  predictor: AcceptancePredictor | null;
+  /** Upper bound on candidates per round whatever the policy says. */
+  maxCandidates: number;
+  stats: SpeculativeStats;
+}
+
+/** Recent acceptance starts optimistic and follows the soft labels. */
+const RECENT_START = 0.7;
+const RECENT_DECAY = 0.9;
+
+function increment(counts: Map<number, number>, token: number): void {
+  counts.set(token, (counts.get(token) ?? 0) + 1);
+}
+
+/** Evaluates `all`'s tokens the cache lacks (at least the last), then `extra`; logits from the last committed token on. */
+async function catchUp(seq: EngineSequence, all: readonly number[], extra: readonly number[]): Promise<Float32Array[]> {
+  const reuse = Math.min(seq.sharedPrefix(all), all.length - 1);
+  await seq.truncate(reuse);
+  const feed = all.slice(reuse);
+  const positions = Array.from({ length: extra.length + 1 }, (_, i) => feed.length - 1 + i);
+  return seq.evaluate([...feed, ...extra], positions);
+}
+
+export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
+  const { target, draft, policy, predictor, stats } = setup;
+  const targetSeq = await target.acquire(request.prompt, request.signal);
+  let draftSeq: EngineSequence | undefined;
+  try {
+    draftSeq = await draft.acquire(request.prompt, request.signal);
+    const params = request.sampling;
+    const rng = createRng(request.seed);
+    const output = new OutputAssembler(target, request.prompt, request.stopStrings);
+    const stopTokens = new Set(request.stopTokens);
+    const ends = (token: number) => target.isEndOfGeneration(token) || stopTokens.has(token);
+    const counts = new Map<number, number>();
+    const all = [...request.prompt];
+    const contextSize = Math.min(targetSeq.contextSize, draftSeq.contextSize);
+    let generated = 0;
+    let recent = RECENT_START;
+
+    while (true) {
+      if (request.signal?.aborted) return;
+      // The caller's budget: tokens left to generate (one is always the recovered/bonus token)
+      // and room in both caches.
+      const budget = Math.max(0, Math.min(setup.maxCandidates, request.maxTokens - generated - 1, contextSize - all.length));
+
+      // Draft.
+      const candidates: number[] = [];
+      const draftDistributions: Float64Array[] = [];
+      const features: DraftFeatures[] = [];
+      if (budget > 0) {
+        policy.begin();
+        const draftCounts = new Map(counts);
+        let [draftLogits] = await catchUp(draftSeq, all, []);
+        for (let k = 1; k <= budget; k++) {
+          const q = samplingDistribution(adjustLogits(draftLogits, params, draftCounts), params);
+          const y = drawFrom(q, rng);
+          const f = draftFeatures(q, y, k, recent);
+          const decision = policy.decide(k, f);
+          if (decision === "drop-and-stop") break;
+          candidates.push(y);
+          draftDistributions.push(q);
+          features.push(f);
+          increment(draftCounts, y);
+          if (decision === "stop" || k === budget || ends(y)) break;
+          [draftLogits] = await draftSeq.evaluate([y], [0]);
+        }
+      }
+
+      // Verify: one target batch scores every candidate plus the position after them.
+      const targetLogits = await catchUp(targetSeq, all, candidates);
+      const targetCounts = new Map(counts);
+      const targetDistributions = targetLogits.map((logits, i) => {
+        const p = samplingDistribution(adjustLogits(logits, params, targetCounts), params);
+        if (i < candidates.length) increment(targetCounts, candidates[i]);
+        return p;
+      });
+      const verdict = verify(candidates, draftDistributions, targetDistributions, rng);
+      features.forEach((f, i) => {
+        predictor?.observe(f, verdict.acceptanceProbabilities[i]);
+        recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
+      });
+      stats.recordRound(candidates.length, verdict.accepted);
+
+      // Emit the accepted tokens and the recovered/bonus one, ending early on EOS, a stop
+      // sequence or max_tokens.
+      const emitted = [...candidates.slice(0, verdict.accepted), verdict.next];
+      const origins: TokenOrigin[] = [...Array<TokenOrigin>(verdict.accepted).fill("accepted"), verdict.nextKind];
+      const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, accepted: verdict.accepted, origins: [] } };
+      const add = (released: { text: string; logprobs: TokenLogprob[] }) => {
+        step.text += released.text;
+        step.logprobs!.push(...released.logprobs);
+      };
+      for (const [j, token] of emitted.entries()) {
+        generated++;
+        increment(counts, token);
+        all.push(token);
+        step.tokens.push(token);
+        step.speculative!.origins.push(origins[j]);
+        if (ends(token)) {
+          add(output.finish());
+          yield { ...step, finishReason: "stop" };
+          return;
+        }
+        const logprob = request.topLogprobs === null ? undefined : describeLogprobs(target, targetLogits[j], token, request.topLogprobs);
+        const released = output.push(token, logprob);
+        add(released);
+        if (released.stopped) {
+          yield { ...step, finishReason: "stop" };
+          return;
+        }
+        if (generated >= request.maxTokens || all.length >= contextSize) {
+          const rest = output.finish();
+          add(rest);
+          yield { ...step, finishReason: rest.stopped ? "stop" : "length" };
+          return;
+        }
+      }
+      yield step;
+    }
+  } finally {
+    targetSeq.release();
+    draftSeq?.release();
+  }
+}

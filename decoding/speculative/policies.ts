@@ -1,0 +1,77 @@
+// Candidate-length policies: after each drafted token, whether to keep it and whether to draft
+// another. One interface for fixed K, the draft-confidence threshold used by llama.cpp and
+// node-llama-cpp, and SpecDec++.
+import type { AcceptancePredictor } from "./predictors.js";
+import type { DraftFeatures } from "./features.js";
+
+export type PolicyDecision = "continue" | "stop" | "drop-and-stop";
+
+export interface CandidateLengthPolicy {
+  readonly name: string;
+  /** Starts a new candidate. */
+  begin(): void;
+  /** Decides after the k-th drafted token (1-based). */
+  decide(k: number, features: DraftFeatures): PolicyDecision;
+  /** The predicted acceptance of the last decided token, when the policy uses a predictor. */
+  readonly lastPrediction?: number;
+}
+
+/** Always K candidates. */
+export class FixedLengthPolicy implements CandidateLengthPolicy {
+  readonly name: string;
+  constructor(private readonly k: number) {
+    this.name = `fixed-${k}`;
+  }
+  begin(): void {}
+  decide(k: number): PolicyDecision {
+    return k >= this.k ? "stop" : "continue";
+  }
+}
+
+/**
+ * llama.cpp's --draft-p-min and node-llama-cpp's DraftSequenceTokenPredictor: a drafted token
+ * whose draft probability is below pMin is not proposed, and drafting ends.
+ */
+export class ConfidencePolicy implements CandidateLengthPolicy {
+  readonly name: string;
+  constructor(
+    private readonly pMin: number,
+    private readonly maxCandidates: number,
+  ) {
+    this.name = `confidence-${pMin}`;
+  }
+  begin(): void {}
+  decide(k: number, features: DraftFeatures): PolicyDecision {
+    if (features.top1 < this.pMin) return "drop-and-stop";
+    return k >= this.maxCandidates ? "stop" : "continue";
+  }
+}
+
+/**
+ * SpecDec++: stop once the predicted probability that at least one candidate is rejected,
+ * 1 − Π_j P̂_j, exceeds the threshold h; the token that crossed it is still proposed.
+ */
+export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
+  readonly name = "specdec++";
+  private survival = 1;
+  lastPrediction?: number;
+
+  constructor(
+    private readonly predictor: AcceptancePredictor,
+    private readonly threshold: number,
+    private readonly minCandidates: number,
+    private readonly maxCandidates: number,
+  ) {}
+
+  begin(): void {
+    this.survival = 1;
+  }
+
+  decide(k: number, features: DraftFeatures): PolicyDecision {
+    this.lastPrediction = this.predictor.predict(features);
+    this.survival *= this.lastPrediction;
+    if (k >= this.maxCandidates) return "stop";
+    if (k >= this.minCandidates && 1 - this.survival > this.threshold) return "stop";
+    return "continue";
+  }
+}

@@ -1,0 +1,90 @@
+// Acceptance predictors: P̂(drafted token survives verification | prefix). SpecDec++ stops
+// drafting when the predicted chance of at least one rejection crosses its threshold.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { z } from "zod";
+import type { DraftFeatures } from "./features.js";
+
+export interface AcceptancePredictor {
+  readonly name: string;
+  predict(features: DraftFeatures): number;
+  /** A verified position: its features and the soft label min(1, p(y)/q(y)). */
+  observe(features: DraftFeatures, acceptance: number): void;
+}
+
+const FEATURE_COUNT = 7;
+
+function featureVector(f: DraftFeatures): number[] {
+  const logit = (p: number) => Math.log(Math.max(p, 1e-6) / Math.max(1 - p, 1e-6));
+  return [1, logit(f.chosen), logit(f.top1), f.margin, f.entropy, Math.log(f.position), logit(f.recentAcceptance)];
+}
+
+const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
+
+const Saved = z.object({ version: z.literal(1), weights: z.array(z.number().finite()).length(FEATURE_COUNT), updates: z.int().min(0) });
+
+/**
+ * Logistic regression over the draft's own statistics, trained online from every verified
+ * position with the authors' weighted soft-label loss:
+ *   L = w(1 − a)(−log(1 − P̂)) + a(−log P̂),   a = min(1, p(y)/q(y)), w = rejectionWeight.
+ * The prior (before any label) is P̂ = q(y): the draft's confidence in its own token.
+ */
+export class OnlineLogisticPredictor implements AcceptancePredictor {
+  readonly name = "online-logistic";
+  private weights: number[];
+  private updates = 0;
+  private dirty = false;
+
+  constructor(
+    private readonly options: { learningRate?: number; rejectionWeight?: number; file?: string } = {},
+  ) {
+    this.weights = [0, 1, 0, 0, 0, 0, 0];
+    if (options.file && existsSync(options.file)) {
+      const saved = Saved.safeParse(JSON.parse(readFileSync(options.file, "utf8")));
+      if (saved.success) {
+        this.weights = saved.data.weights;
+        this.updates = saved.data.updates;
+      }
+    }
+  }
+
+  get observations(): number {
+    return this.updates;
+  }
+
+  predict(features: DraftFeatures): number {
+    const x = featureVector(features);
+    return sigmoid(x.reduce((acc, v, i) => acc + v * this.weights[i], 0));
+  }
+
+  observe(features: DraftFeatures, acceptance: number): void {
+    const x = featureVector(features);
+    const p = sigmoid(x.reduce((acc, v, i) => acc + v * this.weights[i], 0));
+    const w = this.options.rejectionWeight ?? 1;
+    // d/dz of the weighted loss: w(1 − a)·P̂ − a·(1 − P̂), normalised by the sample's weight.
+    const scale = w * (1 - acceptance) + acceptance;
+    const gradient = (w * (1 - acceptance) * p - acceptance * (1 - p)) / scale;
+    // A slowly decaying rate: fast adaptation first, stability later.
+    const rate = (this.options.learningRate ?? 0.05) / Math.sqrt(1 + this.updates / 1000);
+    for (let i = 0; i < FEATURE_COUNT; i++) this.weights[i] -= rate * gradient * x[i];
+    this.updates++;
+    this.dirty = true;
+  }
+
+  /** Writes the weights to the predictor's file (if it has one and learned something new). */
+  save(): void {
+    if (!this.options.file || !this.dirty) return;
+    mkdirSync(dirname(this.options.file), { recursive: true });
+    writeFileSync(this.options.file, JSON.stringify({ version: 1, weights: this.weights, updates: this.updates }));
+    this.dirty = false;
+  }
+}
+
+/** P̂ = q(y): the draft's confidence, as a fixed (untrained) predictor for comparisons. */
+export class DraftConfidencePredictor implements AcceptancePredictor {
+  readonly name = "draft-confidence";
+  predict(features: DraftFeatures): number {
+    return features.chosen;
+  }
+  observe(): void {}
+}

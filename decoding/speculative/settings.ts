@@ -1,0 +1,31 @@
+// Speculative settings: per model in the server config, overridable per request.
+import { ConfidencePolicy, type CandidateLengthPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "./policies.js";
+import type { AcceptancePredictor } from "./predictors.js";
+
+export interface SpeculativeSettings {
+  policy: "specdec++" | "fixed" | "confidence";
+  k: number;
+  threshold: number;
+  pMin: number;
+  minCandidates: number;
+  maxCandidates: number;
+}
+
+/** What a request may change (under the `flock.speculative` extension key). */
+export type SpeculativeOverrides = Partial<SpeculativeSettings> & { enabled?: boolean };
+
+export function buildPolicy(settings: SpeculativeSettings, predictor: AcceptancePredictor): CandidateLengthPolicy {
+  switch (settings.policy) {
+    case "fixed":
+      return new FixedLengthPolicy(settings.k);
+    case "confidence":
+      return new ConfidencePolicy(settings.pMin, settings.maxCandidates);
+    case "specdec++":
+      return new SpecDecPlusPlusPolicy(predictor, settings.threshold, settings.minCandidates, settings.maxCandidates);
+  }
+}
+
+/** The most candidates a round can hold under these settings. */
+export function candidateCap(settings: SpeculativeSettings): number {
+  return settings.policy === "fixed" ? settings.k : settings.maxCandidates;
+}
