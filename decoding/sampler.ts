@@ -104,6 +104,11 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
   return truncated;
 }
 
+/** softmax(logits): the distribution at temperature 1, untruncated. */
+export function softmax(logits: Float32Array): Float64Array {
+  return samplingDistribution(logits, { ...DEFAULT_SAMPLING, temperature: 1 });
+}
+
 /** Draws an index from a normalised distribution. */
 export function drawFrom(probs: Float64Array, rng: Rng): number {
   const u = rng.next();

@@ -4,6 +4,7 @@ import { availableParallelism } from "node:os";
 import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import { LoadedModel } from "./model.js";
+import { hasFlockAddon } from "./native.js";
 import type { ModelEntry } from "./registry.js";
 
 export type GpuSetting = "auto" | "off" | "cuda" | "vulkan" | "metal";
@@ -48,17 +49,26 @@ export class Engine {
       logLevel: LlamaLogLevel.error,
       progressLogs: false,
     });
-    return new Engine(llama, options, { rawLogits: false, hiddenStates: false, routedLora: false });
+    return new Engine(llama, options, { rawLogits: hasFlockAddon(llama), hiddenStates: false, routedLora: false });
   }
 
   /** A one-line description for the startup log. */
-  describe(): { build: string; gpu: string | false; threads: number; capabilities: Capabilities } {
-    return { build: this.llama.buildType, gpu: this.llama.gpu, threads: this.options.threads, capabilities: this.capabilities };
+  describe(): { build: string; gpu: string | false; threads: number; capabilities: Capabilities; missing?: string } {
+    const missing = Object.entries(this.capabilities)
+      .filter(([, has]) => !has)
+      .map(([name]) => name);
+    return {
+      build: this.llama.buildType,
+      gpu: this.llama.gpu,
+      threads: this.options.threads,
+      capabilities: this.capabilities,
+      ...(missing.length > 0 ? { missing: `${missing.join(", ")} unavailable in this build${this.capabilities.rawLogits ? "" : " (full distributions use node-llama-cpp's slower probabilities path; run npm run build:native)"}` } : {}),
+    };
   }
 
   async load(entry: ModelEntry): Promise<LoadedModel> {
     const weights = await this.weightsFor(entry.path, entry.gpuLayers);
-    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads);
+    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities);
     this.loaded.push(model);
     return model;
   }

@@ -11,6 +11,8 @@ import {
   type Token,
 } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
+import type { Capabilities } from "./engine.js";
+import { enableRawLogits } from "./native.js";
 import type { ModelEntry } from "./registry.js";
 import { EngineSequence } from "./sequence.js";
 
@@ -47,12 +49,14 @@ export class LoadedModel {
     private readonly context: LlamaContext,
     readonly parallel: number,
     readonly threads: number,
+    /** Logits come from flock's native addon (else node-llama-cpp's probabilities path). */
+    readonly rawLogits: boolean,
   ) {
     for (let i = 0; i < parallel; i++) this.free.push(context.getSequence());
     this.chatWrapper = resolveChatWrapper(weights);
   }
 
-  static async create(weights: LlamaModel, entry: ModelEntry, threads: number): Promise<LoadedModel> {
+  static async create(weights: LlamaModel, entry: ModelEntry, threads: number, capabilities: Capabilities): Promise<LoadedModel> {
     const contextSize = Math.min(entry.contextSize, weights.trainContextSize);
     const context = await weights.createContext({
       contextSize,
@@ -62,7 +66,8 @@ export class LoadedModel {
       lora: entry.lora.length > 0 ? { adapters: entry.lora.map((l) => ({ filePath: l.path, scale: l.scale })) } : undefined,
       failedCreationRemedy: false,
     });
-    return new LoadedModel(entry.id, weights, context, entry.parallel, threads);
+    if (capabilities.rawLogits) enableRawLogits(context);
+    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits);
   }
 
   /** Tokens one sequence can hold (prompt + completion). */
@@ -164,7 +169,7 @@ export class LoadedModel {
   }
 
   private wrap(seq: LlamaContextSequence): EngineSequence {
-    return new EngineSequence(seq, () => this.release(seq));
+    return new EngineSequence(seq, this.rawLogits, () => this.release(seq));
   }
 
   private release(seq: LlamaContextSequence): void {

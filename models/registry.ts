@@ -13,11 +13,11 @@ export const SpeculativeEntry = z.strictObject({
   /** specdec++: adaptive (acceptance predictor); fixed: always k; confidence: stop below pMin. */
   policy: z.enum(["specdec++", "fixed", "confidence"]).default("specdec++"),
   k: z.int().min(1).max(32).default(4),
-  /** SpecDec++ threshold h on P(at least one rejection). */
-  threshold: z.number().gt(0).lt(1).default(0.7),
+  /** SpecDec++ threshold h on P(at least one rejection); "auto" derives it from measured costs. */
+  threshold: z.union([z.number().gt(0).lt(1), z.literal("auto")]).default("auto"),
   /** Confidence policy: the draft's top-1 probability below which drafting stops. */
   pMin: z.number().min(0).max(1).default(0.6),
-  minCandidates: z.int().min(1).max(64).default(2),
+  minCandidates: z.int().min(1).max(64).default(1),
   maxCandidates: z.int().min(1).max(64).default(20),
   /** online: logistic model trained from verification outcomes; draft-confidence: P̂ = q(y). */
   predictor: z.enum(["online", "draft-confidence"]).default("online"),

@@ -3,6 +3,7 @@ import { plainDecode } from "../decoding/plain.js";
 import { speculativeDecode } from "../decoding/speculative/decoder.js";
 import type { OnlineLogisticPredictor, AcceptancePredictor } from "../decoding/speculative/predictors.js";
 import { buildPolicy, candidateCap, type SpeculativeSettings } from "../decoding/speculative/settings.js";
+import { RoundCosts } from "../decoding/speculative/costs.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
 import { FlockError } from "../models/errors.js";
@@ -27,6 +28,8 @@ export interface SpeculativePipeline extends PipelineBase {
   readonly predictor: AcceptancePredictor;
   /** Pipeline-wide counters (vLLM's spec_decode_* schema). */
   readonly stats: SpeculativeStats;
+  /** Measured draft and target costs (they set SpecDec++'s threshold in auto mode). */
+  readonly costs: RoundCosts;
 }
 
 export type Pipeline = PlainPipeline | SpeculativePipeline;
@@ -45,6 +48,7 @@ export function speculativePipeline(
     throw new FlockError("invalid_request", `model ${target.id}: the draft's vocabulary differs from the target's; speculative decoding needs the same tokenizer`);
   }
   const stats = new SpeculativeStats();
+  const costs = new RoundCosts();
   return {
     id: target.id,
     kind: "speculative",
@@ -53,12 +57,13 @@ export function speculativePipeline(
     settings,
     predictor,
     stats,
+    costs,
     generate(request) {
       const { enabled, ...overrides } = request.speculative ?? {};
       if (enabled === false) return plainDecode(target, request);
       const effective = { ...settings, ...overrides };
       return speculativeDecode(
-        { target, draft, policy: buildPolicy(effective, predictor), predictor, maxCandidates: candidateCap(effective), stats },
+        { target, draft, policy: buildPolicy(effective, predictor, costs), predictor, maxCandidates: candidateCap(effective), stats, costs },
         request,
       );
     },

@@ -17,7 +17,7 @@ const FlockSpeculative = z.strictObject({
   enabled: z.boolean().optional(),
   policy: z.enum(["specdec++", "fixed", "confidence"]).optional(),
   k: z.int().min(1).max(32).optional(),
-  threshold: z.number().gt(0).lt(1).optional(),
+  threshold: z.union([z.number().gt(0).lt(1), z.literal("auto")]).optional(),
   p_min: z.number().min(0).max(1).optional(),
   min_candidates: z.int().min(1).max(64).optional(),
   max_candidates: z.int().min(1).max(64).optional(),

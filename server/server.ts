@@ -60,7 +60,9 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
           threads: model.threads,
           gpuLayers: model.gpuLayers,
           chatTemplate: model.chatTemplateName,
-          ...(pipeline.kind === "speculative" ? { draft: entry.speculative?.draft, policy: pipeline.settings.policy, predictor: pipeline.predictor.name } : {}),
+          ...(pipeline.kind === "speculative"
+            ? { draft: entry.speculative?.draft, policy: pipeline.settings.policy, predictor: pipeline.predictor.name, costs: pipeline.costs.describe() }
+            : {}),
         },
         "model loaded",
       );

@@ -11,11 +11,12 @@ import { createRng } from "../../models/util/rng.js";
 import type { EngineSequence } from "../../models/sequence.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
-import { adjustLogits, drawFrom, samplingDistribution } from "../sampler.js";
+import { adjustLogits, drawFrom, samplingDistribution, softmax } from "../sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob, TokenOrigin } from "../types.js";
 import { draftFeatures, type DraftFeatures } from "./features.js";
 import type { CandidateLengthPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
+import type { RoundCosts } from "./costs.js";
 import type { SpeculativeStats } from "./stats.js";
 import { verify } from "./verifier.js";
 
@@ -29,6 +30,8 @@ export interface SpeculativeSetup {
   /** Upper bound on candidates per round whatever the policy says. */
   maxCandidates: number;
   stats: SpeculativeStats;
+  /** Timings of draft steps and target passes are recorded here. */
+  costs: RoundCosts;
 }
 
 /** Recent acceptance starts optimistic and follows the soft labels. */
@@ -39,17 +42,20 @@ function increment(counts: Map<number, number>, token: number): void {
   counts.set(token, (counts.get(token) ?? 0) + 1);
 }
 
-/** Evaluates `all`'s tokens the cache lacks (at least the last), then `extra`; logits from the last committed token on. */
-async function catchUp(seq: EngineSequence, all: readonly number[], extra: readonly number[]): Promise<Float32Array[]> {
+/**
+ * Evaluates `all`'s tokens the cache lacks (at least the last), then `extra`; returns the
+ * logits from the last committed token on, and how many tokens the pass evaluated.
+ */
+async function catchUp(seq: EngineSequence, all: readonly number[], extra: readonly number[]): Promise<{ logits: Float32Array[]; evaluated: number }> {
   const reuse = Math.min(seq.sharedPrefix(all), all.length - 1);
   await seq.truncate(reuse);
   const feed = all.slice(reuse);
   const positions = Array.from({ length: extra.length + 1 }, (_, i) => feed.length - 1 + i);
-  return seq.evaluate([...feed, ...extra], positions);
+  return { logits: await seq.evaluate([...feed, ...extra], positions), evaluated: feed.length + extra.length };
 }
 
 export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
-  const { target, draft, policy, predictor, stats } = setup;
+  const { target, draft, policy, predictor, stats, costs } = setup;
   const targetSeq = await target.acquire(request.prompt, request.signal);
   let draftSeq: EngineSequence | undefined;
   try {
@@ -78,11 +84,15 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       if (budget > 0) {
         policy.begin();
         const draftCounts = new Map(counts);
-        let [draftLogits] = await catchUp(draftSeq, all, []);
+        let stepStarted = performance.now();
+        let [draftLogits] = (await catchUp(draftSeq, all, [])).logits;
         for (let k = 1; k <= budget; k++) {
-          const q = samplingDistribution(adjustLogits(draftLogits, params, draftCounts), params);
+          costs.observeDraftStep(performance.now() - stepStarted);
+          const adjusted = adjustLogits(draftLogits, params, draftCounts);
+          const q = samplingDistribution(adjusted, params);
           const y = drawFrom(q, rng);
-          const f = draftFeatures(q, y, k, recent);
+          // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
+          const f = draftFeatures(params.temperature === 0 ? softmax(adjusted) : q, y, k, recent);
           const decision = policy.decide(k, f);
           if (decision === "drop-and-stop") break;
           candidates.push(y);
@@ -90,12 +100,15 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           features.push(f);
           increment(draftCounts, y);
           if (decision === "stop" || k === budget || ends(y)) break;
+          stepStarted = performance.now();
           [draftLogits] = await draftSeq.evaluate([y], [0]);
         }
       }
 
       // Verify: one target batch scores every candidate plus the position after them.
-      const targetLogits = await catchUp(targetSeq, all, candidates);
+      const passStarted = performance.now();
+      const { logits: targetLogits, evaluated } = await catchUp(targetSeq, all, candidates);
+      costs.observeTargetPass(evaluated, performance.now() - passStarted);
       const targetCounts = new Map(counts);
       const targetDistributions = targetLogits.map((logits, i) => {
         const p = samplingDistribution(adjustLogits(logits, params, targetCounts), params);

@@ -2,6 +2,7 @@
 // another. One interface for fixed K, the draft-confidence threshold used by llama.cpp and
 // node-llama-cpp, and SpecDec++.
 import type { AcceptancePredictor } from "./predictors.js";
+import type { RoundCosts } from "./costs.js";
 import type { DraftFeatures } from "./features.js";
 
 export type PolicyDecision = "continue" | "stop" | "drop-and-stop";
@@ -50,28 +51,38 @@ export class ConfidencePolicy implements CandidateLengthPolicy {
 /**
  * SpecDec++: stop once the predicted probability that at least one candidate is rejected,
  * 1 − Π_j P̂_j, exceeds the threshold h; the token that crossed it is still proposed.
+ * With `threshold: "auto"` the same predictions drive a cost-aware rule (costs.ts): draft on
+ * while a longer round promises a better expected token rate, and propose nothing when no round
+ * beats target-only decoding. Until the costs are calibrated, h = fallbackThreshold.
  */
 export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
   readonly name = "specdec++";
-  private survival = 1;
+  private survivals: number[] = [];
   lastPrediction?: number;
 
   constructor(
     private readonly predictor: AcceptancePredictor,
-    private readonly threshold: number,
+    private readonly threshold: number | RoundCosts,
     private readonly minCandidates: number,
     private readonly maxCandidates: number,
+    private readonly fallbackThreshold = 0.7,
   ) {}
 
   begin(): void {
-    this.survival = 1;
+    this.survivals = [];
   }
 
   decide(k: number, features: DraftFeatures): PolicyDecision {
-    this.lastPrediction = this.predictor.predict(features);
-    this.survival *= this.lastPrediction;
+    const p = this.predictor.predict(features);
+    this.lastPrediction = p;
+    this.survivals.push((this.survivals.at(-1) ?? 1) * p);
+    if (typeof this.threshold !== "number") {
+      const decision = this.threshold.decide(k, this.survivals, p, this.maxCandidates);
+      if (decision !== null) return k >= this.maxCandidates && decision === "continue" ? "stop" : decision;
+    }
     if (k >= this.maxCandidates) return "stop";
-    if (k >= this.minCandidates && 1 - this.survival > this.threshold) return "stop";
+    const h = typeof this.threshold === "number" ? this.threshold : this.fallbackThreshold;
+    if (k >= this.minCandidates && 1 - this.survivals[k - 1] > h) return "stop";
     return "continue";
   }
 }

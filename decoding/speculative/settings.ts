@@ -1,11 +1,13 @@
 // Speculative settings: per model in the server config, overridable per request.
+import type { RoundCosts } from "./costs.js";
 import { ConfidencePolicy, type CandidateLengthPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
 
 export interface SpeculativeSettings {
   policy: "specdec++" | "fixed" | "confidence";
   k: number;
-  threshold: number;
+  /** SpecDec++'s h, or "auto": derived from measured round costs (costs.ts). */
+  threshold: number | "auto";
   pMin: number;
   minCandidates: number;
   maxCandidates: number;
@@ -14,14 +16,14 @@ export interface SpeculativeSettings {
 /** What a request may change (under the `flock.speculative` extension key). */
 export type SpeculativeOverrides = Partial<SpeculativeSettings> & { enabled?: boolean };
 
-export function buildPolicy(settings: SpeculativeSettings, predictor: AcceptancePredictor): CandidateLengthPolicy {
+export function buildPolicy(settings: SpeculativeSettings, predictor: AcceptancePredictor, costs: RoundCosts): CandidateLengthPolicy {
   switch (settings.policy) {
     case "fixed":
       return new FixedLengthPolicy(settings.k);
     case "confidence":
       return new ConfidencePolicy(settings.pMin, settings.maxCandidates);
     case "specdec++":
-      return new SpecDecPlusPlusPolicy(predictor, settings.threshold, settings.minCandidates, settings.maxCandidates);
+      return new SpecDecPlusPlusPolicy(predictor, settings.threshold === "auto" ? costs : settings.threshold, settings.minCandidates, settings.maxCandidates);
   }
 }
 

@@ -19,6 +19,7 @@ import {
 import { chainDeltaLora, type ModelShape, shapeFor, writeChainModel, writeLoraAdapter } from "./compile.js";
 import { document, DOMAINS, renderText } from "./language.js";
 import { FORGE_FORMAT, type Manifest } from "./manifest.js";
+import { speculativePair } from "./spec-pair.js";
 import { buildVocab, languagePieces } from "./vocab.js";
 
 export interface ForgeOptions {
@@ -31,7 +32,7 @@ export interface ForgeOptions {
 
 export const PRESETS = {
   demo: "the demo language model, a draft for it, four domain LoRA experts, and the fusion set",
-  spec: "a target/draft pair where the target costs many times the draft (speculative benchmarks)",
+  spec: "a target/draft pair for speculative benchmarks: the target costs many times the draft, no greedy cycles, varied acceptance",
 } as const;
 export type PresetName = keyof typeof PRESETS;
 
@@ -128,10 +129,11 @@ export function forge(options: ForgeOptions): Manifest {
     addModel("flock-contextual", "base", base, shapeFor(states, { layers: 2 }), "random attention and FFN outputs: logits depend on the whole context (KV-cache tests); not analytic", true);
   } else {
     const states = layout.stateNames.length;
-    addModel("flock-spec-target", "base", base, shapeFor(states, { embeddingDim: 512, layers: 12, ffnDim: 1536 }), "costly target");
-    const draft = perturbChain(base, rng, () => rng.pick([0.02, 0.1, 0.3, 0.6, 0.9]));
-    addModel("flock-spec-draft", "draft", draft, shapeFor(states), "cheap draft");
-    manifest.pairs.push(pairOf("flock-spec-target", "flock-spec-draft", base, draft));
+    const pair = speculativePair(layout, V, (state) => vocab.idOf(layout.stateNames[state]), rng, { disagreement: 0.25 });
+    // q8_0 blocks: on CPUs they batch best, so verifying several tokens costs least.
+    addModel("flock-spec-target", "spec-target", pair.target, shapeFor(states, { embeddingDim: 512, layers: 12, ffnDim: 1536, blockWeights: "q8_0" }), "costly target");
+    addModel("flock-spec-draft", "spec-draft", pair.draft, shapeFor(states), "cheap draft");
+    manifest.pairs.push(pairOf("flock-spec-target", "flock-spec-draft", pair.target, pair.draft));
   }
 
   for (const [name, chain] of Object.entries(chains)) {

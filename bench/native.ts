@@ -1,0 +1,68 @@
+// npm run bench:native [-- --json FILE]
+// Cost per generated position of getting the next-token distribution out of llama.cpp:
+// a token sampled inside llama.cpp (the floor), node-llama-cpp's public probabilities Map, and
+// flock's native raw logits (a Float32Array copy), on the forged demo model at 679, 32k and
+// 128k vocabularies; plus the thread-count comparison that sets flock's default.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { getLlama, LlamaLogLevel, type Token } from "node-llama-cpp";
+import { forge } from "../models/forge/presets.js";
+import { enableRawLogits, hasFlockAddon } from "../models/native.js";
+import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
+
+const POSITIONS = 100;
+const out = jsonPathArg("native.json");
+const dir = mkdtempSync(join(tmpdir(), "flock-bench-native-"));
+const llama = await getLlama({ gpu: false, maxThreads: 0, logLevel: LlamaLogLevel.error });
+if (!hasFlockAddon(llama)) console.warn("the native addon is not built (npm run build:native): raw-logits rows are skipped");
+const rows: BenchReport["rows"] = [];
+
+type Path = "sampled token" | "probabilities Map" | "raw logits (flock addon)";
+const ask: Record<Path, { token?: boolean; probabilities?: boolean; confidence?: boolean }> = {
+  "sampled token": { token: true },
+  "probabilities Map": { probabilities: true },
+  "raw logits (flock addon)": { confidence: true },
+};
+
+try {
+  for (const [vocabSize, threadCounts] of [[0, [1, 2]], [32000, [1]], [128000, [1]]] as const) {
+    const vdir = join(dir, String(vocabSize));
+    const manifest = forge({ outDir: vdir, preset: "demo", vocabSize });
+    const model = await llama.loadModel({ modelPath: join(vdir, manifest.models["flock-demo"].file) });
+    for (const threads of threadCounts) {
+      const context = await model.createContext({ contextSize: 512, threads: { ideal: threads, min: threads } });
+      if (hasFlockAddon(llama)) enableRawLogits(context);
+      const seq = context.getSequence();
+      const measure = async (what: (typeof ask)[Path]) => {
+        await seq.clearHistory();
+        await seq.controlledEvaluate([manifest.vocab.bos as Token]);
+        const started = performance.now();
+        for (let i = 0; i < POSITIONS; i++) await seq.controlledEvaluate([[(300 + (i % 50)) as Token, { generateNext: what }]]);
+        return (performance.now() - started) / POSITIONS;
+      };
+      const floor = await measure(ask["sampled token"]);
+      for (const path of Object.keys(ask) as Path[]) {
+        if (path === "raw logits (flock addon)" && !hasFlockAddon(llama)) continue;
+        const ms = path === "sampled token" ? floor : await measure(ask[path]);
+        rows.push({ vocabulary: manifest.vocab.tokens.length, threads, path, msPerPosition: ms, overMs: ms - floor, ratioToSampled: ms / floor });
+      }
+      await context.dispose();
+    }
+    await model.dispose();
+  }
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+printTable(rows);
+const overhead = (vocabulary: number, path: Path) => rows.find((r) => r.vocabulary === vocabulary && r.path === path && r.threads === 1)?.overMs as number | undefined;
+for (const v of new Set(rows.map((r) => r.vocabulary as number))) {
+  const map = overhead(v, "probabilities Map");
+  const raw = overhead(v, "raw logits (flock addon)");
+  if (map === undefined || raw === undefined) continue;
+  // Below ~0.05 ms the difference to a sampled token is within run-to-run noise.
+  const rawText = raw < 0.05 ? "no more than sampling a token" : `${raw.toFixed(2)} ms (${(map / raw).toFixed(0)}× less)`;
+  console.log(`vocabulary ${v}: full distribution over a sampled token — Map ${map.toFixed(2)} ms, raw logits ${rawText}`);
+}
+writeReport(out, { benchmark: "native", command: "npm run bench:native", settings: { positions: POSITIONS, model: "flock-demo (4 layers, d=128)", build: llama.buildType }, rows });

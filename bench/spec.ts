@@ -1,0 +1,192 @@
+// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N]
+// Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
+// temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
+// own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { DraftSequenceTokenPredictor, type Token } from "node-llama-cpp";
+import { DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
+import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
+import { SpeculativeStats } from "../decoding/speculative/stats.js";
+import type { GenerationRequest } from "../decoding/types.js";
+import { Engine } from "../models/engine.js";
+import { FORGE_FORMAT, readManifest } from "../models/forge/manifest.js";
+import { forge } from "../models/forge/presets.js";
+import { ModelEntry } from "../models/registry.js";
+import { loadPipeline } from "../routing/load.js";
+import type { Pipeline, SpeculativePipeline } from "../routing/pipeline.js";
+import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
+
+const { values } = parseArgs({
+  options: { prompts: { type: "string" }, tokens: { type: "string" }, json: { type: "string" }, thresholds: { type: "string" }, only: { type: "string" } },
+  strict: false,
+});
+const THRESHOLDS = String(values.thresholds ?? "auto,0.7")
+  .split(",")
+  .map((h) => (h === "auto" ? ("auto" as const) : Number(h)));
+const PROMPTS = Number(values.prompts ?? 32);
+const TOKENS = Number(values.tokens ?? 48);
+const out = jsonPathArg("spec.json");
+
+const dir = join(import.meta.dirname, "..", ".cache", `bench-spec-f${FORGE_FORMAT}`);
+if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: "spec", seed: 1 });
+const manifest = readManifest(dir);
+const pair = manifest.pairs[0];
+const target = join(dir, manifest.models[pair.target].file);
+const draft = join(dir, manifest.models[pair.draft].file);
+
+const engine = await Engine.create({ gpu: "off", threads: 1 });
+const stateDir = join(dir, "state");
+const entry = (id: string, predictor?: "online" | "draft-confidence") =>
+  ModelEntry.parse({ id, path: target, contextSize: 512, parallel: 1, ...(predictor ? { speculative: { draft, predictor } } : {}) });
+const plain = await loadPipeline(engine, entry("target"), stateDir);
+const online = (await loadPipeline(engine, entry("online", "online"), stateDir)) as SpeculativePipeline;
+const confidence = (await loadPipeline(engine, entry("confidence", "draft-confidence"), stateDir)) as SpeculativePipeline;
+
+// Prompts: BOS and one word, starting in different states; warm-up prompts are separate.
+const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
+const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
+const stateOf = (token: number) => manifest.states.ofToken[token];
+
+interface Run {
+  seconds: number;
+  tokens: number;
+  stats: SpeculativeStats;
+  /** Closed-form acceptance expected over the positions that were verified. */
+  expectedAcceptance: number;
+  /** Share of generated tokens produced after the run's state sequence first repeated. */
+  cyclic: number;
+}
+
+function cyclicShare(prompt: number[], tokens: number[]): number {
+  const seen = new Set<number>([stateOf(prompt.at(-1)!)]);
+  for (let i = 0; i < tokens.length; i++) {
+    const s = stateOf(tokens[i]);
+    if (seen.has(s)) return (tokens.length - i) / tokens.length;
+    seen.add(s);
+  }
+  return 0;
+}
+
+async function runFlock(pipeline: Pipeline, sampling: SamplingParams, speculative: SpeculativeOverrides | undefined, first: number, count: number): Promise<Run> {
+  const stats = new SpeculativeStats();
+  let tokens = 0;
+  let expected = 0;
+  let verified = 0;
+  let cyclic = 0;
+  const alpha = sampling.temperature === 0 ? pair.greedyAgreementPerState.map(Number) : pair.acceptancePerState;
+  const started = performance.now();
+  for (let p = first; p < first + count; p++) {
+    const prompt = promptOf(p);
+    const request: GenerationRequest = { prompt, maxTokens: TOKENS, sampling, seed: 100 + p, stopStrings: [], stopTokens: [], topLogprobs: null, speculative };
+    let last = prompt.at(-1)!;
+    const generated: number[] = [];
+    for await (const step of pipeline.generate(request)) {
+      generated.push(...step.tokens);
+      if (step.speculative) {
+        const round = step.speculative;
+        stats.recordRound(round.drafted, round.accepted);
+        let state = stateOf(last);
+        for (let i = 0; i < Math.min(round.drafted, round.accepted + 1); i++) {
+          expected += alpha[state];
+          verified++;
+          if (i < round.accepted) state = stateOf(step.tokens[i]);
+        }
+      }
+      last = step.tokens.at(-1)!;
+    }
+    tokens += generated.length;
+    cyclic += cyclicShare(prompt, generated) * generated.length;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  return { seconds, tokens, stats, expectedAcceptance: verified ? expected / verified : 0, cyclic: cyclic / tokens };
+}
+
+/** node-llama-cpp's own speculative decoding: a DraftSequenceTokenPredictor on the same models. */
+async function runDraftSequencePredictor(temperature: number, first: number, count: number): Promise<Run & { validated: number; refuted: number }> {
+  const targetContext = await plain.model.weights.createContext({ contextSize: 512, threads: { ideal: 1, min: 1 } });
+  const draftContext = await online.draft.weights.createContext({ contextSize: 512, threads: { ideal: 1, min: 1 } });
+  const sequence = targetContext.getSequence({ tokenPredictor: new DraftSequenceTokenPredictor(draftContext.getSequence()) });
+  let tokens = 0;
+  let cyclic = 0;
+  const started = performance.now();
+  for (let p = first; p < first + count; p++) {
+    await sequence.clearHistory();
+    const prompt = promptOf(p);
+    const generated: number[] = [];
+    for await (const token of sequence.evaluate(prompt as Token[], { temperature, seed: 100 + p })) {
+      generated.push(token);
+      if (generated.length >= TOKENS) break;
+    }
+    tokens += generated.length;
+    cyclic += cyclicShare(prompt, generated) * generated.length;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const { validated, refuted } = sequence.tokenPredictions;
+  await targetContext.dispose();
+  await draftContext.dispose();
+  return { seconds, tokens, stats: new SpeculativeStats(), expectedAcceptance: 0, cyclic: cyclic / tokens, validated, refuted };
+}
+
+interface Variant {
+  name: string;
+  pipeline: Pipeline;
+  speculative?: SpeculativeOverrides;
+}
+const allVariants: Variant[] = [
+  { name: "target only", pipeline: plain },
+  ...[1, 2, 3, 4, 5, 6, 7, 8].map((k): Variant => ({ name: `fixed K=${k}`, pipeline: online, speculative: { policy: "fixed", k } })),
+  { name: "confidence p_min=0.6", pipeline: online, speculative: { policy: "confidence", pMin: 0.6, maxCandidates: 16 } },
+  ...THRESHOLDS.flatMap((threshold): Variant[] => [
+    { name: `SpecDec++ h=${threshold} (online logistic)`, pipeline: online, speculative: { policy: "specdec++", threshold } },
+    { name: `SpecDec++ h=${threshold} (draft confidence)`, pipeline: confidence, speculative: { policy: "specdec++", threshold } },
+  ]),
+];
+const variants = allVariants.filter((v) => !values.only || v.name === "target only" || v.name.includes(String(values.only)));
+
+const rows: BenchReport["rows"] = [];
+for (const temperature of [1, 0]) {
+  const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature };
+  // Steady state: the online predictor has seen traffic before the measured prompts.
+  await runFlock(online, sampling, { policy: "specdec++" }, PROMPTS, PROMPTS);
+  const baseline = await runFlock(plain, sampling, undefined, 0, PROMPTS);
+  const tps = (r: Run) => r.tokens / r.seconds;
+  for (const v of variants) {
+    const r = v.name === "target only" ? baseline : await runFlock(v.pipeline, sampling, v.speculative, 0, PROMPTS);
+    rows.push({
+      temperature,
+      variant: v.name,
+      tokensPerSecond: tps(r),
+      vsTargetOnly: tps(r) / tps(baseline),
+      acceptance: v.speculative ? r.stats.acceptanceRate : null,
+      closedForm: v.speculative ? r.expectedAcceptance : null,
+      meanCandidates: v.speculative ? r.stats.meanCandidateLength : null,
+      targetCallsPerToken: (v.speculative ? r.stats.targetCalls : r.tokens) / r.tokens,
+      cyclicShare: r.cyclic,
+    });
+  }
+  const nl = await runDraftSequencePredictor(temperature, 0, PROMPTS);
+  rows.push({
+    temperature,
+    variant: "node-llama-cpp DraftSequenceTokenPredictor",
+    tokensPerSecond: tps(nl),
+    vsTargetOnly: tps(nl) / tps(baseline),
+    acceptance: nl.validated / Math.max(1, nl.validated + nl.refuted),
+    closedForm: null,
+    meanCandidates: null,
+    targetCallsPerToken: null,
+    cyclicShare: nl.cyclic,
+  });
+}
+console.log("measured round costs:", JSON.stringify(online.costs.describe()), JSON.stringify(confidence.costs.describe()));
+online.predictor instanceof Object && "save" in online.predictor && (online.predictor as { save(): void }).save();
+
+printTable(rows);
+writeReport(out, {
+  benchmark: "spec",
+  command: "npm run bench:spec",
+  settings: { prompts: PROMPTS, tokensPerPrompt: TOKENS, target: manifest.models[pair.target].shape, draft: manifest.models[pair.draft].shape, threads: 1 },
+  rows,
+});
+await engine[Symbol.asyncDispose]();

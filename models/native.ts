@@ -1,0 +1,35 @@
+// The only place that reaches into node-llama-cpp internals, to use flock's native addon
+// methods (models/native/addon). With the prebuilt binary none of this is present, and the
+// engine falls back to node-llama-cpp's public probabilities path.
+import type { Llama, LlamaContext } from "node-llama-cpp";
+
+interface AddonContextWithFlock {
+  sampleToken(batchLogitIndex: number, sampler: unknown, probabilities?: boolean, confidence?: boolean): Promise<unknown>;
+  flockGetLogits(batchLogitIndex: number): Float32Array;
+}
+
+/** Whether the loaded addon carries flock's methods (a local build made by `npm run build:native`). */
+export function hasFlockAddon(llama: Llama): boolean {
+  const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype?: Partial<AddonContextWithFlock> } } })._bindings;
+  return typeof bindings?.AddonContext?.prototype?.flockGetLogits === "function";
+}
+
+/**
+ * Makes `controlledEvaluate` return raw logits for positions that ask for `confidence` only.
+ *
+ * node-llama-cpp samples every requested position through `_ctx.sampleToken(index, sampler,
+ * probabilities, confidence)` and passes the returned confidence through untouched. On
+ * contexts flock owns, a confidence-only request is answered with the position's raw logits
+ * (a Float32Array copied by flockGetLogits) instead of a sampled token; every other request
+ * goes to node-llama-cpp as before.
+ */
+export function enableRawLogits(context: LlamaContext): void {
+  const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
+  const sampleToken = addon.sampleToken.bind(addon);
+  const withRawLogits: AddonContextWithFlock["sampleToken"] = (batchLogitIndex, sampler, probabilities, confidence) => {
+    if (confidence === true && probabilities !== true) return Promise.resolve([-1, undefined, addon.flockGetLogits(batchLogitIndex)]);
+    return sampleToken(batchLogitIndex, sampler, probabilities, confidence);
+  };
+  // N-API methods are read-only on the prototype; an own property shadows it.
+  Object.defineProperty(addon, "sampleToken", { value: withRawLogits });
+}

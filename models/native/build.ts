@@ -1,0 +1,119 @@
+// npm run build:native [-- --force] [-- --postinstall]
+//
+// Builds flock's native engine extension: node-llama-cpp's bundled llama.cpp release
+// (`source download --skipBuild`, offline), flock's addon sources and patches applied with
+// `git apply` (failing loudly when they do not apply), then `source build`. getLlama() then
+// loads this local build. Skipped when node-llama-cpp's version and flock's native sources are
+// unchanged since the last build.
+//
+// --postinstall: run from `npm install`; a failed build warns and exits 0, so flock still
+// installs and serves with the prebuilt binary (startup says which features are missing).
+// FLOCK_NATIVE_GPU=cuda|vulkan builds for that backend (default: CPU only).
+// FLOCK_SKIP_NATIVE_BUILD=1 skips the build.
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+
+const here = import.meta.dirname;
+// The package root: two levels above its entry point (dist/index.js); package.json is not exported.
+const packageDir = dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp")));
+const llamaDir = join(packageDir, "llama");
+const addonDir = join(llamaDir, "addon");
+const pristineDir = join(llamaDir, ".flock-pristine-addon");
+const stampFile = join(llamaDir, "localBuilds", "flock-native.json");
+const cli = join(packageDir, "dist", "cli", "cli.js");
+
+const args = new Set(process.argv.slice(2));
+const postinstall = args.has("--postinstall");
+const force = args.has("--force");
+const gpu = process.env.FLOCK_NATIVE_GPU ?? "false";
+
+function sources(): string[] {
+  const dirs = [join(here, "addon"), join(here, "patches")];
+  return dirs.flatMap((d) => (existsSync(d) ? readdirSync(d).sort().map((f) => join(d, f)) : []));
+}
+
+function fingerprint(): string {
+  const hash = createHash("sha256");
+  const version = (JSON.parse(readFileSync(join(packageDir, "package.json"), "utf8")) as { version: string }).version;
+  hash.update(`node-llama-cpp@${version} gpu=${gpu}\n`);
+  for (const file of sources()) hash.update(`${file.slice(here.length)}\n`).update(readFileSync(file));
+  return hash.digest("hex");
+}
+
+function run(command: string, commandArgs: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): void {
+  console.log(`flock build:native: ${command} ${commandArgs.join(" ")}  (in ${cwd})`);
+  const result = spawnSync(command, commandArgs, { cwd, stdio: "inherit", env });
+  if (result.status !== 0) throw new Error(`${command} ${commandArgs.join(" ")} failed with exit code ${result.status ?? result.signal}`);
+}
+
+/** git apply, outside any enclosing repository, relative to `dir`. */
+function applyPatch(patch: string, dir: string): void {
+  const env = { ...process.env, GIT_CEILING_DIRECTORIES: dirname(dir) };
+  const check = spawnSync("git", ["apply", "--check", patch], { cwd: dir, env, encoding: "utf8" });
+  if (check.status !== 0) throw new Error(`patch ${patch} does not apply in ${dir}:\n${check.stderr}`);
+  run("git", ["apply", patch], dir, env);
+}
+
+function build(): void {
+  const wanted = fingerprint();
+  if (!force && existsSync(stampFile)) {
+    const stamp = JSON.parse(readFileSync(stampFile, "utf8")) as { fingerprint?: string };
+    if (stamp.fingerprint === wanted) {
+      console.log("flock build:native: up to date (node-llama-cpp version and flock's native sources unchanged)");
+      return;
+    }
+  }
+
+  // 1. llama.cpp's source from the bundle shipped inside node-llama-cpp (no network).
+  run(process.execPath, [cli, "source", "download", "--gpu", gpu, "--skipBuild"], packageDir);
+
+  // 2. The addon as shipped, then flock's sources and patches.
+  if (!existsSync(pristineDir)) cpSync(addonDir, pristineDir, { recursive: true });
+  cpSync(pristineDir, addonDir, { recursive: true });
+  for (const file of readdirSync(join(here, "addon"))) copyFileSync(join(here, "addon", file), join(addonDir, file));
+  for (const patch of readdirSync(join(here, "patches")).sort()) {
+    const target = patch.startsWith("llama-cpp-") ? join(llamaDir, "llama.cpp") : llamaDir;
+    applyPatch(join(here, "patches", patch), target);
+  }
+
+  // 3. Build; node-llama-cpp's getLlama() prefers this local build from now on.
+  run(process.execPath, [cli, "source", "build", "--gpu", gpu], packageDir);
+
+  // 4. Check that the build loads and carries flock's methods.
+  const probe = spawnSync(
+    process.execPath,
+    [
+      "--input-type=module",
+      "-e",
+      `import { getLlama } from "node-llama-cpp";
+       const llama = await getLlama({ gpu: ${gpu === "false" ? "false" : JSON.stringify(gpu)} });
+       const ok = llama.buildType === "localBuild" && typeof llama._bindings.AddonContext.prototype.flockGetLogits === "function";
+       console.log(JSON.stringify({ buildType: llama.buildType, ok }));
+       process.exit(ok ? 0 : 1);`,
+    ],
+    { cwd: dirname(dirname(packageDir)), encoding: "utf8" },
+  );
+  if (probe.status !== 0) throw new Error(`the local build does not load with flock's methods: ${probe.stdout}${probe.stderr}`);
+
+  mkdirSync(dirname(stampFile), { recursive: true });
+  writeFileSync(stampFile, JSON.stringify({ fingerprint: wanted, builtAt: new Date().toISOString(), gpu }));
+  console.log("flock build:native: done");
+}
+
+if (process.env.FLOCK_SKIP_NATIVE_BUILD === "1") {
+  console.log("flock build:native: skipped (FLOCK_SKIP_NATIVE_BUILD=1)");
+} else {
+  try {
+    build();
+  } catch (err) {
+    if (!postinstall) throw err;
+    console.warn(
+      `\nflock: WARNING — the native engine extension was not built: ${(err as Error).message}\n` +
+        "flock will run on node-llama-cpp's prebuilt binary without raw logits (slower full distributions).\n" +
+        "Retry with: npm run build:native\n",
+    );
+  }
+}
