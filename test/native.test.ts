@@ -1,0 +1,57 @@
+// flock's native addon: present where it must be (CI builds it from scratch), and its raw
+// logits define the same distributions as node-llama-cpp's public probabilities path.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { inject } from "vitest";
+import { softmax } from "../decoding/sampler.js";
+import { Engine } from "../models/engine.js";
+import { readManifest } from "../models/forge/manifest.js";
+import { LoadedModel } from "../models/model.js";
+import { ModelEntry } from "../models/registry.js";
+import { forgedPath } from "./helpers/server.js";
+
+// CI sets FLOCK_REQUIRE_NATIVE=1: there a missing build is a failure, not a skip.
+const required = process.env.FLOCK_REQUIRE_NATIVE === "1";
+let engine: Engine;
+
+beforeAll(async () => {
+  engine = await Engine.create({ gpu: "off", threads: 1 });
+});
+afterAll(() => engine?.[Symbol.asyncDispose]());
+
+describe("native build", () => {
+  it("is loaded and reports raw logits", (ctx) => {
+    if (!required && !engine.capabilities.rawLogits) ctx.skip();
+    expect(engine.llama.buildType).toBe("localBuild");
+    expect(engine.capabilities.rawLogits).toBe(true);
+    expect(engine.describe().missing ?? "").not.toContain("rawLogits");
+  });
+
+  it("raw logits give the probabilities path's distributions at every requested position of a batch", async (ctx) => {
+    if (!engine.capabilities.rawLogits) ctx.skip();
+    const manifest = readManifest(inject("forgeDir"));
+    const entry = ModelEntry.parse({ id: "ctx", path: forgedPath(manifest.models["flock-contextual"].file), contextSize: 256, parallel: 1 });
+    const native = await engine.load(entry);
+    const fallback = await LoadedModel.create(native.weights, entry, 1, { ...engine.capabilities, rawLogits: false });
+    const tokens = [manifest.vocab.bos, ...[" sailor", " ties", " the", " rope", "."].map((w) => manifest.vocab.tokens.indexOf(w.replace(" ", "\u2581")))];
+    const positions = [1, 3, 5];
+    const read = async (model: LoadedModel) => {
+      const seq = await model.acquire([]);
+      try {
+        return await seq.evaluate(tokens, positions);
+      } finally {
+        seq.release();
+      }
+    };
+    const [raw, viaMap] = [await read(native), await read(fallback)];
+    expect(raw[0]).toBeInstanceOf(Float32Array);
+    expect(raw[0].length).toBe(manifest.vocab.tokens.length);
+    positions.forEach((_, i) => {
+      const p = softmax(raw[i]);
+      const q = softmax(viaMap[i]);
+      expect(Math.max(...p.map((x, t) => Math.abs(x - q[t])))).toBeLessThan(1e-6);
+    });
+    // The positions really differ (the check could fail).
+    expect(Math.max(...softmax(raw[0]).map((x, t) => Math.abs(x - softmax(raw[2])[t])))).toBeGreaterThan(1e-3);
+    await fallback[Symbol.asyncDispose]();
+  });
+});
