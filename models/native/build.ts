@@ -6,6 +6,8 @@
 // loads this local build. Skipped when node-llama-cpp's version and flock's native sources are
 // unchanged since the last build.
 //
+// --quick: for developers changing only models/native/addon/*: copy the sources, rebuild
+// incrementally with cmake (seconds instead of minutes) and install the result.
 // --postinstall: run from `npm install`; a failed build warns and exits 0, so flock still
 // installs and serves with the prebuilt binary (startup says which features are missing).
 // FLOCK_NATIVE_GPU=cuda|vulkan builds for that backend (default: CPU only).
@@ -28,6 +30,7 @@ const cli = join(packageDir, "dist", "cli", "cli.js");
 const args = new Set(process.argv.slice(2));
 const postinstall = args.has("--postinstall");
 const force = args.has("--force");
+const quick = args.has("--quick");
 const gpu = process.env.FLOCK_NATIVE_GPU ?? "false";
 
 function sources(): string[] {
@@ -103,11 +106,27 @@ function build(): void {
   console.log("flock build:native: done");
 }
 
+/** Incremental rebuild of an existing local build after editing flock's addon sources. */
+function quickRebuild(): void {
+  const buildDir = join(llamaDir, "localBuilds", `${process.platform}-${process.arch}`);
+  if (!existsSync(join(buildDir, "build.ninja")) && !existsSync(join(buildDir, "Makefile"))) {
+    throw new Error(`no local build in ${buildDir} to rebuild; run npm run build:native first`);
+  }
+  for (const file of readdirSync(join(here, "addon"))) copyFileSync(join(here, "addon", file), join(addonDir, file));
+  run("cmake", ["--build", buildDir, "--parallel", "2"], packageDir);
+  const bin = join(buildDir, "bin");
+  for (const file of readdirSync(bin)) copyFileSync(join(bin, file), join(buildDir, "Release", file));
+  mkdirSync(dirname(stampFile), { recursive: true });
+  writeFileSync(stampFile, JSON.stringify({ fingerprint: fingerprint(), builtAt: new Date().toISOString(), gpu, quick: true }));
+  console.log("flock build:native: quick rebuild done");
+}
+
 if (process.env.FLOCK_SKIP_NATIVE_BUILD === "1") {
   console.log("flock build:native: skipped (FLOCK_SKIP_NATIVE_BUILD=1)");
 } else {
   try {
-    build();
+    if (quick) quickRebuild();
+    else build();
   } catch (err) {
     if (!postinstall) throw err;
     console.warn(

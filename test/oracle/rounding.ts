@@ -1,0 +1,40 @@
+// Where ggml's CPU backend rounds inside a llama forward pass, for the oracle's "ggml-cpu"
+// numerics. ggml_mul_mat converts its f32 operand to the other operand's "vec_dot_type" before
+// the dot products: f16 for F16 weights (and for the f16 KV cache), q8_0 blocks for Q8_0
+// weights, nothing for F32. These roundings are tiny, but a model with random weights can
+// amplify them past 1e-4 in probability, so a tight comparison has to reproduce them.
+import { float16BitsToFloat32, float32ToFloat16Bits } from "../../models/gguf/f16.js";
+import { F16, F32, type GgmlStorage, Q8_BLOCK } from "./gguf.js";
+
+export function roundToF16(x: Float32Array): Float32Array {
+  return x.map((v) => float16BitsToFloat32(float32ToFloat16Bits(v)));
+}
+
+/** What ggml_mul_mat multiplies with weights of type `type`: x in that type's vec_dot_type. */
+export function asDotOperand(x: Float32Array, type: GgmlStorage): Float32Array {
+  if (type === F32) return x;
+  if (type === F16) return roundToF16(x);
+  return quantizeQ8_0(x);
+}
+
+/**
+ * ggml's quantize_row_q8_0 (its x86 form): per block of 32, d = max|x| / 127 (stored as f16),
+ * q = round-half-even(x · 127 / max|x|).
+ */
+function quantizeQ8_0(x: Float32Array): Float32Array {
+  if (x.length % Q8_BLOCK !== 0) throw new Error(`q8_0 needs a multiple of ${Q8_BLOCK} values, got ${x.length}`);
+  const out = new Float32Array(x.length);
+  for (let at = 0; at < x.length; at += Q8_BLOCK) {
+    let amax = 0;
+    for (let i = 0; i < Q8_BLOCK; i++) amax = Math.max(amax, Math.abs(x[at + i]));
+    const d = float16BitsToFloat32(float32ToFloat16Bits(Math.fround(amax / 127)));
+    const inv = amax ? Math.fround(127 / amax) : 0;
+    for (let i = 0; i < Q8_BLOCK; i++) out[at + i] = d * roundHalfEven(Math.fround(x[at + i] * inv));
+  }
+  return out;
+}
+
+function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
