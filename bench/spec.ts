@@ -1,13 +1,15 @@
-// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N]
+// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--thresholds auto,0.7] [--only NAME]
 // Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
 // temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
 // own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor.
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { DraftSequenceTokenPredictor, type Token } from "node-llama-cpp";
-import { DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
+import { DEFAULT_SAMPLING, type SamplingParams, softmax } from "../decoding/sampler.js";
 import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
+import { draftFeatures } from "../decoding/speculative/features.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { GenerationRequest } from "../decoding/types.js";
 import { Engine } from "../models/engine.js";
@@ -19,13 +21,20 @@ import type { Pipeline, SpeculativePipeline } from "../routing/pipeline.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const { values } = parseArgs({
-  options: { prompts: { type: "string" }, tokens: { type: "string" }, json: { type: "string" }, thresholds: { type: "string" }, only: { type: "string" } },
+  options: {
+    prompts: { type: "string" },
+    tokens: { type: "string" },
+    repeats: { type: "string" },
+    json: { type: "string" },
+    thresholds: { type: "string" },
+    only: { type: "string" },
+  },
   strict: false,
 });
 const THRESHOLDS = String(values.thresholds ?? "auto,0.7")
   .split(",")
   .map((h) => (h === "auto" ? ("auto" as const) : Number(h)));
-const PROMPTS = Number(values.prompts ?? 32);
+const PROMPTS = Number(values.prompts ?? 24);
 const TOKENS = Number(values.tokens ?? 48);
 const out = jsonPathArg("spec.json");
 
@@ -37,7 +46,8 @@ const target = join(dir, manifest.models[pair.target].file);
 const draft = join(dir, manifest.models[pair.draft].file);
 
 const engine = await Engine.create({ gpu: "off", threads: 1 });
-const stateDir = join(dir, "state");
+// A fresh state directory: the online predictor starts from its prior in every run.
+const stateDir = mkdtempSync(join(tmpdir(), "flock-bench-spec-"));
 const entry = (id: string, predictor?: "online" | "draft-confidence") =>
   ModelEntry.parse({ id, path: target, contextSize: 512, parallel: 1, ...(predictor ? { speculative: { draft, predictor } } : {}) });
 const plain = await loadPipeline(engine, entry("target"), stateDir);
@@ -55,6 +65,8 @@ interface Run {
   stats: SpeculativeStats;
   /** Closed-form acceptance expected over the positions that were verified. */
   expectedAcceptance: number;
+  /** Accepted / verified positions (comparable with the closed form). */
+  verifiedAcceptance: number;
   /** Share of generated tokens produced after the run's state sequence first repeated. */
   cyclic: number;
 }
@@ -100,7 +112,14 @@ async function runFlock(pipeline: Pipeline, sampling: SamplingParams, speculativ
     cyclic += cyclicShare(prompt, generated) * generated.length;
   }
   const seconds = (performance.now() - started) / 1000;
-  return { seconds, tokens, stats, expectedAcceptance: verified ? expected / verified : 0, cyclic: cyclic / tokens };
+  return {
+    seconds,
+    tokens,
+    stats,
+    expectedAcceptance: verified ? expected / verified : 0,
+    verifiedAcceptance: verified ? stats.acceptedTokens / verified : 0,
+    cyclic: cyclic / tokens,
+  };
 }
 
 /** node-llama-cpp's own speculative decoding: a DraftSequenceTokenPredictor on the same models. */
@@ -126,7 +145,7 @@ async function runDraftSequencePredictor(temperature: number, first: number, cou
   const { validated, refuted } = sequence.tokenPredictions;
   await targetContext.dispose();
   await draftContext.dispose();
-  return { seconds, tokens, stats: new SpeculativeStats(), expectedAcceptance: 0, cyclic: cyclic / tokens, validated, refuted };
+  return { seconds, tokens, stats: new SpeculativeStats(), expectedAcceptance: 0, verifiedAcceptance: 0, cyclic: cyclic / tokens, validated, refuted };
 }
 
 interface Variant {
@@ -145,48 +164,87 @@ const allVariants: Variant[] = [
 ];
 const variants = allVariants.filter((v) => !values.only || v.name === "target only" || v.name.includes(String(values.only)));
 
+const REPEATS = Number(values.repeats ?? 3);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const rows: BenchReport["rows"] = [];
 for (const temperature of [1, 0]) {
   const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature };
   // Steady state: the online predictor has seen traffic before the measured prompts.
   await runFlock(online, sampling, { policy: "specdec++" }, PROMPTS, PROMPTS);
-  const baseline = await runFlock(plain, sampling, undefined, 0, PROMPTS);
-  const tps = (r: Run) => r.tokens / r.seconds;
-  for (const v of variants) {
-    const r = v.name === "target only" ? baseline : await runFlock(v.pipeline, sampling, v.speculative, 0, PROMPTS);
+  // Every repetition runs every variant once, interleaved, so slow phases of a shared machine
+  // hit all of them; the table reports medians over repetitions.
+  const runs = new Map<string, Run[]>();
+  const speeds = new Map<string, number[]>();
+  const ratios = new Map<string, number[]>();
+  const record = (name: string, run: Run, baseline: Run) => {
+    runs.set(name, [...(runs.get(name) ?? []), run]);
+    speeds.set(name, [...(speeds.get(name) ?? []), run.tokens / run.seconds]);
+    ratios.set(name, [...(ratios.get(name) ?? []), run.tokens / run.seconds / (baseline.tokens / baseline.seconds)]);
+  };
+  const external = "node-llama-cpp DraftSequenceTokenPredictor";
+  let validated = 0;
+  let refuted = 0;
+  for (let rep = 0; rep < REPEATS; rep++) {
+    const baseline = await runFlock(plain, sampling, undefined, 0, PROMPTS);
+    for (const v of variants) record(v.name, v.speculative ? await runFlock(v.pipeline, sampling, v.speculative, 0, PROMPTS) : baseline, baseline);
+    const nl = await runDraftSequencePredictor(temperature, 0, PROMPTS);
+    validated += nl.validated;
+    refuted += nl.refuted;
+    record(external, nl, baseline);
+  }
+  for (const name of [...variants.map((v) => v.name), external]) {
+    const v = variants.find((x) => x.name === name);
+    const all = runs.get(name)!;
+    const stats = new SpeculativeStats();
+    for (const r of all) stats.merge(r.stats);
+    const mean = (f: (r: Run) => number) => all.reduce((acc, r) => acc + f(r), 0) / all.length;
+    const speculative = v?.speculative !== undefined;
     rows.push({
       temperature,
-      variant: v.name,
-      tokensPerSecond: tps(r),
-      vsTargetOnly: tps(r) / tps(baseline),
-      acceptance: v.speculative ? r.stats.acceptanceRate : null,
-      closedForm: v.speculative ? r.expectedAcceptance : null,
-      meanCandidates: v.speculative ? r.stats.meanCandidateLength : null,
-      targetCallsPerToken: (v.speculative ? r.stats.targetCalls : r.tokens) / r.tokens,
-      cyclicShare: r.cyclic,
+      variant: name,
+      tokensPerSecond: median(speeds.get(name)!),
+      vsTargetOnly: median(ratios.get(name)!),
+      acceptance: speculative ? stats.acceptanceRate : name === external ? validated / Math.max(1, validated + refuted) : null,
+      verifiedAcceptance: speculative ? mean((r) => r.verifiedAcceptance) : null,
+      closedForm: speculative ? mean((r) => r.expectedAcceptance) : null,
+      meanCandidates: speculative ? stats.meanCandidateLength : null,
+      targetCallsPerToken: speculative ? stats.targetCalls / all.reduce((a, r) => a + r.tokens, 0) : name === external ? null : 1,
+      // Only greedy runs can sit in a cycle of the chain.
+      cyclicShare: temperature === 0 ? mean((r) => r.cyclic) : null,
     });
   }
-  const nl = await runDraftSequencePredictor(temperature, 0, PROMPTS);
-  rows.push({
-    temperature,
-    variant: "node-llama-cpp DraftSequenceTokenPredictor",
-    tokensPerSecond: tps(nl),
-    vsTargetOnly: tps(nl) / tps(baseline),
-    acceptance: nl.validated / Math.max(1, nl.validated + nl.refuted),
-    closedForm: null,
-    meanCandidates: null,
-    targetCallsPerToken: null,
-    cyclicShare: nl.cyclic,
-  });
 }
-console.log("measured round costs:", JSON.stringify(online.costs.describe()), JSON.stringify(confidence.costs.describe()));
-online.predictor instanceof Object && "save" in online.predictor && (online.predictor as { save(): void }).save();
+// A predictor must pay for itself: its cost per drafted token against a draft step.
+function predictorCost(vocabulary: number): number {
+  const logits = Float32Array.from({ length: vocabulary }, (_, i) => -((i * 7919) % 101) / 10);
+  const q = softmax(logits);
+  const N = 2000;
+  const started = performance.now();
+  for (let i = 0; i < N; i++) online.predictor.predict(draftFeatures(q, logits, 1, i % vocabulary, 1 + (i % 8), 0.7));
+  return (performance.now() - started) / N;
+}
+const predictorMs = { [manifest.vocab.tokens.length]: predictorCost(manifest.vocab.tokens.length), 32000: predictorCost(32000), 128000: predictorCost(128000) };
+const costs = online.costs.describe();
+console.log(
+  `online predictor, ms per drafted token (features + prediction): ${JSON.stringify(predictorMs)}; ` +
+    `${((100 * predictorMs[manifest.vocab.tokens.length]) / (costs.draftStepMs ?? NaN)).toFixed(1)}% of this pair's draft step`,
+);
+console.log(`measured round costs (ms): draft step ${costs.draftStepMs?.toFixed(2)}; target pass over n tokens ${JSON.stringify(costs.targetPassMs)}`);
 
 printTable(rows);
 writeReport(out, {
   benchmark: "spec",
   command: "npm run bench:spec",
-  settings: { prompts: PROMPTS, tokensPerPrompt: TOKENS, target: manifest.models[pair.target].shape, draft: manifest.models[pair.draft].shape, threads: 1 },
+  settings: {
+    prompts: PROMPTS,
+    tokensPerPrompt: TOKENS,
+    repeats: REPEATS,
+    target: manifest.models[pair.target].shape,
+    draft: manifest.models[pair.draft].shape,
+    threads: 1,
+    costs,
+    predictorMsPerDraftToken: predictorMs,
+  },
   rows,
 });
 await engine[Symbol.asyncDispose]();

@@ -92,7 +92,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           const q = samplingDistribution(adjusted, params);
           const y = drawFrom(q, rng);
           // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
-          const f = draftFeatures(params.temperature === 0 ? softmax(adjusted) : q, y, k, recent);
+          const f = params.temperature === 0 ? draftFeatures(softmax(adjusted), adjusted, 1, y, k, recent) : draftFeatures(q, adjusted, params.temperature, y, k, recent);
           const decision = policy.decide(k, f);
           if (decision === "drop-and-stop") break;
           candidates.push(y);

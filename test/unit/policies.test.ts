@@ -12,9 +12,19 @@ const features = (chosen: number, position = 1): DraftFeatures => ({ chosen, top
 
 describe("draftFeatures", () => {
   it("computes the chosen probability, top-1, margin and entropy in one pass", () => {
-    const f = draftFeatures(Float64Array.from([0.5, 0.25, 0.25, 0]), 1, 3, 0.6);
+    // logits (up to a constant) of [0.5, 0.25, 0.25, 0] at temperature 2: log p × 2.
+    const logits = Float32Array.from([2 * Math.log(0.5), 2 * Math.log(0.25), 2 * Math.log(0.25), -Infinity]);
+    const f = draftFeatures(Float64Array.from([0.5, 0.25, 0.25, 0]), logits, 2, 1, 3, 0.6);
     expect(f).toMatchObject({ chosen: 0.25, top1: 0.5, margin: 0.25, position: 3, recentAcceptance: 0.6 });
-    expect(f.entropy).toBeCloseTo(-(0.5 * Math.log(0.5) + 2 * 0.25 * Math.log(0.25)), 12);
+    expect(f.entropy).toBeCloseTo(-(0.5 * Math.log(0.5) + 2 * 0.25 * Math.log(0.25)), 6);
+  });
+
+  it("measures the entropy of a truncated distribution on the tokens it keeps", () => {
+    // softmax of [1, 0, -1] truncated to the top two and renormalised.
+    const e = [Math.E, 1];
+    const q = Float64Array.from([e[0] / (e[0] + e[1]), e[1] / (e[0] + e[1]), 0]);
+    const f = draftFeatures(q, Float32Array.from([1, 0, -1]), 1, 0, 1, 0.5);
+    expect(f.entropy).toBeCloseTo(-(q[0] * Math.log(q[0]) + q[1] * Math.log(q[1])), 6);
   });
 });
 
