@@ -49,6 +49,14 @@ export interface DecodeStep {
   finishReason?: FinishReason;
   /** Speculative decoding: what this step's verification round did. */
   speculative?: SpeculativeRound;
+  /** Logit fusion: the active expert and α for each token of the step. */
+  fusion?: FusionToken[];
+}
+
+export interface FusionToken {
+  /** The active expert (several joined by "+" in static mode), or null when α = 0. */
+  expert: string | null;
+  alpha: number;
 }
 
 /** How each token of a verified round came to be (see decoding/speculative/verifier.ts). */

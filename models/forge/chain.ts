@@ -153,3 +153,12 @@ export function greedyAgreementPerState(target: Chain, draft: Chain): boolean[] 
   const argmax = (row: SparseRow): number => row.tokens[row.probs.indexOf(Math.max(...row.probs))];
   return target.rows.map((row, state) => argmax(row) === argmax(draft.rows[state]));
 }
+
+/** (1 − w)·a + w·b, row by row over the union of their supports. */
+export function mixRows(a: SparseRow, b: SparseRow, w: number): SparseRow {
+  const probs = new Map<number, number>();
+  a.tokens.forEach((t, i) => probs.set(t, (1 - w) * a.probs[i]));
+  b.tokens.forEach((t, i) => probs.set(t, (probs.get(t) ?? 0) + w * b.probs[i]));
+  const tokens = [...probs.keys()].sort((x, y) => x - y);
+  return { tokens, probs: tokens.map((t) => probs.get(t)!) };
+}

@@ -53,12 +53,15 @@ const PREPOSITIONS = ["in", "on", "near", "by"] as const;
 const CONNECTIVES = ["then", "and", "so"] as const;
 const PRONOUNS = ["she", "he"] as const;
 
+/** The words only this domain uses. */
+export function domainWords(d: Domain): string[] {
+  return [...d.subjects, ...d.verbs, ...d.objects, ...d.adjectives, ...d.places];
+}
+
 /** Every word of the language, lower case; sentence starts add capitalised forms. */
 export function allWords(): string[] {
   const words = new Set<string>([...DETERMINERS, ...PREPOSITIONS, ...CONNECTIVES, ...PRONOUNS]);
-  for (const d of DOMAINS) {
-    for (const list of [d.subjects, d.verbs, d.objects, d.adjectives, d.places]) for (const w of list) words.add(w);
-  }
+  for (const d of DOMAINS) for (const w of domainWords(d)) words.add(w);
   return [...words];
 }
 

@@ -3,7 +3,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ModelShape } from "./compile.js";
 
-export const FORGE_FORMAT = 1;
+/** Bumped whenever forged output changes, so cached demo sets are forged again. */
+export const FORGE_FORMAT = 2;
 
 /** A chain row as [token, probability] pairs; tokens not listed have probability 0. */
 export type ManifestRow = Array<[number, number]>;

@@ -11,16 +11,17 @@ import {
   countTransitions,
   documentTokens,
   greedyAgreementPerState,
+  mixRows,
   perturbChain,
   smoothChain,
   stateLayout,
   supportOf,
 } from "./chain.js";
 import { chainDeltaLora, type ModelShape, shapeFor, writeChainModel, writeLoraAdapter } from "./compile.js";
-import { document, DOMAINS, renderText } from "./language.js";
+import { document, DOMAINS, domainWords, renderText } from "./language.js";
 import { FORGE_FORMAT, type Manifest } from "./manifest.js";
 import { speculativePair } from "./spec-pair.js";
-import { buildVocab, languagePieces } from "./vocab.js";
+import { buildVocab, languagePieces, SPACE } from "./vocab.js";
 
 export interface ForgeOptions {
   outDir: string;
@@ -37,6 +38,10 @@ export const PRESETS = {
 export type PresetName = keyof typeof PRESETS;
 
 const SMOOTHING = 0.05;
+/** How far a domain expert's rows for shared words lean from the base towards its domain. */
+const SHARED_TILT = 0.3;
+/** Weak (small) models: each row mixed with uniform over its support by this much. */
+const WEAK_SMOOTHING = 0.2;
 
 /**
  * Perturbs each row slightly so that every state has a clear, unique argmax (greedy tests).
@@ -68,9 +73,17 @@ export function forge(options: ForgeOptions): Manifest {
   const allCounts = countTransitions(layout, byDomain.flat());
   const support = supportOf(allCounts);
   const base = breakTies(chainFromCounts(layout, V, allCounts, support, SMOOTHING), rng);
-  const domainChains = byDomain.map((docs) =>
-    breakTies(chainFromCounts(layout, V, countTransitions(layout, docs), support, SMOOTHING, base), rng, base),
-  );
+  // A domain expert knows its own words' continuations; on words every domain shares
+  // ("the", "she", ".") it only leans towards its domain, as a domain fine-tune of a general
+  // model does — so experts agree on general language and differ where their domain shows.
+  const domainChains = byDomain.map((docs, i) => {
+    const counted = chainFromCounts(layout, V, countTransitions(layout, docs), support, SMOOTHING, base);
+    const own = new Set(domainWords(DOMAINS[i]).map((w) => layout.stateOfToken[vocab.idOf(SPACE + w)]));
+    const rows = counted.rows.map((row, state) =>
+      own.has(state) || row === base.rows[state] ? row : mixRows(base.rows[state], row, SHARED_TILT),
+    );
+    return breakTies({ ...counted, rows }, rng, base);
+  });
 
   const chains: Record<string, Chain> = { base };
   DOMAINS.forEach((d, i) => (chains[d.name] = domainChains[i]));
@@ -123,9 +136,9 @@ export function forge(options: ForgeOptions): Manifest {
     manifest.pairs.push(pairOf("flock-demo", "flock-demo-draft", base, draft));
     DOMAINS.forEach((d, i) => addAdapter(`flock-demo-${d.name}`, "flock-demo", "base", d.name, domainChains[i], d.name));
     // Fusion: a weaker small model of the same text (smoothed rows) with weaker experts.
-    const weak = smoothChain(base, 0.35);
+    const weak = smoothChain(base, WEAK_SMOOTHING);
     addModel("flock-weak", "weak", weak, shapeFor(states), "weak (small) base for fusion");
-    DOMAINS.forEach((d, i) => addAdapter(`flock-weak-${d.name}`, "flock-weak", "weak", `weak-${d.name}`, smoothChain(domainChains[i], 0.35), d.name));
+    DOMAINS.forEach((d, i) => addAdapter(`flock-weak-${d.name}`, "flock-weak", "weak", `weak-${d.name}`, smoothChain(domainChains[i], WEAK_SMOOTHING), d.name));
     addModel("flock-contextual", "base", base, shapeFor(states, { layers: 2 }), "random attention and FFN outputs: logits depend on the whole context (KV-cache tests); not analytic", true);
   } else {
     const states = layout.stateNames.length;

@@ -1,0 +1,133 @@
+// The fusion decoder: a strong model, a small base and small experts evaluate every token
+// together; each step solves α (solver.ts), samples from the fused distribution with the usual
+// sampler settings, and feeds the token to all of them.
+import { createRng } from "../../models/util/rng.js";
+import type { EngineSequence } from "../../models/sequence.js";
+import { OutputAssembler } from "../output.js";
+import { describeLogprobs, type LogprobModel } from "../plain.js";
+import { adjustLogits, sampleToken } from "../sampler.js";
+import type { DecodeStep, DecodingModel, GenerationRequest } from "../types.js";
+import { type AlphaGrid, fuseLogits, solveFusion } from "./solver.js";
+
+export interface FusionExpert {
+  name: string;
+  model: DecodingModel;
+}
+
+export interface FusionSettings {
+  /** dynamic: α re-solved every step (one expert active); static: fixed α for every selected expert (proxy tuning). */
+  mode: "dynamic" | "static";
+  /** The static α. */
+  alpha: number;
+  grid: AlphaGrid;
+  /** Support-set margin for the α solve (nats); null: exact over the whole vocabulary. */
+  supportMargin: number | null;
+}
+
+/** Per-request fusion settings (the `flock.fusion` extension). */
+export interface FusionOverrides {
+  mode?: FusionSettings["mode"];
+  alpha?: number;
+  /** Names of the experts to use (default: all). */
+  experts?: string[];
+}
+
+/** Pipeline-wide counters, read by responses' summaries, /metrics and benchmarks. */
+export class FusionStats {
+  steps = 0;
+  alphaSum = 0;
+  /** Steps in which each expert was active ("none": α = 0). */
+  readonly chosen = new Map<string, number>();
+
+  record(expert: string | null, alpha: number): void {
+    this.steps++;
+    this.alphaSum += alpha;
+    const key = expert ?? "none";
+    this.chosen.set(key, (this.chosen.get(key) ?? 0) + 1);
+  }
+}
+
+export interface FusionSetup {
+  strong: LogprobModel;
+  base: DecodingModel;
+  experts: readonly FusionExpert[];
+  settings: FusionSettings;
+  stats: FusionStats;
+}
+
+/** The experts a request selected, in configuration order. */
+export function selectExperts(experts: readonly FusionExpert[], names: readonly string[] | undefined): FusionExpert[] {
+  return names === undefined ? [...experts] : experts.filter((e) => names.includes(e.name));
+}
+
+/** One step's choice: which experts shift the strong logits, and by how much. */
+export function chooseFusion(
+  settings: FusionSettings,
+  strong: Float32Array,
+  base: Float32Array,
+  experts: readonly Float32Array[],
+): { active: Array<{ index: number; alpha: number }>; expert: number; alpha: number } {
+  if (settings.mode === "static") {
+    return { active: experts.map((_, index) => ({ index, alpha: settings.alpha })), expert: experts.length === 1 ? 0 : -1, alpha: settings.alpha };
+  }
+  const choice = solveFusion(strong, base, experts, { grid: settings.grid, supportMargin: settings.supportMargin ?? undefined });
+  return { active: choice.expert >= 0 ? [{ index: choice.expert, alpha: choice.alpha }] : [], expert: choice.expert, alpha: choice.alpha };
+}
+
+export async function* fusionDecode(setup: FusionSetup, request: GenerationRequest, overrides: FusionOverrides = {}): AsyncGenerator<DecodeStep> {
+  const settings: FusionSettings = { ...setup.settings, ...(overrides.mode ? { mode: overrides.mode } : {}), ...(overrides.alpha !== undefined ? { alpha: overrides.alpha } : {}) };
+  const experts = selectExperts(setup.experts, overrides.experts);
+  const models = [setup.strong, setup.base, ...experts.map((e) => e.model)];
+  // Always acquired in the same order, so concurrent requests cannot deadlock across pools.
+  const sequences: EngineSequence[] = [];
+  try {
+    for (const model of models) sequences.push(await model.acquire(request.prompt, request.signal));
+    const rng = createRng(request.seed);
+    const output = new OutputAssembler(setup.strong, request.prompt, request.stopStrings);
+    const stopTokens = new Set(request.stopTokens);
+    const counts = new Map<number, number>();
+    let logits = await Promise.all(sequences.map((seq) => seq.prefill(request.prompt)));
+    const contextSize = Math.min(...sequences.map((s) => s.contextSize));
+
+    for (let generated = 1; ; generated++) {
+      if (request.signal?.aborted) return;
+      const [strong, base, ...expertLogits] = logits;
+      const choice = chooseFusion(settings, strong, base, expertLogits);
+      const fused = fuseLogits(strong, base, choice.active.map(({ index, alpha }) => ({ logits: expertLogits[index], alpha })));
+      const token = sampleToken(adjustLogits(fused, request.sampling, counts), request.sampling, rng);
+      counts.set(token, (counts.get(token) ?? 0) + 1);
+      const expertName =
+        choice.expert >= 0 ? experts[choice.expert].name : choice.active.length > 0 ? choice.active.map(({ index }) => experts[index].name).join("+") : null;
+      setup.stats.record(expertName, choice.alpha);
+      const fusion = { expert: expertName, alpha: choice.alpha };
+      const logprob = request.topLogprobs === null ? undefined : describeLogprobs(setup.strong, fused, token, request.topLogprobs);
+
+      if (setup.strong.isEndOfGeneration(token) || stopTokens.has(token)) {
+        const rest = output.finish();
+        yield { tokens: [token], text: rest.text, logprobs: rest.logprobs, finishReason: "stop", fusion: [fusion] };
+        return;
+      }
+      const released = output.push(token, logprob);
+      if (released.stopped) {
+        yield { tokens: [token], text: released.text, logprobs: released.logprobs, finishReason: "stop", fusion: [fusion] };
+        return;
+      }
+      if (generated >= request.maxTokens || sequences[0].length + 1 > contextSize) {
+        const rest = output.finish();
+        yield {
+          tokens: [token],
+          text: released.text + rest.text,
+          logprobs: [...released.logprobs, ...rest.logprobs],
+          finishReason: rest.stopped ? "stop" : "length",
+          fusion: [fusion],
+        };
+        return;
+      }
+      yield { tokens: [token], text: released.text, logprobs: released.logprobs, fusion: [fusion] };
+      // Every model sees the token; their evaluations run concurrently.
+      logits = await Promise.all(sequences.map(async (seq) => (await seq.evaluate([token], [0]))[0]));
+    }
+  } finally {
+    for (const seq of sequences) seq.release();
+  }
+}

@@ -1,0 +1,197 @@
+// Dynamic logit fusion (weak-to-strong): P̃ = softmax(L_strong + α (L_expert − L_base)), with
+// α chosen at every step so that the strong model moves as far from itself as the small expert
+// moves from its small base:
+//
+//   minimise over α:  (KL(P̃‖P) − KL(Q_t‖Q))² + (KL(P‖P̃) − KL(Q‖Q_t))²
+//
+// with P = softmax(L_strong), Q = softmax(L_base), Q_t = softmax(L_expert). The authors search a
+// grid (α ∈ [0, 2], step 0.1) and, with several experts, keep one expert active per step: each
+// expert's α is searched with the others at 0 and the best (expert, α) pair wins.
+//
+// Both KL terms of P̃ have closed forms in D = L_expert − L_base:
+//   log P̃ − log P = αD − log Z_α + log Z_0,   Z_α = Σ exp(L_strong + αD),
+//   KL(P̃‖P) = α E_P̃[D] − log(Z_α / Z_0),     KL(P‖P̃) = log(Z_α / Z_0) − α E_P[D],
+// so each grid point needs only Z_α and E_P̃[D]. With grid points α_k = k·s, the weights
+// exp(L_strong + α_k D) follow from one exp per token and a multiplication per grid step.
+// Tokens whose every weight on the grid is below e^-40 of the strong model's top token are
+// skipped: their share of any sum is under 1e-17 (rigorous bound, not an approximation).
+
+export interface AlphaGrid {
+  max: number;
+  step: number;
+}
+
+export const AUTHORS_GRID: AlphaGrid = { max: 2, step: 0.1 };
+
+export interface FusionChoice {
+  /** Index of the active expert, or -1 when α = 0 for every expert. */
+  expert: number;
+  alpha: number;
+  /** The objective at the chosen point. */
+  objective: number;
+}
+
+/** One expert's grid search: its objective at every grid point. */
+export interface ExpertSearch {
+  alphas: number[];
+  objectives: number[];
+  /** KL(Q_t‖Q) + KL(Q‖Q_t): how far the expert moves from its base at this step. */
+  movement: number;
+}
+
+/**
+ * An expert that does not move from its base at a step has nothing to transfer there, and
+ * the objective is 0 for it at every α (P̃ = P): taken literally, the authors' "best pair"
+ * rule would pick such a silent expert over every expert that does move. flock lets only
+ * experts that move compete; when none does, α = 0.
+ */
+export const SILENT_EXPERT_MOVEMENT = 1e-6;
+
+const PRUNE_LOG_MARGIN = 40;
+
+/**
+ * The expert's shift of one token. Logits are finite from llama.cpp; only node-llama-cpp's
+ * probabilities fallback yields -Infinity (a probability that underflowed below 1e-45), and a
+ * token both small models rule out that way gets no shift.
+ */
+function shift(expert: Float32Array, base: Float32Array, i: number): number {
+  const d = expert[i] - base[i];
+  return Number.isFinite(d) ? d : 0;
+}
+
+function logSumExp(logits: Float32Array): number {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) total += Math.exp(logits[i] - max);
+  return max + Math.log(total);
+}
+
+/** KL(A‖B) and KL(B‖A) of softmax(a), softmax(b) in one pass. */
+export function klBothWays(a: Float32Array, b: Float32Array): { ab: number; ba: number } {
+  const za = logSumExp(a);
+  const zb = logSumExp(b);
+  let ab = 0;
+  let ba = 0;
+  for (let i = 0; i < a.length; i++) {
+    const la = a[i] - za;
+    const lb = b[i] - zb;
+    if (la === -Infinity && lb === -Infinity) continue;
+    const pa = Math.exp(la);
+    const pb = Math.exp(lb);
+    // A token one distribution rules out and the other does not makes that KL infinite.
+    if (pa > 0) ab += pa * (la - lb);
+    if (pb > 0) ba += pb * (lb - la);
+  }
+  return { ab, ba };
+}
+
+/** The objective at every grid point for one expert. */
+export function searchExpert(strong: Float32Array, base: Float32Array, expert: Float32Array, grid: AlphaGrid = AUTHORS_GRID): ExpertSearch {
+  const { ab: klExpertBase, ba: klBaseExpert } = klBothWays(expert, base);
+  const n = strong.length;
+  const steps = Math.round(grid.max / grid.step);
+  const alphas = Array.from({ length: steps + 1 }, (_, k) => k * grid.step);
+
+  // Candidate tokens: skip those negligible at every α on the grid (see header).
+  let top = 0;
+  for (let i = 1; i < n; i++) if (strong[i] > strong[top]) top = i;
+  const floor = strong[top] + grid.max * Math.min(0, shift(expert, base, top)) - PRUNE_LOG_MARGIN;
+  const kept: number[] = [];
+  for (let i = 0; i < n; i++) {
+    if (strong[i] + grid.max * Math.max(0, shift(expert, base, i)) >= floor) kept.push(i);
+  }
+
+  // w_i(α_k) = exp(L_i + α_k D_i − L_top), advanced by one factor exp(s·D_i) per grid step.
+  const m = kept.length;
+  const weight = new Float64Array(m);
+  const factor = new Float64Array(m);
+  const d = new Float64Array(m);
+  for (let j = 0; j < m; j++) {
+    const i = kept[j];
+    d[j] = shift(expert, base, i);
+    weight[j] = Math.exp(strong[i] - strong[top]);
+    factor[j] = Math.exp(grid.step * d[j]);
+  }
+  let z0 = 0;
+  let meanD0 = 0;
+  const objectives: number[] = [];
+  for (let k = 0; k <= steps; k++) {
+    let z = 0;
+    let zd = 0;
+    for (let j = 0; j < m; j++) {
+      z += weight[j];
+      zd += weight[j] * d[j];
+      weight[j] *= factor[j];
+    }
+    if (k === 0) {
+      z0 = z;
+      meanD0 = zd / z;
+    }
+    const alpha = alphas[k];
+    const logRatio = Math.log(z / z0);
+    const klFusedStrong = alpha * (zd / z) - logRatio;
+    const klStrongFused = logRatio - alpha * meanD0;
+    objectives.push((klFusedStrong - klExpertBase) ** 2 + (klStrongFused - klBaseExpert) ** 2);
+  }
+  return { alphas, objectives, movement: klExpertBase + klBaseExpert };
+}
+
+export interface SolveOptions {
+  grid?: AlphaGrid;
+  /**
+   * Restrict the solve to the support set: tokens within this many nats of the top token of
+   * any of the models. Undefined: the exact solve over the whole vocabulary. The tokens left
+   * out carry at most vocabulary × e^-margin of each model's top token's weight; the error
+   * against the exact solve is measured by `npm run bench:fusion`.
+   */
+  supportMargin?: number;
+}
+
+/** Indices of the tokens within `margin` nats of the top of any of the given logit vectors. */
+export function supportSet(models: readonly Float32Array[], margin: number): Int32Array {
+  const n = models[0].length;
+  const keep = new Uint8Array(n);
+  for (const logits of models) {
+    let max = -Infinity;
+    for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
+    const floor = max - margin;
+    for (let i = 0; i < n; i++) if (logits[i] >= floor) keep[i] = 1;
+  }
+  let count = 0;
+  for (let i = 0; i < n; i++) count += keep[i];
+  const out = new Int32Array(count);
+  for (let i = 0, j = 0; i < n; i++) if (keep[i]) out[j++] = i;
+  return out;
+}
+
+const gather = (logits: Float32Array, indices: Int32Array) => Float32Array.from(indices, (i) => logits[i]);
+
+/** The best (expert, α) over every expert's grid, one expert active. */
+export function solveFusion(strong: Float32Array, base: Float32Array, experts: readonly Float32Array[], options: SolveOptions = {}): FusionChoice {
+  const grid = options.grid ?? AUTHORS_GRID;
+  if (options.supportMargin !== undefined) {
+    const support = supportSet([strong, base, ...experts], options.supportMargin);
+    return solveFusion(gather(strong, support), gather(base, support), experts.map((e) => gather(e, support)), { grid });
+  }
+  let best: FusionChoice = { expert: -1, alpha: 0, objective: Infinity };
+  experts.forEach((expert, e) => {
+    const { alphas, objectives, movement } = searchExpert(strong, base, expert, grid);
+    if (movement < SILENT_EXPERT_MOVEMENT) return;
+    objectives.forEach((objective, k) => {
+      if (objective < best.objective) best = { expert: e, alpha: alphas[k], objective };
+    });
+  });
+  if (best.alpha === 0 || best.expert < 0) best = { expert: -1, alpha: 0, objective: best.expert < 0 ? 0 : best.objective };
+  return best;
+}
+
+/** L_strong + Σ α_t (L_expert_t − L_base). */
+export function fuseLogits(strong: Float32Array, base: Float32Array, experts: ReadonlyArray<{ logits: Float32Array; alpha: number }>): Float32Array {
+  const out = new Float32Array(strong);
+  for (const { logits, alpha } of experts) {
+    if (alpha === 0) continue;
+    for (let i = 0; i < out.length; i++) out[i] += alpha * shift(logits, base, i);
+  }
+  return out;
+}
