@@ -2,6 +2,7 @@
 // which only formats them.
 import type { EngineSequence } from "../models/sequence.js";
 import type { SamplingParams } from "./sampler.js";
+import type { FusionOverrides } from "./fusion/decoder.js";
 import type { SpeculativeOverrides } from "./speculative/settings.js";
 
 /** The slice of a served model a decoder needs. */
@@ -34,6 +35,8 @@ export interface GenerationRequest {
   signal?: AbortSignal;
   /** Per-request speculative settings (ignored by pipelines without a draft). */
   speculative?: SpeculativeOverrides;
+  /** Per-request fusion settings (ignored by pipelines without fusion). */
+  fusion?: FusionOverrides;
 }
 
 export type FinishReason = "stop" | "length";

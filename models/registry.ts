@@ -26,6 +26,32 @@ export const SpeculativeEntry = z.strictObject({
 });
 export type SpeculativeEntry = z.infer<typeof SpeculativeEntry>;
 
+/** A small model of the fusion set: its own GGUF, or a LoRA adapter over the small base. */
+export const FusionExpertEntry = z
+  .strictObject({
+    name: z.string().min(1).regex(/^[\w.-]+$/, "use letters, digits and . _ -"),
+    path: z.string().min(1).optional(),
+    lora: z.string().min(1).optional(),
+    scale: z.number().finite().default(1),
+  })
+  .refine((e) => (e.path === undefined) !== (e.lora === undefined), { message: "give an expert either path (a GGUF) or lora (an adapter over the small base)" });
+
+/** Dynamic logit fusion for a model id: the entry's own model is the strong one. */
+export const FusionEntry = z.strictObject({
+  /** Path to the small base model's GGUF (same vocabulary as the strong model). */
+  base: z.string().min(1),
+  experts: z.array(FusionExpertEntry).min(1),
+  /** dynamic: α re-solved every step; static: proxy tuning with a fixed α. */
+  mode: z.enum(["dynamic", "static"]).default("dynamic"),
+  alpha: z.number().min(0).max(10).default(1),
+  grid: z.strictObject({ max: z.number().gt(0).max(10), step: z.number().gt(0) }).default({ max: 2, step: 0.1 }),
+  /** Nats below each model's top token that the α solve still considers; null: the whole vocabulary. */
+  supportMargin: z.number().gt(0).nullable().default(20),
+  /** Small models' CPU threads; defaults to the entry's. */
+  threads: z.int().min(1).optional(),
+});
+export type FusionEntry = z.infer<typeof FusionEntry>;
+
 export const ModelEntry = z.strictObject({
   /** The id clients put in `model`. */
   id: z.string().min(1).regex(/^[\w.:/+-]+$/, "use letters, digits and . _ : / + -"),
@@ -43,8 +69,12 @@ export const ModelEntry = z.strictObject({
   gpuLayers: z.union([z.literal("auto"), z.literal("max"), z.number().int().min(0)]).default("auto"),
   /** Tokens evaluated per batch (prompt processing chunk). */
   batchSize: z.number().int().min(1).optional(),
+  /** Choices that may wait for a free sequence of this id; beyond, requests are refused (429). Defaults to limits.maxQueue. */
+  maxQueue: z.number().int().min(0).optional(),
   /** Serve this id with speculative decoding. */
   speculative: SpeculativeEntry.optional(),
+  /** Serve this id with dynamic logit fusion (not together with speculative). */
+  fusion: FusionEntry.optional(),
 });
 export type ModelEntry = z.infer<typeof ModelEntry>;
 export type ModelEntryInput = z.input<typeof ModelEntry>;

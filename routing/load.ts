@@ -2,10 +2,12 @@
 import { join } from "node:path";
 import { DraftConfidencePredictor, OnlineLogisticPredictor } from "../decoding/speculative/predictors.js";
 import type { Engine } from "../models/engine.js";
-import { ModelEntry } from "../models/registry.js";
+import { FlockError } from "../models/errors.js";
+import type { LoadedModel } from "../models/model.js";
+import { type FusionEntry, ModelEntry } from "../models/registry.js";
 import { candidateCap } from "../decoding/speculative/settings.js";
 import type { EngineSequence } from "../models/sequence.js";
-import { type Pipeline, type PipelineRegistry, plainPipeline, type SpeculativePipeline, speculativePipeline } from "./pipeline.js";
+import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, type SpeculativePipeline, speculativePipeline } from "./pipeline.js";
 
 /** Where a speculative model id keeps its online acceptance predictor. */
 export function predictorFile(stateDir: string, modelId: string): string {
@@ -13,7 +15,9 @@ export function predictorFile(stateDir: string, modelId: string): string {
 }
 
 export async function loadPipeline(engine: Engine, entry: ModelEntry, stateDir: string): Promise<Pipeline> {
+  if (entry.speculative && entry.fusion) throw new FlockError("invalid_request", `model ${entry.id}: speculative and fusion cannot be combined in one entry`);
   const target = await engine.load(entry);
+  if (entry.fusion) return loadFusion(engine, entry, entry.fusion, target);
   const spec = entry.speculative;
   if (!spec) return plainPipeline(target);
   // The draft gets its own context with as many sequences as the target, so a request that
@@ -61,4 +65,19 @@ export async function calibrateCosts(pipeline: SpeculativePipeline): Promise<voi
     target.release();
     draft.release();
   }
+}
+
+/** The small base and each expert get their own context (an expert may be a LoRA over the base). */
+async function loadFusion(engine: Engine, entry: ModelEntry, fusion: FusionEntry, strong: LoadedModel): Promise<Pipeline> {
+  const small = (id: string, path: string, lora: Array<{ path: string; scale: number }>) =>
+    engine.load(ModelEntry.parse({ id, path, lora, contextSize: entry.contextSize, parallel: entry.parallel, threads: fusion.threads ?? entry.threads, gpuLayers: entry.gpuLayers }));
+  const base = await small(`${entry.id}:base`, fusion.base, []);
+  const experts = [];
+  for (const e of fusion.experts) {
+    const model = await small(`${entry.id}:${e.name}`, e.path ?? fusion.base, e.lora ? [{ path: e.lora, scale: e.scale }] : []);
+    experts.push({ name: e.name, model });
+  }
+  const names = new Set(fusion.experts.map((e) => e.name));
+  if (names.size !== fusion.experts.length) throw new FlockError("invalid_request", `model ${entry.id}: fusion expert names must be unique`);
+  return fusionPipeline(strong, base, experts, { mode: fusion.mode, alpha: fusion.alpha, grid: fusion.grid, supportMargin: fusion.supportMargin });
 }

@@ -3,6 +3,7 @@ import { plainDecode } from "../decoding/plain.js";
 import { speculativeDecode } from "../decoding/speculative/decoder.js";
 import type { OnlineLogisticPredictor, AcceptancePredictor } from "../decoding/speculative/predictors.js";
 import { buildPolicy, candidateCap, type SpeculativeSettings } from "../decoding/speculative/settings.js";
+import { type FusionSettings, FusionStats, fusionDecode } from "../decoding/fusion/decoder.js";
 import { RoundCosts } from "../decoding/speculative/costs.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
@@ -32,7 +33,16 @@ export interface SpeculativePipeline extends PipelineBase {
   readonly costs: RoundCosts;
 }
 
-export type Pipeline = PlainPipeline | SpeculativePipeline;
+export interface FusionPipeline extends PipelineBase {
+  readonly kind: "fusion";
+  readonly base: LoadedModel;
+  readonly experts: ReadonlyArray<{ name: string; model: LoadedModel }>;
+  readonly settings: FusionSettings;
+  /** Pipeline-wide counters: steps, α, steps per active expert. */
+  readonly stats: FusionStats;
+}
+
+export type Pipeline = PlainPipeline | SpeculativePipeline | FusionPipeline;
 
 export function plainPipeline(model: LoadedModel): PlainPipeline {
   return { id: model.id, kind: "plain", model, generate: (request) => plainDecode(model, request) };
@@ -68,6 +78,22 @@ export function speculativePipeline(
       );
     },
   };
+}
+
+export function fusionPipeline(
+  strong: LoadedModel,
+  base: LoadedModel,
+  experts: ReadonlyArray<{ name: string; model: LoadedModel }>,
+  settings: FusionSettings,
+): FusionPipeline {
+  for (const small of [base, ...experts.map((e) => e.model)]) {
+    if (!strong.sameVocabulary(small)) {
+      throw new FlockError("invalid_request", `model ${strong.id}: ${small.id} has a different vocabulary; logit fusion needs one tokenizer for all models`);
+    }
+  }
+  const stats = new FusionStats();
+  const setup = { strong, base, experts, settings, stats };
+  return { id: strong.id, kind: "fusion", model: strong, base, experts, settings, stats, generate: (request) => fusionDecode(setup, request) };
 }
 
 export class PipelineRegistry {

@@ -33,6 +33,18 @@ export function demoModels(cacheDir: string): ModelEntryInput[] {
     // The demo's base model is served with its draft: SpecDec++ speculative decoding.
     { id: "flock-demo", path: file(base.file), speculative: { draft: file(manifest.models["flock-demo-draft"].file) } },
     { id: "flock-demo-draft", path: file(manifest.models["flock-demo-draft"].file), parallel: 2 },
+    // Dynamic logit fusion: the four weak domain experts steer the strong base.
+    {
+      id: "flock-demo-fused",
+      path: file(base.file),
+      parallel: 2,
+      fusion: {
+        base: file(manifest.models["flock-weak"].file),
+        experts: Object.entries(manifest.adapters)
+          .filter(([, a]) => a.base === "flock-weak")
+          .map(([, a]) => ({ name: a.domain, lora: file(a.file) })),
+      },
+    },
     // One LoRA expert per id: the demo of adapters (node-llama-cpp applies LoRA per context).
     ...Object.entries(manifest.adapters)
       .filter(([, a]) => a.base === "flock-demo")

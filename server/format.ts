@@ -1,6 +1,6 @@
 // OpenAI response and chunk shapes, built from decode steps.
 import { randomUUID } from "node:crypto";
-import type { DecodeStep, FinishReason, TokenLogprob } from "../decoding/types.js";
+import type { DecodeStep, FinishReason, FusionToken, TokenLogprob } from "../decoding/types.js";
 
 export interface Usage {
   prompt_tokens: number;
@@ -70,6 +70,23 @@ export class SpeculativeTally {
   }
 }
 
+/** Fusion summary of one choice or a whole response: steps per active expert, mean α. */
+export class FusionTally {
+  readonly tokens: FusionToken[] = [];
+
+  add(tokens: readonly FusionToken[]): void {
+    this.tokens.push(...tokens);
+  }
+
+  /** The `flock.fusion` response extension; per-token detail when asked for. */
+  summary(detail: boolean) {
+    const experts: Record<string, number> = {};
+    for (const t of this.tokens) experts[t.expert ?? "none"] = (experts[t.expert ?? "none"] ?? 0) + 1;
+    const meanAlpha = this.tokens.length === 0 ? 0 : this.tokens.reduce((a, t) => a + t.alpha, 0) / this.tokens.length;
+    return { steps: this.tokens.length, experts, mean_alpha: meanAlpha, ...(detail ? { tokens: this.tokens } : {}) };
+  }
+}
+
 /** Accumulates one choice. */
 export class ChoiceAccumulator {
   text = "";
@@ -77,6 +94,7 @@ export class ChoiceAccumulator {
   logprobs: TokenLogprob[] = [];
   finishReason: FinishReason | null = null;
   speculative: SpeculativeTally | null = null;
+  fusion: FusionTally | null = null;
 
   add(step: DecodeStep): void {
     this.text += step.text;
@@ -84,19 +102,42 @@ export class ChoiceAccumulator {
     if (step.logprobs) this.logprobs.push(...step.logprobs);
     if (step.finishReason) this.finishReason = step.finishReason;
     if (step.speculative) (this.speculative ??= new SpeculativeTally()).add(step.speculative);
+    if (step.fusion) (this.fusion ??= new FusionTally()).add(step.fusion);
   }
 }
 
+export interface ExtensionOptions {
+  /** flock.fusion.detail: per-token fusion choices. */
+  fusionDetail?: boolean;
+}
+
 /** The response-level `flock` extension, or nothing when no feature reported anything. */
-export function responseExtension(choices: readonly ChoiceAccumulator[]): { flock?: object } {
-  const withStats = choices.filter((c) => c.speculative);
-  if (withStats.length === 0) return {};
-  const total = new SpeculativeTally();
-  for (const c of withStats) total.add(c.speculative!);
-  return { flock: { speculative: total } };
+export function responseExtension(choices: readonly ChoiceAccumulator[], options: ExtensionOptions = {}): { flock?: object } {
+  const flock: Record<string, object> = {};
+  const speculative = choices.filter((c) => c.speculative);
+  if (speculative.length > 0) {
+    const total = new SpeculativeTally();
+    for (const c of speculative) total.add(c.speculative!);
+    flock.speculative = total;
+  }
+  const fused = choices.filter((c) => c.fusion);
+  if (fused.length > 0) {
+    if (choices.length === 1) flock.fusion = fused[0].fusion!.summary(options.fusionDetail === true);
+    else flock.fusion = { ...mergeFusion(fused).summary(false), ...(options.fusionDetail ? { choices: fused.map((c) => c.fusion!.summary(true)) } : {}) };
+  }
+  return Object.keys(flock).length > 0 ? { flock } : {};
+}
+
+function mergeFusion(choices: readonly ChoiceAccumulator[]): FusionTally {
+  const total = new FusionTally();
+  for (const c of choices) total.add(c.fusion!.tokens);
+  return total;
 }
 
 /** The `flock` extension on a choice's final stream chunk. */
-export function choiceExtension(choice: ChoiceAccumulator): { flock?: object } {
-  return choice.speculative ? { flock: { speculative: choice.speculative } } : {};
+export function choiceExtension(choice: ChoiceAccumulator, options: ExtensionOptions = {}): { flock?: object } {
+  const flock: Record<string, object> = {};
+  if (choice.speculative) flock.speculative = choice.speculative;
+  if (choice.fusion) flock.fusion = choice.fusion.summary(options.fusionDetail === true);
+  return Object.keys(flock).length > 0 ? { flock } : {};
 }

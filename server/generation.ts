@@ -2,6 +2,7 @@
 // running the choices together.
 import { randomInt } from "node:crypto";
 import type { SamplingParams } from "../decoding/sampler.js";
+import type { FusionOverrides } from "../decoding/fusion/decoder.js";
 import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
 import { FlockError } from "../models/errors.js";
@@ -47,6 +48,20 @@ export function speculativeOverrides(body: CommonRequest, pipeline: Pipeline): S
     maxCandidates: s.max_candidates,
   };
   return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
+}
+
+/** `flock.fusion`, checked against the pipeline: only fused models take it, and only their experts. */
+export function fusionOverrides(body: CommonRequest, pipeline: Pipeline): FusionOverrides | undefined {
+  const f = body[EXTENSION_KEY]?.fusion;
+  if (!f) return undefined;
+  const param = `${EXTENSION_KEY}.fusion`;
+  if (pipeline.kind !== "fusion") throw new FlockError("unsupported", `model ${pipeline.id} is not served with logit fusion; remove ${param}`, param);
+  const known = pipeline.experts.map((e) => e.name);
+  const unknown = f.experts?.find((name) => !known.includes(name));
+  if (unknown !== undefined) {
+    throw new FlockError("invalid_request", `unknown fusion expert "${unknown}"; model ${pipeline.id} has ${known.join(", ")}`, `${param}.experts`);
+  }
+  return { mode: f.mode, alpha: f.alpha, experts: f.experts };
 }
 
 export function stopSequences(body: CommonRequest): string[] {

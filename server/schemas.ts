@@ -23,11 +23,21 @@ const FlockSpeculative = z.strictObject({
   max_candidates: z.int().min(1).max(64).optional(),
 });
 
+/** Logit fusion settings a request may override (models served with fusion). */
+const FlockFusion = z.strictObject({
+  mode: z.enum(["dynamic", "static"]).optional(),
+  alpha: z.number().min(0).max(10).optional(),
+  experts: z.array(z.string()).min(1).optional(),
+  /** Report the active expert and α for every token. */
+  detail: z.boolean().optional(),
+});
+
 /** flock's extensions beyond OpenAI's parameters. */
 const FlockExtension = z.strictObject({
   top_k: z.int().min(0).optional(),
   min_p: z.number().min(0).max(1).optional(),
   speculative: FlockSpeculative.optional(),
+  fusion: FlockFusion.optional(),
 });
 
 const common = {

@@ -74,7 +74,8 @@ export function chooseFusion(
   return { active: choice.expert >= 0 ? [{ index: choice.expert, alpha: choice.alpha }] : [], expert: choice.expert, alpha: choice.alpha };
 }
 
-export async function* fusionDecode(setup: FusionSetup, request: GenerationRequest, overrides: FusionOverrides = {}): AsyncGenerator<DecodeStep> {
+export async function* fusionDecode(setup: FusionSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
+  const overrides = request.fusion ?? {};
   const settings: FusionSettings = { ...setup.settings, ...(overrides.mode ? { mode: overrides.mode } : {}), ...(overrides.alpha !== undefined ? { alpha: overrides.alpha } : {}) };
   const experts = selectExperts(setup.experts, overrides.experts);
   const models = [setup.strong, setup.base, ...experts.map((e) => e.model)];

@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../models/model.js";
 import { chatLogprobs, choiceExtension, completionId, nowSeconds, responseExtension } from "../format.js";
-import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences } from "../generation.js";
+import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
 import { parseBody } from "../validation.js";
@@ -20,6 +20,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (c) => {
     const body = await parseBody(c, ChatCompletionRequest);
     const pipeline = ctx.registry().resolve(body.model);
+    const extension = { fusionDetail: body.flock?.fusion?.detail === true };
     const n = choiceCount(body, ctx.limits);
     const rendered = pipeline.model.renderChat(toChatMessages(body));
     const requestedMax = body.max_completion_tokens ?? body.max_tokens;
@@ -43,6 +44,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null,
         signal: abort.signal,
         speculative: speculativeOverrides(body, pipeline),
+        fusion: fusionOverrides(body, pipeline),
       },
       body.seed,
     );
@@ -61,7 +63,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           chunks.push({ ...envelope, choices: [{ index, delta: { content: step.text }, logprobs, finish_reason: null }], ...usageField });
         }
         if (step.finishReason) {
-          chunks.push({ ...envelope, choices: [{ index, delta: {}, logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice) });
+          chunks.push({ ...envelope, choices: [{ index, delta: {}, logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice, extension) });
         }
         return chunks;
       },
@@ -78,7 +80,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           finish_reason: ch.finishReason,
         })),
         usage,
-        ...responseExtension(choices),
+        ...responseExtension(choices, extension),
       }),
     };
     return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log") });

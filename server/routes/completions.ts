@@ -3,7 +3,7 @@ import type { Hono } from "hono";
 import { FlockError } from "../../models/errors.js";
 import type { GenerationRequest } from "../../decoding/types.js";
 import { choiceExtension, completionId, completionLogprobs, nowSeconds, responseExtension } from "../format.js";
-import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences } from "../generation.js";
+import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
 import { parseBody } from "../validation.js";
@@ -20,6 +20,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/completions", async (c) => {
     const body = await parseBody(c, CompletionRequest);
     const pipeline = ctx.registry().resolve(body.model);
+    const extension = { fusionDetail: body.flock?.fusion?.detail === true };
     const n = choiceCount(body, ctx.limits);
     if (body.best_of != null && body.best_of !== n) {
       throw new FlockError("unsupported", "best_of must equal n: flock does not rank candidates server-side", "best_of");
@@ -61,6 +62,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           topLogprobs: body.logprobs ?? null,
           signal: abort.signal,
           speculative: speculativeOverrides(body, pipeline),
+        fusion: fusionOverrides(body, pipeline),
         },
         body.seed == null ? body.seed : body.seed + p * n,
       )) {
@@ -86,7 +88,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           chunks.push({ ...envelope, choices: [{ index, text: step.text, logprobs, finish_reason: null }], ...usageField });
         }
         if (step.finishReason) {
-          chunks.push({ ...envelope, choices: [{ index, text: "", logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice) });
+          chunks.push({ ...envelope, choices: [{ index, text: "", logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice, extension) });
         }
         return chunks;
       },
@@ -103,7 +105,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           finish_reason: ch.finishReason,
         })),
         usage,
-        ...responseExtension(choices),
+        ...responseExtension(choices, extension),
       }),
     };
     return respond(c, { pipeline, requests, promptTokens, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log") });
