@@ -18,6 +18,8 @@ export interface EngineOptions {
 /** What the loaded binary can do beyond public node-llama-cpp (the native extension). */
 export interface Capabilities {
   rawLogits: boolean;
+  /** The fusion objective's grid search compiled in the addon. */
+  fusionKernel: boolean;
   hiddenStates: boolean;
   routedLora: boolean;
 }
@@ -49,7 +51,8 @@ export class Engine {
       logLevel: LlamaLogLevel.error,
       progressLogs: false,
     });
-    return new Engine(llama, options, { rawLogits: hasFlockAddon(llama), hiddenStates: false, routedLora: false });
+    const addon = hasFlockAddon(llama);
+    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: false, routedLora: false });
   }
 
   /** A one-line description for the startup log. */

@@ -12,7 +12,7 @@ import {
 } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import type { Capabilities } from "./engine.js";
-import { enableRawLogits } from "./native.js";
+import { enableRawLogits, type FusionGridKernel, fusionGridKernel } from "./native.js";
 import type { ModelEntry } from "./registry.js";
 import { EngineSequence } from "./sequence.js";
 
@@ -31,6 +31,8 @@ export interface RenderedPrompt {
 
 interface Waiter {
   prompt: readonly number[];
+  /** performance.now() when it started waiting (queue time). */
+  since: number;
   resolve: (seq: EngineSequence) => void;
   reject: (err: unknown) => void;
   signal?: AbortSignal;
@@ -42,6 +44,10 @@ export class LoadedModel {
   private readonly waiters: Waiter[] = [];
   private readonly chatWrapper: ChatWrapper;
   private disposed = false;
+  /** Choices admitted by `admit` and not yet done (running or waiting). */
+  private admitted = 0;
+  /** Told how long each acquisition waited for a sequence, in seconds (0 when one was idle). */
+  onAcquire: ((waitedSeconds: number) => void) | null = null;
 
   private constructor(
     readonly id: string,
@@ -51,6 +57,8 @@ export class LoadedModel {
     readonly threads: number,
     /** Logits come from flock's native addon (else node-llama-cpp's probabilities path). */
     readonly rawLogits: boolean,
+    /** Acquisitions that may wait for a sequence at once; more are refused (overloaded). */
+    readonly maxQueue: number,
   ) {
     for (let i = 0; i < parallel; i++) this.free.push(context.getSequence());
     this.chatWrapper = resolveChatWrapper(weights);
@@ -67,7 +75,7 @@ export class LoadedModel {
       failedCreationRemedy: false,
     });
     if (capabilities.rawLogits) enableRawLogits(context);
-    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits);
+    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity);
   }
 
   /** Tokens one sequence can hold (prompt + completion). */
@@ -86,6 +94,42 @@ export class LoadedModel {
   /** Sequences not serving a request right now. */
   get idleSequences(): number {
     return this.free.length;
+  }
+  /** Sequences serving a request right now. */
+  get runningSequences(): number {
+    return this.parallel - this.free.length;
+  }
+  /** Acquisitions waiting for a sequence. */
+  get waitingSequences(): number {
+    return this.waiters.length;
+  }
+
+  /**
+   * Admission control, for callers that must refuse work before they start answering (an SSE
+   * stream cannot turn into a 429 later): reserves `choices` sequences' worth of capacity
+   * (parallel sequences plus maxQueue waiting places) if the reservations left room, and returns
+   * the function that gives them back; null when the model is full. Synchronous, so a check
+   * and its reservation cannot interleave with another request's.
+   */
+  admit(choices: number): (() => void) | null {
+    if (this.disposed) return null;
+    if (this.admitted + choices > this.parallel + this.maxQueue) return null;
+    this.admitted += choices;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.admitted -= choices;
+    };
+  }
+  /** Most choices one request can ever be admitted with. */
+  get capacity(): number {
+    return this.parallel + this.maxQueue;
+  }
+
+  /** flock's compiled fusion-objective kernel, when the native addon is loaded. */
+  get fusionGridKernel(): FusionGridKernel | undefined {
+    return this.rawLogits ? fusionGridKernel(this.context) : undefined;
   }
 
   /** Whether `other` tokenizes identically (same token texts in the same order). */
@@ -136,15 +180,23 @@ export class LoadedModel {
 
   /**
    * Waits for an idle sequence, preferring the one whose cached tokens share the longest prefix
-   * with `prompt` (its KV cache is reused). Rejects when `signal` aborts while waiting.
+   * with `prompt` (its KV cache is reused). Rejects when `signal` aborts while waiting, and with
+   * `overloaded` when maxQueue acquisitions are already waiting (the queue is bounded: a server
+   * that accepts everything only converts overload into timeouts).
    */
   acquire(prompt: readonly number[], signal?: AbortSignal): Promise<EngineSequence> {
     if (this.disposed) return Promise.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
     if (signal?.aborted) return Promise.reject(signal.reason);
     const seq = this.takeBestFree(prompt);
-    if (seq) return Promise.resolve(this.wrap(seq));
+    if (seq) {
+      this.onAcquire?.(0);
+      return Promise.resolve(this.wrap(seq));
+    }
+    if (this.waiters.length >= this.maxQueue) {
+      return Promise.reject(new FlockError("overloaded", `model ${this.id} is busy: ${this.waiters.length} requests are already waiting; retry shortly`));
+    }
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = { prompt, resolve, reject, signal };
+      const waiter: Waiter = { prompt, since: performance.now(), resolve, reject, signal };
       if (signal) {
         waiter.onAbort = () => {
           const i = this.waiters.indexOf(waiter);
@@ -179,6 +231,7 @@ export class LoadedModel {
       return;
     }
     if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
+    this.onAcquire?.((performance.now() - waiter.since) / 1000);
     waiter.resolve(this.wrap(seq));
   }
 

@@ -6,12 +6,26 @@ import type { Llama, LlamaContext } from "node-llama-cpp";
 interface AddonContextWithFlock {
   sampleToken(batchLogitIndex: number, sampler: unknown, probabilities?: boolean, confidence?: boolean): Promise<unknown>;
   flockGetLogits(batchLogitIndex: number): Float32Array;
+  flockFusionGrid(strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number): Float64Array;
+}
+
+/**
+ * The fusion objective on every grid point, compiled (AddonFlock.cpp): experts × (steps + 1)
+ * objectives, then each expert's movement. Same computation as decoding/fusion/solver.ts.
+ */
+export type FusionGridKernel = (strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number) => Float64Array;
+
+export function fusionGridKernel(context: LlamaContext): FusionGridKernel | undefined {
+  const addon = (context as unknown as { _ctx: Partial<AddonContextWithFlock> })._ctx;
+  if (typeof addon.flockFusionGrid !== "function") return undefined;
+  return (strong, base, experts, step, steps, pruneMargin) => addon.flockFusionGrid!(strong, base, experts, step, steps, pruneMargin);
 }
 
 /** Whether the loaded addon carries flock's methods (a local build made by `npm run build:native`). */
 export function hasFlockAddon(llama: Llama): boolean {
   const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype?: Partial<AddonContextWithFlock> } } })._bindings;
-  return typeof bindings?.AddonContext?.prototype?.flockGetLogits === "function";
+  const prototype = bindings?.AddonContext?.prototype;
+  return typeof prototype?.flockGetLogits === "function" && typeof prototype?.flockFusionGrid === "function";
 }
 
 /**

@@ -44,9 +44,12 @@ export const FusionEntry = z.strictObject({
   /** dynamic: α re-solved every step; static: proxy tuning with a fixed α. */
   mode: z.enum(["dynamic", "static"]).default("dynamic"),
   alpha: z.number().min(0).max(10).default(1),
-  grid: z.strictObject({ max: z.number().gt(0).max(10), step: z.number().gt(0) }).default({ max: 2, step: 0.1 }),
-  /** Nats below each model's top token that the α solve still considers; null: the whole vocabulary. */
-  supportMargin: z.number().gt(0).nullable().default(20),
+  grid: z
+    .strictObject({ max: z.number().gt(0).max(10), step: z.number().gt(0) })
+    .refine((g) => g.max / g.step <= 255, { message: "at most 255 grid steps" })
+    .default({ max: 2, step: 0.1 }),
+  /** Nats below each model's top token that the α solve still considers; null: the whole vocabulary (exact). */
+  supportMargin: z.number().gt(0).nullable().default(null),
   /** Small models' CPU threads; defaults to the entry's. */
   threads: z.int().min(1).optional(),
 });

@@ -79,5 +79,11 @@ async function loadFusion(engine: Engine, entry: ModelEntry, fusion: FusionEntry
   }
   const names = new Set(fusion.experts.map((e) => e.name));
   if (names.size !== fusion.experts.length) throw new FlockError("invalid_request", `model ${entry.id}: fusion expert names must be unique`);
-  return fusionPipeline(strong, base, experts, { mode: fusion.mode, alpha: fusion.alpha, grid: fusion.grid, supportMargin: fusion.supportMargin });
+  return fusionPipeline(strong, base, experts, {
+    mode: fusion.mode,
+    alpha: fusion.alpha,
+    grid: fusion.grid,
+    supportMargin: fusion.supportMargin,
+    kernel: strong.fusionGridKernel,
+  });
 }

@@ -2,7 +2,9 @@
 // logits define the same distributions as node-llama-cpp's public probabilities path.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
+import { searchExpert, solveFusion } from "../decoding/fusion/solver.js";
 import { softmax } from "../decoding/sampler.js";
+import { createRng } from "../models/util/rng.js";
 import { Engine } from "../models/engine.js";
 import { readManifest } from "../models/forge/manifest.js";
 import { LoadedModel } from "../models/model.js";
@@ -53,5 +55,31 @@ describe("native build", () => {
     // The positions really differ (the check could fail).
     expect(Math.max(...softmax(raw[0]).map((x, t) => Math.abs(x - softmax(raw[2])[t])))).toBeGreaterThan(1e-3);
     await fallback[Symbol.asyncDispose]();
+  });
+});
+
+describe("compiled fusion kernel", () => {
+  it("computes the same objectives and choices as the TypeScript solver", async (ctx) => {
+    if (!engine.capabilities.fusionKernel) ctx.skip();
+    const manifest = readManifest(inject("forgeDir"));
+    const model = await engine.load(ModelEntry.parse({ id: "k", path: forgedPath(manifest.models["flock-demo-draft"].file), contextSize: 256, parallel: 1 }));
+    const kernel = model.fusionGridKernel!;
+    const rng = createRng(17);
+    for (let trial = 0; trial < 10; trial++) {
+      const n = 50 + rng.int(3000);
+      const logits = () => Float32Array.from({ length: n }, () => (rng.next() < 0.01 ? 10 : 0) + 3 * (rng.next() - 0.5));
+      const strong = logits();
+      const base = logits();
+      const experts = [0, 1, 2].map(() => Float32Array.from(base, (x) => x + (rng.next() - 0.5) * 2 * rng.next()));
+      const compiled = kernel(strong, base, experts, 0.1, 20, 40);
+      experts.forEach((e, i) => {
+        const ts = searchExpert(strong, base, e);
+        ts.objectives.forEach((o, k) => expect(compiled[i * 21 + k]).toBeCloseTo(o, 9));
+        expect(compiled[3 * 21 + i]).toBeCloseTo(ts.movement, 9);
+      });
+      const [viaKernel, viaTs] = [solveFusion(strong, base, experts, { kernel }), solveFusion(strong, base, experts)];
+      expect([viaKernel.expert, viaKernel.alpha]).toEqual([viaTs.expert, viaTs.alpha]);
+      expect(viaKernel.objective).toBeCloseTo(viaTs.objective, 9);
+    }
   });
 });

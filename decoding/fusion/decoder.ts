@@ -7,7 +7,7 @@ import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
 import { adjustLogits, sampleToken } from "../sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest } from "../types.js";
-import { type AlphaGrid, fuseLogits, solveFusion } from "./solver.js";
+import { type AlphaGrid, fuseLogits, type GridKernel, solveFusion } from "./solver.js";
 
 export interface FusionExpert {
   name: string;
@@ -22,6 +22,8 @@ export interface FusionSettings {
   grid: AlphaGrid;
   /** Support-set margin for the α solve (nats); null: exact over the whole vocabulary. */
   supportMargin: number | null;
+  /** The compiled grid search from the native addon, when loaded (same results). */
+  kernel?: GridKernel;
 }
 
 /** Per-request fusion settings (the `flock.fusion` extension). */
@@ -36,6 +38,9 @@ export interface FusionOverrides {
 export class FusionStats {
   steps = 0;
   alphaSum = 0;
+  /** Wall time spent evaluating the models (all of them, concurrently) and choosing α. */
+  evaluateMs = 0;
+  solveMs = 0;
   /** Steps in which each expert was active ("none": α = 0). */
   readonly chosen = new Map<string, number>();
 
@@ -70,7 +75,7 @@ export function chooseFusion(
   if (settings.mode === "static") {
     return { active: experts.map((_, index) => ({ index, alpha: settings.alpha })), expert: experts.length === 1 ? 0 : -1, alpha: settings.alpha };
   }
-  const choice = solveFusion(strong, base, experts, { grid: settings.grid, supportMargin: settings.supportMargin ?? undefined });
+  const choice = solveFusion(strong, base, experts, { grid: settings.grid, supportMargin: settings.supportMargin ?? undefined, kernel: settings.kernel });
   return { active: choice.expert >= 0 ? [{ index: choice.expert, alpha: choice.alpha }] : [], expert: choice.expert, alpha: choice.alpha };
 }
 
@@ -88,18 +93,21 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
     const stopTokens = new Set(request.stopTokens);
     const counts = new Map<number, number>();
     let logits = await Promise.all(sequences.map((seq) => seq.prefill(request.prompt)));
+    const stats = setup.stats;
     const contextSize = Math.min(...sequences.map((s) => s.contextSize));
 
     for (let generated = 1; ; generated++) {
       if (request.signal?.aborted) return;
       const [strong, base, ...expertLogits] = logits;
+      const solveStarted = performance.now();
       const choice = chooseFusion(settings, strong, base, expertLogits);
+      stats.solveMs += performance.now() - solveStarted;
       const fused = fuseLogits(strong, base, choice.active.map(({ index, alpha }) => ({ logits: expertLogits[index], alpha })));
       const token = sampleToken(adjustLogits(fused, request.sampling, counts), request.sampling, rng);
       counts.set(token, (counts.get(token) ?? 0) + 1);
       const expertName =
         choice.expert >= 0 ? experts[choice.expert].name : choice.active.length > 0 ? choice.active.map(({ index }) => experts[index].name).join("+") : null;
-      setup.stats.record(expertName, choice.alpha);
+      stats.record(expertName, choice.alpha);
       const fusion = { expert: expertName, alpha: choice.alpha };
       const logprob = request.topLogprobs === null ? undefined : describeLogprobs(setup.strong, fused, token, request.topLogprobs);
 
@@ -126,7 +134,9 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
       }
       yield { tokens: [token], text: released.text, logprobs: released.logprobs, fusion: [fusion] };
       // Every model sees the token; their evaluations run concurrently.
+      const evaluateStarted = performance.now();
       logits = await Promise.all(sequences.map(async (seq) => (await seq.evaluate([token], [0]))[0]));
+      stats.evaluateMs += performance.now() - evaluateStarted;
     }
   } finally {
     for (const seq of sequences) seq.release();

@@ -59,86 +59,105 @@ function shift(expert: Float32Array, base: Float32Array, i: number): number {
   return Number.isFinite(d) ? d : 0;
 }
 
-function logSumExp(logits: Float32Array): number {
+/** softmax(logits) and its log-normaliser, one exp per token. */
+function softmaxWithLse(logits: Float32Array): { p: Float64Array; lse: number } {
   let max = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  const p = new Float64Array(logits.length);
   let total = 0;
-  for (let i = 0; i < logits.length; i++) total += Math.exp(logits[i] - max);
-  return max + Math.log(total);
+  for (let i = 0; i < logits.length; i++) total += p[i] = Math.exp(logits[i] - max);
+  for (let i = 0; i < logits.length; i++) p[i] /= total;
+  return { p, lse: max + Math.log(total) };
 }
 
 /** KL(A‖B) and KL(B‖A) of softmax(a), softmax(b) in one pass. */
 export function klBothWays(a: Float32Array, b: Float32Array): { ab: number; ba: number } {
-  const za = logSumExp(a);
-  const zb = logSumExp(b);
+  const A = softmaxWithLse(a);
+  const B = softmaxWithLse(b);
+  return klFromSoftmaxes(a, A, b, B);
+}
+
+/**
+ * KL(A‖B) = Σ p_A (a − b) − (lse_A − lse_B), and symmetrically: only multiply-adds once both
+ * softmaxes exist (shifts of tokens both rule out count as 0, see shift()).
+ */
+function klFromSoftmaxes(a: Float32Array, A: { p: Float64Array; lse: number }, b: Float32Array, B: { p: Float64Array; lse: number }): { ab: number; ba: number } {
   let ab = 0;
   let ba = 0;
   for (let i = 0; i < a.length; i++) {
-    const la = a[i] - za;
-    const lb = b[i] - zb;
-    if (la === -Infinity && lb === -Infinity) continue;
-    const pa = Math.exp(la);
-    const pb = Math.exp(lb);
-    // A token one distribution rules out and the other does not makes that KL infinite.
-    if (pa > 0) ab += pa * (la - lb);
-    if (pb > 0) ba += pb * (lb - la);
+    const d = a[i] - b[i];
+    if (!Number.isFinite(d)) continue;
+    ab += A.p[i] * d;
+    ba -= B.p[i] * d;
   }
-  return { ab, ba };
+  return { ab: ab - (A.lse - B.lse), ba: ba + (A.lse - B.lse) };
+}
+
+/** What every expert's search shares at one step: the strong model's weights, the base's softmax. */
+interface SharedStep {
+  strong: Float32Array;
+  base: Float32Array;
+  baseSoftmax: { p: Float64Array; lse: number };
+  /** exp(L_strong − max L_strong). */
+  strongWeight: Float64Array;
+  top: number;
+}
+
+function shareStep(strong: Float32Array, base: Float32Array): SharedStep {
+  let top = 0;
+  for (let i = 1; i < strong.length; i++) if (strong[i] > strong[top]) top = i;
+  const strongWeight = new Float64Array(strong.length);
+  for (let i = 0; i < strong.length; i++) strongWeight[i] = Math.exp(strong[i] - strong[top]);
+  return { strong, base, baseSoftmax: softmaxWithLse(base), strongWeight, top };
 }
 
 /** The objective at every grid point for one expert. */
 export function searchExpert(strong: Float32Array, base: Float32Array, expert: Float32Array, grid: AlphaGrid = AUTHORS_GRID): ExpertSearch {
-  const { ab: klExpertBase, ba: klBaseExpert } = klBothWays(expert, base);
-  const n = strong.length;
+  return searchWithShared(shareStep(strong, base), expert, grid);
+}
+
+function searchWithShared(shared: SharedStep, expert: Float32Array, grid: AlphaGrid): ExpertSearch {
+  const { strong, base, top } = shared;
+  const { ab: klExpertBase, ba: klBaseExpert } = klFromSoftmaxes(expert, softmaxWithLse(expert), base, shared.baseSoftmax);
   const steps = Math.round(grid.max / grid.step);
   const alphas = Array.from({ length: steps + 1 }, (_, k) => k * grid.step);
 
-  // Candidate tokens: skip those negligible at every α on the grid (see header).
-  let top = 0;
-  for (let i = 1; i < n; i++) if (strong[i] > strong[top]) top = i;
+  // Per grid point k: Z_k = Σ w_i f_i^k and Z_k·E[D] = Σ w_i f_i^k d_i, with w_i = exp(L_i − L_top)
+  // and f_i = exp(s·d_i): one exp per token, then multiplications, token by token so the
+  // 2 × (steps + 1) sums stay in registers/L1. Tokens negligible at every α are skipped.
   const floor = strong[top] + grid.max * Math.min(0, shift(expert, base, top)) - PRUNE_LOG_MARGIN;
-  const kept: number[] = [];
-  for (let i = 0; i < n; i++) {
-    if (strong[i] + grid.max * Math.max(0, shift(expert, base, i)) >= floor) kept.push(i);
+  const z = new Float64Array(steps + 1);
+  const zd = new Float64Array(steps + 1);
+  const weights = shared.strongWeight;
+  for (let i = 0; i < strong.length; i++) {
+    const d = shift(expert, base, i);
+    if (strong[i] + grid.max * (d > 0 ? d : 0) < floor) continue;
+    const f = Math.exp(grid.step * d);
+    let w = weights[i];
+    for (let k = 0; k <= steps; k++) {
+      z[k] += w;
+      zd[k] += w * d;
+      w *= f;
+    }
   }
-
-  // w_i(α_k) = exp(L_i + α_k D_i − L_top), advanced by one factor exp(s·D_i) per grid step.
-  const m = kept.length;
-  const weight = new Float64Array(m);
-  const factor = new Float64Array(m);
-  const d = new Float64Array(m);
-  for (let j = 0; j < m; j++) {
-    const i = kept[j];
-    d[j] = shift(expert, base, i);
-    weight[j] = Math.exp(strong[i] - strong[top]);
-    factor[j] = Math.exp(grid.step * d[j]);
-  }
-  let z0 = 0;
-  let meanD0 = 0;
+  const meanD0 = zd[0] / z[0];
   const objectives: number[] = [];
   for (let k = 0; k <= steps; k++) {
-    let z = 0;
-    let zd = 0;
-    for (let j = 0; j < m; j++) {
-      z += weight[j];
-      zd += weight[j] * d[j];
-      weight[j] *= factor[j];
-    }
-    if (k === 0) {
-      z0 = z;
-      meanD0 = zd / z;
-    }
     const alpha = alphas[k];
-    const logRatio = Math.log(z / z0);
-    const klFusedStrong = alpha * (zd / z) - logRatio;
+    const logRatio = Math.log(z[k] / z[0]);
+    const klFusedStrong = alpha * (zd[k] / z[k]) - logRatio;
     const klStrongFused = logRatio - alpha * meanD0;
     objectives.push((klFusedStrong - klExpertBase) ** 2 + (klStrongFused - klBaseExpert) ** 2);
   }
   return { alphas, objectives, movement: klExpertBase + klBaseExpert };
 }
 
+/** A compiled implementation of the grid search (models/native.ts); same results, faster. */
+export type GridKernel = (strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number) => Float64Array;
+
 export interface SolveOptions {
   grid?: AlphaGrid;
+  kernel?: GridKernel;
   /**
    * Restrict the solve to the support set: tokens within this many nats of the top token of
    * any of the models. Undefined: the exact solve over the whole vocabulary. The tokens left
@@ -172,11 +191,20 @@ export function solveFusion(strong: Float32Array, base: Float32Array, experts: r
   const grid = options.grid ?? AUTHORS_GRID;
   if (options.supportMargin !== undefined) {
     const support = supportSet([strong, base, ...experts], options.supportMargin);
-    return solveFusion(gather(strong, support), gather(base, support), experts.map((e) => gather(e, support)), { grid });
+    return solveFusion(gather(strong, support), gather(base, support), experts.map((e) => gather(e, support)), { grid, kernel: options.kernel });
   }
   let best: FusionChoice = { expert: -1, alpha: 0, objective: Infinity };
+  const steps = Math.round(grid.max / grid.step);
+  const compiled = options.kernel?.(strong, base, [...experts], grid.step, steps, PRUNE_LOG_MARGIN);
+  const shared = compiled ? undefined : shareStep(strong, base);
   experts.forEach((expert, e) => {
-    const { alphas, objectives, movement } = searchExpert(strong, base, expert, grid);
+    const { alphas, objectives, movement } = compiled
+      ? {
+          alphas: Array.from({ length: steps + 1 }, (_, k) => k * grid.step),
+          objectives: Array.from(compiled.subarray(e * (steps + 1), (e + 1) * (steps + 1))),
+          movement: compiled[experts.length * (steps + 1) + e],
+        }
+      : searchWithShared(shared!, expert, grid);
     if (movement < SILENT_EXPERT_MOVEMENT) return;
     objectives.forEach((objective, k) => {
       if (objective < best.objective) best = { expert: e, alpha: alphas[k], objective };

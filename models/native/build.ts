@@ -93,7 +93,8 @@ function build(): void {
       "-e",
       `import { getLlama } from "node-llama-cpp";
        const llama = await getLlama({ gpu: ${gpu === "false" ? "false" : JSON.stringify(gpu)} });
-       const ok = llama.buildType === "localBuild" && typeof llama._bindings.AddonContext.prototype.flockGetLogits === "function";
+       const p = llama._bindings.AddonContext.prototype;
+       const ok = llama.buildType === "localBuild" && typeof p.flockGetLogits === "function" && typeof p.flockFusionGrid === "function";
        console.log(JSON.stringify({ buildType: llama.buildType, ok }));
        process.exit(ok ? 0 : 1);`,
     ],

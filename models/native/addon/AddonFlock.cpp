@@ -1,6 +1,9 @@
 // flock's additions to node-llama-cpp's addon (compiled with it; registered on AddonContext by
 // patches/addon-context.diff). Reached from TypeScript only through models/native.ts.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "llama.h"
 #include "napi.h"
@@ -24,5 +27,151 @@ Napi::Value AddonContext::FlockGetLogits(const Napi::CallbackInfo& info) {
     const int32_t n_vocab = llama_vocab_n_tokens(model->vocab);
     Napi::Float32Array result = Napi::Float32Array::New(info.Env(), n_vocab);
     std::memcpy(result.Data(), logits, sizeof(float) * n_vocab);
+    return result;
+}
+
+// flockFusionGrid(strong, base, experts[], step, steps, pruneMargin): the dynamic-logit-fusion
+// objective at every grid point α_k = k·step for every expert (decoding/fusion/solver.ts has
+// the derivation; this is the same computation, compiled). Returns a Float64Array holding
+// experts × (steps + 1) objectives, then each expert's movement KL(Q_t‖Q) + KL(Q‖Q_t).
+namespace {
+
+struct Softmax {
+    std::vector<double> p;
+    double lse = 0;
+};
+
+Softmax softmaxOf(const float* logits, size_t n) {
+    Softmax out;
+    out.p.resize(n);
+    float max = -INFINITY;
+    for (size_t i = 0; i < n; i++) max = logits[i] > max ? logits[i] : max;
+    double total = 0;
+    for (size_t i = 0; i < n; i++) total += out.p[i] = std::exp(double(logits[i]) - max);
+    for (size_t i = 0; i < n; i++) out.p[i] /= total;
+    out.lse = max + std::log(total);
+    return out;
+}
+
+inline double shiftOf(const float* expert, const float* base, size_t i) {
+    const double d = double(expert[i]) - double(base[i]);
+    return std::isfinite(d) ? d : 0.0;
+}
+
+// z[k] = Σ w_i f_i^k and zd[k] = Σ w_i f_i^k d_i for k = 0..steps. Four tokens advance
+// together as one vector (GCC/Clang vector extensions: two SSE2 halves on the baseline, one
+// AVX2 register in the clone picked at load time where the toolchain supports it).
+typedef double Vec4 __attribute__((vector_size(32)));
+constexpr int MAX_GRID_POINTS = 256;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void accumulateGrid(const double* w0, const double* f0, const double* d0, size_t m, int steps, double* z, double* zd) {
+    const int K = steps + 1;
+    // On the stack with explicit alignment: the AVX2 clone stores these with aligned moves.
+    alignas(32) Vec4 zl[MAX_GRID_POINTS];
+    alignas(32) Vec4 zdl[MAX_GRID_POINTS];
+    for (int k = 0; k < K; k++) zl[k] = zdl[k] = Vec4{0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+        Vec4 w = {w0[i], w0[i + 1], w0[i + 2], w0[i + 3]};
+        const Vec4 f = {f0[i], f0[i + 1], f0[i + 2], f0[i + 3]};
+        const Vec4 d = {d0[i], d0[i + 1], d0[i + 2], d0[i + 3]};
+        for (int k = 0; k < K; k++) {
+            zl[k] += w;
+            zdl[k] += w * d;
+            w *= f;
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        z[k] = zl[k][0] + zl[k][1] + zl[k][2] + zl[k][3];
+        zd[k] = zdl[k][0] + zdl[k][1] + zdl[k][2] + zdl[k][3];
+    }
+    for (; i < m; i++) {
+        double w = w0[i];
+        for (int k = 0; k < K; k++) {
+            z[k] += w;
+            zd[k] += w * d0[i];
+            w *= f0[i];
+        }
+    }
+}
+
+}  // namespace
+
+Napi::Value AddonContext::FlockFusionGrid(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    const Napi::Float32Array strongArray = info[0].As<Napi::Float32Array>();
+    const Napi::Float32Array baseArray = info[1].As<Napi::Float32Array>();
+    const Napi::Array expertsArray = info[2].As<Napi::Array>();
+    const double step = info[3].As<Napi::Number>().DoubleValue();
+    const int32_t steps = info[4].As<Napi::Number>().Int32Value();
+    const double pruneMargin = info[5].As<Napi::Number>().DoubleValue();
+    const size_t n = strongArray.ElementLength();
+    const uint32_t expertCount = expertsArray.Length();
+    if (baseArray.ElementLength() != n || steps < 0 || steps >= MAX_GRID_POINTS) {
+        Napi::Error::New(env, "flockFusionGrid: mismatched inputs").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    const float* strong = strongArray.Data();
+    const float* base = baseArray.Data();
+
+    size_t top = 0;
+    for (size_t i = 1; i < n; i++) if (strong[i] > strong[top]) top = i;
+    std::vector<double> weight(n);
+    for (size_t i = 0; i < n; i++) weight[i] = std::exp(double(strong[i]) - strong[top]);
+    const Softmax baseSoftmax = softmaxOf(base, n);
+    const double gridMax = step * steps;
+
+    Napi::Float64Array result = Napi::Float64Array::New(env, expertCount * (steps + 1) + expertCount);
+    std::vector<double> z(steps + 1), zd(steps + 1), keptW(n), keptF(n), keptD(n);
+    for (uint32_t e = 0; e < expertCount; e++) {
+        const Napi::Float32Array expertArray = expertsArray.Get(e).As<Napi::Float32Array>();
+        if (expertArray.ElementLength() != n) {
+            Napi::Error::New(env, "flockFusionGrid: an expert's vocabulary differs").ThrowAsJavaScriptException();
+            return env.Undefined();
+        }
+        const float* expert = expertArray.Data();
+        // One pass: the shift d, the grid factor exp(step·d), the expert's mass relative to the
+        // base (exp(e − max_b) = exp(b − max_b)·exp(d)) and the moments both KL terms need, and
+        // the tokens that matter at some α on the grid, compacted for the grid pass.
+        const double floor = strong[top] + gridMax * std::min(0.0, shiftOf(expert, base, top)) - pruneMargin;
+        double expertMass = 0, expertMoment = 0, baseMeanD = 0;
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            const double di = shiftOf(expert, base, i);
+            const double pb = baseSoftmax.p[i];
+            const double ped = pb * std::exp(di);
+            expertMass += ped;
+            expertMoment += ped * di;
+            baseMeanD += pb * di;
+            if (strong[i] + gridMax * (di > 0 ? di : 0) >= floor) {
+                keptW[m] = weight[i];
+                keptF[m] = std::exp(step * di);
+                keptD[m] = di;
+                m++;
+            }
+        }
+        const double logMassRatio = std::log(expertMass);  // lse_expert − lse_base
+        const double klExpertBase = expertMoment / expertMass - logMassRatio;
+        const double klBaseExpert = -baseMeanD + logMassRatio;
+
+        std::fill(z.begin(), z.end(), 0.0);
+        std::fill(zd.begin(), zd.end(), 0.0);
+        accumulateGrid(keptW.data(), keptF.data(), keptD.data(), m, steps, z.data(), zd.data());
+
+        const double meanD0 = zd[0] / z[0];
+        for (int k = 0; k <= steps; k++) {
+            const double alpha = k * step;
+            const double logRatio = std::log(z[k] / z[0]);
+            const double klFusedStrong = alpha * (zd[k] / z[k]) - logRatio;
+            const double klStrongFused = logRatio - alpha * meanD0;
+            const double a = klFusedStrong - klExpertBase;
+            const double b = klStrongFused - klBaseExpert;
+            result[e * (steps + 1) + k] = a * a + b * b;
+        }
+        result[expertCount * (steps + 1) + e] = klExpertBase + klBaseExpert;
+    }
     return result;
 }
