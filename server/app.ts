@@ -1,15 +1,44 @@
-// The Hono app: routes, body limit, request ids, and the single error handler.
+// The Hono app: request ids and metrics, CORS, auth, body limit, routes, and the single error
+// handler.
 import { randomUUID } from "node:crypto";
-import { Hono } from "hono";
+import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { cors } from "hono/cors";
+import { routePath } from "hono/route";
 import { FlockError } from "../models/errors.js";
-import type { PipelineRegistry } from "../routing/pipeline.js";
-import { errorBody, toOpenAIError } from "./errors.js";
+import type { Pipeline, PipelineRegistry } from "../routing/pipeline.js";
+import { KeySet, requireAdminKey, requireApiKey } from "./auth.js";
+import { errorBody, HttpError, toOpenAIError } from "./errors.js";
 import type { Limits } from "./generation.js";
+import { Inflight } from "./inflight.js";
 import type { Logger } from "./logger.js";
+import { Metrics, routeLabel } from "./metrics.js";
 import { chatRoutes } from "./routes/chat.js";
 import { completionRoutes } from "./routes/completions.js";
 import { modelRoutes } from "./routes/models.js";
+
+/** How generations are served (respond.ts reads these). */
+export interface Serving {
+  /** Largest prompt of one choice, in tokens; null: the context window is the bound. */
+  maxPromptTokens: number | null;
+  /** Milliseconds from arrival to the last token; null: no limit. */
+  requestTimeoutMs: number | null;
+  /** Milliseconds of silence after which a stream sends an SSE keep-alive comment; 0: never. */
+  keepAliveMs: number;
+  /** Seconds a 429 tells the client to wait (Retry-After). */
+  retryAfter: number;
+  /** Whether prompt and completion text may be logged. */
+  logPrompts: boolean;
+}
+
+export const DEFAULT_SERVING: Serving = { maxPromptTokens: null, requestTimeoutMs: null, keepAliveMs: 10_000, retryAfter: 1, logPrompts: false };
+
+export interface AuthSettings {
+  apiKeys: readonly string[];
+  adminKey?: string;
+  healthRequiresKey?: boolean;
+  metricsRequiresKey?: boolean;
+}
 
 export interface ServerContext {
   /** The loaded pipelines; throws `unavailable` while models are still loading. */
@@ -19,24 +48,110 @@ export interface ServerContext {
   limits: Limits;
   maxBodyBytes: number;
   log: Logger;
+  /** The rest is optional: HTTP-shape tests build an app with only the above. */
+  metrics?: Metrics;
+  inflight?: Inflight;
+  serving?: Partial<Serving>;
+  auth?: AuthSettings;
+  /** Origins allowed by CORS ("*" for any); empty or absent: CORS off. */
+  corsOrigins?: readonly string[];
+  /** What GET /admin/status shows beyond the models. */
+  status?(): Record<string, unknown>;
 }
 
-export type AppEnv = { Variables: { log: Logger; requestId: string } };
+/** What respond.ts needs from the app, per request. */
+export interface Operations {
+  metrics: Metrics;
+  inflight: Inflight;
+  serving: Serving;
+}
+
+export type AppEnv = {
+  Variables: {
+    log: Logger;
+    requestId: string;
+    /** performance.now() when the request arrived. */
+    arrival: number;
+    /** The model id a generation resolved to (metrics label). */
+    model?: string;
+    ops: Operations;
+  };
+};
+
+/** The pipelines, or none while models load. */
+function pipelinesOf(ctx: ServerContext): Pipeline[] {
+  try {
+    return ctx.registry().list().map((m) => m.pipeline);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The model id a request named, when it is a served one (label values stay bounded): set by
+ * respond(), else read from the JSON body the route already parsed (failed requests).
+ */
+async function modelLabel(c: Context<AppEnv>, ctx: ServerContext): Promise<string> {
+  const resolved = c.get("model");
+  if (resolved) return resolved;
+  const cached = c.req.bodyCache.text as unknown;
+  if (cached === undefined) return "";
+  try {
+    const body = JSON.parse(await Promise.resolve(cached as string)) as { model?: unknown };
+    if (typeof body?.model !== "string") return "";
+    return ctx.registry().resolve(body.model).id;
+  } catch {
+    return "";
+  }
+}
 
 export function createApp(ctx: ServerContext): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
+  const ops: Operations = {
+    metrics: ctx.metrics ?? new Metrics(() => pipelinesOf(ctx)),
+    inflight: ctx.inflight ?? new Inflight(),
+    serving: { ...DEFAULT_SERVING, ...ctx.serving },
+  };
+  const apiKeys = new KeySet(ctx.auth?.apiKeys ?? []);
+  const adminKey = new KeySet(ctx.auth?.adminKey ? [ctx.auth.adminKey] : []);
 
   app.use(async (c, next) => {
+    const arrival = performance.now();
     const requestId = c.req.header("x-request-id")?.slice(0, 128) || randomUUID();
     const log = ctx.log.child({ requestId });
     c.set("requestId", requestId);
     c.set("log", log);
-    const started = performance.now();
+    c.set("arrival", arrival);
+    c.set("ops", ops);
     await next();
     // Set on the final response (also streams, whose headers are built before this point).
     c.res.headers.set("x-request-id", requestId);
-    log.info({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) }, "request");
+    const route = routeLabel(routePath(c, -1));
+    ops.metrics.request(route, await modelLabel(c, ctx), c.res.status);
+    log.info({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - arrival) }, "request");
   });
+
+  // Before auth: browsers send preflights without credentials.
+  if (ctx.corsOrigins && ctx.corsOrigins.length > 0) {
+    const origins = [...ctx.corsOrigins];
+    app.use(
+      cors({
+        origin: origins.includes("*") ? "*" : origins,
+        allowHeaders: ["Authorization", "Content-Type", "x-request-id", "OpenAI-Organization", "OpenAI-Project"],
+        exposeHeaders: ["x-request-id", "Retry-After"],
+        maxAge: 600,
+      }),
+    );
+  }
+
+  app.use("/v1/*", async (c, next) => {
+    if (ops.inflight.isDraining) throw shuttingDown();
+    return next();
+  });
+  app.use("/v1/*", requireApiKey(apiKeys, adminKey));
+  app.use("/admin/*", requireAdminKey(adminKey));
+  if (ctx.auth?.healthRequiresKey) app.use("/health", requireApiKey(apiKeys, adminKey));
+  if (ctx.auth?.metricsRequiresKey) app.use("/metrics", requireApiKey(apiKeys, adminKey));
 
   app.use(
     "/v1/*",
@@ -48,9 +163,32 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   );
 
   app.get("/health", (c) => {
+    // A draining server tells load balancers to stop sending work while it finishes.
+    if (ops.inflight.isDraining) return c.json({ status: "shutting_down" }, 503);
     const health = ctx.health();
     return c.json(health, health.status === "ok" ? 200 : 503);
   });
+
+  app.get("/metrics", async (c) => c.body(await ops.metrics.exposition(), 200, { "content-type": ops.metrics.contentType }));
+
+  app.get("/admin/status", (c) =>
+    c.json({
+      ...ctx.health(),
+      draining: ops.inflight.isDraining,
+      inFlight: ops.inflight.size,
+      ...ctx.status?.(),
+      models: pipelinesOf(ctx).map((p) => ({
+        id: p.id,
+        kind: p.kind,
+        contextSize: p.model.contextSize,
+        parallel: p.model.parallel,
+        maxQueue: Number.isFinite(p.model.maxQueue) ? p.model.maxQueue : null,
+        running: p.model.runningSequences,
+        waiting: p.model.waitingSequences,
+        ...(p.kind === "speculative" ? { draft: p.draft.id, policy: p.settings.policy, predictor: p.predictor.name } : {}),
+      })),
+    }),
+  );
 
   modelRoutes(app, ctx);
   chatRoutes(app, ctx);
@@ -61,10 +199,10 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   );
 
   app.onError((err, c) => {
-    const { status, body, internal } = toOpenAIError(err);
+    const { status, body, internal, headers } = toOpenAIError(err, ops.serving.retryAfter);
     const log = c.get("log") ?? ctx.log;
     if (internal) log.error({ err }, "request failed");
-    return c.json(body, status);
+    return c.json(body, status, headers);
   });
 
   return app;
@@ -72,4 +210,8 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
 
 export function notReady(): never {
   throw new FlockError("unavailable", "Models are still loading; retry shortly.");
+}
+
+export function shuttingDown(): HttpError {
+  return new HttpError(503, "service_unavailable", "shutting_down", "The server is shutting down; retry shortly.");
 }

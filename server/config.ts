@@ -16,7 +16,29 @@ export const Limits = z.strictObject({
   /** Largest max_tokens a request may ask for; null: the context window is the bound. */
   maxTokens: z.int().min(1).nullable().default(null),
   maxBodyBytes: z.int().min(1024).default(8 * 1024 * 1024),
+  /** Largest prompt (tokens of one prompt) a request may send; null: the context window is the bound. */
+  maxPromptTokens: z.int().min(1).nullable().default(null),
+  /** Choices that may wait for a free sequence, per model (models[].maxQueue overrides); beyond: 429. */
+  maxQueue: z.int().min(0).default(64),
+  /** Seconds a request may take from arrival to its last token; null: no limit. */
+  requestTimeout: z.number().positive().nullable().default(null),
+  /** The Retry-After (seconds) a 429 suggests. */
+  retryAfter: z.int().min(1).default(1),
 });
+
+export const Auth = z.strictObject({
+  /** Keys accepted as `Authorization: Bearer KEY` on /v1/*; none: /v1/* is open. */
+  apiKeys: z.array(z.string().min(1)).default([]),
+  /** A file with one API key per line (blank lines and # comments ignored), added to apiKeys. */
+  apiKeyFile: z.string().min(1).optional(),
+  /** The key for /admin/*; without one, /admin/* is disabled. */
+  adminKey: z.string().min(1).optional(),
+  /** Whether GET /health needs a key too (when API keys are configured). */
+  healthRequiresKey: z.boolean().default(false),
+  /** Whether GET /metrics needs a key too (when API keys are configured). */
+  metricsRequiresKey: z.boolean().default(false),
+});
+export type Auth = z.infer<typeof Auth>;
 
 export const ServerConfig = z.strictObject({
   host: z.string().min(1).default("127.0.0.1"),
@@ -24,10 +46,19 @@ export const ServerConfig = z.strictObject({
   gpu: z.enum(["auto", "off", "cuda", "vulkan", "metal"]).default("auto"),
   threads: z.int().min(1).default(defaultThreads()),
   models: z.array(ModelEntry).default([]),
-  limits: Limits.default({ maxN: 8, maxTokens: null, maxBodyBytes: 8 * 1024 * 1024 }),
+  limits: Limits.default({ maxN: 8, maxTokens: null, maxBodyBytes: 8 * 1024 * 1024, maxPromptTokens: null, maxQueue: 64, requestTimeout: null, retryAfter: 1 }),
   logLevel: z.enum(LOG_LEVELS).default("info"),
   /** Where the built-in demo models are forged on first start. */
   cacheDir: z.string().min(1).default(defaultCacheDir()),
+  auth: Auth.default({ apiKeys: [], healthRequiresKey: false, metricsRequiresKey: false }),
+  /** Origins allowed by CORS ("*" for any); empty: no CORS headers at all. */
+  corsOrigins: z.array(z.string().min(1)).default([]),
+  /** Seconds between SSE keep-alive comments while a stream has nothing to send; 0: none. */
+  keepAlive: z.number().min(0).default(10),
+  /** Seconds in-flight requests get to finish after SIGTERM before they are cancelled. */
+  shutdownTimeout: z.number().min(0).default(30),
+  /** Log prompt and completion text (off: logs never contain them). */
+  logPrompts: z.boolean().default(false),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 export type ServerConfigInput = z.input<typeof ServerConfig>;
@@ -53,6 +84,18 @@ export const USAGE = `usage: npm start -- [options]
   --max-body-bytes N     largest request body (default 8 MiB)
   --log-level LEVEL      ${LOG_LEVELS.join("|")} (default info; env FLOCK_LOG_LEVEL)
   --cache-dir DIR        where the demo models are forged (env FLOCK_CACHE_DIR)
+  --max-prompt-tokens N  largest prompt in tokens (default: the context window)
+  --max-queue N          choices that may wait for a sequence, per model (default 64)
+  --request-timeout S    seconds from arrival to the last token (default: none)
+  --api-key KEY          require this key on /v1/* (repeatable; env FLOCK_API_KEYS, comma-separated)
+  --api-key-file FILE    keys, one per line (env FLOCK_API_KEY_FILE)
+  --admin-key KEY        key for /admin/* (env FLOCK_ADMIN_KEY; without it /admin/* is disabled)
+  --health-requires-key  GET /health needs a key too
+  --metrics-requires-key GET /metrics needs a key too
+  --cors-origin ORIGIN   allow CORS from ORIGIN, or * (repeatable; env FLOCK_CORS_ORIGINS)
+  --keep-alive S         seconds between SSE keep-alive comments (default 10; 0: off)
+  --shutdown-timeout S   seconds in-flight requests get after SIGTERM (default 30; env FLOCK_SHUTDOWN_TIMEOUT)
+  --log-prompts          log prompt and completion text (env FLOCK_LOG_PROMPTS=1)
   -h, --help             this text
 
 Without --model or a config file with models, flock serves its built-in demo models.`;
@@ -71,6 +114,24 @@ function parseModelFlag(spec: string): { id: string; path: string } {
 }
 
 const int = (s: string | undefined) => (s === undefined ? undefined : /^-?\d+$/.test(s) ? Number(s) : s);
+const num = (s: string | undefined) => (s === undefined ? undefined : /^-?\d+(\.\d+)?$/.test(s) ? Number(s) : s);
+/** "a, b,,c" → ["a", "b", "c"] (comma-separated env lists). */
+const list = (s: string | undefined) => (s === undefined ? undefined : s.split(",").map((x) => x.trim()).filter((x) => x.length > 0));
+const bool = (s: string | undefined) => (s === undefined ? undefined : /^(1|true|yes|on)$/i.test(s) ? true : /^(0|false|no|off|)$/i.test(s) ? false : s);
+
+/** API keys from a key file: one per line, blank lines and # comments skipped. */
+export function readKeyFile(path: string): string[] {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new ConfigError(`cannot read API key file ${path}: ${(err as Error).message}`);
+  }
+  return text
+    .split(/\r?\n/)
+    .map((line) => line.trim())
+    .filter((line) => line.length > 0 && !line.startsWith("#"));
+}
 
 /** Resolves the configuration from argv and env; returns null when --help was asked for. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig | null {
@@ -93,6 +154,18 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
         "max-body-bytes": { type: "string" },
         "log-level": { type: "string" },
         "cache-dir": { type: "string" },
+        "max-prompt-tokens": { type: "string" },
+        "max-queue": { type: "string" },
+        "request-timeout": { type: "string" },
+        "api-key": { type: "string", multiple: true },
+        "api-key-file": { type: "string" },
+        "admin-key": { type: "string" },
+        "health-requires-key": { type: "boolean" },
+        "metrics-requires-key": { type: "boolean" },
+        "cors-origin": { type: "string", multiple: true },
+        "keep-alive": { type: "string" },
+        "shutdown-timeout": { type: "string" },
+        "log-prompts": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -130,11 +203,39 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   set("threads", int(flags.threads));
   set("logLevel", flags["log-level"]);
   set("cacheDir", flags["cache-dir"]);
+  set("keepAlive", num(flags["keep-alive"]));
+  set("shutdownTimeout", num(env.FLOCK_SHUTDOWN_TIMEOUT));
+  set("shutdownTimeout", num(flags["shutdown-timeout"]));
+  set("logPrompts", bool(env.FLOCK_LOG_PROMPTS));
+  set("logPrompts", flags["log-prompts"]);
+  // Allowed origins and API keys add up across sources rather than replacing each other: a
+  // key given by flag must not silently revoke the keys of the config file.
+  const corsOrigins = [...((file.corsOrigins as unknown[] | undefined) ?? []), ...(list(env.FLOCK_CORS_ORIGINS) ?? []), ...(flags["cors-origin"] ?? [])];
+  if (corsOrigins.length > 0) merged.corsOrigins = corsOrigins;
+
+  const auth: Record<string, unknown> = { ...((file.auth as Record<string, unknown> | undefined) ?? {}) };
+  const keyFile = flags["api-key-file"] ?? env.FLOCK_API_KEY_FILE ?? (typeof auth.apiKeyFile === "string" ? auth.apiKeyFile : undefined);
+  const apiKeys = [
+    ...(Array.isArray(auth.apiKeys) ? (auth.apiKeys as unknown[]) : auth.apiKeys === undefined ? [] : [auth.apiKeys]),
+    ...(list(env.FLOCK_API_KEYS) ?? []),
+    ...(flags["api-key"] ?? []),
+    ...(keyFile ? readKeyFile(keyFile) : []),
+  ];
+  auth.apiKeys = apiKeys;
+  if (keyFile) auth.apiKeyFile = keyFile;
+  if (env.FLOCK_ADMIN_KEY) auth.adminKey = env.FLOCK_ADMIN_KEY;
+  if (flags["admin-key"] !== undefined) auth.adminKey = flags["admin-key"];
+  if (flags["health-requires-key"]) auth.healthRequiresKey = true;
+  if (flags["metrics-requires-key"]) auth.metricsRequiresKey = true;
+  merged.auth = auth;
 
   const limits = { ...((file.limits as Record<string, unknown> | undefined) ?? {}) };
   if (flags["max-n"] !== undefined) limits.maxN = int(flags["max-n"]);
   if (flags["max-tokens"] !== undefined) limits.maxTokens = int(flags["max-tokens"]);
   if (flags["max-body-bytes"] !== undefined) limits.maxBodyBytes = int(flags["max-body-bytes"]);
+  if (flags["max-prompt-tokens"] !== undefined) limits.maxPromptTokens = int(flags["max-prompt-tokens"]);
+  if (flags["max-queue"] !== undefined) limits.maxQueue = int(flags["max-queue"]);
+  if (flags["request-timeout"] !== undefined) limits.requestTimeout = num(flags["request-timeout"]);
   merged.limits = limits;
 
   if (flags.model?.length) {

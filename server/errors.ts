@@ -17,18 +17,47 @@ const KIND_TO_HTTP: Record<FlockErrorKind, { status: ContentfulStatusCode; type:
   internal: { status: 500, type: "server_error", code: null },
 };
 
+/**
+ * An error that is about HTTP itself (authentication, admission, timeouts, shutdown) rather than
+ * the domain: it carries its own status, OpenAI type and code, and headers (Retry-After).
+ */
+export class HttpError extends Error {
+  constructor(
+    readonly status: ContentfulStatusCode,
+    readonly type: string,
+    readonly code: string | null,
+    message: string,
+    readonly param: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = "HttpError";
+  }
+}
+
 export const INTERNAL_ERROR_MESSAGE = "The server had an error while processing your request.";
 
 export function errorBody(message: string, type: string, param: string | null = null, code: string | null = null): OpenAIErrorBody {
   return { error: { message, type, param, code } };
 }
 
-/** Status and body for any thrown value; internals of unexpected errors are never exposed. */
-export function toOpenAIError(err: unknown): { status: ContentfulStatusCode; body: OpenAIErrorBody; internal: boolean } {
+/**
+ * Status, body and extra headers for any thrown value; internals of unexpected errors are never
+ * exposed. `retryAfter` (seconds) goes on every 429 that does not bring its own.
+ */
+export function toOpenAIError(
+  err: unknown,
+  retryAfter = 1,
+): { status: ContentfulStatusCode; body: OpenAIErrorBody; internal: boolean; headers: Record<string, string> } {
+  if (err instanceof HttpError) {
+    const headers = err.status === 429 ? { "retry-after": String(retryAfter), ...err.headers } : err.headers;
+    return { status: err.status, body: errorBody(err.message, err.type, err.param, err.code), internal: false, headers };
+  }
   if (err instanceof FlockError) {
     const http = KIND_TO_HTTP[err.kind];
     const message = err.kind === "internal" ? INTERNAL_ERROR_MESSAGE : err.message;
-    return { status: http.status, body: errorBody(message, http.type, err.param, http.code), internal: err.kind === "internal" };
+    const headers: Record<string, string> = http.status === 429 ? { "retry-after": String(retryAfter) } : {};
+    return { status: http.status, body: errorBody(message, http.type, err.param, http.code), internal: err.kind === "internal", headers };
   }
-  return { status: 500, body: errorBody(INTERNAL_ERROR_MESSAGE, "server_error"), internal: true };
+  return { status: 500, body: errorBody(INTERNAL_ERROR_MESSAGE, "server_error"), internal: true, headers: {} };
 }

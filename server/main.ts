@@ -20,10 +20,27 @@ const log = createLogger(config.logLevel);
 const server = await startServer(config, log);
 server.ready.catch(() => process.exit(1));
 
-const shutdown = async (signal: string) => {
-  log.info({ signal }, "shutting down");
-  await server.close();
-  process.exit(0);
+// The first SIGTERM/SIGINT drains (requests in flight get shutdownTimeout seconds); a second one
+// cancels what is still running at once. Either way predictors are saved and the exit code is 0.
+let signals = 0;
+const shutdown = (signal: string) => {
+  signals++;
+  if (signals > 1) {
+    log.warn({ signal }, "second signal: cancelling requests in flight now");
+    void server.close(0);
+    return;
+  }
+  log.info({ signal, deadlineSeconds: config.shutdownTimeout }, "shutting down");
+  server.close().then(
+    () => {
+      log.info("shut down");
+      process.exit(0);
+    },
+    (err: unknown) => {
+      log.error({ err }, "shutdown failed");
+      process.exit(1);
+    },
+  );
 };
-process.once("SIGINT", () => void shutdown("SIGINT"));
-process.once("SIGTERM", () => void shutdown("SIGTERM"));
+process.on("SIGINT", () => shutdown("SIGINT"));
+process.on("SIGTERM", () => shutdown("SIGTERM"));

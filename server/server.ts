@@ -1,27 +1,40 @@
 // Starts flock: the HTTP server listens at once (GET /health answers 503 while loading), the
 // engine loads the configured models, then every route serves.
+import type { Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { serve, type ServerType } from "@hono/node-server";
 import { Engine } from "../models/engine.js";
 import { ModelEntry } from "../models/registry.js";
 import { PipelineRegistry } from "../routing/pipeline.js";
 import { loadPipeline, savePredictors } from "../routing/load.js";
-import { createApp, notReady } from "./app.js";
+import { createApp, notReady, shuttingDown } from "./app.js";
 import type { ServerConfig } from "./config.js";
 import { demoModels } from "./demo.js";
+import { Inflight } from "./inflight.js";
 import { createLogger, type Logger } from "./logger.js";
+import { Metrics } from "./metrics.js";
 
 export interface FlockServer {
   url: string;
   port: number;
   /** Resolves when every model is loaded; rejects when loading failed. */
   ready: Promise<void>;
-  close(): Promise<void>;
+  /**
+   * Graceful shutdown: stops accepting connections, refuses new requests (503), gives requests
+   * in flight `deadlineMs` (default: the configured shutdownTimeout) to finish, cancels the rest
+   * (their clients get a shutting_down error), saves what the predictors learned, frees the
+   * engine. Calling it again while it runs cuts the deadline to `deadlineMs`.
+   */
+  close(deadlineMs?: number): Promise<void>;
 }
 
 export async function startServer(config: ServerConfig, log: Logger = createLogger(config.logLevel)): Promise<FlockServer> {
   let registry: PipelineRegistry | null = null;
   let failure: string | null = null;
+  let engine: Engine | null = null;
+  const started = Date.now();
+  const metrics = new Metrics(() => registry?.list().map((m) => m.pipeline) ?? []);
+  const inflight = new Inflight();
   const app = createApp({
     registry: () => registry ?? notReady(),
     health: () =>
@@ -29,6 +42,21 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     limits: { maxN: config.limits.maxN, maxTokens: config.limits.maxTokens },
     maxBodyBytes: config.limits.maxBodyBytes,
     log,
+    metrics,
+    inflight,
+    serving: {
+      maxPromptTokens: config.limits.maxPromptTokens,
+      requestTimeoutMs: config.limits.requestTimeout === null ? null : config.limits.requestTimeout * 1000,
+      keepAliveMs: config.keepAlive * 1000,
+      retryAfter: config.limits.retryAfter,
+      logPrompts: config.logPrompts,
+    },
+    auth: config.auth,
+    corsOrigins: config.corsOrigins,
+    status: () => ({
+      uptimeSeconds: Math.round((Date.now() - started) / 1000),
+      engine: engine ? (engine as Engine).describe() : null,
+    }),
   });
 
   const server: ServerType = await new Promise((resolve, reject) => {
@@ -37,9 +65,17 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
   });
   const port = (server.address() as AddressInfo).port;
   const host = config.host.includes(":") ? `[${config.host}]` : config.host;
-  log.info({ url: `http://${host}:${port}` }, "listening");
+  log.info(
+    {
+      url: `http://${host}:${port}`,
+      // Counts only: keys never reach the logs.
+      apiKeys: config.auth.apiKeys.length,
+      adminKey: config.auth.adminKey !== undefined,
+      cors: config.corsOrigins,
+    },
+    "listening",
+  );
 
-  let engine: Engine | null = null;
   let saveTimer: NodeJS.Timeout | undefined;
   const ready = (async () => {
     engine = await Engine.create({ gpu: config.gpu, threads: config.threads });
@@ -47,16 +83,19 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     const entries = config.models.length > 0 ? config.models : demoModels(config.cacheDir).map((m) => ModelEntry.parse(m));
     if (config.models.length === 0) log.info({ cacheDir: config.cacheDir }, "no models configured: serving the built-in demo");
     const loaded = new PipelineRegistry();
-    for (const entry of entries) {
+    for (const configured of entries) {
+      const entry = { ...configured, maxQueue: configured.maxQueue ?? config.limits.maxQueue };
       const pipeline = await loadPipeline(engine, entry, config.cacheDir);
       loaded.add(pipeline);
       const model = pipeline.model;
+      model.onAcquire = metrics.queueTimeObserver(pipeline.id);
       log.info(
         {
           model: entry.id,
           path: entry.path,
           contextSize: model.contextSize,
           parallel: model.parallel,
+          maxQueue: entry.maxQueue,
           threads: model.threads,
           gpuLayers: model.gpuLayers,
           chatTemplate: model.chatTemplateName,
@@ -78,16 +117,46 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
   });
   ready.catch(() => undefined); // observed by callers through `ready`; never an unhandled rejection
 
+  let closing: Promise<void> | null = null;
+  let cutDeadline: ((ms: number) => void) | null = null;
+  const shutdown = async (deadlineMs: number) => {
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const deadline = new Promise<number>((resolve) => {
+      const timer = setTimeout(() => resolve(deadlineMs), deadlineMs);
+      cutDeadline = (ms) => {
+        clearTimeout(timer);
+        resolve(ms);
+      };
+    });
+    if (inflight.size > 0) log.info({ inFlight: inflight.size, deadlineMs }, "waiting for requests in flight");
+    const { cancelled } = await inflight.drain(deadline, shuttingDown());
+    if (cancelled > 0) log.warn({ cancelled }, "cancelled requests still running at the shutdown deadline");
+    // Connections kept alive by clients hold server.close() open; close them once idle (a
+    // response that just finished still gets its last bytes out) and, after a grace period,
+    // whatever is left.
+    const http = server as HttpServer; // serve() makes a plain node:http server
+    const idleSweep = setInterval(() => http.closeIdleConnections(), 50);
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, 2_000).unref());
+    await Promise.race([closed, grace]);
+    clearInterval(idleSweep);
+    http.closeAllConnections();
+    await ready.catch(() => undefined);
+    clearInterval(saveTimer);
+    if (registry) savePredictors(registry);
+    if (engine) await (engine as Engine)[Symbol.asyncDispose]();
+  };
+
   return {
     url: `http://${host}:${port}`,
     port,
     ready,
-    async close() {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await ready.catch(() => undefined);
-      clearInterval(saveTimer);
-      if (registry) savePredictors(registry);
-      if (engine) await (engine as Engine)[Symbol.asyncDispose]();
+    close(deadlineMs = config.shutdownTimeout * 1000) {
+      if (closing) {
+        cutDeadline?.(deadlineMs);
+        return closing;
+      }
+      closing = shutdown(deadlineMs);
+      return closing;
     },
   };
 }

@@ -77,8 +77,9 @@ describe("loadConfig", () => {
 
   it("merges limits from the file with --max-* flags", () => {
     const file = configFile({ limits: { maxN: 2, maxTokens: 100 } });
-    expect(load(["--config", file]).limits).toEqual({ maxN: 2, maxTokens: 100, maxBodyBytes: 8 * 1024 * 1024 });
-    expect(load(["--config", file, "--max-tokens", "50", "--max-body-bytes", "4096"]).limits).toEqual({ maxN: 2, maxTokens: 50, maxBodyBytes: 4096 });
+    const rest = { maxPromptTokens: null, maxQueue: 64, requestTimeout: null, retryAfter: 1 };
+    expect(load(["--config", file]).limits).toEqual({ maxN: 2, maxTokens: 100, maxBodyBytes: 8 * 1024 * 1024, ...rest });
+    expect(load(["--config", file, "--max-tokens", "50", "--max-body-bytes", "4096"]).limits).toEqual({ maxN: 2, maxTokens: 50, maxBodyBytes: 4096, ...rest });
   });
 
   it("turns --model ID=PATH flags into model entries with the per-model flags", () => {

@@ -1,0 +1,285 @@
+// Prometheus metrics (GET /metrics), prefix flock_. Each server has its own registry, so
+// several servers in one process (tests, benchmarks) never share counters.
+//
+// Names, meanings and histogram buckets follow vLLM's (vllm/v1/metrics/loggers.py,
+// vllm/v1/spec_decode/metrics.py) so dashboards built for vLLM fit after a prefix change.
+// Request-level timings are per choice, as vLLM v1 counts each of a request's n samples as a
+// request of its own.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { Pipeline } from "../routing/pipeline.js";
+
+/** vLLM's vllm:time_to_first_token_seconds buckets. */
+export const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0];
+/** vLLM's vllm:inter_token_latency_seconds (and time_per_output_token) buckets. */
+export const ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
+/** vLLM's request latency buckets (e2e, queue). */
+export const REQUEST_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0];
+/** Dynamic logit fusion searches α on a grid over [0, 2] in steps of 0.1. */
+export const FUSION_ALPHA_BUCKETS = Array.from({ length: 21 }, (_, i) => Math.round(i * 10) / 100);
+
+/** How a choice ended: the OpenAI finish reasons, or why it was cut short. */
+export type FinishedReason = "stop" | "length" | "disconnected" | "timeout" | "shutdown" | "error";
+
+/** The routes /metrics labels requests with; anything else is "other" (bounded label values). */
+const ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/:id", "/health", "/metrics", "/admin/status"]);
+
+export function routeLabel(route: string | undefined): string {
+  if (!route) return "other";
+  const plain = route.replace(/\{[^}]*\}/g, ""); // "/v1/models/:id{.+}" → "/v1/models/:id"
+  return ROUTES.has(plain) ? plain : "other";
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<"route" | "model" | "status">;
+  private readonly finished: Counter<"model" | "reason">;
+  private readonly ttft: Histogram<"model">;
+  private readonly itl: Histogram<"model">;
+  private readonly e2e: Histogram<"model">;
+  private readonly queue: Histogram<"model">;
+  private readonly promptTokens: Counter<"model">;
+  private readonly generationTokens: Counter<"model">;
+  private readonly routedTokens: Counter<"model" | "expert">;
+  private readonly fusionAlpha: Histogram<"model">;
+
+  /** `pipelines` is read at every scrape (empty while models load). */
+  constructor(pipelines: () => readonly Pipeline[]) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: "flock_" });
+
+    this.requests = new Counter({
+      name: "flock_requests_total",
+      help: "HTTP requests answered, by route, model (empty when none was resolved) and status code.",
+      labelNames: ["route", "model", "status"],
+      registers,
+    });
+    this.finished = new Counter({
+      name: "flock_request_finished_total",
+      help: "Choices that ended, by reason: stop, length, disconnected (client gone), timeout, shutdown, error.",
+      labelNames: ["model", "reason"],
+      registers,
+    });
+    this.ttft = new Histogram({
+      name: "flock_time_to_first_token_seconds",
+      help: "Time from the request's arrival to a choice's first token, in seconds (queue and prefill included).",
+      labelNames: ["model"],
+      buckets: TTFT_BUCKETS,
+      registers,
+    });
+    this.itl = new Histogram({
+      name: "flock_inter_token_latency_seconds",
+      help: "Time between successive decode steps of a choice, in seconds (a speculative step may carry several tokens).",
+      labelNames: ["model"],
+      buckets: ITL_BUCKETS,
+      registers,
+    });
+    this.e2e = new Histogram({
+      name: "flock_e2e_request_latency_seconds",
+      help: "Time from the request's arrival to a choice's last token, in seconds (choices that finished with stop or length).",
+      labelNames: ["model"],
+      buckets: REQUEST_LATENCY_BUCKETS,
+      registers,
+    });
+    this.queue = new Histogram({
+      name: "flock_request_queue_time_seconds",
+      help: "Time a choice waited for a free sequence of its model, in seconds.",
+      labelNames: ["model"],
+      buckets: REQUEST_LATENCY_BUCKETS,
+      registers,
+    });
+    this.promptTokens = new Counter({
+      name: "flock_prompt_tokens_total",
+      help: "Prompt tokens of requests that produced a token (as usage.prompt_tokens counts them).",
+      labelNames: ["model"],
+      registers,
+    });
+    this.generationTokens = new Counter({
+      name: "flock_generation_tokens_total",
+      help: "Generated tokens (as usage.completion_tokens counts them).",
+      labelNames: ["model"],
+      registers,
+    });
+
+    new Gauge({
+      name: "flock_num_requests_running",
+      help: "Choices holding a sequence of the model (being generated in shared batches).",
+      labelNames: ["model"],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of pipelines()) this.set({ model: p.id }, p.model.runningSequences);
+      },
+    });
+    new Gauge({
+      name: "flock_num_requests_waiting",
+      help: "Choices waiting for a free sequence of the model.",
+      labelNames: ["model"],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of pipelines()) this.set({ model: p.id }, p.model.waitingSequences);
+      },
+    });
+
+    // Speculative decoding: read from each pipeline's SpeculativeStats at scrape time, so the
+    // pipeline's counters stay the one source of truth (responses, logs and benchmarks read them too).
+    const speculative = () => pipelines().flatMap((p) => (p.kind === "speculative" ? [p] : []));
+    const fromStats = (name: string, help: string, read: (s: Extract<Pipeline, { kind: "speculative" }>["stats"]) => number) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ["model"],
+        registers,
+        collect() {
+          this.reset();
+          for (const p of speculative()) this.inc({ model: p.id }, read(p.stats));
+        },
+      });
+    fromStats("flock_spec_decode_num_drafts_total", "Speculative verification rounds that proposed at least one draft token.", (s) => s.drafts);
+    fromStats("flock_spec_decode_num_draft_tokens_total", "Draft tokens proposed.", (s) => s.draftTokens);
+    fromStats("flock_spec_decode_num_accepted_tokens_total", "Draft tokens accepted by the target.", (s) => s.acceptedTokens);
+    fromStats("flock_spec_decode_num_target_calls_total", "Target forward passes of speculative decoding (verification batches).", (s) => s.targetCalls);
+    new Counter({
+      name: "flock_spec_decode_num_accepted_tokens_per_pos_total",
+      help: "Draft tokens accepted at each candidate position (0 = first candidate of a round).",
+      labelNames: ["model", "position"],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of speculative()) p.stats.acceptedPerPosition.forEach((n, i) => this.inc({ model: p.id, position: String(i) }, n));
+      },
+    });
+
+    // Dynamic logit fusion: the active expert per generated token comes from each fusion
+    // pipeline's FusionStats (the one source of truth, like SpeculativeStats above); α per
+    // token from the decode steps (observeFusion), as the stats keep only its sum.
+    const fusion = () => pipelines().flatMap((p) => (p.kind === "fusion" ? [p] : []));
+    new Counter({
+      name: "flock_fusion_expert_tokens_total",
+      help: 'Tokens generated by logit fusion per active expert ("none": α = 0; static fusion of several experts joins their names with "+").',
+      labelNames: ["model", "expert"],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of fusion()) for (const [expert, n] of p.stats.chosen) this.inc({ model: p.id, expert }, n);
+      },
+    });
+    this.fusionAlpha = new Histogram({
+      name: "flock_fusion_alpha",
+      help: "Logit-fusion weight α per generated token.",
+      labelNames: ["model"],
+      buckets: FUSION_ALPHA_BUCKETS,
+      registers,
+    });
+
+    // Extension point for routed LoRA experts (observeRouting): registered now so dashboards
+    // can be built; no samples until a routed model reports.
+    this.routedTokens = new Counter({
+      name: "flock_routed_tokens_total",
+      help: "Token-module routings to each expert (routed LoRA); no samples until a routed model serves.",
+      labelNames: ["model", "expert"],
+      registers,
+    });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  exposition(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  request(route: string, model: string, status: number): void {
+    this.requests.inc({ route, model, status: String(status) });
+  }
+
+  /** Wires a model's queue-time reports into flock_request_queue_time_seconds. */
+  queueTimeObserver(model: string): (seconds: number) => void {
+    const child = this.queue.labels({ model });
+    return (seconds) => child.observe(seconds);
+  }
+
+  /** Timings of one request's choices; `arrival` is performance.now() at arrival. */
+  generation(model: string, arrival: number, promptTokens: number): GenerationMetrics {
+    return new GenerationMetrics(
+      {
+        ttft: this.ttft.labels({ model }),
+        itl: this.itl.labels({ model }),
+        e2e: this.e2e.labels({ model }),
+        prompt: this.promptTokens.labels({ model }),
+        generated: this.generationTokens.labels({ model }),
+        finished: (reason) => this.finished.inc({ model, reason }),
+      },
+      arrival,
+      promptTokens,
+    );
+  }
+
+  /**
+   * Extension point for routed LoRA (PHATGOOSE/Arrow): `tokens` token-module routings went to
+   * `expert`. Nothing calls it yet.
+   */
+  observeRouting(model: string, expert: string, tokens: number): void {
+    this.routedTokens.inc({ model, expert }, tokens);
+  }
+
+  /** Logit fusion: α of one generated token (the active expert is counted from FusionStats). */
+  observeFusion(model: string, alpha: number): void {
+    this.fusionAlpha.observe({ model }, alpha);
+  }
+}
+
+interface GenerationSinks {
+  ttft: { observe(v: number): void };
+  itl: { observe(v: number): void };
+  e2e: { observe(v: number): void };
+  prompt: { inc(v: number): void };
+  generated: { inc(v: number): void };
+  finished: (reason: FinishedReason) => void;
+}
+
+/** Per-request bookkeeping: first-token and inter-step times per choice, and how each ended. */
+export class GenerationMetrics {
+  private readonly lastStep = new Map<number, number>();
+  private readonly ended = new Set<number>();
+  private promptCounted = false;
+  /** Seconds from arrival to the first token of any choice (null before one). */
+  firstTokenSeconds: number | null = null;
+
+  constructor(
+    private readonly sinks: GenerationSinks,
+    private readonly arrival: number,
+    private readonly promptTokens: number,
+  ) {}
+
+  step(index: number, tokens: number, now = performance.now()): void {
+    if (!this.promptCounted) {
+      this.promptCounted = true;
+      this.sinks.prompt.inc(this.promptTokens);
+    }
+    const previous = this.lastStep.get(index);
+    if (previous === undefined) {
+      const seconds = (now - this.arrival) / 1000;
+      this.sinks.ttft.observe(seconds);
+      this.firstTokenSeconds ??= seconds;
+    } else {
+      this.sinks.itl.observe((now - previous) / 1000);
+    }
+    this.lastStep.set(index, now);
+    if (tokens > 0) this.sinks.generated.inc(tokens);
+  }
+
+  /** A choice ended; only stop and length count towards end-to-end latency. Once per choice. */
+  finish(index: number, reason: FinishedReason, now = performance.now()): void {
+    if (this.ended.has(index)) return;
+    this.ended.add(index);
+    if (reason === "stop" || reason === "length") this.sinks.e2e.observe((now - this.arrival) / 1000);
+    this.sinks.finished(reason);
+  }
+
+  /** Ends every choice of `count` that has not ended yet with `reason`. */
+  finishRest(count: number, reason: FinishedReason): void {
+    for (let i = 0; i < count; i++) this.finish(i, reason);
+  }
+}
