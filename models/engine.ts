@@ -52,7 +52,7 @@ export class Engine {
       progressLogs: false,
     });
     const addon = hasFlockAddon(llama);
-    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: false, routedLora: false });
+    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: false });
   }
 
   /** A one-line description for the startup log. */
@@ -69,9 +69,13 @@ export class Engine {
     };
   }
 
-  async load(entry: ModelEntry): Promise<LoadedModel> {
+  /** `hiddenStates`: this model's sequences also return final hidden states (needs the capability). */
+  async load(entry: ModelEntry, options: { hiddenStates?: boolean } = {}): Promise<LoadedModel> {
+    if (options.hiddenStates && !this.capabilities.hiddenStates) {
+      throw new FlockError("unsupported", `model ${entry.id} needs per-token hidden states, which this build lacks (run npm run build:native)`);
+    }
     const weights = await this.weightsFor(entry.path, entry.gpuLayers);
-    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities);
+    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options.hiddenStates === true);
     this.loaded.push(model);
     return model;
   }

@@ -64,7 +64,7 @@ export class LoadedModel {
     this.chatWrapper = resolveChatWrapper(weights);
   }
 
-  static async create(weights: LlamaModel, entry: ModelEntry, threads: number, capabilities: Capabilities): Promise<LoadedModel> {
+  static async create(weights: LlamaModel, entry: ModelEntry, threads: number, capabilities: Capabilities, hiddenStates = false): Promise<LoadedModel> {
     const contextSize = Math.min(entry.contextSize, weights.trainContextSize);
     const context = await weights.createContext({
       contextSize,
@@ -74,7 +74,7 @@ export class LoadedModel {
       lora: entry.lora.length > 0 ? { adapters: entry.lora.map((l) => ({ filePath: l.path, scale: l.scale })) } : undefined,
       failedCreationRemedy: false,
     });
-    if (capabilities.rawLogits) enableRawLogits(context);
+    if (capabilities.rawLogits) enableRawLogits(context, { hiddenStates });
     return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity);
   }
 

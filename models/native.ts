@@ -7,6 +7,14 @@ interface AddonContextWithFlock {
   sampleToken(batchLogitIndex: number, sampler: unknown, probabilities?: boolean, confidence?: boolean): Promise<unknown>;
   flockGetLogits(batchLogitIndex: number): Float32Array;
   flockFusionGrid(strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number): Float64Array;
+  flockEnableHiddenStates(): void;
+  flockGetHiddenState(batchLogitIndex: number): Float32Array;
+}
+
+/** What a raw-logits request returns on a context with hidden states enabled. */
+export interface LogitsWithHidden {
+  logits: Float32Array;
+  hidden: Float32Array;
 }
 
 /**
@@ -25,7 +33,11 @@ export function fusionGridKernel(context: LlamaContext): FusionGridKernel | unde
 export function hasFlockAddon(llama: Llama): boolean {
   const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype?: Partial<AddonContextWithFlock> } } })._bindings;
   const prototype = bindings?.AddonContext?.prototype;
-  return typeof prototype?.flockGetLogits === "function" && typeof prototype?.flockFusionGrid === "function";
+  return (
+    typeof prototype?.flockGetLogits === "function" &&
+    typeof prototype?.flockFusionGrid === "function" &&
+    typeof prototype?.flockGetHiddenState === "function"
+  );
 }
 
 /**
@@ -35,13 +47,17 @@ export function hasFlockAddon(llama: Llama): boolean {
  * probabilities, confidence)` and passes the returned confidence through untouched. On
  * contexts flock owns, a confidence-only request is answered with the position's raw logits
  * (a Float32Array copied by flockGetLogits) instead of a sampled token; every other request
- * goes to node-llama-cpp as before.
+ * goes to node-llama-cpp as before. With `hiddenStates`, the answer also carries the position's
+ * final hidden state.
  */
-export function enableRawLogits(context: LlamaContext): void {
+export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean } = {}): void {
   const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
   const sampleToken = addon.sampleToken.bind(addon);
+  if (options.hiddenStates) addon.flockEnableHiddenStates();
+  const read = (index: number): Float32Array | LogitsWithHidden =>
+    options.hiddenStates ? { logits: addon.flockGetLogits(index), hidden: addon.flockGetHiddenState(index) } : addon.flockGetLogits(index);
   const withRawLogits: AddonContextWithFlock["sampleToken"] = (batchLogitIndex, sampler, probabilities, confidence) => {
-    if (confidence === true && probabilities !== true) return Promise.resolve([-1, undefined, addon.flockGetLogits(batchLogitIndex)]);
+    if (confidence === true && probabilities !== true) return Promise.resolve([-1, undefined, read(batchLogitIndex)]);
     return sampleToken(batchLogitIndex, sampler, probabilities, confidence);
   };
   // N-API methods are read-only on the prototype; an own property shadows it.

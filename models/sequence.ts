@@ -2,6 +2,7 @@
 // logits at chosen positions, roll the cache back. Released back to the pool when done.
 import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
+import type { LogitsWithHidden } from "./native.js";
 
 export class EngineSequence {
   private released = false;
@@ -65,9 +66,10 @@ export class EngineSequence {
     const results = await this.seq.controlledEvaluate(input);
     if (this.rawLogits) {
       return logitsAt.map((i) => {
-        const logits = results[i]?.next?.confidence as unknown;
-        if (!(logits instanceof Float32Array)) throw new FlockError("internal", `the engine returned no logits for position ${i}`);
-        return logits;
+        const answer = results[i]?.next?.confidence as unknown;
+        if (answer instanceof Float32Array) return answer;
+        if (answer && typeof answer === "object" && "logits" in answer) return (answer as LogitsWithHidden).logits;
+        throw new FlockError("internal", `the engine returned no logits for position ${i}`);
       });
     }
     const vocabularySize = this.seq.model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
@@ -78,6 +80,29 @@ export class EngineSequence {
       for (const [token, p] of probabilities) logits[token] = Math.log(p);
       return logits;
     });
+  }
+
+  /**
+   * Like evaluate, with each position's final hidden state too (the vector that feeds the
+   * output projection); only on models loaded with hidden states.
+   */
+  async evaluateWithHidden(tokens: readonly number[], logitsAt: readonly number[]): Promise<{ logits: Float32Array[]; hidden: Float32Array[] }> {
+    this.assertHeld();
+    if (!this.rawLogits) throw new FlockError("unsupported", "hidden states need flock's native addon (npm run build:native)");
+    if (this.length + tokens.length > this.contextSize) {
+      throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
+    }
+    const wanted = new Set(logitsAt);
+    const input: ControlledEvaluateInputItem[] = tokens.map((t, i) => (wanted.has(i) ? [t as Token, { generateNext: { confidence: true } }] : (t as Token)));
+    const results = await this.seq.controlledEvaluate(input);
+    const answers = logitsAt.map((i) => {
+      const answer = results[i]?.next?.confidence as unknown;
+      if (!answer || typeof answer !== "object" || !("hidden" in answer)) {
+        throw new FlockError("internal", "this model was not loaded with hidden states");
+      }
+      return answer as LogitsWithHidden;
+    });
+    return { logits: answers.map((a) => a.logits), hidden: answers.map((a) => a.hidden) };
   }
 
   /** Drops every cached token from `length` on (KV rollback). */

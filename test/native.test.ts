@@ -83,3 +83,47 @@ describe("compiled fusion kernel", () => {
     }
   });
 });
+
+describe("hidden states", () => {
+  it("are the vector that feeds the output projection: the one-hot state on the analytic model, the oracle's on the contextual one", async (ctx) => {
+    if (!engine.capabilities.hiddenStates) ctx.skip();
+    const manifest = readManifest(inject("forgeDir"));
+    const words = ["The", "\u2581sailor", "\u2581ties", "\u2581the", "\u2581rope", "."].map((p) => manifest.vocab.tokens.indexOf(p));
+    const tokens = [manifest.vocab.bos, ...words];
+    const positions = tokens.map((_, i) => i);
+    const read = async (file: string) => {
+      const model = await engine.load(ModelEntry.parse({ id: `h-${file}`, path: forgedPath(file), contextSize: 256, parallel: 1 }), { hiddenStates: true });
+      const seq = await model.acquire([]);
+      try {
+        return await seq.evaluateWithHidden(tokens, positions);
+      } finally {
+        seq.release();
+      }
+    };
+
+    const analytic = await read(manifest.models["flock-demo"].file);
+    tokens.forEach((token, i) => {
+      const state = manifest.states.ofToken[token];
+      const h = analytic.hidden[i];
+      expect(h.length).toBe(manifest.models["flock-demo"].shape.embeddingDim);
+      h.forEach((x, j) => expect(x).toBeCloseTo(j === state ? 1 : 0, 4));
+    });
+
+    const { LlamaOracle } = await import("./oracle/llama.js");
+    const file = manifest.models["flock-contextual"].file;
+    const [native, oracle] = [await read(file), (await LlamaOracle.load(forgedPath(file), { numerics: "ggml-cpu" })).forward(tokens)];
+    positions.forEach((i) => {
+      const norm = Math.sqrt(oracle.hidden[i].reduce((a, x) => a + x * x, 0));
+      const gap = Math.sqrt(native.hidden[i].reduce((a, x, j) => a + (x - oracle.hidden[i][j]) ** 2, 0));
+      expect(gap / norm).toBeLessThan(1e-3);
+    });
+    // And they depend on the context (the check could fail): another first word changes the last state.
+    const model = await engine.load(ModelEntry.parse({ id: "h-ctx-2", path: forgedPath(file), contextSize: 256, parallel: 1 }), { hiddenStates: true });
+    const seq = await model.acquire([]);
+    const other = [tokens[0], manifest.vocab.tokens.indexOf("A"), ...tokens.slice(2)];
+    const changed = (await seq.evaluateWithHidden(other, [other.length - 1])).hidden[0];
+    seq.release();
+    const last = native.hidden[tokens.length - 1];
+    expect(Math.max(...last.map((x, j) => Math.abs(x - changed[j])))).toBeGreaterThan(1e-3);
+  });
+});

@@ -175,3 +175,35 @@ Napi::Value AddonContext::FlockFusionGrid(const Napi::CallbackInfo& info) {
     }
     return result;
 }
+
+// flockEnableHiddenStates(): from now on this context also extracts, for the tokens it outputs
+// logits for, the final hidden state (the output norm's result, which feeds output.weight).
+// Needs llama.cpp patched with llama_set_embeddings_outputs_only (patches/llama-cpp-*.diff):
+// plain embeddings mode would output every token of every batch.
+Napi::Value AddonContext::FlockEnableHiddenStates(const Napi::CallbackInfo& info) {
+    if (disposed) {
+        Napi::Error::New(info.Env(), "Context is disposed").ThrowAsJavaScriptException();
+        return info.Env().Undefined();
+    }
+    llama_set_embeddings_outputs_only(ctx, true);
+    llama_set_embeddings(ctx, true);
+    return info.Env().Undefined();
+}
+
+// flockGetHiddenState(batchLogitIndex): that position's final hidden state as a Float32Array.
+Napi::Value AddonContext::FlockGetHiddenState(const Napi::CallbackInfo& info) {
+    if (disposed) {
+        Napi::Error::New(info.Env(), "Context is disposed").ThrowAsJavaScriptException();
+        return info.Env().Undefined();
+    }
+    const int32_t batchLogitIndex = info[0].As<Napi::Number>().Int32Value();
+    const float* hidden = llama_get_embeddings_ith(ctx, batchLogitIndex);
+    if (hidden == nullptr) {
+        Napi::Error::New(info.Env(), "No hidden state for batch position " + std::to_string(batchLogitIndex)).ThrowAsJavaScriptException();
+        return info.Env().Undefined();
+    }
+    const int32_t n_embd = llama_model_n_embd_out(model->model);
+    Napi::Float32Array result = Napi::Float32Array::New(info.Env(), n_embd);
+    std::memcpy(result.Data(), hidden, sizeof(float) * n_embd);
+    return result;
+}
