@@ -46,6 +46,12 @@ export class Metrics {
   constructor(pipelines: () => readonly Pipeline[]) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: "flock_" });
+    // prom-client names three gauges *_total, which Prometheus reserves for counters (promtool
+    // check metrics rejects them); the per-type gauges flock_nodejs_active_{handles,requests,
+    // resources} carry the same numbers.
+    for (const name of ["flock_nodejs_active_handles_total", "flock_nodejs_active_requests_total", "flock_nodejs_active_resources_total"]) {
+      this.registry.removeSingleMetric(name);
+    }
 
     this.requests = new Counter({
       name: "flock_requests_total",

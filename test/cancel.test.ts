@@ -1,0 +1,110 @@
+// Cancellation and concurrency on a real server: a client that goes away mid-generation frees
+// its sequence within 100 ms (seen in the running-requests gauge, and by the next request getting
+// the sequence), and concurrent streams share batches instead of queueing behind each other.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { inject } from "vitest";
+import { readManifest } from "../models/forge/manifest.js";
+import { readSSE, scrape, until, valueOf } from "./helpers/ops.js";
+import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
+
+const manifest = readManifest(inject("forgeDir"));
+const demo = forgedPath(manifest.models["flock-demo"].file);
+const endless = { logit_bias: { [String(manifest.vocab.eos)]: -100 } };
+
+let t: TestServer;
+beforeAll(async () => {
+  t = await startTestServer({
+    models: [
+      { id: "one", path: demo, parallel: 1, contextSize: 2048 },
+      { id: "pair", path: demo, parallel: 2, contextSize: 512 },
+    ],
+  });
+});
+afterAll(() => t?.close());
+
+const running = async (model: string) => valueOf(await scrape(t.url), "flock_num_requests_running", { model });
+const finished = async (reason: string) => valueOf(await scrape(t.url), "flock_request_finished_total", { model: "one", reason });
+
+function start(stream: boolean, controller: AbortController) {
+  return fetch(`${t.url}/v1/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "one", prompt: "The captain", max_tokens: 2000, stream, ...endless }),
+    signal: controller.signal,
+  });
+}
+
+describe("a client that disconnects", () => {
+  it("mid-stream: generation stops and the sequence is free within 100 ms", async () => {
+    const disconnectedBefore = await finished("disconnected");
+    const controller = new AbortController();
+    const res = await start(true, controller);
+    await readSSE(res, (text) => (text.match(/data: \{/g)?.length ?? 0) >= 3);
+    expect(await running("one")).toBe(1);
+
+    const aborted = performance.now();
+    controller.abort();
+    expect(await until(async () => (await running("one")) === 0, 2_000, 2)).toBe(true);
+    const freedMs = performance.now() - aborted;
+    expect(freedMs).toBeLessThan(100);
+    expect(await finished("disconnected")).toBe(disconnectedBefore + 1);
+
+    // The next request gets the sequence at once (it would wait ~4 s for a generation still running).
+    const next = performance.now();
+    const res2 = await t.client.completions.create({ model: "one", prompt: "The cook", max_tokens: 2 });
+    expect(res2.choices).toHaveLength(1);
+    expect(performance.now() - next).toBeLessThan(1_000);
+  });
+
+  it("during a non-streamed generation: the same", async () => {
+    const controller = new AbortController();
+    const pending = start(false, controller).catch((err: unknown) => err);
+    expect(await until(async () => (await running("one")) === 1, 5_000)).toBe(true);
+    await new Promise((r) => setTimeout(r, 50)); // well inside the generation
+    const aborted = performance.now();
+    controller.abort();
+    expect(await until(async () => (await running("one")) === 0, 2_000, 2)).toBe(true);
+    expect(performance.now() - aborted).toBeLessThan(100);
+    expect(await pending).toBeInstanceOf(Error);
+    // Counted with nginx's 499 ("client closed request").
+    expect(await until(async () => valueOf(await scrape(t.url), "flock_requests_total", { route: "/v1/completions", model: "one", status: "499" }) === 1, 2_000)).toBe(true);
+  });
+});
+
+describe("concurrent requests on one model", () => {
+  it("two concurrent streams finish faster than two sequential ones (shared batches, not a queue)", async () => {
+    const TOKENS = 200;
+    const stream = async (seed: number) => {
+      const s = await t.client.completions.create({ model: "pair", prompt: "The captain", max_tokens: TOKENS, temperature: 0, seed, stream: true, ...endless });
+      let chunks = 0;
+      for await (const chunk of s) if (chunk.choices[0]?.text) chunks++;
+      return chunks;
+    };
+    const timed = async (run: () => Promise<unknown>) => {
+      const started = performance.now();
+      await run();
+      return performance.now() - started;
+    };
+    await timed(() => Promise.all([stream(0), stream(1)])); // warm-up
+    // Interleaved repetitions, so a burst of machine load hits both arms alike.
+    const sequential: number[] = [];
+    const concurrent: number[] = [];
+    let peak = 0;
+    for (let i = 0; i < 3; i++) {
+      sequential.push(await timed(async () => {
+        await stream(1);
+        await stream(2);
+      }));
+      const both = Promise.all([stream(3), stream(4)]);
+      // Both hold a sequence at the same time: they are generated together, not one after another.
+      await until(async () => {
+        peak = Math.max(peak, await running("pair"));
+        return peak === 2;
+      }, 2_000, 2);
+      concurrent.push(await timed(() => both));
+    }
+    expect(peak).toBe(2);
+    const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+    expect(sum(concurrent), `concurrent ${concurrent.map(Math.round)} ms vs sequential ${sequential.map(Math.round)} ms`).toBeLessThan(sum(sequential));
+  });
+});
