@@ -1,0 +1,132 @@
+// A real Prometheus server (Debian's `prometheus` package) scrapes flock on loopback with a
+// bearer key, and promtool accepts the exposition. Skipped where the binaries are missing,
+// unless FLOCK_REQUIRE_PROMETHEUS=1 (set by .ci/run once it installed them).
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { until } from "./helpers/ops.js";
+import { startTestServer, type TestServer } from "./helpers/server.js";
+
+const installed = (bin: string) => !spawnSync(bin, ["--version"], { stdio: "ignore" }).error;
+const available = installed("prometheus") && installed("promtool");
+const required = process.env.FLOCK_REQUIRE_PROMETHEUS === "1";
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+const SCRAPE_KEY = "prometheus-scrape-key";
+
+describe("Prometheus", () => {
+  it.runIf(!available && required)("is installed (FLOCK_REQUIRE_PROMETHEUS=1)", () => {
+    expect(available, "prometheus and promtool on PATH").toBe(true);
+  });
+});
+
+describe.runIf(available)("Prometheus scraping flock", () => {
+  let t: TestServer;
+  let client: OpenAI;
+  let prometheus: ChildProcess | undefined;
+  let prometheusUrl = "";
+  let output = "";
+  const dir = mkdtempSync(join(tmpdir(), "flock-prometheus-"));
+
+  beforeAll(async () => {
+    t = await startTestServer({ auth: { apiKeys: [SCRAPE_KEY], metricsRequiresKey: true } });
+    client = new OpenAI({ baseURL: `${t.url}/v1`, apiKey: SCRAPE_KEY, maxRetries: 0 });
+    const flock = new URL(t.url);
+    const port = await freePort();
+    prometheusUrl = `http://127.0.0.1:${port}`;
+    const config = join(dir, "prometheus.yml");
+    writeFileSync(
+      config,
+      [
+        "global:",
+        "  scrape_interval: 1s",
+        "  evaluation_interval: 1s",
+        "scrape_configs:",
+        "  - job_name: flock",
+        "    metrics_path: /metrics",
+        "    authorization:",
+        "      type: Bearer",
+        `      credentials: ${SCRAPE_KEY}`,
+        "    static_configs:",
+        `      - targets: ["${flock.host}"]`,
+        "",
+      ].join("\n"),
+    );
+    prometheus = spawn(
+      "prometheus",
+      [`--config.file=${config}`, `--storage.tsdb.path=${join(dir, "data")}`, `--web.listen-address=127.0.0.1:${port}`, "--log.level=warn"],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    prometheus.stdout!.on("data", (d: Buffer) => (output += d.toString()));
+    prometheus.stderr!.on("data", (d: Buffer) => (output += d.toString()));
+  });
+
+  afterAll(async () => {
+    if (prometheus && prometheus.exitCode === null) {
+      const exited = new Promise((resolve) => prometheus!.once("exit", resolve));
+      prometheus.kill("SIGTERM");
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
+      if (prometheus.exitCode === null) prometheus.kill("SIGKILL");
+    }
+    await t?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const api = async <T>(path: string): Promise<T | null> => {
+    const res = await fetch(`${prometheusUrl}${path}`).catch(() => null);
+    if (!res || res.status !== 200) return null;
+    return ((await res.json()) as { data: T }).data;
+  };
+
+  it("scrapes the target (up) and serves flock_ series through its HTTP API", async () => {
+    const res = await client.completions.create({ model: "flock-demo", prompt: "The cook", max_tokens: 7 });
+    const generated = res.usage!.completion_tokens;
+
+    type Targets = { activeTargets: Array<{ health: string; lastError: string; scrapeUrl: string }> };
+    let targets: Targets | null = null;
+    const up = await until(async () => {
+      targets = await api<Targets>("/api/v1/targets");
+      return targets?.activeTargets[0]?.health === "up";
+    }, 30_000, 200);
+    expect(up, `target not up: ${JSON.stringify(targets)}\n${output}`).toBe(true);
+
+    type Vector = { result: Array<{ metric: Record<string, string>; value: [number, string] }> };
+    const query = encodeURIComponent('flock_generation_tokens_total{model="flock-demo"}');
+    let vector: Vector | null = null;
+    const seen = await until(async () => {
+      vector = await api<Vector>(`/api/v1/query?query=${query}`);
+      return (vector?.result.length ?? 0) > 0 && Number(vector!.result[0].value[1]) >= generated;
+    }, 30_000, 200);
+    expect(seen, `no series: ${JSON.stringify(vector)}\n${output}`).toBe(true);
+    const series = vector!.result[0];
+    expect(series.metric).toMatchObject({ __name__: "flock_generation_tokens_total", job: "flock", model: "flock-demo" });
+    expect(Number(series.value[1])).toBe(generated);
+
+    const histogram = await api<Vector>(`/api/v1/query?query=${encodeURIComponent('flock_time_to_first_token_seconds_count{model="flock-demo"}')}`);
+    expect(Number(histogram!.result[0].value[1])).toBe(1);
+    const upSeries = await api<Vector>(`/api/v1/query?query=${encodeURIComponent('up{job="flock"}')}`);
+    expect(upSeries!.result[0].value[1]).toBe("1");
+  });
+
+  it("promtool check metrics accepts the exposition", async () => {
+    await client.completions.create({ model: "spec", prompt: "The cook", max_tokens: 8, flock: { speculative: { policy: "fixed", k: 2 } } } as never);
+    const exposition = await (await fetch(`${t.url}/metrics`, { headers: { authorization: `Bearer ${SCRAPE_KEY}` } })).text();
+    const check = spawnSync("promtool", ["check", "metrics"], { input: exposition, encoding: "utf8", timeout: 30_000 });
+    expect(check.status, `${check.stdout}${check.stderr}`).toBe(0);
+    expect(`${check.stdout}${check.stderr}`.trim()).toBe("");
+  });
+});
