@@ -10,6 +10,7 @@ import { DraftSequenceTokenPredictor, type Token } from "node-llama-cpp";
 import { DEFAULT_SAMPLING, type SamplingParams, softmax } from "../decoding/sampler.js";
 import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
 import { draftFeatures } from "../decoding/speculative/features.js";
+import { collectSamples, trainHead } from "../decoding/speculative/train-head.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { GenerationRequest } from "../decoding/types.js";
 import { Engine } from "../models/engine.js";
@@ -48,11 +49,24 @@ const draft = join(dir, manifest.models[pair.draft].file);
 const engine = await Engine.create({ gpu: "off", threads: 1 });
 // A fresh state directory: the online predictor starts from its prior in every run.
 const stateDir = mkdtempSync(join(tmpdir(), "flock-bench-spec-"));
-const entry = (id: string, predictor?: "online" | "draft-confidence") =>
-  ModelEntry.parse({ id, path: target, contextSize: 512, parallel: 1, ...(predictor ? { speculative: { draft, predictor } } : {}) });
+const entry = (id: string, predictor?: "online" | "draft-confidence" | "head", head?: string) =>
+  ModelEntry.parse({ id, path: target, contextSize: 512, parallel: 1, ...(predictor ? { speculative: { draft, predictor, head } } : {}) });
 const plain = await loadPipeline(engine, entry("target"), stateDir);
 const online = (await loadPipeline(engine, entry("online", "online"), stateDir)) as SpeculativePipeline;
 const confidence = (await loadPipeline(engine, entry("confidence", "draft-confidence"), stateDir)) as SpeculativePipeline;
+
+// The authors' head, trained offline (as npm run train:acceptance does) on prompts the
+// measurement does not use, then loaded from its file.
+let authorsHead: SpeculativePipeline | null = null;
+if (engine.capabilities.hiddenStates) {
+  const trainingDraft = await engine.load(ModelEntry.parse({ id: "training-draft", path: draft, contextSize: 512, parallel: 1 }), { hiddenStates: true });
+  const trainingPrompts = Array.from({ length: 48 }, (_, i) => [manifest.vocab.bos, manifest.vocab.tokens.indexOf(manifest.states.names[1 + ((i * 7 + 3) % (manifest.states.names.length - 1))])]);
+  const samples = await collectSamples(plain.model, trainingDraft, trainingPrompts, { candidates: 8, tokensPerPrompt: 48, temperature: 1, seed: 500 });
+  const { head } = trainHead(samples, { blocks: 2, epochs: 15, batchSize: 32, learningRate: 3e-3, rejectionWeight: 6, seed: 1 });
+  const headFile = join(stateDir, "head.json");
+  head.save(headFile, { samples: samples.length });
+  authorsHead = (await loadPipeline(engine, entry("head", "head", headFile), stateDir)) as SpeculativePipeline;
+}
 
 // Prompts: BOS and one word, starting in different states; warm-up prompts are separate.
 const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
@@ -160,6 +174,7 @@ const allVariants: Variant[] = [
   ...THRESHOLDS.flatMap((threshold): Variant[] => [
     { name: `SpecDec++ h=${threshold} (online logistic)`, pipeline: online, speculative: { policy: "specdec++", threshold } },
     { name: `SpecDec++ h=${threshold} (draft confidence)`, pipeline: confidence, speculative: { policy: "specdec++", threshold } },
+    ...(authorsHead ? [{ name: `SpecDec++ h=${threshold} (authors' head)`, pipeline: authorsHead, speculative: { policy: "specdec++" as const, threshold } }] : []),
   ]),
 ];
 const variants = allVariants.filter((v) => !values.only || v.name === "target only" || v.name.includes(String(values.only)));

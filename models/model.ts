@@ -82,6 +82,10 @@ export class LoadedModel {
   get contextSize(): number {
     return this.context.contextSize;
   }
+  /** Width of the final hidden state (what the output projection reads). */
+  get embeddingSize(): number {
+    return this.weights.embeddingVectorSize;
+  }
   get vocabularySize(): number {
     return this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
   }

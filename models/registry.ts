@@ -19,8 +19,13 @@ export const SpeculativeEntry = z.strictObject({
   pMin: z.number().min(0).max(1).default(0.6),
   minCandidates: z.int().min(1).max(64).default(1),
   maxCandidates: z.int().min(1).max(64).default(20),
-  /** online: logistic model trained from verification outcomes; draft-confidence: P̂ = q(y). */
-  predictor: z.enum(["online", "draft-confidence"]).default("online"),
+  /**
+   * online: logistic model trained from verification outcomes; draft-confidence: P̂ = q(y);
+   * head: the SpecDec++ authors' head on the draft's hidden states (file from npm run train:acceptance).
+   */
+  predictor: z.enum(["online", "draft-confidence", "head"]).default("online"),
+  /** The trained head (predictor "head"). */
+  head: z.string().min(1).optional(),
   /** Draft CPU threads; defaults to the model's. */
   threads: z.int().min(1).optional(),
 });

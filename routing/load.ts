@@ -1,10 +1,11 @@
 // Builds the pipeline a configured model entry asks for.
 import { join } from "node:path";
-import { DraftConfidencePredictor, OnlineLogisticPredictor } from "../decoding/speculative/predictors.js";
+import { AcceptanceHead, HeadPredictor } from "../decoding/speculative/head.js";
+import { type AcceptancePredictor, DraftConfidencePredictor, OnlineLogisticPredictor } from "../decoding/speculative/predictors.js";
 import type { Engine } from "../models/engine.js";
 import { FlockError } from "../models/errors.js";
 import type { LoadedModel } from "../models/model.js";
-import { type FusionEntry, ModelEntry } from "../models/registry.js";
+import { type FusionEntry, ModelEntry, type SpeculativeEntry } from "../models/registry.js";
 import { candidateCap } from "../decoding/speculative/settings.js";
 import type { EngineSequence } from "../models/sequence.js";
 import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, type SpeculativePipeline, speculativePipeline } from "./pipeline.js";
@@ -24,11 +25,34 @@ export async function loadPipeline(engine: Engine, entry: ModelEntry, stateDir: 
   // holds a target sequence always finds a draft sequence.
   const draft = await engine.load(
     ModelEntry.parse({ id: `${entry.id}:draft`, path: spec.draft, contextSize: entry.contextSize, parallel: entry.parallel, threads: spec.threads ?? entry.threads, gpuLayers: entry.gpuLayers }),
+    { hiddenStates: spec.predictor === "head" },
   );
-  const predictor = spec.predictor === "online" ? new OnlineLogisticPredictor({ file: predictorFile(stateDir, entry.id) }) : new DraftConfidencePredictor();
+  const predictor = buildPredictor(entry, spec, draft, stateDir);
   const pipeline = speculativePipeline(target, draft, spec, predictor);
   if (spec.threshold === "auto") await calibrateCosts(pipeline);
   return pipeline;
+}
+
+function buildPredictor(entry: ModelEntry, spec: SpeculativeEntry, draft: LoadedModel, stateDir: string): AcceptancePredictor {
+  switch (spec.predictor) {
+    case "online":
+      return new OnlineLogisticPredictor({ file: predictorFile(stateDir, entry.id) });
+    case "draft-confidence":
+      return new DraftConfidencePredictor();
+    case "head": {
+      if (!spec.head) throw new FlockError("invalid_request", `model ${entry.id}: predictor "head" needs speculative.head, a file made by npm run train:acceptance`);
+      let head: AcceptanceHead;
+      try {
+        head = AcceptanceHead.load(spec.head);
+      } catch (err) {
+        throw new FlockError("invalid_request", `model ${entry.id}: cannot load the acceptance head ${spec.head}: ${(err as Error).message}`);
+      }
+      if (head.d !== draft.embeddingSize) {
+        throw new FlockError("invalid_request", `model ${entry.id}: the head ${spec.head} expects hidden size ${head.d}, the draft has ${draft.embeddingSize}`);
+      }
+      return new HeadPredictor(head);
+    }
+  }
 }
 
 export function savePredictors(registry: PipelineRegistry): void {

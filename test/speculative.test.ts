@@ -247,3 +247,71 @@ describe("caches and stops", () => {
     expect(s.acceptedPerPosition.reduce((a, b) => a + b, 0)).toBe(s.acceptedTokens);
   });
 });
+
+describe("the SpecDec++ authors' head", () => {
+  it("npm run train:acceptance trains a head from rollouts; served with it, greedy output is still the target's", async (ctx) => {
+    if (!engine.capabilities.hiddenStates) ctx.skip();
+    const { mkdtempSync, readFileSync, rmSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const { tmpdir } = await import("node:os");
+    const { spawnSync } = await import("node:child_process");
+    const dir = mkdtempSync(join(tmpdir(), "flock-head-"));
+    try {
+      const out = join(dir, "head.json");
+      const root = join(import.meta.dirname, "..");
+      const run = spawnSync(
+        join(root, "node_modules", ".bin", "tsx"),
+        ["decoding/speculative/train-cli.ts", "--target", forgedPath(manifest.models["flock-demo"].file), "--draft", forgedPath(manifest.models["flock-demo-draft"].file), "--out", out, "--threads", "1", "--epochs", "8"],
+        { cwd: root, encoding: "utf8", timeout: 120_000 },
+      );
+      expect(run.status, run.stderr).toBe(0);
+      const file = JSON.parse(readFileSync(out, "utf8")) as { hiddenSize: number; trainedOn: { heldOutLoss: number; bestConstantLoss: number } };
+      expect(file.hiddenSize).toBe(manifest.models["flock-demo-draft"].shape.embeddingDim);
+      // The head learned something a constant cannot say.
+      expect(file.trainedOn.heldOutLoss).toBeLessThan(file.trainedOn.bestConstantLoss);
+
+      const pipeline = (await loadPipeline(
+        engine,
+        ModelEntry.parse({
+          id: "head",
+          path: forgedPath(manifest.models["flock-demo"].file),
+          contextSize: 512,
+          parallel: 1,
+          speculative: { draft: forgedPath(manifest.models["flock-demo-draft"].file), predictor: "head", head: out, threshold: 0.5 },
+        }),
+        dir,
+      )) as SpeculativePipeline;
+      expect(pipeline.predictor.name).toBe("head");
+      for (const prompt of prompts().slice(0, 20)) {
+        const req = request(prompt, { sampling: greedy, maxTokens: 20 });
+        expect((await collect(pipeline, req)).tokens).toEqual((await collect(plain, req)).tokens);
+      }
+      expect(pipeline.stats.drafts).toBeGreaterThan(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses a head whose hidden size does not match the draft", async (ctx) => {
+    if (!engine.capabilities.hiddenStates) ctx.skip();
+    const { mkdtempSync, rmSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const { tmpdir } = await import("node:os");
+    const { AcceptanceHead } = await import("../decoding/speculative/head.js");
+    const dir = mkdtempSync(join(tmpdir(), "flock-head-"));
+    try {
+      const file = join(dir, "wrong.json");
+      new AcceptanceHead(7, 1).save(file, {});
+      const entry = ModelEntry.parse({
+        id: "bad-head",
+        path: forgedPath(manifest.models["flock-demo"].file),
+        contextSize: 256,
+        parallel: 1,
+        speculative: { draft: forgedPath(manifest.models["flock-demo-draft"].file), predictor: "head", head: file },
+      });
+      await expect(loadPipeline(engine, entry, dir)).rejects.toThrow(/expects hidden size 7/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -46,12 +46,27 @@ function increment(counts: Map<number, number>, token: number): void {
  * Evaluates `all`'s tokens the cache lacks (at least the last), then `extra`; returns the
  * logits from the last committed token on, and how many tokens the pass evaluated.
  */
-async function catchUp(seq: EngineSequence, all: readonly number[], extra: readonly number[]): Promise<{ logits: Float32Array[]; evaluated: number }> {
+async function catchUp(
+  seq: EngineSequence,
+  all: readonly number[],
+  extra: readonly number[],
+  withHidden = false,
+): Promise<{ logits: Float32Array[]; hidden?: Float32Array[]; evaluated: number }> {
   const reuse = Math.min(seq.sharedPrefix(all), all.length - 1);
   await seq.truncate(reuse);
   const feed = all.slice(reuse);
+  const tokens = [...feed, ...extra];
   const positions = Array.from({ length: extra.length + 1 }, (_, i) => feed.length - 1 + i);
-  return { logits: await seq.evaluate([...feed, ...extra], positions), evaluated: feed.length + extra.length };
+  const evaluated = feed.length + extra.length;
+  if (withHidden) return { ...(await seq.evaluateWithHidden(tokens, positions)), evaluated };
+  return { logits: await seq.evaluate(tokens, positions), evaluated };
+}
+
+/** One draft step's outputs: next-token logits, and the hidden state behind them when asked. */
+async function draftStep(seq: EngineSequence, token: number, withHidden: boolean): Promise<{ logits: Float32Array; hidden?: Float32Array }> {
+  if (!withHidden) return { logits: (await seq.evaluate([token], [0]))[0] };
+  const { logits, hidden } = await seq.evaluateWithHidden([token], [0]);
+  return { logits: logits[0], hidden: hidden[0] };
 }
 
 export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
@@ -84,8 +99,11 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       if (budget > 0) {
         policy.begin();
         const draftCounts = new Map(counts);
+        const withHidden = predictor?.needsHidden === true;
         let stepStarted = performance.now();
-        let [draftLogits] = (await catchUp(draftSeq, all, [])).logits;
+        const first = await catchUp(draftSeq, all, [], withHidden);
+        let draftLogits = first.logits[0];
+        let draftHidden = first.hidden?.[0];
         for (let k = 1; k <= budget; k++) {
           costs.observeDraftStep(performance.now() - stepStarted);
           const adjusted = adjustLogits(draftLogits, params, draftCounts);
@@ -93,6 +111,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           const y = drawFrom(q, rng);
           // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
           const f = params.temperature === 0 ? draftFeatures(softmax(adjusted), adjusted, 1, y, k, recent) : draftFeatures(q, adjusted, params.temperature, y, k, recent);
+          if (draftHidden) f.hidden = draftHidden;
           const decision = policy.decide(k, f);
           if (decision === "drop-and-stop") break;
           candidates.push(y);
@@ -101,7 +120,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           increment(draftCounts, y);
           if (decision === "stop" || k === budget || ends(y)) break;
           stepStarted = performance.now();
-          [draftLogits] = await draftSeq.evaluate([y], [0]);
+          ({ logits: draftLogits, hidden: draftHidden } = await draftStep(draftSeq, y, withHidden));
         }
       }
 

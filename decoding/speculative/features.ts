@@ -14,6 +14,8 @@ export interface DraftFeatures {
   position: number;
   /** Exponential moving average of recent acceptance (soft labels). */
   recentAcceptance: number;
+  /** The draft's final hidden state that produced q (only for predictors that need it). */
+  hidden?: Float32Array;
 }
 
 /**

@@ -7,6 +7,8 @@ import type { DraftFeatures } from "./features.js";
 
 export interface AcceptancePredictor {
   readonly name: string;
+  /** The draft's hidden states are read for this predictor (native extension). */
+  readonly needsHidden?: boolean;
   predict(features: DraftFeatures): number;
   /** A verified position: its features and the soft label min(1, p(y)/q(y)). */
   observe(features: DraftFeatures, acceptance: number): void;

@@ -1,0 +1,123 @@
+// The SpecDec++ authors' acceptance head: on the draft's final hidden state h (the vector that
+// produced the drafted token's distribution), `blocks` residual blocks x ← x + SiLU(W x + b)
+// sharing one W and b, then Linear(d, 2); P̂(accept) = softmax(·)[accept] = σ(z_accept − z_reject).
+// Trained offline (train-head.ts, `npm run train:acceptance`) with their weighted soft-label
+// loss: L = [w(1 − a)(−log(1 − P̂)) + a(−log P̂)] / [w(1 − a) + a], a = min(1, p(y)/q(y)), w = 6.
+import { readFileSync, writeFileSync } from "node:fs";
+import { z } from "zod";
+import type { DraftFeatures } from "./features.js";
+import type { AcceptancePredictor } from "./predictors.js";
+
+export const HeadFile = z.object({
+  version: z.literal(1),
+  hiddenSize: z.int().min(1),
+  blocks: z.int().min(0).max(8),
+  /** d × d, row-major. */
+  weight: z.array(z.number().finite()),
+  bias: z.array(z.number().finite()),
+  /** 2 × d: row 0 scores rejection, row 1 acceptance. */
+  out: z.array(z.number().finite()),
+  outBias: z.array(z.number().finite()).length(2),
+  /** How it was trained (for the record). */
+  trainedOn: z.record(z.string(), z.unknown()).optional(),
+});
+export type HeadFile = z.infer<typeof HeadFile>;
+
+const silu = (x: number) => x / (1 + Math.exp(-x));
+
+export class AcceptanceHead {
+  readonly d: number;
+  readonly weight: Float64Array;
+  readonly bias: Float64Array;
+  readonly out: Float64Array;
+  readonly outBias: Float64Array;
+
+  constructor(
+    d: number,
+    readonly blocks: number,
+    init?: { weight: ArrayLike<number>; bias: ArrayLike<number>; out: ArrayLike<number>; outBias: ArrayLike<number> },
+  ) {
+    this.d = d;
+    this.weight = init ? Float64Array.from(init.weight) : new Float64Array(d * d);
+    this.bias = init ? Float64Array.from(init.bias) : new Float64Array(d);
+    this.out = init ? Float64Array.from(init.out) : new Float64Array(2 * d);
+    this.outBias = init ? Float64Array.from(init.outBias) : new Float64Array(2);
+    if (this.weight.length !== d * d || this.bias.length !== d || this.out.length !== 2 * d) {
+      throw new Error(`acceptance head: tensor sizes do not match hidden size ${d}`);
+    }
+  }
+
+  static load(path: string): AcceptanceHead {
+    const parsed = HeadFile.safeParse(JSON.parse(readFileSync(path, "utf8")));
+    if (!parsed.success) throw new Error(`${path}: not an acceptance head file (${parsed.error.issues[0].message})`);
+    const f = parsed.data;
+    return new AcceptanceHead(f.hiddenSize, f.blocks, f);
+  }
+
+  save(path: string, trainedOn: Record<string, unknown>): void {
+    const file: HeadFile = {
+      version: 1,
+      hiddenSize: this.d,
+      blocks: this.blocks,
+      weight: [...this.weight],
+      bias: [...this.bias],
+      out: [...this.out],
+      outBias: [...this.outBias],
+      trainedOn,
+    };
+    writeFileSync(path, JSON.stringify(file));
+  }
+
+  /** The activations of every block (for training) and the final acceptance logit z_acc − z_rej. */
+  forward(h: ArrayLike<number>): { states: Float64Array[]; preActivations: Float64Array[]; logit: number } {
+    const d = this.d;
+    const states = [Float64Array.from(h)];
+    const preActivations: Float64Array[] = [];
+    for (let block = 0; block < this.blocks; block++) {
+      const x = states[block];
+      const pre = new Float64Array(d);
+      const next = new Float64Array(d);
+      for (let i = 0; i < d; i++) {
+        let acc = this.bias[i];
+        const row = i * d;
+        for (let j = 0; j < d; j++) acc += this.weight[row + j] * x[j];
+        pre[i] = acc;
+        next[i] = x[i] + silu(acc);
+      }
+      preActivations.push(pre);
+      states.push(next);
+    }
+    const x = states[states.length - 1];
+    let reject = this.outBias[0];
+    let accept = this.outBias[1];
+    for (let j = 0; j < d; j++) {
+      reject += this.out[j] * x[j];
+      accept += this.out[d + j] * x[j];
+    }
+    return { states, preActivations, logit: accept - reject };
+  }
+
+  predict(h: ArrayLike<number>): number {
+    return 1 / (1 + Math.exp(-this.forward(h).logit));
+  }
+}
+
+/** SpecDec++ with the authors' head: needs the draft's hidden states (native extension). */
+export class HeadPredictor implements AcceptancePredictor {
+  readonly name = "head";
+  readonly needsHidden = true;
+
+  constructor(private readonly head: AcceptanceHead) {}
+
+  get hiddenSize(): number {
+    return this.head.d;
+  }
+
+  predict(features: DraftFeatures): number {
+    if (!features.hidden) throw new Error("the acceptance head needs the draft's hidden state");
+    return this.head.predict(features.hidden);
+  }
+
+  /** Trained offline; serving does not change it. */
+  observe(): void {}
+}
