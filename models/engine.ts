@@ -4,7 +4,7 @@ import { availableParallelism } from "node:os";
 import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import { LoadedModel } from "./model.js";
-import { hasFlockAddon } from "./native.js";
+import { hasFlockAddon, type RoutedLoraConfig } from "./native.js";
 import type { ModelEntry } from "./registry.js";
 
 export type GpuSetting = "auto" | "off" | "cuda" | "vulkan" | "metal";
@@ -52,7 +52,7 @@ export class Engine {
       progressLogs: false,
     });
     const addon = hasFlockAddon(llama);
-    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: false });
+    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon });
   }
 
   /** A one-line description for the startup log. */
@@ -69,13 +69,19 @@ export class Engine {
     };
   }
 
-  /** `hiddenStates`: this model's sequences also return final hidden states (needs the capability). */
-  async load(entry: ModelEntry, options: { hiddenStates?: boolean } = {}): Promise<LoadedModel> {
+  /**
+   * `hiddenStates`: this model's sequences also return final hidden states; `routing`: its
+   * context applies routed LoRA. Both need the native extension.
+   */
+  async load(entry: ModelEntry, options: { hiddenStates?: boolean; routing?: RoutedLoraConfig } = {}): Promise<LoadedModel> {
     if (options.hiddenStates && !this.capabilities.hiddenStates) {
       throw new FlockError("unsupported", `model ${entry.id} needs per-token hidden states, which this build lacks (run npm run build:native)`);
     }
+    if (options.routing && !this.capabilities.routedLora) {
+      throw new FlockError("unsupported", `model ${entry.id} needs routed LoRA, which this build lacks (run npm run build:native)`);
+    }
     const weights = await this.weightsFor(entry.path, entry.gpuLayers);
-    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options.hiddenStates === true);
+    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options);
     this.loaded.push(model);
     return model;
   }

@@ -12,7 +12,7 @@ import {
 } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import type { Capabilities } from "./engine.js";
-import { enableRawLogits, type FusionGridKernel, fusionGridKernel } from "./native.js";
+import { enableRawLogits, type FusionGridKernel, fusionGridKernel, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
 import type { ModelEntry } from "./registry.js";
 import { EngineSequence } from "./sequence.js";
 
@@ -64,7 +64,13 @@ export class LoadedModel {
     this.chatWrapper = resolveChatWrapper(weights);
   }
 
-  static async create(weights: LlamaModel, entry: ModelEntry, threads: number, capabilities: Capabilities, hiddenStates = false): Promise<LoadedModel> {
+  static async create(
+    weights: LlamaModel,
+    entry: ModelEntry,
+    threads: number,
+    capabilities: Capabilities,
+    options: { hiddenStates?: boolean; routing?: RoutedLoraConfig } = {},
+  ): Promise<LoadedModel> {
     const contextSize = Math.min(entry.contextSize, weights.trainContextSize);
     const context = await weights.createContext({
       contextSize,
@@ -74,7 +80,15 @@ export class LoadedModel {
       lora: entry.lora.length > 0 ? { adapters: entry.lora.map((l) => ({ filePath: l.path, scale: l.scale })) } : undefined,
       failedCreationRemedy: false,
     });
-    if (capabilities.rawLogits) enableRawLogits(context, { hiddenStates });
+    if (capabilities.rawLogits) enableRawLogits(context, { hiddenStates: options.hiddenStates === true });
+    if (options.routing) {
+      try {
+        setRoutedLoras(context, options.routing);
+      } catch (cause) {
+        await context.dispose();
+        throw new FlockError("invalid_request", `model ${entry.id}: routed LoRA could not be set up (${(cause as Error).message})`, null, { cause });
+      }
+    }
     return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity);
   }
 

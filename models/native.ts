@@ -9,6 +9,35 @@ interface AddonContextWithFlock {
   flockFusionGrid(strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number): Float64Array;
   flockEnableHiddenStates(): void;
   flockGetHiddenState(batchLogitIndex: number): Float32Array;
+  flockSetRoutedLoras(paths: string[], scales: number[], modules: string[], gates: Float32Array[], method: number, topK: number, temperature: number): void;
+}
+
+/** Routed LoRA over a set of adapter files, computed inside llama.cpp's graph (design.md). */
+export interface RoutedLoraConfig {
+  adapters: ReadonlyArray<{ path: string; scale: number }>;
+  /** The routed modules (base weight tensor names), each with one gate vector per adapter, concatenated. */
+  modules: ReadonlyArray<{ name: string; gates: Float32Array }>;
+  method: "phatgoose" | "arrow";
+  topK: number;
+  temperature: number;
+}
+
+/** Sets (or, with null, clears) routed LoRA on a context; throws with llama.cpp's reason logged. */
+export function setRoutedLoras(context: LlamaContext, config: RoutedLoraConfig | null): void {
+  const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
+  if (!config) {
+    addon.flockSetRoutedLoras([], [], [], [], 0, 1, 1);
+    return;
+  }
+  addon.flockSetRoutedLoras(
+    config.adapters.map((a) => a.path),
+    config.adapters.map((a) => a.scale),
+    config.modules.map((m) => m.name),
+    config.modules.map((m) => m.gates),
+    config.method === "arrow" ? 1 : 0,
+    config.topK,
+    config.temperature,
+  );
 }
 
 /** What a raw-logits request returns on a context with hidden states enabled. */
@@ -33,10 +62,8 @@ export function fusionGridKernel(context: LlamaContext): FusionGridKernel | unde
 export function hasFlockAddon(llama: Llama): boolean {
   const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype?: Partial<AddonContextWithFlock> } } })._bindings;
   const prototype = bindings?.AddonContext?.prototype;
-  return (
-    typeof prototype?.flockGetLogits === "function" &&
-    typeof prototype?.flockFusionGrid === "function" &&
-    typeof prototype?.flockGetHiddenState === "function"
+  return (["flockGetLogits", "flockFusionGrid", "flockGetHiddenState", "flockSetRoutedLoras"] as const).every(
+    (method) => typeof prototype?.[method] === "function",
   );
 }
 

@@ -94,7 +94,7 @@ function build(): void {
       `import { getLlama } from "node-llama-cpp";
        const llama = await getLlama({ gpu: ${gpu === "false" ? "false" : JSON.stringify(gpu)} });
        const p = llama._bindings.AddonContext.prototype;
-       const ok = llama.buildType === "localBuild" && ["flockGetLogits", "flockFusionGrid", "flockGetHiddenState"].every((m) => typeof p[m] === "function");
+       const ok = llama.buildType === "localBuild" && ["flockGetLogits", "flockFusionGrid", "flockGetHiddenState", "flockSetRoutedLoras"].every((m) => typeof p[m] === "function");
        console.log(JSON.stringify({ buildType: llama.buildType, ok }));
        process.exit(ok ? 0 : 1);`,
     ],

@@ -31,6 +31,20 @@ export interface LoraAdapter {
 /** An adapter as applied to one forward pass, with its user scale (llama.cpp's adapter scale). */
 export type AppliedLora = LoraAdapter & { scale: number };
 
+/**
+ * Routed LoRA as flock's llama.cpp patch computes it, per token and per module (design.md):
+ *   PHATGOOSE s_i = LN(x)·LN(v_i)/√d_in, ARROW s_i = |x·v_i|; w = softmax(s / T), keep the top k,
+ *   renormalise; y += Σ w_i · scale_i · (alpha_i / rank_i) · B_i A_i x.
+ */
+export interface RoutedLora {
+  adapters: readonly AppliedLora[];
+  /** Per routed base tensor: one gate vector per adapter (each of the module's input width). */
+  gates: ReadonlyMap<string, readonly Float32Array[]>;
+  method: "phatgoose" | "arrow";
+  topK: number;
+  temperature: number;
+}
+
 export interface ForwardResult {
   /** Next-token logits after each position. */
   logits: Float32Array[];
@@ -106,7 +120,7 @@ export class LlamaOracle {
     return new LlamaOracle(hparams, tensors, options.numerics ?? "f32");
   }
 
-  forward(tokens: readonly number[], loras: readonly AppliedLora[] = []): ForwardResult {
+  forward(tokens: readonly number[], loras: readonly AppliedLora[] = [], routed?: RoutedLora): ForwardResult {
     const { embeddingDim: d, layers, heads, kvHeads, rmsEps } = this.hparams;
     for (const lora of loras) {
       for (const name of lora.tensors.keys()) {
@@ -115,7 +129,12 @@ export class LlamaOracle {
         if (name === "token_embd.weight") throw new Error("token-embedding LoRA is not supported by the oracle");
       }
     }
-    const linear = (name: string, x: Float32Array): Float32Array => this.linear(name, x, loras);
+    const linear = (name: string, x: Float32Array): Float32Array => {
+      const y = this.linear(name, x, loras);
+      const gates = routed?.gates.get(name);
+      if (routed && gates) addRouted(y, x, routed, gates, name);
+      return y;
+    };
     const norm = (name: string, x: Float32Array): Float32Array => rmsNorm(x, this.weight(name).data, rmsEps);
     // The KV cache (and, where it is multiplied with Q, Q itself) is f16 in llama.cpp.
     const cached = (x: Float32Array): Float32Array => (this.numerics === "ggml-cpu" ? roundToF16(x) : x);
@@ -217,6 +236,39 @@ export class LlamaOracle {
       }
       return out;
     });
+  }
+}
+
+/** Adds the routed LoRA term of one module for input x to y (see RoutedLora). */
+function addRouted(y: Float32Array, x: Float32Array, routed: RoutedLora, gates: readonly Float32Array[], name: string): void {
+  const n = routed.adapters.length;
+  const standardise = (v: ArrayLike<number>): Float64Array => {
+    let mean = 0;
+    for (let i = 0; i < v.length; i++) mean += v[i];
+    mean /= v.length;
+    let variance = 0;
+    for (let i = 0; i < v.length; i++) variance += (v[i] - mean) ** 2;
+    variance /= v.length;
+    const inv = 1 / Math.sqrt(variance + 1e-5);
+    return Float64Array.from(v, (e) => (e - mean) * inv);
+  };
+  const xn = routed.method === "phatgoose" ? standardise(x) : Float64Array.from(x);
+  const scores = gates.map((gate) => {
+    const v = routed.method === "phatgoose" ? standardise(gate) : Float64Array.from(gate);
+    let dot = 0;
+    for (let i = 0; i < x.length; i++) dot += xn[i] * v[i];
+    return routed.method === "phatgoose" ? dot / Math.sqrt(x.length) : Math.abs(dot);
+  });
+  const probs = softmax(scores.map((s) => s / routed.temperature));
+  const top = [...probs.keys()].sort((a, b) => probs[b] - probs[a]).slice(0, Math.min(routed.topK, n));
+  const mass = top.reduce((acc, i) => acc + probs[i], 0);
+  for (const i of top) {
+    const adapter = routed.adapters[i];
+    const lw = adapter.tensors.get(name);
+    if (!lw) continue;
+    const scale = ((adapter.alpha ? (adapter.scale * adapter.alpha) / lw.rank : adapter.scale) * probs[i]) / mass;
+    const bax = matVec(lw.b, matVec(lw.a, x, lw.rank), y.length);
+    for (let o = 0; o < y.length; o++) y[o] += scale * bax[o];
   }
 }
 

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "llama.h"
@@ -206,4 +210,69 @@ Napi::Value AddonContext::FlockGetHiddenState(const Napi::CallbackInfo& info) {
     Napi::Float32Array result = Napi::Float32Array::New(info.Env(), n_embd);
     std::memcpy(result.Data(), hidden, sizeof(float) * n_embd);
     return result;
+}
+
+// flockSetRoutedLoras(paths[], scales[], modules[], gates[], method, topK, temperature): routed
+// LoRA over these adapter files on this context (see llama_flock_set_routed_loras). gates[m] is
+// a Float32Array of n_adapters × d_in values for module m. An empty paths list clears routing.
+// Adapters are loaded once per model and file, and live as long as the model.
+Napi::Value AddonContext::FlockSetRoutedLoras(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (disposed) {
+        Napi::Error::New(env, "Context is disposed").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    const Napi::Array paths = info[0].As<Napi::Array>();
+    const Napi::Array scales = info[1].As<Napi::Array>();
+    const Napi::Array modules = info[2].As<Napi::Array>();
+    const Napi::Array gates = info[3].As<Napi::Array>();
+    const int32_t method = info[4].As<Napi::Number>().Int32Value();
+    const int32_t topK = info[5].As<Napi::Number>().Int32Value();
+    const float temperature = info[6].As<Napi::Number>().FloatValue();
+
+    if (paths.Length() == 0) {
+        llama_flock_clear_routed_loras(ctx);
+        return env.Undefined();
+    }
+
+    static std::mutex loadedMutex;
+    static std::map<std::pair<const llama_model*, std::string>, llama_adapter_lora*> loaded;
+    std::vector<llama_adapter_lora*> adapters;
+    std::vector<float> adapterScales;
+    for (uint32_t i = 0; i < paths.Length(); i++) {
+        const std::string path = paths.Get(i).As<Napi::String>().Utf8Value();
+        std::lock_guard<std::mutex> lock(loadedMutex);
+        auto key = std::make_pair((const llama_model*) model->model, path);
+        auto it = loaded.find(key);
+        if (it == loaded.end()) {
+            llama_adapter_lora* adapter = llama_adapter_lora_init(model->model, path.c_str());
+            if (adapter == nullptr) {
+                Napi::Error::New(env, "cannot load LoRA adapter " + path + " for this model").ThrowAsJavaScriptException();
+                return env.Undefined();
+            }
+            it = loaded.emplace(key, adapter).first;
+        }
+        adapters.push_back(it->second);
+        adapterScales.push_back(scales.Get(i).As<Napi::Number>().FloatValue());
+    }
+
+    std::vector<std::string> names;
+    std::vector<const float*> gatePointers;
+    std::vector<Napi::Float32Array> keepAlive;
+    for (uint32_t m = 0; m < modules.Length(); m++) {
+        names.push_back(modules.Get(m).As<Napi::String>().Utf8Value());
+        keepAlive.push_back(gates.Get(m).As<Napi::Float32Array>());
+        gatePointers.push_back(keepAlive.back().Data());
+    }
+    std::vector<const char*> namePointers;
+    for (const auto& name : names) namePointers.push_back(name.c_str());
+
+    const int32_t status = llama_flock_set_routed_loras(
+        ctx, adapters.data(), adapterScales.data(), (int32_t) adapters.size(),
+        namePointers.data(), gatePointers.data(), (int32_t) namePointers.size(),
+        method == 1 ? LLAMA_FLOCK_ROUTING_ARROW : LLAMA_FLOCK_ROUTING_PHATGOOSE, topK, temperature);
+    if (status != 0) {
+        Napi::Error::New(env, "routed LoRA configuration failed (see the log)").ThrowAsJavaScriptException();
+    }
+    return env.Undefined();
 }
