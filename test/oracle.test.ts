@@ -20,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Manifest } from "../models/forge/manifest.js";
 import { forge } from "../models/forge/presets.js";
 import { type AppliedLora, LlamaOracle, loadLoraAdapter, type Numerics, softmax } from "./oracle/llama.js";
-import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "./oracle/random-model.js";
+import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "../models/forge/random.js";
 
 interface EngineOptions {
   loras?: Array<{ file: string; scale: number }>;

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { hasFlockAddon, type RoutedLoraConfig, setRoutedLoras } from "../models/native.js";
 import { createRng } from "../models/util/rng.js";
 import { type AppliedLora, LlamaOracle, loadLoraAdapter, type RoutedLora, softmax } from "./oracle/llama.js";
-import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "./oracle/random-model.js";
+import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "../models/forge/random.js";
 
 const required = process.env.FLOCK_REQUIRE_NATIVE === "1";
 let dir: string;

@@ -1,10 +1,11 @@
-// A small llama model with every weight random, in the shapes the forge never makes (grouped
+// Llama models with every weight random, in shapes the chain models never take (grouped
 // KV heads, q8_0 blocks, a non-default RoPE base, a non-square FFN), plus random LoRA adapters
-// on every matrix: the oracle's test subject where the forge's structured models are too kind.
-import { tokenizerMetadata } from "../../models/forge/compile.js";
-import { buildVocab, languagePieces } from "../../models/forge/vocab.js";
-import { gguf, type GgufValue, TensorType, writeGguf } from "../../models/gguf/writer.js";
-import { createRng } from "../../models/util/rng.js";
+// on every matrix: the oracle's test subject where the structured models are too kind, and
+// the routed-LoRA benchmark's models.
+import { tokenizerMetadata } from "./compile.js";
+import { buildVocab, languagePieces } from "./vocab.js";
+import { gguf, type GgufValue, TensorType, writeGguf } from "../gguf/writer.js";
+import { createRng } from "../util/rng.js";
 
 export interface RandomModelShape {
   embeddingDim: number;
