@@ -72,4 +72,23 @@ export interface SpeculativeRound {
   accepted: number;
   /** Origin of each token in `tokens`. */
   origins: TokenOrigin[];
+  /** Per token of `tokens`, when the request asked for it (flock.speculative.detail). */
+  detail?: SpeculativeTokenDetail[];
+}
+
+/** How one emitted token of a speculative round came to be. */
+export interface SpeculativeTokenDetail {
+  origin: TokenOrigin;
+  /** The verification round (0-based, per choice); a new round starts a new candidate. */
+  round: number;
+  /** Candidates the draft proposed in that round (0: the target decoded alone). */
+  drafted: number;
+  /** Accepted tokens: the draft's probability of the token, as the acceptance predictor saw it. */
+  draftProbability?: number;
+  /** Accepted tokens: min(1, p(y)/q(y)), the chance verification had to accept it. */
+  acceptanceProbability?: number;
+  /** Accepted tokens: the acceptance predictor's P̂, when the round's policy used one. */
+  predictedAcceptance?: number;
+  /** Recovered tokens: the drafted candidate the target rejected at this position. */
+  rejected?: { token: number; text: string; draftProbability: number; acceptanceProbability: number; predictedAcceptance?: number };
 }

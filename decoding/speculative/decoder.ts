@@ -12,7 +12,7 @@ import type { EngineSequence } from "../../models/sequence.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
 import { adjustLogits, drawFrom, samplingDistribution, softmax } from "../sampler.js";
-import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob, TokenOrigin } from "../types.js";
+import type { DecodeStep, DecodingModel, GenerationRequest, SpeculativeTokenDetail, TokenLogprob, TokenOrigin } from "../types.js";
 import { draftFeatures, type DraftFeatures } from "./features.js";
 import type { CandidateLengthPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
@@ -85,9 +85,12 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     const contextSize = Math.min(targetSeq.contextSize, draftSeq.contextSize);
     let generated = 0;
     let recent = RECENT_START;
+    const detail = request.speculative?.detail === true;
+    let round = -1;
 
     while (true) {
       if (request.signal?.aborted) return;
+      round++;
       // The caller's budget: tokens left to generate (one is always the recovered/bonus token)
       // and room in both caches.
       const budget = Math.max(0, Math.min(setup.maxCandidates, request.maxTokens - generated - 1, contextSize - all.length));
@@ -96,6 +99,8 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const candidates: number[] = [];
       const draftDistributions: Float64Array[] = [];
       const features: DraftFeatures[] = [];
+      /** P̂ of each candidate, kept only for detail. */
+      const predictions: Array<number | undefined> = [];
       if (budget > 0) {
         policy.begin();
         const draftCounts = new Map(counts);
@@ -117,6 +122,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           candidates.push(y);
           draftDistributions.push(q);
           features.push(f);
+          if (detail) predictions.push(policy.lastPrediction);
           increment(draftCounts, y);
           if (decision === "stop" || k === budget || ends(y)) break;
           stepStarted = performance.now();
@@ -146,6 +152,8 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const emitted = [...candidates.slice(0, verdict.accepted), verdict.next];
       const origins: TokenOrigin[] = [...Array<TokenOrigin>(verdict.accepted).fill("accepted"), verdict.nextKind];
       const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, accepted: verdict.accepted, origins: [] } };
+      const details = detail ? roundDetail(target, all, candidates, verdict.accepted, origins, features, verdict.acceptanceProbabilities, predictions, round) : undefined;
+      if (details) step.speculative!.detail = [];
       const add = (released: { text: string; logprobs: TokenLogprob[] }) => {
         step.text += released.text;
         step.logprobs!.push(...released.logprobs);
@@ -156,6 +164,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         all.push(token);
         step.tokens.push(token);
         step.speculative!.origins.push(origins[j]);
+        if (details) step.speculative!.detail!.push(details[j]);
         if (ends(token)) {
           add(output.finish());
           yield { ...step, finishReason: "stop" };
@@ -182,3 +191,36 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     draftSeq?.release();
   }
 }
+
+/**
+ * The per-token account of one round (flock.speculative.detail): accepted candidates with the
+ * draft's probability, verification's acceptance chance and the predictor's P̂; a recovered
+ * token with the candidate it replaced. `committed` is the text before the round.
+ */
+function roundDetail(
+  target: DecodingModel,
+  committed: readonly number[],
+  candidates: readonly number[],
+  accepted: number,
+  origins: readonly TokenOrigin[],
+  features: readonly DraftFeatures[],
+  acceptance: readonly number[],
+  predictions: ReadonlyArray<number | undefined>,
+  round: number,
+): SpeculativeTokenDetail[] {
+  const drafted = candidates.length;
+  return origins.map((origin, j) => {
+    const entry: SpeculativeTokenDetail = { origin, round, drafted };
+    if (j < drafted) {
+      const judged = { draftProbability: features[j].chosen, acceptanceProbability: acceptance[j], ...withPrediction(predictions[j]) };
+      if (origin === "accepted") Object.assign(entry, judged);
+      else {
+        const context = [...committed, ...candidates.slice(0, j)];
+        entry.rejected = { token: candidates[j], text: target.detokenize([candidates[j]], context), ...judged };
+      }
+    }
+    return entry;
+  });
+}
+
+const withPrediction = (p: number | undefined) => (p === undefined ? {} : { predictedAcceptance: p });

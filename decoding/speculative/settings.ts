@@ -14,7 +14,11 @@ export interface SpeculativeSettings {
 }
 
 /** What a request may change (under the `flock.speculative` extension key). */
-export type SpeculativeOverrides = Partial<SpeculativeSettings> & { enabled?: boolean };
+export type SpeculativeOverrides = Partial<SpeculativeSettings> & {
+  enabled?: boolean;
+  /** Report how every token came to be (SpeculativeRound.detail); off, nothing extra is computed. */
+  detail?: boolean;
+};
 
 export function buildPolicy(settings: SpeculativeSettings, predictor: AcceptancePredictor, costs: RoundCosts): CandidateLengthPolicy {
   switch (settings.policy) {
