@@ -2,6 +2,7 @@
 // logits at chosen positions, roll the cache back. Released back to the pool when done.
 import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
+import { engineFaultPoint } from "./faults.js";
 import type { LogitsWithHidden } from "./native.js";
 
 export class EngineSequence {
@@ -56,6 +57,7 @@ export class EngineSequence {
    */
   async evaluate(tokens: readonly number[], logitsAt: readonly number[]): Promise<Float32Array[]> {
     this.assertHeld();
+    if (logitsAt.length > 0) engineFaultPoint();
     if (this.length + tokens.length > this.contextSize) {
       throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
     }
@@ -89,6 +91,7 @@ export class EngineSequence {
   async evaluateWithHidden(tokens: readonly number[], logitsAt: readonly number[]): Promise<{ logits: Float32Array[]; hidden: Float32Array[] }> {
     this.assertHeld();
     if (!this.rawLogits) throw new FlockError("unsupported", "hidden states need flock's native addon (npm run build:native)");
+    if (logitsAt.length > 0) engineFaultPoint();
     if (this.length + tokens.length > this.contextSize) {
       throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
     }

@@ -6,6 +6,7 @@ import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import { routePath } from "hono/route";
 import { FlockError } from "../models/errors.js";
+import { FAULT_HEADER, faultsEnabled, parseFault, withFault } from "../models/faults.js";
 import type { Pipeline, PipelineRegistry } from "../routing/pipeline.js";
 import { KeySet, requireAdminKey, requireApiKey } from "./auth.js";
 import { errorBody, HttpError, toOpenAIError } from "./errors.js";
@@ -130,6 +131,16 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
     ops.metrics.request(route, await modelLabel(c, ctx), c.res.status);
     log.info({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - arrival) }, "request");
   });
+
+  // Test mode only (NODE_ENV=test, FLOCK_FAULTS=1): a request may ask the engine to fail
+  // mid-generation; the plan follows the request's async context down to EngineSequence.
+  if (faultsEnabled()) {
+    ctx.log.warn("fault injection is on (FLOCK_FAULTS=1, NODE_ENV=test): requests may carry " + FAULT_HEADER);
+    app.use(async (c, next) => {
+      const plan = parseFault(c.req.header(FAULT_HEADER));
+      return plan ? withFault(plan, next) : next();
+    });
+  }
 
   // Before auth: browsers send preflights without credentials.
   if (ctx.corsOrigins && ctx.corsOrigins.length > 0) {
