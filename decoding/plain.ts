@@ -26,7 +26,16 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     const output = new OutputAssembler(model, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const counts = new Map<number, number>();
-    let logits = await seq.prefill(request.prompt);
+    // With an observer, every step also reads the hidden state behind its logits.
+    const observe = request.observeHidden;
+    const evaluate = async (tokens: readonly number[]): Promise<Float32Array> => {
+      if (!observe) return (await seq.evaluate(tokens, [tokens.length - 1]))[0];
+      const { logits, hidden } = await seq.evaluateWithHidden(tokens, [tokens.length - 1]);
+      observe(hidden[0]);
+      return logits[0];
+    };
+    await seq.syncTo(request.prompt.slice(0, -1));
+    let logits = await evaluate(request.prompt.slice(-1));
 
     for (let generated = 1; ; generated++) {
       if (request.signal?.aborted) return;
@@ -55,7 +64,7 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
         return;
       }
       yield { tokens: [token], text: released.text, logprobs: released.logprobs };
-      [logits] = await seq.evaluate([token], [0]);
+      logits = await evaluate([token]);
     }
   } finally {
     seq.release();

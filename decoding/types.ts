@@ -3,6 +3,7 @@
 import type { EngineSequence } from "../models/sequence.js";
 import type { SamplingParams } from "./sampler.js";
 import type { FusionOverrides } from "./fusion/decoder.js";
+import type { RoutingOverrides } from "./routing.js";
 import type { SpeculativeOverrides } from "./speculative/settings.js";
 
 /** The slice of a served model a decoder needs. */
@@ -37,6 +38,18 @@ export interface GenerationRequest {
   speculative?: SpeculativeOverrides;
   /** Per-request fusion settings (ignored by pipelines without fusion). */
   fusion?: FusionOverrides;
+  /** Per-request routing settings (ignored by pipelines without an expert library). */
+  routing?: RoutingOverrides;
+  /**
+   * Called with the final hidden state behind each generated token's logits, before the token
+   * is chosen (plain decoding on a model loaded with hidden states).
+   */
+  observeHidden?: (hidden: Float32Array) => void;
+}
+
+/** Which experts served a token at the reported module, most weight first. */
+export interface RoutingToken {
+  experts: Array<{ expert: string; weight: number }>;
 }
 
 export type FinishReason = "stop" | "length";
@@ -54,6 +67,8 @@ export interface DecodeStep {
   speculative?: SpeculativeRound;
   /** Logit fusion: the active expert and α for each token of the step. */
   fusion?: FusionToken[];
+  /** Routed experts: who served each token of the step (where it is known). */
+  routing?: Array<RoutingToken | null>;
 }
 
 export interface FusionToken {

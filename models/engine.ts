@@ -82,6 +82,8 @@ export class Engine {
     }
     const weights = await this.weightsFor(entry.path, entry.gpuLayers);
     const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options);
+    // Retired contexts (routed variants) leave the list once freed.
+    for (let i = this.loaded.length - 1; i >= 0; i--) if (this.loaded[i].isDisposed) this.loaded.splice(i, 1);
     this.loaded.push(model);
     return model;
   }

@@ -4,6 +4,8 @@ export type FlockErrorKind =
   | "invalid_request"
   | "context_length_exceeded"
   | "model_not_found"
+  | "not_found"
+  | "conflict"
   | "unsupported"
   | "overloaded"
   | "unavailable"

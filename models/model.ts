@@ -44,6 +44,7 @@ export class LoadedModel {
   private readonly waiters: Waiter[] = [];
   private readonly chatWrapper: ChatWrapper;
   private disposed = false;
+  private retiring = false;
   /** Choices admitted by `admit` and not yet done (running or waiting). */
   private admitted = 0;
   /** Told how long each acquisition waited for a sequence, in seconds (0 when one was idle). */
@@ -59,6 +60,8 @@ export class LoadedModel {
     readonly rawLogits: boolean,
     /** Acquisitions that may wait for a sequence at once; more are refused (overloaded). */
     readonly maxQueue: number,
+    /** Sequences can return final hidden states (evaluateWithHidden). */
+    readonly hasHiddenStates: boolean,
   ) {
     for (let i = 0; i < parallel; i++) this.free.push(context.getSequence());
     this.chatWrapper = resolveChatWrapper(weights);
@@ -81,6 +84,7 @@ export class LoadedModel {
       failedCreationRemedy: false,
     });
     if (capabilities.rawLogits) enableRawLogits(context, { hiddenStates: options.hiddenStates === true });
+    const hasHiddenStates = capabilities.rawLogits && options.hiddenStates === true;
     if (options.routing) {
       try {
         setRoutedLoras(context, options.routing);
@@ -89,7 +93,7 @@ export class LoadedModel {
         throw new FlockError("invalid_request", `model ${entry.id}: routed LoRA could not be set up (${(cause as Error).message})`, null, { cause });
       }
     }
-    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity);
+    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates);
   }
 
   /** Tokens one sequence can hold (prompt + completion). */
@@ -246,11 +250,29 @@ export class LoadedModel {
     const waiter = this.waiters.shift();
     if (!waiter) {
       this.free.push(seq);
+      if (this.retiring && this.free.length === this.parallel) void this[Symbol.asyncDispose]();
       return;
     }
     if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
     this.onAcquire?.((performance.now() - waiter.since) / 1000);
     waiter.resolve(this.wrap(seq));
+  }
+
+  /** Whether the context has been freed (shutdown, or a retired variant). */
+  get isDisposed(): boolean {
+    return this.disposed;
+  }
+
+  /**
+   * Disposes the context once no request holds a sequence. For contexts replaced while requests
+   * may still be using them; a request that was handed this context just before still gets its
+   * sequence (the first check waits a macrotask, past the microtasks between lookup and acquire).
+   */
+  retire(): void {
+    this.retiring = true;
+    setImmediate(() => {
+      if (this.free.length === this.parallel && this.waiters.length === 0) void this[Symbol.asyncDispose]();
+    });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

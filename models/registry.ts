@@ -60,6 +60,30 @@ export const FusionEntry = z.strictObject({
 });
 export type FusionEntry = z.infer<typeof FusionEntry>;
 
+/** One LoRA expert of a routed library. */
+export const ExpertEntry = z.strictObject({
+  name: z.string().min(1).max(64).regex(/^[\w.-]+$/, "use letters, digits and . _ -"),
+  /** The adapter (llama.cpp LoRA GGUF) over this entry's model. */
+  lora: z.string().min(1),
+  scale: z.number().finite().default(1),
+  /** PHATGOOSE gate file (.gguf or .safetensors); without one the expert routes by Arrow gates only. */
+  gates: z.string().min(1).optional(),
+});
+export type ExpertEntry = z.infer<typeof ExpertEntry>;
+
+/** A library of LoRA experts over this entry's model, served routed as `<id>+phatgoose` / `<id>+arrow`. */
+export const ExpertsEntry = z.strictObject({
+  library: z.array(ExpertEntry).default([]),
+  /** Which routed ids to serve. */
+  methods: z.array(z.enum(["phatgoose", "arrow"])).min(1).default(["phatgoose", "arrow"]),
+  /** Experts per token and module (top-k of the softmax, renormalised). */
+  topK: z.int().min(1).max(64).default(2),
+  temperature: z.number().gt(0).max(100).default(1),
+  /** Routing configurations (expert subsets, modes, top-k) kept as live contexts at once. */
+  maxContexts: z.int().min(1).max(64).default(4),
+});
+export type ExpertsEntry = z.infer<typeof ExpertsEntry>;
+
 export const ModelEntry = z.strictObject({
   /** The id clients put in `model`. */
   id: z.string().min(1).regex(/^[\w.:/+-]+$/, "use letters, digits and . _ : / + -"),
@@ -83,6 +107,8 @@ export const ModelEntry = z.strictObject({
   speculative: SpeculativeEntry.optional(),
   /** Serve this id with dynamic logit fusion (not together with speculative). */
   fusion: FusionEntry.optional(),
+  /** Also serve this model with a library of routed LoRA experts (`<id>+phatgoose`, `<id>+arrow`). */
+  experts: ExpertsEntry.optional(),
 });
 export type ModelEntry = z.infer<typeof ModelEntry>;
 export type ModelEntryInput = z.input<typeof ModelEntry>;

@@ -5,14 +5,28 @@ import { type AcceptancePredictor, DraftConfidencePredictor, OnlineLogisticPredi
 import type { Engine } from "../models/engine.js";
 import { FlockError } from "../models/errors.js";
 import type { LoadedModel } from "../models/model.js";
-import { type FusionEntry, ModelEntry, type SpeculativeEntry } from "../models/registry.js";
+import { type ExpertsEntry, type FusionEntry, ModelEntry, type SpeculativeEntry } from "../models/registry.js";
 import { candidateCap } from "../decoding/speculative/settings.js";
 import type { EngineSequence } from "../models/sequence.js";
-import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, type SpeculativePipeline, speculativePipeline } from "./pipeline.js";
+import { ExpertLibrary, baseModuleShapes } from "./experts.js";
+import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, routedPipeline, type SpeculativePipeline, speculativePipeline } from "./pipeline.js";
+import { VariantCache } from "./routed.js";
+
+/** Where loading reports what it left out (the server's logger). */
+export interface LoadLog {
+  error(fields: object, message: string): void;
+}
 
 /** Where a speculative model id keeps its online acceptance predictor. */
 export function predictorFile(stateDir: string, modelId: string): string {
   return join(stateDir, "acceptance", `${modelId.replace(/[^\w.-]+/g, "_")}.json`);
+}
+
+/** Every pipeline a configured entry serves: its own id, plus the routed ids of its expert library. */
+export async function loadPipelines(engine: Engine, entry: ModelEntry, stateDir: string, log?: LoadLog): Promise<Pipeline[]> {
+  const main = await loadPipeline(engine, entry, stateDir);
+  if (!entry.experts) return [main];
+  return [main, ...(await loadRouted(engine, entry, entry.experts, main.model, log))];
 }
 
 export async function loadPipeline(engine: Engine, entry: ModelEntry, stateDir: string): Promise<Pipeline> {
@@ -110,4 +124,43 @@ async function loadFusion(engine: Engine, entry: ModelEntry, fusion: FusionEntry
     supportMargin: fusion.supportMargin,
     kernel: strong.fusionGridKernel,
   });
+}
+
+/**
+ * The expert library over the entry's model, checked expert by expert, and one routed pipeline
+ * per method. Contexts are made on demand, one per routing configuration a request asks for.
+ */
+async function loadRouted(engine: Engine, entry: ModelEntry, experts: ExpertsEntry, base: LoadedModel, log?: LoadLog): Promise<Pipeline[]> {
+  const library = new ExpertLibrary(entry.id, await baseModuleShapes(entry.path));
+  for (const spec of experts.library) {
+    try {
+      await library.add(spec);
+    } catch (err) {
+      // One bad expert must not take the model (or the server) down: it is left out, logged,
+      // and listed as failed by GET /admin/models/<id>/experts.
+      if (!(err instanceof FlockError)) throw err;
+      library.failed.push({ name: spec.name, error: err.message });
+      log?.error({ model: entry.id, expert: spec.name, error: err.message }, "expert left out");
+    }
+  }
+  let made = 0;
+  const variants = new VariantCache(
+    (spec) =>
+      engine.load(
+        ModelEntry.parse({
+          id: `${entry.id}:variant-${++made}`,
+          path: entry.path,
+          lora: spec.adapters,
+          contextSize: entry.contextSize,
+          parallel: entry.parallel,
+          threads: entry.threads,
+          gpuLayers: entry.gpuLayers,
+          batchSize: entry.batchSize,
+        }),
+        { hiddenStates: spec.hiddenStates, routing: spec.routing },
+      ),
+    experts.maxContexts,
+  );
+  const settings = { topK: experts.topK, temperature: experts.temperature };
+  return experts.methods.map((method) => routedPipeline(base, { method, library, settings, variants }));
 }

@@ -9,6 +9,9 @@ import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
 import { FlockError } from "../models/errors.js";
 import type { LoadedModel } from "../models/model.js";
+import type { RoutingMethod } from "../decoding/routing.js";
+import type { ExpertLibrary } from "./experts.js";
+import { routedDecode, type RoutedSetup, type RoutingSettings, type VariantCache } from "./routed.js";
 
 interface PipelineBase {
   /** The model id clients use. */
@@ -42,7 +45,18 @@ export interface FusionPipeline extends PipelineBase {
   readonly stats: FusionStats;
 }
 
-export type Pipeline = PlainPipeline | SpeculativePipeline | FusionPipeline;
+export interface RoutedPipeline extends PipelineBase {
+  readonly kind: "routed";
+  /** How routed modules score experts. */
+  readonly method: RoutingMethod;
+  /** The base model's experts (shared with the base's other routed pipeline). */
+  readonly library: ExpertLibrary;
+  readonly settings: RoutingSettings;
+  /** The contexts requests run on, one per routing configuration (shared with the library). */
+  readonly variants: VariantCache;
+}
+
+export type Pipeline = PlainPipeline | SpeculativePipeline | FusionPipeline | RoutedPipeline;
 
 export function plainPipeline(model: LoadedModel): PlainPipeline {
   return { id: model.id, kind: "plain", model, generate: (request) => plainDecode(model, request) };
@@ -94,6 +108,23 @@ export function fusionPipeline(
   const stats = new FusionStats();
   const setup = { strong, base, experts, settings, stats };
   return { id: strong.id, kind: "fusion", model: strong, base, experts, settings, stats, generate: (request) => fusionDecode(setup, request) };
+}
+
+/**
+ * `<base>+<method>`: the base model with its experts routed per token and module. `base` serves
+ * tokenization, the chat template and admission; generation runs on the variant contexts.
+ */
+export function routedPipeline(base: LoadedModel, setup: RoutedSetup): RoutedPipeline {
+  return {
+    id: `${base.id}+${setup.method}`,
+    kind: "routed",
+    model: base,
+    method: setup.method,
+    library: setup.library,
+    settings: setup.settings,
+    variants: setup.variants,
+    generate: (request) => routedDecode(setup, request),
+  };
 }
 
 export class PipelineRegistry {

@@ -17,6 +17,7 @@ import { Metrics, routeLabel } from "./metrics.js";
 import { chatRoutes } from "./routes/chat.js";
 import { completionRoutes } from "./routes/completions.js";
 import { modelRoutes } from "./routes/models.js";
+import { adminRoutes } from "./routes/admin.js";
 
 /** How generations are served (respond.ts reads these). */
 export interface Serving {
@@ -182,24 +183,31 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
 
   app.get("/metrics", async (c) => c.body(await ops.metrics.exposition(), 200, { "content-type": ops.metrics.contentType }));
 
-  app.get("/admin/status", (c) =>
-    c.json({
-      ...ctx.health(),
-      draining: ops.inflight.isDraining,
-      inFlight: ops.inflight.size,
-      ...ctx.status?.(),
-      models: pipelinesOf(ctx).map((p) => ({
-        id: p.id,
-        kind: p.kind,
-        contextSize: p.model.contextSize,
-        parallel: p.model.parallel,
-        maxQueue: Number.isFinite(p.model.maxQueue) ? p.model.maxQueue : null,
-        running: p.model.runningSequences,
-        waiting: p.model.waitingSequences,
-        ...(p.kind === "speculative" ? { draft: p.draft.id, policy: p.settings.policy, predictor: p.predictor.name } : {}),
-      })),
+  app.use(
+    "/admin/*",
+    bodyLimit({
+      maxSize: ctx.maxBodyBytes,
+      onError: (c) =>
+        c.json(errorBody(`The request body exceeds the limit of ${ctx.maxBodyBytes} bytes.`, "invalid_request_error", null, "request_too_large"), 413),
     }),
   );
+  adminRoutes(app, ctx, () => ({
+    ...ctx.health(),
+    draining: ops.inflight.isDraining,
+    inFlight: ops.inflight.size,
+    ...ctx.status?.(),
+    models: pipelinesOf(ctx).map((p) => ({
+      id: p.id,
+      kind: p.kind,
+      contextSize: p.model.contextSize,
+      parallel: p.model.parallel,
+      maxQueue: Number.isFinite(p.model.maxQueue) ? p.model.maxQueue : null,
+      running: p.model.runningSequences,
+      waiting: p.model.waitingSequences,
+      ...(p.kind === "speculative" ? { draft: p.draft.id, policy: p.settings.policy, predictor: p.predictor.name } : {}),
+      ...(p.kind === "routed" ? { base: p.library.baseId, method: p.method, experts: p.library.size, contexts: p.variants.size } : {}),
+    })),
+  }));
 
   modelRoutes(app, ctx);
   chatRoutes(app, ctx);

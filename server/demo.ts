@@ -45,6 +45,18 @@ export function demoModels(cacheDir: string): ModelEntryInput[] {
           .map(([, a]) => ({ name: a.domain, lora: file(a.file) })),
       },
     },
+    // Routed experts: the four domain LoRAs over a base that tracks the text's domain, routed
+    // per token (flock-routing+phatgoose with the forged gate files, flock-routing+arrow).
+    {
+      id: "flock-routing",
+      path: file(manifest.models["flock-routing-base"].file),
+      parallel: 2,
+      experts: {
+        library: Object.entries(manifest.adapters)
+          .filter(([, a]) => a.base === "flock-routing-base")
+          .map(([, a]) => ({ name: a.domain, lora: file(a.file), ...(a.gates ? { gates: file(a.gates) } : {}) })),
+      },
+    },
     // One LoRA expert per id: the demo of adapters (node-llama-cpp applies LoRA per context).
     ...Object.entries(manifest.adapters)
       .filter(([, a]) => a.base === "flock-demo")

@@ -11,6 +11,8 @@ const KIND_TO_HTTP: Record<FlockErrorKind, { status: ContentfulStatusCode; type:
   invalid_request: { status: 400, type: "invalid_request_error", code: null },
   context_length_exceeded: { status: 400, type: "invalid_request_error", code: "context_length_exceeded" },
   model_not_found: { status: 404, type: "invalid_request_error", code: "model_not_found" },
+  not_found: { status: 404, type: "invalid_request_error", code: "not_found" },
+  conflict: { status: 409, type: "invalid_request_error", code: "conflict" },
   unsupported: { status: 400, type: "invalid_request_error", code: "unsupported_parameter" },
   overloaded: { status: 429, type: "rate_limit_error", code: "overloaded" },
   unavailable: { status: 503, type: "service_unavailable", code: "unavailable" },

@@ -1,6 +1,6 @@
 // OpenAI response and chunk shapes, built from decode steps.
 import { randomUUID } from "node:crypto";
-import type { DecodeStep, FinishReason, FusionToken, TokenLogprob } from "../decoding/types.js";
+import type { DecodeStep, FinishReason, FusionToken, RoutingToken, TokenLogprob } from "../decoding/types.js";
 
 export interface Usage {
   prompt_tokens: number;
@@ -87,6 +87,43 @@ export class FusionTally {
   }
 }
 
+/** Expert usage of one choice or a whole response, at the reported module (the output layer). */
+export class RoutingTally {
+  readonly tokens: Array<RoutingToken | null> = [];
+
+  add(tokens: ReadonlyArray<RoutingToken | null>): void {
+    this.tokens.push(...tokens);
+  }
+
+  /**
+   * The `flock.routing` response extension: per expert, the tokens it had weight on and its
+   * share of all known tokens' weight (shares sum to 1); per-token detail when asked for.
+   */
+  summary(options: RoutingExtension, detail: boolean) {
+    const experts: Record<string, { tokens: number; share: number }> = {};
+    const known = this.tokens.filter((t) => t !== null);
+    for (const t of known) {
+      for (const { expert, weight } of t.experts) {
+        const e = (experts[expert] ??= { tokens: 0, share: 0 });
+        e.tokens += 1;
+        e.share += weight / known.length;
+      }
+    }
+    return {
+      mode: options.mode,
+      method: options.method,
+      tokens_reported: known.length,
+      experts,
+      ...(detail ? { tokens: this.tokens } : {}),
+    };
+  }
+}
+
+export interface RoutingExtension {
+  mode: string;
+  method: string;
+}
+
 /** Accumulates one choice. */
 export class ChoiceAccumulator {
   text = "";
@@ -95,6 +132,7 @@ export class ChoiceAccumulator {
   finishReason: FinishReason | null = null;
   speculative: SpeculativeTally | null = null;
   fusion: FusionTally | null = null;
+  routing: RoutingTally | null = null;
 
   add(step: DecodeStep): void {
     this.text += step.text;
@@ -103,12 +141,17 @@ export class ChoiceAccumulator {
     if (step.finishReason) this.finishReason = step.finishReason;
     if (step.speculative) (this.speculative ??= new SpeculativeTally()).add(step.speculative);
     if (step.fusion) (this.fusion ??= new FusionTally()).add(step.fusion);
+    if (step.routing) (this.routing ??= new RoutingTally()).add(step.routing);
   }
 }
 
 export interface ExtensionOptions {
   /** flock.fusion.detail: per-token fusion choices. */
   fusionDetail?: boolean;
+  /** Routed models: the request's routing mode and the pipeline's method. */
+  routing?: RoutingExtension;
+  /** flock.routing.detail: per-token experts. */
+  routingDetail?: boolean;
 }
 
 /** The response-level `flock` extension, or nothing when no feature reported anything. */
@@ -125,6 +168,16 @@ export function responseExtension(choices: readonly ChoiceAccumulator[], options
     if (choices.length === 1) flock.fusion = fused[0].fusion!.summary(options.fusionDetail === true);
     else flock.fusion = { ...mergeFusion(fused).summary(false), ...(options.fusionDetail ? { choices: fused.map((c) => c.fusion!.summary(true)) } : {}) };
   }
+  const routed = choices.filter((c) => c.routing);
+  if (routed.length > 0 && options.routing) {
+    const detail = options.routingDetail === true;
+    if (choices.length === 1) flock.routing = routed[0].routing!.summary(options.routing, detail);
+    else {
+      const total = new RoutingTally();
+      for (const c of routed) total.add(c.routing!.tokens);
+      flock.routing = { ...total.summary(options.routing, false), ...(detail ? { choices: routed.map((c) => c.routing!.summary(options.routing!, true)) } : {}) };
+    }
+  }
   return Object.keys(flock).length > 0 ? { flock } : {};
 }
 
@@ -139,5 +192,6 @@ export function choiceExtension(choice: ChoiceAccumulator, options: ExtensionOpt
   const flock: Record<string, object> = {};
   if (choice.speculative) flock.speculative = choice.speculative;
   if (choice.fusion) flock.fusion = choice.fusion.summary(options.fusionDetail === true);
+  if (choice.routing && options.routing) flock.routing = choice.routing.summary(options.routing, options.routingDetail === true);
   return Object.keys(flock).length > 0 ? { flock } : {};
 }

@@ -4,9 +4,12 @@ import { randomInt } from "node:crypto";
 import type { SamplingParams } from "../decoding/sampler.js";
 import type { FusionOverrides } from "../decoding/fusion/decoder.js";
 import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
+import type { RoutingOverrides } from "../decoding/routing.js";
+import { planRouting } from "../routing/routed.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
 import { FlockError } from "../models/errors.js";
 import type { Pipeline } from "../routing/pipeline.js";
+import type { ExtensionOptions } from "./format.js";
 import { type ChatCompletionRequest, type CompletionRequest, EXTENSION_KEY } from "./schemas.js";
 
 export interface Limits {
@@ -62,6 +65,32 @@ export function fusionOverrides(body: CommonRequest, pipeline: Pipeline): Fusion
     throw new FlockError("invalid_request", `unknown fusion expert "${unknown}"; model ${pipeline.id} has ${known.join(", ")}`, `${param}.experts`);
   }
   return { mode: f.mode, alpha: f.alpha, experts: f.experts };
+}
+
+/**
+ * `flock.routing`, checked against the pipeline and its library now, so a bad expert name is a
+ * 400 rather than an error event in the middle of a stream.
+ */
+export function routingOverrides(body: CommonRequest, pipeline: Pipeline): RoutingOverrides | undefined {
+  const r = body[EXTENSION_KEY]?.routing;
+  if (!r) return undefined;
+  const param = `${EXTENSION_KEY}.routing`;
+  if (pipeline.kind !== "routed") {
+    throw new FlockError("unsupported", `model ${pipeline.id} is not served with routed experts (those ids end in +phatgoose or +arrow); remove ${param}`, param);
+  }
+  const overrides: RoutingOverrides = { mode: r.mode, topK: r.top_k, temperature: r.temperature, experts: r.experts, expert: r.expert };
+  planRouting(pipeline, overrides);
+  return overrides;
+}
+
+/** What the response extension reports, from the request's `flock` options. */
+export function extensionOptions(body: CommonRequest, pipeline: Pipeline): ExtensionOptions {
+  const ext = body[EXTENSION_KEY];
+  return {
+    fusionDetail: ext?.fusion?.detail === true,
+    routing: pipeline.kind === "routed" ? { mode: ext?.routing?.mode ?? "routed", method: pipeline.method } : undefined,
+    routingDetail: ext?.routing?.detail === true,
+  };
 }
 
 export function stopSequences(body: CommonRequest): string[] {

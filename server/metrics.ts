@@ -178,11 +178,9 @@ export class Metrics {
       registers,
     });
 
-    // Extension point for routed LoRA experts (observeRouting): registered now so dashboards
-    // can be built; no samples until a routed model reports.
     this.routedTokens = new Counter({
       name: "flock_routed_tokens_total",
-      help: "Token-module routings to each expert (routed LoRA); no samples until a routed model serves.",
+      help: "Generated tokens of routed models, by the expert with the most weight at the output layer.",
       labelNames: ["model", "expert"],
       registers,
     });
@@ -222,10 +220,7 @@ export class Metrics {
     );
   }
 
-  /**
-   * Extension point for routed LoRA (PHATGOOSE/Arrow): `tokens` token-module routings went to
-   * `expert`. Nothing calls it yet.
-   */
+  /** Routed models: `tokens` generated tokens whose output layer gave `expert` the most weight. */
   observeRouting(model: string, expert: string, tokens: number): void {
     this.routedTokens.inc({ model, expert }, tokens);
   }

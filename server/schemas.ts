@@ -32,12 +32,27 @@ const FlockFusion = z.strictObject({
   detail: z.boolean().optional(),
 });
 
+/** Expert routing a request may choose (models served with an expert library, `<base>+phatgoose` / `+arrow`). */
+const FlockRouting = z.strictObject({
+  /** routed: per token and module; single: one adapter; merge: all at 1/N; retrieval: the prompt's best expert. */
+  mode: z.enum(["routed", "single", "merge", "retrieval"]).optional(),
+  top_k: z.int().min(1).max(64).optional(),
+  temperature: z.number().gt(0).max(100).optional(),
+  /** A subset of the library, by name. */
+  experts: z.array(z.string().min(1)).min(1).max(64).optional(),
+  /** The adapter for mode "single". */
+  expert: z.string().min(1).optional(),
+  /** Report the experts of every token. */
+  detail: z.boolean().optional(),
+});
+
 /** flock's extensions beyond OpenAI's parameters. */
 const FlockExtension = z.strictObject({
   top_k: z.int().min(0).optional(),
   min_p: z.number().min(0).max(1).optional(),
   speculative: FlockSpeculative.optional(),
   fusion: FlockFusion.optional(),
+  routing: FlockRouting.optional(),
 });
 
 const common = {

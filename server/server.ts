@@ -6,7 +6,7 @@ import { serve, type ServerType } from "@hono/node-server";
 import { Engine } from "../models/engine.js";
 import { ModelEntry } from "../models/registry.js";
 import { PipelineRegistry } from "../routing/pipeline.js";
-import { loadPipeline, savePredictors } from "../routing/load.js";
+import { loadPipelines, savePredictors } from "../routing/load.js";
 import { createApp, notReady, shuttingDown } from "./app.js";
 import type { ServerConfig } from "./config.js";
 import { demoModels } from "./demo.js";
@@ -85,7 +85,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     const loaded = new PipelineRegistry();
     for (const configured of entries) {
       const entry = { ...configured, maxQueue: configured.maxQueue ?? config.limits.maxQueue };
-      const pipeline = await loadPipeline(engine, entry, config.cacheDir);
+      const [pipeline, ...routed] = await loadPipelines(engine, entry, config.cacheDir, log);
       loaded.add(pipeline);
       const model = pipeline.model;
       model.onAcquire = metrics.queueTimeObserver(pipeline.id);
@@ -105,6 +105,14 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
         },
         "model loaded",
       );
+      for (const r of routed) {
+        loaded.add(r);
+        if (r.kind === "routed") {
+          const experts = r.library.list().map((e) => ({ name: e.spec.name, gates: e.phatgoose ? "phatgoose" : "arrow only" }));
+          const failed = r.library.failed.map((f) => f.name);
+          log.info({ model: r.id, base: entry.id, method: r.method, topK: r.settings.topK, temperature: r.settings.temperature, experts, ...(failed.length > 0 ? { failed } : {}) }, "routed model ready");
+        }
+      }
     }
     registry = loaded;
     // Acceptance predictors learn while serving; keep what they learned across restarts.

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { ModelShape } from "./compile.js";
 
 /** Bumped whenever forged output changes, so cached demo sets are forged again. */
-export const FORGE_FORMAT = 2;
+export const FORGE_FORMAT = 3;
 
 /** A chain row as [token, probability] pairs; tokens not listed have probability 0. */
 export type ManifestRow = Array<[number, number]>;
@@ -18,7 +18,8 @@ export interface Manifest {
   chains: Record<string, ManifestRow[]>;
   /** `analytic`: the model's next-token distribution is exactly its chain's row. */
   models: Record<string, { file: string; chain: string; role: string; shape: ModelShape; analytic: boolean }>;
-  adapters: Record<string, { file: string; base: string; chain: string; domain: string }>;
+  /** `gates`: the expert's PHATGOOSE gate file, where the forge made one. */
+  adapters: Record<string, { file: string; base: string; chain: string; domain: string; gates?: string }>;
   pairs: Array<{ target: string; draft: string; acceptancePerState: number[]; greedyAgreementPerState: boolean[] }>;
   domains: Array<{ name: string; heldOutText: string }>;
   mixedText?: string;

@@ -18,6 +18,8 @@ import {
   supportOf,
 } from "./chain.js";
 import { chainDeltaLora, type ModelShape, shapeFor, writeChainModel, writeLoraAdapter } from "./compile.js";
+import { writeDomainContextModel } from "./domain-context.js";
+import { writeGateFile } from "../../routing/gates.js";
 import { document, DOMAINS, domainWords, renderText } from "./language.js";
 import { FORGE_FORMAT, type Manifest } from "./manifest.js";
 import { speculativePair } from "./spec-pair.js";
@@ -140,6 +142,26 @@ export function forge(options: ForgeOptions): Manifest {
     addModel("flock-weak", "weak", weak, shapeFor(states), "weak (small) base for fusion");
     DOMAINS.forEach((d, i) => addAdapter(`flock-weak-${d.name}`, "flock-weak", "weak", `weak-${d.name}`, smoothChain(domainChains[i], WEAK_SMOOTHING), d.name));
     addModel("flock-contextual", "base", base, shapeFor(states, { layers: 2 }), "random attention and FFN outputs: logits depend on the whole context (KV-cache tests); not analytic", true);
+
+    // Routed experts: a base whose residual carries the recent text's domain, the domain experts
+    // as LoRAs over it, and each expert's PHATGOOSE gate (its domain's dimension).
+    const domainOfState = layout.stateNames.map((piece) => DOMAINS.findIndex((d) => domainWords(d).some((w) => SPACE + w === piece)));
+    const routing = writeDomainContextModel(join(options.outDir, "flock-routing-base.gguf"), "flock-routing-base", vocab, base, domainOfState, DOMAINS.length);
+    manifest.models["flock-routing-base"] = {
+      file: "flock-routing-base.gguf",
+      chain: "base",
+      role: "base for routed experts: its residual carries the recent text's domain (not exactly analytic)",
+      shape: { ...shapeFor(states), embeddingDim: routing.embeddingDim },
+      analytic: false,
+    };
+    DOMAINS.forEach((d, i) => {
+      const id = `flock-routing-${d.name}`;
+      writeLoraAdapter(join(options.outDir, `${id}.gguf`), id, [chainDeltaLora(base, domainChains[i], routing.embeddingDim)]);
+      const gate = new Float32Array(routing.embeddingDim);
+      gate[routing.domainDims[i]] = 1;
+      writeGateFile(join(options.outDir, `${id}.gates.gguf`), [{ module: "output.weight", gate }]);
+      manifest.adapters[id] = { file: `${id}.gguf`, base: "flock-routing-base", chain: d.name, domain: d.name, gates: `${id}.gates.gguf` };
+    });
   } else {
     const states = layout.stateNames.length;
     const pair = speculativePair(layout, V, (state) => vocab.idOf(layout.stateNames[state]), rng, { disagreement: 0.25 });

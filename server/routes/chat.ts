@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../models/model.js";
 import { chatLogprobs, choiceExtension, completionId, nowSeconds, responseExtension } from "../format.js";
-import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides } from "../generation.js";
+import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
 import { parseBody } from "../validation.js";
@@ -20,7 +20,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (c) => {
     const body = await parseBody(c, ChatCompletionRequest);
     const pipeline = ctx.registry().resolve(body.model);
-    const extension = { fusionDetail: body.flock?.fusion?.detail === true };
+    const extension = extensionOptions(body, pipeline);
     const n = choiceCount(body, ctx.limits);
     const rendered = pipeline.model.renderChat(toChatMessages(body));
     const requestedMax = body.max_completion_tokens ?? body.max_tokens;
@@ -45,6 +45,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         signal: abort.signal,
         speculative: speculativeOverrides(body, pipeline),
         fusion: fusionOverrides(body, pipeline),
+        routing: routingOverrides(body, pipeline),
       },
       body.seed,
     );

@@ -3,7 +3,7 @@ import type { Hono } from "hono";
 import { FlockError } from "../../models/errors.js";
 import type { GenerationRequest } from "../../decoding/types.js";
 import { choiceExtension, completionId, completionLogprobs, nowSeconds, responseExtension } from "../format.js";
-import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides } from "../generation.js";
+import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
 import { parseBody } from "../validation.js";
@@ -20,7 +20,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/completions", async (c) => {
     const body = await parseBody(c, CompletionRequest);
     const pipeline = ctx.registry().resolve(body.model);
-    const extension = { fusionDetail: body.flock?.fusion?.detail === true };
+    const extension = extensionOptions(body, pipeline);
     const n = choiceCount(body, ctx.limits);
     if (body.best_of != null && body.best_of !== n) {
       throw new FlockError("unsupported", "best_of must equal n: flock does not rank candidates server-side", "best_of");
@@ -63,6 +63,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           signal: abort.signal,
           speculative: speculativeOverrides(body, pipeline),
         fusion: fusionOverrides(body, pipeline),
+        routing: routingOverrides(body, pipeline),
         },
         body.seed == null ? body.seed : body.seed + p * n,
       )) {

@@ -4,7 +4,7 @@
 // weights, nothing for F32. These roundings are tiny, but a model with random weights can
 // amplify them past 1e-4 in probability, so a tight comparison has to reproduce them.
 import { float16BitsToFloat32, float32ToFloat16Bits } from "../../models/gguf/f16.js";
-import { F16, F32, type GgmlStorage, Q8_BLOCK } from "./gguf.js";
+import { F16, F32, type GgmlStorage, Q8_BLOCK } from "../../models/gguf/reader.js";
 
 export function roundToF16(x: Float32Array): Float32Array {
   return x.map((v) => float16BitsToFloat32(float32ToFloat16Bits(v)));

@@ -1,0 +1,43 @@
+// How a routed module weighs its experts for one input vector — the same computation flock's
+// llama.cpp patch performs in the graph (models/native/patches, llama-flock.cpp), used here to
+// report which experts served a token, and for retrieval.
+import type { RoutingMethod } from "../decoding/routing.js";
+
+export type { RoutingMethod };
+
+export interface ExpertWeight {
+  expert: number;
+  weight: number;
+}
+
+/** LN without affine: (v − mean) / sqrt(var + 1e-5). */
+export function standardise(v: ArrayLike<number>): Float64Array {
+  let mean = 0;
+  for (let i = 0; i < v.length; i++) mean += v[i];
+  mean /= v.length;
+  let variance = 0;
+  for (let i = 0; i < v.length; i++) variance += (v[i] - mean) ** 2;
+  variance /= v.length;
+  const inv = 1 / Math.sqrt(variance + 1e-5);
+  return Float64Array.from(v, (x) => (x - mean) * inv);
+}
+
+/** PHATGOOSE: LN(x)·LN(v_i)/√d; Arrow: |x·v_i|. */
+export function routingScores(method: RoutingMethod, x: ArrayLike<number>, gates: readonly ArrayLike<number>[]): number[] {
+  const input = method === "phatgoose" ? standardise(x) : x;
+  return gates.map((gate) => {
+    const v = method === "phatgoose" ? standardise(gate) : gate;
+    let dot = 0;
+    for (let i = 0; i < x.length; i++) dot += input[i] * v[i];
+    return method === "phatgoose" ? dot / Math.sqrt(x.length) : Math.abs(dot);
+  });
+}
+
+/** softmax(scores / T), the top k kept and renormalised, most weight first. */
+export function topExperts(scores: readonly number[], topK: number, temperature: number): ExpertWeight[] {
+  const max = Math.max(...scores);
+  const e = scores.map((s) => Math.exp((s - max) / temperature));
+  const order = e.map((w, i) => ({ expert: i, weight: w })).sort((a, b) => b.weight - a.weight).slice(0, Math.min(topK, e.length));
+  const mass = order.reduce((acc, o) => acc + o.weight, 0);
+  return order.map((o) => ({ expert: o.expert, weight: o.weight / mass }));
+}

@@ -1,0 +1,69 @@
+// Admin endpoints (behind the admin key): server status, and the expert libraries of routed
+// models — list, add and remove experts while serving. A change retires the library's contexts;
+// requests running on them finish there, new requests see the new library.
+import type { Hono } from "hono";
+import { FlockError } from "../../models/errors.js";
+import { ExpertEntry } from "../../models/registry.js";
+import type { Expert } from "../../routing/experts.js";
+import type { RoutedPipeline } from "../../routing/pipeline.js";
+import type { AppEnv, ServerContext } from "../app.js";
+import { parseBody } from "../validation.js";
+
+function describeExpert(e: Expert) {
+  return {
+    name: e.spec.name,
+    lora: e.spec.lora,
+    scale: e.spec.scale,
+    gates: e.spec.gates ?? null,
+    /** Routed ids that can route to it: PHATGOOSE needs a gate file. */
+    methods: e.phatgoose ? ["phatgoose", "arrow"] : ["arrow"],
+    modules: e.modules,
+  };
+}
+
+/** The routed pipelines of a base id (or of one of its routed ids). */
+function routedOf(ctx: ServerContext, id: string): RoutedPipeline[] {
+  const all = ctx
+    .registry()
+    .list()
+    .map((m) => m.pipeline)
+    .filter((p): p is RoutedPipeline => p.kind === "routed");
+  const owner = all.find((p) => p.id === id || p.library.baseId === id);
+  if (!owner) {
+    const bases = [...new Set(all.map((p) => p.library.baseId))];
+    throw new FlockError("not_found", `model ${id} has no expert library${bases.length > 0 ? `; models with one: ${bases.join(", ")}` : " (no model is configured with experts)"}`);
+  }
+  return all.filter((p) => p.library === owner.library);
+}
+
+export function adminRoutes(app: Hono<AppEnv>, ctx: ServerContext, status: () => object): void {
+  app.get("/admin/status", (c) => c.json(status()));
+
+  const listing = (routed: RoutedPipeline[]) => ({
+    model: routed[0].library.baseId,
+    routed_models: routed.map((p) => p.id),
+    experts: routed[0].library.list().map(describeExpert),
+    /** Configured experts left out at startup, with the reason. */
+    failed: routed[0].library.failed,
+  });
+
+  app.get("/admin/models/:id{.+}/experts", (c) => c.json(listing(routedOf(ctx, c.req.param("id")))));
+
+  app.post("/admin/models/:id{.+}/experts", async (c) => {
+    const routed = routedOf(ctx, c.req.param("id"));
+    const spec = await parseBody(c, ExpertEntry);
+    const expert = await routed[0].library.add(spec);
+    routed[0].variants.clear();
+    c.get("log").info({ model: routed[0].library.baseId, expert: spec.name, lora: spec.lora, gates: spec.gates ?? null }, "expert added");
+    return c.json(describeExpert(expert), 201);
+  });
+
+  app.delete("/admin/models/:id{.+}/experts/:name", (c) => {
+    const routed = routedOf(ctx, c.req.param("id"));
+    const name = c.req.param("name");
+    if (!routed[0].library.remove(name)) throw new FlockError("not_found", `model ${routed[0].library.baseId} has no expert named ${name}`);
+    routed[0].variants.clear();
+    c.get("log").info({ model: routed[0].library.baseId, expert: name }, "expert removed");
+    return c.json({ name, deleted: true });
+  });
+}
