@@ -1,6 +1,6 @@
 // OpenAI response and chunk shapes, built from decode steps.
 import { randomUUID } from "node:crypto";
-import type { DecodeStep, FinishReason, FusionToken, RoutingToken, TokenLogprob } from "../decoding/types.js";
+import type { DecodeStep, FinishReason, FusionToken, RoutingToken, SpeculativeTokenDetail, TokenLogprob } from "../decoding/types.js";
 
 export interface Usage {
   prompt_tokens: number;
@@ -46,28 +46,51 @@ export function completionLogprobs(entries: readonly TokenLogprob[], offset: num
   };
 }
 
-/** Speculative counters of one choice or a whole response. */
+/** Speculative counters of one choice or a whole response, and its per-token detail when the decoder reported it. */
 export class SpeculativeTally {
   rounds = 0;
   drafted = 0;
   accepted = 0;
+  readonly tokens: SpeculativeTokenDetail[] = [];
 
-  add(other: { drafted: number; accepted: number; rounds?: number }): void {
+  add(other: { drafted: number; accepted: number; rounds?: number; detail?: readonly SpeculativeTokenDetail[] }): void {
     this.rounds += other.rounds ?? 1;
     this.drafted += other.drafted;
     this.accepted += other.accepted;
+    if (other.detail) this.tokens.push(...other.detail);
   }
 
-  /** The `flock.speculative` response extension. */
-  toJSON() {
+  /** The `flock.speculative` response extension; per-token detail when asked for. */
+  summary(detail: boolean) {
     return {
       rounds: this.rounds,
       drafted_tokens: this.drafted,
       accepted_tokens: this.accepted,
       acceptance_rate: this.drafted === 0 ? 0 : this.accepted / this.drafted,
       mean_candidate_length: this.rounds === 0 ? 0 : this.drafted / this.rounds,
+      ...(detail ? { tokens: this.tokens.map(speculativeTokenJSON) } : {}),
     };
   }
+
+  toJSON() {
+    return this.summary(false);
+  }
+}
+
+/** One token of `flock.speculative.tokens`, in the API's snake_case. */
+export function speculativeTokenJSON(d: SpeculativeTokenDetail) {
+  const judged = (j: { draftProbability?: number; acceptanceProbability?: number; predictedAcceptance?: number }) => ({
+    ...(j.draftProbability !== undefined ? { draft_probability: j.draftProbability } : {}),
+    ...(j.acceptanceProbability !== undefined ? { acceptance_probability: j.acceptanceProbability } : {}),
+    ...(j.predictedAcceptance !== undefined ? { predicted_acceptance: j.predictedAcceptance } : {}),
+  });
+  return {
+    origin: d.origin,
+    round: d.round,
+    drafted: d.drafted,
+    ...judged(d),
+    ...(d.rejected ? { rejected: { token: d.rejected.token, text: d.rejected.text, ...judged(d.rejected) } } : {}),
+  };
 }
 
 /** Fusion summary of one choice or a whole response: steps per active expert, mean α. */
@@ -146,6 +169,8 @@ export class ChoiceAccumulator {
 }
 
 export interface ExtensionOptions {
+  /** flock.speculative.detail: how each token came to be. */
+  speculativeDetail?: boolean;
   /** flock.fusion.detail: per-token fusion choices. */
   fusionDetail?: boolean;
   /** Routed models: the request's routing mode and the pipeline's method. */
@@ -159,9 +184,13 @@ export function responseExtension(choices: readonly ChoiceAccumulator[], options
   const flock: Record<string, object> = {};
   const speculative = choices.filter((c) => c.speculative);
   if (speculative.length > 0) {
-    const total = new SpeculativeTally();
-    for (const c of speculative) total.add(c.speculative!);
-    flock.speculative = total;
+    const detail = options.speculativeDetail === true;
+    if (choices.length === 1) flock.speculative = speculative[0].speculative!.summary(detail);
+    else {
+      const total = new SpeculativeTally();
+      for (const c of speculative) total.add(c.speculative!);
+      flock.speculative = { ...total.summary(false), ...(detail ? { choices: speculative.map((c) => c.speculative!.summary(true)) } : {}) };
+    }
   }
   const fused = choices.filter((c) => c.fusion);
   if (fused.length > 0) {
@@ -190,8 +219,21 @@ function mergeFusion(choices: readonly ChoiceAccumulator[]): FusionTally {
 /** The `flock` extension on a choice's final stream chunk. */
 export function choiceExtension(choice: ChoiceAccumulator, options: ExtensionOptions = {}): { flock?: object } {
   const flock: Record<string, object> = {};
-  if (choice.speculative) flock.speculative = choice.speculative;
+  if (choice.speculative) flock.speculative = choice.speculative.summary(options.speculativeDetail === true);
   if (choice.fusion) flock.fusion = choice.fusion.summary(options.fusionDetail === true);
   if (choice.routing && options.routing) flock.routing = choice.routing.summary(options.routing, options.routingDetail === true);
+  return Object.keys(flock).length > 0 ? { flock } : {};
+}
+
+/**
+ * The `flock` extension of a stream chunk that carries a decode step: the step's tokens' detail,
+ * for each feature whose detail the request asked for, so a client sees it as it happens. The
+ * choice's final chunk repeats all of it in the summary.
+ */
+export function stepExtension(step: DecodeStep, options: ExtensionOptions = {}): { flock?: object } {
+  const flock: Record<string, object> = {};
+  if (options.speculativeDetail && step.speculative?.detail?.length) flock.speculative = { tokens: step.speculative.detail.map(speculativeTokenJSON) };
+  if (options.fusionDetail && step.fusion?.length) flock.fusion = { tokens: step.fusion };
+  if (options.routingDetail && step.routing?.length) flock.routing = { tokens: step.routing };
   return Object.keys(flock).length > 0 ? { flock } : {};
 }

@@ -49,6 +49,7 @@ export function speculativeOverrides(body: CommonRequest, pipeline: Pipeline): S
     pMin: s.p_min,
     minCandidates: s.min_candidates,
     maxCandidates: s.max_candidates,
+    detail: s.detail,
   };
   return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
 }
@@ -87,6 +88,7 @@ export function routingOverrides(body: CommonRequest, pipeline: Pipeline): Routi
 export function extensionOptions(body: CommonRequest, pipeline: Pipeline): ExtensionOptions {
   const ext = body[EXTENSION_KEY];
   return {
+    speculativeDetail: ext?.speculative?.detail === true,
     fusionDetail: ext?.fusion?.detail === true,
     routing: pipeline.kind === "routed" ? { mode: ext?.routing?.mode ?? "routed", method: pipeline.method } : undefined,
     routingDetail: ext?.routing?.detail === true,

@@ -21,6 +21,8 @@ const FlockSpeculative = z.strictObject({
   p_min: z.number().min(0).max(1).optional(),
   min_candidates: z.int().min(1).max(64).optional(),
   max_candidates: z.int().min(1).max(64).optional(),
+  /** Report how every token came to be (origin, round, draft probability, acceptance, P̂). */
+  detail: z.boolean().optional(),
 });
 
 /** Logit fusion settings a request may override (models served with fusion). */

@@ -157,9 +157,29 @@ describe("fused models through the API", () => {
       stream: true,
     });
     let last: FusionExtension | undefined;
-    for await (const chunk of stream) if (chunk.choices[0]?.finish_reason) last = chunk as unknown as FusionExtension;
+    for await (const chunk of stream) {
+      if (chunk.choices[0]?.finish_reason) last = chunk as unknown as FusionExtension;
+      else expect((chunk as unknown as FusionExtension).flock).toBeUndefined();
+    }
     expect(last!.flock!.fusion.steps).toBeGreaterThan(0);
     expect(last!.flock!.fusion.tokens).toBeUndefined();
+
+    // With detail, each chunk carries its tokens' choices as they are made; the final chunk all of them.
+    const detailed = await t.client.chat.completions.create({
+      model: "fused",
+      messages: [{ role: "user", content: "Again" }],
+      max_tokens: 8,
+      stream: true,
+      flock: { fusion: { detail: true } },
+    } as OpenAI.ChatCompletionCreateParamsStreaming);
+    const perChunk: Array<{ expert: string | null; alpha: number }> = [];
+    let final: FusionExtension | undefined;
+    for await (const chunk of detailed) {
+      if (chunk.choices[0]?.finish_reason) final = chunk as unknown as FusionExtension;
+      else perChunk.push(...((chunk as unknown as FusionExtension).flock?.fusion.tokens ?? []));
+    }
+    expect(perChunk).toEqual(final!.flock!.fusion.tokens);
+    expect(perChunk).toHaveLength(final!.flock!.fusion.steps);
   });
 
   it("rejects fusion settings for a model without fusion, and unknown experts", async () => {

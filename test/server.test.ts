@@ -169,6 +169,51 @@ describe("speculative decoding through the API", () => {
     expect(ext.mean_candidate_length).toBeLessThanOrEqual(2);
   });
 
+  it("flock.speculative.detail: every token's origin and round, in the response, per chunk when streaming, per choice with n > 1", async () => {
+    type Token = { origin: string; round: number; drafted: number; draft_probability?: number; acceptance_probability?: number; rejected?: { text: string; acceptance_probability: number } };
+    type Detailed = { flock: { speculative: NonNullable<WithExtension["flock"]>["speculative"] & { tokens?: Token[]; choices?: Array<{ tokens: Token[] }> } } };
+    const body = {
+      model: "spec",
+      messages: [{ role: "user", content: "Boats?" }],
+      max_tokens: 40,
+      seed: 4,
+      logit_bias: { [String(t.manifest.vocab.eos)]: -100 },
+      flock: { speculative: { policy: "fixed", k: 4, detail: true } },
+    };
+    const res = (await t.client.chat.completions.create(body as OpenAI.ChatCompletionCreateParamsNonStreaming)) as unknown as OpenAI.ChatCompletion & Detailed;
+    const ext = res.flock.speculative;
+    const tokens = ext.tokens!;
+    expect(tokens).toHaveLength(res.usage!.completion_tokens);
+    const rounds = [...new Set(tokens.map((d) => d.round))];
+    expect(rounds).toEqual(Array.from({ length: ext.rounds }, (_, i) => i));
+    const drafted = rounds.map((r) => tokens.find((d) => d.round === r)!.drafted);
+    expect(drafted.reduce((a, b) => a + b, 0)).toBe(ext.drafted_tokens);
+    // max_tokens may cut the last round after accepted tokens that are then not emitted.
+    expect(tokens.filter((d) => d.origin === "accepted").length).toBeLessThanOrEqual(ext.accepted_tokens);
+    for (const d of tokens) {
+      if (d.origin === "accepted") expect(d.acceptance_probability).toBeGreaterThan(0);
+      if (d.origin === "recovered") expect(typeof d.rejected!.text).toBe("string");
+    }
+    expect(tokens.some((d) => d.origin === "recovered")).toBe(true);
+
+    const stream = await t.client.chat.completions.create({ ...body, stream: true } as OpenAI.ChatCompletionCreateParamsStreaming);
+    const perChunk: Token[] = [];
+    let final: Token[] | undefined;
+    for await (const chunk of stream) {
+      const detail = (chunk as unknown as Detailed).flock?.speculative?.tokens;
+      if (chunk.choices[0]?.finish_reason) final = detail;
+      else perChunk.push(...(detail ?? []));
+    }
+    expect(perChunk).toEqual(final);
+    expect(final).toEqual(tokens); // same seed, fixed k: the same rounds
+
+    const two = (await t.client.chat.completions.create({ ...body, n: 2 } as OpenAI.ChatCompletionCreateParamsNonStreaming)) as unknown as OpenAI.ChatCompletion & Detailed;
+    expect(two.flock.speculative.tokens).toBeUndefined();
+    expect(two.flock.speculative.choices!.map((c) => c.tokens.length)).toEqual([40, 40]);
+    const plain = (await t.client.chat.completions.create({ ...body, flock: { speculative: { policy: "fixed", k: 4 } } } as OpenAI.ChatCompletionCreateParamsNonStreaming)) as unknown as Detailed;
+    expect(plain.flock.speculative.tokens).toBeUndefined();
+  });
+
   it("enabled: false serves the target alone; speculative settings on a model without a draft are a 400", async () => {
     const off = await t.client.completions.create({ model: "spec", prompt: "The cook", max_tokens: 5, flock: { speculative: { enabled: false } } } as OpenAI.CompletionCreateParamsNonStreaming);
     expect((off as unknown as WithExtension).flock).toBeUndefined();

@@ -1,7 +1,7 @@
 // POST /v1/chat/completions
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../models/model.js";
-import { chatLogprobs, choiceExtension, completionId, nowSeconds, responseExtension } from "../format.js";
+import { chatLogprobs, choiceExtension, completionId, nowSeconds, responseExtension, stepExtension } from "../format.js";
 import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
@@ -59,9 +59,11 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       opening: (index) => [{ ...envelope, choices: [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }], ...usageField }],
       step: (index, step, choice) => {
         const chunks: object[] = [];
-        if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0) {
+        // A step whose text is held back (or that ended with EOS) still reports its tokens' detail.
+        const detail = stepExtension(step, extension);
+        if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0 || detail.flock) {
           const logprobs = body.logprobs ? { content: chatLogprobs(step.logprobs ?? []) } : null;
-          chunks.push({ ...envelope, choices: [{ index, delta: { content: step.text }, logprobs, finish_reason: null }], ...usageField });
+          chunks.push({ ...envelope, choices: [{ index, delta: { content: step.text }, logprobs, finish_reason: null }], ...usageField, ...detail });
         }
         if (step.finishReason) {
           chunks.push({ ...envelope, choices: [{ index, delta: {}, logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice, extension) });

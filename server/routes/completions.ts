@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import { FlockError } from "../../models/errors.js";
 import type { GenerationRequest } from "../../decoding/types.js";
-import { choiceExtension, completionId, completionLogprobs, nowSeconds, responseExtension } from "../format.js";
+import { choiceExtension, completionId, completionLogprobs, nowSeconds, responseExtension, stepExtension } from "../format.js";
 import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
@@ -83,10 +83,12 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         echoes[index] ? [{ ...envelope, choices: [{ index, text: echoes[index], logprobs: null, finish_reason: null }], ...usageField }] : [],
       step: (index, step, choice) => {
         const chunks: object[] = [];
-        if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0) {
+        // A step whose text is held back (or that ended with EOS) still reports its tokens' detail.
+        const detail = stepExtension(step, extension);
+        if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0 || detail.flock) {
           const offset = echoes[index].length + choice.text.length - step.text.length;
           const logprobs = wantLogprobs ? completionLogprobs(step.logprobs ?? [], offset) : null;
-          chunks.push({ ...envelope, choices: [{ index, text: step.text, logprobs, finish_reason: null }], ...usageField });
+          chunks.push({ ...envelope, choices: [{ index, text: step.text, logprobs, finish_reason: null }], ...usageField, ...detail });
         }
         if (step.finishReason) {
           chunks.push({ ...envelope, choices: [{ index, text: "", logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice, extension) });
