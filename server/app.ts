@@ -17,6 +17,7 @@ import { Metrics, routeLabel } from "./metrics.js";
 import { chatRoutes } from "./routes/chat.js";
 import { completionRoutes } from "./routes/completions.js";
 import { modelRoutes } from "./routes/models.js";
+import { playgroundRoutes } from "./routes/playground.js";
 import { adminRoutes } from "./routes/admin.js";
 
 /** How generations are served (respond.ts reads these). */
@@ -59,6 +60,8 @@ export interface ServerContext {
   corsOrigins?: readonly string[];
   /** What GET /admin/status shows beyond the models. */
   status?(): Record<string, unknown>;
+  /** Serve the playground page at / (default true). */
+  playground?: boolean;
 }
 
 /** What respond.ts needs from the app, per request. */
@@ -212,6 +215,8 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   modelRoutes(app, ctx);
   chatRoutes(app, ctx);
   completionRoutes(app, ctx);
+  // Static and public: the page holds no secrets, and asks for the API key itself when /v1 does.
+  if (ctx.playground !== false) playgroundRoutes(app);
 
   app.notFound((c) =>
     c.json(errorBody(`Unknown request URL: ${c.req.method} ${c.req.path}.`, "invalid_request_error", null, "unknown_url"), 404),

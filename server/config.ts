@@ -59,6 +59,8 @@ export const ServerConfig = z.strictObject({
   shutdownTimeout: z.number().min(0).default(30),
   /** Log prompt and completion text (off: logs never contain them). */
   logPrompts: z.boolean().default(false),
+  /** Serve the playground page at / (off: / is a 404 like any unknown URL). */
+  playground: z.boolean().default(true),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 export type ServerConfigInput = z.input<typeof ServerConfig>;
@@ -96,6 +98,7 @@ export const USAGE = `usage: npm start -- [options]
   --keep-alive S         seconds between SSE keep-alive comments (default 10; 0: off)
   --shutdown-timeout S   seconds in-flight requests get after SIGTERM (default 30; env FLOCK_SHUTDOWN_TIMEOUT)
   --log-prompts          log prompt and completion text (env FLOCK_LOG_PROMPTS=1)
+  --no-playground        do not serve the playground page at / (env FLOCK_PLAYGROUND=0)
   -h, --help             this text
 
 Without --model or a config file with models, flock serves its built-in demo models.`;
@@ -166,6 +169,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
         "keep-alive": { type: "string" },
         "shutdown-timeout": { type: "string" },
         "log-prompts": { type: "boolean" },
+        "no-playground": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -208,6 +212,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   set("shutdownTimeout", num(flags["shutdown-timeout"]));
   set("logPrompts", bool(env.FLOCK_LOG_PROMPTS));
   set("logPrompts", flags["log-prompts"]);
+  set("playground", bool(env.FLOCK_PLAYGROUND));
+  if (flags["no-playground"]) merged.playground = false;
   // Allowed origins and API keys add up across sources rather than replacing each other: a
   // key given by flag must not silently revoke the keys of the config file.
   const corsOrigins = [...((file.corsOrigins as unknown[] | undefined) ?? []), ...(list(env.FLOCK_CORS_ORIGINS) ?? []), ...(flags["cors-origin"] ?? [])];

@@ -53,6 +53,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     },
     auth: config.auth,
     corsOrigins: config.corsOrigins,
+    playground: config.playground,
     status: () => ({
       uptimeSeconds: Math.round((Date.now() - started) / 1000),
       engine: engine ? (engine as Engine).describe() : null,

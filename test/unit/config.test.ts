@@ -122,6 +122,15 @@ describe("loadConfig", () => {
     }
   });
 
+  it("serves the playground unless --no-playground, FLOCK_PLAYGROUND=0 or playground: false says otherwise", () => {
+    expect(load([]).playground).toBe(true);
+    expect(load(["--no-playground"]).playground).toBe(false);
+    expect(load([], { FLOCK_PLAYGROUND: "0" }).playground).toBe(false);
+    expect(load(["--config", configFile({ playground: false })]).playground).toBe(false);
+    expect(load(["--config", configFile({ playground: false })], { FLOCK_PLAYGROUND: "1" }).playground).toBe(true);
+    expect(configError([], { FLOCK_PLAYGROUND: "maybe" }).message).toContain("playground");
+  });
+
   it("rejects unknown flags", () => {
     expect(configError(["--prot", "80"]).message).toContain("--prot");
   });
