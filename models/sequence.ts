@@ -7,6 +7,10 @@ import type { LogitsWithHidden } from "./native.js";
 
 export class EngineSequence {
   private released = false;
+  /** Evaluations and erasures llama.cpp has not finished yet. */
+  private pending = 0;
+  /** release() was called while operations were pending: hand the sequence back when they end. */
+  private releaseWhenIdle = false;
 
   constructor(
     private readonly seq: LlamaContextSequence,
@@ -65,7 +69,7 @@ export class EngineSequence {
     // A confidence-only request is answered with raw logits on flock's contexts (models/native.ts).
     const ask = this.rawLogits ? { confidence: true } : { probabilities: true };
     const input: ControlledEvaluateInputItem[] = tokens.map((t, i) => (wanted.has(i) ? [t as Token, { generateNext: ask }] : (t as Token)));
-    const results = await this.seq.controlledEvaluate(input);
+    const results = await this.track(this.seq.controlledEvaluate(input));
     if (this.rawLogits) {
       return logitsAt.map((i) => {
         const answer = results[i]?.next?.confidence as unknown;
@@ -97,7 +101,7 @@ export class EngineSequence {
     }
     const wanted = new Set(logitsAt);
     const input: ControlledEvaluateInputItem[] = tokens.map((t, i) => (wanted.has(i) ? [t as Token, { generateNext: { confidence: true } }] : (t as Token)));
-    const results = await this.seq.controlledEvaluate(input);
+    const results = await this.track(this.seq.controlledEvaluate(input));
     const answers = logitsAt.map((i) => {
       const answer = results[i]?.next?.confidence as unknown;
       if (!answer || typeof answer !== "object" || !("hidden" in answer)) {
@@ -111,13 +115,35 @@ export class EngineSequence {
   /** Drops every cached token from `length` on (KV rollback). */
   async truncate(length: number): Promise<void> {
     this.assertHeld();
-    if (length < this.length) await this.seq.eraseContextTokenRanges([{ start: length, end: this.length }]);
+    if (length < this.length) await this.track(this.seq.eraseContextTokenRanges([{ start: length, end: this.length }]));
   }
 
+  /**
+   * Gives the sequence back to its pool — once llama.cpp has finished every operation already
+   * started on it. A decoder that stops early (an error in one of several concurrent
+   * evaluations, a cancellation) may release while another evaluation of this sequence is still
+   * queued or running; handing it to the next request then would let that request's cache edits
+   * interleave with the stale evaluation (llama.cpp: "sequence positions must remain
+   * consecutive", a failed decode, a corrupted cache).
+   */
   release(): void {
     if (this.released) return;
     this.released = true;
-    this.onRelease();
+    if (this.pending === 0) this.onRelease();
+    else this.releaseWhenIdle = true;
+  }
+
+  private async track<T>(operation: Promise<T>): Promise<T> {
+    this.pending++;
+    try {
+      return await operation;
+    } finally {
+      this.pending--;
+      if (this.pending === 0 && this.releaseWhenIdle) {
+        this.releaseWhenIdle = false;
+        this.onRelease();
+      }
+    }
   }
 
   [Symbol.dispose](): void {
