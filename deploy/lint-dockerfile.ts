@@ -9,7 +9,8 @@
 //     this particular recipe working (COPY sources present in the .dockerignore'd context, the
 //     native build checked after npm ci, the same NODE_LLAMA_CPP_CMAKE_OPTION_* in a runtime stage
 //     as in the build stage it copies node_modules from, FLOCK_* variables flock actually reads).
-// Hadolint itself is neither in Debian's archive nor on npm; these rules stand in for it.
+// The hadolint binary is neither in Debian's archive nor on npm (npm has only wrappers that need
+// it); these rules stand in for it.
 // Exit code 1 on any finding.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
