@@ -26,12 +26,12 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     const output = new OutputAssembler(model, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const counts = new Map<number, number>();
-    // With an observer, every step also reads the hidden state behind its logits.
-    const observe = request.observeHidden;
+    // With an observer, every step also reads what the engine reports about its position.
+    const observe = request.observePosition;
     const evaluate = async (tokens: readonly number[]): Promise<Float32Array> => {
       if (!observe) return (await seq.evaluate(tokens, [tokens.length - 1]))[0];
-      const { logits, hidden } = await seq.evaluateWithHidden(tokens, [tokens.length - 1]);
-      observe(hidden[0]);
+      const { logits, hidden, routing } = await seq.evaluateWithHidden(tokens, [tokens.length - 1]);
+      observe({ hidden: hidden[0], routing: routing[0] });
       return logits[0];
     };
     await seq.syncTo(request.prompt.slice(0, -1));

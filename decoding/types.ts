@@ -41,15 +41,20 @@ export interface GenerationRequest {
   /** Per-request routing settings (ignored by pipelines without an expert library). */
   routing?: RoutingOverrides;
   /**
-   * Called with the final hidden state behind each generated token's logits, before the token
-   * is chosen (plain decoding on a model loaded with hidden states).
+   * Called with what the engine reports about the position behind each generated token's
+   * logits — its final hidden state and, on traced routed contexts, its routing — before the
+   * token is chosen (plain decoding on a model loaded with hidden states).
    */
-  observeHidden?: (hidden: Float32Array) => void;
+  observePosition?: (position: { hidden: Float32Array; routing?: Float32Array }) => void;
 }
 
-/** Which experts served a token at the reported module, most weight first. */
+/**
+ * Which experts served a token: each expert's mean weight over the routed modules (the weights
+ * sum to 1), most first; for routed LoRA also per module group (attn_q, ffn_down, output, …).
+ */
 export interface RoutingToken {
   experts: Array<{ expert: string; weight: number }>;
+  groups?: Record<string, Array<{ expert: string; weight: number }>>;
 }
 
 export type FinishReason = "stop" | "length";

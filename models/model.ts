@@ -12,7 +12,7 @@ import {
 } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import type { Capabilities } from "./engine.js";
-import { enableRawLogits, type FusionGridKernel, fusionGridKernel, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
+import { enableRawLogits, type FusionGridKernel, fusionGridKernel, type RoutedLoraConfig, routingTraceModules, setRoutedLoras } from "./native.js";
 import type { ModelEntry } from "./registry.js";
 import { EngineSequence } from "./sequence.js";
 
@@ -83,8 +83,10 @@ export class LoadedModel {
       lora: entry.lora.length > 0 ? { adapters: entry.lora.map((l) => ({ filePath: l.path, scale: l.scale })) } : undefined,
       failedCreationRemedy: false,
     });
-    if (capabilities.rawLogits) enableRawLogits(context, { hiddenStates: options.hiddenStates === true });
-    const hasHiddenStates = capabilities.rawLogits && options.hiddenStates === true;
+    // Routing traces travel with the hidden states, so a traced routed context has both.
+    const traced = options.routing?.trace === true;
+    const hasHiddenStates = capabilities.rawLogits && (options.hiddenStates === true || traced);
+    if (capabilities.rawLogits) enableRawLogits(context, { hiddenStates: hasHiddenStates, routedAdapters: traced ? options.routing!.adapters.length : 0 });
     if (options.routing) {
       try {
         setRoutedLoras(context, options.routing);
@@ -256,6 +258,11 @@ export class LoadedModel {
     if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
     this.onAcquire?.((performance.now() - waiter.since) / 1000);
     waiter.resolve(this.wrap(seq));
+  }
+
+  /** Routed contexts with traces: the modules of each token's routing trace, in order (after an evaluation). */
+  routingTraceModules(): string[] {
+    return routingTraceModules(this.context);
   }
 
   /** Whether the context has been freed (shutdown, or a retired variant). */

@@ -9,7 +9,9 @@ interface AddonContextWithFlock {
   flockFusionGrid(strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number): Float64Array;
   flockEnableHiddenStates(): void;
   flockGetHiddenState(batchLogitIndex: number): Float32Array;
-  flockSetRoutedLoras(paths: string[], scales: number[], modules: string[], gates: Float32Array[], method: number, topK: number, temperature: number): void;
+  flockSetRoutedLoras(paths: string[], scales: number[], modules: string[], gates: Float32Array[], method: number, topK: number, temperature: number, trace: boolean): void;
+  flockGetRoutingTraceModules(): string[];
+  flockGetRoutingTrace(batchLogitIndex: number, adapters: number): Float32Array | null;
 }
 
 /** Routed LoRA over a set of adapter files, computed inside llama.cpp's graph (design.md). */
@@ -20,13 +22,15 @@ export interface RoutedLoraConfig {
   method: "phatgoose" | "arrow";
   topK: number;
   temperature: number;
+  /** Keep each output token's per-module routing (read back with the logits). */
+  trace?: boolean;
 }
 
 /** Sets (or, with null, clears) routed LoRA on a context; throws with llama.cpp's reason logged. */
 export function setRoutedLoras(context: LlamaContext, config: RoutedLoraConfig | null): void {
   const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
   if (!config) {
-    addon.flockSetRoutedLoras([], [], [], [], 0, 1, 1);
+    addon.flockSetRoutedLoras([], [], [], [], 0, 1, 1, false);
     return;
   }
   addon.flockSetRoutedLoras(
@@ -37,13 +41,21 @@ export function setRoutedLoras(context: LlamaContext, config: RoutedLoraConfig |
     config.method === "arrow" ? 1 : 0,
     config.topK,
     config.temperature,
+    config.trace === true,
   );
+}
+
+/** The routed modules the context's last evaluation traced, in the order of its routing traces. */
+export function routingTraceModules(context: LlamaContext): string[] {
+  return (context as unknown as { _ctx: AddonContextWithFlock })._ctx.flockGetRoutingTraceModules();
 }
 
 /** What a raw-logits request returns on a context with hidden states enabled. */
 export interface LogitsWithHidden {
   logits: Float32Array;
   hidden: Float32Array;
+  /** Routed contexts: each routed module's softmax over the adapters (modules × adapters), graph order. */
+  routing?: Float32Array;
 }
 
 /**
@@ -62,7 +74,7 @@ export function fusionGridKernel(context: LlamaContext): FusionGridKernel | unde
 export function hasFlockAddon(llama: Llama): boolean {
   const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype?: Partial<AddonContextWithFlock> } } })._bindings;
   const prototype = bindings?.AddonContext?.prototype;
-  return (["flockGetLogits", "flockFusionGrid", "flockGetHiddenState", "flockSetRoutedLoras"] as const).every(
+  return (["flockGetLogits", "flockFusionGrid", "flockGetHiddenState", "flockSetRoutedLoras", "flockGetRoutingTrace"] as const).every(
     (method) => typeof prototype?.[method] === "function",
   );
 }
@@ -75,14 +87,19 @@ export function hasFlockAddon(llama: Llama): boolean {
  * contexts flock owns, a confidence-only request is answered with the position's raw logits
  * (a Float32Array copied by flockGetLogits) instead of a sampled token; every other request
  * goes to node-llama-cpp as before. With `hiddenStates`, the answer also carries the position's
- * final hidden state.
+ * final hidden state, and with `routedAdapters` (a routed context with traces) its routing.
  */
-export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean } = {}): void {
+export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean; routedAdapters?: number } = {}): void {
   const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
   const sampleToken = addon.sampleToken.bind(addon);
   if (options.hiddenStates) addon.flockEnableHiddenStates();
-  const read = (index: number): Float32Array | LogitsWithHidden =>
-    options.hiddenStates ? { logits: addon.flockGetLogits(index), hidden: addon.flockGetHiddenState(index) } : addon.flockGetLogits(index);
+  const adapters = options.routedAdapters ?? 0;
+  const read = (index: number): Float32Array | LogitsWithHidden => {
+    if (!options.hiddenStates) return addon.flockGetLogits(index);
+    const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index), hidden: addon.flockGetHiddenState(index) };
+    if (adapters > 0) answer.routing = addon.flockGetRoutingTrace(index, adapters) ?? undefined;
+    return answer;
+  };
   const withRawLogits: AddonContextWithFlock["sampleToken"] = (batchLogitIndex, sampler, probabilities, confidence) => {
     if (confidence === true && probabilities !== true) return Promise.resolve([-1, undefined, read(batchLogitIndex)]);
     return sampleToken(batchLogitIndex, sampler, probabilities, confidence);

@@ -90,9 +90,13 @@ export class EngineSequence {
 
   /**
    * Like evaluate, with each position's final hidden state too (the vector that feeds the
-   * output projection); only on models loaded with hidden states.
+   * output projection), and on traced routed contexts its routing; only on models loaded with
+   * hidden states.
    */
-  async evaluateWithHidden(tokens: readonly number[], logitsAt: readonly number[]): Promise<{ logits: Float32Array[]; hidden: Float32Array[] }> {
+  async evaluateWithHidden(
+    tokens: readonly number[],
+    logitsAt: readonly number[],
+  ): Promise<{ logits: Float32Array[]; hidden: Float32Array[]; routing: Array<Float32Array | undefined> }> {
     this.assertHeld();
     if (!this.rawLogits) throw new FlockError("unsupported", "hidden states need flock's native addon (npm run build:native)");
     if (logitsAt.length > 0) engineFaultPoint();
@@ -109,7 +113,7 @@ export class EngineSequence {
       }
       return answer as LogitsWithHidden;
     });
-    return { logits: answers.map((a) => a.logits), hidden: answers.map((a) => a.hidden) };
+    return { logits: answers.map((a) => a.logits), hidden: answers.map((a) => a.hidden), routing: answers.map((a) => a.routing) };
   }
 
   /** Drops every cached token from `length` on (KV rollback). */

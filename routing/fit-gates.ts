@@ -4,10 +4,10 @@
 // stay inside llama.cpp, so adapters of those need gates trained with the authors' code.
 import { FlockError } from "../models/errors.js";
 import type { LoadedModel } from "../models/model.js";
-import { REPORTED_MODULE } from "./routed.js";
+import { OUTPUT_MODULE } from "./routed.js";
 
 /** The modules whose inputs this fit can observe. */
-export const FITTABLE_MODULES = [REPORTED_MODULE] as const;
+export const FITTABLE_MODULES = [OUTPUT_MODULE] as const;
 
 /**
  * The mean final hidden state over `texts` under `base` (loaded with hidden states), reading

@@ -10,7 +10,7 @@ import { FlockError } from "../models/errors.js";
 import type { LoadedModel } from "../models/model.js";
 import type { RoutedLoraConfig } from "../models/native.js";
 import type { Expert, ExpertLibrary } from "./experts.js";
-import { routingScores, topExperts } from "./score.js";
+import { routingScores, topWeights } from "./score.js";
 
 export interface RoutingSettings {
   topK: number;
@@ -27,8 +27,8 @@ export interface VariantSpec {
 /** Creates the context for a variant; supplied by the loader, which owns the engine. */
 export type VariantLoader = (spec: VariantSpec) => Promise<LoadedModel>;
 
-/** The module whose routing is reported per token: its input is the final hidden state. */
-export const REPORTED_MODULE = "output.weight";
+/** The output layer: its input is the final hidden state, the one module input the engine returns (retrieval, fit:gates). */
+export const OUTPUT_MODULE = "output.weight";
 
 /** The contexts of one expert library, most recently used last; the oldest are retired past `max`. */
 export class VariantCache {
@@ -127,8 +127,8 @@ export function planRouting(setup: RoutedSetup, overrides: RoutingOverrides = {}
     const why = library.size === 0 ? "has no experts" : `has no expert with ${method} gates`;
     throw new FlockError("invalid_request", `model ${library.baseId} ${why}`, param);
   }
-  if (mode === "retrieval" && !experts.every((e) => gateOf(e, method, REPORTED_MODULE))) {
-    throw new FlockError("invalid_request", `retrieval compares the prompt with each expert's ${REPORTED_MODULE} gate; some of these experts do not adapt ${REPORTED_MODULE}`, param);
+  if (mode === "retrieval" && !experts.every((e) => gateOf(e, method, OUTPUT_MODULE))) {
+    throw new FlockError("invalid_request", `retrieval compares the prompt with each expert's ${OUTPUT_MODULE} gate; some of these experts do not adapt ${OUTPUT_MODULE}`, param);
   }
   return { ...plan, experts };
 }
@@ -146,7 +146,7 @@ async function retrieve(setup: RoutedSetup, experts: readonly Expert[], prompt: 
   } finally {
     seq.release();
   }
-  const scores = routingScores(setup.method, mean, experts.map((e) => gateOf(e, setup.method, REPORTED_MODULE)!));
+  const scores = routingScores(setup.method, mean, experts.map((e) => gateOf(e, setup.method, OUTPUT_MODULE)!));
   return experts[scores.indexOf(Math.max(...scores))];
 }
 
@@ -172,27 +172,69 @@ function routedConfig(setup: RoutedSetup, plan: RoutingPlan): RoutedLoraConfig {
   };
 }
 
-/** The context a plan runs on, and who serves each token (from the hidden state behind its logits). */
+/** What the engine reports about one position: its final hidden state, and on routed contexts its routing trace. */
+interface PositionReport {
+  hidden: Float32Array;
+  routing?: Float32Array;
+}
+
+/** The context a plan runs on, and who served each token (from the engine's report on the position behind it). */
 interface Variant {
   model: LoadedModel;
-  report(hidden: Float32Array | undefined): RoutingToken | null;
+  report(position: PositionReport | undefined): RoutingToken | null;
+}
+
+/** `blk.3.attn_q.weight` → `attn_q`; `output.weight` → `output`. */
+export function moduleGroup(module: string): string {
+  return module.replace(/^blk\.\d+\./, "").replace(/\.weight$/, "");
+}
+
+/** Mean weight per expert over a set of modules' top-k weights, most first (experts without weight left out). */
+function averaged(totals: Float64Array, modules: number, names: readonly string[]): Array<{ expert: string; weight: number }> {
+  return [...totals]
+    .map((total, i) => ({ expert: names[i], weight: total / modules }))
+    .filter((e) => e.weight > 0)
+    .sort((a, b) => b.weight - a.weight);
+}
+
+/**
+ * One token's routing from its trace (modules × experts softmax, in the engine's module order):
+ * each module keeps its top k renormalised, as the graph did; the token's experts are the mean
+ * over all routed modules, and over each module group.
+ */
+export function summariseTrace(trace: Float32Array, modules: readonly string[], names: readonly string[], topK: number): RoutingToken {
+  const n = names.length;
+  const total = new Float64Array(n);
+  const groups = new Map<string, { totals: Float64Array; modules: number }>();
+  modules.forEach((module, m) => {
+    const group = groups.get(moduleGroup(module)) ?? { totals: new Float64Array(n), modules: 0 };
+    groups.set(moduleGroup(module), group);
+    group.modules++;
+    for (const { expert, weight } of topWeights(trace.subarray(m * n, (m + 1) * n), topK)) {
+      total[expert] += weight;
+      group.totals[expert] += weight;
+    }
+  });
+  return {
+    experts: averaged(total, modules.length, names),
+    groups: Object.fromEntries([...groups].map(([group, g]) => [group, averaged(g.totals, g.modules, names)])),
+  };
 }
 
 /** `context`: the tokens retrieval compares the experts with (the prompt). */
 async function variantFor(setup: RoutedSetup, plan: RoutingPlan, context: readonly number[], signal?: AbortSignal): Promise<Variant> {
   if (plan.mode === "routed") {
-    const config = routedConfig(setup, plan);
-    const reported = config.modules.find((m) => m.name === REPORTED_MODULE);
     const key = JSON.stringify({ version: setup.library.version, method: setup.method, topK: plan.topK, temperature: plan.temperature, experts: plan.experts.map((e) => e.spec.name) });
-    const model = await setup.variants.get(key, { adapters: [], routing: config, hiddenStates: reported !== undefined });
-    const width = reported ? reported.gates.length / plan.experts.length : 0;
-    const gates = plan.experts.map((_, i) => reported?.gates.subarray(i * width, (i + 1) * width) ?? new Float32Array());
+    const model = await setup.variants.get(key, { adapters: [], routing: { ...routedConfig(setup, plan), trace: true }, hiddenStates: true });
+    const names = plan.experts.map((e) => e.spec.name);
+    let modules: string[] | undefined;
     return {
       model,
-      report(hidden) {
-        if (!hidden || !reported) return null;
-        const weights = topExperts(routingScores(setup.method, hidden, gates), plan.topK, plan.temperature);
-        return { experts: weights.map((w) => ({ expert: plan.experts[w.expert].spec.name, weight: w.weight })) };
+      report(position) {
+        if (!position?.routing) return null;
+        // The engine's module order is fixed per context; read once, after the first evaluation.
+        modules ??= model.routingTraceModules();
+        return summariseTrace(position.routing, modules, names, plan.topK);
       },
     };
   }
@@ -208,10 +250,10 @@ async function variantFor(setup: RoutedSetup, plan: RoutingPlan, context: readon
 export async function* routedDecode(setup: RoutedSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
   const plan = planRouting(setup, request.routing);
   const { model, report } = await variantFor(setup, plan, request.prompt, request.signal);
-  const hiddenStates: Float32Array[] = [];
-  const observeHidden = model.hasHiddenStates ? (h: Float32Array) => hiddenStates.push(h) : undefined;
-  for await (const step of plainDecode(model, { ...request, observeHidden })) {
-    yield { ...step, routing: step.tokens.map(() => report(hiddenStates.shift())) };
+  const positions: PositionReport[] = [];
+  const observePosition = model.hasHiddenStates ? (p: PositionReport) => positions.push(p) : undefined;
+  for await (const step of plainDecode(model, { ...request, observePosition })) {
+    yield { ...step, routing: step.tokens.map(() => report(positions.shift())) };
   }
 }
 
@@ -230,8 +272,8 @@ export async function scoreRouted(setup: RoutedSetup, overrides: RoutingOverride
       const logits = await seq.evaluate(tokens, positions);
       return { logits, routing: logits.map(() => report(undefined)) };
     }
-    const { logits, hidden } = await seq.evaluateWithHidden(tokens, positions);
-    return { logits, routing: hidden.map((h) => report(h)) };
+    const { logits, hidden, routing } = await seq.evaluateWithHidden(tokens, positions);
+    return { logits, routing: hidden.map((h, i) => report({ hidden: h, routing: routing[i] })) };
   } finally {
     seq.release();
   }

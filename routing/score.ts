@@ -1,9 +1,7 @@
-// How a routed module weighs its experts for one input vector — the same computation flock's
-// llama.cpp patch performs in the graph (models/native/patches, llama-flock.cpp), used here to
-// report which experts served a token, and for retrieval.
+// How a routed module weighs its experts — the same computation flock's llama.cpp patch
+// performs in the graph (models/native/patches, llama-flock.cpp): scores for retrieval, and the
+// top-k weights a module keeps from its softmax, for reporting the engine's routing traces.
 import type { RoutingMethod } from "../decoding/routing.js";
-
-export type { RoutingMethod };
 
 export interface ExpertWeight {
   expert: number;
@@ -33,11 +31,11 @@ export function routingScores(method: RoutingMethod, x: ArrayLike<number>, gates
   });
 }
 
-/** softmax(scores / T), the top k kept and renormalised, most weight first. */
-export function topExperts(scores: readonly number[], topK: number, temperature: number): ExpertWeight[] {
-  const max = Math.max(...scores);
-  const e = scores.map((s) => Math.exp((s - max) / temperature));
-  const order = e.map((w, i) => ({ expert: i, weight: w })).sort((a, b) => b.weight - a.weight).slice(0, Math.min(topK, e.length));
+/** A module's softmax over the experts, the top k kept and renormalised, most weight first. */
+export function topWeights(probabilities: ArrayLike<number>, topK: number): ExpertWeight[] {
+  const order = Array.from(probabilities, (p, i) => ({ expert: i, weight: p }))
+    .sort((a, b) => b.weight - a.weight || a.expert - b.expert)
+    .slice(0, Math.min(topK, probabilities.length));
   const mass = order.reduce((acc, o) => acc + o.weight, 0);
-  return order.map((o) => ({ expert: o.expert, weight: o.weight / mass }));
+  return order.map((o) => ({ expert: o.expert, weight: mass > 0 ? o.weight / mass : 1 / order.length }));
 }

@@ -110,7 +110,7 @@ export class FusionTally {
   }
 }
 
-/** Expert usage of one choice or a whole response, at the reported module (the output layer). */
+/** Expert usage of one choice or a whole response (each token: mean weight over the routed modules). */
 export class RoutingTally {
   readonly tokens: Array<RoutingToken | null> = [];
 

@@ -180,7 +180,7 @@ export class Metrics {
 
     this.routedTokens = new Counter({
       name: "flock_routed_tokens_total",
-      help: "Generated tokens of routed models, by the expert with the most weight at the output layer.",
+      help: "Generated tokens of routed models, by the expert with the most weight over the routed modules.",
       labelNames: ["model", "expert"],
       registers,
     });
@@ -220,7 +220,7 @@ export class Metrics {
     );
   }
 
-  /** Routed models: `tokens` generated tokens whose output layer gave `expert` the most weight. */
+  /** Routed models: `tokens` generated tokens whose routed modules gave `expert` the most weight. */
   observeRouting(model: string, expert: string, tokens: number): void {
     this.routedTokens.inc({ model, expert }, tokens);
   }

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama, type Llama, type LlamaModel, type Token } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { hasFlockAddon, type RoutedLoraConfig, setRoutedLoras } from "../models/native.js";
+import { enableRawLogits, hasFlockAddon, type LogitsWithHidden, type RoutedLoraConfig, routingTraceModules, setRoutedLoras } from "../models/native.js";
 import { createRng } from "../models/util/rng.js";
 import { type AppliedLora, LlamaOracle, loadLoraAdapter, type RoutedLora, softmax } from "./oracle/llama.js";
 import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "../models/forge/random.js";
@@ -124,6 +124,42 @@ describe("routed LoRA in llama.cpp", () => {
     });
     const base = await engine(() => {});
     cleared.forEach((p, i) => expect(gap(p, base[i])).toBeLessThan(1e-6));
+  });
+
+  it("traces each output token's per-module routing, equal to the oracle's softmax over the adapters", async (ctx) => {
+    if (!required && !available()) ctx.skip();
+    const gates = randomGates(9, 1);
+    const record = new Map<string, Float64Array[]>();
+    const oracle = await LlamaOracle.load(modelPath, { numerics: "ggml-cpu" });
+    oracle.forward(prompt, [], { adapters, gates, method: "phatgoose", topK: 2, temperature: 1, record });
+    const context = await model.createContext({ contextSize: 256, threads: 1, flashAttention: false });
+    setRoutedLoras(context, { ...engineConfig(gates, "phatgoose", 2, 1), trace: true });
+    enableRawLogits(context, { hiddenStates: true, routedAdapters: 3 });
+    const seq = context.getSequence();
+    const gaps: number[] = [];
+    // Every position an output, then (after a rollback) only two: the last layer's FFN and the
+    // output layer then see only the output rows.
+    for (const outputs of [prompt.map((_, i) => i), [3, prompt.length - 1]]) {
+      await seq.eraseContextTokenRanges([{ start: 0, end: seq.nextTokenIndex }]);
+      const results = await seq.controlledEvaluate(prompt.map((t, i) => (outputs.includes(i) ? [t as Token, { generateNext: { confidence: true } }] : (t as Token))));
+      const modules = routingTraceModules(context);
+      expect([...modules].sort()).toEqual([...gates.keys()].sort());
+      for (const pos of outputs) {
+        const trace = (results[pos]!.next!.confidence as unknown as LogitsWithHidden).routing!;
+        expect(trace.length).toBe(modules.length * 3);
+        modules.forEach((module, m) => {
+          const expected = record.get(module)![pos];
+          for (let i = 0; i < 3; i++) gaps.push(Math.abs(trace[m * 3 + i] - expected[i]));
+        });
+      }
+    }
+    // The module inputs carry llama.cpp's rounding from the layers before (the oracle emulates
+    // it closely, not exactly): most probabilities agree to 1e-6, a few drift by up to ~8e-3.
+    // A wrong row or module would be off by tenths.
+    gaps.sort((a, b) => a - b);
+    expect(gaps[Math.floor(gaps.length / 2)]).toBeLessThan(1e-5);
+    expect(gaps.at(-1)!).toBeLessThan(2e-2);
+    await context.dispose();
   });
 
   it("refuses a module the model does not have", async (ctx) => {

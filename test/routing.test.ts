@@ -75,7 +75,7 @@ describe.runIf(native || required)("routing quality on forged domains", () => {
     expect(routed).toBeLessThan(Math.min(...Object.values(baselines)) - 0.02);
   });
 
-  it("on domain-pure text, the routed output layer gives that domain's expert the most weight on at least 90% of tokens", async () => {
+  it("on domain-pure text, the routed modules give that domain's expert the most weight on at least 90% of tokens", async () => {
     for (const d of manifest.domains) {
       const tokens = phatgoose.model.tokenizePrompt(d.heldOutText).slice(0, 400);
       const { routing } = await scoreRouted(phatgoose, {}, tokens);

@@ -251,12 +251,18 @@ export function describe(token, i, palette, done) {
     row("fusion", swatch(token.fusion.expert ?? "none", palette, `α = ${token.fusion.alpha.toFixed(2)}`));
   }
   if (token.routing) {
-    const box = el("span");
-    token.routing.experts.forEach((e, j) => {
-      if (j > 0) box.append(el("br"));
-      box.append(swatch(e.expert, palette, pct(e.weight)));
-    });
-    row("experts", box);
+    /** @param {Array<{ expert: string, weight: number }>} weights */
+    const weightsBox = (weights) => {
+      const box = el("span");
+      weights.forEach((e, j) => {
+        if (j > 0) box.append(el("br"));
+        box.append(swatch(e.expert, palette, pct(e.weight)));
+      });
+      return box;
+    };
+    row("experts", weightsBox(token.routing.experts));
+    // Per module group (attn_q, ffn_down, output, …): the mean over that group's layers.
+    for (const [group, weights] of Object.entries(token.routing.groups ?? {})) row(group, weightsBox(weights));
   } else if (token.routing === null) row("experts", "not reported for this token");
   nodes.push(dl);
   if (token.top.length > 0) {

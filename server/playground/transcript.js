@@ -9,7 +9,8 @@
  * @typedef {{ token: number, text: string, draft_probability: number, acceptance_probability: number, predicted_acceptance?: number }} RejectedCandidate
  * @typedef {{ origin: "accepted" | "recovered" | "bonus", round: number, drafted: number, draft_probability?: number, acceptance_probability?: number, predicted_acceptance?: number, rejected?: RejectedCandidate }} SpeculativeDetail
  * @typedef {{ expert: string | null, alpha: number }} FusionDetail
- * @typedef {{ experts: Array<{ expert: string, weight: number }> } | null} RoutingDetail
+ * @typedef {Array<{ expert: string, weight: number }>} ExpertWeights
+ * @typedef {{ experts: ExpertWeights, groups?: Record<string, ExpertWeights> } | null} RoutingDetail
  * @typedef {{ text: string, logprob: number }} Alternative
  * @typedef {{
  *   text: string | null,

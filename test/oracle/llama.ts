@@ -43,6 +43,8 @@ export interface RoutedLora {
   method: "phatgoose" | "arrow";
   topK: number;
   temperature: number;
+  /** When given, receives each module's softmax over the adapters, position by position. */
+  record?: Map<string, Float64Array[]>;
 }
 
 export interface ForwardResult {
@@ -260,6 +262,7 @@ function addRouted(y: Float32Array, x: Float32Array, routed: RoutedLora, gates: 
     return routed.method === "phatgoose" ? dot / Math.sqrt(x.length) : Math.abs(dot);
   });
   const probs = softmax(scores.map((s) => s / routed.temperature));
+  if (routed.record) routed.record.set(name, [...(routed.record.get(name) ?? []), probs]);
   const top = [...probs.keys()].sort((a, b) => probs[b] - probs[a]).slice(0, Math.min(routed.topK, n));
   const mass = top.reduce((acc, i) => acc + probs[i], 0);
   for (const i of top) {

@@ -8,8 +8,8 @@ import type { LoadedModel } from "../../models/model.js";
 import { readSafetensors, writeSafetensors } from "../../models/safetensors.js";
 import { createRng } from "../../models/util/rng.js";
 import { arrowGate, gateModule } from "../../routing/gates.js";
-import { VariantCache } from "../../routing/routed.js";
-import { routingScores, standardise, topExperts } from "../../routing/score.js";
+import { moduleGroup, summariseTrace, VariantCache } from "../../routing/routed.js";
+import { routingScores, standardise, topWeights } from "../../routing/score.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flock-routing-unit-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -63,16 +63,30 @@ describe("scores and weights", () => {
     expect(lx.reduce((a, b) => a + b * b, 0) / 4).toBeCloseTo(1, 4);
   });
 
-  it("topExperts: softmax with temperature, the k largest kept and renormalised, most weight first", () => {
-    const scores = [1, 3, 2, -1];
-    const w = topExperts(scores, 2, 0.5);
+  it("topWeights: the k largest of a module's softmax kept and renormalised, most weight first", () => {
+    const probabilities = [0.1, 0.5, 0.3, 0.1];
+    const w = topWeights(probabilities, 2);
     expect(w.map((e) => e.expert)).toEqual([1, 2]);
-    const e3 = Math.exp(3 / 0.5);
-    const e2 = Math.exp(2 / 0.5);
-    expect(w[0].weight).toBeCloseTo(e3 / (e3 + e2), 12);
-    expect(w[0].weight + w[1].weight).toBeCloseTo(1, 12);
-    expect(topExperts(scores, 10, 1)).toHaveLength(4);
-    expect(topExperts(scores, 1, 1)).toEqual([{ expert: 1, weight: 1 }]);
+    expect(w[0].weight).toBeCloseTo(0.5 / 0.8, 12);
+    expect(w[1].weight).toBeCloseTo(0.3 / 0.8, 12);
+    expect(topWeights(probabilities, 10)).toHaveLength(4);
+    expect(topWeights(probabilities, 1)).toEqual([{ expert: 1, weight: 1 }]);
+  });
+
+  it("summariseTrace: per token, each expert's mean top-k weight over the modules and per module group", () => {
+    // Three modules × three experts; top-2 per module.
+    const trace = Float32Array.from([0.6, 0.3, 0.1, 0.2, 0.2, 0.6, 0.1, 0.8, 0.1]);
+    const modules = ["blk.0.attn_q.weight", "blk.1.attn_q.weight", "output.weight"];
+    const token = summariseTrace(trace, modules, ["a", "b", "c"], 2);
+    // attn_q (2 modules): a .6/.9 + .2/.8 (tie b/c at .2: the lower index wins) → a (2/3 + 1/4)/2, b (1/3 + 0)/2, c (0 + 3/4)/2
+    const q = Object.fromEntries(token.groups!.attn_q.map((e) => [e.expert, e.weight]));
+    expect(q.a).toBeCloseTo((2 / 3 + 1 / 4) / 2, 6);
+    expect(q.b).toBeCloseTo(1 / 3 / 2, 6);
+    expect(q.c).toBeCloseTo(3 / 4 / 2, 6);
+    expect(token.groups!.output.map((e) => e.expert)).toEqual(["b", "a"]);
+    expect(token.experts.reduce((acc, e) => acc + e.weight, 0)).toBeCloseTo(1, 6);
+    expect(token.experts[0].weight).toBeGreaterThanOrEqual(token.experts[1].weight);
+    expect(moduleGroup("blk.12.ffn_down.weight")).toBe("ffn_down");
   });
 });
 

@@ -212,9 +212,10 @@ Napi::Value AddonContext::FlockGetHiddenState(const Napi::CallbackInfo& info) {
     return result;
 }
 
-// flockSetRoutedLoras(paths[], scales[], modules[], gates[], method, topK, temperature): routed
-// LoRA over these adapter files on this context (see llama_flock_set_routed_loras). gates[m] is
-// a Float32Array of n_adapters × d_in values for module m. An empty paths list clears routing.
+// flockSetRoutedLoras(paths[], scales[], modules[], gates[], method, topK, temperature, trace):
+// routed LoRA over these adapter files on this context (see llama_flock_set_routed_loras).
+// gates[m] is a Float32Array of n_adapters × d_in values for module m. An empty paths list
+// clears routing. With trace, flockGetRoutingTrace reads each output token's routing.
 // Adapters are loaded once per model and file, and live as long as the model.
 Napi::Value AddonContext::FlockSetRoutedLoras(const Napi::CallbackInfo& info) {
     const Napi::Env env = info.Env();
@@ -229,6 +230,7 @@ Napi::Value AddonContext::FlockSetRoutedLoras(const Napi::CallbackInfo& info) {
     const int32_t method = info[4].As<Napi::Number>().Int32Value();
     const int32_t topK = info[5].As<Napi::Number>().Int32Value();
     const float temperature = info[6].As<Napi::Number>().FloatValue();
+    const bool trace = info.Length() > 7 && info[7].As<Napi::Boolean>().Value();
 
     if (paths.Length() == 0) {
         llama_flock_clear_routed_loras(ctx);
@@ -270,9 +272,40 @@ Napi::Value AddonContext::FlockSetRoutedLoras(const Napi::CallbackInfo& info) {
     const int32_t status = llama_flock_set_routed_loras(
         ctx, adapters.data(), adapterScales.data(), (int32_t) adapters.size(),
         namePointers.data(), gatePointers.data(), (int32_t) namePointers.size(),
-        method == 1 ? LLAMA_FLOCK_ROUTING_ARROW : LLAMA_FLOCK_ROUTING_PHATGOOSE, topK, temperature);
+        method == 1 ? LLAMA_FLOCK_ROUTING_ARROW : LLAMA_FLOCK_ROUTING_PHATGOOSE, topK, temperature, trace);
     if (status != 0) {
         Napi::Error::New(env, "routed LoRA configuration failed (see the log)").ThrowAsJavaScriptException();
     }
     return env.Undefined();
+}
+
+// flockGetRoutingTraceModules(): the routed modules the last decode traced, in graph order.
+Napi::Value AddonContext::FlockGetRoutingTraceModules(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (disposed) {
+        Napi::Error::New(env, "Context is disposed").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    const int32_t n = llama_flock_routing_trace_n_modules(ctx);
+    Napi::Array names = Napi::Array::New(env, n);
+    for (int32_t j = 0; j < n; j++) names.Set(j, Napi::String::New(env, llama_flock_routing_trace_module(ctx, j)));
+    return names;
+}
+
+// flockGetRoutingTrace(batchLogitIndex, nAdapters): that output token's routing, n_modules rows
+// of nAdapters probabilities (softmax over the adapters, before the top-k), or null.
+Napi::Value AddonContext::FlockGetRoutingTrace(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (disposed) {
+        Napi::Error::New(env, "Context is disposed").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    const int32_t batchLogitIndex = info[0].As<Napi::Number>().Int32Value();
+    const int32_t nAdapters = info[1].As<Napi::Number>().Int32Value();
+    const float* trace = llama_flock_get_routing_trace_ith(ctx, batchLogitIndex);
+    if (trace == nullptr) return env.Null();
+    const size_t n = (size_t) llama_flock_routing_trace_n_modules(ctx) * nAdapters;
+    Napi::Float32Array result = Napi::Float32Array::New(env, n);
+    std::memcpy(result.Data(), trace, sizeof(float) * n);
+    return result;
 }
