@@ -1,5 +1,6 @@
 // What decoders consume and produce. Steps flow as an AsyncGenerator<DecodeStep> to server/,
 // which only formats them.
+import type { RoutingTrace } from "../models/native.js";
 import type { EngineSequence } from "../models/sequence.js";
 import type { SamplingParams } from "./sampler.js";
 import type { FusionOverrides } from "./fusion/decoder.js";
@@ -45,7 +46,7 @@ export interface GenerationRequest {
    * logits — its final hidden state and, on traced routed contexts, its routing — before the
    * token is chosen (plain decoding on a model loaded with hidden states).
    */
-  observePosition?: (position: { hidden: Float32Array; routing?: Float32Array }) => void;
+  observePosition?: (position: { hidden: Float32Array; routing?: RoutingTrace }) => void;
 }
 
 /**

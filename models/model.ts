@@ -12,7 +12,7 @@ import {
 } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import type { Capabilities } from "./engine.js";
-import { enableRawLogits, type FusionGridKernel, fusionGridKernel, type RoutedLoraConfig, routingTraceModules, setRoutedLoras } from "./native.js";
+import { enableRawLogits, type FusionGridKernel, fusionGridKernel, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
 import type { ModelEntry } from "./registry.js";
 import { EngineSequence } from "./sequence.js";
 
@@ -258,11 +258,6 @@ export class LoadedModel {
     if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
     this.onAcquire?.((performance.now() - waiter.since) / 1000);
     waiter.resolve(this.wrap(seq));
-  }
-
-  /** Routed contexts with traces: the modules of each token's routing trace, in order (after an evaluation). */
-  routingTraceModules(): string[] {
-    return routingTraceModules(this.context);
   }
 
   /** Whether the context has been freed (shutdown, or a retired variant). */

@@ -45,17 +45,20 @@ export function setRoutedLoras(context: LlamaContext, config: RoutedLoraConfig |
   );
 }
 
-/** The routed modules the context's last evaluation traced, in the order of its routing traces. */
-export function routingTraceModules(context: LlamaContext): string[] {
-  return (context as unknown as { _ctx: AddonContextWithFlock })._ctx.flockGetRoutingTraceModules();
+/** One output token's routing on a traced routed context. */
+export interface RoutingTrace {
+  /** Each routed module's softmax over the adapters, modules × adapters, in `modules` order. */
+  probabilities: Float32Array;
+  /** The routed modules (weight names), in graph order. */
+  modules: readonly string[];
 }
 
 /** What a raw-logits request returns on a context with hidden states enabled. */
 export interface LogitsWithHidden {
   logits: Float32Array;
   hidden: Float32Array;
-  /** Routed contexts: each routed module's softmax over the adapters (modules × adapters), graph order. */
-  routing?: Float32Array;
+  /** Traced routed contexts: the position's routing. */
+  routing?: RoutingTrace;
 }
 
 /**
@@ -94,10 +97,19 @@ export function enableRawLogits(context: LlamaContext, options: { hiddenStates?:
   const sampleToken = addon.sampleToken.bind(addon);
   if (options.hiddenStates) addon.flockEnableHiddenStates();
   const adapters = options.routedAdapters ?? 0;
+  // The module list is the context's state after its last decode: it may only be read here,
+  // between decodes (node-llama-cpp maps a batch's logits before it starts the next one); read
+  // at any other time it races with a decode running on llama.cpp's thread. Fixed per context
+  // once known, so read again only when a trace does not match it.
+  let modules: readonly string[] = [];
   const read = (index: number): Float32Array | LogitsWithHidden => {
     if (!options.hiddenStates) return addon.flockGetLogits(index);
     const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index), hidden: addon.flockGetHiddenState(index) };
-    if (adapters > 0) answer.routing = addon.flockGetRoutingTrace(index, adapters) ?? undefined;
+    const probabilities = adapters > 0 ? addon.flockGetRoutingTrace(index, adapters) : null;
+    if (probabilities) {
+      if (modules.length * adapters !== probabilities.length) modules = addon.flockGetRoutingTraceModules();
+      answer.routing = { probabilities, modules };
+    }
     return answer;
   };
   const withRawLogits: AddonContextWithFlock["sampleToken"] = (batchLogitIndex, sampler, probabilities, confidence) => {

@@ -3,7 +3,7 @@
 import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import { engineFaultPoint } from "./faults.js";
-import type { LogitsWithHidden } from "./native.js";
+import type { LogitsWithHidden, RoutingTrace } from "./native.js";
 
 export class EngineSequence {
   private released = false;
@@ -96,7 +96,7 @@ export class EngineSequence {
   async evaluateWithHidden(
     tokens: readonly number[],
     logitsAt: readonly number[],
-  ): Promise<{ logits: Float32Array[]; hidden: Float32Array[]; routing: Array<Float32Array | undefined> }> {
+  ): Promise<{ logits: Float32Array[]; hidden: Float32Array[]; routing: Array<RoutingTrace | undefined> }> {
     this.assertHeld();
     if (!this.rawLogits) throw new FlockError("unsupported", "hidden states need flock's native addon (npm run build:native)");
     if (logitsAt.length > 0) engineFaultPoint();

@@ -8,7 +8,7 @@ import type { RoutingMethod, RoutingMode, RoutingOverrides } from "../decoding/r
 import type { DecodeStep, GenerationRequest, RoutingToken } from "../decoding/types.js";
 import { FlockError } from "../models/errors.js";
 import type { LoadedModel } from "../models/model.js";
-import type { RoutedLoraConfig } from "../models/native.js";
+import type { RoutedLoraConfig, RoutingTrace } from "../models/native.js";
 import type { Expert, ExpertLibrary } from "./experts.js";
 import { routingScores, topWeights } from "./score.js";
 
@@ -175,7 +175,7 @@ function routedConfig(setup: RoutedSetup, plan: RoutingPlan): RoutedLoraConfig {
 /** What the engine reports about one position: its final hidden state, and on routed contexts its routing trace. */
 interface PositionReport {
   hidden: Float32Array;
-  routing?: Float32Array;
+  routing?: RoutingTrace;
 }
 
 /** The context a plan runs on, and who served each token (from the engine's report on the position behind it). */
@@ -227,14 +227,13 @@ async function variantFor(setup: RoutedSetup, plan: RoutingPlan, context: readon
     const key = JSON.stringify({ version: setup.library.version, method: setup.method, topK: plan.topK, temperature: plan.temperature, experts: plan.experts.map((e) => e.spec.name) });
     const model = await setup.variants.get(key, { adapters: [], routing: { ...routedConfig(setup, plan), trace: true }, hiddenStates: true });
     const names = plan.experts.map((e) => e.spec.name);
-    let modules: string[] | undefined;
     return {
       model,
       report(position) {
-        if (!position?.routing) return null;
-        // The engine's module order is fixed per context; read once, after the first evaluation.
-        modules ??= model.routingTraceModules();
-        return summariseTrace(position.routing, modules, names, plan.topK);
+        const trace = position?.routing;
+        // A trace that does not cover every expert in every module would be misread: none.
+        if (!trace || trace.modules.length === 0 || trace.probabilities.length !== trace.modules.length * names.length) return null;
+        return summariseTrace(trace.probabilities, trace.modules, names, plan.topK);
       },
     };
   }

@@ -117,7 +117,7 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
     choices[index].add(step);
     observed.step(index, step.tokens.length);
     for (const token of step.fusion ?? []) metrics.observeFusion(model, token.alpha);
-    for (const token of step.routing ?? []) if (token) metrics.observeRouting(model, token.experts[0].expert, 1);
+    for (const token of step.routing ?? []) if (token && token.experts.length > 0) metrics.observeRouting(model, token.experts[0].expert, 1);
     if (step.finishReason) observed.finish(index, step.finishReason);
   };
   /** Why generation stopped early, if it did (the abort reason). */

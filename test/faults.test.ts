@@ -136,3 +136,48 @@ describe("a sequence released during an evaluation", () => {
     expect(Math.max(...logits.map((x, i) => Math.abs(x - expected[i])))).toBeLessThan(1e-4);
   });
 });
+
+// Found by npm run test:reliability: a routed context knows which modules its routing traces
+// cover only after a decode, and read at any other moment that list raced with the decode of
+// another sequence of the context on llama.cpp's thread ("Error in native callback", a 500; or
+// an empty list and tokens reported with no experts). It is now read with each trace, between
+// decodes. Here requests of different prompt lengths share one routed context, so prompts are
+// decoded beside other requests' generation steps.
+describe("routed requests sharing one context", () => {
+  let t: TestServer;
+  beforeAll(async () => {
+    const base = manifest.models["flock-routing-base"];
+    const experts = Object.values(manifest.adapters).filter((a) => a.base === "flock-routing-base");
+    t = await startTestServer({
+      models: [
+        {
+          id: "routing",
+          path: forgedPath(base.file),
+          parallel: 4,
+          experts: { library: experts.map((a) => ({ name: a.domain, lora: forgedPath(a.file), ...(a.gates ? { gates: forgedPath(a.gates) } : {}) })) },
+        },
+      ],
+    });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it("report every token's experts", async () => {
+    const words = ["The cook", "the cook stirs the soup and the", "a sailor", "the ship sails over the sea and the cook tastes the"];
+    const ask = async (i: number) => {
+      const res = await fetch(`${t.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "routing+phatgoose", prompt: words[i % words.length].repeat(1 + (i % 3)), max_tokens: 6 + (i % 5), ...endless, flock: { routing: { detail: true } } }),
+      });
+      expect(res.status).toBe(200);
+      return ((await res.json()) as { flock: { routing: { tokens_reported: number; tokens: Array<{ experts: unknown[] } | null> } } }).flock.routing;
+    };
+    const answers = await Promise.all(Array.from({ length: 16 }, (_, i) => ask(i)));
+    for (const routing of answers) {
+      expect(routing.tokens_reported).toBe(routing.tokens.length);
+      for (const token of routing.tokens) expect(token!.experts.length).toBeGreaterThan(0);
+    }
+  });
+});
