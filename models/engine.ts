@@ -2,6 +2,7 @@
 // each GGUF file once, and hands out LoadedModels (one context per served model id).
 import { availableParallelism } from "node:os";
 import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
+import { checkAdapter } from "./adapter-check.js";
 import { FlockError } from "./errors.js";
 import { LoadedModel } from "./model.js";
 import { hasFlockAddon, type RoutedLoraConfig } from "./native.js";
@@ -80,12 +81,28 @@ export class Engine {
     if (options.routing && !this.capabilities.routedLora) {
       throw new FlockError("unsupported", `model ${entry.id} needs routed LoRA, which this build lacks (run npm run build:native)`);
     }
-    const weights = await this.weightsFor(entry.path, entry.gpuLayers);
-    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options);
+    // Errors name the model id and the file: a startup that fails says which entry to fix.
+    const weights = await this.weightsFor(entry.path, entry.gpuLayers).catch((err: unknown) => {
+      throw err instanceof FlockError ? new FlockError(err.kind, `model ${entry.id}: ${err.message}`) : err;
+    });
+    for (const lora of entry.lora) await checkAdapter(entry.id, weights, entry.path, lora.path);
+    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options).catch((err: unknown) => {
+      if (err instanceof FlockError) throw err;
+      throw new FlockError("unavailable", `model ${entry.id}: cannot create a context for ${entry.path}${entry.lora.length > 0 ? ` with ${entry.lora.map((l) => l.path).join(", ")}` : ""}: ${(err as Error).message}`);
+    });
     // Retired contexts (routed variants) leave the list once freed.
     for (let i = this.loaded.length - 1; i >= 0; i--) if (this.loaded[i].isDisposed) this.loaded.splice(i, 1);
     this.loaded.push(model);
     return model;
+  }
+
+  /**
+   * Every context the engine holds (served models, drafts, fusion's small models, routed
+   * variants) and its sequences in use: GET /admin/status shows it, the reliability suite checks
+   * that nothing stays allocated.
+   */
+  contexts(): Array<{ id: string; parallel: number; running: number; waiting: number }> {
+    return this.loaded.filter((m) => !m.isDisposed).map((m) => ({ id: m.id, parallel: m.parallel, running: m.runningSequences, waiting: m.waitingSequences }));
   }
 
   private weightsFor(path: string, gpuLayers: ModelEntry["gpuLayers"]): Promise<LlamaModel> {
@@ -93,7 +110,15 @@ export class Engine {
     if (!weights) {
       weights = this.llama.loadModel({ modelPath: path, gpuLayers }).catch((cause: unknown) => {
         this.weights.delete(path);
-        throw new FlockError("unavailable", `cannot load model file ${path}: ${(cause as Error).message}`, null, { cause });
+        // llama.cpp's own reason (e.g. tensor data past the end of a truncated file) is in its
+        // log; node-llama-cpp's message is often just "Failed to load model".
+        const reason = (cause as Error).message;
+        const why = /^failed to load model$/i.test(reason)
+          ? "llama.cpp could not load it (corrupt or truncated?)"
+          : cause instanceof RangeError // node-llama-cpp's GGUF header parser ran into nonsense
+            ? `its GGUF header cannot be read (corrupt?): ${reason}`
+            : reason;
+        throw new FlockError("unavailable", `cannot load model file ${path}: ${why}`);
       });
       this.weights.set(path, weights);
     }

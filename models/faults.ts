@@ -1,7 +1,8 @@
 // Test-mode fault injection: makes the engine fail in the middle of a generation, so the
 // reliability suite can check that such a failure reaches the client as an OpenAI-shaped error
 // and that the server keeps serving. Off unless the process runs with NODE_ENV=test and
-// FLOCK_FAULTS=1; then a request opts in with the header `x-flock-fault: engine-error-after=N`.
+// FLOCK_FAULTS=1; then a request opts in with the header `x-flock-fault: engine-error-after=N`
+// (or `x-flock-fault: gc`: a full garbage collection before the request is served).
 //
 // The fault travels with the request's async context (AsyncLocalStorage), not through the
 // decoders' arguments: every pipeline (plain, speculative, fusion, routed) reaches the engine
@@ -57,6 +58,18 @@ export function engineFaultPoint(): void {
     throw new InjectedEngineFault(plan.engineErrorAfter);
   }
   plan.evaluations++;
+}
+
+/**
+ * A full garbage collection, when node runs with --expose-gc: the reliability suite asks for one
+ * (header `x-flock-fault: gc`) before it reads the RSS, so that it compares memory in use
+ * rather than the garbage collector's timing. False when gc is not exposed.
+ */
+export function collectGarbage(): boolean {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) return false;
+  gc();
+  return true;
 }
 
 /** Faults thrown so far in this process. */

@@ -6,7 +6,7 @@ import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import { routePath } from "hono/route";
 import { FlockError } from "../models/errors.js";
-import { FAULT_HEADER, faultsEnabled, parseFault, withFault } from "../models/faults.js";
+import { collectGarbage, FAULT_HEADER, faultsEnabled, parseFault, withFault } from "../models/faults.js";
 import type { Pipeline, PipelineRegistry } from "../routing/pipeline.js";
 import { KeySet, requireAdminKey, requireApiKey } from "./auth.js";
 import { errorBody, HttpError, toOpenAIError } from "./errors.js";
@@ -141,7 +141,9 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   if (faultsEnabled()) {
     ctx.log.warn("fault injection is on (FLOCK_FAULTS=1, NODE_ENV=test): requests may carry " + FAULT_HEADER);
     app.use(async (c, next) => {
-      const plan = parseFault(c.req.header(FAULT_HEADER));
+      const header = c.req.header(FAULT_HEADER);
+      if (header === "gc") collectGarbage();
+      const plan = parseFault(header);
       return plan ? withFault(plan, next) : next();
     });
   }

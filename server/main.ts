@@ -18,7 +18,11 @@ if (config === null) {
 
 const log = createLogger(config.logLevel);
 const server = await startServer(config, log);
-server.ready.catch(() => process.exit(1));
+// A model that cannot be loaded stops the server: the log line has the details, stderr the gist.
+server.ready.catch((err: unknown) => {
+  console.error(`flock: cannot start: ${(err as Error).message}`);
+  process.exit(1);
+});
 
 // The first SIGTERM/SIGINT drains (requests in flight get shutdownTimeout seconds); a second one
 // cancels what is still running at once. Either way predictors are saved and the exit code is 0.

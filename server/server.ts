@@ -57,6 +57,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     status: () => ({
       uptimeSeconds: Math.round((Date.now() - started) / 1000),
       engine: engine ? (engine as Engine).describe() : null,
+      contexts: engine ? (engine as Engine).contexts() : [],
     }),
   });
 
