@@ -1,4 +1,4 @@
-// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--thresholds auto,0.7] [--only NAME]
+// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME]
 // Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
 // temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
 // own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor.
@@ -29,6 +29,7 @@ const { values } = parseArgs({
     json: { type: "string" },
     thresholds: { type: "string" },
     only: { type: "string" },
+    chunk: { type: "string" },
   },
   strict: false,
 });
@@ -83,6 +84,25 @@ interface Run {
   verifiedAcceptance: number;
   /** Share of generated tokens produced after the run's state sequence first repeated. */
   cyclic: number;
+  /** Positions verified (the weight of the two acceptances when runs are merged). */
+  verified: number;
+}
+
+/** Two runs over different prompts as one. */
+function mergeRuns(a: Run, b: Run): Run {
+  const stats = new SpeculativeStats();
+  stats.merge(a.stats);
+  stats.merge(b.stats);
+  const byVerified = (f: (r: Run) => number) => (a.verified + b.verified > 0 ? (f(a) * a.verified + f(b) * b.verified) / (a.verified + b.verified) : 0);
+  return {
+    seconds: a.seconds + b.seconds,
+    tokens: a.tokens + b.tokens,
+    stats,
+    expectedAcceptance: byVerified((r) => r.expectedAcceptance),
+    verifiedAcceptance: byVerified((r) => r.verifiedAcceptance),
+    cyclic: (a.cyclic * a.tokens + b.cyclic * b.tokens) / (a.tokens + b.tokens),
+    verified: a.verified + b.verified,
+  };
 }
 
 function cyclicShare(prompt: number[], tokens: number[]): number {
@@ -133,6 +153,7 @@ async function runFlock(pipeline: Pipeline, sampling: SamplingParams, speculativ
     expectedAcceptance: verified ? expected / verified : 0,
     verifiedAcceptance: verified ? stats.acceptedTokens / verified : 0,
     cyclic: cyclic / tokens,
+    verified,
   };
 }
 
@@ -159,7 +180,7 @@ async function runDraftSequencePredictor(temperature: number, first: number, cou
   const { validated, refuted } = sequence.tokenPredictions;
   await targetContext.dispose();
   await draftContext.dispose();
-  return { seconds, tokens, stats: new SpeculativeStats(), expectedAcceptance: 0, verifiedAcceptance: 0, cyclic: cyclic / tokens, validated, refuted };
+  return { seconds, tokens, stats: new SpeculativeStats(), expectedAcceptance: 0, verifiedAcceptance: 0, cyclic: cyclic / tokens, verified: 0, validated, refuted };
 }
 
 interface Variant {
@@ -180,6 +201,7 @@ const allVariants: Variant[] = [
 const variants = allVariants.filter((v) => !values.only || v.name === "target only" || v.name.includes(String(values.only)));
 
 const REPEATS = Number(values.repeats ?? 3);
+const CHUNK = Number(values.chunk ?? 2);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const rows: BenchReport["rows"] = [];
 for (const temperature of [1, 0]) {
@@ -199,13 +221,28 @@ for (const temperature of [1, 0]) {
   const external = "node-llama-cpp DraftSequenceTokenPredictor";
   let validated = 0;
   let refuted = 0;
+  // Variants take turns every CHUNK prompts (in a rotating order), so that the slow and fast
+  // phases of a shared machine, which last seconds, fall on all of them alike.
   for (let rep = 0; rep < REPEATS; rep++) {
-    const baseline = await runFlock(plain, sampling, undefined, 0, PROMPTS);
-    for (const v of variants) record(v.name, v.speculative ? await runFlock(v.pipeline, sampling, v.speculative, 0, PROMPTS) : baseline, baseline);
-    const nl = await runDraftSequencePredictor(temperature, 0, PROMPTS);
-    validated += nl.validated;
-    refuted += nl.refuted;
-    record(external, nl, baseline);
+    const done = new Map<string, Run>();
+    const add = (name: string, run: Run): void => {
+      done.set(name, done.has(name) ? mergeRuns(done.get(name)!, run) : run);
+    };
+    for (let first = 0, turn = 0; first < PROMPTS; first += CHUNK, turn++) {
+      const count = Math.min(CHUNK, PROMPTS - first);
+      const jobs: Array<() => Promise<void>> = [
+        ...variants.map((v) => async () => add(v.name, await runFlock(v.pipeline, sampling, v.speculative, first, count))),
+        async () => {
+          const nl = await runDraftSequencePredictor(temperature, first, count);
+          validated += nl.validated;
+          refuted += nl.refuted;
+          add(external, nl);
+        },
+      ];
+      for (let j = 0; j < jobs.length; j++) await jobs[(j + turn) % jobs.length]();
+    }
+    const baseline = done.get("target only")!;
+    for (const [name, run] of done) record(name, run, baseline);
   }
   for (const name of [...variants.map((v) => v.name), external]) {
     const v = variants.find((x) => x.name === name);

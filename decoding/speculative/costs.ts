@@ -10,14 +10,29 @@
 // candidates with predicted survival S_i = Π_{j≤i} P̂_j, a round that stops at k' yields
 // E(k') = 1 + Σ_{i≤k'} S_i tokens for k'·c + T(k'+1) ms (future S extrapolated with the last P̂).
 // Keep drafting while some longer round has a better expected rate; propose nothing when no
-// round beats target-only decoding (1 token per T(1)).
+// round beats target-only decoding (1 token per T(1)). Once drafting ends, the drafting is paid
+// for: propose the prefix j ≤ k with the best E(j) / T(j + 1) — on a CPU, where T(2) can be
+// 2.5·T(1), a short unconfident candidate is better withdrawn than verified.
+//
+// The margins are thin on such hardware, so a predictor that is over-confident by a few
+// points turns a gain into a loss. The rule therefore scales predicted accepted tokens by how
+// many verification actually accepted, per predicted one, over recent drafted rounds
+// (`calibration`). Rounds that draft nothing teach it nothing; during them it drifts back
+// towards 1, so drafting is tried again now and then.
 
 const EMA = 0.05;
+/** Weight of one drafted round in the calibration (about the last 50 rounds count). */
+const CALIBRATION_EMA = 0.02;
+/** Per undrafted round, how far the calibration drifts back towards 1. */
+const CALIBRATION_DRIFT = 0.005;
 
 export class RoundCosts {
   private draftStep: number | null = null;
   /** passMs[n]: ms for a target pass over n tokens (index 0 unused). */
   private readonly passMs: Array<number | undefined> = [];
+  /** Recent drafted rounds: mean predicted accepted candidates (Σ S_i) and mean accepted. */
+  private predictedAccepted = 1;
+  private realizedAccepted = 1;
 
   observeDraftStep(ms: number): void {
     this.draftStep = this.draftStep === null ? ms : this.draftStep + EMA * (ms - this.draftStep);
@@ -40,6 +55,28 @@ export class RoundCosts {
       for (let i = 0; i < repeats; i++) passes.push(await targetPass(n));
       this.passMs[n] = median(passes);
     }
+  }
+
+  /** A verified round: the accepted candidates the predictor expected (Σ S_i over those proposed) and those accepted. */
+  observeRound(predicted: number, accepted: number): void {
+    this.predictedAccepted += CALIBRATION_EMA * (predicted - this.predictedAccepted);
+    this.realizedAccepted += CALIBRATION_EMA * (accepted - this.realizedAccepted);
+  }
+
+  /** A round that proposed nothing. */
+  observeUndraftedRound(): void {
+    this.realizedAccepted += CALIBRATION_DRIFT * (this.predictedAccepted - this.realizedAccepted);
+  }
+
+  /** Accepted candidates per predicted one, recently (1: the predictor is calibrated). */
+  get calibration(): number {
+    return Math.min(2, Math.max(0.1, this.realizedAccepted / this.predictedAccepted));
+  }
+
+  /** A candidate's chance of being accepted given its predicted survival S, calibrated. */
+  private expectedAccepted(): (survival: number) => number {
+    const r = this.calibration;
+    return (survival) => Math.min(1, r * survival);
   }
 
   get calibrated(): boolean {
@@ -65,18 +102,38 @@ export class RoundCosts {
   decide(k: number, survivals: readonly number[], p: number, maxCandidates: number): "continue" | "stop" | "drop-and-stop" | null {
     if (!this.calibrated) return null;
     const c = this.draftStep!;
-    let tokens = 1 + survivals.reduce((a, b) => a + b, 0);
+    const expected = this.expectedAccepted();
+    let tokens = 1 + survivals.reduce((a, s) => a + expected(s), 0);
     let survival = survivals[survivals.length - 1];
     const rateAt = (length: number, expected: number) => expected / (length * c + this.targetPass(length + 1));
     const now = rateAt(k, tokens);
     let best = now;
     for (let length = k + 1; length <= maxCandidates; length++) {
       survival *= p;
-      tokens += survival;
+      tokens += expected(survival);
       best = Math.max(best, rateAt(length, tokens));
     }
     if (k === 1 && best < 1 / this.targetPass(1)) return "drop-and-stop";
     return best > now ? "continue" : "stop";
+  }
+
+  /**
+   * Drafting is over (its cost is spent): how many of the drafted candidates, with survivals
+   * S_1..S_k, to propose — the prefix with the best expected tokens per ms of verification.
+   * Null while uncalibrated.
+   */
+  bestPrefix(survivals: readonly number[]): number | null {
+    if (!this.calibrated) return null;
+    const expected = this.expectedAccepted();
+    let best = 0;
+    let bestRate = 1 / this.targetPass(1);
+    let tokens = 1;
+    survivals.forEach((s, i) => {
+      tokens += expected(s);
+      const rate = tokens / this.targetPass(i + 2);
+      if (rate > bestRate) [best, bestRate] = [i + 1, rate];
+    });
+    return best;
   }
 
   describe(): { draftStepMs: number | null; targetPassMs: Record<number, number> } {

@@ -101,7 +101,8 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const features: DraftFeatures[] = [];
       /** P̂ of each candidate, kept only for detail. */
       const predictions: Array<number | undefined> = [];
-      if (budget > 0) {
+      const drafting = budget > 0 && policy.skipRound?.() !== true;
+      if (drafting) {
         policy.begin();
         const draftCounts = new Map(counts);
         const withHidden = predictor?.needsHidden === true;
@@ -128,6 +129,8 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           stepStarted = performance.now();
           ({ logits: draftLogits, hidden: draftHidden } = await draftStep(draftSeq, y, withHidden));
         }
+        const proposed = policy.propose?.(candidates.length) ?? candidates.length;
+        for (const drafted of [candidates, draftDistributions, features, predictions]) drafted.length = Math.min(drafted.length, proposed);
       }
 
       // Verify: one target batch scores every candidate plus the position after them.
@@ -146,6 +149,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
       });
       stats.recordRound(candidates.length, verdict.accepted);
+      if (budget > 0) policy.end?.(candidates.length, verdict.accepted);
 
       // Emit the accepted tokens and the recovered/bonus one, ending early on EOS, a stop
       // sequence or max_tokens.

@@ -15,6 +15,12 @@ export interface CandidateLengthPolicy {
   decide(k: number, features: DraftFeatures): PolicyDecision;
   /** The predicted acceptance of the last decided token, when the policy uses a predictor. */
   readonly lastPrediction?: number;
+  /** Whether to skip drafting this round altogether (the draft catches up when it next drafts). */
+  skipRound?(): boolean;
+  /** Drafting ended with `drafted` candidates: how many to propose (all, without this method). */
+  propose?(drafted: number): number;
+  /** The round was verified: `proposed` candidates (0 when skipped), `accepted` of them accepted. */
+  end?(proposed: number, accepted: number): void;
 }
 
 /** Always K candidates. */
@@ -53,12 +59,25 @@ export class ConfidencePolicy implements CandidateLengthPolicy {
  * 1 − Π_j P̂_j, exceeds the threshold h; the token that crossed it is still proposed.
  * With `threshold: "auto"` the same predictions drive a cost-aware rule (costs.ts): draft on
  * while a longer round promises a better expected token rate, and propose nothing when no round
- * beats target-only decoding. Until the costs are calibrated, h = fallbackThreshold.
+ * beats target-only decoding; when drafting ends, propose the prefix with the best expected
+ * rate, and tell the costs how verification went (their calibration of P̂). Until the costs
+ * are calibrated, h = fallbackThreshold.
+ *
+ * A round that proposes nothing still paid for a draft step (on a CPU about a tenth of a target
+ * step). So after such a round the auto rule skips drafting for 1, then 2, 4, … (at most
+ * MAX_SKIPPED) rounds while proposals stay empty, and drafts every round again after one that
+ * proposes something: where speculation cannot pay, decoding costs what target-only costs.
  */
+const MAX_SKIPPED = 16;
+
 export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
   readonly name = "specdec++";
   private survivals: number[] = [];
   lastPrediction?: number;
+  /** Consecutive drafted rounds that proposed nothing; rounds still to skip; this round skipped. */
+  private emptyRounds = 0;
+  private toSkip = 0;
+  private skipping = false;
 
   constructor(
     private readonly predictor: AcceptancePredictor,
@@ -84,5 +103,28 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
     const h = typeof this.threshold === "number" ? this.threshold : this.fallbackThreshold;
     if (k >= this.minCandidates && 1 - this.survivals[k - 1] > h) return "stop";
     return "continue";
+  }
+
+  skipRound(): boolean {
+    this.skipping = typeof this.threshold !== "number" && this.toSkip > 0;
+    if (this.skipping) this.toSkip--;
+    return this.skipping;
+  }
+
+  propose(drafted: number): number {
+    if (typeof this.threshold === "number") return drafted;
+    // The cost-aware rule, like its stopping decisions, is not bound by minCandidates.
+    return this.threshold.bestPrefix(this.survivals.slice(0, drafted)) ?? drafted;
+  }
+
+  end(proposed: number, accepted: number): void {
+    if (typeof this.threshold === "number") return;
+    if (proposed > 0) {
+      this.threshold.observeRound(this.survivals.slice(0, proposed).reduce((a, b) => a + b, 0), accepted);
+      this.emptyRounds = 0;
+      return;
+    }
+    this.threshold.observeUndraftedRound();
+    if (!this.skipping) this.toSkip = Math.min(MAX_SKIPPED, 2 ** this.emptyRounds++);
   }
 }
