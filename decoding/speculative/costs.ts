@@ -2,7 +2,7 @@
 //
 // A draft step costs c; a target pass over n tokens costs T(n). On a GPU, T(n) is nearly flat
 // for small n (weights are read once for the whole batch); on a CPU verification is
-// compute-bound and T grows with n — measured here, T(2) ≈ 1.9·T(1) and T(8) ≈ 3.3·T(1) — so
+// compute-bound and T grows with n — measured here, T(2) ≈ 2.2–2.5·T(1), T(8) ≈ 3.9–4.7·T(1) — so
 // whether and how far to speculate depends on the hardware. The table of T(n) is measured at
 // load (calibrate) and kept current from the rounds themselves.
 //
