@@ -23,8 +23,20 @@
 const EMA = 0.05;
 /** Weight of one drafted round in the calibration (about the last 50 rounds count). */
 const CALIBRATION_EMA = 0.02;
-/** Per undrafted round, how far the calibration drifts back towards 1. */
-const CALIBRATION_DRIFT = 0.005;
+/**
+ * Per undrafted round, how far the calibration drifts back towards 1. Far below the weight of a
+ * drafted round: where most rounds draft nothing, a faster drift would outweigh the evidence
+ * and keep an over-confident predictor's calibration near 1 (seen: 0.005 did).
+ */
+const CALIBRATION_DRIFT = 0.0002;
+
+/**
+ * One EMA step towards a new timing, clipped to twice the estimate: a garbage-collection pause
+ * or a busy neighbour must not inflate T(1) (which made speculation look better than it is).
+ */
+function follow(estimate: number, ms: number): number {
+  return estimate + EMA * (Math.min(ms, 2 * estimate) - estimate);
+}
 
 export class RoundCosts {
   private draftStep: number | null = null;
@@ -35,12 +47,12 @@ export class RoundCosts {
   private realizedAccepted = 1;
 
   observeDraftStep(ms: number): void {
-    this.draftStep = this.draftStep === null ? ms : this.draftStep + EMA * (ms - this.draftStep);
+    this.draftStep = this.draftStep === null ? ms : follow(this.draftStep, ms);
   }
 
   observeTargetPass(tokens: number, ms: number): void {
     const known = this.passMs[tokens];
-    this.passMs[tokens] = known === undefined ? ms : known + EMA * (ms - known);
+    this.passMs[tokens] = known === undefined ? ms : follow(known, ms);
   }
 
   /** Measures draft steps and target passes of sizes up to maxTokens before serving. */

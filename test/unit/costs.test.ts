@@ -68,8 +68,11 @@ describe("RoundCosts", () => {
     for (let i = 0; i < 400; i++) costs.observeRound(3, 1.5);
     expect(costs.calibration).toBeCloseTo(0.5, 2);
     expect(costs.decide(1, confident, 0.97, 12)).toBe("drop-and-stop");
+    // Evidence outweighs the drift where nine rounds in ten draft nothing.
+    for (let i = 0; i < 4000; i++) (i % 10 === 0 ? costs.observeRound(3, 1.5) : costs.observeUndraftedRound());
+    expect(costs.calibration).toBeLessThan(0.6);
     // Without drafted rounds the evidence fades, and drafting is tried again.
-    for (let i = 0; i < 2000; i++) costs.observeUndraftedRound();
+    for (let i = 0; i < 30_000; i++) costs.observeUndraftedRound();
     expect(costs.calibration).toBeGreaterThan(0.99);
     expect(costs.decide(1, confident, 0.97, 12)).toBe("continue");
   });
@@ -117,5 +120,8 @@ describe("RoundCosts", () => {
     for (let i = 0; i < 200; i++) costs.observeTargetPass(4, 30);
     expect(costs.targetPass(4)).toBeGreaterThan(29);
     expect(costs.describe().targetPassMs[4]).toBeGreaterThan(29);
+    // Outliers (a GC pause) move it only as far as twice the estimate would.
+    costs.observeTargetPass(1, 1000);
+    expect(costs.targetPass(1)).toBeCloseTo(10 + 0.05 * 10, 10);
   });
 });
