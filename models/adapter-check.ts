@@ -1,42 +1,63 @@
-// A LoRA adapter checked against its base model before llama.cpp loads it. llama.cpp refuses an
-// adapter that does not fit, but says why only in its own log ("tensor 'output.weight' has
-// incorrect shape (hint: maybe wrong base model?)"); node-llama-cpp's error names the file and
-// nothing else. Reading the two GGUF headers (no tensor data) lets flock's error say what is
-// wrong: not an adapter, another architecture, or a module whose shape the base does not have.
-import { type LlamaModel, readGgufFileInfo } from "node-llama-cpp";
-import { FlockError } from "./errors.js";
+// Does a LoRA adapter fit its base model? llama.cpp refuses one that does not, but says why only
+// in its own log ("tensor 'output.weight' has incorrect shape (hint: maybe wrong base model?)");
+// node-llama-cpp's error names the file and nothing else. Comparing the GGUF headers lets
+// flock's errors say what is wrong: not an adapter, another architecture, or a module whose
+// shape the base does not have. Used for a model entry's plain LoRA adapters (engine.ts) and for
+// the experts of a routed library (routing/experts.ts).
+import { type GgufFileInfo, readGgufFileInfo } from "node-llama-cpp";
 import { metadataValue } from "./gguf/reader.js";
 
-/** Throws a FlockError naming the model id, the adapter file and what does not fit. */
-export async function checkAdapter(modelId: string, base: LlamaModel, basePath: string, adapterPath: string): Promise<void> {
-  const fail = (reason: string) => new FlockError("invalid_request", `model ${modelId}: the LoRA adapter ${adapterPath} ${reason}`);
-  let info;
-  try {
-    info = await readGgufFileInfo(adapterPath, { logWarnings: false });
-  } catch (err) {
-    throw fail(`cannot be read: ${(err as Error).message}`);
-  }
-  const type = metadataValue(info.metadata, "general.type");
-  if (type !== "adapter" || metadataValue(info.metadata, "adapter.type") !== "lora") {
-    throw fail(`is not a LoRA adapter (general.type is ${JSON.stringify(type ?? null)})`);
-  }
-  const architecture = metadataValue(info.metadata, "general.architecture");
-  const baseArchitecture = metadataValue(base.fileInfo.metadata, "general.architecture");
-  if (architecture !== baseArchitecture) throw fail(`is for ${String(architecture)}; ${basePath} is ${String(baseArchitecture)}`);
+/** A base model's adaptable modules: tensor name → [input width, output width]. */
+export type ModuleShapes = Map<string, [number, number]>;
 
-  const baseShapes = new Map((base.fileInfo.fullTensorInfo ?? []).map((t) => [t.name, t.dimensions.map(Number)]));
-  if (baseShapes.size === 0) return; // nothing to compare against: llama.cpp still checks
-  const tensors = new Map((info.fullTensorInfo ?? []).map((t) => [t.name, t.dimensions.map(Number)]));
-  for (const [name, a] of tensors) {
+export interface BaseShapes {
+  architecture: string;
+  modules: ModuleShapes;
+}
+
+/** The architecture and 2-D weight shapes from a base model's GGUF header. */
+export function baseShapesOf(info: Pick<GgufFileInfo, "metadata" | "fullTensorInfo">): BaseShapes {
+  const modules: ModuleShapes = new Map();
+  for (const t of info.fullTensorInfo ?? []) {
+    if (t.dimensions.length === 2 && t.name.endsWith(".weight")) modules.set(t.name, [Number(t.dimensions[0]), Number(t.dimensions[1])]);
+  }
+  return { architecture: String(metadataValue(info.metadata, "general.architecture")), modules };
+}
+
+export async function baseModuleShapes(path: string): Promise<BaseShapes> {
+  return baseShapesOf(await readGgufFileInfo(path, { logWarnings: false }));
+}
+
+/** The adapter's header as the check needs it: metadata, and each tensor's dimensions. */
+export interface AdapterHeader {
+  /** node-llama-cpp's nested metadata object. */
+  metadata: unknown;
+  dims: ReadonlyMap<string, readonly number[]>;
+}
+
+/** Why the adapter at `path` does not fit `base` (a sentence naming the file), or null when it fits. */
+export function adapterMismatch(path: string, adapter: AdapterHeader, base: BaseShapes): string | null {
+  if (metadataValue(adapter.metadata, "adapter.type") !== "lora") return `${path} is not a LoRA adapter`;
+  const architecture = metadataValue(adapter.metadata, "general.architecture");
+  if (architecture !== base.architecture) return `${path} is an adapter for ${String(architecture)}, the base model is ${base.architecture}`;
+  for (const [name, a] of adapter.dims) {
     if (!name.endsWith(".lora_a")) continue;
     const module = name.slice(0, -".lora_a".length);
-    const b = tensors.get(`${module}.lora_b`);
-    const shape = baseShapes.get(module);
-    if (!shape) throw fail(`adapts ${module}, which ${basePath} does not have: it was built for another base model`);
-    if (!b) throw fail(`has ${module}.lora_a but no ${module}.lora_b`);
+    const b = adapter.dims.get(`${module}.lora_b`);
+    const shape = base.modules.get(module);
+    if (!shape) return `${path} adapts ${module}, which the base model does not have (an adapter for another base?)`;
+    if (!b) return `${path} has ${module}.lora_a but no ${module}.lora_b`;
     // ggml order: W is [in, out], A is [in, rank], B is [rank, out].
-    if (a[0] !== shape[0] || b[1] !== shape[1] || a[1] !== b[0]) {
-      throw fail(`expects ${module} to be ${a[0]}×${b[1]}, in ${basePath} it is ${shape[0]}×${shape[1]}: it was built for another base model`);
+    const [inDim, outDim] = shape;
+    if (a[0] !== inDim || b[0] !== a[1] || b[1] !== outDim) {
+      return `${module} has shape ${a.join("×")} / ${b.join("×")} in ${path}, the base's is ${inDim}×${outDim} (an adapter for another base?)`;
     }
   }
+  return null;
+}
+
+/** The header of the adapter file at `path` (no tensor data). */
+export async function readAdapterHeader(path: string): Promise<AdapterHeader> {
+  const info = await readGgufFileInfo(path, { logWarnings: false });
+  return { metadata: info.metadata, dims: new Map((info.fullTensorInfo ?? []).map((t) => [t.name, t.dimensions.map(Number)])) };
 }

@@ -2,7 +2,7 @@
 // each GGUF file once, and hands out LoadedModels (one context per served model id).
 import { availableParallelism } from "node:os";
 import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
-import { checkAdapter } from "./adapter-check.js";
+import { adapterMismatch, baseShapesOf, readAdapterHeader } from "./adapter-check.js";
 import { FlockError } from "./errors.js";
 import { LoadedModel } from "./model.js";
 import { hasFlockAddon, type RoutedLoraConfig } from "./native.js";
@@ -85,7 +85,7 @@ export class Engine {
     const weights = await this.weightsFor(entry.path, entry.gpuLayers).catch((err: unknown) => {
       throw err instanceof FlockError ? new FlockError(err.kind, `model ${entry.id}: ${err.message}`) : err;
     });
-    for (const lora of entry.lora) await checkAdapter(entry.id, weights, entry.path, lora.path);
+    for (const lora of entry.lora) await this.checkAdapter(entry.id, weights, lora.path);
     const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options).catch((err: unknown) => {
       if (err instanceof FlockError) throw err;
       throw new FlockError("unavailable", `model ${entry.id}: cannot create a context for ${entry.path}${entry.lora.length > 0 ? ` with ${entry.lora.map((l) => l.path).join(", ")}` : ""}: ${(err as Error).message}`);
@@ -105,6 +105,15 @@ export class Engine {
     return this.loaded.filter((m) => !m.isDisposed).map((m) => ({ id: m.id, parallel: m.parallel, running: m.runningSequences, waiting: m.waitingSequences }));
   }
 
+  /** Before llama.cpp loads an adapter: a FlockError naming the model id, the file and what does not fit. */
+  private async checkAdapter(modelId: string, weights: LlamaModel, path: string): Promise<void> {
+    const header = await readAdapterHeader(path).catch((err: unknown) => {
+      throw new FlockError("invalid_request", `model ${modelId}: cannot read the LoRA adapter ${path}: ${(err as Error).message}`);
+    });
+    const mismatch = adapterMismatch(path, header, baseShapesOf(weights.fileInfo));
+    if (mismatch) throw new FlockError("invalid_request", `model ${modelId}: ${mismatch}`);
+  }
+
   private weightsFor(path: string, gpuLayers: ModelEntry["gpuLayers"]): Promise<LlamaModel> {
     let weights = this.weights.get(path);
     if (!weights) {
@@ -118,7 +127,7 @@ export class Engine {
           : cause instanceof RangeError // node-llama-cpp's GGUF header parser ran into nonsense
             ? `its GGUF header cannot be read (corrupt?): ${reason}`
             : reason;
-        throw new FlockError("unavailable", `cannot load model file ${path}: ${why}`);
+        throw new FlockError("unavailable", `cannot load model file ${path}: ${why}`, null, { cause });
       });
       this.weights.set(path, weights);
     }

@@ -1,9 +1,9 @@
 // The expert library of one base model: LoRA adapters with their gates, validated against the
 // base when they are added (at startup or through the admin endpoints), so a bad expert is a
 // clear error that leaves everything else serving.
-import { readGgufFileInfo } from "node-llama-cpp";
+import { adapterMismatch, type BaseShapes } from "../models/adapter-check.js";
 import { FlockError } from "../models/errors.js";
-import { metadataValue, readGgufTensors } from "../models/gguf/reader.js";
+import { readGgufTensors } from "../models/gguf/reader.js";
 import { arrowGate, type Gates, readGateFile } from "./gates.js";
 
 export interface ExpertSpec {
@@ -25,22 +25,10 @@ export interface Expert {
   readonly arrow: Gates;
 }
 
-/** A base model's adaptable modules: tensor name → [input width, output width]. */
-export type ModuleShapes = Map<string, [number, number]>;
-
-export async function baseModuleShapes(path: string): Promise<{ architecture: string; modules: ModuleShapes }> {
-  const info = await readGgufFileInfo(path, { logWarnings: false });
-  const modules: ModuleShapes = new Map();
-  for (const t of info.fullTensorInfo ?? []) {
-    if (t.dimensions.length === 2 && t.name.endsWith(".weight")) modules.set(t.name, [Number(t.dimensions[0]), Number(t.dimensions[1])]);
-  }
-  return { architecture: String(metadataValue(info.metadata, "general.architecture")), modules };
-}
-
 const invalid = (spec: ExpertSpec, reason: string) => new FlockError("invalid_request", `expert ${spec.name}: ${reason}`, "experts");
 
 /** Reads and checks an expert against its base; throws a FlockError naming what is wrong. */
-export async function loadExpert(spec: ExpertSpec, base: { architecture: string; modules: ModuleShapes }): Promise<Expert> {
+export async function loadExpert(spec: ExpertSpec, base: BaseShapes): Promise<Expert> {
   if (!/^[\w.-]+$/.test(spec.name)) throw invalid(spec, "names use letters, digits and . _ -");
   let adapter;
   try {
@@ -48,25 +36,14 @@ export async function loadExpert(spec: ExpertSpec, base: { architecture: string;
   } catch (err) {
     throw invalid(spec, `cannot read the adapter ${spec.lora}: ${(err as Error).message}`);
   }
-  if (metadataValue(adapter.metadata, "adapter.type") !== "lora") throw invalid(spec, `${spec.lora} is not a LoRA adapter`);
-  const architecture = metadataValue(adapter.metadata, "general.architecture");
-  if (architecture !== base.architecture) {
-    throw invalid(spec, `${spec.lora} is an adapter for ${String(architecture)}, the base model is ${base.architecture}`);
-  }
+  const mismatch = adapterMismatch(spec.lora, { metadata: adapter.metadata, dims: new Map([...adapter.tensors].map(([name, t]) => [name, t.dims])) }, base);
+  if (mismatch) throw invalid(spec, mismatch);
   const arrow: Gates = new Map();
   for (const [name, a] of adapter.tensors) {
     if (!name.endsWith(".lora_a")) continue;
     const module = name.slice(0, -".lora_a".length);
-    const b = adapter.tensors.get(`${module}.lora_b`);
-    const shape = base.modules.get(module);
-    if (!shape) throw invalid(spec, `adapts ${module}, which the base model does not have (an adapter for another base?)`);
-    if (!b) throw invalid(spec, `${module} has lora_a but no lora_b`);
-    const [inDim, outDim] = shape;
-    const rank = a.dims[1];
-    if (a.dims[0] !== inDim || b.dims[0] !== rank || b.dims[1] !== outDim) {
-      throw invalid(spec, `${module} has shape ${a.dims.join("×")} / ${b.dims.join("×")}, the base's is ${inDim}×${outDim} (an adapter for another base?)`);
-    }
-    arrow.set(module, arrowGate(a.data, b.data, rank, inDim, outDim));
+    const [inDim, outDim] = base.modules.get(module)!;
+    arrow.set(module, arrowGate(a.data, adapter.tensors.get(`${module}.lora_b`)!.data, a.dims[1], inDim, outDim));
   }
   if (arrow.size === 0) throw invalid(spec, `${spec.lora} adapts no module`);
 
@@ -97,7 +74,7 @@ export class ExpertLibrary {
 
   constructor(
     readonly baseId: string,
-    readonly base: { architecture: string; modules: ModuleShapes },
+    readonly base: BaseShapes,
   ) {}
 
   get size(): number {

@@ -2,13 +2,14 @@
 import { join } from "node:path";
 import { AcceptanceHead, HeadPredictor } from "../decoding/speculative/head.js";
 import { type AcceptancePredictor, DraftConfidencePredictor, OnlineLogisticPredictor } from "../decoding/speculative/predictors.js";
+import { baseModuleShapes } from "../models/adapter-check.js";
 import type { Engine } from "../models/engine.js";
 import { FlockError } from "../models/errors.js";
 import type { LoadedModel } from "../models/model.js";
 import { type ExpertsEntry, type FusionEntry, ModelEntry, type SpeculativeEntry } from "../models/registry.js";
 import { candidateCap } from "../decoding/speculative/settings.js";
 import type { EngineSequence } from "../models/sequence.js";
-import { ExpertLibrary, baseModuleShapes } from "./experts.js";
+import { ExpertLibrary } from "./experts.js";
 import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, routedPipeline, type SpeculativePipeline, speculativePipeline } from "./pipeline.js";
 import { VariantCache } from "./routed.js";
 
