@@ -56,22 +56,27 @@ const plain = await loadPipeline(engine, entry("target"), stateDir);
 const online = (await loadPipeline(engine, entry("online", "online"), stateDir)) as SpeculativePipeline;
 const confidence = (await loadPipeline(engine, entry("confidence", "draft-confidence"), stateDir)) as SpeculativePipeline;
 
+// Prompts: BOS and one word, starting in different states; warm-up prompts are separate.
+const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
+const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
+
 // The authors' head, trained offline (as npm run train:acceptance does) on prompts the
 // measurement does not use, then loaded from its file.
 let authorsHead: SpeculativePipeline | null = null;
+/** One real input of the head, to time it. */
+let headInput: Float32Array | null = null;
 if (engine.capabilities.hiddenStates) {
   const trainingDraft = await engine.load(ModelEntry.parse({ id: "training-draft", path: draft, contextSize: 512, parallel: 1 }), { hiddenStates: true });
-  const trainingPrompts = Array.from({ length: 48 }, (_, i) => [manifest.vocab.bos, manifest.vocab.tokens.indexOf(manifest.states.names[1 + ((i * 7 + 3) % (manifest.states.names.length - 1))])]);
+  // Start words after those of the measured and warm-up prompts (disjoint at the default 24 prompts).
+  const trainingPrompts = Array.from({ length: Math.max(24, words.length - 2 * PROMPTS) }, (_, i) => promptOf(2 * PROMPTS + i));
   const samples = await collectSamples(plain.model, trainingDraft, trainingPrompts, { candidates: 8, tokensPerPrompt: 48, temperature: 1, seed: 500 });
-  const { head } = trainHead(samples, { blocks: 2, epochs: 15, batchSize: 32, learningRate: 3e-3, rejectionWeight: 6, seed: 1 });
+  const { head } = trainHead(samples, { blocks: 1, epochs: 15, batchSize: 32, learningRate: 3e-3, rejectionWeight: 6, seed: 1 });
+  headInput = samples[0].hidden;
   const headFile = join(stateDir, "head.json");
   head.save(headFile, { samples: samples.length });
   authorsHead = (await loadPipeline(engine, entry("head", "head", headFile), stateDir)) as SpeculativePipeline;
 }
 
-// Prompts: BOS and one word, starting in different states; warm-up prompts are separate.
-const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
-const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
 const stateOf = (token: number) => manifest.states.ofToken[token];
 
 interface Run {
@@ -206,8 +211,9 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const rows: BenchReport["rows"] = [];
 for (const temperature of [1, 0]) {
   const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature };
-  // Steady state: the online predictor has seen traffic before the measured prompts.
-  await runFlock(online, sampling, { policy: "specdec++" }, PROMPTS, PROMPTS);
+  // Steady state: every SpecDec++ pipeline (its online predictor, its cost table, its
+  // calibration of P̂ for this temperature) has seen traffic before the measured prompts.
+  for (const pipeline of [online, confidence, ...(authorsHead ? [authorsHead] : [])]) await runFlock(pipeline, sampling, { policy: "specdec++" }, PROMPTS, PROMPTS);
   // Every repetition runs every variant once, interleaved, so slow phases of a shared machine
   // hit all of them; the table reports medians over repetitions.
   const runs = new Map<string, Run[]>();
@@ -267,6 +273,14 @@ for (const temperature of [1, 0]) {
   }
 }
 // A predictor must pay for itself: its cost per drafted token against a draft step.
+function headCost(): number | null {
+  if (!authorsHead || !headInput) return null;
+  const f = { ...draftFeatures(softmax(Float32Array.from([0, 1])), Float32Array.from([0, 1]), 1, 1, 1, 0.7), hidden: headInput };
+  const N = 2000;
+  const started = performance.now();
+  for (let i = 0; i < N; i++) authorsHead.predictor.predict(f);
+  return (performance.now() - started) / N;
+}
 function predictorCost(vocabulary: number): number {
   const logits = Float32Array.from({ length: vocabulary }, (_, i) => -((i * 7919) % 101) / 10);
   const q = softmax(logits);
@@ -281,6 +295,8 @@ console.log(
   `online predictor, ms per drafted token (features + prediction): ${JSON.stringify(predictorMs)}; ` +
     `${((100 * predictorMs[manifest.vocab.tokens.length]) / (costs.draftStepMs ?? NaN)).toFixed(1)}% of this pair's draft step`,
 );
+const headMs = headCost();
+if (headMs !== null) console.log(`authors' head, ms per drafted token: ${headMs.toFixed(4)}; ${((100 * headMs) / (costs.draftStepMs ?? NaN)).toFixed(1)}% of this pair's draft step`);
 console.log(`measured round costs (ms): draft step ${costs.draftStepMs?.toFixed(2)}; target pass over n tokens ${JSON.stringify(costs.targetPassMs)}`);
 
 printTable(rows);
@@ -296,6 +312,7 @@ writeReport(out, {
     threads: 1,
     costs,
     predictorMsPerDraftToken: predictorMs,
+    headMsPerDraftToken: headMs,
   },
   rows,
 });

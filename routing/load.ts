@@ -62,8 +62,9 @@ function buildPredictor(entry: ModelEntry, spec: SpeculativeEntry, draft: Loaded
       } catch (err) {
         throw new FlockError("invalid_request", `model ${entry.id}: cannot load the acceptance head ${spec.head}: ${(err as Error).message}`);
       }
-      if (head.d !== draft.embeddingSize) {
-        throw new FlockError("invalid_request", `model ${entry.id}: the head ${spec.head} expects hidden size ${head.d}, the draft has ${draft.embeddingSize}`);
+      // The head reads two of the draft's hidden states (before the candidate and at it).
+      if (head.d !== 2 * draft.embeddingSize) {
+        throw new FlockError("invalid_request", `model ${entry.id}: the head ${spec.head} reads ${head.d} inputs, the draft's two hidden states make ${2 * draft.embeddingSize}`);
       }
       return new HeadPredictor(head);
     }

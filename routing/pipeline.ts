@@ -87,7 +87,7 @@ export function speculativePipeline(
       if (enabled === false) return plainDecode(target, request);
       const effective = { ...settings, ...overrides };
       return speculativeDecode(
-        { target, draft, policy: buildPolicy(effective, predictor, costs), predictor, maxCandidates: candidateCap(effective), stats, costs },
+        { target, draft, policy: buildPolicy(effective, predictor, costs, request.sampling.temperature === 0 ? "greedy" : "sampled"), predictor, maxCandidates: candidateCap(effective), stats, costs },
         request,
       );
     },

@@ -319,7 +319,8 @@ describe("the SpecDec++ authors' head", () => {
       );
       expect(run.status, run.stderr).toBe(0);
       const file = JSON.parse(readFileSync(out, "utf8")) as { hiddenSize: number; trainedOn: { heldOutLoss: number; bestConstantLoss: number } };
-      expect(file.hiddenSize).toBe(manifest.models["flock-demo-draft"].shape.embeddingDim);
+      // The head reads the draft's hidden states before the candidate and at it.
+      expect(file.hiddenSize).toBe(2 * manifest.models["flock-demo-draft"].shape.embeddingDim);
       // The head learned something a constant cannot say.
       expect(file.trainedOn.heldOutLoss).toBeLessThan(file.trainedOn.bestConstantLoss);
 
@@ -362,7 +363,7 @@ describe("the SpecDec++ authors' head", () => {
         parallel: 1,
         speculative: { draft: forgedPath(manifest.models["flock-demo-draft"].file), predictor: "head", head: file },
       });
-      await expect(loadPipeline(engine, entry, dir)).rejects.toThrow(/expects hidden size 7/);
+      await expect(loadPipeline(engine, entry, dir)).rejects.toThrow(/reads 7 inputs, the draft's two hidden states make 256/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,34 +1,29 @@
 // What a speculative round costs on this machine, and the candidate length those costs favour.
 //
-// A draft step costs c; a target pass over n tokens costs T(n). On a GPU, T(n) is nearly flat
-// for small n (weights are read once for the whole batch); on a CPU verification is
-// compute-bound and T grows with n — measured here, T(2) ≈ 2.2–2.5·T(1), T(8) ≈ 3.9–4.7·T(1) — so
-// whether and how far to speculate depends on the hardware. The table of T(n) is measured at
-// load (calibrate) and kept current from the rounds themselves.
+// A draft step costs c; a target pass over n tokens costs T(n). Where a pass is bound by reading
+// the weights (a GPU; a CPU with a large model) T(n) is nearly flat for small n; where it is
+// bound by arithmetic (a CPU with a small model) T grows with n — T(2) ≈ 2.5·T(1) was measured
+// here with a small q8_0 target — so whether and how far to speculate depends on the hardware.
+// The table of T(n) is measured at load (calibrate) and kept current from the rounds themselves.
 //
 // Cost-aware stopping (SpecDec++'s rule with its threshold derived from the costs): after k
 // candidates with predicted survival S_i = Π_{j≤i} P̂_j, a round that stops at k' yields
 // E(k') = 1 + Σ_{i≤k'} S_i tokens for k'·c + T(k'+1) ms (future S extrapolated with the last P̂).
 // Keep drafting while some longer round has a better expected rate; propose nothing when no
 // round beats target-only decoding (1 token per T(1)). Once drafting ends, the drafting is paid
-// for: propose the prefix j ≤ k with the best E(j) / T(j + 1) — on a CPU, where T(2) can be
-// 2.5·T(1), a short unconfident candidate is better withdrawn than verified.
+// for: propose the prefix j ≤ k with the best E(j) / T(j + 1) — where T(2) is 2.5·T(1), a short
+// unconfident candidate is better withdrawn than verified.
 //
-// The margins are thin on such hardware, so a predictor that is over-confident by a few
-// points turns a gain into a loss. The rule therefore scales predicted accepted tokens by how
-// many verification actually accepted, per predicted one, over recent drafted rounds
-// (`calibration`). Rounds that draft nothing teach it nothing; during them it drifts back
-// towards 1, so drafting is tried again now and then.
+// The rule needs P̂ to be a probability, and predictors are not always calibrated where they
+// serve: the authors' head is trained on sampled rollouts, but under greedy decoding acceptance
+// is 0 or 1; an online predictor can be over-confident by a few points, which on thin margins
+// turns gains into losses. So P̂ is recalibrated per token (AcceptanceCalibration), online, from
+// verification's labels.
+
+/** Greedy decoding (temperature 0) or sampling. */
+export type SamplingRegime = "greedy" | "sampled";
 
 const EMA = 0.05;
-/** Weight of one drafted round in the calibration (about the last 50 rounds count). */
-const CALIBRATION_EMA = 0.02;
-/**
- * Per undrafted round, how far the calibration drifts back towards 1. Far below the weight of a
- * drafted round: where most rounds draft nothing, a faster drift would outweigh the evidence
- * and keep an over-confident predictor's calibration near 1 (seen: 0.005 did).
- */
-const CALIBRATION_DRIFT = 0.0002;
 
 /**
  * One EMA step towards a new timing, clipped to twice the estimate: a garbage-collection pause
@@ -38,13 +33,66 @@ function follow(estimate: number, ms: number): number {
   return estimate + EMA * (Math.min(ms, 2 * estimate) - estimate);
 }
 
+const logit = (p: number) => {
+  const q = Math.min(1 - 1e-4, Math.max(1e-4, p));
+  return Math.log(q / (1 - q));
+};
+const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
+
+/** Weight of one drafted round in the recent yield of drafting (about the last 20 count). */
+const YIELD_EMA = 0.05;
+
+/** Step size of the calibration's gradient steps (per verified candidate). */
+const CALIBRATION_RATE = 0.01;
+/**
+ * Per round that proposes nothing, how far the calibration relaxes towards the identity: such
+ * rounds teach it nothing, and a calibration that stays pessimistic would never propose (and
+ * learn) again. Far weaker than the evidence of a drafted round.
+ */
+const CALIBRATION_DRIFT = 0.0005;
+
+/**
+ * Platt scaling of P̂, fitted online to the soft labels min(1, p(y)/q(y)) that verification
+ * gives every proposed candidate (unweighted log loss): P̃ = σ(a·logit(P̂) + b). It keeps the
+ * predictor's ranking and fixes its scale and steepness — which a correction of expected
+ * accepted tokens per round could not. Starts as the identity.
+ */
+export class AcceptanceCalibration {
+  private a = 1;
+  private b = 0;
+
+  apply(p: number): number {
+    return sigmoid(this.a * logit(p) + this.b);
+  }
+
+  observe(p: number, label: number): void {
+    const x = logit(p);
+    const gradient = sigmoid(this.a * x + this.b) - label;
+    this.a = Math.min(10, Math.max(0.1, this.a - CALIBRATION_RATE * gradient * x));
+    this.b = Math.min(10, Math.max(-10, this.b - CALIBRATION_RATE * gradient));
+  }
+
+  relax(): void {
+    this.a += CALIBRATION_DRIFT * (1 - this.a);
+    this.b += CALIBRATION_DRIFT * (0 - this.b);
+  }
+
+  describe(): { slope: number; offset: number } {
+    return { slope: this.a, offset: this.b };
+  }
+}
+
 export class RoundCosts {
   private draftStep: number | null = null;
   /** passMs[n]: ms for a target pass over n tokens (index 0 unused). */
   private readonly passMs: Array<number | undefined> = [];
-  /** Recent drafted rounds: mean predicted accepted candidates (Σ S_i) and mean accepted. */
-  private predictedAccepted = 1;
-  private realizedAccepted = 1;
+  /**
+   * P̂'s recalibration, one per sampling regime: for the same P̂, greedy acceptance (argmax
+   * agreement) and sampled acceptance differ.
+   */
+  readonly acceptanceCalibration: Record<SamplingRegime, AcceptanceCalibration> = { greedy: new AcceptanceCalibration(), sampled: new AcceptanceCalibration() };
+  /** Recent drafted rounds per regime: mean emitted tokens and mean modelled ms. */
+  private readonly draftedYield: Record<SamplingRegime, { tokens: number; ms: number } | null> = { greedy: null, sampled: null };
 
   observeDraftStep(ms: number): void {
     this.draftStep = this.draftStep === null ? ms : follow(this.draftStep, ms);
@@ -69,26 +117,23 @@ export class RoundCosts {
     }
   }
 
-  /** A verified round: the accepted candidates the predictor expected (Σ S_i over those proposed) and those accepted. */
-  observeRound(predicted: number, accepted: number): void {
-    this.predictedAccepted += CALIBRATION_EMA * (predicted - this.predictedAccepted);
-    this.realizedAccepted += CALIBRATION_EMA * (accepted - this.realizedAccepted);
+  /**
+   * A drafted round (skipped rounds are not counted): `drafted` draft steps, `proposed`
+   * candidates verified, `emitted` tokens. Its cost is taken from the table, not the clock.
+   */
+  observeDraftedRound(regime: SamplingRegime, drafted: number, proposed: number, emitted: number): void {
+    if (!this.calibrated) return;
+    const ms = drafted * this.draftStep! + this.targetPass(proposed + 1);
+    const known = this.draftedYield[regime];
+    this.draftedYield[regime] = known
+      ? { tokens: known.tokens + YIELD_EMA * (emitted - known.tokens), ms: known.ms + YIELD_EMA * (ms - known.ms) }
+      : { tokens: emitted, ms };
   }
 
-  /** A round that proposed nothing. */
-  observeUndraftedRound(): void {
-    this.realizedAccepted += CALIBRATION_DRIFT * (this.predictedAccepted - this.realizedAccepted);
-  }
-
-  /** Accepted candidates per predicted one, recently (1: the predictor is calibrated). */
-  get calibration(): number {
-    return Math.min(2, Math.max(0.1, this.realizedAccepted / this.predictedAccepted));
-  }
-
-  /** A candidate's chance of being accepted given its predicted survival S, calibrated. */
-  private expectedAccepted(): (survival: number) => number {
-    const r = this.calibration;
-    return (survival) => Math.min(1, r * survival);
+  /** Whether drafted rounds have recently yielded more tokens per ms than the target alone. */
+  draftingPays(regime: SamplingRegime): boolean {
+    const known = this.draftedYield[regime];
+    return !this.calibrated || known === null || known.tokens / known.ms > 1 / this.targetPass(1);
   }
 
   get calibrated(): boolean {
@@ -114,15 +159,14 @@ export class RoundCosts {
   decide(k: number, survivals: readonly number[], p: number, maxCandidates: number): "continue" | "stop" | "drop-and-stop" | null {
     if (!this.calibrated) return null;
     const c = this.draftStep!;
-    const expected = this.expectedAccepted();
-    let tokens = 1 + survivals.reduce((a, s) => a + expected(s), 0);
+    let tokens = 1 + survivals.reduce((a, s) => a + s, 0);
     let survival = survivals[survivals.length - 1];
     const rateAt = (length: number, expected: number) => expected / (length * c + this.targetPass(length + 1));
     const now = rateAt(k, tokens);
     let best = now;
     for (let length = k + 1; length <= maxCandidates; length++) {
       survival *= p;
-      tokens += expected(survival);
+      tokens += survival;
       best = Math.max(best, rateAt(length, tokens));
     }
     if (k === 1 && best < 1 / this.targetPass(1)) return "drop-and-stop";
@@ -136,12 +180,11 @@ export class RoundCosts {
    */
   bestPrefix(survivals: readonly number[]): number | null {
     if (!this.calibrated) return null;
-    const expected = this.expectedAccepted();
     let best = 0;
     let bestRate = 1 / this.targetPass(1);
     let tokens = 1;
     survivals.forEach((s, i) => {
-      tokens += expected(s);
+      tokens += s;
       const rate = tokens / this.targetPass(i + 2);
       if (rate > bestRate) [best, bestRate] = [i + 1, rate];
     });

@@ -69,6 +69,14 @@ async function draftStep(seq: EngineSequence, token: number, withHidden: boolean
   return { logits: logits[0], hidden: hidden[0] };
 }
 
+/** The acceptance head's input: the hidden state that produced a candidate, then the candidate's own. */
+function concatHidden(before: Float32Array, at: Float32Array): Float32Array {
+  const both = new Float32Array(before.length + at.length);
+  both.set(before);
+  both.set(at, before.length);
+  return both;
+}
+
 export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
   const { target, draft, policy, predictor, stats, costs } = setup;
   const targetSeq = await target.acquire(request.prompt, request.signal);
@@ -105,19 +113,29 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       if (drafting) {
         policy.begin();
         const draftCounts = new Map(counts);
+        // A predictor that reads hidden states judges a candidate by the draft's hidden state
+        // before it and at it, so the draft evaluates each candidate before the decision (the
+        // step it would take next anyway; only a round's last one is extra).
         const withHidden = predictor?.needsHidden === true;
         let stepStarted = performance.now();
         const first = await catchUp(draftSeq, all, [], withHidden);
         let draftLogits = first.logits[0];
         let draftHidden = first.hidden?.[0];
-        for (let k = 1; k <= budget; k++) {
+        const timedStep = async (token: number) => {
+          stepStarted = performance.now();
+          const next = await draftStep(draftSeq!, token, withHidden);
           costs.observeDraftStep(performance.now() - stepStarted);
+          return next;
+        };
+        costs.observeDraftStep(performance.now() - stepStarted);
+        for (let k = 1; k <= budget; k++) {
           const adjusted = adjustLogits(draftLogits, params, draftCounts);
           const q = samplingDistribution(adjusted, params);
           const y = drawFrom(q, rng);
           // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
           const f = params.temperature === 0 ? draftFeatures(softmax(adjusted), adjusted, 1, y, k, recent) : draftFeatures(q, adjusted, params.temperature, y, k, recent);
-          if (draftHidden) f.hidden = draftHidden;
+          const next = withHidden ? await timedStep(y) : undefined;
+          if (next) f.hidden = concatHidden(draftHidden!, next.hidden!);
           const decision = policy.decide(k, f);
           if (decision === "drop-and-stop") break;
           candidates.push(y);
@@ -126,8 +144,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           if (detail) predictions.push(policy.lastPrediction);
           increment(draftCounts, y);
           if (decision === "stop" || k === budget || ends(y)) break;
-          stepStarted = performance.now();
-          ({ logits: draftLogits, hidden: draftHidden } = await draftStep(draftSeq, y, withHidden));
+          ({ logits: draftLogits, hidden: draftHidden } = next ?? (await timedStep(y)));
         }
         const proposed = policy.propose?.(candidates.length) ?? candidates.length;
         for (const drafted of [candidates, draftDistributions, features, predictions]) drafted.length = Math.min(drafted.length, proposed);
@@ -149,7 +166,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
       });
       stats.recordRound(candidates.length, verdict.accepted);
-      if (budget > 0) policy.end?.(candidates.length, verdict.accepted);
+      if (budget > 0) policy.end?.(candidates.length, verdict.accepted, verdict.acceptanceProbabilities);
 
       // Emit the accepted tokens and the recovered/bonus one, ending early on EOS, a stop
       // sequence or max_tokens.

@@ -14,7 +14,10 @@ export interface DraftFeatures {
   position: number;
   /** Exponential moving average of recent acceptance (soft labels). */
   recentAcceptance: number;
-  /** The draft's final hidden state that produced q (only for predictors that need it). */
+  /**
+   * Only for predictors that read hidden states: the draft's final hidden state that produced q,
+   * followed by its hidden state at the drafted token (2 × the draft's width).
+   */
   hidden?: Float32Array;
 }
 

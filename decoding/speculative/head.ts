@@ -1,15 +1,21 @@
-// The SpecDec++ authors' acceptance head: on the draft's final hidden state h (the vector that
-// produced the drafted token's distribution), `blocks` residual blocks x ← x + SiLU(W x + b)
-// sharing one W and b, then Linear(d, 2); P̂(accept) = softmax(·)[accept] = σ(z_accept − z_reject).
+// The SpecDec++ authors' acceptance head: `blocks` residual blocks x ← x + SiLU(W x + b) sharing
+// one W and b, then Linear(d, 2); P̂(accept) = softmax(·)[accept] = σ(z_accept − z_reject).
 // Trained offline (train-head.ts, `npm run train:acceptance`) with their weighted soft-label
 // loss: L = [w(1 − a)(−log(1 − P̂)) + a(−log P̂)] / [w(1 − a) + a], a = min(1, p(y)/q(y)), w = 6.
+//
+// Its input x is the draft's final hidden state that produced the candidate y, followed by the
+// draft's final hidden state at y (d = 2 × the draft's width). The authors read the hidden state
+// at y alone: in a transformer it carries y and its context. A draft whose hidden state carries
+// little context (the forge's first-order drafts carry only y's state) needs the one before y
+// too — acceptance min(1, p(y)/q(y)) depends on both the context and y.
 import { readFileSync, writeFileSync } from "node:fs";
 import { z } from "zod";
 import type { DraftFeatures } from "./features.js";
 import type { AcceptancePredictor } from "./predictors.js";
 
 export const HeadFile = z.object({
-  version: z.literal(1),
+  /** 2: the input is [hidden before y, hidden at y] (version 1 heads read one hidden state). */
+  version: z.literal(2, { error: "expected version 2 (version 1 heads read one hidden state; retrain with npm run train:acceptance)" }),
   hiddenSize: z.int().min(1),
   blocks: z.int().min(0).max(8),
   /** d × d, row-major. */
@@ -18,6 +24,8 @@ export const HeadFile = z.object({
   /** 2 × d: row 0 scores rejection, row 1 acceptance. */
   out: z.array(z.number().finite()),
   outBias: z.array(z.number().finite()).length(2),
+  /** w of the weighted loss it was trained with (files without it: the authors' 6). */
+  rejectionWeight: z.number().positive().default(6),
   /** How it was trained (for the record). */
   trainedOn: z.record(z.string(), z.unknown()).optional(),
 });
@@ -31,17 +39,22 @@ export class AcceptanceHead {
   readonly bias: Float64Array;
   readonly out: Float64Array;
   readonly outBias: Float64Array;
+  /** predict()'s two work vectors. */
+  private readonly scratch: [Float64Array, Float64Array];
 
   constructor(
     d: number,
     readonly blocks: number,
     init?: { weight: ArrayLike<number>; bias: ArrayLike<number>; out: ArrayLike<number>; outBias: ArrayLike<number> },
+    /** w of the weighted loss its weights were (or will be) fitted with. */
+    readonly rejectionWeight = 6,
   ) {
     this.d = d;
     this.weight = init ? Float64Array.from(init.weight) : new Float64Array(d * d);
     this.bias = init ? Float64Array.from(init.bias) : new Float64Array(d);
     this.out = init ? Float64Array.from(init.out) : new Float64Array(2 * d);
     this.outBias = init ? Float64Array.from(init.outBias) : new Float64Array(2);
+    this.scratch = [new Float64Array(d), new Float64Array(d)];
     if (this.weight.length !== d * d || this.bias.length !== d || this.out.length !== 2 * d) {
       throw new Error(`acceptance head: tensor sizes do not match hidden size ${d}`);
     }
@@ -51,18 +64,19 @@ export class AcceptanceHead {
     const parsed = HeadFile.safeParse(JSON.parse(readFileSync(path, "utf8")));
     if (!parsed.success) throw new Error(`${path}: not an acceptance head file (${parsed.error.issues[0].message})`);
     const f = parsed.data;
-    return new AcceptanceHead(f.hiddenSize, f.blocks, f);
+    return new AcceptanceHead(f.hiddenSize, f.blocks, f, f.rejectionWeight);
   }
 
   save(path: string, trainedOn: Record<string, unknown>): void {
     const file: HeadFile = {
-      version: 1,
+      version: 2,
       hiddenSize: this.d,
       blocks: this.blocks,
       weight: [...this.weight],
       bias: [...this.bias],
       out: [...this.out],
       outBias: [...this.outBias],
+      rejectionWeight: this.rejectionWeight,
       trainedOn,
     };
     writeFileSync(path, JSON.stringify(file));
@@ -75,15 +89,14 @@ export class AcceptanceHead {
     const preActivations: Float64Array[] = [];
     for (let block = 0; block < this.blocks; block++) {
       const x = states[block];
-      const pre = new Float64Array(d);
+      const pre = Float64Array.from(this.bias);
       const next = new Float64Array(d);
-      for (let i = 0; i < d; i++) {
-        let acc = this.bias[i];
-        const row = i * d;
-        for (let j = 0; j < d; j++) acc += this.weight[row + j] * x[j];
-        pre[i] = acc;
-        next[i] = x[i] + silu(acc);
+      for (let j = 0; j < d; j++) {
+        const xj = x[j];
+        if (xj === 0) continue;
+        for (let i = 0, at = j; i < d; i++, at += d) pre[i] += this.weight[at] * xj;
       }
+      for (let i = 0; i < d; i++) next[i] = x[i] + silu(pre[i]);
       preActivations.push(pre);
       states.push(next);
     }
@@ -97,8 +110,33 @@ export class AcceptanceHead {
     return { states, preActivations, logit: accept - reject };
   }
 
+  /**
+   * The forward pass without what training keeps. The first product skips zero inputs (hidden
+   * states can be sparse: the forge's drafts' are one-hot); it costs O(blocks · d²) otherwise.
+   */
   predict(h: ArrayLike<number>): number {
-    return 1 / (1 + Math.exp(-this.forward(h).logit));
+    const d = this.d;
+    let x = this.scratch[0];
+    let next = this.scratch[1];
+    for (let j = 0; j < d; j++) x[j] = h[j];
+    for (let block = 0; block < this.blocks; block++) {
+      const pre = next;
+      pre.set(this.bias);
+      for (let j = 0; j < d; j++) {
+        const xj = x[j];
+        if (xj === 0) continue;
+        for (let i = 0, at = j; i < d; i++, at += d) pre[i] += this.weight[at] * xj;
+      }
+      for (let i = 0; i < d; i++) pre[i] = x[i] + silu(pre[i]);
+      [x, next] = [pre, x];
+    }
+    let reject = this.outBias[0];
+    let accept = this.outBias[1];
+    for (let j = 0; j < d; j++) {
+      reject += this.out[j] * x[j];
+      accept += this.out[d + j] * x[j];
+    }
+    return 1 / (1 + Math.exp(reject - accept));
   }
 }
 
@@ -108,6 +146,10 @@ export class HeadPredictor implements AcceptancePredictor {
   readonly needsHidden = true;
 
   constructor(private readonly head: AcceptanceHead) {}
+
+  get rejectionWeight(): number {
+    return this.head.rejectionWeight;
+  }
 
   get hiddenSize(): number {
     return this.head.d;

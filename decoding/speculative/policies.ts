@@ -1,8 +1,8 @@
 // Candidate-length policies: after each drafted token, whether to keep it and whether to draft
 // another. One interface for fixed K, the draft-confidence threshold used by llama.cpp and
 // node-llama-cpp, and SpecDec++.
-import type { AcceptancePredictor } from "./predictors.js";
-import type { RoundCosts } from "./costs.js";
+import { type AcceptancePredictor, unweightedAcceptance } from "./predictors.js";
+import type { AcceptanceCalibration, RoundCosts, SamplingRegime } from "./costs.js";
 import type { DraftFeatures } from "./features.js";
 
 export type PolicyDecision = "continue" | "stop" | "drop-and-stop";
@@ -19,8 +19,11 @@ export interface CandidateLengthPolicy {
   skipRound?(): boolean;
   /** Drafting ended with `drafted` candidates: how many to propose (all, without this method). */
   propose?(drafted: number): number;
-  /** The round was verified: `proposed` candidates (0 when skipped), `accepted` of them accepted. */
-  end?(proposed: number, accepted: number): void;
+  /**
+   * The round was verified: `proposed` candidates (0 when skipped or withdrawn), `accepted` of
+   * them kept, with their acceptance chances min(1, p(y)/q(y)) (verification's soft labels).
+   */
+  end?(proposed: number, accepted: number, acceptance: readonly number[]): void;
 }
 
 /** Always K candidates. */
@@ -60,21 +63,24 @@ export class ConfidencePolicy implements CandidateLengthPolicy {
  * With `threshold: "auto"` the same predictions drive a cost-aware rule (costs.ts): draft on
  * while a longer round promises a better expected token rate, and propose nothing when no round
  * beats target-only decoding; when drafting ends, propose the prefix with the best expected
- * rate, and tell the costs how verification went (their calibration of P̂). Until the costs
- * are calibrated, h = fallbackThreshold.
+ * rate, and tell the costs how verification went (their calibration of P̂ and the yield of
+ * drafting). Until the costs are calibrated, h = fallbackThreshold.
  *
- * A round that proposes nothing still paid for a draft step (on a CPU about a tenth of a target
- * step). So after such a round the auto rule skips drafting for 1, then 2, 4, … (at most
- * MAX_SKIPPED) rounds while proposals stay empty, and drafts every round again after one that
- * proposes something: where speculation cannot pay, decoding costs what target-only costs.
+ * Drafting costs draft steps even when it proposes nothing. Where drafted rounds have recently
+ * yielded fewer tokens per ms than the target alone (hardware where speculation cannot pay),
+ * the auto rule skips drafting for 1, then 2, 4, … (at most MAX_SKIPPED) rounds between drafted
+ * ones, so decoding costs what target-only costs; a single round that proposes nothing (an
+ * unpromising context) does not stop drafting where it pays.
  */
 const MAX_SKIPPED = 16;
 
 export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
   readonly name = "specdec++";
   private survivals: number[] = [];
+  /** The auto rule's P̂ per candidate before recalibration (what the calibration learns from). */
+  private uncalibrated: number[] = [];
   lastPrediction?: number;
-  /** Consecutive drafted rounds that proposed nothing; rounds still to skip; this round skipped. */
+  /** Consecutive drafted rounds after which drafting did not pay; rounds still to skip; this round skipped. */
   private emptyRounds = 0;
   private toSkip = 0;
   private skipping = false;
@@ -84,16 +90,32 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
     private readonly threshold: number | RoundCosts,
     private readonly minCandidates: number,
     private readonly maxCandidates: number,
+    private readonly regime: SamplingRegime = "sampled",
     private readonly fallbackThreshold = 0.7,
   ) {}
 
   begin(): void {
     this.survivals = [];
+    this.uncalibrated = [];
+  }
+
+  private get calibration(): AcceptanceCalibration | null {
+    return typeof this.threshold === "number" ? null : this.threshold.acceptanceCalibration[this.regime];
   }
 
   decide(k: number, features: DraftFeatures): PolicyDecision {
-    const p = this.predictor.predict(features);
-    this.lastPrediction = p;
+    const raw = this.predictor.predict(features);
+    this.lastPrediction = raw;
+    // The authors' threshold h was tuned on their (pessimistic, w = 6) P̂ as it is; the
+    // cost-aware rule needs acceptance chances: it undoes the predictor's rejection weight and
+    // recalibrates what remains against verification's labels.
+    let p = raw;
+    const calibration = this.calibration;
+    if (calibration) {
+      const unweighted = unweightedAcceptance(raw, this.predictor.rejectionWeight);
+      this.uncalibrated.push(unweighted);
+      p = calibration.apply(unweighted);
+    }
     this.survivals.push((this.survivals.at(-1) ?? 1) * p);
     if (typeof this.threshold !== "number") {
       const decision = this.threshold.decide(k, this.survivals, p, this.maxCandidates);
@@ -117,14 +139,17 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
     return this.threshold.bestPrefix(this.survivals.slice(0, drafted)) ?? drafted;
   }
 
-  end(proposed: number, accepted: number): void {
-    if (typeof this.threshold === "number") return;
-    if (proposed > 0) {
-      this.threshold.observeRound(this.survivals.slice(0, proposed).reduce((a, b) => a + b, 0), accepted);
+  end(proposed: number, accepted: number, acceptance: readonly number[]): void {
+    const calibration = this.calibration;
+    if (typeof this.threshold === "number" || !calibration) return;
+    for (let i = 0; i < proposed; i++) calibration.observe(this.uncalibrated[i], acceptance[i]);
+    if (proposed === 0) calibration.relax();
+    if (this.skipping) return;
+    this.threshold.observeDraftedRound(this.regime, this.survivals.length, proposed, accepted + 1);
+    if (this.threshold.draftingPays(this.regime)) {
       this.emptyRounds = 0;
       return;
     }
-    this.threshold.observeUndraftedRound();
-    if (!this.skipping) this.toSkip = Math.min(MAX_SKIPPED, 2 ** this.emptyRounds++);
+    this.toSkip = Math.min(MAX_SKIPPED, 2 ** this.emptyRounds++);
   }
 }

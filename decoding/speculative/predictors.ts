@@ -10,8 +10,23 @@ export interface AcceptancePredictor {
   /** The draft's hidden states are read for this predictor (native extension). */
   readonly needsHidden?: boolean;
   predict(features: DraftFeatures): number;
+  /**
+   * The rejection weight w of the loss its predictions were fitted with (1: plain soft-label
+   * BCE). Where the fit is good, P̂ = a / (a + w(1 − a)) for the true acceptance chance a: the
+   * authors' w = 6 makes P̂ deliberately pessimistic for their threshold h = 0.7.
+   */
+  readonly rejectionWeight: number;
   /** A verified position: its features and the soft label min(1, p(y)/q(y)). */
   observe(features: DraftFeatures, acceptance: number): void;
+}
+
+/**
+ * The acceptance chance a P̂ fitted with rejection weight w stands for: the inverse of
+ * P̂ = a / (a + w(1 − a)), the minimiser of the weighted loss at a given input.
+ */
+export function unweightedAcceptance(p: number, rejectionWeight: number): number {
+  if (rejectionWeight === 1) return p;
+  return (rejectionWeight * p) / (1 - p + rejectionWeight * p);
 }
 
 const FEATURE_COUNT = 7;
@@ -33,6 +48,7 @@ const Saved = z.object({ version: z.literal(1), weights: z.array(z.number().fini
  */
 export class OnlineLogisticPredictor implements AcceptancePredictor {
   readonly name = "online-logistic";
+  readonly rejectionWeight: number;
   private weights: number[];
   private updates = 0;
   private dirty = false;
@@ -41,6 +57,7 @@ export class OnlineLogisticPredictor implements AcceptancePredictor {
     private readonly options: { learningRate?: number; rejectionWeight?: number; file?: string } = {},
   ) {
     this.weights = [0, 1, 0, 0, 0, 0, 0];
+    this.rejectionWeight = options.rejectionWeight ?? 1;
     if (options.file && existsSync(options.file)) {
       const saved = Saved.safeParse(JSON.parse(readFileSync(options.file, "utf8")));
       if (saved.success) {
@@ -62,7 +79,7 @@ export class OnlineLogisticPredictor implements AcceptancePredictor {
   observe(features: DraftFeatures, acceptance: number): void {
     const x = featureVector(features);
     const p = sigmoid(x.reduce((acc, v, i) => acc + v * this.weights[i], 0));
-    const w = this.options.rejectionWeight ?? 1;
+    const w = this.rejectionWeight;
     // d/dz of the weighted loss: w(1 − a)·P̂ − a·(1 − P̂), normalised by the sample's weight.
     const scale = w * (1 - acceptance) + acceptance;
     const gradient = (w * (1 - acceptance) * p - acceptance * (1 - p)) / scale;
@@ -85,6 +102,7 @@ export class OnlineLogisticPredictor implements AcceptancePredictor {
 /** P̂ = q(y): the draft's confidence, as a fixed (untrained) predictor for comparisons. */
 export class DraftConfidencePredictor implements AcceptancePredictor {
   readonly name = "draft-confidence";
+  readonly rejectionWeight = 1;
   predict(features: DraftFeatures): number {
     return features.chosen;
   }

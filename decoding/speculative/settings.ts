@@ -1,5 +1,5 @@
 // Speculative settings: per model in the server config, overridable per request.
-import type { RoundCosts } from "./costs.js";
+import type { RoundCosts, SamplingRegime } from "./costs.js";
 import { ConfidencePolicy, type CandidateLengthPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
 
@@ -20,14 +20,14 @@ export type SpeculativeOverrides = Partial<SpeculativeSettings> & {
   detail?: boolean;
 };
 
-export function buildPolicy(settings: SpeculativeSettings, predictor: AcceptancePredictor, costs: RoundCosts): CandidateLengthPolicy {
+export function buildPolicy(settings: SpeculativeSettings, predictor: AcceptancePredictor, costs: RoundCosts, regime: SamplingRegime): CandidateLengthPolicy {
   switch (settings.policy) {
     case "fixed":
       return new FixedLengthPolicy(settings.k);
     case "confidence":
       return new ConfidencePolicy(settings.pMin, settings.maxCandidates);
     case "specdec++":
-      return new SpecDecPlusPlusPolicy(predictor, settings.threshold === "auto" ? costs : settings.threshold, settings.minCandidates, settings.maxCandidates);
+      return new SpecDecPlusPlusPolicy(predictor, settings.threshold === "auto" ? costs : settings.threshold, settings.minCandidates, settings.maxCandidates, regime);
   }
 }
 

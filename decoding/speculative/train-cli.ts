@@ -12,7 +12,7 @@ const usage = `usage: npm run train:acceptance -- --target T.gguf --draft D.gguf
   [--candidates N]      drafted tokens per round in the rollouts (default 8)
   [--tokens N]          tokens generated per prompt (default 64)
   [--temperature T]     sampling temperature of the rollouts (default 1)
-  [--blocks N]          residual blocks of the head (default 2)
+  [--blocks N]          residual blocks of the head (default 1)
   [--epochs N]          training epochs (default 20)
   [--threads N]         CPU threads per model (default: cores - 1)
   [--seed N]`;
@@ -25,7 +25,7 @@ const Flags = z.object({
   candidates: z.coerce.number().int().min(1).max(32).default(8),
   tokens: z.coerce.number().int().min(1).default(64),
   temperature: z.coerce.number().min(0).max(2).default(1),
-  blocks: z.coerce.number().int().min(0).max(8).default(2),
+  blocks: z.coerce.number().int().min(0).max(8).default(1),
   epochs: z.coerce.number().int().min(1).default(20),
   threads: z.coerce.number().int().min(1).default(defaultThreads()),
   seed: z.coerce.number().int().min(0).default(1),

@@ -23,6 +23,7 @@ export interface Sample {
 class Recorder implements AcceptancePredictor {
   readonly name = "recorder";
   readonly needsHidden = true;
+  readonly rejectionWeight = 1;
   readonly samples: Sample[] = [];
   predict(): number {
     return 0.5;
@@ -91,7 +92,7 @@ export interface TrainOptions {
 export function trainHead(samples: readonly Sample[], options: TrainOptions): { head: AcceptanceHead; losses: number[] } {
   const d = samples[0].hidden.length;
   const rng = createRng(options.seed);
-  const head = new AcceptanceHead(d, options.blocks);
+  const head = new AcceptanceHead(d, options.blocks, undefined, options.rejectionWeight);
   const params = [head.weight, head.bias, head.out, head.outBias];
   const m = params.map((p) => new Float64Array(p.length));
   const v = params.map((p) => new Float64Array(p.length));
@@ -114,15 +115,16 @@ export function trainHead(samples: readonly Sample[], options: TrainOptions): { 
       for (const s of batch) backward(head, s, w, norm, grads);
       t++;
       const lr = options.learningRate;
-      params.forEach((p, k) => {
+      const [mCorrection, vCorrection] = [1 - beta1 ** t, 1 - beta2 ** t];
+      for (let k = 0; k < params.length; k++) {
+        const [p, mk, vk, gk] = [params[k], m[k], v[k], grads[k]];
         for (let i = 0; i < p.length; i++) {
-          m[k][i] = beta1 * m[k][i] + (1 - beta1) * grads[k][i];
-          v[k][i] = beta2 * v[k][i] + (1 - beta2) * grads[k][i] ** 2;
-          const mHat = m[k][i] / (1 - beta1 ** t);
-          const vHat = v[k][i] / (1 - beta2 ** t);
-          p[i] -= (lr * mHat) / (Math.sqrt(vHat) + eps);
+          const g = gk[i];
+          mk[i] = beta1 * mk[i] + (1 - beta1) * g;
+          vk[i] = beta2 * vk[i] + (1 - beta2) * g * g;
+          p[i] -= (lr * (mk[i] / mCorrection)) / (Math.sqrt(vk[i] / vCorrection) + eps);
         }
-      });
+      }
     }
     losses.push(weightedLoss((h) => head.predict(h), samples, w));
   }
@@ -158,15 +160,20 @@ function backward(head: AcceptanceHead, s: Sample, w: number, norm: number, grad
       const sg = sigmoid(pre[i]);
       dPre[i] = dx[i] * sg * (1 + pre[i] * (1 - sg));
     }
+    for (let i = 0; i < d; i++) gBias[i] += dPre[i];
+    // Zero inputs add nothing to W's gradient (hidden states can be sparse).
+    for (let j = 0; j < d; j++) {
+      const xj = x[j];
+      if (xj === 0) continue;
+      for (let i = 0, at = j; i < d; i++, at += d) gWeight[at] += dPre[i] * xj;
+    }
+    // The input's own gradient is not needed.
+    if (block === 0) break;
     const dxPrev = Float64Array.from(dx);
     for (let i = 0; i < d; i++) {
       if (dPre[i] === 0) continue;
-      gBias[i] += dPre[i];
       const row = i * d;
-      for (let j = 0; j < d; j++) {
-        gWeight[row + j] += dPre[i] * x[j];
-        dxPrev[j] += head.weight[row + j] * dPre[i];
-      }
+      for (let j = 0; j < d; j++) dxPrev[j] += head.weight[row + j] * dPre[i];
     }
     dx.set(dxPrev);
   }

@@ -24,7 +24,7 @@ export interface ModelShape {
   headDim: number;
   contextLength: number;
   /** Storage of the blocks' matrices (they only cost compute, so any type serves). */
-  blockWeights: "f16" | "q8_0";
+  blockWeights: "f32" | "f16" | "q8_0";
 }
 
 export function shapeFor(states: number, overrides: Partial<ModelShape> = {}): ModelShape {
@@ -104,7 +104,7 @@ export function writeChainModel(
     ...tokenizerMetadata(vocab),
   ];
 
-  const block = shape.blockWeights === "q8_0" ? TensorType.Q8_0 : TensorType.F16;
+  const block = { f32: TensorType.F32, f16: TensorType.F16, q8_0: TensorType.Q8_0 }[shape.blockWeights];
   const tensors: Array<{ name: string; dims: number[]; type: TensorType }> = [
     { name: "token_embd.weight", dims: [d, V], type: TensorType.F16 },
   ];

@@ -1,8 +1,9 @@
 // The cost model behind SpecDec++'s automatic threshold.
 import { describe, expect, it } from "vitest";
-import { RoundCosts } from "../../decoding/speculative/costs.js";
+import { AcceptanceCalibration, RoundCosts } from "../../decoding/speculative/costs.js";
 import { SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
 import type { DraftFeatures } from "../../decoding/speculative/features.js";
+import { type AcceptancePredictor, unweightedAcceptance } from "../../decoding/speculative/predictors.js";
 
 async function calibrated(draftMs: number, pass: (n: number) => number, max = 12): Promise<RoundCosts> {
   const costs = new RoundCosts();
@@ -39,7 +40,7 @@ describe("RoundCosts", () => {
   it("is undecided until calibrated, and the policy then falls back to the fixed threshold", () => {
     const costs = new RoundCosts();
     expect(costs.decide(1, [0.9], 0.9, 8)).toBeNull();
-    const policy = new SpecDecPlusPlusPolicy({ name: "c", predict: () => 0.8, observe: () => {} }, costs, 1, 8, 0.45);
+    const policy = new SpecDecPlusPlusPolicy({ name: "c", rejectionWeight: 1, predict: () => 0.8, observe: () => {} }, costs, 1, 8, "sampled", 0.45);
     const f = { chosen: 0.8, top1: 0.8, margin: 0.5, entropy: 0.5, position: 1, recentAcceptance: 0.8 } satisfies DraftFeatures;
     policy.begin();
     expect([1, 2, 3].map((k) => policy.decide(k, f))).toEqual(["continue", "continue", "stop"]);
@@ -59,59 +60,119 @@ describe("RoundCosts", () => {
     expect(flat.bestPrefix(survivals(0.5, 5))).toBe(5);
   });
 
-  it("scales predictions by how verification has gone, and drifts back when it stops drafting", async () => {
+  it("recalibrates P̂ per token from verification's labels, per sampling regime, and relaxes when it stops drafting", () => {
+    const calibration = new AcceptanceCalibration();
+    expect(calibration.apply(0.7)).toBeCloseTo(0.7, 9);
+    // Greedy decoding: the candidates a predictor rates 0.9 always survive, those it rates 0.3
+    // never do — Platt scaling steepens it (a scalar on expected accepted tokens could not).
+    for (let i = 0; i < 20_000; i++) calibration.observe(i % 2 ? 0.9 : 0.3, i % 2 ? 1 : 0);
+    expect(calibration.apply(0.9)).toBeGreaterThan(0.97);
+    expect(calibration.apply(0.3)).toBeLessThan(0.03);
+    // An over-confident predictor is scaled down.
+    const overConfident = new AcceptanceCalibration();
+    for (let i = 0; i < 20_000; i++) overConfident.observe(i % 2 ? 0.9 : 0.6, i % 2 ? 0.6 : 0.3);
+    expect(overConfident.apply(0.9)).toBeCloseTo(0.6, 1);
+    expect(overConfident.apply(0.6)).toBeCloseTo(0.3, 1);
+    // Without labels it relaxes to the identity, so drafting is tried again.
+    for (let i = 0; i < 30_000; i++) overConfident.relax();
+    expect(overConfident.apply(0.9)).toBeCloseTo(0.9, 2);
+  });
+
+  it("the policy learns the calibration of its own regime from the rounds it proposes", async () => {
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
-    const confident = survivals(0.97, 1);
-    expect(costs.calibration).toBe(1);
-    expect(costs.decide(1, confident, 0.97, 12)).toBe("continue");
-    // The predictor promised 3 accepted candidates per round; verification accepted 1.5.
-    for (let i = 0; i < 400; i++) costs.observeRound(3, 1.5);
-    expect(costs.calibration).toBeCloseTo(0.5, 2);
-    expect(costs.decide(1, confident, 0.97, 12)).toBe("drop-and-stop");
-    // Evidence outweighs the drift where nine rounds in ten draft nothing.
-    for (let i = 0; i < 4000; i++) (i % 10 === 0 ? costs.observeRound(3, 1.5) : costs.observeUndraftedRound());
-    expect(costs.calibration).toBeLessThan(0.6);
-    // Without drafted rounds the evidence fades, and drafting is tried again.
-    for (let i = 0; i < 30_000; i++) costs.observeUndraftedRound();
-    expect(costs.calibration).toBeGreaterThan(0.99);
-    expect(costs.decide(1, confident, 0.97, 12)).toBe("continue");
+    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8 }) satisfies DraftFeatures;
+    const predictor: AcceptancePredictor = { name: "c", rejectionWeight: 1, predict: () => 0.97, observe: () => {} };
+    const greedy = new SpecDecPlusPlusPolicy(predictor, costs, 1, 8, "greedy");
+    greedy.begin();
+    expect(greedy.decide(1, f(1))).toBe("continue");
+    // Verification keeps none of them: the greedy calibration learns it, the sampled one does not.
+    for (let i = 0; i < 400; i++) {
+      greedy.begin();
+      greedy.decide(1, f(1));
+      greedy.decide(2, f(2));
+      greedy.end(2, 0, [0, 0]);
+    }
+    greedy.begin();
+    expect(greedy.decide(1, f(1))).toBe("drop-and-stop");
+    expect(costs.acceptanceCalibration.greedy.apply(0.97)).toBeLessThan(0.3);
+    expect(costs.acceptanceCalibration.sampled.apply(0.97)).toBeCloseTo(0.97, 9);
+    const sampled = new SpecDecPlusPlusPolicy(predictor, costs, 1, 8, "sampled");
+    sampled.begin();
+    expect(sampled.decide(1, f(1))).toBe("continue");
   });
 
   it("the SpecDec++ policy proposes through the costs and reports each round to them", async () => {
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
     const predictions = [0.99, 0.99, 0.99, 0.99, 0.2];
-    const policy = new SpecDecPlusPlusPolicy({ name: "scripted", predict: (f) => predictions[f.position - 1], observe: () => {} }, costs, 1, 8);
+    const policy = new SpecDecPlusPlusPolicy({ name: "scripted", rejectionWeight: 1, predict: (f) => predictions[f.position - 1], observe: () => {} }, costs, 1, 8);
     policy.begin();
     const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8 }) satisfies DraftFeatures;
     for (let k = 1; k <= 5; k++) policy.decide(k, f(k));
     expect(policy.propose(5)).toBe(4);
-    for (let i = 0; i < 400; i++) policy.end(4, 0);
-    expect(costs.calibration).toBeLessThan(0.2);
     // A fixed threshold proposes whatever it drafted and keeps no calibration.
-    const fixed = new SpecDecPlusPlusPolicy({ name: "c", predict: () => 0.5, observe: () => {} }, 0.9, 1, 8);
+    const fixed = new SpecDecPlusPlusPolicy({ name: "c", rejectionWeight: 1, predict: () => 0.5, observe: () => {} }, 0.9, 1, 8);
     fixed.begin();
     fixed.decide(1, f(1));
     expect(fixed.propose(1)).toBe(1);
   });
 
-  it("where rounds keep proposing nothing, the policy skips drafting for 1, 2, 4, … rounds (at most 16)", async () => {
-    const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
-    const policy = new SpecDecPlusPlusPolicy({ name: "c", predict: () => 0.5, observe: () => {} }, costs, 1, 8);
-    const drafted: number[] = [];
-    const round = (i: number, proposal: number) => {
-      if (!policy.skipRound()) drafted.push(i);
-      policy.end(drafted.at(-1) === i ? proposal : 0, 0);
+  it("undoes a predictor's rejection weight for the cost-aware rule, not for a fixed threshold", async () => {
+    const costs = await calibrated(0.3, (n) => 6 + 0.4 * n);
+    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8 }) satisfies DraftFeatures;
+    // A head fitted with w = 6 reports P̂ = a / (a + 6(1 − a)): 0.9 → 0.6.
+    const a = 0.9;
+    const weighted = a / (a + 6 * (1 - a));
+    expect(unweightedAcceptance(weighted, 6)).toBeCloseTo(a, 12);
+    expect(unweightedAcceptance(weighted, 1)).toBe(weighted);
+    const lengths = (predictor: AcceptancePredictor, threshold: RoundCosts | number) => {
+      const policy = new SpecDecPlusPlusPolicy(predictor, threshold, 1, 12);
+      policy.begin();
+      let k = 1;
+      while (policy.decide(k, f(k)) === "continue") k++;
+      return k;
     };
-    for (let i = 0; i < 80; i++) round(i, 0);
+    const pessimistic: AcceptancePredictor = { name: "w6", rejectionWeight: 6, predict: () => weighted, observe: () => {} };
+    const calibratedPredictor: AcceptancePredictor = { name: "w1", rejectionWeight: 1, predict: () => a, observe: () => {} };
+    const plainRule = lengths(calibratedPredictor, costs);
+    expect(plainRule).toBeGreaterThan(3);
+    expect(lengths(pessimistic, costs)).toBe(plainRule);
+    // Read as it is, the pessimistic P̂ would end the round far earlier.
+    expect(lengths({ ...pessimistic, rejectionWeight: 1 }, costs)).toBeLessThan(plainRule);
+    // The authors' h applies to their P̂ as it is: 1 − 0.6^k > 0.7 at k = 3.
+    expect(lengths(pessimistic, 0.7)).toBe(3);
+  });
+
+  it("where drafting does not pay, the policy skips it for 1, 2, 4, … rounds (at most 16); where it pays, an empty round does not stop it", async () => {
+    // CPU-like costs, and rounds that propose nothing: drafting never pays.
+    const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
+    const predictor: AcceptancePredictor = { name: "c", rejectionWeight: 1, predict: () => 0.5, observe: () => {} };
+    const rounds = (policy: SpecDecPlusPlusPolicy, from: number, to: number, proposal: number, accepted: number, drafted: number[]) => {
+      for (let i = from; i < to; i++) {
+        const drafting = !policy.skipRound();
+        if (drafting) drafted.push(i);
+        policy.begin();
+        policy.end(drafting ? proposal : 0, drafting ? accepted : 0, Array<number>(drafting ? proposal : 0).fill(0.5));
+      }
+    };
+    const drafted: number[] = [];
+    rounds(new SpecDecPlusPlusPolicy(predictor, costs, 1, 8), 0, 80, 0, 0, drafted);
     expect(drafted).toEqual([0, 2, 5, 10, 19, 36, 53, 70]);
-    // The next drafted round (87, after 16 skipped) proposes something: the back-off resets.
-    drafted.length = 0;
-    for (let i = 80; i < 88; i++) round(i, 3);
-    for (let i = 88; i < 96; i++) round(i, 0);
-    expect(drafted).toEqual([87, 88, 90, 93]);
+    expect(costs.draftingPays("sampled")).toBe(false);
+    // Flat passes, and rounds that keep 4 of 4 candidates: drafting pays; an empty round now and
+    // then (an unpromising context) does not make the policy skip the next.
+    const flat = await calibrated(0.3, (n) => 4 + 0.1 * n);
+    const paying = new SpecDecPlusPlusPolicy(predictor, flat, 1, 8);
+    const draftedThere: number[] = [];
+    rounds(paying, 0, 20, 4, 4, draftedThere);
+    rounds(paying, 20, 21, 0, 0, draftedThere);
+    rounds(paying, 21, 30, 4, 4, draftedThere);
+    expect(draftedThere).toHaveLength(30);
+    expect(flat.draftingPays("sampled")).toBe(true);
+    // The yield is kept per regime.
+    expect(flat.draftingPays("greedy")).toBe(true);
     // A fixed threshold always drafts.
-    const fixed = new SpecDecPlusPlusPolicy({ name: "c", predict: () => 0.5, observe: () => {} }, 0.9, 1, 8);
-    fixed.end(0, 0);
+    const fixed = new SpecDecPlusPlusPolicy(predictor, 0.9, 1, 8);
+    fixed.end(0, 0, []);
     expect(fixed.skipRound()).toBe(false);
   });
 

@@ -1,5 +1,5 @@
 // The SpecDec++ acceptance head: forward pass, trained by the weighted soft-label loss.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -29,6 +29,31 @@ describe("acceptance head", () => {
     }
     const logit = x[1] - 0.1 - (x[0] + 0.3);
     expect(head.predict([0.4, -0.7])).toBeCloseTo(1 / (1 + Math.exp(-logit)), 12);
+    // Zero inputs (skipped in the products) give what the full pass gives.
+    for (const input of [[0, -0.7], [0.4, 0], [0, 0]]) {
+      expect(head.predict(input)).toBeCloseTo(1 / (1 + Math.exp(-head.forward(input).logit)), 12);
+    }
+  });
+
+  it("learns acceptance that depends on the pair of one-hot hidden states (before the candidate, at it)", () => {
+    // A first-order draft's hidden states are one-hot states; acceptance depends on the pair.
+    const states = 12;
+    const rng = createRng(4);
+    const table = Array.from({ length: states * states }, () => (rng.next() < 0.5 ? 0.95 : 0.2 + 0.3 * rng.next()));
+    const samples = (n: number): Sample[] =>
+      Array.from({ length: n }, () => {
+        const [a, b] = [rng.int(states), rng.int(states)];
+        const hidden = new Float32Array(2 * states);
+        hidden[a] = 1;
+        hidden[states + b] = 1;
+        return { hidden, label: table[a * states + b] };
+      });
+    const { head } = trainHead(samples(6000), { blocks: 1, epochs: 30, batchSize: 32, learningRate: 0.01, rejectionWeight: 1, seed: 5 });
+    const test = samples(1000);
+    const mean = test.reduce((acc, s) => acc + s.label, 0) / test.length;
+    const mse = (f: (s: Sample) => number) => test.reduce((acc, s) => acc + (f(s) - s.label) ** 2, 0) / test.length;
+    // Neither state alone says it: the head must learn the interaction.
+    expect(mse((s) => head.predict(s.hidden))).toBeLessThan(0.1 * mse(() => mean));
   });
 
   it("training lowers the weighted loss well below a constant predictor's, and generalises to held-out samples", () => {
@@ -52,9 +77,14 @@ describe("acceptance head", () => {
       const loaded = AcceptanceHead.load(file);
       const h = Float32Array.from([0.3, -0.2, 0.9, 0.1]);
       expect(loaded.predict(h)).toBeCloseTo(head.predict(h), 12);
+      expect(loaded.rejectionWeight).toBe(6);
       const predictor = new HeadPredictor(loaded);
       expect(predictor.predict({ chosen: 0.5, top1: 0.5, margin: 0, entropy: 1, position: 1, recentAcceptance: 0.7, hidden: h })).toBeCloseTo(head.predict(h), 12);
       expect(() => predictor.predict({ chosen: 0.5, top1: 0.5, margin: 0, entropy: 1, position: 1, recentAcceptance: 0.7 })).toThrow(/hidden state/);
+      // Heads of version 1 read one hidden state: refused, with what to do.
+      const old = join(dir, "old.json");
+      writeFileSync(old, JSON.stringify({ ...JSON.parse(readFileSync(file, "utf8")), version: 1 }));
+      expect(() => AcceptanceHead.load(old)).toThrow(/version 1 heads read one hidden state; retrain with npm run train:acceptance/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -43,7 +43,7 @@ describe("policies", () => {
   });
 
   it("SpecDec++ stops once 1 − ΠP̂ exceeds h, never before the minimum, always at the maximum", () => {
-    const constant = (p: number): AcceptancePredictor => ({ name: "c", predict: () => p, observe: () => {} });
+    const constant = (p: number): AcceptancePredictor => ({ name: "c", rejectionWeight: 1, predict: () => p, observe: () => {} });
     // P̂ = 0.8: survival 0.8, 0.64, 0.512 → 1 − 0.512 > 0.45 at k = 3.
     const policy = new SpecDecPlusPlusPolicy(constant(0.8), 0.45, 2, 10);
     policy.begin();
