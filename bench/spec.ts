@@ -1,7 +1,8 @@
-// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME]
+// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME] [--preset spec|spec-compute]
 // Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
 // temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
 // own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor.
+// `--preset spec-compute` swaps in a target that is compute-bound on CPUs.
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,6 +31,7 @@ const { values } = parseArgs({
     thresholds: { type: "string" },
     only: { type: "string" },
     chunk: { type: "string" },
+    preset: { type: "string" },
   },
   strict: false,
 });
@@ -38,10 +40,12 @@ const THRESHOLDS = String(values.thresholds ?? "auto,0.7")
   .map((h) => (h === "auto" ? ("auto" as const) : Number(h)));
 const PROMPTS = Number(values.prompts ?? 24);
 const TOKENS = Number(values.tokens ?? 48);
-const out = jsonPathArg("spec.json");
 
-const dir = join(import.meta.dirname, "..", ".cache", `bench-spec-f${FORGE_FORMAT}`);
-if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: "spec", seed: 1 });
+const PRESET = String(values.preset ?? "spec");
+if (PRESET !== "spec" && PRESET !== "spec-compute") throw new Error(`--preset: spec or spec-compute, not ${PRESET}`);
+const out = jsonPathArg(`${PRESET}.json`);
+const dir = join(import.meta.dirname, "..", ".cache", `bench-${PRESET}-f${FORGE_FORMAT}`);
+if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: PRESET, seed: 1 });
 const manifest = readManifest(dir);
 const pair = manifest.pairs[0];
 const target = join(dir, manifest.models[pair.target].file);
@@ -298,12 +302,14 @@ console.log(
 const headMs = headCost();
 if (headMs !== null) console.log(`authors' head, ms per drafted token: ${headMs.toFixed(4)}; ${((100 * headMs) / (costs.draftStepMs ?? NaN)).toFixed(1)}% of this pair's draft step`);
 console.log(`measured round costs (ms): draft step ${costs.draftStepMs?.toFixed(2)}; target pass over n tokens ${JSON.stringify(costs.targetPassMs)}`);
+if (authorsHead) console.log(`the head pipeline's (ms): ${JSON.stringify(authorsHead.costs.describe())}`);
 
 printTable(rows);
 writeReport(out, {
   benchmark: "spec",
-  command: "npm run bench:spec",
+  command: PRESET === "spec" ? "npm run bench:spec" : `npm run bench:spec -- --preset ${PRESET}`,
   settings: {
+    preset: PRESET,
     prompts: PROMPTS,
     tokensPerPrompt: TOKENS,
     repeats: REPEATS,

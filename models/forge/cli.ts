@@ -1,4 +1,4 @@
-// npm run forge -- --out DIR [--preset demo|spec] [--seed N] [--vocab-size N]
+// npm run forge -- --out DIR [--preset demo|spec|spec-compute] [--seed N] [--vocab-size N]
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { forge, PRESETS } from "./presets.js";

@@ -35,7 +35,8 @@ export interface ForgeOptions {
 
 export const PRESETS = {
   demo: "the demo language model, a draft for it, four domain LoRA experts, and the fusion set",
-  spec: "a target/draft pair for speculative benchmarks: the target costs many times the draft, no greedy cycles, varied acceptance",
+  spec: "a target/draft pair for speculative benchmarks: the target costs many times the draft, no greedy cycles, varied acceptance; the target is memory-bound (as LLMs are on GPUs)",
+  "spec-compute": "the spec pair with a small q8_0 target instead, compute-bound on CPUs (verifying k tokens costs several target steps)",
 } as const;
 export type PresetName = keyof typeof PRESETS;
 
@@ -165,10 +166,15 @@ export function forge(options: ForgeOptions): Manifest {
   } else {
     const states = layout.stateNames.length;
     const pair = speculativePair(layout, V, (state) => vocab.idOf(layout.stateNames[state]), rng, { disagreement: 0.25 });
-    // One wide float32 layer: its 117 MB of weights, read once per pass, far exceed a CPU's
+    // spec: one wide float32 layer; its 117 MB of weights, read once per pass, far exceed a CPU's
     // caches, so a pass is bound by memory bandwidth (as a real LLM's is on a GPU) and verifying
     // a few tokens costs little more than one — the regime speculative decoding is for.
-    addModel("flock-spec-target", "spec-target", pair.target, shapeFor(states, { embeddingDim: 2048, layers: 1, ffnDim: 2048, blockWeights: "f32" }), "costly target");
+    // spec-compute: 12 narrow q8_0 layers (45 MB), bound by arithmetic on a CPU core.
+    const targetShape =
+      options.preset === "spec-compute"
+        ? shapeFor(states, { embeddingDim: 512, layers: 12, ffnDim: 1536, blockWeights: "q8_0" })
+        : shapeFor(states, { embeddingDim: 2048, layers: 1, ffnDim: 2048, blockWeights: "f32" });
+    addModel("flock-spec-target", "spec-target", pair.target, targetShape, "costly target");
     addModel("flock-spec-draft", "spec-draft", pair.draft, shapeFor(states), "cheap draft");
     manifest.pairs.push(pairOf("flock-spec-target", "flock-spec-draft", pair.target, pair.draft));
   }
