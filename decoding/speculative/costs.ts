@@ -86,6 +86,8 @@ export class RoundCosts {
   private draftStep: number | null = null;
   /** passMs[n]: ms for a target pass over n tokens (index 0 unused). */
   private readonly passMs: Array<number | undefined> = [];
+  /** The measured sizes as [n, ms], ascending (rebuilt when a timing changes; read per decision). */
+  private measured: Array<readonly [number, number]> = [];
   /**
    * P̂'s recalibration, one per sampling regime: for the same P̂, greedy acceptance (argmax
    * agreement) and sampled acceptance differ.
@@ -101,6 +103,7 @@ export class RoundCosts {
   observeTargetPass(tokens: number, ms: number): void {
     const known = this.passMs[tokens];
     this.passMs[tokens] = known === undefined ? ms : follow(known, ms);
+    this.indexPasses();
   }
 
   /** Measures draft steps and target passes of sizes up to maxTokens before serving. */
@@ -115,6 +118,11 @@ export class RoundCosts {
       for (let i = 0; i < repeats; i++) passes.push(await targetPass(n));
       this.passMs[n] = median(passes);
     }
+    this.indexPasses();
+  }
+
+  private indexPasses(): void {
+    this.measured = this.passMs.flatMap((ms, size) => (ms === undefined ? [] : [[size, ms] as const]));
   }
 
   /**
@@ -142,7 +150,7 @@ export class RoundCosts {
 
   /** T(n), interpolated between the sizes measured (extended linearly past the largest). */
   targetPass(n: number): number {
-    const known = this.passMs.flatMap((ms, size) => (ms === undefined ? [] : [[size, ms] as const]));
+    const known = this.measured;
     if (known.length === 0) return NaN;
     const above = known.findIndex(([size]) => size >= n);
     if (above === 0) return known[0][1];
