@@ -2,7 +2,7 @@
 //
 // A draft step costs c; a target pass over n tokens costs T(n). Where a pass is bound by reading
 // the weights (a GPU; a CPU with a large model) T(n) is nearly flat for small n; where it is
-// bound by arithmetic (a CPU with a small model) T grows with n — T(2) ≈ 2.5·T(1) was measured
+// bound by arithmetic (a CPU with a small model) T grows with n — T(2) ≈ 3·T(1) was measured
 // here with a small q8_0 target — so whether and how far to speculate depends on the hardware.
 // The table of T(n) is measured at load (calibrate) and kept current from the rounds themselves.
 //
@@ -11,7 +11,7 @@
 // E(k') = 1 + Σ_{i≤k'} S_i tokens for k'·c + T(k'+1) ms (future S extrapolated with the last P̂).
 // Keep drafting while some longer round has a better expected rate; propose nothing when no
 // round beats target-only decoding (1 token per T(1)). Once drafting ends, the drafting is paid
-// for: propose the prefix j ≤ k with the best E(j) / T(j + 1) — where T(2) is 2.5·T(1), a short
+// for: propose the prefix j ≤ k with the best E(j) / T(j + 1) — where T(2) is 3·T(1), a short
 // unconfident candidate is better withdrawn than verified.
 //
 // The rule needs P̂ to be a probability, and predictors are not always calibrated where they
