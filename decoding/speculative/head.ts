@@ -39,8 +39,8 @@ export class AcceptanceHead {
   readonly bias: Float64Array;
   readonly out: Float64Array;
   readonly outBias: Float64Array;
-  /** predict()'s two work vectors. */
-  private readonly scratch: [Float64Array, Float64Array];
+  /** predict()'s work vectors: the block's input, its output, its pre-activation. */
+  private readonly scratch: [Float64Array, Float64Array, Float64Array];
 
   constructor(
     d: number,
@@ -54,7 +54,7 @@ export class AcceptanceHead {
     this.bias = init ? Float64Array.from(init.bias) : new Float64Array(d);
     this.out = init ? Float64Array.from(init.out) : new Float64Array(2 * d);
     this.outBias = init ? Float64Array.from(init.outBias) : new Float64Array(2);
-    this.scratch = [new Float64Array(d), new Float64Array(d)];
+    this.scratch = [new Float64Array(d), new Float64Array(d), new Float64Array(d)];
     if (this.weight.length !== d * d || this.bias.length !== d || this.out.length !== 2 * d) {
       throw new Error(`acceptance head: tensor sizes do not match hidden size ${d}`);
     }
@@ -84,59 +84,55 @@ export class AcceptanceHead {
 
   /** The activations of every block (for training) and the final acceptance logit z_acc − z_rej. */
   forward(h: ArrayLike<number>): { states: Float64Array[]; preActivations: Float64Array[]; logit: number } {
-    const d = this.d;
     const states = [Float64Array.from(h)];
     const preActivations: Float64Array[] = [];
     for (let block = 0; block < this.blocks; block++) {
-      const x = states[block];
-      const pre = Float64Array.from(this.bias);
-      const next = new Float64Array(d);
-      for (let j = 0; j < d; j++) {
-        const xj = x[j];
-        if (xj === 0) continue;
-        for (let i = 0, at = j; i < d; i++, at += d) pre[i] += this.weight[at] * xj;
-      }
-      for (let i = 0; i < d; i++) next[i] = x[i] + silu(pre[i]);
+      const pre = new Float64Array(this.d);
+      const next = new Float64Array(this.d);
+      this.block(states[block], pre, next);
       preActivations.push(pre);
       states.push(next);
     }
-    const x = states[states.length - 1];
-    let reject = this.outBias[0];
-    let accept = this.outBias[1];
-    for (let j = 0; j < d; j++) {
-      reject += this.out[j] * x[j];
-      accept += this.out[d + j] * x[j];
+    return { states, preActivations, logit: this.acceptanceLogit(states[states.length - 1]) };
+  }
+
+  /** The forward pass without what training keeps: it reuses its work vectors. */
+  predict(h: ArrayLike<number>): number {
+    let [x, next] = this.scratch;
+    const pre = this.scratch[2];
+    for (let j = 0; j < this.d; j++) x[j] = h[j];
+    for (let block = 0; block < this.blocks; block++) {
+      this.block(x, pre, next);
+      [x, next] = [next, x];
     }
-    return { states, preActivations, logit: accept - reject };
+    return 1 / (1 + Math.exp(-this.acceptanceLogit(x)));
   }
 
   /**
-   * The forward pass without what training keeps. The first product skips zero inputs (hidden
-   * states can be sparse: the forge's drafts' are one-hot); it costs O(blocks · d²) otherwise.
+   * One residual block: pre = W x + b, next = x + SiLU(pre). The product skips zero inputs
+   * (hidden states can be sparse: the forge's drafts' are one-hot); it costs O(d²) otherwise.
    */
-  predict(h: ArrayLike<number>): number {
+  private block(x: Float64Array, pre: Float64Array, next: Float64Array): void {
     const d = this.d;
-    let x = this.scratch[0];
-    let next = this.scratch[1];
-    for (let j = 0; j < d; j++) x[j] = h[j];
-    for (let block = 0; block < this.blocks; block++) {
-      const pre = next;
-      pre.set(this.bias);
-      for (let j = 0; j < d; j++) {
-        const xj = x[j];
-        if (xj === 0) continue;
-        for (let i = 0, at = j; i < d; i++, at += d) pre[i] += this.weight[at] * xj;
-      }
-      for (let i = 0; i < d; i++) pre[i] = x[i] + silu(pre[i]);
-      [x, next] = [pre, x];
+    pre.set(this.bias);
+    for (let j = 0; j < d; j++) {
+      const xj = x[j];
+      if (xj === 0) continue;
+      for (let i = 0, at = j; i < d; i++, at += d) pre[i] += this.weight[at] * xj;
     }
+    for (let i = 0; i < d; i++) next[i] = x[i] + silu(pre[i]);
+  }
+
+  /** z_accept − z_reject of the output layer. */
+  private acceptanceLogit(x: Float64Array): number {
+    const d = this.d;
     let reject = this.outBias[0];
     let accept = this.outBias[1];
     for (let j = 0; j < d; j++) {
       reject += this.out[j] * x[j];
       accept += this.out[d + j] * x[j];
     }
-    return 1 / (1 + Math.exp(reject - accept));
+    return accept - reject;
   }
 }
 
