@@ -20,6 +20,8 @@
 // turns gains into losses. So P̂ is recalibrated per token (AcceptanceCalibration), online, from
 // verification's labels.
 
+import { sigmoid } from "./predictors.js";
+
 /** Greedy decoding (temperature 0) or sampling. */
 export type SamplingRegime = "greedy" | "sampled";
 
@@ -37,7 +39,6 @@ const logit = (p: number) => {
   const q = Math.min(1 - 1e-4, Math.max(1e-4, p));
   return Math.log(q / (1 - q));
 };
-const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
 
 /** Weight of one drafted round in the recent yield of drafting (about the last 20 count). */
 const YIELD_EMA = 0.05;

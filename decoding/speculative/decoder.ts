@@ -117,17 +117,17 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         // before it and at it, so the draft evaluates each candidate before the decision (the
         // step it would take next anyway; only a round's last one is extra).
         const withHidden = predictor?.needsHidden === true;
-        let stepStarted = performance.now();
+        const catchUpStarted = performance.now();
         const first = await catchUp(draftSeq, all, [], withHidden);
+        costs.observeDraftStep(performance.now() - catchUpStarted);
         let draftLogits = first.logits[0];
         let draftHidden = first.hidden?.[0];
         const timedStep = async (token: number) => {
-          stepStarted = performance.now();
+          const started = performance.now();
           const next = await draftStep(draftSeq!, token, withHidden);
-          costs.observeDraftStep(performance.now() - stepStarted);
+          costs.observeDraftStep(performance.now() - started);
           return next;
         };
-        costs.observeDraftStep(performance.now() - stepStarted);
         for (let k = 1; k <= budget; k++) {
           const adjusted = adjustLogits(draftLogits, params, draftCounts);
           const q = samplingDistribution(adjusted, params);

@@ -81,7 +81,7 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
   private uncalibrated: number[] = [];
   lastPrediction?: number;
   /** Consecutive drafted rounds after which drafting did not pay; rounds still to skip; this round skipped. */
-  private emptyRounds = 0;
+  private unpaidRounds = 0;
   private toSkip = 0;
   private skipping = false;
 
@@ -140,16 +140,16 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
   }
 
   end(proposed: number, accepted: number, acceptance: readonly number[]): void {
-    const calibration = this.calibration;
-    if (typeof this.threshold === "number" || !calibration) return;
+    if (typeof this.threshold === "number") return;
+    const calibration = this.threshold.acceptanceCalibration[this.regime];
     for (let i = 0; i < proposed; i++) calibration.observe(this.uncalibrated[i], acceptance[i]);
     if (proposed === 0) calibration.relax();
     if (this.skipping) return;
     this.threshold.observeDraftedRound(this.regime, this.survivals.length, proposed, accepted + 1);
     if (this.threshold.draftingPays(this.regime)) {
-      this.emptyRounds = 0;
+      this.unpaidRounds = 0;
       return;
     }
-    this.toSkip = Math.min(MAX_SKIPPED, 2 ** this.emptyRounds++);
+    this.toSkip = Math.min(MAX_SKIPPED, 2 ** this.unpaidRounds++);
   }
 }

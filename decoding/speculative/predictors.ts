@@ -36,7 +36,7 @@ function featureVector(f: DraftFeatures): number[] {
   return [1, logit(f.chosen), logit(f.top1), f.margin, f.entropy, Math.log(f.position), logit(f.recentAcceptance)];
 }
 
-const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
+export const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
 
 const Saved = z.object({ version: z.literal(1), weights: z.array(z.number().finite()).length(FEATURE_COUNT), updates: z.int().min(0) });
 

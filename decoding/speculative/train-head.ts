@@ -10,7 +10,7 @@ import { RoundCosts } from "./costs.js";
 import { speculativeDecode } from "./decoder.js";
 import type { DraftFeatures } from "./features.js";
 import { FixedLengthPolicy } from "./policies.js";
-import type { AcceptancePredictor } from "./predictors.js";
+import { type AcceptancePredictor, sigmoid } from "./predictors.js";
 import { SpeculativeStats } from "./stats.js";
 
 export interface Sample {
@@ -76,8 +76,6 @@ export function weightedLoss(predict: (h: Float32Array) => number, samples: read
   }
   return loss / norm;
 }
-
-const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 
 export interface TrainOptions {
   blocks: number;
