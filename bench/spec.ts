@@ -1,4 +1,4 @@
-// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME] [--preset spec|spec-compute]
+// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute]
 // Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
 // temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
 // own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor.
@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { DraftSequenceTokenPredictor, type Token } from "node-llama-cpp";
 import { DEFAULT_SAMPLING, type SamplingParams, softmax } from "../decoding/sampler.js";
 import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
+import { TokenEmbeddings } from "../decoding/speculative/embeddings.js";
 import { draftFeatures } from "../decoding/speculative/features.js";
 import { collectSamples, trainHead } from "../decoding/speculative/train-head.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
@@ -64,21 +65,28 @@ const confidence = (await loadPipeline(engine, entry("confidence", "draft-confid
 const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
 const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
 
-// The authors' head, trained offline (as npm run train:acceptance does) on prompts the
-// measurement does not use, then loaded from its file.
-let authorsHead: SpeculativePipeline | null = null;
-/** One real input of the head, to time it. */
-let headInput: Float32Array | null = null;
+// The authors' head (reading the draft's hidden state at the candidate) and the head that reads
+// the candidate's token embedding instead, each trained offline (as npm run train:acceptance
+// does) on prompts the measurement does not use, then loaded from its file.
+const heads: Array<{ name: string; pipeline: SpeculativePipeline }> = [];
+/** One real hidden state of the draft, to time the heads. */
+let draftHidden: Float32Array | null = null;
 if (engine.capabilities.hiddenStates) {
   const trainingDraft = await engine.load(ModelEntry.parse({ id: "training-draft", path: draft, contextSize: 512, parallel: 1 }), { hiddenStates: true });
   // Start words after those of the measured and warm-up prompts (disjoint at the default 24 prompts).
   const trainingPrompts = Array.from({ length: Math.max(24, words.length - 2 * PROMPTS) }, (_, i) => promptOf(2 * PROMPTS + i));
-  const samples = await collectSamples(plain.model, trainingDraft, trainingPrompts, { candidates: 8, tokensPerPrompt: 48, temperature: 1, seed: 500 });
-  const { head } = trainHead(samples, { blocks: 1, epochs: 15, batchSize: 32, learningRate: 3e-3, rejectionWeight: 6, seed: 1 });
-  headInput = samples[0].hidden;
-  const headFile = join(stateDir, "head.json");
-  head.save(headFile, { samples: samples.length });
-  authorsHead = (await loadPipeline(engine, entry("head", "head", headFile), stateDir)) as SpeculativePipeline;
+  for (const [candidate, name] of [
+    ["hidden", "authors' head"],
+    ["embedding", "head, candidate embedding"],
+  ] as const) {
+    const embeddings = candidate === "embedding" ? await TokenEmbeddings.load(draft) : undefined;
+    const samples = await collectSamples(plain.model, trainingDraft, trainingPrompts, { candidates: 8, tokensPerPrompt: 48, temperature: 1, seed: 500, embeddings });
+    const { head } = trainHead(samples, { blocks: 1, epochs: 15, batchSize: 32, learningRate: 3e-3, rejectionWeight: 6, seed: 1, candidate });
+    draftHidden = samples[0].hidden.slice(0, trainingDraft.embeddingSize);
+    const headFile = join(stateDir, `head-${candidate}.json`);
+    head.save(headFile, { samples: samples.length });
+    heads.push({ name, pipeline: (await loadPipeline(engine, entry(`head-${candidate}`, "head", headFile), stateDir)) as SpeculativePipeline });
+  }
 }
 
 const stateOf = (token: number) => manifest.states.ofToken[token];
@@ -124,7 +132,14 @@ function cyclicShare(prompt: number[], tokens: number[]): number {
   return 0;
 }
 
-async function runFlock(pipeline: Pipeline, sampling: SamplingParams, speculative: SpeculativeOverrides | undefined, first: number, count: number): Promise<Run> {
+/**
+ * Prompt p's sampling seed in repetition rep: every repetition samples fresh trajectories (the
+ * variants of one repetition share them), so the table averages over REPEATS × PROMPTS
+ * generations instead of timing the same ones again.
+ */
+const seedOf = (p: number, rep: number) => 100 + p + 1000 * rep;
+
+async function runFlock(pipeline: Pipeline, sampling: SamplingParams, speculative: SpeculativeOverrides | undefined, first: number, count: number, rep: number): Promise<Run> {
   const stats = new SpeculativeStats();
   let tokens = 0;
   let expected = 0;
@@ -134,7 +149,7 @@ async function runFlock(pipeline: Pipeline, sampling: SamplingParams, speculativ
   const started = performance.now();
   for (let p = first; p < first + count; p++) {
     const prompt = promptOf(p);
-    const request: GenerationRequest = { prompt, maxTokens: TOKENS, sampling, seed: 100 + p, stopStrings: [], stopTokens: [], topLogprobs: null, speculative };
+    const request: GenerationRequest = { prompt, maxTokens: TOKENS, sampling, seed: seedOf(p, rep), stopStrings: [], stopTokens: [], topLogprobs: null, speculative };
     let last = prompt.at(-1)!;
     const generated: number[] = [];
     for await (const step of pipeline.generate(request)) {
@@ -167,7 +182,7 @@ async function runFlock(pipeline: Pipeline, sampling: SamplingParams, speculativ
 }
 
 /** node-llama-cpp's own speculative decoding: a DraftSequenceTokenPredictor on the same models. */
-async function runDraftSequencePredictor(temperature: number, first: number, count: number): Promise<Run & { validated: number; refuted: number }> {
+async function runDraftSequencePredictor(temperature: number, first: number, count: number, rep: number): Promise<Run & { validated: number; refuted: number }> {
   const targetContext = await plain.model.weights.createContext({ contextSize: 512, threads: { ideal: 1, min: 1 } });
   const draftContext = await online.draft.weights.createContext({ contextSize: 512, threads: { ideal: 1, min: 1 } });
   const sequence = targetContext.getSequence({ tokenPredictor: new DraftSequenceTokenPredictor(draftContext.getSequence()) });
@@ -178,7 +193,7 @@ async function runDraftSequencePredictor(temperature: number, first: number, cou
     await sequence.clearHistory();
     const prompt = promptOf(p);
     const generated: number[] = [];
-    for await (const token of sequence.evaluate(prompt as Token[], { temperature, seed: 100 + p })) {
+    for await (const token of sequence.evaluate(prompt as Token[], { temperature, seed: seedOf(p, rep) })) {
       generated.push(token);
       if (generated.length >= TOKENS) break;
     }
@@ -204,10 +219,12 @@ const allVariants: Variant[] = [
   ...THRESHOLDS.flatMap((threshold): Variant[] => [
     { name: `SpecDec++ h=${threshold} (online logistic)`, pipeline: online, speculative: { policy: "specdec++", threshold } },
     { name: `SpecDec++ h=${threshold} (draft confidence)`, pipeline: confidence, speculative: { policy: "specdec++", threshold } },
-    ...(authorsHead ? [{ name: `SpecDec++ h=${threshold} (authors' head)`, pipeline: authorsHead, speculative: { policy: "specdec++" as const, threshold } }] : []),
+    ...heads.map((head): Variant => ({ name: `SpecDec++ h=${threshold} (${head.name})`, pipeline: head.pipeline, speculative: { policy: "specdec++", threshold } })),
   ]),
 ];
-const variants = allVariants.filter((v) => !values.only || v.name === "target only" || v.name.includes(String(values.only)));
+// --only: variants whose names contain any of the comma-separated parts (target only is always run).
+const only = values.only ? String(values.only).split(",") : null;
+const variants = allVariants.filter((v) => !only || v.name === "target only" || only.some((part) => v.name.includes(part)));
 
 const REPEATS = Number(values.repeats ?? 3);
 const CHUNK = Number(values.chunk ?? 2);
@@ -217,7 +234,7 @@ for (const temperature of [1, 0]) {
   const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature };
   // Steady state: every SpecDec++ pipeline (its online predictor, its cost table, its
   // calibration of P̂ for this temperature) has seen traffic before the measured prompts.
-  for (const pipeline of [online, confidence, ...(authorsHead ? [authorsHead] : [])]) await runFlock(pipeline, sampling, { policy: "specdec++" }, PROMPTS, PROMPTS);
+  for (const pipeline of [online, confidence, ...heads.map((h) => h.pipeline)]) await runFlock(pipeline, sampling, { policy: "specdec++" }, PROMPTS, PROMPTS, 0);
   // Every repetition runs every variant once, interleaved, so slow phases of a shared machine
   // hit all of them; the table reports medians over repetitions.
   const runs = new Map<string, Run[]>();
@@ -241,9 +258,9 @@ for (const temperature of [1, 0]) {
     for (let first = 0, turn = 0; first < PROMPTS; first += CHUNK, turn++) {
       const count = Math.min(CHUNK, PROMPTS - first);
       const jobs: Array<() => Promise<void>> = [
-        ...variants.map((v) => async () => add(v.name, await runFlock(v.pipeline, sampling, v.speculative, first, count))),
+        ...variants.map((v) => async () => add(v.name, await runFlock(v.pipeline, sampling, v.speculative, first, count, rep))),
         async () => {
-          const nl = await runDraftSequencePredictor(temperature, first, count);
+          const nl = await runDraftSequencePredictor(temperature, first, count, rep);
           validated += nl.validated;
           refuted += nl.refuted;
           add(external, nl);
@@ -277,12 +294,11 @@ for (const temperature of [1, 0]) {
   }
 }
 // A predictor must pay for itself: its cost per drafted token against a draft step.
-function headCost(): number | null {
-  if (!authorsHead || !headInput) return null;
-  const f = { ...draftFeatures(softmax(Float32Array.from([0, 1])), Float32Array.from([0, 1]), 1, 1, 1, 0.7), hidden: headInput };
+function headCost(head: SpeculativePipeline): number {
+  const f = { ...draftFeatures(softmax(Float32Array.from([0, 1])), Float32Array.from([0, 1]), 1, 1, 1, 0.7), hidden: draftHidden!, candidateHidden: draftHidden! };
   const N = 2000;
   const started = performance.now();
-  for (let i = 0; i < N; i++) authorsHead.predictor.predict(f);
+  for (let i = 0; i < N; i++) head.predictor.predict(f);
   return (performance.now() - started) / N;
 }
 function predictorCost(vocabulary: number): number {
@@ -299,10 +315,10 @@ console.log(
   `online predictor, ms per drafted token (features + prediction): ${JSON.stringify(predictorMs)}; ` +
     `${((100 * predictorMs[manifest.vocab.tokens.length]) / (costs.draftStepMs ?? NaN)).toFixed(1)}% of this pair's draft step`,
 );
-const headMs = headCost();
-if (headMs !== null) console.log(`authors' head, ms per drafted token: ${headMs.toFixed(4)}; ${((100 * headMs) / (costs.draftStepMs ?? NaN)).toFixed(1)}% of this pair's draft step`);
+const headMs = Object.fromEntries(heads.map((h) => [h.name, headCost(h.pipeline)]));
+for (const [name, ms] of Object.entries(headMs)) console.log(`${name}, ms per drafted token: ${ms.toFixed(4)}; ${((100 * ms) / (costs.draftStepMs ?? NaN)).toFixed(1)}% of this pair's draft step`);
 console.log(`measured round costs (ms): draft step ${costs.draftStepMs?.toFixed(2)}; target pass over n tokens ${JSON.stringify(costs.targetPassMs)}`);
-if (authorsHead) console.log(`the head pipeline's (ms): ${JSON.stringify(authorsHead.costs.describe())}`);
+for (const h of heads) console.log(`the ${h.name} pipeline's (ms): ${JSON.stringify(h.pipeline.costs.describe())}`);
 
 printTable(rows);
 writeReport(out, {

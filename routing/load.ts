@@ -1,5 +1,6 @@
 // Builds the pipeline a configured model entry asks for.
 import { join } from "node:path";
+import { TokenEmbeddings } from "../decoding/speculative/embeddings.js";
 import { AcceptanceHead, HeadPredictor } from "../decoding/speculative/head.js";
 import { type AcceptancePredictor, DraftConfidencePredictor, OnlineLogisticPredictor } from "../decoding/speculative/predictors.js";
 import { baseModuleShapes } from "../models/adapter-check.js";
@@ -42,13 +43,13 @@ export async function loadPipeline(engine: Engine, entry: ModelEntry, stateDir: 
     ModelEntry.parse({ id: `${entry.id}:draft`, path: spec.draft, contextSize: entry.contextSize, parallel: entry.parallel, threads: spec.threads ?? entry.threads, gpuLayers: entry.gpuLayers }),
     { hiddenStates: spec.predictor === "head" },
   );
-  const predictor = buildPredictor(entry, spec, draft, stateDir);
+  const predictor = await buildPredictor(entry, spec, draft, stateDir);
   const pipeline = speculativePipeline(target, draft, spec, predictor);
   if (spec.threshold === "auto") await calibrateCosts(pipeline);
   return pipeline;
 }
 
-function buildPredictor(entry: ModelEntry, spec: SpeculativeEntry, draft: LoadedModel, stateDir: string): AcceptancePredictor {
+async function buildPredictor(entry: ModelEntry, spec: SpeculativeEntry, draft: LoadedModel, stateDir: string): Promise<AcceptancePredictor> {
   switch (spec.predictor) {
     case "online":
       return new OnlineLogisticPredictor({ file: predictorFile(stateDir, entry.id) });
@@ -62,11 +63,15 @@ function buildPredictor(entry: ModelEntry, spec: SpeculativeEntry, draft: Loaded
       } catch (err) {
         throw new FlockError("invalid_request", `model ${entry.id}: cannot load the acceptance head ${spec.head}: ${(err as Error).message}`);
       }
-      // The head reads two of the draft's hidden states (before the candidate and at it).
-      if (head.d !== 2 * draft.embeddingSize) {
-        throw new FlockError("invalid_request", `model ${entry.id}: the head ${spec.head} reads ${head.d} inputs, the draft's two hidden states make ${2 * draft.embeddingSize}`);
+      // The head reads the draft's hidden state before the candidate, then the one at the
+      // candidate or the candidate's token embedding.
+      const embeddings = head.candidate === "embedding" ? await TokenEmbeddings.load(spec.draft) : null;
+      const inputs = draft.embeddingSize + (embeddings?.width ?? draft.embeddingSize);
+      if (head.d !== inputs) {
+        const view = embeddings ? "hidden state and token embedding" : "two hidden states";
+        throw new FlockError("invalid_request", `model ${entry.id}: the head ${spec.head} reads ${head.d} inputs, the draft's ${view} make ${inputs}`);
       }
-      return new HeadPredictor(head);
+      return new HeadPredictor(head, embeddings);
     }
   }
 }

@@ -302,7 +302,11 @@ describe("per-token detail (flock.speculative.detail)", () => {
 });
 
 describe("the SpecDec++ authors' head", () => {
-  it("npm run train:acceptance trains a head from rollouts; served with it, greedy output is still the target's", async (ctx) => {
+  // The embedding view tells tokens apart without the draft's context, so it needs more rollouts.
+  it.for([
+    ["the hidden state at the candidate (the authors' input)", "hidden", []],
+    ["the candidate's token embedding", "embedding", ["--tokens", "256"]],
+  ] as const)("npm run train:acceptance trains a head that reads %s; served with it, greedy output is still the target's", async ([, view, extra], ctx) => {
     if (!engine.capabilities.hiddenStates) ctx.skip();
     const { mkdtempSync, readFileSync, rmSync } = await import("node:fs");
     const { join } = await import("node:path");
@@ -314,12 +318,18 @@ describe("the SpecDec++ authors' head", () => {
       const root = join(import.meta.dirname, "..");
       const run = spawnSync(
         join(root, "node_modules", ".bin", "tsx"),
-        ["decoding/speculative/train-cli.ts", "--target", forgedPath(manifest.models["flock-demo"].file), "--draft", forgedPath(manifest.models["flock-demo-draft"].file), "--out", out, "--threads", "1", "--epochs", "8"],
+        [
+          "decoding/speculative/train-cli.ts",
+          ...["--target", forgedPath(manifest.models["flock-demo"].file), "--draft", forgedPath(manifest.models["flock-demo-draft"].file), "--out", out],
+          ...["--threads", "1", "--epochs", "8", "--candidate", view, ...extra],
+        ],
         { cwd: root, encoding: "utf8", timeout: 120_000 },
       );
       expect(run.status, run.stderr).toBe(0);
-      const file = JSON.parse(readFileSync(out, "utf8")) as { hiddenSize: number; trainedOn: { heldOutLoss: number; bestConstantLoss: number } };
-      // The head reads the draft's hidden states before the candidate and at it.
+      const file = JSON.parse(readFileSync(out, "utf8")) as { hiddenSize: number; candidate: string; trainedOn: { heldOutLoss: number; bestConstantLoss: number } };
+      // The head reads the draft's hidden state before the candidate, then its view of the
+      // candidate (the forge's token embeddings are as wide as its hidden states).
+      expect(file.candidate).toBe(view);
       expect(file.hiddenSize).toBe(2 * manifest.models["flock-demo-draft"].shape.embeddingDim);
       // The head learned something a constant cannot say.
       expect(file.trainedOn.heldOutLoss).toBeLessThan(file.trainedOn.bestConstantLoss);
@@ -336,6 +346,7 @@ describe("the SpecDec++ authors' head", () => {
         dir,
       )) as SpeculativePipeline;
       expect(pipeline.predictor.name).toBe("head");
+      expect(pipeline.predictor.needsCandidateHidden).toBe(view === "hidden");
       for (const prompt of prompts().slice(0, 20)) {
         const req = request(prompt, { sampling: greedy, maxTokens: 20 });
         expect((await collect(pipeline, req)).tokens).toEqual((await collect(plain, req)).tokens);

@@ -107,17 +107,21 @@ export class RoundCosts {
     this.indexPasses();
   }
 
-  /** Measures draft steps and target passes of sizes up to maxTokens before serving. */
-  async calibrate(draftStep: () => Promise<number>, targetPass: (tokens: number) => Promise<number>, maxTokens: number, repeats = 3): Promise<void> {
-    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  /**
+   * Measures draft steps and target passes of sizes up to maxTokens before serving. A pass size
+   * keeps the fastest of its repeats: a slow one is the machine's noise (a busy neighbour), and
+   * an overestimate would last — the rule avoids sizes it believes slow, so rounds would never
+   * measure them again — while an underestimate is corrected by the rounds it attracts.
+   */
+  async calibrate(draftStep: () => Promise<number>, targetPass: (tokens: number) => Promise<number>, maxTokens: number, repeats = 5): Promise<void> {
     const steps: number[] = [];
     for (let i = 0; i < repeats * 3; i++) steps.push(await draftStep());
-    this.draftStep = median(steps);
+    this.draftStep = steps.sort((a, b) => a - b)[Math.floor(steps.length / 2)];
     const sizes = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64].filter((n) => n < maxTokens);
     for (const n of [...sizes, maxTokens]) {
-      const passes: number[] = [];
-      for (let i = 0; i < repeats; i++) passes.push(await targetPass(n));
-      this.passMs[n] = median(passes);
+      let fastest = Infinity;
+      for (let i = 0; i < repeats; i++) fastest = Math.min(fastest, await targetPass(n));
+      this.passMs[n] = fastest;
     }
     this.indexPasses();
   }

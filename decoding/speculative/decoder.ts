@@ -69,14 +69,6 @@ async function draftStep(seq: EngineSequence, token: number, withHidden: boolean
   return { logits: logits[0], hidden: hidden[0] };
 }
 
-/** The acceptance head's input: the hidden state that produced a candidate, then the candidate's own. */
-function concatHidden(before: Float32Array, at: Float32Array): Float32Array {
-  const both = new Float32Array(before.length + at.length);
-  both.set(before);
-  both.set(at, before.length);
-  return both;
-}
-
 export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
   const { target, draft, policy, predictor, stats, costs } = setup;
   const targetSeq = await target.acquire(request.prompt, request.signal);
@@ -113,10 +105,11 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       if (drafting) {
         policy.begin();
         const draftCounts = new Map(counts);
-        // A predictor that reads hidden states judges a candidate by the draft's hidden state
-        // before it and at it, so the draft evaluates each candidate before the decision (the
-        // step it would take next anyway; only a round's last one is extra).
+        // A predictor that reads hidden states gets the one that produced each candidate, and
+        // if it asks, the one at the candidate: then the draft evaluates each candidate before
+        // the decision (the step it would take next anyway; only a round's last one is extra).
         const withHidden = predictor?.needsHidden === true;
+        const evaluateFirst = predictor?.needsCandidateHidden === true;
         const catchUpStarted = performance.now();
         const first = await catchUp(draftSeq, all, [], withHidden);
         costs.observeDraftStep(performance.now() - catchUpStarted);
@@ -134,8 +127,9 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           const y = drawFrom(q, rng);
           // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
           const f = params.temperature === 0 ? draftFeatures(softmax(adjusted), adjusted, 1, y, k, recent) : draftFeatures(q, adjusted, params.temperature, y, k, recent);
-          const next = withHidden ? await timedStep(y) : undefined;
-          if (next) f.hidden = concatHidden(draftHidden!, next.hidden!);
+          f.hidden = draftHidden;
+          const next = evaluateFirst ? await timedStep(y) : undefined;
+          f.candidateHidden = next?.hidden;
           const decision = policy.decide(k, f);
           if (decision === "drop-and-stop") break;
           candidates.push(y);

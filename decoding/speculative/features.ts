@@ -14,11 +14,12 @@ export interface DraftFeatures {
   position: number;
   /** Exponential moving average of recent acceptance (soft labels). */
   recentAcceptance: number;
-  /**
-   * Only for predictors that read hidden states: the draft's final hidden state that produced q,
-   * followed by its hidden state at the drafted token (2 × the draft's width).
-   */
+  /** The drafted token y. */
+  token: number;
+  /** Only for predictors that read hidden states: the draft's final hidden state that produced q. */
   hidden?: Float32Array;
+  /** Only for predictors that need it: the draft's final hidden state at y. */
+  candidateHidden?: Float32Array;
 }
 
 /**
@@ -53,5 +54,5 @@ export function draftFeatures(
   const logZ = logits[anchor] * scale - Math.log(q[anchor]);
   // Rounding can leave a tiny negative value for a one-hot distribution.
   const entropy = Math.max(0, logZ - expectedLogit);
-  return { chosen: q[token], top1, margin: top1 - top2, entropy, position, recentAcceptance };
+  return { chosen: q[token], top1, margin: top1 - top2, entropy, position, recentAcceptance, token };
 }

@@ -3,19 +3,28 @@
 // Trained offline (train-head.ts, `npm run train:acceptance`) with their weighted soft-label
 // loss: L = [w(1 − a)(−log(1 − P̂)) + a(−log P̂)] / [w(1 − a) + a], a = min(1, p(y)/q(y)), w = 6.
 //
-// Its input x is the draft's final hidden state that produced the candidate y, followed by the
-// draft's final hidden state at y (d = 2 × the draft's width). The authors read the hidden state
-// at y alone: in a transformer it carries y and its context. A draft whose hidden state carries
-// little context (the forge's first-order drafts carry only y's state) needs the one before y
-// too — acceptance min(1, p(y)/q(y)) depends on both the context and y.
+// Acceptance min(1, p(y)/q(y)) depends on the context and on the candidate y. The head's input x
+// is the draft's final hidden state that produced y (the context), followed by one of two views
+// of y (the file's `candidate`):
+// - "hidden": the draft's final hidden state at y, as the authors read it (in a transformer it
+//   carries y and its context). It exists only once the draft has evaluated y: the decoder
+//   evaluates each candidate before deciding, a step wasted when the head stops the round.
+// - "embedding": y's token embedding in the draft, RMS-normalized (as a LLaMA block normalizes
+//   its input). Free — no draft step — but it says which token y is, not what it means in
+//   context, so it needs more rollouts to generalize across tokens.
+// The hidden state before y is there because a draft's hidden state can carry little context
+// (the forge's first-order drafts' carry only the current token's state).
 import { readFileSync, writeFileSync } from "node:fs";
 import { z } from "zod";
+import type { TokenEmbeddings } from "./embeddings.js";
 import type { DraftFeatures } from "./features.js";
 import type { AcceptancePredictor } from "./predictors.js";
 
 export const HeadFile = z.object({
-  /** 2: the input is [hidden before y, hidden at y] (version 1 heads read one hidden state). */
+  /** 2: the input is [hidden state before y, a view of y] (version 1 heads read one hidden state). */
   version: z.literal(2, { error: "expected version 2 (version 1 heads read one hidden state; retrain with npm run train:acceptance)" }),
+  /** The view of the candidate y in the input (files without it: "hidden"). */
+  candidate: z.enum(["hidden", "embedding"]).default("hidden"),
   hiddenSize: z.int().min(1),
   blocks: z.int().min(0).max(8),
   /** d × d, row-major. */
@@ -30,6 +39,7 @@ export const HeadFile = z.object({
   trainedOn: z.record(z.string(), z.unknown()).optional(),
 });
 export type HeadFile = z.infer<typeof HeadFile>;
+export type CandidateView = HeadFile["candidate"];
 
 const silu = (x: number) => x / (1 + Math.exp(-x));
 
@@ -48,6 +58,7 @@ export class AcceptanceHead {
     init?: { weight: ArrayLike<number>; bias: ArrayLike<number>; out: ArrayLike<number>; outBias: ArrayLike<number> },
     /** w of the weighted loss its weights were (or will be) fitted with. */
     readonly rejectionWeight = 6,
+    readonly candidate: CandidateView = "hidden",
   ) {
     this.d = d;
     this.weight = init ? Float64Array.from(init.weight) : new Float64Array(d * d);
@@ -64,12 +75,13 @@ export class AcceptanceHead {
     const parsed = HeadFile.safeParse(JSON.parse(readFileSync(path, "utf8")));
     if (!parsed.success) throw new Error(`${path}: not an acceptance head file (${parsed.error.issues[0].message})`);
     const f = parsed.data;
-    return new AcceptanceHead(f.hiddenSize, f.blocks, f, f.rejectionWeight);
+    return new AcceptanceHead(f.hiddenSize, f.blocks, f, f.rejectionWeight, f.candidate);
   }
 
   save(path: string, trainedOn: Record<string, unknown>): void {
     const file: HeadFile = {
       version: 2,
+      candidate: this.candidate,
       hiddenSize: this.d,
       blocks: this.blocks,
       weight: [...this.weight],
@@ -136,12 +148,37 @@ export class AcceptanceHead {
   }
 }
 
+/**
+ * The head's input for a drafted token: the hidden state before it, then its hidden state
+ * (without embeddings) or its normalized token embedding.
+ */
+export function headInput(features: DraftFeatures, embeddings: TokenEmbeddings | null, out?: Float32Array): Float32Array {
+  const { hidden, candidateHidden } = features;
+  if (!hidden) throw new Error("the acceptance head needs the draft's hidden state");
+  if (!embeddings && !candidateHidden) throw new Error("the acceptance head needs the draft's hidden state at the candidate");
+  const input = out ?? new Float32Array(hidden.length + (embeddings ? embeddings.width : candidateHidden!.length));
+  input.set(hidden);
+  if (embeddings) embeddings.write(features.token, input, hidden.length);
+  else input.set(candidateHidden!, hidden.length);
+  return input;
+}
+
 /** SpecDec++ with the authors' head: needs the draft's hidden states (native extension). */
 export class HeadPredictor implements AcceptancePredictor {
   readonly name = "head";
   readonly needsHidden = true;
+  readonly needsCandidateHidden: boolean;
+  private readonly input: Float32Array;
 
-  constructor(private readonly head: AcceptanceHead) {}
+  /** embeddings: the draft's, for a head whose candidate view is "embedding" (else null). */
+  constructor(
+    private readonly head: AcceptanceHead,
+    private readonly embeddings: TokenEmbeddings | null,
+  ) {
+    if ((head.candidate === "embedding") !== (embeddings !== null)) throw new Error(`a head with candidate view "${head.candidate}" ${embeddings ? "takes no" : "needs the draft's"} token embeddings`);
+    this.needsCandidateHidden = head.candidate === "hidden";
+    this.input = new Float32Array(head.d);
+  }
 
   get rejectionWeight(): number {
     return this.head.rejectionWeight;
@@ -152,8 +189,7 @@ export class HeadPredictor implements AcceptancePredictor {
   }
 
   predict(features: DraftFeatures): number {
-    if (!features.hidden) throw new Error("the acceptance head needs the draft's hidden state");
-    return this.head.predict(features.hidden);
+    return this.head.predict(headInput(features, this.embeddings, this.input));
   }
 
   /** Trained offline; serving does not change it. */

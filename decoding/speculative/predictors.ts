@@ -9,6 +9,11 @@ export interface AcceptancePredictor {
   readonly name: string;
   /** The draft's hidden states are read for this predictor (native extension). */
   readonly needsHidden?: boolean;
+  /**
+   * It also reads the hidden state at the candidate, so the draft evaluates each candidate
+   * before the decision (the step it takes next anyway; a round's last one is extra).
+   */
+  readonly needsCandidateHidden?: boolean;
   predict(features: DraftFeatures): number;
   /**
    * The rejection weight w of the loss its predictions were fitted with (1: plain soft-label

@@ -5,6 +5,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { defaultThreads, Engine } from "../../models/engine.js";
 import { ModelEntry } from "../../models/registry.js";
+import { TokenEmbeddings } from "./embeddings.js";
 import { collectSamples, trainHead, weightedLoss } from "./train-head.js";
 
 const usage = `usage: npm run train:acceptance -- --target T.gguf --draft D.gguf --out head.json
@@ -14,6 +15,9 @@ const usage = `usage: npm run train:acceptance -- --target T.gguf --draft D.gguf
   [--temperature T]     sampling temperature of the rollouts (default 1)
   [--blocks N]          residual blocks of the head (default 1)
   [--epochs N]          training epochs (default 20)
+  [--candidate V]       how the head sees the drafted token: hidden (the draft's hidden state at
+                        it, the authors' input; costs a draft step per round) or embedding (its
+                        token embedding; free, needs more rollouts to generalize) (default hidden)
   [--threads N]         CPU threads per model (default: cores - 1)
   [--seed N]`;
 
@@ -27,6 +31,7 @@ const Flags = z.object({
   temperature: z.coerce.number().min(0).max(2).default(1),
   blocks: z.coerce.number().int().min(0).max(8).default(1),
   epochs: z.coerce.number().int().min(1).default(20),
+  candidate: z.enum(["hidden", "embedding"]).default("hidden"),
   threads: z.coerce.number().int().min(1).default(defaultThreads()),
   seed: z.coerce.number().int().min(0).default(1),
 });
@@ -48,7 +53,7 @@ const DEFAULT_PROMPTS = [
 
 const { values } = parseArgs({
   options: Object.fromEntries(
-    ["target", "draft", "out", "prompts", "candidates", "tokens", "temperature", "blocks", "epochs", "threads", "seed"].map((k) => [k, { type: "string" as const }]),
+    ["target", "draft", "out", "prompts", "candidates", "tokens", "temperature", "blocks", "epochs", "candidate", "threads", "seed"].map((k) => [k, { type: "string" as const }]),
   ),
   strict: true,
 });
@@ -74,11 +79,12 @@ const texts = flags.prompts ? readFileSync(flags.prompts, "utf8").split("\n").fi
 const prompts = texts.map((t) => target.tokenizePrompt(t));
 
 const started = performance.now();
-const samples = await collectSamples(target, draft, prompts, { candidates: flags.candidates, tokensPerPrompt: flags.tokens, temperature: flags.temperature, seed: flags.seed });
+const embeddings = flags.candidate === "embedding" ? await TokenEmbeddings.load(flags.draft) : undefined;
+const samples = await collectSamples(target, draft, prompts, { candidates: flags.candidates, tokensPerPrompt: flags.tokens, temperature: flags.temperature, seed: flags.seed, embeddings });
 console.log(`collected ${samples.length} verified positions from ${prompts.length} prompts in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 const holdout = samples.filter((_, i) => i % 10 === 0);
 const train = samples.filter((_, i) => i % 10 !== 0);
-const { head, losses } = trainHead(train, { blocks: flags.blocks, epochs: flags.epochs, batchSize: 32, learningRate: 3e-3, rejectionWeight: 6, seed: flags.seed });
+const { head, losses } = trainHead(train, { blocks: flags.blocks, epochs: flags.epochs, batchSize: 32, learningRate: 3e-3, rejectionWeight: 6, seed: flags.seed, candidate: flags.candidate });
 const heldOut = weightedLoss((h) => head.predict(h), holdout);
 let constant = Infinity;
 for (let c = 0.01; c < 1; c += 0.01) constant = Math.min(constant, weightedLoss(() => c, holdout));

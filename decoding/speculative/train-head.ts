@@ -5,7 +5,8 @@ import { createRng } from "../../models/util/rng.js";
 import type { DecodeStep, GenerationRequest } from "../types.js";
 import type { LogprobModel } from "../plain.js";
 import type { DecodingModel } from "../types.js";
-import { AcceptanceHead } from "./head.js";
+import type { TokenEmbeddings } from "./embeddings.js";
+import { AcceptanceHead, type CandidateView, headInput } from "./head.js";
 import { RoundCosts } from "./costs.js";
 import { speculativeDecode } from "./decoder.js";
 import type { DraftFeatures } from "./features.js";
@@ -14,6 +15,7 @@ import { type AcceptancePredictor, sigmoid } from "./predictors.js";
 import { SpeculativeStats } from "./stats.js";
 
 export interface Sample {
+  /** The head's input (headInput). */
   hidden: Float32Array;
   /** min(1, p(y)/q(y)). */
   label: number;
@@ -25,11 +27,15 @@ class Recorder implements AcceptancePredictor {
   readonly needsHidden = true;
   readonly rejectionWeight = 1;
   readonly samples: Sample[] = [];
+  readonly needsCandidateHidden: boolean;
+  constructor(private readonly embeddings: TokenEmbeddings | null) {
+    this.needsCandidateHidden = embeddings === null;
+  }
   predict(): number {
     return 0.5;
   }
   observe(features: DraftFeatures, acceptance: number): void {
-    if (features.hidden) this.samples.push({ hidden: features.hidden, label: acceptance });
+    this.samples.push({ hidden: headInput(features, this.embeddings), label: acceptance });
   }
 }
 
@@ -37,9 +43,16 @@ export async function collectSamples(
   target: LogprobModel,
   draft: DecodingModel,
   prompts: readonly number[][],
-  options: { candidates: number; tokensPerPrompt: number; temperature: number; seed: number },
+  options: {
+    candidates: number;
+    tokensPerPrompt: number;
+    temperature: number;
+    seed: number;
+    /** The draft's token embeddings, for a head whose candidate view is "embedding". */
+    embeddings?: TokenEmbeddings;
+  },
 ): Promise<Sample[]> {
-  const recorder = new Recorder();
+  const recorder = new Recorder(options.embeddings ?? null);
   const setup = {
     target,
     draft,
@@ -84,13 +97,15 @@ export interface TrainOptions {
   learningRate: number;
   rejectionWeight: number;
   seed: number;
+  /** The view of the candidate the samples' inputs hold (default "hidden"). */
+  candidate?: CandidateView;
 }
 
 /** Fits a head with Adam on mini-batches; returns it and the loss after each epoch. */
 export function trainHead(samples: readonly Sample[], options: TrainOptions): { head: AcceptanceHead; losses: number[] } {
   const d = samples[0].hidden.length;
   const rng = createRng(options.seed);
-  const head = new AcceptanceHead(d, options.blocks, undefined, options.rejectionWeight);
+  const head = new AcceptanceHead(d, options.blocks, undefined, options.rejectionWeight, options.candidate);
   const params = [head.weight, head.bias, head.out, head.outBias];
   const m = params.map((p) => new Float64Array(p.length));
   const v = params.map((p) => new Float64Array(p.length));

@@ -21,6 +21,14 @@ describe("RoundCosts", () => {
     expect(costs.targetPass(1)).toBe(12);
   });
 
+  it("calibrates each pass size at its fastest repeat, so slow repeats do not make a size look costly", async () => {
+    const costs = new RoundCosts();
+    let call = 0;
+    // Two passes in three are slowed 3x, as a busy neighbour would (a median would be slow).
+    await costs.calibrate(async () => 0.5, async (n) => (++call % 3 === 0 ? 1 : 3) * (10 + n), 8);
+    for (const n of [1, 2, 3, 4, 5, 6, 8]) expect(costs.targetPass(n)).toBe(10 + n);
+  });
+
   it("on GPU-like costs (flat passes, cheap drafts) keeps drafting while acceptance is high", async () => {
     const costs = await calibrated(0.5, (n) => 20 + 0.1 * n);
     expect(costs.decide(1, survivals(0.9, 1), 0.9, 12)).toBe("continue");
@@ -41,7 +49,7 @@ describe("RoundCosts", () => {
     const costs = new RoundCosts();
     expect(costs.decide(1, [0.9], 0.9, 8)).toBeNull();
     const policy = new SpecDecPlusPlusPolicy({ name: "c", rejectionWeight: 1, predict: () => 0.8, observe: () => {} }, costs, 1, 8, "sampled", 0.45);
-    const f = { chosen: 0.8, top1: 0.8, margin: 0.5, entropy: 0.5, position: 1, recentAcceptance: 0.8 } satisfies DraftFeatures;
+    const f = { chosen: 0.8, top1: 0.8, margin: 0.5, entropy: 0.5, position: 1, recentAcceptance: 0.8, token: 1 } satisfies DraftFeatures;
     policy.begin();
     expect([1, 2, 3].map((k) => policy.decide(k, f))).toEqual(["continue", "continue", "stop"]);
   });
@@ -80,7 +88,7 @@ describe("RoundCosts", () => {
 
   it("the policy learns the calibration of its own regime from the rounds it proposes", async () => {
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
-    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8 }) satisfies DraftFeatures;
+    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8, token: 1 }) satisfies DraftFeatures;
     const predictor: AcceptancePredictor = { name: "c", rejectionWeight: 1, predict: () => 0.97, observe: () => {} };
     const greedy = new SpecDecPlusPlusPolicy(predictor, costs, 1, 8, "greedy");
     greedy.begin();
@@ -106,7 +114,7 @@ describe("RoundCosts", () => {
     const predictions = [0.99, 0.99, 0.99, 0.99, 0.2];
     const policy = new SpecDecPlusPlusPolicy({ name: "scripted", rejectionWeight: 1, predict: (f) => predictions[f.position - 1], observe: () => {} }, costs, 1, 8);
     policy.begin();
-    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8 }) satisfies DraftFeatures;
+    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8, token: 1 }) satisfies DraftFeatures;
     for (let k = 1; k <= 5; k++) policy.decide(k, f(k));
     expect(policy.propose(5)).toBe(4);
     // A fixed threshold proposes whatever it drafted and keeps no calibration.
@@ -118,7 +126,7 @@ describe("RoundCosts", () => {
 
   it("undoes a predictor's rejection weight for the cost-aware rule, not for a fixed threshold", async () => {
     const costs = await calibrated(0.3, (n) => 6 + 0.4 * n);
-    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8 }) satisfies DraftFeatures;
+    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8, token: 1 }) satisfies DraftFeatures;
     // A head fitted with w = 6 reports P̂ = a / (a + 6(1 − a)): 0.9 → 0.6.
     const a = 0.9;
     const weighted = a / (a + 6 * (1 - a));

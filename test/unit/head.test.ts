@@ -3,7 +3,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { AcceptanceHead, HeadPredictor } from "../../decoding/speculative/head.js";
+import { TokenEmbeddings } from "../../decoding/speculative/embeddings.js";
+import { AcceptanceHead, HeadPredictor, headInput } from "../../decoding/speculative/head.js";
 import { type Sample, trainHead, weightedLoss } from "../../decoding/speculative/train-head.js";
 import { createRng } from "../../models/util/rng.js";
 
@@ -68,7 +69,7 @@ describe("acceptance head", () => {
     expect(trained).toBeLessThan(constant * 0.8);
   });
 
-  it("saves and loads; the predictor reads the hidden state", () => {
+  it("saves and loads; the predictor reads the hidden states before and at the candidate, or the candidate's normalized embedding", () => {
     const dir = mkdtempSync(join(tmpdir(), "head-"));
     try {
       const { head } = trainHead(syntheticSamples(200, 4, 5), { blocks: 1, epochs: 2, batchSize: 16, learningRate: 0.01, rejectionWeight: 6, seed: 1 });
@@ -78,13 +79,36 @@ describe("acceptance head", () => {
       const h = Float32Array.from([0.3, -0.2, 0.9, 0.1]);
       expect(loaded.predict(h)).toBeCloseTo(head.predict(h), 12);
       expect(loaded.rejectionWeight).toBe(6);
-      const predictor = new HeadPredictor(loaded);
-      expect(predictor.predict({ chosen: 0.5, top1: 0.5, margin: 0, entropy: 1, position: 1, recentAcceptance: 0.7, hidden: h })).toBeCloseTo(head.predict(h), 12);
-      expect(() => predictor.predict({ chosen: 0.5, top1: 0.5, margin: 0, entropy: 1, position: 1, recentAcceptance: 0.7 })).toThrow(/hidden state/);
+      const features = { chosen: 0.5, top1: 0.5, margin: 0, entropy: 1, position: 1, recentAcceptance: 0.7, token: 2 };
+      // The authors' view of the candidate: its hidden state, read after the one before it.
+      expect(loaded.candidate).toBe("hidden");
+      const byHidden = new HeadPredictor(loaded, null);
+      expect(byHidden.needsCandidateHidden).toBe(true);
+      expect(byHidden.predict({ ...features, hidden: h.subarray(0, 2), candidateHidden: h.subarray(2) })).toBeCloseTo(head.predict(h), 12);
+      expect(() => byHidden.predict({ ...features, hidden: h.subarray(0, 2) })).toThrow(/hidden state at the candidate/);
+      expect(() => byHidden.predict(features)).toThrow(/hidden state/);
+      // The embedding view: three tokens with 2-wide embeddings; token 2's row [3, 4] has RMS √12.5.
+      const embeddings = new TokenEmbeddings(Float32Array.from([1, 0, 0, 1, 3, 4]), 2);
+      expect(() => new HeadPredictor(loaded, embeddings)).toThrow(/takes no token embeddings/);
+      const byEmbedding = trainHead(syntheticSamples(200, 4, 5), { blocks: 1, epochs: 2, batchSize: 16, learningRate: 0.01, rejectionWeight: 6, seed: 1, candidate: "embedding" }).head;
+      byEmbedding.save(file, {});
+      const loadedByEmbedding = AcceptanceHead.load(file);
+      expect(loadedByEmbedding.candidate).toBe("embedding");
+      expect(() => new HeadPredictor(loadedByEmbedding, null)).toThrow(/needs the draft's token embeddings/);
+      const predictor = new HeadPredictor(loadedByEmbedding, embeddings);
+      expect(predictor.needsCandidateHidden).toBe(false);
+      const expected = Float32Array.from([0.3, -0.2, 3 / Math.sqrt(12.5 + 1e-6), 4 / Math.sqrt(12.5 + 1e-6)]);
+      expect(headInput({ ...features, hidden: h.subarray(0, 2) }, embeddings)).toEqual(expected);
+      expect(predictor.predict({ ...features, hidden: h.subarray(0, 2) })).toBeCloseTo(byEmbedding.predict(expected), 12);
+      expect(() => predictor.predict({ ...features, token: 3, hidden: h.subarray(0, 2) })).toThrow(/outside the draft's 3 embeddings/);
       // Heads of version 1 read one hidden state: refused, with what to do.
       const old = join(dir, "old.json");
       writeFileSync(old, JSON.stringify({ ...JSON.parse(readFileSync(file, "utf8")), version: 1 }));
       expect(() => AcceptanceHead.load(old)).toThrow(/version 1 heads read one hidden state; retrain with npm run train:acceptance/);
+      // Version 2 files written before the embedding view existed are hidden-state heads.
+      const { candidate: _, ...withoutView } = JSON.parse(readFileSync(file, "utf8"));
+      writeFileSync(old, JSON.stringify(withoutView));
+      expect(AcceptanceHead.load(old).candidate).toBe("hidden");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -8,7 +8,7 @@ import { ConfidencePolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "../.
 import { type AcceptancePredictor, DraftConfidencePredictor, OnlineLogisticPredictor } from "../../decoding/speculative/predictors.js";
 import { createRng } from "../../models/util/rng.js";
 
-const features = (chosen: number, position = 1): DraftFeatures => ({ chosen, top1: chosen, margin: chosen / 2, entropy: 1, position, recentAcceptance: 0.7 });
+const features = (chosen: number, position = 1): DraftFeatures => ({ chosen, top1: chosen, margin: chosen / 2, entropy: 1, position, recentAcceptance: 0.7, token: 1 });
 
 describe("draftFeatures", () => {
   it("computes the chosen probability, top-1, margin and entropy in one pass", () => {
