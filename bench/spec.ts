@@ -82,7 +82,7 @@ if (engine.capabilities.hiddenStates) {
     const embeddings = candidate === "embedding" ? await TokenEmbeddings.load(draft) : undefined;
     const samples = await collectSamples(plain.model, trainingDraft, trainingPrompts, { candidates: 8, tokensPerPrompt: 48, temperature: 1, seed: 500, embeddings });
     const { head } = trainHead(samples, { blocks: 1, epochs: 15, batchSize: 32, learningRate: 3e-3, rejectionWeight: 6, seed: 1, candidate });
-    draftHidden = samples[0].hidden.slice(0, trainingDraft.embeddingSize);
+    draftHidden = samples[0].input.slice(0, trainingDraft.embeddingSize);
     const headFile = join(stateDir, `head-${candidate}.json`);
     head.save(headFile, { samples: samples.length });
     heads.push({ name, pipeline: (await loadPipeline(engine, entry(`head-${candidate}`, "head", headFile), stateDir)) as SpeculativePipeline });

@@ -1,5 +1,5 @@
 // Training the SpecDec++ acceptance head from target/draft rollouts: the speculative decoder
-// itself produces the data — every drafted position's draft hidden state and its soft label
+// itself produces the data — every drafted position's head input (headInput) and its soft label
 // min(1, p(y)/q(y)) — and the head is fitted with the authors' weighted soft-label loss.
 import { createRng } from "../../models/util/rng.js";
 import type { DecodeStep, GenerationRequest } from "../types.js";
@@ -16,7 +16,7 @@ import { SpeculativeStats } from "./stats.js";
 
 export interface Sample {
   /** The head's input (headInput). */
-  hidden: Float32Array;
+  input: Float32Array;
   /** min(1, p(y)/q(y)). */
   label: number;
 }
@@ -35,7 +35,7 @@ class Recorder implements AcceptancePredictor {
     return 0.5;
   }
   observe(features: DraftFeatures, acceptance: number): void {
-    this.samples.push({ hidden: headInput(features, this.embeddings), label: acceptance });
+    this.samples.push({ input: headInput(features, this.embeddings), label: acceptance });
   }
 }
 
@@ -79,11 +79,11 @@ export async function collectSamples(
 }
 
 /** The authors' weighted soft-label BCE over a set of samples (w weights the rejections). */
-export function weightedLoss(predict: (h: Float32Array) => number, samples: readonly Sample[], rejectionWeight = 6): number {
+export function weightedLoss(predict: (input: Float32Array) => number, samples: readonly Sample[], rejectionWeight = 6): number {
   let loss = 0;
   let norm = 0;
   for (const s of samples) {
-    const p = Math.min(1 - 1e-9, Math.max(1e-9, predict(s.hidden)));
+    const p = Math.min(1 - 1e-9, Math.max(1e-9, predict(s.input)));
     loss += rejectionWeight * (1 - s.label) * -Math.log(1 - p) + s.label * -Math.log(p);
     norm += rejectionWeight * (1 - s.label) + s.label;
   }
@@ -103,7 +103,7 @@ export interface TrainOptions {
 
 /** Fits a head with Adam on mini-batches; returns it and the loss after each epoch. */
 export function trainHead(samples: readonly Sample[], options: TrainOptions): { head: AcceptanceHead; losses: number[] } {
-  const d = samples[0].hidden.length;
+  const d = samples[0].input.length;
   const rng = createRng(options.seed);
   const head = new AcceptanceHead(d, options.blocks, undefined, options.rejectionWeight, options.candidate);
   const params = [head.weight, head.bias, head.out, head.outBias];
@@ -151,7 +151,7 @@ export function trainHead(samples: readonly Sample[], options: TrainOptions): { 
 function backward(head: AcceptanceHead, s: Sample, w: number, norm: number, grads: Float64Array[]): void {
   const d = head.d;
   const [gWeight, gBias, gOut, gOutBias] = grads;
-  const { states, preActivations, logit } = head.forward(s.hidden);
+  const { states, preActivations, logit } = head.forward(s.input);
   const p = sigmoid(logit);
   const scale = (w * (1 - s.label) * p - s.label * (1 - p)) / norm;
   const top = states[states.length - 1];

@@ -14,7 +14,7 @@ function syntheticSamples(n: number, d: number, seed: number): Sample[] {
   return Array.from({ length: n }, () => {
     const hidden = Float32Array.from({ length: d }, () => rng.next() * 2 - 1);
     const label = hidden[0] * hidden[1] > 0 ? 0.9 : 0.15;
-    return { hidden, label };
+    return { input: hidden, label };
   });
 }
 
@@ -47,14 +47,14 @@ describe("acceptance head", () => {
         const hidden = new Float32Array(2 * states);
         hidden[a] = 1;
         hidden[states + b] = 1;
-        return { hidden, label: table[a * states + b] };
+        return { input: hidden, label: table[a * states + b] };
       });
     const { head } = trainHead(samples(6000), { blocks: 1, epochs: 30, batchSize: 32, learningRate: 0.01, rejectionWeight: 1, seed: 5 });
     const test = samples(1000);
     const mean = test.reduce((acc, s) => acc + s.label, 0) / test.length;
     const mse = (f: (s: Sample) => number) => test.reduce((acc, s) => acc + (f(s) - s.label) ** 2, 0) / test.length;
     // Neither state alone says it: the head must learn the interaction.
-    expect(mse((s) => head.predict(s.hidden))).toBeLessThan(0.1 * mse(() => mean));
+    expect(mse((s) => head.predict(s.input))).toBeLessThan(0.1 * mse(() => mean));
   });
 
   it("training lowers the weighted loss well below a constant predictor's, and generalises to held-out samples", () => {
