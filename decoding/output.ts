@@ -2,7 +2,7 @@
 // hold-back, and release of each token's logprob entry together with its text.
 import { IncrementalDetokenizer } from "./detokenizer.js";
 import { StopMatcher } from "./stop.js";
-import type { DecodingModel, TokenLogprob } from "./types.js";
+import type { DecodingModel, FinishReason, TokenLogprob } from "./types.js";
 
 interface Pending {
   /** Offset in the raw text where this token's text begins. */
@@ -15,6 +15,19 @@ export interface Released {
   logprobs: TokenLogprob[];
   /** A stop sequence matched: generation must end. */
   stopped: boolean;
+}
+
+export interface Emitted extends Released {
+  /** Set when this token ends generation. */
+  finishReason?: FinishReason;
+}
+
+/** What can end generation at a token, besides a stop sequence in the text. */
+export interface TokenEnds {
+  /** An end-of-generation or stop token: it ends generation, and its own text is not emitted. */
+  endOfGeneration: boolean;
+  /** max_tokens or the context is used up with this token. */
+  limitReached: boolean;
 }
 
 export class OutputAssembler {
@@ -35,6 +48,24 @@ export class OutputAssembler {
     const scan = this.stops.scan(this.raw, this.released);
     if ("stopAt" in scan) return this.releaseUntil(scan.stopAt, true);
     return this.releaseUntil(scan.safeUntil, false);
+  }
+
+  /**
+   * One generated token, in every decoder's order of endings: an end-of-generation token, then
+   * a stop sequence the token completes, then the limit (which releases everything held).
+   */
+  emit(token: number, logprob: TokenLogprob | undefined, ends: TokenEnds): Emitted {
+    if (ends.endOfGeneration) return { ...this.finish(), finishReason: "stop" };
+    const released = this.push(token, logprob);
+    if (released.stopped) return { ...released, finishReason: "stop" };
+    if (!ends.limitReached) return released;
+    const rest = this.finish();
+    return {
+      text: released.text + rest.text,
+      logprobs: [...released.logprobs, ...rest.logprobs],
+      stopped: rest.stopped,
+      finishReason: rest.stopped ? "stop" : "length",
+    };
   }
 
   /** Releases everything held (generation ended without a stop sequence). */

@@ -41,29 +41,12 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       if (request.signal?.aborted) return;
       const token = sampleToken(adjustLogits(logits, request.sampling, counts), request.sampling, rng);
       counts.set(token, (counts.get(token) ?? 0) + 1);
-      const logprob = request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
-
-      if (model.isEndOfGeneration(token) || stopTokens.has(token)) {
-        const rest = output.finish();
-        yield { tokens: [token], text: rest.text, logprobs: rest.logprobs, finishReason: "stop" };
-        return;
-      }
-      const released = output.push(token, logprob);
-      if (released.stopped) {
-        yield { tokens: [token], text: released.text, logprobs: released.logprobs, finishReason: "stop" };
-        return;
-      }
-      if (generated >= request.maxTokens || seq.length + 1 > seq.contextSize) {
-        const rest = output.finish();
-        yield {
-          tokens: [token],
-          text: released.text + rest.text,
-          logprobs: [...released.logprobs, ...rest.logprobs],
-          finishReason: rest.stopped ? "stop" : "length",
-        };
-        return;
-      }
-      yield { tokens: [token], text: released.text, logprobs: released.logprobs };
+      const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);
+      const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
+      const limitReached = generated >= request.maxTokens || seq.length + 1 > seq.contextSize;
+      const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached });
+      yield { tokens: [token], text, logprobs, ...(finishReason && { finishReason }) };
+      if (finishReason) return;
       logits = await evaluate([token]);
     }
   } finally {

@@ -109,30 +109,12 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
         choice.expert >= 0 ? experts[choice.expert].name : choice.active.length > 0 ? choice.active.map(({ index }) => experts[index].name).join("+") : null;
       stats.record(expertName, choice.alpha);
       const fusion = { expert: expertName, alpha: choice.alpha };
-      const logprob = request.topLogprobs === null ? undefined : describeLogprobs(setup.strong, fused, token, request.topLogprobs);
-
-      if (setup.strong.isEndOfGeneration(token) || stopTokens.has(token)) {
-        const rest = output.finish();
-        yield { tokens: [token], text: rest.text, logprobs: rest.logprobs, finishReason: "stop", fusion: [fusion] };
-        return;
-      }
-      const released = output.push(token, logprob);
-      if (released.stopped) {
-        yield { tokens: [token], text: released.text, logprobs: released.logprobs, finishReason: "stop", fusion: [fusion] };
-        return;
-      }
-      if (generated >= request.maxTokens || sequences[0].length + 1 > contextSize) {
-        const rest = output.finish();
-        yield {
-          tokens: [token],
-          text: released.text + rest.text,
-          logprobs: [...released.logprobs, ...rest.logprobs],
-          finishReason: rest.stopped ? "stop" : "length",
-          fusion: [fusion],
-        };
-        return;
-      }
-      yield { tokens: [token], text: released.text, logprobs: released.logprobs, fusion: [fusion] };
+      const endOfGeneration = setup.strong.isEndOfGeneration(token) || stopTokens.has(token);
+      const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(setup.strong, fused, token, request.topLogprobs);
+      const limitReached = generated >= request.maxTokens || sequences[0].length + 1 > contextSize;
+      const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached });
+      yield { tokens: [token], text, logprobs, ...(finishReason && { finishReason }), fusion: [fusion] };
+      if (finishReason) return;
       // Every model sees the token; their evaluations run concurrently.
       const evaluateStarted = performance.now();
       logits = await Promise.all(sequences.map(async (seq) => (await seq.evaluate([token], [0]))[0]));

@@ -12,7 +12,7 @@ import type { EngineSequence } from "../../models/sequence.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
 import { adjustLogits, drawFrom, samplingDistribution, softmax } from "../sampler.js";
-import type { DecodeStep, DecodingModel, GenerationRequest, SpeculativeTokenDetail, TokenLogprob, TokenOrigin } from "../types.js";
+import type { DecodeStep, DecodingModel, GenerationRequest, SpeculativeTokenDetail, TokenOrigin } from "../types.js";
 import { draftFeatures, type DraftFeatures } from "./features.js";
 import type { CandidateLengthPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
@@ -169,10 +169,6 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, accepted: verdict.accepted, origins: [] } };
       const details = detail ? roundDetail(target, all, candidates, verdict.accepted, origins, features, verdict.acceptanceProbabilities, predictions, round) : undefined;
       if (details) step.speculative!.detail = [];
-      const add = (released: { text: string; logprobs: TokenLogprob[] }) => {
-        step.text += released.text;
-        step.logprobs!.push(...released.logprobs);
-      };
       for (const [j, token] of emitted.entries()) {
         generated++;
         increment(counts, token);
@@ -180,22 +176,14 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         step.tokens.push(token);
         step.speculative!.origins.push(origins[j]);
         if (details) step.speculative!.detail!.push(details[j]);
-        if (ends(token)) {
-          add(output.finish());
-          yield { ...step, finishReason: "stop" };
-          return;
-        }
-        const logprob = request.topLogprobs === null ? undefined : describeLogprobs(target, targetLogits[j], token, request.topLogprobs);
-        const released = output.push(token, logprob);
-        add(released);
-        if (released.stopped) {
-          yield { ...step, finishReason: "stop" };
-          return;
-        }
-        if (generated >= request.maxTokens || all.length >= contextSize) {
-          const rest = output.finish();
-          add(rest);
-          yield { ...step, finishReason: rest.stopped ? "stop" : "length" };
+        const endOfGeneration = ends(token);
+        const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(target, targetLogits[j], token, request.topLogprobs);
+        const limitReached = generated >= request.maxTokens || all.length >= contextSize;
+        const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached });
+        step.text += text;
+        step.logprobs!.push(...logprobs);
+        if (finishReason) {
+          yield { ...step, finishReason };
           return;
         }
       }

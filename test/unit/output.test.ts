@@ -205,3 +205,35 @@ describe("OutputAssembler", () => {
     }
   });
 });
+
+describe("OutputAssembler.emit", () => {
+  const setup = (chunks: string[], stops: string[]) => {
+    const vocab = new FakeVocab();
+    const ids = chunks.map((c) => vocab.add(c));
+    return { ids, out: new OutputAssembler(vocab.model(), [], stops) };
+  };
+  const going = { endOfGeneration: false, limitReached: false };
+
+  it("an end-of-generation token stops without its own text, releasing what was held", () => {
+    const { ids, out } = setup(["a S", "<eos>"], ["STOP"]);
+    expect(out.emit(ids[0], entry(ids[0]), going)).toEqual({ text: "a ", logprobs: [entry(0)], stopped: false });
+    expect(out.emit(ids[1], entry(ids[1]), { endOfGeneration: true, limitReached: true })).toEqual({ text: "S", logprobs: [], stopped: false, finishReason: "stop" });
+  });
+
+  it("a stop sequence the token completes ends with stop, even at the limit", () => {
+    const { ids, out } = setup(["x ST", "OP y"], ["STOP"]);
+    out.emit(ids[0], entry(ids[0]), going);
+    expect(out.emit(ids[1], entry(ids[1]), { endOfGeneration: false, limitReached: true })).toEqual({ text: "", logprobs: [], stopped: true, finishReason: "stop" });
+  });
+
+  it("at the limit, releases the token and everything held, ending with length", () => {
+    const { ids, out } = setup(["one S", "T"], ["STOP"]);
+    expect(out.emit(ids[0], entry(ids[0]), going).finishReason).toBeUndefined();
+    expect(out.emit(ids[1], entry(ids[1]), { endOfGeneration: false, limitReached: true })).toEqual({
+      text: "ST",
+      logprobs: [entry(1)],
+      stopped: false,
+      finishReason: "length",
+    });
+  });
+});
