@@ -27,25 +27,46 @@ export interface GgufContents {
   tensors: Map<string, Tensor>;
 }
 
+/** A tensor's bytes as the file stores them (decodeInto reads values out of them). */
+export interface StoredTensor {
+  dims: number[];
+  type: GgmlStorage;
+  bytes: Buffer;
+}
+
 /** `only`: read just the tensors this accepts (the others are skipped unread). */
 export async function readGgufTensors(path: string, only: (name: string) => boolean = () => true): Promise<GgufContents> {
-  const info = await readGgufFileInfo(path, { logWarnings: false });
   const tensors = new Map<string, Tensor>();
+  const metadata = await readStored(path, only, (name, { dims, type, bytes }) => {
+    const count = dims.reduce((a, b) => a * b, 1);
+    tensors.set(name, { dims, type, data: decodeInto(type, bytes, 0, count, new Float32Array(count)) });
+  });
+  return { metadata, tensors };
+}
+
+/** One tensor as stored, undecoded (for tensors read a slice at a time), or undefined. */
+export async function readStoredTensor(path: string, name: string): Promise<StoredTensor | undefined> {
+  let found: StoredTensor | undefined;
+  await readStored(path, (n) => n === name, (_, tensor) => (found = tensor));
+  return found;
+}
+
+async function readStored(path: string, only: (name: string) => boolean, use: (name: string, tensor: StoredTensor) => void): Promise<unknown> {
+  const info = await readGgufFileInfo(path, { logWarnings: false });
   const fd = openSync(path, "r");
   try {
     for (const t of info.fullTensorInfo ?? []) {
       if (!only(t.name)) continue;
       const dims = t.dimensions.map(Number);
-      const count = dims.reduce((a, b) => a * b, 1);
       const type = storageOf(t.ggmlType, t.name);
-      const bytes = Buffer.alloc(byteSize(type, count));
+      const bytes = Buffer.alloc(byteSize(type, dims.reduce((a, b) => a * b, 1)));
       readSync(fd, bytes, 0, bytes.length, Number(t.fileOffset));
-      tensors.set(t.name, { dims, type, data: decode(type, bytes, count) });
+      use(t.name, { dims, type, bytes });
     }
   } finally {
     closeSync(fd);
   }
-  return { metadata: info.metadata, tensors };
+  return info.metadata;
 }
 
 /** A metadata value by its dotted GGUF key, or undefined. */
@@ -69,25 +90,29 @@ function byteSize(type: GgmlStorage, count: number): number {
   return (count / Q8_BLOCK) * Q8_BLOCK_BYTES;
 }
 
-function decode(type: GgmlStorage, bytes: Buffer, count: number): Float32Array {
-  const out = new Float32Array(count);
+/**
+ * Decodes `count` values from element `first` of a stored tensor into out (from outOffset);
+ * returns out. For Q8_0, `first` and `count` are whole blocks (multiples of 32).
+ */
+export function decodeInto(type: GgmlStorage, bytes: Buffer, first: number, count: number, out: Float32Array, outOffset = 0): Float32Array {
   if (type === F32) {
-    for (let i = 0; i < count; i++) out[i] = bytes.readFloatLE(i * 4);
+    for (let i = 0; i < count; i++) out[outOffset + i] = bytes.readFloatLE((first + i) * 4);
   } else if (type === F16) {
-    for (let i = 0; i < count; i++) out[i] = float16BitsToFloat32(bytes.readUInt16LE(i * 2));
+    for (let i = 0; i < count; i++) out[outOffset + i] = float16BitsToFloat32(bytes.readUInt16LE((first + i) * 2));
   } else if (type === BF16) {
     // bfloat16 is the top half of a float32.
     const bits = new Uint32Array(1);
     const asFloat = new Float32Array(bits.buffer);
     for (let i = 0; i < count; i++) {
-      bits[0] = bytes.readUInt16LE(i * 2) << 16;
-      out[i] = asFloat[0];
+      bits[0] = bytes.readUInt16LE((first + i) * 2) << 16;
+      out[outOffset + i] = asFloat[0];
     }
   } else {
+    if (first % Q8_BLOCK !== 0 || count % Q8_BLOCK !== 0) throw new RangeError("Q8_0 values are decoded in whole blocks of 32");
     for (let b = 0; b < count / Q8_BLOCK; b++) {
-      const at = b * Q8_BLOCK_BYTES;
+      const at = (first / Q8_BLOCK + b) * Q8_BLOCK_BYTES;
       const scale = float16BitsToFloat32(bytes.readUInt16LE(at));
-      for (let i = 0; i < Q8_BLOCK; i++) out[b * Q8_BLOCK + i] = scale * bytes.readInt8(at + 2 + i);
+      for (let i = 0; i < Q8_BLOCK; i++) out[outOffset + b * Q8_BLOCK + i] = scale * bytes.readInt8(at + 2 + i);
     }
   }
   return out;

@@ -4,6 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { TokenEmbeddings } from "../../decoding/speculative/embeddings.js";
+import { F32, readGgufTensors } from "../../models/gguf/reader.js";
+import { gguf, TensorType, writeGguf } from "../../models/gguf/writer.js";
 import { AcceptanceHead, HeadPredictor, headInput } from "../../decoding/speculative/head.js";
 import { type Sample, trainHead, weightedLoss } from "../../decoding/speculative/train-head.js";
 import { createRng } from "../../models/util/rng.js";
@@ -88,7 +90,8 @@ describe("acceptance head", () => {
       expect(() => byHidden.predict({ ...features, hidden: h.subarray(0, 2) })).toThrow(/hidden state at the candidate/);
       expect(() => byHidden.predict(features)).toThrow(/hidden state/);
       // The embedding view: three tokens with 2-wide embeddings; token 2's row [3, 4] has RMS √12.5.
-      const embeddings = new TokenEmbeddings(Float32Array.from([1, 0, 0, 1, 3, 4]), 2);
+      const rows = Float32Array.from([1, 0, 0, 1, 3, 4]);
+      const embeddings = new TokenEmbeddings({ dims: [2, 3], type: F32, bytes: Buffer.from(rows.buffer) });
       expect(() => new HeadPredictor(loaded, embeddings)).toThrow(/takes no token embeddings/);
       const byEmbedding = trainHead(syntheticSamples(200, 4, 5), { blocks: 1, epochs: 2, batchSize: 16, learningRate: 0.01, rejectionWeight: 6, seed: 1, candidate: "embedding" }).head;
       byEmbedding.save(file, {});
@@ -109,6 +112,37 @@ describe("acceptance head", () => {
       const { candidate: _, ...withoutView } = JSON.parse(readFileSync(file, "utf8"));
       writeFileSync(old, JSON.stringify(withoutView));
       expect(AcceptanceHead.load(old).candidate).toBe("hidden");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the draft's token embeddings", () => {
+  it("read rows of F32, F16 and Q8_0 files as the whole tensor decodes, RMS-normalized", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "embeddings-"));
+    try {
+      const [width, vocabulary] = [64, 5];
+      const rng = createRng(3);
+      const data = Float32Array.from({ length: width * vocabulary }, () => rng.next() * 2 - 1);
+      for (const type of [TensorType.F32, TensorType.F16, TensorType.Q8_0]) {
+        const file = join(dir, `e${type}.gguf`);
+        const spec = { name: "token_embd.weight", dims: [width, vocabulary], type };
+        writeGguf(file, [["general.architecture", gguf.str("llama")]], [spec], () => data);
+        const whole = (await readGgufTensors(file)).tensors.get("token_embd.weight")!.data;
+        const embeddings = await TokenEmbeddings.load(file);
+        expect([embeddings.width, embeddings.vocabularySize]).toEqual([width, vocabulary]);
+        for (let token = 0; token < vocabulary; token++) {
+          const row = whole.subarray(token * width, (token + 1) * width);
+          const rms = Math.sqrt(row.reduce((a, x) => a + x * x, 0) / width + 1e-6);
+          const out = new Float32Array(width + 3);
+          embeddings.write(token, out, 3);
+          for (let i = 0; i < width; i++) expect(out[3 + i]).toBeCloseTo(row[i] / rms, 5);
+        }
+      }
+      const none = join(dir, "none.gguf");
+      writeGguf(none, [["general.architecture", gguf.str("llama")]], [{ name: "output.weight", dims: [width, vocabulary], type: TensorType.F32 }], () => data);
+      await expect(TokenEmbeddings.load(none)).rejects.toThrow(/has no token_embd.weight/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
