@@ -184,10 +184,6 @@ export class HeadPredictor implements AcceptancePredictor {
     return this.head.rejectionWeight;
   }
 
-  get hiddenSize(): number {
-    return this.head.d;
-  }
-
   predict(features: DraftFeatures): number {
     return this.head.predict(headInput(features, this.embeddings, this.input));
   }

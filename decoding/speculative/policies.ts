@@ -140,8 +140,8 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
   }
 
   end(proposed: number, accepted: number, acceptance: readonly number[]): void {
-    if (typeof this.threshold === "number") return;
-    const calibration = this.threshold.acceptanceCalibration[this.regime];
+    const calibration = this.calibration;
+    if (typeof this.threshold === "number" || !calibration) return;
     for (let i = 0; i < proposed; i++) calibration.observe(this.uncalibrated[i], acceptance[i]);
     if (proposed === 0) calibration.relax();
     if (this.skipping) return;
