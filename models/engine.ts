@@ -5,8 +5,9 @@ import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama
 import { adapterMismatch, baseShapesOf, readAdapterHeader } from "./adapter-check.js";
 import { FlockError } from "./errors.js";
 import { LoadedModel } from "./model.js";
-import { hasFlockAddon, type RoutedLoraConfig } from "./native.js";
+import { hasFlockAddon, hasWeightCheck, type RoutedLoraConfig } from "./native.js";
 import type { ModelEntry } from "./registry.js";
+import { checkWeights } from "./weight-check.js";
 
 export type GpuSetting = "auto" | "off" | "cuda" | "vulkan" | "metal";
 
@@ -56,8 +57,32 @@ export class Engine {
     return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon });
   }
 
+  /**
+   * Runs every weight type of `files` once in a child process before anything is loaded
+   * (models/weight-check.ts); throws a FlockError naming what this machine cannot run. Returns
+   * false, doing nothing, where the build lacks the check (node-llama-cpp's prebuilt binary).
+   */
+  async checkWeights(files: readonly string[], cacheFile: string | null): Promise<boolean> {
+    if (!hasWeightCheck(this.llama)) return false;
+    const gpu = this.options.gpu === "off" ? false : this.options.gpu;
+    await checkWeights(files, { gpu, threads: this.options.threads, cacheFile, build: `${this.llama.buildType}\n${this.llama.systemInfo}` });
+    return true;
+  }
+
+  /**
+   * The CPU's instruction-set extensions compiled into ggml's CPU backend, and the extra buffer
+   * types they bring (llama.cpp places weights there: repacked layouts, AMX tiles), as
+   * llama.cpp's system info lists them.
+   */
+  cpuFeatures(): { features: string[]; extraBufferTypes: string[] } {
+    const cpu = this.llama.systemInfo.split("|").map((f) => f.trim().replace(/^CPU : /, ""));
+    const on = cpu.filter((f) => / = 1$/.test(f)).map((f) => f.replace(/ = 1$/, ""));
+    const extraBufferTypes = [...(on.includes("REPACK") ? ["CPU_REPACK"] : []), ...(on.includes("AMX_INT8") ? ["AMX"] : [])];
+    return { features: on.filter((f) => f !== "REPACK"), extraBufferTypes };
+  }
+
   /** A one-line description for the startup log. */
-  describe(): { build: string; gpu: string | false; threads: number; capabilities: Capabilities; missing?: string } {
+  describe(): { build: string; gpu: string | false; threads: number; capabilities: Capabilities; cpu: ReturnType<Engine["cpuFeatures"]>; missing?: string } {
     const missing = Object.entries(this.capabilities)
       .filter(([, has]) => !has)
       .map(([name]) => name);
@@ -66,6 +91,7 @@ export class Engine {
       gpu: this.llama.gpu,
       threads: this.options.threads,
       capabilities: this.capabilities,
+      cpu: this.cpuFeatures(),
       ...(missing.length > 0 ? { missing: `${missing.join(", ")} unavailable in this build${this.capabilities.rawLogits ? "" : " (full distributions use node-llama-cpp's slower probabilities path; run npm run build:native)"}` } : {}),
     };
   }

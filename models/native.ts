@@ -82,6 +82,12 @@ export function hasFlockAddon(llama: Llama): boolean {
   );
 }
 
+/** Whether the loaded addon carries the startup weight check (models/weight-check.ts). */
+export function hasWeightCheck(llama: Llama): boolean {
+  const bindings = (llama as unknown as { _bindings?: { flockCheckWeightType?: unknown } })._bindings;
+  return typeof bindings?.flockCheckWeightType === "function";
+}
+
 /**
  * Makes `controlledEvaluate` return raw logits for positions that ask for `confidence` only.
  *

@@ -26,6 +26,12 @@ export const SpeculativeEntry = z.strictObject({
   predictor: z.enum(["online", "draft-confidence", "head"]).default("online"),
   /** The trained head (predictor "head"). */
   head: z.string().min(1).optional(),
+  /**
+   * How requests without a seed are verified: rejection sampling (the highest acceptance) or
+   * coupled keyed noise. Requests with a seed are always coupled (their text then depends on the
+   * request alone).
+   */
+  verification: z.enum(["rejection", "coupled"]).default("rejection"),
   /** Draft CPU threads; defaults to the model's. */
   threads: z.int().min(1).optional(),
 });
@@ -111,4 +117,15 @@ export const ModelEntry = z.strictObject({
   experts: ExpertsEntry.optional(),
 });
 export type ModelEntry = z.infer<typeof ModelEntry>;
+
+/** Every GGUF file an entry loads: its model, LoRA adapters, draft, fusion models and experts. */
+export function entryFiles(entry: ModelEntry): string[] {
+  return [
+    entry.path,
+    ...entry.lora.map((l) => l.path),
+    ...(entry.speculative ? [entry.speculative.draft] : []),
+    ...(entry.fusion ? [entry.fusion.base, ...entry.fusion.experts.flatMap((e) => [e.path ?? e.lora!])] : []),
+    ...(entry.experts?.library.map((e) => e.lora) ?? []),
+  ];
+}
 export type ModelEntryInput = z.input<typeof ModelEntry>;

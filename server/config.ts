@@ -61,6 +61,11 @@ export const ServerConfig = z.strictObject({
   logPrompts: z.boolean().default(false),
   /** Serve the playground page at / (off: / is a 404 like any unknown URL). */
   playground: z.boolean().default(true),
+  /**
+   * Before loading, run each weight type of the configured files once in a child process, so a
+   * kernel this machine cannot execute refuses the start instead of crashing a request.
+   */
+  weightCheck: z.boolean().default(true),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 export type ServerConfigInput = z.input<typeof ServerConfig>;
@@ -99,6 +104,7 @@ export const USAGE = `usage: npm start -- [options]
   --shutdown-timeout S   seconds in-flight requests get after SIGTERM (default 30; env FLOCK_SHUTDOWN_TIMEOUT)
   --log-prompts          log prompt and completion text (env FLOCK_LOG_PROMPTS=1)
   --no-playground        do not serve the playground page at / (env FLOCK_PLAYGROUND=0)
+  --no-weight-check      skip the startup check of each weight type (env FLOCK_WEIGHT_CHECK=0)
   -h, --help             this text
 
 Without --model or a config file with models, flock serves its built-in demo models.`;
@@ -170,6 +176,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
         "shutdown-timeout": { type: "string" },
         "log-prompts": { type: "boolean" },
         "no-playground": { type: "boolean" },
+        "no-weight-check": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -214,6 +221,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   set("logPrompts", flags["log-prompts"]);
   set("playground", bool(env.FLOCK_PLAYGROUND));
   if (flags["no-playground"]) merged.playground = false;
+  set("weightCheck", bool(env.FLOCK_WEIGHT_CHECK));
+  if (flags["no-weight-check"]) merged.weightCheck = false;
   // Allowed origins and API keys add up across sources rather than replacing each other: a
   // key given by flag must not silently revoke the keys of the config file.
   const corsOrigins = [...((file.corsOrigins as unknown[] | undefined) ?? []), ...(list(env.FLOCK_CORS_ORIGINS) ?? []), ...(flags["cors-origin"] ?? [])];

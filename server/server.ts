@@ -2,9 +2,10 @@
 // engine loads the configured models, then every route serves.
 import type { Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { serve, type ServerType } from "@hono/node-server";
 import { Engine } from "../models/engine.js";
-import { ModelEntry } from "../models/registry.js";
+import { entryFiles, ModelEntry } from "../models/registry.js";
 import { PipelineRegistry } from "../routing/pipeline.js";
 import { loadPipelines, savePredictors } from "../routing/load.js";
 import { createApp, notReady, shuttingDown } from "./app.js";
@@ -84,6 +85,10 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     log.info(engine.describe(), "engine ready");
     const entries = config.models.length > 0 ? config.models : demoModels(config.cacheDir).map((m) => ModelEntry.parse(m));
     if (config.models.length === 0) log.info({ cacheDir: config.cacheDir }, "no models configured: serving the built-in demo");
+    if (config.weightCheck) {
+      const checked = await engine.checkWeights(entries.flatMap(entryFiles), join(config.cacheDir, "weight-check.json"));
+      if (!checked) log.warn("startup weight check unavailable in this build (run npm run build:native)");
+    }
     const loaded = new PipelineRegistry();
     for (const configured of entries) {
       const entry = { ...configured, maxQueue: configured.maxQueue ?? config.limits.maxQueue };

@@ -12,6 +12,12 @@
 //   which llama.cpp (summing in another order) may round the other way: one such flip moved a
 //   position by up to 1.9e-4 — as much as switching the oracle's own sums from f64 to f32 does.
 //   Hence `expectAgreement`: a small median, at most one position past 1e-4, none past 1e-3.
+// - Those bounds hold for the kernel family that accumulates F16 dot products in f32 (AMD and
+//   Intel CPUs without AVX512-FP16). Where ggml's F16 vector kernels accumulate in f16
+//   (AVX512-FP16, ARM FP16 arithmetic: unit roundoff 2^-11 instead of 2^-24), the models with
+//   F16 blocks (flock-contextual) carry f16 accumulation error, measured on such a Xeon as
+//   medians of 3.6e-5 and 8.3e-5: for that family the median bound is 2e-4 and any position may
+//   pass 1e-4, but none 3e-3 (an error of the graph, not of rounding, is 1e-2 or more).
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,6 +26,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Manifest } from "../models/forge/manifest.js";
 import { forge } from "../models/forge/presets.js";
 import { type AppliedLora, LlamaOracle, loadLoraAdapter, type Numerics, softmax } from "./oracle/llama.js";
+import { f16AccumulatingKernels } from "./oracle/rounding.js";
 import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "../models/forge/random.js";
 
 interface EngineOptions {
@@ -109,6 +116,14 @@ function expectAgreement(perPosition: readonly number[], medianBelow: number): v
   expect(Math.max(...perPosition)).toBeLessThan(1e-3);
 }
 
+/** Agreement for a model with F16 blocks, whose bounds depend on the F16 kernels' accumulation (top of the file). */
+const f16Accumulation = f16AccumulatingKernels();
+function expectF16BlockAgreement(perPosition: readonly number[], medianBelow: number): void {
+  if (!f16Accumulation) return expectAgreement(perPosition, medianBelow);
+  expect(median(perPosition)).toBeLessThan(2e-4);
+  expect(Math.max(...perPosition)).toBeLessThan(3e-3);
+}
+
 describe("the llama oracle against llama.cpp", () => {
   it("flock-demo (analytic): every position agrees to 1e-6, and the hidden state is the one-hot state", async () => {
     const path = modelFile("flock-demo");
@@ -127,9 +142,9 @@ describe("the llama oracle against llama.cpp", () => {
     const path = modelFile("flock-contextual");
     const engine = await engineDistributions(path, prompt, { flashAttention: false });
     // Measured: median 4e-6, max 2.8e-5 (every position under 1e-4 on this prompt).
-    expectAgreement(gaps(engine, await oracleDistributions(path, prompt, "ggml-cpu")), 2e-5);
+    expectF16BlockAgreement(gaps(engine, await oracleDistributions(path, prompt, "ggml-cpu")), 2e-5);
     // The plain f32 oracle differs by llama.cpp's roundings alone (measured median 3e-5, max 2.3e-4).
-    expect(Math.max(...gaps(engine, await oracleDistributions(path, prompt, "f32")))).toBeLessThan(1e-3);
+    expect(Math.max(...gaps(engine, await oracleDistributions(path, prompt, "f32")))).toBeLessThan(f16Accumulation ? 3e-3 : 1e-3);
   });
 
   it("flock-contextual with node-llama-cpp's default context (flash attention on): within 2e-3 of the f32 oracle", async () => {
@@ -153,7 +168,7 @@ describe("the llama oracle against llama.cpp", () => {
     expect(gaps(last(engineBefore), last(engineAfter))[0]).toBeGreaterThan(2e-3);
     expect(gaps(last(oracleBefore), last(oracleAfter))[0]).toBeGreaterThan(2e-3);
     // Measured: median 6.5e-6, one position at 1.6e-4 (a rounding tie, see the top).
-    expectAgreement(gaps(engineAfter, oracleAfter), 2e-5);
+    expectF16BlockAgreement(gaps(engineAfter, oracleAfter), 2e-5);
 
     // The analytic model's distribution depends on the last token only, in both.
     const demo = modelFile("flock-demo");

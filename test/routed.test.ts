@@ -1,6 +1,8 @@
 // Routed LoRA inside llama.cpp (flock's patch) against the TypeScript oracle: a random 2-layer
 // llama with grouped KV heads and q8_0 weights, three random adapters on q, k, v, o, gate, up,
 // down and the output, random gate vectors; per-token, per-module routing with both scorings.
+// The same model with q4_0 weights puts them in an extra buffer type (CPU_REPACK on AVX2), where
+// the stacked adapters cannot live: the routed ops must still run, and agree with the oracle.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,12 +12,15 @@ import { enableRawLogits, hasFlockAddon, type LogitsWithHidden, type RoutedLoraC
 import { createRng } from "../models/util/rng.js";
 import { type AppliedLora, LlamaOracle, loadLoraAdapter, type RoutedLora, softmax } from "./oracle/llama.js";
 import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "../models/forge/random.js";
+import { TensorType } from "../models/gguf/writer.js";
 
 const required = process.env.FLOCK_REQUIRE_NATIVE === "1";
 let dir: string;
 let llama: Llama;
 let model: LlamaModel;
 let modelPath: string;
+let q4Model: LlamaModel;
+let q4Path: string;
 let adapterPaths: string[];
 let adapters: AppliedLora[];
 let targets: Array<{ name: string; dims: [number, number] }>;
@@ -25,6 +30,8 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "flock-routed-"));
   modelPath = join(dir, "random.gguf");
   vocabSize = writeRandomLlama(modelPath, RANDOM_SHAPE, 11);
+  q4Path = join(dir, "random-q4.gguf");
+  writeRandomLlama(q4Path, { ...RANDOM_SHAPE, blockWeights: TensorType.Q4_0 }, 11);
   targets = [...matrices(RANDOM_SHAPE), { name: "output.weight", dims: [RANDOM_SHAPE.embeddingDim, vocabSize] }];
   // Three experts with different ranks and alphas, adapting every matrix.
   adapterPaths = [0, 1, 2].map((i) => join(dir, `expert-${i}.gguf`));
@@ -32,9 +39,11 @@ beforeAll(async () => {
   adapters = await Promise.all(adapterPaths.map(async (p) => ({ ...(await loadLoraAdapter(p)), scale: 1 })));
   llama = await getLlama({ gpu: false });
   model = await llama.loadModel({ modelPath });
+  q4Model = await llama.loadModel({ modelPath: q4Path });
 });
 afterAll(async () => {
   await model?.dispose();
+  await q4Model?.dispose();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -57,8 +66,8 @@ function engineConfig(gates: Map<string, Float32Array[]>, method: "phatgoose" | 
 const prompt = [1, 30, 400, 512, 77, 260, 600, 301, 45, 333];
 
 /** Next-token distributions after every prompt position, from llama.cpp (flash attention off, as the oracle). */
-async function engine(setup: (context: Parameters<typeof setRoutedLoras>[0]) => void, tokenByToken = false, lora?: string): Promise<Float64Array[]> {
-  const context = await model.createContext({ contextSize: 256, threads: 1, flashAttention: false, lora: lora ? { adapters: [{ filePath: lora }] } : undefined });
+async function engine(setup: (context: Parameters<typeof setRoutedLoras>[0]) => void, tokenByToken = false, lora?: string, base = model): Promise<Float64Array[]> {
+  const context = await base.createContext({ contextSize: 256, threads: 1, flashAttention: false, lora: lora ? { adapters: [{ filePath: lora }] } : undefined });
   setup(context);
   const seq = context.getSequence();
   const out: Float64Array[] = [];
@@ -110,6 +119,16 @@ describe("routed LoRA in llama.cpp", () => {
     // Routing matters: the base model differs from the routed one.
     const base = oracle.forward(prompt).logits.map((l) => softmax(l));
     expect(Math.max(...base.map((p, i) => gap(p, reference[i])))).toBeGreaterThan(1e-3);
+  });
+
+  it("over q4_0 weights (an extra buffer type where llama.cpp repacks them) matches the oracle", async (ctx) => {
+    if (!required && !available()) ctx.skip();
+    const gates = randomGates(7, 1);
+    const oracle = await LlamaOracle.load(q4Path, { numerics: "ggml-cpu" });
+    const reference = oracle.forward(prompt, [], { adapters, gates, method: "phatgoose", topK: 2, temperature: 1 }).logits.map((l) => softmax(l));
+    const config = engineConfig(gates, "phatgoose", 2, 1);
+    expectClose(await engine((c) => setRoutedLoras(c, config), false, undefined, q4Model), reference);
+    expectClose(await engine((c) => setRoutedLoras(c, config), true, undefined, q4Model), reference);
   });
 
   it("top-1 with one expert is exactly plain LoRA with that expert; no experts is the base model", async (ctx) => {

@@ -1,6 +1,7 @@
-// npm run forge -- --out DIR [--preset demo|spec|spec-compute] [--seed N] [--vocab-size N]
+// npm run forge -- --out DIR [--preset demo|spec|spec-compute] [--seed N] [--vocab-size N] [--block-weights TYPE]
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { BLOCK_WEIGHTS } from "./compile.js";
 import { forge, PRESETS } from "./presets.js";
 
 const Flags = z.object({
@@ -8,9 +9,10 @@ const Flags = z.object({
   preset: z.enum(Object.keys(PRESETS) as [keyof typeof PRESETS, ...Array<keyof typeof PRESETS>]).default("demo"),
   seed: z.coerce.number().int().nonnegative().default(1),
   "vocab-size": z.coerce.number().int().positive().optional(),
+  "block-weights": z.enum(BLOCK_WEIGHTS).optional(),
 });
 
-const usage = `usage: npm run forge -- --out DIR [--preset NAME] [--seed N] [--vocab-size N]
+const usage = `usage: npm run forge -- --out DIR [--preset NAME] [--seed N] [--vocab-size N] [--block-weights ${BLOCK_WEIGHTS.join("|")}]
 presets:
 ${Object.entries(PRESETS).map(([name, what]) => `  ${name.padEnd(6)} ${what}`).join("\n")}`;
 
@@ -20,6 +22,7 @@ const { values } = parseArgs({
     preset: { type: "string" },
     seed: { type: "string" },
     "vocab-size": { type: "string" },
+    "block-weights": { type: "string" },
     help: { type: "boolean", short: "h" },
   },
 });
@@ -33,7 +36,7 @@ if (!flags.success) {
   process.exit(2);
 }
 const started = performance.now();
-const manifest = forge({ outDir: flags.data.out, preset: flags.data.preset, seed: flags.data.seed, vocabSize: flags.data["vocab-size"] });
+const manifest = forge({ outDir: flags.data.out, preset: flags.data.preset, seed: flags.data.seed, vocabSize: flags.data["vocab-size"], blockWeights: flags.data["block-weights"] });
 const files = [...Object.values(manifest.models), ...Object.values(manifest.adapters)].map((m) => m.file);
 console.log(`forged ${files.length} files (${flags.data.preset}, vocabulary ${manifest.vocab.tokens.length}) into ${flags.data.out} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 for (const f of files) console.log(`  ${f}`);

@@ -24,8 +24,12 @@ export interface ModelShape {
   headDim: number;
   contextLength: number;
   /** Storage of the blocks' matrices (they only cost compute, so any type serves). */
-  blockWeights: "f32" | "f16" | "q8_0";
+  blockWeights: BlockWeights;
 }
+
+/** Storage types the forge writes for block matrices (zeros stay exactly zero in each). */
+export const BLOCK_WEIGHTS = ["f32", "f16", "q8_0", "q4_0"] as const;
+export type BlockWeights = (typeof BLOCK_WEIGHTS)[number];
 
 export function shapeFor(states: number, overrides: Partial<ModelShape> = {}): ModelShape {
   const headDim = overrides.headDim ?? 32;
@@ -104,7 +108,7 @@ export function writeChainModel(
     ...tokenizerMetadata(vocab),
   ];
 
-  const block = { f32: TensorType.F32, f16: TensorType.F16, q8_0: TensorType.Q8_0 }[shape.blockWeights];
+  const block = { f32: TensorType.F32, f16: TensorType.F16, q8_0: TensorType.Q8_0, q4_0: TensorType.Q4_0 }[shape.blockWeights];
   const tensors: Array<{ name: string; dims: number[]; type: TensorType }> = [
     { name: "token_embd.weight", dims: [d, V], type: TensorType.F16 },
   ];

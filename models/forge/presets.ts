@@ -17,7 +17,7 @@ import {
   stateLayout,
   supportOf,
 } from "./chain.js";
-import { chainDeltaLora, type ModelShape, shapeFor, writeChainModel, writeLoraAdapter } from "./compile.js";
+import { type BlockWeights, chainDeltaLora, type ModelShape, shapeFor, writeChainModel, writeLoraAdapter } from "./compile.js";
 import { writeDomainContextModel } from "./domain-context.js";
 import { writeGateFile } from "../../routing/gates.js";
 import { document, DOMAINS, domainWords, renderText } from "./language.js";
@@ -31,6 +31,11 @@ export interface ForgeOptions {
   seed?: number;
   /** Pad the vocabulary with unused tokens to this size (large-vocabulary benchmarks). */
   vocabSize?: number;
+  /**
+   * Storage of every chain model's block matrices, instead of each preset's own (f16 in the
+   * demo): quantized bases for tests of llama.cpp's quantized kernels and buffer types.
+   */
+  blockWeights?: BlockWeights;
 }
 
 export const PRESETS = {
@@ -117,8 +122,9 @@ export function forge(options: ForgeOptions): Manifest {
   manifest.mixedText = renderText(document(heldOut, DOMAINS, 24));
   manifest.mixedTokens = documentTokens(vocab, document(createRng(seed ^ 0xd0c), DOMAINS, 24));
 
-  const addModel = (id: string, chainName: string, chain: Chain, shape: ModelShape, role: string, contextual = false): void => {
+  const addModel = (id: string, chainName: string, chain: Chain, presetShape: ModelShape, role: string, contextual = false): void => {
     const file = `${id}.gguf`;
+    const shape = options.blockWeights ? { ...presetShape, blockWeights: options.blockWeights } : presetShape;
     writeChainModel(join(options.outDir, file), id, vocab, chain, shape, seed + Object.keys(manifest.models).length, contextual);
     chains[chainName] = chain;
     manifest.models[id] = { file, chain: chainName, role, shape, analytic: !contextual };

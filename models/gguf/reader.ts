@@ -1,22 +1,24 @@
 // Reads a GGUF file's tensors as Float32Arrays (LoRA adapters, gate files, and the test
 // oracle's models). node-llama-cpp parses the header; the bytes are read here and decoded for
-// F32, F16, BF16 and Q8_0.
+// F32, F16, BF16, Q8_0 and Q4_0.
 import { closeSync, openSync, readSync } from "node:fs";
 import { readGgufFileInfo } from "node-llama-cpp";
 import { float16BitsToFloat32 } from "./f16.js";
 
 export const F32 = 0;
 export const F16 = 1;
+export const Q4_0 = 2;
 export const Q8_0 = 8;
 export const BF16 = 30;
-export type GgmlStorage = typeof F32 | typeof F16 | typeof Q8_0 | typeof BF16;
+export type GgmlStorage = typeof F32 | typeof F16 | typeof Q4_0 | typeof Q8_0 | typeof BF16;
+/** Q8_0 and Q4_0 blocks hold 32 values behind an f16 scale. */
 export const Q8_BLOCK = 32;
-const Q8_BLOCK_BYTES = 2 + Q8_BLOCK;
+const BLOCK_BYTES = { [Q8_0]: 2 + Q8_BLOCK, [Q4_0]: 2 + Q8_BLOCK / 2 };
 
 export interface Tensor {
   /** ggml order: dims[0] is contiguous, so a [in, out] matrix is `out` rows of `in` values. */
   dims: number[];
-  /** The ggml type it was stored as (0 F32, 1 F16, 8 Q8_0); `data` is always decoded. */
+  /** The ggml type it was stored as (0 F32, 1 F16, 2 Q4_0, 8 Q8_0, 30 BF16); `data` is always decoded. */
   type: GgmlStorage;
   data: Float32Array;
 }
@@ -80,19 +82,19 @@ export function metadataValue(metadata: unknown, key: string): unknown {
 }
 
 function storageOf(ggmlType: number, name: string): GgmlStorage {
-  if (ggmlType === F32 || ggmlType === F16 || ggmlType === Q8_0 || ggmlType === BF16) return ggmlType;
-  throw new Error(`tensor ${name}: ggml type ${ggmlType} cannot be read here (F32, F16, BF16 and Q8_0 can)`);
+  if (ggmlType === F32 || ggmlType === F16 || ggmlType === Q4_0 || ggmlType === Q8_0 || ggmlType === BF16) return ggmlType;
+  throw new Error(`tensor ${name}: ggml type ${ggmlType} cannot be read here (F32, F16, BF16, Q8_0 and Q4_0 can)`);
 }
 
 function byteSize(type: GgmlStorage, count: number): number {
   if (type === F32) return count * 4;
   if (type === F16 || type === BF16) return count * 2;
-  return (count / Q8_BLOCK) * Q8_BLOCK_BYTES;
+  return (count / Q8_BLOCK) * BLOCK_BYTES[type];
 }
 
 /**
  * Decodes `count` values from element `first` of a stored tensor into out (from outOffset);
- * returns out. For Q8_0, `first` and `count` are whole blocks (multiples of 32).
+ * returns out. For Q8_0 and Q4_0, `first` and `count` are whole blocks (multiples of 32).
  */
 export function decodeInto(type: GgmlStorage, bytes: Buffer, first: number, count: number, out: Float32Array, outOffset = 0): Float32Array {
   if (type === F32) {
@@ -108,11 +110,22 @@ export function decodeInto(type: GgmlStorage, bytes: Buffer, first: number, coun
       out[outOffset + i] = asFloat[0];
     }
   } else {
-    if (first % Q8_BLOCK !== 0 || count % Q8_BLOCK !== 0) throw new RangeError("Q8_0 values are decoded in whole blocks of 32");
+    if (first % Q8_BLOCK !== 0 || count % Q8_BLOCK !== 0) throw new RangeError("Q8_0 and Q4_0 values are decoded in whole blocks of 32");
+    const blockBytes = BLOCK_BYTES[type];
     for (let b = 0; b < count / Q8_BLOCK; b++) {
-      const at = (first / Q8_BLOCK + b) * Q8_BLOCK_BYTES;
+      const at = (first / Q8_BLOCK + b) * blockBytes;
       const scale = float16BitsToFloat32(bytes.readUInt16LE(at));
-      for (let i = 0; i < Q8_BLOCK; i++) out[outOffset + b * Q8_BLOCK + i] = scale * bytes.readInt8(at + 2 + i);
+      const o = outOffset + b * Q8_BLOCK;
+      if (type === Q8_0) {
+        for (let i = 0; i < Q8_BLOCK; i++) out[o + i] = scale * bytes.readInt8(at + 2 + i);
+      } else {
+        // Byte j: value j in the low nibble, value j + 16 in the high one, both offset by 8.
+        for (let j = 0; j < Q8_BLOCK / 2; j++) {
+          const byte = bytes.readUInt8(at + 2 + j);
+          out[o + j] = scale * ((byte & 0x0f) - 8);
+          out[o + j + Q8_BLOCK / 2] = scale * ((byte >> 4) - 8);
+        }
+      }
     }
   }
   return out;

@@ -27,11 +27,14 @@ enum ValueType {
 export enum TensorType {
   F32 = 0,
   F16 = 1,
+  /** Blocks of 32 weights: an f16 scale, then 16 bytes of 4-bit values (llama.cpp's q4_0). */
+  Q4_0 = 2,
   /** Blocks of 32 weights: an f16 scale, then 32 int8 values (llama.cpp's q8_0). */
   Q8_0 = 8,
 }
 
-const Q8_BLOCK = 32;
+/** Both block types hold 32 weights. */
+const BLOCK = 32;
 
 function byteSize(type: TensorType, n: number): number {
   switch (type) {
@@ -39,9 +42,10 @@ function byteSize(type: TensorType, n: number): number {
       return n * 4;
     case TensorType.F16:
       return n * 2;
+    case TensorType.Q4_0:
     case TensorType.Q8_0:
-      if (n % Q8_BLOCK !== 0) throw new Error(`q8_0 needs a multiple of ${Q8_BLOCK} values, got ${n}`);
-      return (n / Q8_BLOCK) * (2 + Q8_BLOCK);
+      if (n % BLOCK !== 0) throw new Error(`${TensorType[type].toLowerCase()} needs a multiple of ${BLOCK} values, got ${n}`);
+      return (n / BLOCK) * (2 + (type === TensorType.Q8_0 ? BLOCK : BLOCK / 2));
   }
 }
 
@@ -189,16 +193,43 @@ function encodeTensor(t: TensorSpec): Buffer {
     for (let i = 0; i < t.data.length; i++) out.writeUInt16LE(float32ToFloat16Bits(t.data[i]), i * 2);
     return out;
   }
-  // q8_0 as ggml quantizes it: scale = max|x| / 127, values rounded to nearest.
-  const out = Buffer.alloc(byteSize(t.type, t.data.length));
-  for (let b = 0; b < t.data.length / Q8_BLOCK; b++) {
+  return t.type === TensorType.Q8_0 ? encodeQ8_0(t.data) : encodeQ4_0(t.data);
+}
+
+/** q8_0 as ggml quantizes it: scale = max|x| / 127, values rounded to nearest. */
+function encodeQ8_0(data: Float32Array): Buffer {
+  const out = Buffer.alloc(byteSize(TensorType.Q8_0, data.length));
+  for (let b = 0; b < data.length / BLOCK; b++) {
     let amax = 0;
-    for (let i = 0; i < Q8_BLOCK; i++) amax = Math.max(amax, Math.abs(t.data[b * Q8_BLOCK + i]));
+    for (let i = 0; i < BLOCK; i++) amax = Math.max(amax, Math.abs(data[b * BLOCK + i]));
     const scale = amax / 127;
     const inv = scale > 0 ? 1 / scale : 0;
-    const at = b * (2 + Q8_BLOCK);
+    const at = b * (2 + BLOCK);
     out.writeUInt16LE(float32ToFloat16Bits(scale), at);
-    for (let i = 0; i < Q8_BLOCK; i++) out.writeInt8(Math.round(t.data[b * Q8_BLOCK + i] * inv), at + 2 + i);
+    for (let i = 0; i < BLOCK; i++) out.writeInt8(Math.round(data[b * BLOCK + i] * inv), at + 2 + i);
+  }
+  return out;
+}
+
+/**
+ * q4_0 as ggml's quantize_row_q4_0_ref: scale = (the value of largest magnitude) / −8, codes
+ * min(15, trunc(x / scale + 8.5)) stored as x = (code − 8)·scale; byte j holds value j in its
+ * low nibble and value j + 16 in its high one.
+ */
+function encodeQ4_0(data: Float32Array): Buffer {
+  const out = Buffer.alloc(byteSize(TensorType.Q4_0, data.length));
+  for (let b = 0; b < data.length / BLOCK; b++) {
+    let max = 0;
+    for (let i = 0; i < BLOCK; i++) {
+      const v = data[b * BLOCK + i];
+      if (Math.abs(v) > Math.abs(max)) max = v;
+    }
+    const scale = Math.fround(max / -8);
+    const inv = scale !== 0 ? Math.fround(1 / scale) : 0;
+    const at = b * (2 + BLOCK / 2);
+    out.writeUInt16LE(float32ToFloat16Bits(scale), at);
+    const code = (i: number) => Math.min(15, Math.trunc(Math.fround(Math.fround(data[b * BLOCK + i] * inv) + 8.5)));
+    for (let j = 0; j < BLOCK / 2; j++) out.writeUInt8(code(j) | (code(j + BLOCK / 2) << 4), at + 2 + j);
   }
   return out;
 }

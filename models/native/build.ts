@@ -12,11 +12,19 @@
 // installs and serves with the prebuilt binary (startup says which features are missing).
 // FLOCK_NATIVE_GPU=cuda|vulkan builds for that backend (default: CPU only).
 // FLOCK_SKIP_NATIVE_BUILD=1 skips the build.
+//
+// A native build (llama.cpp's default, -march=native) compiles in every x86 extension the CPU
+// advertises; each is first probed (cpu-probe.ts), and those that trap here are turned off
+// (FLOCK_NATIVE_DISABLE_FLAGS, read by flock's patch to ggml-cpu's CMakeLists). The probe's
+// outcome is part of the build's fingerprint and its stamp. A portable build
+// (NODE_LLAMA_CPP_CMAKE_OPTION_GGML_NATIVE=OFF, the Docker image) is not probed: it does not run
+// where it was built, and picks its CPU variant at run time.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
+import { type CpuProbe, describeProbe, probeCpu } from "./cpu-probe.js";
 
 const here = import.meta.dirname;
 // The package root: two levels above its entry point (dist/index.js); package.json is not exported.
@@ -38,10 +46,13 @@ function sources(): string[] {
   return dirs.flatMap((d) => (existsSync(d) ? readdirSync(d).sort().map((f) => join(d, f)) : []));
 }
 
-function fingerprint(): string {
+/** Whether llama.cpp builds for this machine's CPU (-march=native), as it does unless told otherwise. */
+const nativeCpu = !/^(off|0|false)$/i.test(process.env.NODE_LLAMA_CPP_CMAKE_OPTION_GGML_NATIVE ?? "ON");
+
+function fingerprint(probe: CpuProbe): string {
   const hash = createHash("sha256");
   const version = (JSON.parse(readFileSync(join(packageDir, "package.json"), "utf8")) as { version: string }).version;
-  hash.update(`node-llama-cpp@${version} gpu=${gpu}\n`);
+  hash.update(`node-llama-cpp@${version} gpu=${gpu} native=${nativeCpu} disabled=${probe.disabled.join(",")}\n`);
   for (const file of sources()) hash.update(`${file.slice(here.length)}\n`).update(readFileSync(file));
   return hash.digest("hex");
 }
@@ -60,8 +71,17 @@ function applyPatch(patch: string, dir: string): void {
   run("git", ["apply", patch], dir, env);
 }
 
+function probeForBuild(): CpuProbe {
+  if (!nativeCpu) return { results: [], disabled: [], flags: [] };
+  const result = probeCpu();
+  console.log(`flock build:native: CPU extensions: ${describeProbe(result)}`);
+  if (result.disabled.length > 0) console.log(`flock build:native: turned off (advertised, but they do not run here): ${result.disabled.join(", ")}`);
+  return result;
+}
+
 function build(): void {
-  const wanted = fingerprint();
+  const cpu = probeForBuild();
+  const wanted = fingerprint(cpu);
   if (!force && existsSync(stampFile)) {
     const stamp = JSON.parse(readFileSync(stampFile, "utf8")) as { fingerprint?: string };
     if (stamp.fingerprint === wanted) {
@@ -83,7 +103,10 @@ function build(): void {
   }
 
   // 3. Build; node-llama-cpp's getLlama() prefers this local build from now on.
-  run(process.execPath, [cli, "source", "build", "--gpu", gpu], packageDir);
+  const env = { ...process.env };
+  delete env.FLOCK_NATIVE_DISABLE_FLAGS;
+  if (cpu.flags.length > 0) env.FLOCK_NATIVE_DISABLE_FLAGS = cpu.flags.join(" ");
+  run(process.execPath, [cli, "source", "build", "--gpu", gpu], packageDir, env);
 
   // 4. Check that the build loads and carries flock's methods.
   const probe = spawnSync(
@@ -103,7 +126,7 @@ function build(): void {
   if (probe.status !== 0) throw new Error(`the local build does not load with flock's methods: ${probe.stdout}${probe.stderr}`);
 
   mkdirSync(dirname(stampFile), { recursive: true });
-  writeFileSync(stampFile, JSON.stringify({ fingerprint: wanted, builtAt: new Date().toISOString(), gpu }));
+  writeFileSync(stampFile, JSON.stringify({ fingerprint: wanted, builtAt: new Date().toISOString(), gpu, cpu: { disabled: cpu.disabled, probes: cpu.results } }));
   console.log("flock build:native: done");
 }
 
@@ -118,7 +141,10 @@ function quickRebuild(): void {
   const bin = join(buildDir, "bin");
   for (const file of readdirSync(bin)) copyFileSync(join(bin, file), join(buildDir, "Release", file));
   mkdirSync(dirname(stampFile), { recursive: true });
-  writeFileSync(stampFile, JSON.stringify({ fingerprint: fingerprint(), builtAt: new Date().toISOString(), gpu, quick: true }));
+  // The configuration (and so the CPU extensions) is the last full build's.
+  const last = (existsSync(stampFile) ? JSON.parse(readFileSync(stampFile, "utf8")) : {}) as { cpu?: { disabled: string[] } };
+  const cpu = { results: [], disabled: last.cpu?.disabled ?? [], flags: [] };
+  writeFileSync(stampFile, JSON.stringify({ ...last, fingerprint: fingerprint(cpu), builtAt: new Date().toISOString(), gpu, quick: true }));
   console.log("flock build:native: quick rebuild done");
 }
 

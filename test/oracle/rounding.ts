@@ -3,6 +3,9 @@
 // the dot products: f16 for F16 weights (and for the f16 KV cache), q8_0 blocks for Q8_0
 // weights, nothing for F32. These roundings are tiny, but a model with random weights can
 // amplify them past 1e-4 in probability, so a tight comparison has to reproduce them.
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
 import { float16BitsToFloat32, float32ToFloat16Bits } from "../../models/gguf/f16.js";
 import { F16, F32, type GgmlStorage, Q8_BLOCK } from "../../models/gguf/reader.js";
 
@@ -37,4 +40,27 @@ function quantizeQ8_0(x: Float32Array): Float32Array {
 function roundHalfEven(v: number): number {
   const r = Math.round(v);
   return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * Whether the native build's F16 vector kernels accumulate in f16 rather than f32: ggml's
+ * GGML_F16_VEC uses the CPU's half-precision arithmetic where the build targets it (x86
+ * AVX512-FP16, _mm512_fmadd_ph; ARM's FP16 vector arithmetic), with a unit roundoff of 2^-11
+ * instead of f32's 2^-24. The build is -march=native unless its CPU probe turned the extension
+ * off (models/native/cpu-probe.ts records that in the build stamp).
+ */
+export function f16AccumulatingKernels(): boolean {
+  let cpuinfo = "";
+  try {
+    cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
+  } catch {
+    return false;
+  }
+  const flags = new Set((cpuinfo.split("\n").find((l) => /^(flags|Features)\s*:/.test(l)) ?? "").replace(/^[^:]*:/, "").trim().split(/\s+/));
+  if (flags.has("asimdhp")) return true;
+  if (!flags.has("avx512_fp16")) return false;
+  const stamp = join(dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp"))), "llama", "localBuilds", "flock-native.json");
+  if (!existsSync(stamp)) return false; // node-llama-cpp's prebuilt binaries are not native builds
+  const { cpu } = JSON.parse(readFileSync(stamp, "utf8")) as { cpu?: { disabled: string[] } };
+  return !(cpu?.disabled ?? []).includes("AVX512_FP16");
 }

@@ -1,14 +1,20 @@
 // flock's additions to node-llama-cpp's addon (compiled with it; registered on AddonContext by
-// patches/addon-context.diff). Reached from TypeScript only through models/native.ts.
+// patches/addon-context.diff, and flockCheckWeightType on the addon's exports by
+// patches/addon-exports.diff). Reached from TypeScript only through models/native.ts.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
+#include <strings.h>
 #include <utility>
 #include <vector>
 
+#include "ggml.h"
+#include "ggml-backend.h"
 #include "llama.h"
 #include "napi.h"
 #include "AddonContext.h"
@@ -308,4 +314,146 @@ Napi::Value AddonContext::FlockGetRoutingTrace(const Napi::CallbackInfo& info) {
     Napi::Float32Array result = Napi::Float32Array::New(env, n);
     std::memcpy(result.Data(), trace, sizeof(float) * n);
     return result;
+}
+
+// flockCheckWeightType(typeName, threads): one matrix product with weights of that ggml type in
+// every buffer type llama.cpp could place them in — each device's own and the CPU's extra ones
+// (repacked layouts, AMX) — against a reference computed in double from the dequantized weights.
+// Each case is announced on stderr before it runs, so that the parent of a child process that
+// dies on an instruction its CPU traps on (models/weight-check.ts) can name the case. Returns
+// [{device, buffer, batch, supported, error}], error = ‖y − ref‖ / ‖ref‖.
+//
+// Test hook: FLOCK_TEST_TRAP_WEIGHT_CHECK="TYPE@BUFFER" executes an illegal instruction where
+// that case would run (the trap an AMX-advertising VM gives), to test the parent's handling.
+namespace {
+
+struct WeightCheckCase {
+    std::string device;
+    std::string buffer;
+    int64_t batch;
+    bool supported;
+    double error;
+};
+
+float checkValue(uint64_t & state) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return float((state >> 40) & 0xFFFFFF) / float(0x800000) - 1.0f; // [-1, 1)
+}
+
+bool trapRequested(const std::string & type, const std::string & buffer) {
+    const char * hook = std::getenv("FLOCK_TEST_TRAP_WEIGHT_CHECK");
+    return hook != nullptr && strcasecmp(hook, (type + "@" + buffer).c_str()) == 0;
+}
+
+} // namespace
+
+Napi::Value flockCheckWeightType(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const std::string name = info[0].As<Napi::String>().Utf8Value();
+    const int threads = info.Length() > 1 ? info[1].As<Napi::Number>().Int32Value() : 1;
+
+    ggml_type type = GGML_TYPE_COUNT;
+    for (int t = 0; t < GGML_TYPE_COUNT; t++) {
+        const ggml_type_traits * traits = ggml_get_type_traits((ggml_type) t);
+        if (traits->type_name != nullptr && traits->blck_size > 0 && strcasecmp(traits->type_name, name.c_str()) == 0) {
+            type = (ggml_type) t;
+        }
+    }
+    if (type == GGML_TYPE_COUNT || ggml_get_type_traits(type)->to_float == nullptr && type != GGML_TYPE_F32) {
+        Napi::Error::New(env, "unknown or unsupported ggml type " + name).ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+
+    // 512 inputs: a whole number of blocks of every type (256 for k-quants); 64 output rows.
+    const int64_t K = 512, N = 64;
+    uint64_t state = 42;
+    std::vector<float> w(K * N);
+    for (float & v : w) v = checkValue(state);
+    std::vector<uint8_t> stored(ggml_row_size(type, K) * N);
+    std::vector<float> importance(K, 1.0f);
+    ggml_quantize_chunk(type, w.data(), stored.data(), 0, N, K, ggml_quantize_requires_imatrix(type) ? importance.data() : nullptr);
+    std::vector<float> dequantized(K * N);
+    if (type == GGML_TYPE_F32) std::memcpy(dequantized.data(), stored.data(), stored.size());
+    else ggml_get_type_traits(type)->to_float(stored.data(), dequantized.data(), K * N);
+
+    std::vector<WeightCheckCase> cases;
+    for (size_t d = 0; d < ggml_backend_dev_count(); d++) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(d);
+        const auto devType = ggml_backend_dev_type(dev);
+        if (devType != GGML_BACKEND_DEVICE_TYPE_CPU && devType != GGML_BACKEND_DEVICE_TYPE_GPU && devType != GGML_BACKEND_DEVICE_TYPE_IGPU) continue;
+        ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+
+        std::vector<ggml_backend_buffer_type_t> bufts;
+        if (devType == GGML_BACKEND_DEVICE_TYPE_CPU) {
+            auto extra = (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
+            for (ggml_backend_buffer_type_t * b = extra ? extra(dev) : nullptr; b && *b; b++) bufts.push_back(*b);
+        }
+        bufts.push_back(ggml_backend_dev_buffer_type(dev));
+
+        ggml_backend_t backend = ggml_backend_dev_init(dev, nullptr);
+        if (backend == nullptr) continue;
+        auto setThreads = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads");
+        if (setThreads) setThreads(backend, std::max(1, threads));
+
+        for (ggml_backend_buffer_type_t buft : bufts) {
+            const std::string bufName = ggml_backend_buft_name(buft);
+            for (int64_t M : {int64_t(1), int64_t(8)}) {
+                WeightCheckCase result{ggml_backend_dev_name(dev), bufName, M, false, 0.0};
+                ggml_init_params params = { 4 * ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true };
+                ggml_context * wctx = ggml_init(params);
+                ggml_context * xctx = ggml_init(params);
+                ggml_tensor * W = ggml_new_tensor_2d(wctx, type, K, N);
+                ggml_tensor * X = ggml_new_tensor_2d(xctx, GGML_TYPE_F32, K, M);
+                ggml_tensor * Y = ggml_mul_mat(xctx, W, X);
+                ggml_backend_buffer_t wbuf = ggml_backend_alloc_ctx_tensors_from_buft(wctx, buft);
+                ggml_backend_buffer_t xbuf = ggml_backend_alloc_ctx_tensors_from_buft(xctx, ggml_backend_dev_buffer_type(dev));
+                if (wbuf && xbuf && ggml_backend_dev_supports_op(dev, Y)) {
+                    result.supported = true;
+                    std::fprintf(stderr, "flock-weight-check: %s %s %s batch %lld\n", name.c_str(), result.device.c_str(), bufName.c_str(), (long long) M);
+                    std::fflush(stderr);
+                    if (trapRequested(name, bufName)) __builtin_trap();
+                    std::vector<float> x(K * M);
+                    for (float & v : x) v = checkValue(state);
+                    ggml_backend_tensor_set(W, stored.data(), 0, stored.size()); // extra buffer types repack here
+                    ggml_backend_tensor_set(X, x.data(), 0, x.size() * sizeof(float));
+                    ggml_cgraph * graph = ggml_new_graph(xctx);
+                    ggml_build_forward_expand(graph, Y);
+                    if (ggml_backend_graph_compute(backend, graph) == GGML_STATUS_SUCCESS) {
+                        std::vector<float> y(N * M);
+                        ggml_backend_tensor_get(Y, y.data(), 0, y.size() * sizeof(float));
+                        double diff = 0, norm = 0;
+                        for (int64_t m = 0; m < M; m++) {
+                            for (int64_t n = 0; n < N; n++) {
+                                double ref = 0;
+                                for (int64_t k = 0; k < K; k++) ref += double(dequantized[n * K + k]) * x[m * K + k];
+                                diff += (y[m * N + n] - ref) * (y[m * N + n] - ref);
+                                norm += ref * ref;
+                            }
+                        }
+                        result.error = std::sqrt(diff / std::max(norm, 1e-30));
+                    } else {
+                        result.error = INFINITY;
+                    }
+                }
+                if (wbuf) ggml_backend_buffer_free(wbuf);
+                if (xbuf) ggml_backend_buffer_free(xbuf);
+                ggml_free(wctx);
+                ggml_free(xctx);
+                cases.push_back(result);
+            }
+        }
+        ggml_backend_free(backend);
+    }
+
+    Napi::Array out = Napi::Array::New(env, cases.size());
+    for (size_t i = 0; i < cases.size(); i++) {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("device", cases[i].device);
+        o.Set("buffer", cases[i].buffer);
+        o.Set("batch", Napi::Number::New(env, double(cases[i].batch)));
+        o.Set("supported", cases[i].supported);
+        o.Set("error", cases[i].error);
+        out[i] = o;
+    }
+    return out;
 }
