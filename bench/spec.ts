@@ -1,8 +1,9 @@
-// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute]
+// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute] [--verification rejection,coupled]
 // Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
 // temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
-// own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor.
-// `--preset spec-compute` swaps in a target that is compute-bound on CPUs.
+// own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor — each
+// verified by rejection sampling and (rows marked [coupled]) by coupled keyed noise, the mode of
+// requests with a seed. `--preset spec-compute` swaps in a target that is compute-bound on CPUs.
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -33,6 +34,7 @@ const { values } = parseArgs({
     only: { type: "string" },
     chunk: { type: "string" },
     preset: { type: "string" },
+    verification: { type: "string" },
   },
   strict: false,
 });
@@ -40,6 +42,7 @@ const THRESHOLDS = String(values.thresholds ?? "auto,0.7")
   .split(",")
   .map((h) => (h === "auto" ? ("auto" as const) : Number(h)));
 const PROMPTS = Number(values.prompts ?? 24);
+const VERIFICATIONS = String(values.verification ?? "rejection,coupled").split(",") as Array<"rejection" | "coupled">;
 const TOKENS = Number(values.tokens ?? 48);
 
 const PRESET = String(values.preset ?? "spec");
@@ -212,8 +215,7 @@ interface Variant {
   pipeline: Pipeline;
   speculative?: SpeculativeOverrides;
 }
-const allVariants: Variant[] = [
-  { name: "target only", pipeline: plain },
+const speculativeVariants: Variant[] = [
   ...[1, 2, 3, 4, 5, 6, 7, 8].map((k): Variant => ({ name: `fixed K=${k}`, pipeline: online, speculative: { policy: "fixed", k } })),
   { name: "confidence p_min=0.6", pipeline: online, speculative: { policy: "confidence", pMin: 0.6, maxCandidates: 16 } },
   ...THRESHOLDS.flatMap((threshold): Variant[] => [
@@ -221,6 +223,12 @@ const allVariants: Variant[] = [
     { name: `SpecDec++ h=${threshold} (draft confidence)`, pipeline: confidence, speculative: { policy: "specdec++", threshold } },
     ...heads.map((head): Variant => ({ name: `SpecDec++ h=${threshold} (${head.name})`, pipeline: head.pipeline, speculative: { policy: "specdec++", threshold } })),
   ]),
+];
+const allVariants: Variant[] = [
+  { name: "target only", pipeline: plain },
+  ...VERIFICATIONS.flatMap((verification) =>
+    speculativeVariants.map((v): Variant => ({ ...v, name: verification === "coupled" ? `${v.name} [coupled]` : v.name, speculative: { ...v.speculative, verification } })),
+  ),
 ];
 // --only: variants whose names contain any of the comma-separated parts (target only is always run).
 const only = values.only ? String(values.only).split(",") : null;
@@ -234,7 +242,9 @@ for (const temperature of [1, 0]) {
   const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature };
   // Steady state: every SpecDec++ pipeline (its online predictor, its cost table, its
   // calibration of P̂ for this temperature) has seen traffic before the measured prompts.
-  for (const pipeline of [online, confidence, ...heads.map((h) => h.pipeline)]) await runFlock(pipeline, sampling, { policy: "specdec++" }, PROMPTS, PROMPTS, 0);
+  for (const pipeline of [online, confidence, ...heads.map((h) => h.pipeline)]) {
+    for (const verification of VERIFICATIONS) await runFlock(pipeline, sampling, { policy: "specdec++", verification }, PROMPTS, PROMPTS, 0);
+  }
   // Every repetition runs every variant once, interleaved, so slow phases of a shared machine
   // hit all of them; the table reports medians over repetitions.
   const runs = new Map<string, Run[]>();
@@ -281,6 +291,7 @@ for (const temperature of [1, 0]) {
     rows.push({
       temperature,
       variant: name,
+      verification: v?.speculative?.verification ?? null,
       tokensPerSecond: median(speeds.get(name)!),
       vsTargetOnly: median(ratios.get(name)!),
       acceptance: speculative ? stats.acceptanceRate : name === external ? validated / Math.max(1, validated + refuted) : null,

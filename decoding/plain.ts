@@ -1,7 +1,7 @@
 // The plain autoregressive decoder: one model, one token per step.
-import { createRng } from "../models/util/rng.js";
+import { tokenDraws } from "./noise.js";
 import { OutputAssembler } from "./output.js";
-import { adjustLogits, logSoftmax, sampleToken, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
+import { adjustLogits, logSoftmax, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob } from "./types.js";
 
 export interface LogprobModel extends DecodingModel {
@@ -22,7 +22,7 @@ export function describeLogprobs(model: LogprobModel, logits: Float32Array, toke
 export async function* plainDecode(model: LogprobModel, request: GenerationRequest): AsyncGenerator<DecodeStep> {
   const seq = await model.acquire(request.prompt, request.signal);
   try {
-    const rng = createRng(request.seed);
+    const draws = tokenDraws(request);
     const output = new OutputAssembler(model, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const counts = new Map<number, number>();
@@ -39,7 +39,8 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
 
     for (let generated = 1; ; generated++) {
       if (request.signal?.aborted) return;
-      const token = sampleToken(adjustLogits(logits, request.sampling, counts), request.sampling, rng);
+      // The token's position in prompt + output keys its noise.
+      const token = draws.sample(adjustLogits(logits, request.sampling, counts), request.sampling, request.prompt.length + generated - 1);
       counts.set(token, (counts.get(token) ?? 0) + 1);
       const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);
       const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);

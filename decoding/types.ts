@@ -1,7 +1,7 @@
 // What decoders consume and produce. Steps flow as an AsyncGenerator<DecodeStep> to server/,
 // which only formats them.
 import type { RoutingTrace } from "../models/native.js";
-import type { EngineSequence } from "../models/sequence.js";
+import type { KvSequence } from "../models/sequence.js";
 import type { SamplingParams } from "./sampler.js";
 import type { FusionOverrides } from "./fusion/decoder.js";
 import type { RoutingOverrides } from "./routing.js";
@@ -11,7 +11,7 @@ import type { SpeculativeOverrides } from "./speculative/settings.js";
 export interface DecodingModel {
   readonly id: string;
   readonly contextSize: number;
-  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<EngineSequence>;
+  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<KvSequence>;
   detokenize(tokens: readonly number[], context?: readonly number[]): string;
   isEndOfGeneration(token: number): boolean;
 }
@@ -27,7 +27,17 @@ export interface GenerationRequest {
   prompt: readonly number[];
   maxTokens: number;
   sampling: SamplingParams;
+  /** The request's seed; its choices share it. */
   seed: number;
+  /** This choice's index among the request's n (default 0). */
+  choice?: number;
+  /**
+   * Draw with keyed noise (noise.ts): every token a function of (seed, choice, position, token),
+   * so the text depends on the request alone — the same with or without a draft, under any
+   * candidate-length policy, alone or under load. Set for requests that carry a seed; without
+   * it, a sequential RNG seeded with seed + choice.
+   */
+  keyedNoise?: boolean;
   /** User stop sequences plus the chat template's plain-text terminators. */
   stopStrings: readonly string[];
   /** Tokens that end the turn besides the model's end-of-generation tokens. */
@@ -93,6 +103,8 @@ export interface SpeculativeRound {
   accepted: number;
   /** Origin of each token in `tokens`. */
   origins: TokenOrigin[];
+  /** How the round was verified: rejection sampling, or coupled keyed noise. */
+  verification: "rejection" | "coupled";
   /** Per token of `tokens`, when the request asked for it (flock.speculative.detail). */
   detail?: SpeculativeTokenDetail[];
 }
@@ -106,7 +118,10 @@ export interface SpeculativeTokenDetail {
   drafted: number;
   /** Accepted tokens: the draft's probability of the token, as the acceptance predictor saw it. */
   draftProbability?: number;
-  /** Accepted tokens: min(1, p(y)/q(y)), the chance verification had to accept it. */
+  /**
+   * Accepted tokens: min(1, p(y)/q(y)), the chance rejection sampling had to accept it; in
+   * coupled verification, 1 (it equalled the target's keyed draw).
+   */
   acceptanceProbability?: number;
   /** Accepted tokens: the acceptance predictor's P̂, when the round's policy used one. */
   predictedAcceptance?: number;

@@ -5,6 +5,9 @@ import { FlockError } from "./errors.js";
 import { engineFaultPoint } from "./faults.js";
 import type { LogitsWithHidden, RoutingTrace } from "./native.js";
 
+/** What decoders use of a sequence (EngineSequence's public side; decoder unit tests fake it). */
+export type KvSequence = Pick<EngineSequence, "tokens" | "length" | "contextSize" | "prefill" | "sharedPrefix" | "syncTo" | "evaluate" | "evaluateWithHidden" | "truncate" | "release">;
+
 export class EngineSequence {
   private released = false;
   /** Evaluations and erasures llama.cpp has not finished yet. */

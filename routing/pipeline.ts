@@ -2,7 +2,7 @@
 import { plainDecode } from "../decoding/plain.js";
 import { speculativeDecode } from "../decoding/speculative/decoder.js";
 import type { OnlineLogisticPredictor, AcceptancePredictor } from "../decoding/speculative/predictors.js";
-import { buildPolicy, candidateCap, type SpeculativeSettings } from "../decoding/speculative/settings.js";
+import { buildPolicy, candidateCap, samplingRegime, type SpeculativeSettings, verificationFor } from "../decoding/speculative/settings.js";
 import { type FusionSettings, FusionStats, fusionDecode } from "../decoding/fusion/decoder.js";
 import { RoundCosts } from "../decoding/speculative/costs.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
@@ -86,10 +86,9 @@ export function speculativePipeline(
       const { enabled, ...overrides } = request.speculative ?? {};
       if (enabled === false) return plainDecode(target, request);
       const effective = { ...settings, ...overrides };
-      return speculativeDecode(
-        { target, draft, policy: buildPolicy(effective, predictor, costs, request.sampling.temperature === 0 ? "greedy" : "sampled"), predictor, maxCandidates: candidateCap(effective), stats, costs },
-        request,
-      );
+      const verification = verificationFor(settings, overrides, request.keyedNoise === true);
+      const policy = buildPolicy(effective, predictor, costs, samplingRegime(request.sampling.temperature, verification));
+      return speculativeDecode({ target, draft, policy, predictor, maxCandidates: candidateCap(effective), stats, costs, verification }, request);
     },
   };
 }

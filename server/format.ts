@@ -51,10 +51,13 @@ export class SpeculativeTally {
   rounds = 0;
   drafted = 0;
   accepted = 0;
+  /** How the rounds were verified (one mode per request). */
+  verification: "rejection" | "coupled" | null = null;
   readonly tokens: SpeculativeTokenDetail[] = [];
 
-  add(other: { drafted: number; accepted: number; rounds?: number; detail?: readonly SpeculativeTokenDetail[] }): void {
+  add(other: { drafted: number; accepted: number; rounds?: number; verification?: "rejection" | "coupled" | null; detail?: readonly SpeculativeTokenDetail[] }): void {
     this.rounds += other.rounds ?? 1;
+    this.verification = other.verification ?? this.verification;
     this.drafted += other.drafted;
     this.accepted += other.accepted;
     if (other.detail) this.tokens.push(...other.detail);
@@ -63,6 +66,7 @@ export class SpeculativeTally {
   /** The `flock.speculative` response extension; per-token detail when asked for. */
   summary(detail: boolean) {
     return {
+      ...(this.verification ? { verification: this.verification } : {}),
       rounds: this.rounds,
       drafted_tokens: this.drafted,
       accepted_tokens: this.accepted,

@@ -49,6 +49,7 @@ export function speculativeOverrides(body: CommonRequest, pipeline: Pipeline): S
     pMin: s.p_min,
     minCandidates: s.min_candidates,
     maxCandidates: s.max_candidates,
+    verification: s.verification,
     detail: s.detail,
   };
   return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
@@ -137,14 +138,21 @@ export function maxTokensFor(
   return Math.min(requested ?? left, left, limits.maxTokens ?? Infinity);
 }
 
+/**
+ * The n choices of one prompt, numbered from `firstChoice` (OpenAI numbers the choices of batched
+ * prompts on). A seed makes them draw with keyed noise, keyed by (seed, choice), so each choice
+ * of a seeded request reproduces whatever serves it; without one, a random seed and the faster
+ * sequential draws.
+ */
 export function choiceRequests(
   n: number,
-  base: Omit<GenerationRequest, "seed">,
+  base: Omit<GenerationRequest, "seed" | "choice" | "keyedNoise">,
   seed: number | null | undefined,
+  firstChoice = 0,
 ): GenerationRequest[] {
-  // Choice i uses seed + i, so a seeded request is reproducible choice by choice.
-  const first = seed ?? randomInt(0, 2 ** 31);
-  return Array.from({ length: n }, (_, i) => ({ ...base, seed: (first + i) >>> 0 }));
+  const keyedNoise = seed != null;
+  const shared = keyedNoise ? seed >>> 0 : randomInt(0, 2 ** 31);
+  return Array.from({ length: n }, (_, i) => ({ ...base, seed: shared, choice: firstChoice + i, keyedNoise }));
 }
 
 /** Runs the choices concurrently, yielding each step as soon as it is produced. */

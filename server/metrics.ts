@@ -145,6 +145,21 @@ export class Metrics {
     fromStats("flock_spec_decode_num_draft_tokens_total", "Draft tokens proposed.", (s) => s.draftTokens);
     fromStats("flock_spec_decode_num_accepted_tokens_total", "Draft tokens accepted by the target.", (s) => s.acceptedTokens);
     fromStats("flock_spec_decode_num_target_calls_total", "Target forward passes of speculative decoding (verification batches).", (s) => s.targetCalls);
+    fromStats(
+      "flock_spec_decode_num_declined_positions_total",
+      "Candidate positions a candidate-length policy declined before drawing them (ending their round).",
+      (s) => s.declinedBeforeDraw,
+    );
+    new Counter({
+      name: "flock_spec_decode_num_rounds_total",
+      help: "Verification rounds by mode: rejection sampling, or coupled keyed noise (requests with a seed).",
+      labelNames: ["model", "verification"],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of speculative()) for (const [verification, n] of Object.entries(p.stats.rounds)) this.inc({ model: p.id, verification }, n);
+      },
+    });
     new Counter({
       name: "flock_spec_decode_num_accepted_tokens_per_pos_total",
       help: "Draft tokens accepted at each candidate position (0 = first candidate of a round).",

@@ -21,6 +21,8 @@ const FlockSpeculative = z.strictObject({
   p_min: z.number().min(0).max(1).optional(),
   min_candidates: z.int().min(1).max(64).optional(),
   max_candidates: z.int().min(1).max(64).optional(),
+  /** rejection or coupled verification (default: coupled with a seed, the model's setting without). */
+  verification: z.enum(["rejection", "coupled"]).optional(),
   /** Report how every token came to be (origin, round, draft probability, acceptance, P̂). */
   detail: z.boolean().optional(),
 });

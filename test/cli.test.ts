@@ -63,7 +63,7 @@ describe("the flock command", () => {
     const models = await client.models.list();
     expect(models.data.map((m) => m.id)).toContain("flock-demo");
     const res = await client.chat.completions.create({ model: "flock-demo", messages: [{ role: "user", content: "Tell me a story." }], max_tokens: 30, seed: 3 });
-    expect(res.choices[0].message.content).toMatch(/^[A-Z][a-z]+ [a-z]+/); // words of the demo language
+    expect(res.choices[0].message.content).toMatch(/^[A-Z][a-z]* [a-z]+/); // words of the demo language
 
     child.kill("SIGTERM");
     expect((await exited).code).toBe(0);

@@ -20,6 +20,10 @@ let engine: Engine;
 let manifest: Manifest;
 let base: ChainOracle;
 let spec: SpeculativePipeline;
+/** SpecDec++ with P̂ = q(y). */
+let specDraftConfidence: SpeculativePipeline;
+/** The default policy (SpecDec++, automatic threshold, online predictor) on costs where drafting pays. */
+let specPinned: SpeculativePipeline;
 let contextual: SpeculativePipeline;
 let plain: Pipeline;
 let plainContextual: Pipeline;
@@ -30,23 +34,32 @@ const POLICIES: SpeculativeOverrides[] = [
   { policy: "fixed", k: 8 },
   { policy: "confidence", pMin: 0.4 },
   { policy: "specdec++", threshold: 0.5 },
+  { policy: "specdec++", threshold: "auto" },
 ];
 
 beforeAll(async () => {
   manifest = readManifest(inject("forgeDir"));
   base = new ChainOracle(manifest, "base");
   engine = await Engine.create({ gpu: "off", threads: 1 });
-  const entry = (id: string, file: string, speculative = true) =>
+  const entry = (id: string, file: string, speculative = true, predictor: "online" | "draft-confidence" = "online") =>
     ModelEntry.parse({
       id,
       path: forgedPath(file),
       contextSize: 512,
       parallel: 2,
-      ...(speculative ? { speculative: { draft: forgedPath(manifest.models["flock-demo-draft"].file) } } : {}),
+      ...(speculative ? { speculative: { draft: forgedPath(manifest.models["flock-demo-draft"].file), predictor } } : {}),
     });
   const stateDir = inject("forgeDir");
   spec = (await loadPipeline(engine, entry("spec", manifest.models["flock-demo"].file), stateDir)) as SpeculativePipeline;
   contextual = (await loadPipeline(engine, entry("ctx", manifest.models["flock-contextual"].file), stateDir)) as SpeculativePipeline;
+  specDraftConfidence = (await loadPipeline(engine, entry("spec-q", manifest.models["flock-demo"].file, true, "draft-confidence"), stateDir)) as SpeculativePipeline;
+  // The demo's draft costs as much as its target on this CPU, so the automatic rule rightly
+  // declines to draft; its drafting paths are exercised on a pinned GPU-like cost table
+  // (verification nearly flat, draft steps a tenth of a pass) that the rounds do not retime.
+  specPinned = (await loadPipeline(engine, entry("spec-pinned", manifest.models["flock-demo"].file), stateDir)) as SpeculativePipeline;
+  await specPinned.costs.calibrate(async () => 0.1, async (n) => 1 + 0.05 * n, 16, 1);
+  specPinned.costs.observeDraftStep = () => {};
+  specPinned.costs.observeTargetPass = () => {};
   plain = await loadPipeline(engine, entry("plain", manifest.models["flock-demo"].file, false), stateDir);
   plainContextual = await loadPipeline(engine, entry("plain-ctx", manifest.models["flock-contextual"].file, false), stateDir);
 });
@@ -65,6 +78,52 @@ async function collect(pipeline: Pipeline, req: GenerationRequest) {
 const greedy: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0 };
 /** Prompts starting in every chain state the language has (BOS + one word). */
 const prompts = () => manifest.states.names.slice(1).map((piece) => [manifest.vocab.bos, manifest.vocab.tokens.indexOf(piece)]);
+
+/**
+ * The first two tokens after one prompt, over `decodes` seeded decodes, against the target's
+ * exact distributions (the second's averaged over the first); and what the pipeline's rounds
+ * did meanwhile.
+ */
+async function firstTwo(pipeline: SpeculativePipeline, sampling: SamplingParams, overrides: SpeculativeOverrides | undefined, decodes: number) {
+  const prompt = [manifest.vocab.bos, ...base.promptTokens("The sailor ties the")];
+  const first = new Map<number, number>();
+  const second = new Map<number, number>();
+  const lengths = new Set<number>();
+  const declined = pipeline.stats.declinedBeforeDraw;
+  const [drafted, accepted] = [pipeline.stats.draftTokens, pipeline.stats.acceptedTokens];
+  for (let seed = 0; seed < decodes; seed++) {
+    const tokens: number[] = [];
+    for await (const step of pipeline.generate(request(prompt, { sampling, seed: 20_000 + seed, maxTokens: 10, speculative: overrides }))) {
+      lengths.add(step.speculative!.drafted);
+      tokens.push(...step.tokens);
+      if (tokens.length >= 2) break;
+    }
+    first.set(tokens[0], (first.get(tokens[0]) ?? 0) + 1);
+    second.set(tokens[1], (second.get(tokens[1]) ?? 0) + 1);
+  }
+  const exactFirst = sampled(base.next(prompt.at(-1)!), sampling);
+  const exactSecond = new Float64Array(exactFirst.length);
+  exactFirst.forEach((p, t) => {
+    if (p > 0 && t !== base.eos) sampled(base.next(t), sampling).forEach((q, u) => (exactSecond[u] += p * q));
+  });
+  const rejected = pipeline.stats.draftTokens - drafted - (pipeline.stats.acceptedTokens - accepted);
+  return { first: goodnessOfFit(first, exactFirst), second: goodnessOfFit(second, exactSecond), lengths, declined: pipeline.stats.declinedBeforeDraw - declined, rejected };
+}
+
+/** p at temperature T, truncated to the nucleus top_p and renormalised (as the sampler does). */
+function sampled(p: Float64Array, sampling: SamplingParams): Float64Array {
+  const scaled = [...p].map((x) => (x > 0 ? x ** (1 / sampling.temperature) : 0));
+  const total = scaled.reduce((a, b) => a + b, 0);
+  const order = scaled.map((x, i) => [x / total, i] as const).filter(([x]) => x > 0).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+  const out = new Float64Array(p.length);
+  let mass = 0;
+  for (const [x, i] of order) {
+    out[i] = x;
+    mass += x;
+    if (mass >= sampling.topP) break;
+  }
+  return out.map((x) => x / mass);
+}
 
 describe("temperature 0", () => {
   it.each(POLICIES)("output is identical to target-only decoding, token for token (%o)", async (policy) => {
@@ -155,6 +214,30 @@ describe("sampling", () => {
     expect(fit.dof).toBeGreaterThan(30);
     expect(fit.outside).toBe(0);
     expect(fit.pValue).toBeGreaterThan(1e-4);
+  });
+
+  // The policies whose decisions read P̂ or q: the default (automatic threshold, online
+  // predictor, calibrated at load) at temperature 1 and at 0.7 with top_p, SpecDec++'s fixed
+  // threshold over P̂ = q(y), and the confidence rule. A bias of the size the old default had
+  // (first-token total variation 0.02) fails these; each run also shows what it exercised:
+  // rejections, rounds of several lengths, positions declined before their draw (the rules
+  // that decline any).
+  const T07: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.7, topP: 0.9 };
+  it.for([
+    ["the default policy (SpecDec++ auto, online predictor), T = 1", () => specPinned, undefined, DEFAULT_SAMPLING],
+    ["the default policy, T = 0.7, top_p 0.9", () => specPinned, undefined, T07],
+    ["SpecDec++ h = 0.5 with P̂ = q(y), T = 1", () => specDraftConfidence, { policy: "specdec++", threshold: 0.5 }, DEFAULT_SAMPLING],
+    ["the confidence rule, T = 0.7, top_p 0.9", () => spec, { policy: "confidence", pMin: 0.5 }, T07],
+  ] as const)("%s: the first two tokens follow the target's distributions", async ([, pipeline, overrides, sampling]) => {
+    const run = await firstTwo(pipeline(), sampling, overrides, 1500);
+    for (const fit of [run.first, run.second]) {
+      expect(fit.outsideSupport).toBe(0);
+      expect(fit.pValue).toBeGreaterThan(1e-4);
+    }
+    expect(run.first.degreesOfFreedom).toBeGreaterThan(3);
+    expect(run.rejected).toBeGreaterThan(20);
+    expect(run.lengths.size).toBeGreaterThan(1);
+    if (!(overrides && "threshold" in overrides)) expect(run.declined).toBeGreaterThan(10);
   });
 
   it("the measured acceptance rate matches the closed form Σ min(p, q) of the visited states", async () => {
@@ -352,6 +435,17 @@ describe("the SpecDec++ authors' head", () => {
         expect((await collect(pipeline, req)).tokens).toEqual((await collect(plain, req)).tokens);
       }
       expect(pipeline.stats.drafts).toBeGreaterThan(0);
+
+      // Sampled under the default rule (automatic threshold, on the pinned GPU-like costs): the
+      // head's P̂ decides after each draw, and before each draw its expectation (embedding view)
+      // or its last prediction (hidden view); the first two tokens keep the target's distribution.
+      pipeline.costs.observeDraftStep = () => {};
+      pipeline.costs.observeTargetPass = () => {};
+      await pipeline.costs.calibrate(async () => 0.1, async (n) => 1 + 0.05 * n, 16, 1);
+      const sampledRun = await firstTwo(pipeline, DEFAULT_SAMPLING, { policy: "specdec++", threshold: "auto" }, 1000);
+      for (const fit of [sampledRun.first, sampledRun.second]) expect(fit.pValue).toBeGreaterThan(1e-4);
+      expect(sampledRun.rejected).toBeGreaterThan(20);
+      expect(sampledRun.lengths.size).toBeGreaterThan(1);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,11 +1,11 @@
 // The fusion decoder: a strong model, a small base and small experts evaluate every token
 // together; each step solves α (solver.ts), samples from the fused distribution with the usual
 // sampler settings, and feeds the token to all of them.
-import { createRng } from "../../models/util/rng.js";
-import type { EngineSequence } from "../../models/sequence.js";
+import { tokenDraws } from "../noise.js";
+import type { KvSequence } from "../../models/sequence.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
-import { adjustLogits, sampleToken } from "../sampler.js";
+import { adjustLogits } from "../sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest } from "../types.js";
 import { type AlphaGrid, fuseLogits, type GridKernel, solveFusion } from "./solver.js";
 
@@ -85,10 +85,10 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
   const experts = selectExperts(setup.experts, overrides.experts);
   const models = [setup.strong, setup.base, ...experts.map((e) => e.model)];
   // Always acquired in the same order, so concurrent requests cannot deadlock across pools.
-  const sequences: EngineSequence[] = [];
+  const sequences: KvSequence[] = [];
   try {
     for (const model of models) sequences.push(await model.acquire(request.prompt, request.signal));
-    const rng = createRng(request.seed);
+    const draws = tokenDraws(request);
     const output = new OutputAssembler(setup.strong, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const counts = new Map<number, number>();
@@ -103,7 +103,7 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
       const choice = chooseFusion(settings, strong, base, expertLogits);
       stats.solveMs += performance.now() - solveStarted;
       const fused = fuseLogits(strong, base, choice.active.map(({ index, alpha }) => ({ logits: expertLogits[index], alpha })));
-      const token = sampleToken(adjustLogits(fused, request.sampling, counts), request.sampling, rng);
+      const token = draws.sample(adjustLogits(fused, request.sampling, counts), request.sampling, request.prompt.length + generated - 1);
       counts.set(token, (counts.get(token) ?? 0) + 1);
       const expertName =
         choice.expert >= 0 ? experts[choice.expert].name : choice.active.length > 0 ? choice.active.map(({ index }) => experts[index].name).join("+") : null;

@@ -6,13 +6,14 @@
 // here with a small q8_0 target — so whether and how far to speculate depends on the hardware.
 // The table of T(n) is measured at load (calibrate) and kept current from the rounds themselves.
 //
-// Cost-aware stopping (SpecDec++'s rule with its threshold derived from the costs): after k
-// candidates with predicted survival S_i = Π_{j≤i} P̂_j, a round that stops at k' yields
-// E(k') = 1 + Σ_{i≤k'} S_i tokens for k'·c + T(k'+1) ms (future S extrapolated with the last P̂).
-// Keep drafting while some longer round has a better expected rate; propose nothing when no
-// round beats target-only decoding (1 token per T(1)). Once drafting ends, the drafting is paid
-// for: propose the prefix j ≤ k with the best E(j) / T(j + 1) — where T(2) is 3·T(1), a short
-// unconfident candidate is better withdrawn than verified.
+// Cost-aware stopping (SpecDec++'s rule with its threshold derived from the costs): with
+// predicted survivals S_i = Π_{j≤i} P̂_j, a round that proposes k' candidates yields
+// E(k') = 1 + Σ_{i≤k'} S_i tokens for k'·c + T(k'+1) ms (the first draft step catches the draft
+// up; future S extrapolated with the latest P̂). Before position k is drawn, draft it if some
+// round of k or more candidates has a better expected rate than ending at k − 1, judging P̂_k
+// by its expectation under the draft's distribution there; after the draw, take the step
+// towards k + 1 if some longer round beats ending at k. At k = 1 "ending" is target-only
+// decoding. No drawn candidate is ever withdrawn (policies.ts says why).
 //
 // The rule needs P̂ to be a probability, and predictors are not always calibrated where they
 // serve: the authors' head is trained on sampled rollouts, but under greedy decoding acceptance
@@ -22,8 +23,11 @@
 
 import { sigmoid } from "./predictors.js";
 
-/** Greedy decoding (temperature 0) or sampling. */
-export type SamplingRegime = "greedy" | "sampled";
+/**
+ * Greedy decoding (temperature 0), sampling verified by rejection sampling, or sampling verified
+ * by coupled noise: for the same P̂ their acceptance differs.
+ */
+export type SamplingRegime = "greedy" | "sampled" | "coupled";
 
 const EMA = 0.05;
 
@@ -51,6 +55,11 @@ const CALIBRATION_RATE = 0.01;
  * learn) again. Far weaker than the evidence of a drafted round.
  */
 const CALIBRATION_DRIFT = 0.0005;
+/** How fast the mean first-position P̂ follows new rounds, and drifts up in rounds that propose nothing. */
+const FIRST_PREDICTION_RATE = 0.1;
+const FIRST_PREDICTION_DRIFT = 0.005;
+/** Empty rounds in a row after which a declined first position is drafted anyway. */
+const EXPLORE_AFTER = 16;
 
 /**
  * Platt scaling of P̂, fitted online to the soft labels min(1, p(y)/q(y)) that verification
@@ -61,6 +70,31 @@ const CALIBRATION_DRIFT = 0.0005;
 export class AcceptanceCalibration {
   private a = 1;
   private b = 0;
+  /**
+   * The mean raw P̂ of recent first candidates: the pre-draw guess at position 1 for predictors
+   * without an expectation under q. Starts optimistic, so that drafting is tried.
+   */
+  firstPrediction = 0.9;
+  /** Rounds in a row that proposed nothing. */
+  private emptyRounds = 0;
+
+  observeFirstPrediction(raw: number): void {
+    this.firstPrediction += FIRST_PREDICTION_RATE * (raw - this.firstPrediction);
+  }
+
+  /**
+   * Whether to draft a first position the rule declined: after EXPLORE_AFTER empty rounds in a
+   * row one is drafted anyway, since only proposed candidates bring the labels that could
+   * correct a pessimistic P̂ (an untrained predictor's prior in a spread distribution). Decided
+   * before the draw, like any decision to draft.
+   */
+  get explore(): boolean {
+    return this.emptyRounds >= EXPLORE_AFTER;
+  }
+
+  observeRound(proposed: number): void {
+    this.emptyRounds = proposed > 0 ? 0 : this.emptyRounds + 1;
+  }
 
   apply(p: number): number {
     return sigmoid(this.a * logit(p) + this.b);
@@ -76,6 +110,8 @@ export class AcceptanceCalibration {
   relax(): void {
     this.a += CALIBRATION_DRIFT * (1 - this.a);
     this.b += CALIBRATION_DRIFT * (0 - this.b);
+    // The guess at position 1 too drifts up, or a pessimistic one would never be revised.
+    this.firstPrediction += FIRST_PREDICTION_DRIFT * (1 - this.firstPrediction);
   }
 
   describe(): { slope: number; offset: number } {
@@ -87,15 +123,19 @@ export class RoundCosts {
   private draftStep: number | null = null;
   /** passMs[n]: ms for a target pass over n tokens (index 0 unused). */
   private readonly passMs: Array<number | undefined> = [];
-  /** The measured sizes as [n, ms], ascending (rebuilt when a timing changes; read per decision). */
-  private measured: Array<readonly [number, number]> = [];
+  /** The measured sizes as [n, ms], ascending (rebuilt when a size is added, updated in place; read per decision). */
+  private measured: Array<[number, number]> = [];
   /**
    * P̂'s recalibration, one per sampling regime: for the same P̂, greedy acceptance (argmax
    * agreement) and sampled acceptance differ.
    */
-  readonly acceptanceCalibration: Record<SamplingRegime, AcceptanceCalibration> = { greedy: new AcceptanceCalibration(), sampled: new AcceptanceCalibration() };
+  readonly acceptanceCalibration: Record<SamplingRegime, AcceptanceCalibration> = {
+    greedy: new AcceptanceCalibration(),
+    sampled: new AcceptanceCalibration(),
+    coupled: new AcceptanceCalibration(),
+  };
   /** Recent drafted rounds per regime: mean emitted tokens and mean modelled ms. */
-  private readonly draftedYield: Record<SamplingRegime, { tokens: number; ms: number } | null> = { greedy: null, sampled: null };
+  private readonly draftedYield: Record<SamplingRegime, { tokens: number; ms: number } | null> = { greedy: null, sampled: null, coupled: null };
 
   observeDraftStep(ms: number): void {
     this.draftStep = this.draftStep === null ? ms : follow(this.draftStep, ms);
@@ -104,7 +144,8 @@ export class RoundCosts {
   observeTargetPass(tokens: number, ms: number): void {
     const known = this.passMs[tokens];
     this.passMs[tokens] = known === undefined ? ms : follow(known, ms);
-    this.indexPasses();
+    if (known === undefined) this.indexPasses();
+    else this.measured.find(([size]) => size === tokens)![1] = this.passMs[tokens]!;
   }
 
   /**
@@ -127,7 +168,7 @@ export class RoundCosts {
   }
 
   private indexPasses(): void {
-    this.measured = this.passMs.flatMap((ms, size) => (ms === undefined ? [] : [[size, ms] as const]));
+    this.measured = this.passMs.flatMap((ms, size) => (ms === undefined ? [] : [[size, ms] as [number, number]]));
   }
 
   /**
@@ -164,44 +205,40 @@ export class RoundCosts {
     return lo[1] + ((hi[1] - lo[1]) * (n - lo[0])) / (hi[0] - lo[0]);
   }
 
-  /**
-   * After k candidates with survivals S_1..S_k (S_k last) and last prediction p, whether to
-   * draft another, stop, or withdraw the candidates (k = 1 only) because no round length beats
-   * target-only decoding. Null while uncalibrated.
-   */
-  decide(k: number, survivals: readonly number[], p: number, maxCandidates: number): "continue" | "stop" | "drop-and-stop" | null {
-    if (!this.calibrated) return null;
-    const c = this.draftStep!;
-    let tokens = 1 + survivals.reduce((a, s) => a + s, 0);
-    let survival = survivals[survivals.length - 1];
-    const rateAt = (length: number, expected: number) => expected / (length * c + this.targetPass(length + 1));
-    const now = rateAt(k, tokens);
-    let best = now;
-    for (let length = k + 1; length <= maxCandidates; length++) {
+  /** Expected tokens per ms of a round proposing `length` candidates that yield `expected` tokens. */
+  private rate(length: number, expected: number): number {
+    return expected / (length * this.draftStep! + this.targetPass(length + 1));
+  }
+
+  /** The best expected rate of rounds of `from` to `maxCandidates` candidates, S extrapolated from `survival` with p. */
+  private bestFrom(from: number, tokens: number, survival: number, p: number, maxCandidates: number): number {
+    let best = -Infinity;
+    for (let length = from; length <= maxCandidates; length++) {
       survival *= p;
       tokens += survival;
-      best = Math.max(best, rateAt(length, tokens));
+      best = Math.max(best, this.rate(length, tokens));
     }
-    if (k === 1 && best < 1 / this.targetPass(1)) return "drop-and-stop";
-    return best > now ? "continue" : "stop";
+    return best;
   }
 
   /**
-   * Drafting is over (its cost is spent): how many of the drafted candidates, with survivals
-   * S_1..S_k, to propose — the prefix with the best expected tokens per ms of verification.
-   * Null while uncalibrated.
+   * Before position k is drawn, with survivals S_1..S_{k−1} of the candidates drawn so far and
+   * p̄ the position's expected acceptance: whether drafting it (and perhaps more) promises a
+   * better rate than ending the round at k − 1 (at k = 1: than target-only decoding).
    */
-  bestPrefix(survivals: readonly number[]): number | null {
-    if (!this.calibrated) return null;
-    let best = 0;
-    let bestRate = 1 / this.targetPass(1);
-    let tokens = 1;
-    survivals.forEach((s, i) => {
-      tokens += s;
-      const rate = tokens / this.targetPass(i + 2);
-      if (rate > bestRate) [best, bestRate] = [i + 1, rate];
-    });
-    return best;
+  draftPosition(k: number, survivals: readonly number[], expected: number, maxCandidates: number): "draft" | "stop" {
+    const tokens = 1 + survivals.reduce((a, s) => a + s, 0);
+    const ending = k === 1 ? 1 / this.targetPass(1) : this.rate(k - 1, tokens);
+    return this.bestFrom(k, tokens, survivals.at(-1) ?? 1, expected, maxCandidates) > ending ? "draft" : "stop";
+  }
+
+  /**
+   * After the k-th candidate was drawn, with survivals S_1..S_k and its acceptance p: whether a
+   * longer round (S extrapolated with p) promises a better rate than ending at k.
+   */
+  draftAnother(k: number, survivals: readonly number[], p: number, maxCandidates: number): "continue" | "stop" {
+    const tokens = 1 + survivals.reduce((a, s) => a + s, 0);
+    return this.bestFrom(k + 1, tokens, survivals[survivals.length - 1], p, maxCandidates) > this.rate(k, tokens) ? "continue" : "stop";
   }
 
   describe(): { draftStepMs: number | null; targetPassMs: Record<number, number> } {

@@ -1,5 +1,6 @@
 // The speculative decoder: a draft model proposes candidates (as many as the candidate-length
-// policy allows), the target scores them all in one batch, the verifier keeps a lossless prefix.
+// policy allows), the target scores them all in one batch, the verifier keeps a lossless prefix —
+// by rejection sampling, or by coupled keyed noise (verifier.ts has both).
 //
 // Cache invariants, with `all` = prompt + generated tokens:
 // - the target's cache holds a prefix of `all`; each round evaluates the committed tokens it
@@ -7,18 +8,19 @@
 //   from the last committed token on;
 // - the draft's cache likewise holds a prefix of `all` (plus candidates from the last round,
 //   rolled back to what was accepted); each round it catches up, then drafts.
-import { createRng } from "../../models/util/rng.js";
-import type { EngineSequence } from "../../models/sequence.js";
+import type { KvSequence } from "../../models/sequence.js";
+import type { Rng } from "../../models/util/rng.js";
+import { tokenDraws } from "../noise.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
-import { adjustLogits, drawFrom, samplingDistribution, softmax } from "../sampler.js";
+import { adjustLogits, drawFrom, samplingDistribution, type SamplingParams, softmax } from "../sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest, SpeculativeTokenDetail, TokenOrigin } from "../types.js";
-import { draftFeatures, type DraftFeatures } from "./features.js";
+import { candidateFeatures, type DraftFeatures, preDrawFeatures } from "./features.js";
 import type { CandidateLengthPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
 import type { RoundCosts } from "./costs.js";
 import type { SpeculativeStats } from "./stats.js";
-import { verify } from "./verifier.js";
+import { type Verification, type VerificationMode, verify, verifyCoupled } from "./verifier.js";
 
 export interface SpeculativeSetup {
   target: LogprobModel;
@@ -32,6 +34,7 @@ export interface SpeculativeSetup {
   stats: SpeculativeStats;
   /** Timings of draft steps and target passes are recorded here. */
   costs: RoundCosts;
+  verification: VerificationMode;
 }
 
 /** Recent acceptance starts optimistic and follows the soft labels. */
@@ -47,7 +50,7 @@ function increment(counts: Map<number, number>, token: number): void {
  * logits from the last committed token on, and how many tokens the pass evaluated.
  */
 async function catchUp(
-  seq: EngineSequence,
+  seq: KvSequence,
   all: readonly number[],
   extra: readonly number[],
   withHidden = false,
@@ -63,20 +66,22 @@ async function catchUp(
 }
 
 /** One draft step's outputs: next-token logits, and the hidden state behind them when asked. */
-async function draftStep(seq: EngineSequence, token: number, withHidden: boolean): Promise<{ logits: Float32Array; hidden?: Float32Array }> {
+async function draftStep(seq: KvSequence, token: number, withHidden: boolean): Promise<{ logits: Float32Array; hidden?: Float32Array }> {
   if (!withHidden) return { logits: (await seq.evaluate([token], [0]))[0] };
   const { logits, hidden } = await seq.evaluateWithHidden([token], [0]);
   return { logits: logits[0], hidden: hidden[0] };
 }
 
 export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
-  const { target, draft, policy, predictor, stats, costs } = setup;
+  const { target, draft, policy, predictor, stats, costs, verification } = setup;
+  const coupled = verification === "coupled";
   const targetSeq = await target.acquire(request.prompt, request.signal);
-  let draftSeq: EngineSequence | undefined;
+  let draftSeq: KvSequence | undefined;
   try {
     draftSeq = await draft.acquire(request.prompt, request.signal);
     const params = request.sampling;
-    const rng = createRng(request.seed);
+    // Coupled verification needs keyed noise, seeded or not.
+    const draws = tokenDraws({ ...request, keyedNoise: request.keyedNoise === true || coupled });
     const output = new OutputAssembler(target, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const ends = (token: number) => target.isEndOfGeneration(token) || stopTokens.has(token);
@@ -95,7 +100,8 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       // and room in both caches.
       const budget = Math.max(0, Math.min(setup.maxCandidates, request.maxTokens - generated - 1, contextSize - all.length));
 
-      // Draft.
+      // Draft. Every candidate drawn is proposed: the policy decides whether to draft a position
+      // before its draw, and only whether to draft another after it (policies.ts says why).
       const candidates: number[] = [];
       const draftDistributions: Float64Array[] = [];
       const features: DraftFeatures[] = [];
@@ -124,14 +130,20 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         for (let k = 1; k <= budget; k++) {
           const adjusted = adjustLogits(draftLogits, params, draftCounts);
           const q = samplingDistribution(adjusted, params);
-          const y = drawFrom(q, rng);
           // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
-          const f = params.temperature === 0 ? draftFeatures(softmax(adjusted), adjusted, 1, y, k, recent) : draftFeatures(q, adjusted, params.temperature, y, k, recent);
-          f.hidden = draftHidden;
+          const judged = params.temperature === 0 ? softmax(adjusted) : q;
+          const before = preDrawFeatures(judged, adjusted, params.temperature === 0 ? 1 : params.temperature, k, recent);
+          before.hidden = draftHidden;
+          if (policy.beforeDraw?.(k, before) === "stop") {
+            stats.recordDeclined();
+            break;
+          }
+          // The candidate's position in prompt + output keys its noise in coupled mode.
+          const y = coupled ? draws.sample(adjusted, params, all.length + k - 1) : drawFrom(q, draws.rng);
+          const f = candidateFeatures(before, judged, y);
           const next = evaluateFirst ? await timedStep(y) : undefined;
           f.candidateHidden = next?.hidden;
-          const decision = policy.decide(k, f);
-          if (decision === "drop-and-stop") break;
+          const decision = policy.afterDraw(k, f);
           candidates.push(y);
           draftDistributions.push(q);
           features.push(f);
@@ -140,33 +152,25 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           if (decision === "stop" || k === budget || ends(y)) break;
           ({ logits: draftLogits, hidden: draftHidden } = next ?? (await timedStep(y)));
         }
-        const proposed = policy.propose?.(candidates.length) ?? candidates.length;
-        for (const drafted of [candidates, draftDistributions, features, predictions]) drafted.length = Math.min(drafted.length, proposed);
       }
 
       // Verify: one target batch scores every candidate plus the position after them.
       const passStarted = performance.now();
       const { logits: targetLogits, evaluated } = await catchUp(targetSeq, all, candidates);
       costs.observeTargetPass(evaluated, performance.now() - passStarted);
-      const targetCounts = new Map(counts);
-      const targetDistributions = targetLogits.map((logits, i) => {
-        const p = samplingDistribution(adjustLogits(logits, params, targetCounts), params);
-        if (i < candidates.length) increment(targetCounts, candidates[i]);
-        return p;
-      });
-      const verdict = verify(candidates, draftDistributions, targetDistributions, rng);
+      const verdict = judge(targetLogits, candidates, draftDistributions, counts, params, coupled ? { keyed: (adjusted, i) => draws.sample(adjusted, params, all.length + i) } : { rng: draws.rng });
       features.forEach((f, i) => {
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
       });
-      stats.recordRound(candidates.length, verdict.accepted);
+      stats.recordRound(candidates.length, verdict.accepted, verification);
       if (budget > 0) policy.end?.(candidates.length, verdict.accepted, verdict.acceptanceProbabilities);
 
       // Emit the accepted tokens and the recovered/bonus one, ending early on EOS, a stop
       // sequence or max_tokens.
       const emitted = [...candidates.slice(0, verdict.accepted), verdict.next];
       const origins: TokenOrigin[] = [...Array<TokenOrigin>(verdict.accepted).fill("accepted"), verdict.nextKind];
-      const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, accepted: verdict.accepted, origins: [] } };
+      const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, accepted: verdict.accepted, origins: [], verification } };
       const details = detail ? roundDetail(target, all, candidates, verdict.accepted, origins, features, verdict.acceptanceProbabilities, predictions, round) : undefined;
       if (details) step.speculative!.detail = [];
       for (const [j, token] of emitted.entries()) {
@@ -193,6 +197,32 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     targetSeq.release();
     draftSeq?.release();
   }
+
+}
+
+/**
+ * Verifies one round from the target's logits at each candidate position and the one after:
+ * position i's distribution (or keyed draw) sees the penalties of the candidates before it.
+ * `keyedDraw` (coupled mode) is the target's keyed draw at candidate position i; without it,
+ * rejection sampling with `rng`.
+ */
+function judge(
+  targetLogits: readonly Float32Array[],
+  candidates: readonly number[],
+  draftDistributions: readonly Float64Array[],
+  committedCounts: ReadonlyMap<number, number>,
+  sampling: SamplingParams,
+  draw: { keyed: (adjusted: Float32Array, i: number) => number } | { rng: Rng },
+): Verification {
+  const targetCounts = new Map(committedCounts);
+  const adjustedAt = (i: number) => {
+    const adjusted = adjustLogits(targetLogits[i], sampling, targetCounts);
+    if (i < candidates.length) increment(targetCounts, candidates[i]);
+    return adjusted;
+  };
+  if ("keyed" in draw) return verifyCoupled(candidates, targetLogits.map((_, i) => draw.keyed(adjustedAt(i), i)));
+  const targetDistributions = targetLogits.map((_, i) => samplingDistribution(adjustedAt(i), sampling));
+  return verify(candidates, draftDistributions, targetDistributions, draw.rng);
 }
 
 /**

@@ -1,9 +1,13 @@
-// What an acceptance predictor sees about a drafted token: cheap statistics of the draft's
-// sampling distribution, the position in the candidate, and how the pair has been doing.
+// What an acceptance predictor sees about a drafted position: cheap statistics of the draft's
+// sampling distribution, the position in the candidate, how the pair has been doing — all known
+// before the position's candidate is drawn (PreDrawFeatures) — and then the drawn candidate
+// itself (DraftFeatures). The split is what keeps speculation exact: whether a position is
+// drafted may depend on PreDrawFeatures only (policies.ts).
 
-export interface DraftFeatures {
-  /** q(y): probability of the drafted token under the draft. */
-  chosen: number;
+/** How many of q's most likely tokens PreDrawFeatures lists (expected acceptance sums over them). */
+export const TOP_CANDIDATES = 8;
+
+export interface PreDrawFeatures {
   /** Probability of the draft's most likely token. */
   top1: number;
   /** top1 − second most likely. */
@@ -14,31 +18,30 @@ export interface DraftFeatures {
   position: number;
   /** Exponential moving average of recent acceptance (soft labels). */
   recentAcceptance: number;
-  /** The drafted token y. */
-  token: number;
+  /** q's TOP_CANDIDATES most likely tokens, most likely first (pre-draw expectations sum over them). */
+  top?: ReadonlyArray<{ token: number; p: number }>;
   /** Only for predictors that read hidden states: the draft's final hidden state that produced q. */
   hidden?: Float32Array;
+}
+
+export interface DraftFeatures extends PreDrawFeatures {
+  /** q(y): probability of the drafted token under the draft. */
+  chosen: number;
+  /** The drafted token y. */
+  token: number;
   /** Only for predictors that need it: the draft's final hidden state at y. */
   candidateHidden?: Float32Array;
 }
 
 /**
- * One multiply-add pass over the distribution: top-2, and the entropy without a logarithm per
- * token. q is softmax(logits / T) over the tokens it keeps, so log q_i = s_i − log Z with
- * s_i = logits_i / T, and H = −Σ q log q = log Z − Σ q_i s_i, where log Z = s_y − log q_y for
- * any kept token y.
+ * One multiply-add pass over the distribution: the top tokens, and the entropy without a
+ * logarithm per token. q is softmax(logits / T) over the tokens it keeps, so log q_i = s_i − log Z
+ * with s_i = logits_i / T, and H = −Σ q log q = log Z − Σ q_i s_i, where log Z = s_y − log q_y
+ * for any kept token y.
  */
-export function draftFeatures(
-  q: Float64Array,
-  logits: Float32Array,
-  temperature: number,
-  token: number,
-  position: number,
-  recentAcceptance: number,
-): DraftFeatures {
+export function preDrawFeatures(q: Float64Array, logits: Float32Array, temperature: number, position: number, recentAcceptance: number): PreDrawFeatures {
   const scale = 1 / temperature;
-  let top1 = 0;
-  let top2 = 0;
+  const top: Array<{ token: number; p: number }> = [];
   let expectedLogit = 0;
   let anchor = -1;
   for (let i = 0; i < q.length; i++) {
@@ -46,13 +49,25 @@ export function draftFeatures(
     if (p <= 0) continue;
     if (anchor < 0) anchor = i;
     expectedLogit += p * logits[i] * scale;
-    if (p > top1) {
-      top2 = top1;
-      top1 = p;
-    } else if (p > top2) top2 = p;
+    if (top.length === TOP_CANDIDATES && p <= top[TOP_CANDIDATES - 1].p) continue;
+    let at = top.length;
+    while (at > 0 && top[at - 1].p < p) at--;
+    top.splice(at, 0, { token: i, p });
+    if (top.length > TOP_CANDIDATES) top.pop();
   }
   const logZ = logits[anchor] * scale - Math.log(q[anchor]);
   // Rounding can leave a tiny negative value for a one-hot distribution.
   const entropy = Math.max(0, logZ - expectedLogit);
-  return { chosen: q[token], top1, margin: top1 - top2, entropy, position, recentAcceptance, token };
+  const top1 = top[0]?.p ?? 0;
+  return { top1, margin: top1 - (top[1]?.p ?? 0), entropy, position, recentAcceptance, top };
+}
+
+/** The features of the candidate `token` drawn from q at a position described by `before`. */
+export function candidateFeatures(before: PreDrawFeatures, q: Float64Array, token: number): DraftFeatures {
+  return { ...before, chosen: q[token], token };
+}
+
+/** Both at once (training data, benchmarks). */
+export function draftFeatures(q: Float64Array, logits: Float32Array, temperature: number, token: number, position: number, recentAcceptance: number): DraftFeatures {
+  return candidateFeatures(preDrawFeatures(q, logits, temperature, position, recentAcceptance), q, token);
 }

@@ -17,8 +17,8 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { z } from "zod";
 import type { TokenEmbeddings } from "./embeddings.js";
-import type { DraftFeatures } from "./features.js";
-import type { AcceptancePredictor } from "./predictors.js";
+import type { DraftFeatures, PreDrawFeatures } from "./features.js";
+import { type AcceptancePredictor, expectedOverTop } from "./predictors.js";
 
 export const HeadFile = z.object({
   /** 2: the input is [hidden state before y, a view of y] (version 1 heads read one hidden state). */
@@ -186,6 +186,16 @@ export class HeadPredictor implements AcceptancePredictor {
 
   predict(features: DraftFeatures): number {
     return this.head.predict(headInput(features, this.embeddings, this.input));
+  }
+
+  /**
+   * With the embedding view, P̂ of q's two most likely tokens (and the rest judged like the
+   * second): a pre-draw expectation at two head evaluations. The hidden view needs the draft's
+   * step at y, so it has none (the policy then extrapolates from the last prediction).
+   */
+  get expected(): ((before: PreDrawFeatures) => number) | undefined {
+    if (!this.embeddings) return undefined;
+    return (before) => expectedOverTop(before, (f) => this.predict(f), 2);
   }
 
   /** Trained offline; serving does not change it. */

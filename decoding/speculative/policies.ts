@@ -1,27 +1,32 @@
-// Candidate-length policies: after each drafted token, whether to keep it and whether to draft
-// another. One interface for fixed K, the draft-confidence threshold used by llama.cpp and
-// node-llama-cpp, and SpecDec++.
+// Candidate-length policies: one interface for fixed K, the draft-confidence threshold used by
+// llama.cpp and node-llama-cpp, and SpecDec++.
+//
+// Exactness is built into the interface. Speculative sampling reproduces the target's
+// distribution only if the decision to propose candidate y_k depends on nothing but what was
+// known before y_k was drawn: with p = q and y kept with probability g(y), the output would be
+// q(x)·(g(x) + 1 − E_q[g]) instead of q(x). So a policy decides whether to draft position k
+// before the draw (beforeDraw, from PreDrawFeatures), and after the draw only whether to draft
+// another (afterDraw: y_k itself is proposed whatever it says). Nothing ever withdraws a drawn
+// candidate.
 import { type AcceptancePredictor, unweightedAcceptance } from "./predictors.js";
 import type { AcceptanceCalibration, RoundCosts, SamplingRegime } from "./costs.js";
-import type { DraftFeatures } from "./features.js";
-
-export type PolicyDecision = "continue" | "stop" | "drop-and-stop";
+import type { DraftFeatures, PreDrawFeatures } from "./features.js";
 
 export interface CandidateLengthPolicy {
   readonly name: string;
   /** Starts a new candidate. */
   begin(): void;
-  /** Decides after the k-th drafted token (1-based). */
-  decide(k: number, features: DraftFeatures): PolicyDecision;
-  /** The predicted acceptance of the last decided token, when the policy uses a predictor. */
+  /** Before the k-th candidate (1-based) is drawn: draft it, or end the round with k − 1. */
+  beforeDraw?(k: number, before: PreDrawFeatures): "draft" | "stop";
+  /** The k-th candidate was drawn (and will be proposed): draft another, or stop. */
+  afterDraw(k: number, features: DraftFeatures): "continue" | "stop";
+  /** The predicted acceptance of the last drawn candidate, when the policy uses a predictor. */
   readonly lastPrediction?: number;
   /** Whether to skip drafting this round altogether (the draft catches up when it next drafts). */
   skipRound?(): boolean;
-  /** Drafting ended with `drafted` candidates: how many to propose (all, without this method). */
-  propose?(drafted: number): number;
   /**
-   * The round was verified: `proposed` candidates (0 when skipped or withdrawn), `accepted` of
-   * them kept, with their acceptance chances min(1, p(y)/q(y)) (verification's soft labels).
+   * The round was verified: `proposed` candidates (0 when skipped), `accepted` of them kept, with
+   * their acceptance labels (min(1, p(y)/q(y)) in rejection mode, 0 or 1 in coupled mode).
    */
   end?(proposed: number, accepted: number, acceptance: readonly number[]): void;
 }
@@ -33,14 +38,14 @@ export class FixedLengthPolicy implements CandidateLengthPolicy {
     this.name = `fixed-${k}`;
   }
   begin(): void {}
-  decide(k: number): PolicyDecision {
+  afterDraw(k: number): "continue" | "stop" {
     return k >= this.k ? "stop" : "continue";
   }
 }
 
 /**
- * llama.cpp's --draft-p-min and node-llama-cpp's DraftSequenceTokenPredictor: a drafted token
- * whose draft probability is below pMin is not proposed, and drafting ends.
+ * llama.cpp's --draft-p-min and node-llama-cpp's DraftSequenceTokenPredictor: a position whose
+ * most likely draft token is below pMin is not drafted, and the round ends.
  */
 export class ConfidencePolicy implements CandidateLengthPolicy {
   readonly name: string;
@@ -51,20 +56,26 @@ export class ConfidencePolicy implements CandidateLengthPolicy {
     this.name = `confidence-${pMin}`;
   }
   begin(): void {}
-  decide(k: number, features: DraftFeatures): PolicyDecision {
-    if (features.top1 < this.pMin) return "drop-and-stop";
+  beforeDraw(_k: number, before: PreDrawFeatures): "draft" | "stop" {
+    return before.top1 < this.pMin ? "stop" : "draft";
+  }
+  afterDraw(k: number): "continue" | "stop" {
     return k >= this.maxCandidates ? "stop" : "continue";
   }
 }
 
 /**
  * SpecDec++: stop once the predicted probability that at least one candidate is rejected,
- * 1 − Π_j P̂_j, exceeds the threshold h; the token that crossed it is still proposed.
- * With `threshold: "auto"` the same predictions drive a cost-aware rule (costs.ts): draft on
- * while a longer round promises a better expected token rate, and propose nothing when no round
- * beats target-only decoding; when drafting ends, propose the prefix with the best expected
- * rate, and tell the costs how verification went (their calibration of P̂ and the yield of
- * drafting). Until the costs are calibrated, h = fallbackThreshold.
+ * 1 − Π P̂_j, exceeds the threshold h; the candidate that crossed it is still proposed.
+ *
+ * With `threshold: "auto"` the same predictions drive a cost-aware rule (costs.ts). Before each
+ * draw it asks whether drafting the position pays, from the predictor's expected acceptance under
+ * the draft's distribution there, E_q[P̂] (or, for predictors without one, the last candidate's
+ * P̂; at the first position, the mean first-position P̂ of recent rounds); after each draw it
+ * asks, from the candidate's own P̂, whether to take the draft step towards another. Both are
+ * recalibrated per token (AcceptanceCalibration) from verification's labels, and every round
+ * tells the costs how drafting went; after a run of empty rounds a first position is drafted
+ * anyway, to learn from. Until the costs are calibrated, h = fallbackThreshold.
  *
  * Drafting costs draft steps even when it proposes nothing. Where drafted rounds have recently
  * yielded fewer tokens per ms than the target alone (hardware where speculation cannot pay),
@@ -103,25 +114,39 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
     return typeof this.threshold === "number" ? null : this.threshold.acceptanceCalibration[this.regime];
   }
 
-  decide(k: number, features: DraftFeatures): PolicyDecision {
+  /**
+   * The acceptance chance the cost-aware rule works with: the authors' threshold h was tuned on
+   * their (pessimistic, w = 6) P̂ as it is; the rule needs probabilities, so it undoes the
+   * predictor's rejection weight and recalibrates what remains against verification's labels.
+   */
+  private chance(raw: number, calibration: AcceptanceCalibration): { unweighted: number; calibrated: number } {
+    const unweighted = unweightedAcceptance(raw, this.predictor.rejectionWeight);
+    return { unweighted, calibrated: calibration.apply(unweighted) };
+  }
+
+  beforeDraw(k: number, before: PreDrawFeatures): "draft" | "stop" {
+    const calibration = this.calibration;
+    if (!calibration || typeof this.threshold === "number" || !this.threshold.calibrated) return "draft";
+    const expected = this.predictor.expected?.(before);
+    const raw = expected !== undefined && Number.isFinite(expected) ? expected : k > 1 ? this.lastPrediction! : calibration.firstPrediction;
+    const decision = this.threshold.draftPosition(k, this.survivals, this.chance(raw, calibration).calibrated, this.maxCandidates);
+    return decision === "stop" && k === 1 && calibration.explore ? "draft" : decision;
+  }
+
+  afterDraw(k: number, features: DraftFeatures): "continue" | "stop" {
     const raw = this.predictor.predict(features);
     this.lastPrediction = raw;
-    // The authors' threshold h was tuned on their (pessimistic, w = 6) P̂ as it is; the
-    // cost-aware rule needs acceptance chances: it undoes the predictor's rejection weight and
-    // recalibrates what remains against verification's labels.
     let p = raw;
     const calibration = this.calibration;
     if (calibration) {
-      const unweighted = unweightedAcceptance(raw, this.predictor.rejectionWeight);
+      if (k === 1) calibration.observeFirstPrediction(raw);
+      const { unweighted, calibrated } = this.chance(raw, calibration);
       this.uncalibrated.push(unweighted);
-      p = calibration.apply(unweighted);
+      p = calibrated;
     }
     this.survivals.push((this.survivals.at(-1) ?? 1) * p);
-    if (typeof this.threshold !== "number") {
-      const decision = this.threshold.decide(k, this.survivals, p, this.maxCandidates);
-      if (decision !== null) return k >= this.maxCandidates && decision === "continue" ? "stop" : decision;
-    }
     if (k >= this.maxCandidates) return "stop";
+    if (typeof this.threshold !== "number" && this.threshold.calibrated) return this.threshold.draftAnother(k, this.survivals, p, this.maxCandidates);
     const h = typeof this.threshold === "number" ? this.threshold : this.fallbackThreshold;
     if (k >= this.minCandidates && 1 - this.survivals[k - 1] > h) return "stop";
     return "continue";
@@ -133,18 +158,13 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
     return this.skipping;
   }
 
-  propose(drafted: number): number {
-    if (typeof this.threshold === "number") return drafted;
-    // The cost-aware rule, like its stopping decisions, is not bound by minCandidates.
-    return this.threshold.bestPrefix(this.survivals.slice(0, drafted)) ?? drafted;
-  }
-
   end(proposed: number, accepted: number, acceptance: readonly number[]): void {
     const calibration = this.calibration;
     if (typeof this.threshold === "number" || !calibration) return;
     for (let i = 0; i < proposed; i++) calibration.observe(this.uncalibrated[i], acceptance[i]);
     if (proposed === 0) calibration.relax();
     if (this.skipping) return;
+    calibration.observeRound(proposed);
     this.threshold.observeDraftedRound(this.regime, this.survivals.length, proposed, accepted + 1);
     if (this.threshold.draftingPays(this.regime)) {
       this.unpaidRounds = 0;

@@ -3,7 +3,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { z } from "zod";
-import type { DraftFeatures } from "./features.js";
+import type { DraftFeatures, PreDrawFeatures } from "./features.js";
 
 export interface AcceptancePredictor {
   readonly name: string;
@@ -15,6 +15,12 @@ export interface AcceptancePredictor {
    */
   readonly needsCandidateHidden?: boolean;
   predict(features: DraftFeatures): number;
+  /**
+   * E_{y~q}[P̂(y)] before y is drawn: what a policy may use to decide whether to draft the
+   * position at all (exactness allows nothing that depends on the drawn y). Absent where P̂ needs
+   * what only the draw brings (the draft's hidden state at y).
+   */
+  expected?(before: PreDrawFeatures): number;
   /**
    * The rejection weight w of the loss its predictions were fitted with (1: plain soft-label
    * BCE). Where the fit is good, P̂ = a / (a + w(1 − a)) for the true acceptance chance a: the
@@ -32,6 +38,27 @@ export interface AcceptancePredictor {
 export function unweightedAcceptance(p: number, rejectionWeight: number): number {
   if (rejectionWeight === 1) return p;
   return (rejectionWeight * p) / (1 - p + rejectionWeight * p);
+}
+
+/**
+ * E_{y~q}[predict(y)] over q's `count` most likely tokens; the rest of q's mass is judged like a
+ * token as likely as the last of them (every other token is at most that likely).
+ */
+export function expectedOverTop(before: PreDrawFeatures, predict: (f: DraftFeatures) => number, count: number): number {
+  const top = (before.top ?? []).slice(0, count);
+  if (top.length === 0) return NaN;
+  let mass = 0;
+  let sum = 0;
+  for (const { token, p } of top) {
+    sum += p * predict({ ...before, chosen: p, token });
+    mass += p;
+  }
+  const rest = 1 - mass;
+  if (rest > 1e-12) {
+    const last = top[top.length - 1];
+    sum += rest * predict({ ...before, chosen: Math.min(last.p, rest), token: last.token });
+  }
+  return sum;
 }
 
 const FEATURE_COUNT = 7;
@@ -81,6 +108,10 @@ export class OnlineLogisticPredictor implements AcceptancePredictor {
     return sigmoid(x.reduce((acc, v, i) => acc + v * this.weights[i], 0));
   }
 
+  expected(before: PreDrawFeatures): number {
+    return expectedOverTop(before, (f) => this.predict(f), Infinity);
+  }
+
   observe(features: DraftFeatures, acceptance: number): void {
     const x = featureVector(features);
     const p = sigmoid(x.reduce((acc, v, i) => acc + v * this.weights[i], 0));
@@ -110,6 +141,10 @@ export class DraftConfidencePredictor implements AcceptancePredictor {
   readonly rejectionWeight = 1;
   predict(features: DraftFeatures): number {
     return features.chosen;
+  }
+  /** Σ q(y)²: the chance that two draws from q agree. */
+  expected(before: PreDrawFeatures): number {
+    return expectedOverTop(before, (f) => f.chosen, Infinity);
   }
   observe(): void {}
 }

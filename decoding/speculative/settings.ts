@@ -1,5 +1,6 @@
 // Speculative settings: per model in the server config, overridable per request.
 import type { RoundCosts, SamplingRegime } from "./costs.js";
+import type { VerificationMode } from "./verifier.js";
 import { ConfidencePolicy, type CandidateLengthPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
 
@@ -11,6 +12,8 @@ export interface SpeculativeSettings {
   pMin: number;
   minCandidates: number;
   maxCandidates: number;
+  /** How requests without a seed are verified (seeded ones are coupled unless a request says otherwise). */
+  verification: VerificationMode;
 }
 
 /** What a request may change (under the `flock.speculative` extension key). */
@@ -19,6 +22,16 @@ export type SpeculativeOverrides = Partial<SpeculativeSettings> & {
   /** Report how every token came to be (SpeculativeRound.detail); off, nothing extra is computed. */
   detail?: boolean;
 };
+
+/** How a request is verified: what it asked for; else coupled with keyed noise (a seed), the model's setting without. */
+export function verificationFor(settings: SpeculativeSettings, overrides: SpeculativeOverrides, keyedNoise: boolean): VerificationMode {
+  return overrides.verification ?? (keyedNoise ? "coupled" : settings.verification);
+}
+
+/** Which calibration of P̂ applies: greedy acceptance, rejection sampling's or coupled noise's. */
+export function samplingRegime(temperature: number, verification: VerificationMode): SamplingRegime {
+  return temperature === 0 ? "greedy" : verification === "coupled" ? "coupled" : "sampled";
+}
 
 export function buildPolicy(settings: SpeculativeSettings, predictor: AcceptancePredictor, costs: RoundCosts, regime: SamplingRegime): CandidateLengthPolicy {
   switch (settings.policy) {

@@ -10,9 +10,18 @@ export class SpeculativeStats {
   readonly acceptedPerPosition: number[] = [];
   /** Target forward passes (verification batches, including rounds with no candidate). */
   targetCalls = 0;
+  /** Verification rounds by mode (rejection sampling, coupled keyed noise). */
+  readonly rounds: Record<"rejection" | "coupled", number> = { rejection: 0, coupled: 0 };
+  /** Positions a candidate-length policy declined before drawing their candidate (the round ended there). */
+  declinedBeforeDraw = 0;
 
-  recordRound(drafted: number, accepted: number): void {
+  recordDeclined(): void {
+    this.declinedBeforeDraw++;
+  }
+
+  recordRound(drafted: number, accepted: number, verification: "rejection" | "coupled" = "rejection"): void {
     this.targetCalls++;
+    this.rounds[verification]++;
     if (drafted === 0) return;
     this.drafts++;
     this.draftTokens += drafted;
@@ -25,6 +34,9 @@ export class SpeculativeStats {
     this.draftTokens += other.draftTokens;
     this.acceptedTokens += other.acceptedTokens;
     this.targetCalls += other.targetCalls;
+    this.rounds.rejection += other.rounds.rejection;
+    this.rounds.coupled += other.rounds.coupled;
+    this.declinedBeforeDraw += other.declinedBeforeDraw;
     other.acceptedPerPosition.forEach((n, i) => (this.acceptedPerPosition[i] = (this.acceptedPerPosition[i] ?? 0) + n));
   }
 

@@ -61,6 +61,8 @@ export async function collectSamples(
     maxCandidates: options.candidates,
     stats: new SpeculativeStats(),
     costs: new RoundCosts(),
+    // Rejection sampling labels every position min(1, p(y)/q(y)): the authors' soft labels.
+    verification: "rejection" as const,
   };
   for (const [i, prompt] of prompts.entries()) {
     const request: GenerationRequest = {

@@ -11,8 +11,18 @@
 // Every round therefore emits a + 1 tokens, and the emitted sequence is distributed exactly as
 // sampling from the target alone. At temperature 0 both p and q are one-hot on their argmax, so
 // this reduces to argmax matching and the output equals greedy target-only decoding.
+//
+// Coupled verification (seeded requests, noise.ts): the draft proposed y_i = argmax_j log q_i(j)
+// + g_i(j), and the target's own choice is x_i = argmax_j log p_i(j) + g_i(j) with the same keyed
+// noise g_i. y_i is accepted iff y_i = x_i; the first x_i that differs is the recovered token,
+// and x_{K+1} the bonus. The emitted tokens are then exactly the target's own keyed draws, so the
+// text does not depend on what was proposed: any candidate-length rule is exact, and a seed
+// reproduces with or without a draft. Its acceptance P(argmax agree) is below Σ min(p, q).
 import type { Rng } from "../../models/util/rng.js";
 import { argmax, drawFrom } from "../sampler.js";
+
+/** Rejection sampling (the highest acceptance), or coupled keyed noise (the target's own draws whatever is proposed). */
+export type VerificationMode = "rejection" | "coupled";
 
 export interface Verification {
   /** Number of drafted tokens accepted (a). */
@@ -21,8 +31,26 @@ export interface Verification {
   next: number;
   /** How `next` was chosen. */
   nextKind: "recovered" | "bonus";
-  /** Per drafted position, min(1, p(y)/q(y)): the authors' soft acceptance label. */
+  /**
+   * Per drafted position, its acceptance label: min(1, p(y)/q(y)), the authors' soft label
+   * (rejection sampling), or 1/0 for whether the target's keyed draw equals y (coupled).
+   */
   acceptanceProbabilities: number[];
+}
+
+/**
+ * Coupled verification: `targetChoices[i]` is the target's keyed draw at candidate position i
+ * (i = 0..K; each given the candidates before it), which it emits in place of a candidate that
+ * differs. Every position gets its label (a position after the first difference is labelled as
+ * if its prefix had been accepted).
+ */
+export function verifyCoupled(draftTokens: readonly number[], targetChoices: readonly number[]): Verification {
+  const K = draftTokens.length;
+  if (targetChoices.length !== K + 1) throw new Error(`verifyCoupled: ${K} drafted tokens need ${K + 1} target choices`);
+  const acceptanceProbabilities = draftTokens.map((y, i) => (y === targetChoices[i] ? 1 : 0));
+  const accepted = acceptanceProbabilities.indexOf(0);
+  if (accepted < 0) return { accepted: K, next: targetChoices[K], nextKind: "bonus", acceptanceProbabilities };
+  return { accepted, next: targetChoices[accepted], nextKind: "recovered", acceptanceProbabilities };
 }
 
 export function verify(

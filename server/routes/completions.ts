@@ -65,7 +65,8 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         fusion: fusionOverrides(body, pipeline),
         routing: routingOverrides(body, pipeline),
         },
-        body.seed == null ? body.seed : body.seed + p * n,
+        body.seed,
+        p * n,
       )) {
         requests.push(request);
         echoes.push(echo);

@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { AcceptanceCalibration, RoundCosts } from "../../decoding/speculative/costs.js";
 import { SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
-import type { DraftFeatures } from "../../decoding/speculative/features.js";
+import type { DraftFeatures, PreDrawFeatures } from "../../decoding/speculative/features.js";
 import { type AcceptancePredictor, unweightedAcceptance } from "../../decoding/speculative/predictors.js";
 
 async function calibrated(draftMs: number, pass: (n: number) => number, max = 12): Promise<RoundCosts> {
@@ -12,6 +12,10 @@ async function calibrated(draftMs: number, pass: (n: number) => number, max = 12
 }
 
 const survivals = (p: number, k: number) => Array.from({ length: k }, (_, i) => p ** (i + 1));
+const before = (position: number): PreDrawFeatures => ({ top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8 });
+const f = (position: number): DraftFeatures => ({ ...before(position), chosen: 0.9, token: 1 });
+/** A predictor with the same P̂ for every candidate, and that expectation before the draw. */
+const constant = (p: number, rejectionWeight = 1): AcceptancePredictor => ({ name: "c", rejectionWeight, predict: () => p, expected: () => p, observe: () => {} });
 
 describe("RoundCosts", () => {
   it("interpolates target passes between measured sizes and extends past the largest", async () => {
@@ -31,41 +35,45 @@ describe("RoundCosts", () => {
 
   it("on GPU-like costs (flat passes, cheap drafts) keeps drafting while acceptance is high", async () => {
     const costs = await calibrated(0.5, (n) => 20 + 0.1 * n);
-    expect(costs.decide(1, survivals(0.9, 1), 0.9, 12)).toBe("continue");
-    expect(costs.decide(6, survivals(0.9, 6), 0.9, 12)).toBe("continue");
+    expect(costs.draftPosition(1, [], 0.9, 12)).toBe("draft");
+    expect(costs.draftAnother(1, survivals(0.9, 1), 0.9, 12)).toBe("continue");
+    expect(costs.draftAnother(6, survivals(0.9, 6), 0.9, 12)).toBe("continue");
     // A collapse in predicted acceptance ends the candidate.
-    expect(costs.decide(3, [0.9, 0.81, 0.04], 0.05, 12)).toBe("stop");
+    expect(costs.draftAnother(3, [0.9, 0.81, 0.04], 0.05, 12)).toBe("stop");
   });
 
   it("on CPU-like costs (passes grow with size) proposes nothing when no round beats the target alone", async () => {
     // T(1) = 5, then T grows ~2.4 ms per token after a jump: verification is never cheap.
     const costs = await calibrated(0.4, (n) => (n === 1 ? 5 : 9 + 2.4 * n));
-    expect(costs.decide(1, [0.8], 0.8, 12)).toBe("drop-and-stop");
+    // Decided before anything is drawn: no candidate is ever withdrawn.
+    expect(costs.draftPosition(1, [], 0.8, 12)).toBe("stop");
     // With a near-perfect draft, long rounds do pay even there.
-    expect(costs.decide(1, [0.999], 0.999, 12)).toBe("continue");
+    expect(costs.draftPosition(1, [], 0.999, 12)).toBe("draft");
+    expect(costs.draftAnother(1, [0.999], 0.999, 12)).toBe("continue");
   });
 
   it("is undecided until calibrated, and the policy then falls back to the fixed threshold", () => {
     const costs = new RoundCosts();
-    expect(costs.decide(1, [0.9], 0.9, 8)).toBeNull();
-    const policy = new SpecDecPlusPlusPolicy({ name: "c", rejectionWeight: 1, predict: () => 0.8, observe: () => {} }, costs, 1, 8, "sampled", 0.45);
-    const f = { chosen: 0.8, top1: 0.8, margin: 0.5, entropy: 0.5, position: 1, recentAcceptance: 0.8, token: 1 } satisfies DraftFeatures;
+    expect(costs.calibrated).toBe(false);
+    const policy = new SpecDecPlusPlusPolicy(constant(0.8), costs, 1, 8, "sampled", 0.45);
     policy.begin();
-    expect([1, 2, 3].map((k) => policy.decide(k, f))).toEqual(["continue", "continue", "stop"]);
+    expect([1, 2, 3].map((k) => policy.beforeDraw(k, before(k)))).toEqual(["draft", "draft", "draft"]);
+    expect([1, 2, 3].map((k) => policy.afterDraw(k, f(k)))).toEqual(["continue", "continue", "stop"]);
   });
 
-  it("proposes the drafted prefix with the best expected rate once drafting is paid for", async () => {
+  it("before each draw, drafts a position only if its expected acceptance promises a better rate than ending the round", async () => {
     // CPU-like: T(2) = 2.5·T(1), then cheap per extra token.
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
-    // One likely candidate: at most 2 tokens for 10.4 ms against 1 per 4 ms — withdrawn.
-    expect(costs.bestPrefix([0.9])).toBe(0);
-    // Four near-certain ones: 4.9 tokens for 14 ms beats target-only.
-    expect(costs.bestPrefix(survivals(0.99, 4))).toBe(4);
-    // A confident run, then a collapse: keep the run, drop the tail.
-    expect(costs.bestPrefix([0.99, 0.98, 0.97, 0.96, 0.1, 0.01])).toBe(4);
-    // GPU-like: verifying is nearly free, every candidate is worth proposing.
+    // One likely candidate: at most 2 tokens for 10.4 ms against 1 per 4 ms — not drafted.
+    expect(costs.draftPosition(1, [], 0.5, 1)).toBe("stop");
+    // Near-certain candidates: long rounds beat target-only.
+    expect(costs.draftPosition(1, [], 0.99, 8)).toBe("draft");
+    // A confident run, then a position the draft is unsure of: end the round before it.
+    expect(costs.draftPosition(5, survivals(0.98, 4), 0.1, 8)).toBe("stop");
+    expect(costs.draftPosition(5, survivals(0.98, 4), 0.95, 8)).toBe("draft");
+    // GPU-like: verifying is nearly free, every position is worth drafting.
     const flat = await calibrated(0.5, (n) => 20 + 0.1 * n);
-    expect(flat.bestPrefix(survivals(0.5, 5))).toBe(5);
+    expect(flat.draftPosition(6, survivals(0.9, 5), 0.9, 8)).toBe("draft");
   });
 
   it("recalibrates P̂ per token from verification's labels, per sampling regime, and relaxes when it stops drafting", () => {
@@ -88,45 +96,56 @@ describe("RoundCosts", () => {
 
   it("the policy learns the calibration of its own regime from the rounds it proposes", async () => {
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
-    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8, token: 1 }) satisfies DraftFeatures;
-    const predictor: AcceptancePredictor = { name: "c", rejectionWeight: 1, predict: () => 0.97, observe: () => {} };
-    const greedy = new SpecDecPlusPlusPolicy(predictor, costs, 1, 8, "greedy");
+    const greedy = new SpecDecPlusPlusPolicy(constant(0.97), costs, 1, 8, "greedy");
     greedy.begin();
-    expect(greedy.decide(1, f(1))).toBe("continue");
-    // Verification keeps none of them: the greedy calibration learns it, the sampled one does not.
+    expect(greedy.beforeDraw(1, before(1))).toBe("draft");
+    // Verification keeps none of them: the greedy calibration learns it, the others do not.
     for (let i = 0; i < 400; i++) {
       greedy.begin();
-      greedy.decide(1, f(1));
-      greedy.decide(2, f(2));
+      greedy.afterDraw(1, f(1));
+      greedy.afterDraw(2, f(2));
       greedy.end(2, 0, [0, 0]);
     }
     greedy.begin();
-    expect(greedy.decide(1, f(1))).toBe("drop-and-stop");
+    expect(greedy.beforeDraw(1, before(1))).toBe("stop");
     expect(costs.acceptanceCalibration.greedy.apply(0.97)).toBeLessThan(0.3);
     expect(costs.acceptanceCalibration.sampled.apply(0.97)).toBeCloseTo(0.97, 9);
-    const sampled = new SpecDecPlusPlusPolicy(predictor, costs, 1, 8, "sampled");
-    sampled.begin();
-    expect(sampled.decide(1, f(1))).toBe("continue");
+    expect(costs.acceptanceCalibration.coupled.apply(0.97)).toBeCloseTo(0.97, 9);
+    for (const regime of ["sampled", "coupled"] as const) {
+      const other = new SpecDecPlusPlusPolicy(constant(0.97), costs, 1, 8, regime);
+      other.begin();
+      expect(other.beforeDraw(1, before(1))).toBe("draft");
+    }
   });
 
-  it("the SpecDec++ policy proposes through the costs and reports each round to them", async () => {
+  it("without an expectation under q, a position is judged by the last candidate's P̂ (the first by recent first candidates')", async () => {
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
-    const predictions = [0.99, 0.99, 0.99, 0.99, 0.2];
-    const policy = new SpecDecPlusPlusPolicy({ name: "scripted", rejectionWeight: 1, predict: (f) => predictions[f.position - 1], observe: () => {} }, costs, 1, 8);
-    policy.begin();
-    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8, token: 1 }) satisfies DraftFeatures;
-    for (let k = 1; k <= 5; k++) policy.decide(k, f(k));
-    expect(policy.propose(5)).toBe(4);
-    // A fixed threshold proposes whatever it drafted and keeps no calibration.
-    const fixed = new SpecDecPlusPlusPolicy({ name: "c", rejectionWeight: 1, predict: () => 0.5, observe: () => {} }, 0.9, 1, 8);
-    fixed.begin();
-    fixed.decide(1, f(1));
-    expect(fixed.propose(1)).toBe(1);
+    let predictions = [0.99, 0.99, 0.99, 0.99, 0.2];
+    const scripted: AcceptancePredictor = { name: "scripted", rejectionWeight: 1, predict: (d) => predictions[d.position - 1], observe: () => {} };
+    const policy = new SpecDecPlusPlusPolicy(scripted, costs, 1, 8);
+    const drafted = () => {
+      policy.begin();
+      let k = 1;
+      while (policy.beforeDraw(k, before(k)) === "draft") {
+        if (policy.afterDraw(k, f(k)) === "stop") return k;
+        k++;
+      }
+      return k - 1;
+    };
+    // The first position is drafted on the optimistic prior guess, the next ones on the candidate
+    // before them; the collapse at 5 (known only after its draw) ends the round.
+    expect(drafted()).toBe(5);
+    // First candidates that keep failing teach the guess at position 1: drafting stops before any draw.
+    predictions = [0.05, 0.05];
+    const lengths = Array.from({ length: 40 }, drafted);
+    expect(lengths[0]).toBe(1);
+    expect(lengths.at(-1)).toBe(0);
+    // It stops where drafting no longer pays, well above the 0.05 the candidates get: that bound is what it learned.
+    expect(costs.acceptanceCalibration.sampled.firstPrediction).toBeLessThan(0.9);
   });
 
   it("undoes a predictor's rejection weight for the cost-aware rule, not for a fixed threshold", async () => {
     const costs = await calibrated(0.3, (n) => 6 + 0.4 * n);
-    const f = (position: number) => ({ chosen: 0.9, top1: 0.9, margin: 0.5, entropy: 0.5, position, recentAcceptance: 0.8, token: 1 }) satisfies DraftFeatures;
     // A head fitted with w = 6 reports P̂ = a / (a + 6(1 − a)): 0.9 → 0.6.
     const a = 0.9;
     const weighted = a / (a + 6 * (1 - a));
@@ -136,11 +155,11 @@ describe("RoundCosts", () => {
       const policy = new SpecDecPlusPlusPolicy(predictor, threshold, 1, 12);
       policy.begin();
       let k = 1;
-      while (policy.decide(k, f(k)) === "continue") k++;
+      while (policy.beforeDraw(k, before(k)) === "draft" && policy.afterDraw(k, f(k)) === "continue") k++;
       return k;
     };
-    const pessimistic: AcceptancePredictor = { name: "w6", rejectionWeight: 6, predict: () => weighted, observe: () => {} };
-    const calibratedPredictor: AcceptancePredictor = { name: "w1", rejectionWeight: 1, predict: () => a, observe: () => {} };
+    const pessimistic = constant(weighted, 6);
+    const calibratedPredictor = constant(a);
     const plainRule = lengths(calibratedPredictor, costs);
     expect(plainRule).toBeGreaterThan(3);
     expect(lengths(pessimistic, costs)).toBe(plainRule);
@@ -153,7 +172,7 @@ describe("RoundCosts", () => {
   it("where drafting does not pay, the policy skips it for 1, 2, 4, … rounds (at most 16); where it pays, an empty round does not stop it", async () => {
     // CPU-like costs, and rounds that propose nothing: drafting never pays.
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
-    const predictor: AcceptancePredictor = { name: "c", rejectionWeight: 1, predict: () => 0.5, observe: () => {} };
+    const predictor = constant(0.5);
     const rounds = (policy: SpecDecPlusPlusPolicy, from: number, to: number, proposal: number, accepted: number, drafted: number[]) => {
       for (let i = from; i < to; i++) {
         const drafting = !policy.skipRound();

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { draftFeatures, type DraftFeatures } from "../../decoding/speculative/features.js";
+import { draftFeatures, type DraftFeatures, preDrawFeatures } from "../../decoding/speculative/features.js";
 import { ConfidencePolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
 import { type AcceptancePredictor, DraftConfidencePredictor, OnlineLogisticPredictor } from "../../decoding/speculative/predictors.js";
 import { createRng } from "../../models/util/rng.js";
@@ -16,6 +16,12 @@ describe("draftFeatures", () => {
     const logits = Float32Array.from([2 * Math.log(0.5), 2 * Math.log(0.25), 2 * Math.log(0.25), -Infinity]);
     const f = draftFeatures(Float64Array.from([0.5, 0.25, 0.25, 0]), logits, 2, 1, 3, 0.6);
     expect(f).toMatchObject({ chosen: 0.25, top1: 0.5, margin: 0.25, position: 3, recentAcceptance: 0.6 });
+    // q's most likely tokens, most likely first (ties in token order), zeros left out.
+    expect(f.top).toEqual([
+      { token: 0, p: 0.5 },
+      { token: 1, p: 0.25 },
+      { token: 2, p: 0.25 },
+    ]);
     expect(f.entropy).toBeCloseTo(-(0.5 * Math.log(0.5) + 2 * 0.25 * Math.log(0.25)), 6);
   });
 
@@ -32,14 +38,16 @@ describe("policies", () => {
   it("fixed K proposes exactly K", () => {
     const policy = new FixedLengthPolicy(3);
     policy.begin();
-    expect([1, 2, 3].map((k) => policy.decide(k))).toEqual(["continue", "continue", "stop"]);
+    expect([1, 2, 3].map((k) => policy.afterDraw(k))).toEqual(["continue", "continue", "stop"]);
   });
 
-  it("the confidence rule drops a low-confidence token and stops, and caps the length", () => {
+  it("the confidence rule does not draft a position whose top draft token is unlikely, and caps the length", () => {
     const policy = new ConfidencePolicy(0.6, 2);
-    expect(policy.decide(1, features(0.9))).toBe("continue");
-    expect(policy.decide(2, features(0.9))).toBe("stop");
-    expect(policy.decide(1, features(0.5))).toBe("drop-and-stop");
+    // Decided before the draw, from q alone.
+    expect(policy.beforeDraw(1, features(0.9))).toBe("draft");
+    expect(policy.beforeDraw(1, features(0.5))).toBe("stop");
+    expect(policy.afterDraw(1)).toBe("continue");
+    expect(policy.afterDraw(2)).toBe("stop");
   });
 
   it("SpecDec++ stops once 1 − ΠP̂ exceeds h, never before the minimum, always at the maximum", () => {
@@ -47,17 +55,17 @@ describe("policies", () => {
     // P̂ = 0.8: survival 0.8, 0.64, 0.512 → 1 − 0.512 > 0.45 at k = 3.
     const policy = new SpecDecPlusPlusPolicy(constant(0.8), 0.45, 2, 10);
     policy.begin();
-    expect([1, 2, 3].map((k) => policy.decide(k, features(0.5)))).toEqual(["continue", "continue", "stop"]);
+    expect([1, 2, 3].map((k) => policy.afterDraw(k, features(0.5)))).toEqual(["continue", "continue", "stop"]);
     // A pessimistic predictor still drafts the minimum.
     const low = new SpecDecPlusPlusPolicy(constant(0.1), 0.5, 2, 10);
     low.begin();
-    expect([1, 2].map((k) => low.decide(k, features(0.5)))).toEqual(["continue", "stop"]);
+    expect([1, 2].map((k) => low.afterDraw(k, features(0.5)))).toEqual(["continue", "stop"]);
     // An optimistic one stops at the maximum; begin() resets the product.
     const high = new SpecDecPlusPlusPolicy(constant(0.999), 0.9, 1, 4);
     high.begin();
-    expect([1, 2, 3, 4].map((k) => high.decide(k, features(0.5)))).toEqual(["continue", "continue", "continue", "stop"]);
+    expect([1, 2, 3, 4].map((k) => high.afterDraw(k, features(0.5)))).toEqual(["continue", "continue", "continue", "stop"]);
     high.begin();
-    expect(high.decide(1, features(0.5))).toBe("continue");
+    expect(high.afterDraw(1, features(0.5))).toBe("continue");
   });
 });
 
@@ -101,7 +109,19 @@ describe("OnlineLogisticPredictor", () => {
     }
   });
 
-  it("the draft-confidence predictor is q(y)", () => {
+  it("the draft-confidence predictor is q(y); its expectation before the draw is Σ q(y)²", () => {
     expect(new DraftConfidencePredictor().predict(features(0.42))).toBe(0.42);
+    const q = Float64Array.from([0.5, 0.3, 0.2]);
+    const before = preDrawFeatures(q, Float32Array.from(q, Math.log), 1, 1, 0.7);
+    expect(new DraftConfidencePredictor().expected(before)).toBeCloseTo(0.25 + 0.09 + 0.04, 12);
+  });
+
+  it("the online predictor's expectation before the draw is E_q[P̂(y)] over q's tokens", () => {
+    const predictor = new OnlineLogisticPredictor();
+    for (let i = 0; i < 200; i++) predictor.observe(features(0.3 + (i % 5) * 0.1, 2), i % 3 === 0 ? 0 : 1);
+    const q = Float64Array.from([0.45, 0.25, 0.15, 0.1, 0.05]);
+    const before = preDrawFeatures(q, Float32Array.from(q, Math.log), 1, 2, 0.7);
+    const exact = [...q].reduce((sum, p, y) => sum + p * predictor.predict({ ...before, chosen: p, token: y }), 0);
+    expect(predictor.expected(before)).toBeCloseTo(exact, 12);
   });
 });

@@ -1,0 +1,371 @@
+// Exactness of speculative rounds, through the real decoder (decoding/speculative/decoder.ts)
+// with a fake engine: a target and a draft that are Markov chains over three tokens, so a decode
+// costs microseconds and the target's exact distributions are known. The acceptance predictor's
+// P̂ depends on the drawn candidate's value — the case that once biased the default policy,
+// which withdrew candidates by their P̂ — and every test proves it exercised what could break
+// (rejections, rounds of several lengths, stops after a draw, positions declined before one).
+//
+// - Rejection sampling, enumerated exactly: the chains' probabilities are multiples of 1/4, so
+//   every comparison verification makes against a uniform lands on the same side for the whole
+//   quarter of [0, 1) the uniform falls in. Replacing the request's RNG by one that enumerates
+//   quarters (each path weighted 4^-draws) gives the exact distribution of the first emitted
+//   token under every policy: it must equal the target's.
+// - With temperature, top-p and presence/frequency penalties the probabilities leave that grid:
+//   10^5 seeded decodes per policy must pass a chi-square test (one that a total variation of
+//   0.01 fails) for the first token and, with the first one's penalties, the second.
+// - Coupled verification: with keyed noise the speculative text must be token for token the
+//   target's own keyed draws (plain decoding with the same seed), under every policy; and keyed
+//   sampling itself must be exact (10^6 keys, total variation below 0.003).
+import { beforeEach, describe, expect, it, vi } from "vitest";
+import { keyedSample, positionKey } from "../../decoding/noise.js";
+import { plainDecode, type LogprobModel } from "../../decoding/plain.js";
+import { adjustLogits, DEFAULT_SAMPLING, samplingDistribution, type SamplingParams } from "../../decoding/sampler.js";
+import { RoundCosts } from "../../decoding/speculative/costs.js";
+import { speculativeDecode } from "../../decoding/speculative/decoder.js";
+import type { DraftFeatures, PreDrawFeatures } from "../../decoding/speculative/features.js";
+import { type CandidateLengthPolicy, ConfidencePolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
+import { type AcceptancePredictor, expectedOverTop } from "../../decoding/speculative/predictors.js";
+import { SpeculativeStats } from "../../decoding/speculative/stats.js";
+import type { VerificationMode } from "../../decoding/speculative/verifier.js";
+import type { GenerationRequest } from "../../decoding/types.js";
+import type { KvSequence } from "../../models/sequence.js";
+import type { Rng } from "../../models/util/rng.js";
+import { goodnessOfFit } from "../helpers/goodness.js";
+
+// The request's RNG, replaced by an enumerating one while `scripted` is set.
+const rngControl = vi.hoisted(() => ({ scripted: null as null | (() => { next(): number; int(n: number): number; pick<T>(items: readonly T[]): T }) }));
+vi.mock("../../models/util/rng.js", async (importOriginal) => {
+  const original = await importOriginal<typeof import("../../models/util/rng.js")>();
+  return { ...original, createRng: (seed: number) => rngControl.scripted?.() ?? original.createRng(seed) };
+});
+
+const V = 3;
+/**
+ * Next-token probabilities after each token: the target, and a draft that disagrees with it.
+ * Every probability, acceptance ratio min(1, p/q) and residual max(p − q, 0) / Σ is a multiple
+ * of 1/4, which exact enumeration needs.
+ */
+const TARGET = [
+  [0.5, 0.25, 0.25],
+  [0.25, 0.5, 0.25],
+  [0.75, 0.25, 0],
+];
+const DRAFT = [
+  [0.25, 0.5, 0.25],
+  [0.5, 0.25, 0.25],
+  [0.75, 0, 0.25],
+];
+const PROMPT = [2];
+const MAX_CANDIDATES = 4;
+
+/** A model whose next-token logits are log rows[last token]. */
+class ChainModel implements LogprobModel {
+  readonly contextSize = 1024;
+  private readonly logits: Float32Array[];
+  constructor(
+    readonly id: string,
+    rows: number[][],
+  ) {
+    this.logits = rows.map((row) => Float32Array.from(row, Math.log));
+  }
+  async acquire(): Promise<KvSequence> {
+    const logits = this.logits;
+    const held: number[] = [];
+    const evaluate = async (tokens: readonly number[], at: readonly number[]) => {
+      held.push(...tokens);
+      return at.map((i) => logits[tokens[i]]);
+    };
+    return {
+      get tokens() {
+        return held;
+      },
+      get length() {
+        return held.length;
+      },
+      contextSize: this.contextSize,
+      prefill: async (prompt) => {
+        held.length = 0;
+        return (await evaluate(prompt, [prompt.length - 1]))[0];
+      },
+      sharedPrefix: (tokens) => {
+        let i = 0;
+        while (i < tokens.length && i < held.length && tokens[i] === held[i]) i++;
+        return i;
+      },
+      syncTo: async (tokens) => {
+        held.length = 0;
+        held.push(...tokens);
+      },
+      evaluate,
+      evaluateWithHidden: async () => {
+        throw new Error("no hidden states here");
+      },
+      truncate: async (length) => {
+        held.length = length;
+      },
+      release: () => {},
+    };
+  }
+  detokenize(tokens: readonly number[]): string {
+    return tokens.map((t) => `<${t}>`).join("");
+  }
+  tokenText(token: number): string {
+    return `<${token}>`;
+  }
+  isEndOfGeneration(): boolean {
+    return false;
+  }
+}
+
+const target = new ChainModel("target", TARGET);
+const draft = new ChainModel("draft", DRAFT);
+
+/** P̂ that depends on the candidate's value: token 0 looks safe, the others do not. */
+const valueDependent = (withExpectation: boolean): AcceptancePredictor => {
+  const predict = (f: DraftFeatures) => (f.token === 0 ? 0.95 : 0.4);
+  return {
+    name: "value-dependent",
+    rejectionWeight: 1,
+    predict,
+    ...(withExpectation ? { expected: (before: PreDrawFeatures) => expectedOverTop(before, predict, Infinity) } : {}),
+    observe: () => {},
+  };
+};
+
+/** A cost table that the fake engine's microsecond timings do not overwrite. */
+class FixedCosts extends RoundCosts {
+  override observeDraftStep(): void {}
+  override observeTargetPass(): void {}
+}
+
+/** Costs where neither a draft step nor verification is free, so the auto rule's decisions depend on P̂. */
+async function cpuLikeCosts(): Promise<RoundCosts> {
+  const costs = new FixedCosts();
+  await costs.calibrate(async () => 1.5, async (n) => (n === 1 ? 4 : 4 + 0.2 * n), 8, 1);
+  return costs;
+}
+
+type PolicyCase = { name: string; make: (costs: RoundCosts) => CandidateLengthPolicy; predictor: AcceptancePredictor | null };
+const POLICIES: PolicyCase[] = [
+  { name: "fixed K = 3", make: () => new FixedLengthPolicy(3), predictor: null },
+  { name: "confidence 0.6", make: () => new ConfidencePolicy(0.6, MAX_CANDIDATES), predictor: null },
+  { name: "specdec++ h = 0.5", make: () => new SpecDecPlusPlusPolicy(valueDependent(false), 0.5, 1, MAX_CANDIDATES), predictor: valueDependent(false) },
+  { name: "specdec++ auto, E_q[P̂] before each draw", make: (costs) => new SpecDecPlusPlusPolicy(valueDependent(true), costs, 1, MAX_CANDIDATES), predictor: valueDependent(true) },
+  { name: "specdec++ auto, the last P̂ before each draw", make: (costs) => new SpecDecPlusPlusPolicy(valueDependent(false), costs, 1, MAX_CANDIDATES), predictor: valueDependent(false) },
+];
+
+interface Exercised {
+  /** Positions a policy declined before their draw; rounds it ended after a draw before its cap. */
+  stopsBeforeDraw: number;
+  stopsAfterDraw: number;
+  lengths: Set<number>;
+  rejections: number;
+}
+const exercised = (): Exercised => ({ stopsBeforeDraw: 0, stopsAfterDraw: 0, lengths: new Set(), rejections: 0 });
+
+/** The policy, counting (with `weight`) the positions it declines before a draw and the rounds it ends early after one. */
+function counting(policy: CandidateLengthPolicy, seen: Exercised, weight: () => number): CandidateLengthPolicy {
+  return {
+    name: policy.name,
+    begin: () => policy.begin(),
+    ...(policy.beforeDraw && {
+      beforeDraw: (k: number, before: PreDrawFeatures) => {
+        const decision = policy.beforeDraw!(k, before);
+        if (decision === "stop") seen.stopsBeforeDraw += weight();
+        return decision;
+      },
+    }),
+    afterDraw: (k: number, features: DraftFeatures) => {
+      const decision = policy.afterDraw(k, features);
+      if (decision === "stop" && k < MAX_CANDIDATES) seen.stopsAfterDraw += weight();
+      return decision;
+    },
+    get lastPrediction() {
+      return policy.lastPrediction;
+    },
+    ...(policy.skipRound && { skipRound: () => policy.skipRound!() }),
+    ...(policy.end && { end: (proposed: number, accepted: number, acceptance: readonly number[]) => policy.end!(proposed, accepted, acceptance) }),
+  };
+}
+
+/** Decodes until `count` tokens are out; reports each round to `seen`. */
+async function firstTokens(
+  policy: CandidateLengthPolicy,
+  predictor: AcceptancePredictor | null,
+  costs: RoundCosts,
+  request: GenerationRequest,
+  verification: VerificationMode,
+  count: number,
+  seen: Exercised,
+  weight: () => number,
+): Promise<number[]> {
+  const setup = { target, draft, policy, predictor, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs, verification };
+  const tokens: number[] = [];
+  for await (const step of speculativeDecode(setup, request)) {
+    const round = step.speculative!;
+    seen.lengths.add(round.drafted);
+    if (round.accepted < round.drafted) seen.rejections += weight();
+    tokens.push(...step.tokens);
+    if (tokens.length >= count) break;
+  }
+  return tokens;
+}
+
+const request = (sampling: SamplingParams, seed: number, extra: Partial<GenerationRequest> = {}): GenerationRequest => ({
+  prompt: PROMPT,
+  maxTokens: 8,
+  sampling,
+  seed,
+  stopStrings: [],
+  stopTokens: [],
+  topLogprobs: null,
+  ...extra,
+});
+
+/** The target's exact distribution of the next token after `history` (penalties count the output). */
+function exactNext(history: readonly number[], sampling: SamplingParams): Float64Array {
+  const counts = new Map<number, number>();
+  for (const t of history) counts.set(t, (counts.get(t) ?? 0) + 1);
+  const last = history.length > 0 ? history[history.length - 1] : PROMPT[PROMPT.length - 1];
+  return samplingDistribution(adjustLogits(Float32Array.from(TARGET[last], Math.log), sampling, counts), sampling);
+}
+
+/** The target's exact distribution of the second token (the penalties count the first). */
+function exactSecond(sampling: SamplingParams): Float64Array {
+  const out = new Float64Array(V);
+  exactNext([], sampling).forEach((p, t) => exactNext([t], sampling).forEach((q, u) => (out[u] += p * q)));
+  return out;
+}
+
+const totalVariation = (p: ArrayLike<number>, q: ArrayLike<number>) => {
+  let sum = 0;
+  for (let i = 0; i < p.length; i++) sum += Math.abs(p[i] - q[i]);
+  return sum / 2;
+};
+
+function expectExercised(policy: PolicyCase, seen: Exercised, total: number): void {
+  expect(seen.rejections).toBeGreaterThan(total / 20);
+  // Round lengths vary with the drawn values (the E_q rule may end every round at the same
+  // length, once by a draw's P̂ and once before a draw: both stops are counted below).
+  if (!/fixed|E_q/.test(policy.name)) expect(seen.lengths.size).toBeGreaterThan(1);
+  if (policy.name.startsWith("specdec++")) expect(seen.stopsAfterDraw).toBeGreaterThan(total / 20);
+  if (/E_q|confidence/.test(policy.name)) expect(seen.stopsBeforeDraw).toBeGreaterThan(total / 1000);
+}
+
+describe("rejection sampling, enumerated exactly", () => {
+  const GRID = 4;
+  beforeEach(() => {
+    rngControl.scripted = null;
+  });
+
+  /**
+   * The exact distribution of the first emitted token: every sequence of uniform draws, each
+   * a quarter's midpoint, enumerated like an odometer (the draws a path does not make do not
+   * branch it); a path of d draws has probability 4^-d.
+   */
+  async function enumerate(policy: PolicyCase, seen: Exercised): Promise<{ first: Float64Array; paths: number }> {
+    const first = new Float64Array(V);
+    let digits: number[] = [];
+    let paths = 0;
+    for (;;) {
+      let used = 0;
+      rngControl.scripted = () => {
+        const next = () => {
+          if (used === digits.length) digits.push(0);
+          return (digits[used++] + 0.5) / GRID;
+        };
+        return { next, int: (n: number) => Math.floor(next() * n), pick: <T>(items: readonly T[]) => items[Math.floor(next() * items.length)] } satisfies Rng;
+      };
+      // Fresh costs and policy per path: every path sees the same policy state.
+      const weight = () => GRID ** -used;
+      const costs = await cpuLikeCosts();
+      const [token] = await firstTokens(counting(policy.make(costs), seen, weight), policy.predictor, costs, request(DEFAULT_SAMPLING, 0), "rejection", 1, seen, weight);
+      first[token] += GRID ** -used;
+      paths++;
+      // The next path: drop the draws this path did not make, then increment like an odometer.
+      digits = digits.slice(0, used);
+      while (digits.length > 0 && digits[digits.length - 1] === GRID - 1) digits.pop();
+      if (digits.length === 0) break;
+      digits[digits.length - 1]++;
+    }
+    rngControl.scripted = null;
+    return { first, paths };
+  }
+
+  it.for(POLICIES)("$name: the first token's distribution is the target's", async (policy) => {
+    const seen = exercised();
+    const { first, paths } = await enumerate(policy, seen);
+    expect(first.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
+    // Exact, up to the float rounding of the logits the fake models hand out.
+    expect(totalVariation(first, exactNext([], DEFAULT_SAMPLING))).toBeLessThan(1e-6);
+    expect(paths).toBeGreaterThan(10);
+    expectExercised(policy, seen, 1);
+  });
+});
+
+describe("rejection sampling with temperature, top-p and penalties (chi-square over 10^5 decodes)", () => {
+  const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 };
+  const DECODES = 100_000;
+
+  async function measure(policy: PolicyCase): Promise<{ first: number[]; second: number[]; seen: Exercised }> {
+    const costs = await cpuLikeCosts();
+    const seen = exercised();
+    const first = Array<number>(V).fill(0);
+    const second = Array<number>(V).fill(0);
+    for (let seed = 0; seed < DECODES; seed++) {
+      const tokens = await firstTokens(counting(policy.make(costs), seen, () => 1), policy.predictor, costs, request(sampling, seed), "rejection", 2, seen, () => 1);
+      first[tokens[0]]++;
+      second[tokens[1]]++;
+    }
+    return { first, second, seen };
+  }
+  const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
+
+  it.for(POLICIES)("$name", async (policy) => {
+    const { first, second, seen } = await measure(policy);
+    expect(fits(first, exactNext([], sampling))).toBeGreaterThan(1e-4);
+    expect(fits(second, exactSecond(sampling))).toBeGreaterThan(1e-4);
+    expectExercised(policy, seen, DECODES);
+  });
+
+  it("the test sees a total variation of 0.01: the same counts against a target off by that much fail it", async () => {
+    const { first } = await measure(POLICIES[0]);
+    const off = Float64Array.from(exactNext([], sampling));
+    off[0] -= 0.01;
+    off[1] += 0.01;
+    expect(totalVariation(off, exactNext([], sampling))).toBeCloseTo(0.01, 12);
+    expect(fits(first, off)).toBeLessThan(1e-4);
+  });
+});
+
+describe("coupled verification", () => {
+  const samplings: Array<[string, SamplingParams]> = [
+    ["T = 1", DEFAULT_SAMPLING],
+    ["T = 0.8, top_p 0.9, penalties", { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 }],
+  ];
+
+  it.for(samplings)("%s: every policy's text is the target's own keyed draws, token for token", async ([, sampling]) => {
+    for (const policy of POLICIES) {
+      const costs = await cpuLikeCosts();
+      const seen = exercised();
+      for (let seed = 0; seed < 2000; seed++) {
+        const req = request(sampling, seed, { keyedNoise: true, choice: seed % 3 });
+        const spec = await firstTokens(counting(policy.make(costs), seen, () => 1), policy.predictor, costs, req, "coupled", 8, seen, () => 1);
+        const plain: number[] = [];
+        for await (const step of plainDecode(target, req)) plain.push(...step.tokens);
+        expect(spec.slice(0, 8), `${policy.name}, seed ${seed}`).toEqual(plain);
+      }
+      expectExercised(policy, seen, 2000);
+    }
+  });
+
+  it.for(samplings)("%s: keyed sampling is exact (10^6 keys, total variation below 0.003)", ([, sampling]) => {
+    const adjusted = adjustLogits(Float32Array.from(TARGET[1], Math.log), sampling, new Map([[1, 1]]));
+    const exact = samplingDistribution(adjusted, sampling);
+    const counts = new Float64Array(V);
+    const N = 1_000_000;
+    for (let seed = 0; seed < N; seed++) counts[keyedSample(adjusted, sampling, positionKey({ seed, choice: 0 }, 5))]++;
+    expect(totalVariation(counts.map((c) => c / N), exact)).toBeLessThan(0.003);
+    expect(goodnessOfFit(new Map([...counts].map((c, t) => [t, c])), exact).pValue).toBeGreaterThan(1e-4);
+  });
+});
