@@ -48,14 +48,37 @@ export function gumbel(positionKeyValue: number, token: number): number {
   return -Math.log(-Math.log(tokenUniform(positionKeyValue, token)));
 }
 
-/** argmax_j score(values_j) + g(j), over the tokens whose score is finite. */
-function noisyArgmax(values: ArrayLike<number>, positionKeyValue: number, score: (value: number) => number): number {
+/**
+ * One position's noise, computed per token when first asked for and kept: in coupled
+ * verification the draft and the target draw at the same positions, so each token's noise is
+ * hashed once per position.
+ */
+export class PositionNoise {
+  private values: Float64Array = new Float64Array(0);
+
+  constructor(readonly key: number) {}
+
+  /** g(token); NaN marks a value not computed yet. */
+  at(token: number): number {
+    if (token >= this.values.length) {
+      const grown = new Float64Array(Math.max(token + 1, 2 * this.values.length)).fill(Number.NaN);
+      grown.set(this.values);
+      this.values = grown;
+    }
+    let g = this.values[token];
+    if (g !== g) g = this.values[token] = gumbel(this.key, token);
+    return g;
+  }
+}
+
+/** argmax_j scores_j + g(j), over the tokens whose score is finite. */
+function noisyArgmax(scores: ArrayLike<number>, noise: PositionNoise): number {
   let best = -1;
   let bestValue = -Infinity;
-  for (let j = 0; j < values.length; j++) {
-    const s = score(values[j]);
-    if (s === -Infinity) continue;
-    const v = s + gumbel(positionKeyValue, j);
+  for (let j = 0; j < scores.length; j++) {
+    const s = scores[j];
+    if (s === -Infinity || s !== s) continue;
+    const v = s + noise.at(j);
     if (v > bestValue) {
       bestValue = v;
       best = j;
@@ -73,18 +96,24 @@ const truncates = (params: SamplingParams, vocabulary: number) => (params.topK >
  * noise). Without truncation the scores are the logits / T, less their maximum (softmax's
  * normaliser does not move the argmax); with it, log p over the tokens it keeps.
  */
-export function keyedSample(adjusted: Float32Array, params: SamplingParams, positionKeyValue: number): number {
+export function keyedSample(adjusted: Float32Array, params: SamplingParams, noise: PositionNoise): number {
   if (params.temperature === 0) return argmax(adjusted);
+  const scores = new Float64Array(adjusted.length);
   if (truncates(params, adjusted.length)) {
-    return noisyArgmax(samplingDistribution(adjusted, params), positionKeyValue, (p) => (p > 0 ? Math.log(p) : -Infinity));
+    const probs = samplingDistribution(adjusted, params);
+    for (let j = 0; j < probs.length; j++) scores[j] = probs[j] > 0 ? Math.log(probs[j]) : -Infinity;
+    return noisyArgmax(scores, noise);
   }
   // As samplingDistribution computes softmax: (logit − max) / T, which a tiny T sends to 0 for
   // the most likely tokens and −∞ for the rest (logit / T would overflow to ±∞ or NaN).
   let max = -Infinity;
   for (let j = 0; j < adjusted.length; j++) if (adjusted[j] > max) max = adjusted[j];
-  const temperature = params.temperature;
-  return noisyArgmax(adjusted, positionKeyValue, (logit) => (logit - max) / temperature);
+  for (let j = 0; j < adjusted.length; j++) scores[j] = (adjusted[j] - max) / params.temperature;
+  return noisyArgmax(scores, noise);
 }
+
+/** Positions whose noise a choice keeps (a round's candidates and the one after them). */
+const KEPT_POSITIONS = 64;
 
 /** How one choice draws its tokens: keyed noise (seeded requests) or a sequential RNG. */
 export interface TokenDraws {
@@ -104,5 +133,15 @@ export function tokenDraws(request: { seed: number; choice?: number; keyedNoise?
   const rng = createRng((request.seed + choice) >>> 0);
   if (!request.keyedNoise) return { keyed: false, rng, sample: (adjusted, params) => sampleToken(adjusted, params, rng) };
   const key = { seed: request.seed, choice };
-  return { keyed: true, rng, sample: (adjusted, params, position) => keyedSample(adjusted, params, positionKey(key, position)) };
+  const kept = new Map<number, PositionNoise>();
+  const noiseAt = (position: number): PositionNoise => {
+    let noise = kept.get(position);
+    if (!noise) {
+      noise = new PositionNoise(positionKey(key, position));
+      kept.set(position, noise);
+      if (kept.size > KEPT_POSITIONS) kept.delete(kept.keys().next().value!);
+    }
+    return noise;
+  };
+  return { keyed: true, rng, sample: (adjusted, params, position) => keyedSample(adjusted, params, noiseAt(position)) };
 }

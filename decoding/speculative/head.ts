@@ -195,7 +195,7 @@ export class HeadPredictor implements AcceptancePredictor {
    */
   get expected(): ((before: PreDrawFeatures) => number) | undefined {
     if (!this.embeddings) return undefined;
-    return (before) => expectedOverTop(before, (f) => this.predict(f), 2);
+    return (before) => expectedOverTop(before, (chosen, token) => this.predict({ ...before, chosen, token }), 2);
   }
 
   /** Trained offline; serving does not change it. */

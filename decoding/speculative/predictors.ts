@@ -41,31 +41,31 @@ export function unweightedAcceptance(p: number, rejectionWeight: number): number
 }
 
 /**
- * E_{y~q}[predict(y)] over q's `count` most likely tokens; the rest of q's mass is judged like a
- * token as likely as the last of them (every other token is at most that likely).
+ * E_{y~q}[predict(y)] over q's `count` most likely tokens, `predict` given the candidate's
+ * probability and id; the rest of q's mass is judged like a token as likely as the last of them
+ * (every other token is at most that likely).
  */
-export function expectedOverTop(before: PreDrawFeatures, predict: (f: DraftFeatures) => number, count: number): number {
-  const top = (before.top ?? []).slice(0, count);
-  if (top.length === 0) return NaN;
+export function expectedOverTop(before: PreDrawFeatures, predict: (chosen: number, token: number) => number, count: number): number {
+  const top = before.top ?? [];
+  const n = Math.min(count, top.length);
+  if (n === 0) return NaN;
   let mass = 0;
   let sum = 0;
-  for (const { token, p } of top) {
-    sum += p * predict({ ...before, chosen: p, token });
-    mass += p;
+  for (let i = 0; i < n; i++) {
+    sum += top[i].p * predict(top[i].p, top[i].token);
+    mass += top[i].p;
   }
   const rest = 1 - mass;
-  if (rest > 1e-12) {
-    const last = top[top.length - 1];
-    sum += rest * predict({ ...before, chosen: Math.min(last.p, rest), token: last.token });
-  }
+  if (rest > 1e-12) sum += rest * predict(Math.min(top[n - 1].p, rest), top[n - 1].token);
   return sum;
 }
 
 const FEATURE_COUNT = 7;
 
+const logitOf = (p: number) => Math.log(Math.max(p, 1e-6) / Math.max(1 - p, 1e-6));
+
 function featureVector(f: DraftFeatures): number[] {
-  const logit = (p: number) => Math.log(Math.max(p, 1e-6) / Math.max(1 - p, 1e-6));
-  return [1, logit(f.chosen), logit(f.top1), f.margin, f.entropy, Math.log(f.position), logit(f.recentAcceptance)];
+  return [1, logitOf(f.chosen), logitOf(f.top1), f.margin, f.entropy, Math.log(f.position), logitOf(f.recentAcceptance)];
 }
 
 export const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
@@ -108,8 +108,10 @@ export class OnlineLogisticPredictor implements AcceptancePredictor {
     return sigmoid(x.reduce((acc, v, i) => acc + v * this.weights[i], 0));
   }
 
+  /** Only the candidate's own probability varies over q: the rest of the sum is computed once. */
   expected(before: PreDrawFeatures): number {
-    return expectedOverTop(before, (f) => this.predict(f), Infinity);
+    const rest = featureVector({ ...before, chosen: 0.5, token: -1 }).reduce((acc, v, i) => (i === 1 ? acc : acc + v * this.weights[i]), 0);
+    return expectedOverTop(before, (chosen) => sigmoid(rest + this.weights[1] * logitOf(chosen)), Infinity);
   }
 
   observe(features: DraftFeatures, acceptance: number): void {
@@ -144,7 +146,7 @@ export class DraftConfidencePredictor implements AcceptancePredictor {
   }
   /** Σ q(y)²: the chance that two draws from q agree. */
   expected(before: PreDrawFeatures): number {
-    return expectedOverTop(before, (f) => f.chosen, Infinity);
+    return expectedOverTop(before, (chosen) => chosen, Infinity);
   }
   observe(): void {}
 }

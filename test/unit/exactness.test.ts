@@ -17,7 +17,7 @@
 //   target's own keyed draws (plain decoding with the same seed), under every policy; and keyed
 //   sampling itself must be exact (10^6 keys, total variation below 0.003).
 import { beforeEach, describe, expect, it, vi } from "vitest";
-import { keyedSample, positionKey } from "../../decoding/noise.js";
+import { keyedSample, PositionNoise, positionKey } from "../../decoding/noise.js";
 import { plainDecode, type LogprobModel } from "../../decoding/plain.js";
 import { adjustLogits, DEFAULT_SAMPLING, samplingDistribution, type SamplingParams } from "../../decoding/sampler.js";
 import { RoundCosts } from "../../decoding/speculative/costs.js";
@@ -127,7 +127,7 @@ const valueDependent = (withExpectation: boolean): AcceptancePredictor => {
     name: "value-dependent",
     rejectionWeight: 1,
     predict,
-    ...(withExpectation ? { expected: (before: PreDrawFeatures) => expectedOverTop(before, predict, Infinity) } : {}),
+    ...(withExpectation ? { expected: (before: PreDrawFeatures) => expectedOverTop(before, (chosen, token) => predict({ ...before, chosen, token }), Infinity) } : {}),
     observe: () => {},
   };
 };
@@ -364,7 +364,7 @@ describe("coupled verification", () => {
     const exact = samplingDistribution(adjusted, sampling);
     const counts = new Float64Array(V);
     const N = 1_000_000;
-    for (let seed = 0; seed < N; seed++) counts[keyedSample(adjusted, sampling, positionKey({ seed, choice: 0 }, 5))]++;
+    for (let seed = 0; seed < N; seed++) counts[keyedSample(adjusted, sampling, new PositionNoise(positionKey({ seed, choice: 0 }, 5)))]++;
     expect(totalVariation(counts.map((c) => c / N), exact)).toBeLessThan(0.003);
     expect(goodnessOfFit(new Map([...counts].map((c, t) => [t, c])), exact).pValue).toBeGreaterThan(1e-4);
   });
