@@ -293,6 +293,10 @@ for (const [k, v] of final.env) {
   env[k] = volume ? join(final.root, v) : v;
 }
 env.FLOCK_PORT = String(port);
+// The image listens on all interfaces, which flock allows only with an API key: run it with one,
+// as the README's docker run lines do.
+const apiKey = "replay-api-key";
+env.FLOCK_API_KEYS = apiKey;
 if (fast) {
   const dropped = Object.keys(env).filter((k) => k.startsWith("NODE_LLAMA_CPP_CMAKE_OPTION_"));
   for (const k of dropped) delete env[k];
@@ -363,7 +367,7 @@ log(`engine ready: build=${String(ready!.build)}, gpu=${String(ready!.gpu)}, cap
 
 const completion = await fetch(`${base}/v1/completions`, {
   method: "POST",
-  headers: { "content-type": "application/json" },
+  headers: { "content-type": "application/json", authorization: `Bearer ${apiKey}` },
   body: JSON.stringify({ model: "flock-demo", prompt: "The sailor ties the", max_tokens: 8, temperature: 0 }),
 });
 const body = (await completion.json()) as { usage?: { completion_tokens?: number }; choices?: Array<{ text: string }> };

@@ -47,6 +47,9 @@ export class Engine {
 
   static async create(options: EngineOptions): Promise<Engine> {
     const llama = await getLlama({
+      // The local build (npm run build:native) or a prebuilt binary; never a download or a
+      // compile at serving time.
+      build: "never",
       gpu: options.gpu === "off" ? false : options.gpu,
       // 0: no global cap, so each context uses exactly the threads it asks for.
       maxThreads: 0,

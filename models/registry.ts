@@ -84,7 +84,7 @@ export const ExpertsEntry = z.strictObject({
   methods: z.array(z.enum(["phatgoose", "arrow"])).min(1).default(["phatgoose", "arrow"]),
   /** Experts per token and module (top-k of the softmax, renormalised). */
   topK: z.int().min(1).max(64).default(2),
-  temperature: z.number().gt(0).max(100).default(1),
+  temperature: z.number().min(0.01).max(100).default(1),
   /** Routing configurations (expert subsets, modes, top-k) kept as live contexts at once. */
   maxContexts: z.int().min(1).max(64).default(4),
 });

@@ -1,7 +1,7 @@
 // The expert library of one base model: LoRA adapters with their gates, validated against the
 // base when they are added (at startup or through the admin endpoints), so a bad expert is a
 // clear error that leaves everything else serving.
-import { adapterMismatch, type BaseShapes } from "../models/adapter-check.js";
+import { adapterMismatch, type BaseShapes, readAdapterHeader } from "../models/adapter-check.js";
 import { FlockError } from "../models/errors.js";
 import { readGgufTensors } from "../models/gguf/reader.js";
 import { arrowGate, type Gates, readGateFile } from "./gates.js";
@@ -27,17 +27,44 @@ export interface Expert {
 
 const invalid = (spec: ExpertSpec, reason: string) => new FlockError("invalid_request", `expert ${spec.name}: ${reason}`, "experts");
 
+/** The largest LoRA rank an expert may have (its stacked A and B are held per module). */
+export const MAX_EXPERT_RANK = 1024;
+/** The most experts one library holds (each routed module scores every one per token). */
+export const MAX_EXPERTS = 64;
+
+/**
+ * Why a file could not be read, without echoing its contents (a parser's message may quote the
+ * first bytes of whatever file the path names).
+ */
+function unreadable(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === "ENOENT") return "no such file";
+  if (code === "EACCES" || code === "EPERM") return "permission denied";
+  if (code === "EISDIR") return "a directory, not a file";
+  return "not a readable GGUF file";
+}
+
 /** Reads and checks an expert against its base; throws a FlockError naming what is wrong. */
 export async function loadExpert(spec: ExpertSpec, base: BaseShapes): Promise<Expert> {
   if (!/^[\w.-]+$/.test(spec.name)) throw invalid(spec, "names use letters, digits and . _ -");
+  // The header first: shapes are checked against the base before any tensor data is read.
+  let header;
+  try {
+    header = await readAdapterHeader(spec.lora);
+  } catch (err) {
+    throw invalid(spec, `cannot read the adapter ${spec.lora}: ${unreadable(err)}`);
+  }
+  const mismatch = adapterMismatch(spec.lora, header, base);
+  if (mismatch) throw invalid(spec, mismatch);
+  const rank = Math.max(0, ...[...header.dims].filter(([name]) => name.endsWith(".lora_a")).map(([, dims]) => dims[1] ?? 0));
+  if (rank > MAX_EXPERT_RANK) throw invalid(spec, `rank ${rank} is above the limit of ${MAX_EXPERT_RANK}`);
   let adapter;
   try {
     adapter = await readGgufTensors(spec.lora, (name) => name.endsWith(".lora_a") || name.endsWith(".lora_b"));
   } catch (err) {
-    throw invalid(spec, `cannot read the adapter ${spec.lora}: ${(err as Error).message}`);
+    const claim = (err as Error).message.includes("past the end of the file") ? (err as Error).message : unreadable(err);
+    throw invalid(spec, `cannot read the adapter ${spec.lora}: ${claim}`);
   }
-  const mismatch = adapterMismatch(spec.lora, { metadata: adapter.metadata, dims: new Map([...adapter.tensors].map(([name, t]) => [name, t.dims])) }, base);
-  if (mismatch) throw invalid(spec, mismatch);
   const arrow: Gates = new Map();
   for (const [name, a] of adapter.tensors) {
     if (!name.endsWith(".lora_a")) continue;
@@ -52,7 +79,9 @@ export async function loadExpert(spec: ExpertSpec, base: BaseShapes): Promise<Ex
     try {
       phatgoose = await readGateFile(spec.gates);
     } catch (err) {
-      throw invalid(spec, `cannot read the gate file: ${(err as Error).message}`);
+      const message = (err as Error).message;
+      // The gate reader's own findings (a missing or malformed gate) name no file contents.
+      throw invalid(spec, `cannot read the gate file: ${err instanceof FlockError || /gate/i.test(message) ? message : unreadable(err)}`);
     }
     for (const module of arrow.keys()) if (!phatgoose.has(module)) throw invalid(spec, `the gate file has no gate for ${module}`);
     for (const [module, gate] of phatgoose) {
@@ -91,6 +120,7 @@ export class ExpertLibrary {
 
   async add(spec: ExpertSpec): Promise<Expert> {
     if (this.experts.has(spec.name)) throw new FlockError("conflict", `model ${this.baseId} already has an expert named ${spec.name}`, "name");
+    if (this.experts.size >= MAX_EXPERTS) throw new FlockError("invalid_request", `model ${this.baseId} already has ${MAX_EXPERTS} experts, the most a library holds`, "name");
     const expert = await loadExpert(spec, this.base);
     // Another add of the same name may have finished while this one read its files.
     if (this.experts.has(spec.name)) throw new FlockError("conflict", `model ${this.baseId} already has an expert named ${spec.name}`, "name");

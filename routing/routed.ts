@@ -30,9 +30,18 @@ export type VariantLoader = (spec: VariantSpec) => Promise<LoadedModel>;
 /** The output layer: its input is the final hidden state, the one module input the engine returns (retrieval, fit:gates). */
 export const OUTPUT_MODULE = "output.weight";
 
-/** The contexts of one expert library, most recently used last; the oldest are retired past `max`. */
+/**
+ * The contexts of one expert library, most recently used last; the oldest are retired past
+ * `max`. A retired context lives on until its requests finish, so `max` alone does not bound
+ * memory under load: at most `max` contexts are alive at once, cached or retired, and a
+ * configuration that would need another is refused (429) until one frees.
+ */
 export class VariantCache {
   private readonly entries = new Map<string, Promise<LoadedModel>>();
+  /** The cached contexts that finished loading. */
+  private readonly loaded = new Map<string, LoadedModel>();
+  /** Retired contexts that requests still hold. */
+  private retired: LoadedModel[] = [];
 
   constructor(
     private readonly load: VariantLoader,
@@ -45,26 +54,52 @@ export class VariantCache {
     if (entry) {
       this.entries.delete(key);
     } else {
+      if (this.live >= this.max) {
+        // Room only where the context this one evicts is idle, and so freed at once.
+        const evicted = this.entries.size >= this.max ? this.loaded.get(this.entries.keys().next().value!) : undefined;
+        if (!evicted || evicted.runningSequences > 0 || evicted.waitingSequences > 0) {
+          throw new FlockError(
+            "overloaded",
+            `all ${this.max} routing contexts of this model are in use by other configurations (experts, mode, top_k, temperature); retry, or use a configuration already served`,
+          );
+        }
+      }
       entry = this.load(spec);
-      entry.catch(() => this.entries.delete(key));
+      entry.then(
+        (model) => this.entries.get(key) === entry && this.loaded.set(key, model),
+        () => this.entries.delete(key),
+      );
     }
     this.entries.set(key, entry);
     while (this.entries.size > this.max) {
       const [oldest, model] = this.entries.entries().next().value!;
       this.entries.delete(oldest);
-      void model.then((m) => m.retire(), () => undefined);
+      this.loaded.delete(oldest);
+      void model.then((m) => this.retire(m), () => undefined);
     }
     return entry;
+  }
+
+  private retire(model: LoadedModel): void {
+    model.retire();
+    this.retired.push(model);
   }
 
   get size(): number {
     return this.entries.size;
   }
 
+  /** Contexts alive: cached, and retired ones that requests still hold. */
+  get live(): number {
+    this.retired = this.retired.filter((m) => !m.isDisposed);
+    return this.entries.size + this.retired.length;
+  }
+
   /** Retires every context (the library changed); requests holding one finish on it. */
   clear(): void {
-    for (const model of this.entries.values()) void model.then((m) => m.retire(), () => undefined);
+    for (const model of this.entries.values()) void model.then((m) => this.retire(m), () => undefined);
     this.entries.clear();
+    this.loaded.clear();
   }
 }
 
@@ -105,7 +140,10 @@ export function planRouting(setup: RoutedSetup, overrides: RoutingOverrides = {}
     }
     return expert;
   };
-  const plan = { mode, topK: overrides.topK ?? setup.settings.topK, temperature: overrides.temperature ?? setup.settings.temperature };
+  // Each routing configuration is a context of its own: temperatures that differ past two
+  // significant digits are one configuration, not a new context per float.
+  const temperature = Number((overrides.temperature ?? setup.settings.temperature).toPrecision(2));
+  const plan = { mode, topK: Math.min(overrides.topK ?? setup.settings.topK, library.size), temperature };
   if (mode === "single") {
     if (!overrides.expert) throw new FlockError("invalid_request", `mode "single" needs ${param}.expert`, `${param}.expert`);
     return { ...plan, experts: [byName(overrides.expert, "expert")] };
@@ -133,20 +171,30 @@ export function planRouting(setup: RoutedSetup, overrides: RoutingOverrides = {}
   return { ...plan, experts };
 }
 
+/**
+ * Positions evaluated at once for retrieval: every position is an output, and llama.cpp keeps
+ * (and flock copies) a vocabulary of logits for each, so a whole long prompt at once would hold
+ * prompt × vocabulary floats (2.4 GB for 4k tokens at 151,936).
+ */
+const RETRIEVAL_CHUNK = 32;
+
 /** Retrieval: the expert whose reported-module gate scores highest against the prompt's mean final hidden state. */
 async function retrieve(setup: RoutedSetup, experts: readonly Expert[], prompt: readonly number[], signal?: AbortSignal): Promise<Expert> {
   const base = await setup.variants.get("base+hidden", { adapters: [], hiddenStates: true });
   const seq = await base.acquire(prompt, signal);
-  let mean: Float64Array;
+  let mean: Float64Array | null = null;
   try {
     await seq.truncate(0);
-    const { hidden } = await seq.evaluateWithHidden(prompt, prompt.map((_, i) => i));
-    mean = new Float64Array(hidden[0].length);
-    for (const h of hidden) for (let i = 0; i < h.length; i++) mean[i] += h[i] / hidden.length;
+    for (let at = 0; at < prompt.length; at += RETRIEVAL_CHUNK) {
+      const chunk = prompt.slice(at, at + RETRIEVAL_CHUNK);
+      const { hidden } = await seq.evaluateWithHidden(chunk, chunk.map((_, i) => i));
+      mean ??= new Float64Array(hidden[0].length);
+      for (const h of hidden) for (let i = 0; i < h.length; i++) mean[i] += h[i] / prompt.length;
+    }
   } finally {
     seq.release();
   }
-  const scores = routingScores(setup.method, mean, experts.map((e) => gateOf(e, setup.method, OUTPUT_MODULE)!));
+  const scores = routingScores(setup.method, mean!, experts.map((e) => gateOf(e, setup.method, OUTPUT_MODULE)!));
   return experts[scores.indexOf(Math.max(...scores))];
 }
 

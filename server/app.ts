@@ -28,13 +28,15 @@ export interface Serving {
   requestTimeoutMs: number | null;
   /** Milliseconds of silence after which a stream sends an SSE keep-alive comment; 0: never. */
   keepAliveMs: number;
+  /** Milliseconds a stream's write may wait for a client that does not read; then the stream is dropped. */
+  writeTimeoutMs: number;
   /** Seconds a 429 tells the client to wait (Retry-After). */
   retryAfter: number;
   /** Whether prompt and completion text may be logged. */
   logPrompts: boolean;
 }
 
-export const DEFAULT_SERVING: Serving = { maxPromptTokens: null, requestTimeoutMs: null, keepAliveMs: 10_000, retryAfter: 1, logPrompts: false };
+export const DEFAULT_SERVING: Serving = { maxPromptTokens: null, requestTimeoutMs: null, keepAliveMs: 10_000, writeTimeoutMs: 30_000, retryAfter: 1, logPrompts: false };
 
 export interface AuthSettings {
   apiKeys: readonly string[];
@@ -62,6 +64,10 @@ export interface ServerContext {
   status?(): Record<string, unknown>;
   /** Serve the playground page at / (default true). */
   playground?: boolean;
+  /** Directories the admin API may read expert files from (none: it may add none). */
+  adminDirs?: readonly string[];
+  /** Host header names requests may carry (none: any). */
+  allowedHosts?: readonly string[];
 }
 
 /** What respond.ts needs from the app, per request. */
@@ -145,6 +151,15 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
       if (header === "gc") collectGarbage();
       const plan = parseFault(header);
       return plan ? withFault(plan, next) : next();
+    });
+  }
+
+  if (ctx.allowedHosts && ctx.allowedHosts.length > 0) {
+    const allowed = new Set(ctx.allowedHosts.map((h) => h.toLowerCase()));
+    app.use(async (c, next) => {
+      const host = (c.req.header("host") ?? "").toLowerCase().replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+      if (!allowed.has(host)) return c.json(errorBody(`Host ${JSON.stringify(host.slice(0, 100))} is not served here.`, "invalid_request_error", null, "host_not_allowed"), 403);
+      return next();
     });
   }
 

@@ -55,6 +55,8 @@ export const ServerConfig = z.strictObject({
   corsOrigins: z.array(z.string().min(1)).default([]),
   /** Seconds between SSE keep-alive comments while a stream has nothing to send; 0: none. */
   keepAlive: z.number().min(0).default(10),
+  /** Seconds a stream may wait for a client that reads nothing; then it is dropped and its sequences freed. */
+  writeTimeout: z.number().positive().default(30),
   /** Seconds in-flight requests get to finish after SIGTERM before they are cancelled. */
   shutdownTimeout: z.number().min(0).default(30),
   /** Log prompt and completion text (off: logs never contain them). */
@@ -66,6 +68,15 @@ export const ServerConfig = z.strictObject({
    * kernel this machine cannot execute refuses the start instead of crashing a request.
    */
   weightCheck: z.boolean().default(true),
+  /** Directories whose files the admin API may load as experts (real paths; nothing else is read). */
+  adminDirs: z.array(z.string().min(1)).default([]),
+  /**
+   * Host header values (host names, without the port) requests may carry; empty: any. Against DNS
+   * rebinding, where a web page's own host name resolves to this server.
+   */
+  allowedHosts: z.array(z.string().min(1)).default([]),
+  /** Serve /v1 without API keys on an address other hosts can reach (refused otherwise). */
+  insecureNoAuth: z.boolean().default(false),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 export type ServerConfigInput = z.input<typeof ServerConfig>;
@@ -97,19 +108,30 @@ export const USAGE = `usage: npm start -- [options]
   --api-key KEY          require this key on /v1/* (repeatable; env FLOCK_API_KEYS, comma-separated)
   --api-key-file FILE    keys, one per line (env FLOCK_API_KEY_FILE)
   --admin-key KEY        key for /admin/* (env FLOCK_ADMIN_KEY; without it /admin/* is disabled)
+  --admin-key-file FILE  the admin key, read from a file (env FLOCK_ADMIN_KEY_FILE; keeps it out of ps)
+  --admin-dir DIR        a directory the admin API may load expert files from (repeatable; env FLOCK_ADMIN_DIRS)
   --health-requires-key  GET /health needs a key too
   --metrics-requires-key GET /metrics needs a key too
   --cors-origin ORIGIN   allow CORS from ORIGIN, or * (repeatable; env FLOCK_CORS_ORIGINS)
   --keep-alive S         seconds between SSE keep-alive comments (default 10; 0: off)
+  --write-timeout S      seconds a stream may wait for a client that reads nothing (default 30)
   --shutdown-timeout S   seconds in-flight requests get after SIGTERM (default 30; env FLOCK_SHUTDOWN_TIMEOUT)
   --log-prompts          log prompt and completion text (env FLOCK_LOG_PROMPTS=1)
   --no-playground        do not serve the playground page at / (env FLOCK_PLAYGROUND=0)
   --no-weight-check      skip the startup check of each weight type (env FLOCK_WEIGHT_CHECK=0)
+  --insecure-no-auth     serve without API keys on a non-loopback address (env FLOCK_INSECURE_NO_AUTH=1)
+  --allowed-host NAME    answer only requests whose Host header names NAME (repeatable; env FLOCK_ALLOWED_HOSTS)
   -h, --help             this text
 
 Without --model or a config file with models, flock serves its built-in demo models.`;
 
 export class ConfigError extends Error {}
+
+/** Whether a bind address is reachable from this machine only. */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
+  return h === "localhost" || h === "::1" || /^127\.\d+\.\d+\.\d+$/.test(h) || h === "::ffff:127.0.0.1";
+}
 
 function describeZodError(where: string, error: z.ZodError): ConfigError {
   const issues = error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
@@ -169,14 +191,19 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
         "api-key": { type: "string", multiple: true },
         "api-key-file": { type: "string" },
         "admin-key": { type: "string" },
+        "admin-key-file": { type: "string" },
+        "admin-dir": { type: "string", multiple: true },
         "health-requires-key": { type: "boolean" },
         "metrics-requires-key": { type: "boolean" },
         "cors-origin": { type: "string", multiple: true },
         "keep-alive": { type: "string" },
+        "write-timeout": { type: "string" },
         "shutdown-timeout": { type: "string" },
         "log-prompts": { type: "boolean" },
         "no-playground": { type: "boolean" },
         "no-weight-check": { type: "boolean" },
+        "insecure-no-auth": { type: "boolean" },
+        "allowed-host": { type: "string", multiple: true },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -215,6 +242,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   set("logLevel", flags["log-level"]);
   set("cacheDir", flags["cache-dir"]);
   set("keepAlive", num(flags["keep-alive"]));
+  set("writeTimeout", num(flags["write-timeout"]));
   set("shutdownTimeout", num(env.FLOCK_SHUTDOWN_TIMEOUT));
   set("shutdownTimeout", num(flags["shutdown-timeout"]));
   set("logPrompts", bool(env.FLOCK_LOG_PROMPTS));
@@ -222,6 +250,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   set("playground", bool(env.FLOCK_PLAYGROUND));
   if (flags["no-playground"]) merged.playground = false;
   set("weightCheck", bool(env.FLOCK_WEIGHT_CHECK));
+  set("insecureNoAuth", bool(env.FLOCK_INSECURE_NO_AUTH));
+  if (flags["insecure-no-auth"]) merged.insecureNoAuth = true;
   if (flags["no-weight-check"]) merged.weightCheck = false;
   // Allowed origins and API keys add up across sources rather than replacing each other: a
   // key given by flag must not silently revoke the keys of the config file.
@@ -240,6 +270,16 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   if (keyFile) auth.apiKeyFile = keyFile;
   if (env.FLOCK_ADMIN_KEY) auth.adminKey = env.FLOCK_ADMIN_KEY;
   if (flags["admin-key"] !== undefined) auth.adminKey = flags["admin-key"];
+  const adminKeyFile = flags["admin-key-file"] ?? env.FLOCK_ADMIN_KEY_FILE;
+  if (adminKeyFile) {
+    const [key, ...more] = readKeyFile(adminKeyFile);
+    if (!key || more.length > 0) throw new ConfigError(`admin key file ${adminKeyFile}: expected exactly one key`);
+    auth.adminKey = key;
+  }
+  const adminDirs = [...((file.adminDirs as unknown[] | undefined) ?? []), ...(list(env.FLOCK_ADMIN_DIRS) ?? []), ...(flags["admin-dir"] ?? [])];
+  if (adminDirs.length > 0) merged.adminDirs = adminDirs;
+  const allowedHosts = [...((file.allowedHosts as unknown[] | undefined) ?? []), ...(list(env.FLOCK_ALLOWED_HOSTS) ?? []), ...(flags["allowed-host"] ?? [])];
+  if (allowedHosts.length > 0) merged.allowedHosts = allowedHosts;
   if (flags["health-requires-key"]) auth.healthRequiresKey = true;
   if (flags["metrics-requires-key"]) auth.metricsRequiresKey = true;
   merged.auth = auth;
@@ -266,5 +306,12 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
   const result = ServerConfig.safeParse(merged);
   if (!result.success) throw describeZodError(configPath ? `configuration (${configPath} and flags)` : "configuration", result.error);
-  return result.data;
+  const config = result.data;
+  if (!isLoopback(config.host) && config.auth.apiKeys.length === 0 && !config.insecureNoAuth) {
+    throw new ConfigError(
+      `host ${config.host} is reachable from other machines, and no API key is set: anyone there could use /v1. ` +
+        "Set keys (--api-key-file FILE or FLOCK_API_KEY_FILE, --api-key or FLOCK_API_KEYS), or pass --insecure-no-auth (FLOCK_INSECURE_NO_AUTH=1) to serve it open on purpose",
+    );
+  }
+  return config;
 }

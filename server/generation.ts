@@ -21,8 +21,11 @@ export interface Limits {
 
 type CommonRequest = ChatCompletionRequest | CompletionRequest;
 
-export function samplingParams(body: CommonRequest): SamplingParams {
+export function samplingParams(body: CommonRequest, pipeline: Pipeline): SamplingParams {
   const ext = body[EXTENSION_KEY];
+  const vocabularySize = pipeline.model.vocabularySize;
+  const outside = Object.keys(body.logit_bias ?? {}).find((token) => Number(token) >= vocabularySize);
+  if (outside !== undefined) throw new FlockError("invalid_request", `logit_bias names token id ${outside}, outside the vocabulary (size ${vocabularySize})`, "logit_bias");
   return {
     temperature: body.temperature ?? 1,
     topP: body.top_p ?? 1,

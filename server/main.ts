@@ -17,6 +17,14 @@ if (config === null) {
 }
 
 const log = createLogger(config.logLevel);
+// An error nothing caught leaves the process in an unknown state (a sequence held, a lock
+// taken): log it and exit non-zero, for the supervisor to restart a clean one.
+const die = (kind: string) => (err: unknown) => {
+  log.fatal({ err }, `${kind}: exiting`);
+  process.exit(70);
+};
+process.on("uncaughtException", die("uncaught exception"));
+process.on("unhandledRejection", die("unhandled rejection"));
 const server = await startServer(config, log);
 // A model that cannot be loaded stops the server: the log line has the details, stderr the gist.
 server.ready.catch((err: unknown) => {

@@ -18,7 +18,7 @@ export const REQUEST_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 
 export const FUSION_ALPHA_BUCKETS = Array.from({ length: 21 }, (_, i) => Math.round(i * 10) / 100);
 
 /** How a choice ended: the OpenAI finish reasons, or why it was cut short. */
-export type FinishedReason = "stop" | "length" | "disconnected" | "timeout" | "shutdown" | "error";
+export type FinishedReason = "stop" | "length" | "disconnected" | "stalled" | "timeout" | "shutdown" | "error";
 
 /** The routes /metrics labels requests with; anything else is "other" (bounded label values). */
 const ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/:id", "/health", "/metrics", "/admin/status"]);
@@ -61,7 +61,7 @@ export class Metrics {
     });
     this.finished = new Counter({
       name: "flock_request_finished_total",
-      help: "Choices that ended, by reason: stop, length, disconnected (client gone), timeout, shutdown, error.",
+      help: "Choices that ended, by reason: stop, length, disconnected (client gone), stalled (the client stopped reading), timeout, shutdown, error.",
       labelNames: ["model", "reason"],
       registers,
     });

@@ -44,12 +44,20 @@ class ClientDisconnected extends Error {
   }
 }
 
+/** The abort reason when a stream's client stopped reading (its socket buffer stayed full). */
+class ClientStalled extends Error {
+  constructor(seconds: number) {
+    super(`the client read nothing for ${seconds} s`);
+  }
+}
+
 export function requestTimedOut(seconds: number): HttpError {
   return new HttpError(408, "timeout_error", "request_timeout", `The request did not finish within this server's limit of ${seconds} s; it was cancelled.`);
 }
 
 function finishedReason(reason: unknown): FinishedReason {
   if (reason instanceof ClientDisconnected) return "disconnected";
+  if (reason instanceof ClientStalled) return "stalled";
   if (reason instanceof HttpError && reason.code === "request_timeout") return "timeout";
   if (reason instanceof HttpError && reason.code === "shutting_down") return "shutdown";
   return "error";
@@ -148,17 +156,46 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
   return streamSSE(c, async (stream) => {
     stream.onAbort(onDisconnect);
     let lastWrite = performance.now();
-    const write = async (text: string) => {
-      lastWrite = performance.now();
-      await stream.write(text);
+    /**
+     * A write blocks while the client's socket buffer is full. It may wait `writeTimeoutMs`, and
+     * no longer than the request is alive (a timeout or shutdown aborts it); then the stream and
+     * its connection are dropped, and generation stops, freeing the sequences.
+     */
+    const drop = (reason: unknown) => {
+      if (!g.abort.signal.aborted) g.abort.abort(reason);
+      stream.abort();
+      (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing?.destroy();
     };
-    const send = (chunk: object) => write(`data: ${JSON.stringify(chunk)}\n\n`);
+    const write = async (text: string, final = false) => {
+      lastWrite = performance.now();
+      let timer: NodeJS.Timeout | undefined;
+      let onAbort: (() => void) | undefined;
+      const stalled = new Promise<never>((_, reject) => {
+        const ms = final ? Math.min(serving.writeTimeoutMs, 1_000) : serving.writeTimeoutMs;
+        timer = setTimeout(() => reject(new ClientStalled(ms / 1000)), ms);
+        // A final write (the error event of an aborted request) still gets its short chance.
+        if (!final) {
+          onAbort = () => reject(g.abort.signal.reason);
+          g.abort.signal.addEventListener("abort", onAbort, { once: true });
+        }
+      });
+      try {
+        await Promise.race([stream.write(text), stalled]);
+      } catch (err) {
+        drop(err);
+        throw err;
+      } finally {
+        clearTimeout(timer);
+        if (onAbort) g.abort.signal.removeEventListener("abort", onAbort);
+      }
+    };
+    const send = (chunk: object, final = false) => write(`data: ${JSON.stringify(chunk)}\n\n`, final);
     // SSE comments keep proxies and clients from timing out while a long prefill (or the
     // queue) produces nothing; clients ignore them.
     const keepAlive =
       serving.keepAliveMs > 0
         ? setInterval(() => {
-            if (performance.now() - lastWrite >= serving.keepAliveMs * 0.9) void write(": keep-alive\n\n");
+            if (performance.now() - lastWrite >= serving.keepAliveMs * 0.9) write(": keep-alive\n\n").catch(() => undefined);
           }, serving.keepAliveMs)
         : undefined;
     try {
@@ -179,10 +216,14 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
       observed.finishRest(choices.length, reason);
       done(reason);
       if (reason === "disconnected") return;
+      if (reason === "stalled") {
+        g.log.warn({ reason: (cause as Error).message }, "stream dropped: the client stopped reading");
+        return;
+      }
       // The status line is long gone: the error travels as the stream's last event.
       const { body, internal } = toOpenAIError(cause);
       if (internal) g.log.error({ err: cause }, "generation failed mid-stream");
-      await send(body);
+      await send(body, true).catch(() => undefined);
     } finally {
       clearInterval(keepAlive);
       cleanup();

@@ -8,8 +8,12 @@ export const EXTENSION_KEY = "flock";
 
 const Stop = z.union([z.string(), z.array(z.string()).max(16, "at most 16 stop sequences")]).nullish();
 
+/** Entries a logit_bias may hold: each is applied at every sampled position (OpenAI documents 300). */
+export const MAX_LOGIT_BIAS = 1024;
+
 const LogitBias = z
   .record(z.string().regex(/^\d+$/, "logit_bias keys are token ids"), z.number().min(-100).max(100))
+  .refine((bias) => Object.keys(bias).length <= MAX_LOGIT_BIAS, { message: `at most ${MAX_LOGIT_BIAS} entries` })
   .nullish();
 
 /** Speculative decoding settings a request may override (models served with a draft). */
@@ -41,7 +45,7 @@ const FlockRouting = z.strictObject({
   /** routed: per token and module; single: one adapter; merge: all at 1/N; retrieval: the prompt's best expert. */
   mode: z.enum(["routed", "single", "merge", "retrieval"]).optional(),
   top_k: z.int().min(1).max(64).optional(),
-  temperature: z.number().gt(0).max(100).optional(),
+  temperature: z.number().min(0.01).max(100).optional(),
   /** A subset of the library, by name. */
   experts: z.array(z.string().min(1)).min(1).max(64).optional(),
   /** The adapter for mode "single". */

@@ -3,6 +3,10 @@
 import type { Context } from "hono";
 import type { z } from "zod";
 import { FlockError } from "../models/errors.js";
+import { HttpError } from "./errors.js";
+
+/** application/json, or a +json type, with or without parameters. */
+const JSON_TYPE = /^application\/([\w.-]+\+)?json\s*(;|$)/i;
 
 function paramOf(path: ReadonlyArray<PropertyKey>): string | null {
   if (path.length === 0) return null;
@@ -20,6 +24,12 @@ export function describeIssue(issue: z.core.$ZodIssue): FlockError {
 }
 
 export async function parseBody<S extends z.ZodType>(c: Context, schema: S): Promise<z.infer<S>> {
+  // A browser sends text/plain, form and multipart bodies cross-origin without a preflight: a
+  // page the operator visits could otherwise start generations on an open server.
+  const type = c.req.header("content-type") ?? "";
+  if (!JSON_TYPE.test(type.trim())) {
+    throw new HttpError(415, "invalid_request_error", "unsupported_media_type", `Send the request body as JSON with Content-Type: application/json (got ${type ? JSON.stringify(type.slice(0, 80)) : "none"}).`);
+  }
   let body: unknown;
   try {
     body = await c.req.json();

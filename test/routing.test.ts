@@ -241,6 +241,7 @@ describe("routed models through the API", () => {
     writeGateFile(broken, [{ module: "output.weight", gate: new Float32Array(7) }]);
     t = await startTestServer({
       auth: { apiKeys: [], adminKey: "admin-secret" },
+      adminDirs: [inject("forgeDir"), dir],
       models: [
         { id: "flock-demo", path: forgedPath(m.models["flock-demo"].file), parallel: 2 },
         {
@@ -386,7 +387,7 @@ describe("routed models through the API", () => {
   });
 
   it("a body that is not JSON is a 400", async () => {
-    const res = await fetch(`${t.url}/admin/models/routing/experts`, { method: "POST", headers: { authorization: "Bearer admin-secret" }, body: "{" });
+    const res = await fetch(`${t.url}/admin/models/routing/experts`, { method: "POST", headers: { authorization: "Bearer admin-secret", "content-type": "application/json" }, body: "{" });
     expect(res.status).toBe(400);
     expect(((await res.json()) as { error: { message: string } }).error.message).toContain("could not parse the JSON body");
   });

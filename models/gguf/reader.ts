@@ -1,7 +1,7 @@
 // Reads a GGUF file's tensors as Float32Arrays (LoRA adapters, gate files, and the test
 // oracle's models). node-llama-cpp parses the header; the bytes are read here and decoded for
 // F32, F16, BF16, Q8_0 and Q4_0.
-import { closeSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { readGgufFileInfo } from "node-llama-cpp";
 import { float16BitsToFloat32 } from "./f16.js";
 
@@ -57,11 +57,17 @@ async function readStored(path: string, only: (name: string) => boolean, use: (n
   const info = await readGgufFileInfo(path, { logWarnings: false });
   const fd = openSync(path, "r");
   try {
+    const fileSize = fstatSync(fd).size;
     for (const t of info.fullTensorInfo ?? []) {
       if (!only(t.name)) continue;
       const dims = t.dimensions.map(Number);
       const type = storageOf(t.ggmlType, t.name);
-      const bytes = Buffer.alloc(byteSize(type, dims.reduce((a, b) => a * b, 1)));
+      // A header may claim anything: nothing is allocated for data the file does not hold.
+      const size = byteSize(type, dims.reduce((a, b) => a * b, 1));
+      if (!(Number.isSafeInteger(size) && size >= 0 && Number(t.fileOffset) + size <= fileSize)) {
+        throw new Error(`tensor ${t.name} claims ${dims.join("×")} values past the end of the file (${fileSize} bytes)`);
+      }
+      const bytes = Buffer.alloc(size);
       readSync(fd, bytes, 0, bytes.length, Number(t.fileOffset));
       use(t.name, { dims, type, bytes });
     }

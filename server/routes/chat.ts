@@ -38,7 +38,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       {
         prompt: rendered.tokens,
         maxTokens,
-        sampling: samplingParams(body),
+        sampling: samplingParams(body, pipeline),
         stopStrings: [...stopSequences(body), ...rendered.stopStrings],
         stopTokens: rendered.stopTokens,
         topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null,

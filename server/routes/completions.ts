@@ -34,7 +34,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     }
     const vocabularySize = pipeline.model.vocabularySize;
     const abort = new AbortController();
-    const sampling = samplingParams(body);
+    const sampling = samplingParams(body, pipeline);
     const stops = stopSequences(body);
 
     // Choice index = prompt index * n + i, as OpenAI numbers batched prompts.

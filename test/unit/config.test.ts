@@ -50,7 +50,8 @@ describe("loadConfig", () => {
   });
 
   it("layers file < environment < flags", () => {
-    const file = configFile({ host: "file-host", port: 1000, gpu: "off", logLevel: "warn", threads: 3 });
+    // Hosts other machines reach need API keys, or serving open on purpose.
+    const file = configFile({ host: "file-host", port: 1000, gpu: "off", logLevel: "warn", threads: 3, insecureNoAuth: true });
     const env = { FLOCK_HOST: "env-host", FLOCK_PORT: "2000", FLOCK_THREADS: "5" };
     expect(load(["--config", file])).toMatchObject({ host: "file-host", port: 1000, gpu: "off", logLevel: "warn", threads: 3 });
     expect(load(["--config", file], env)).toMatchObject({ host: "env-host", port: 2000, gpu: "off", logLevel: "warn", threads: 5 });
@@ -64,8 +65,30 @@ describe("loadConfig", () => {
   });
 
   it("reads every documented environment variable", () => {
-    const env = { FLOCK_HOST: "0.0.0.0", FLOCK_PORT: "9000", FLOCK_GPU: "cuda", FLOCK_THREADS: "2", FLOCK_LOG_LEVEL: "error", FLOCK_CACHE_DIR: "/c" };
-    expect(load([], env)).toMatchObject({ host: "0.0.0.0", port: 9000, gpu: "cuda", threads: 2, logLevel: "error", cacheDir: "/c" });
+    const env = {
+      FLOCK_HOST: "0.0.0.0",
+      FLOCK_PORT: "9000",
+      FLOCK_GPU: "cuda",
+      FLOCK_THREADS: "2",
+      FLOCK_LOG_LEVEL: "error",
+      FLOCK_CACHE_DIR: "/c",
+      FLOCK_INSECURE_NO_AUTH: "1",
+      FLOCK_WEIGHT_CHECK: "0",
+      FLOCK_ADMIN_DIRS: "/a,/b",
+      FLOCK_ALLOWED_HOSTS: "flock.internal",
+    };
+    expect(load([], env)).toMatchObject({
+      host: "0.0.0.0",
+      port: 9000,
+      gpu: "cuda",
+      threads: 2,
+      logLevel: "error",
+      cacheDir: "/c",
+      insecureNoAuth: true,
+      weightCheck: false,
+      adminDirs: ["/a", "/b"],
+      allowedHosts: ["flock.internal"],
+    });
   });
 
   it("takes the config file from FLOCK_CONFIG unless --config names one", () => {

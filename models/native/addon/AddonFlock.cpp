@@ -6,8 +6,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <string>
 #include <strings.h>
 #include <utility>
@@ -243,24 +241,25 @@ Napi::Value AddonContext::FlockSetRoutedLoras(const Napi::CallbackInfo& info) {
         return env.Undefined();
     }
 
-    static std::mutex loadedMutex;
-    static std::map<std::pair<const llama_model*, std::string>, llama_adapter_lora*> loaded;
+    // The routing copies every adapter's A and B into stacked tensors of its own, so the adapters
+    // are loaded for this call and freed after it: nothing stays loaded for an expert that is
+    // later removed, and a file replaced at the same path is read afresh.
     std::vector<llama_adapter_lora*> adapters;
     std::vector<float> adapterScales;
+    struct FreeAdapters {
+        std::vector<llama_adapter_lora*>& adapters;
+        ~FreeAdapters() {
+            for (llama_adapter_lora* adapter : adapters) llama_adapter_lora_free(adapter);
+        }
+    } freeAdapters{adapters};
     for (uint32_t i = 0; i < paths.Length(); i++) {
         const std::string path = paths.Get(i).As<Napi::String>().Utf8Value();
-        std::lock_guard<std::mutex> lock(loadedMutex);
-        auto key = std::make_pair((const llama_model*) model->model, path);
-        auto it = loaded.find(key);
-        if (it == loaded.end()) {
-            llama_adapter_lora* adapter = llama_adapter_lora_init(model->model, path.c_str());
-            if (adapter == nullptr) {
-                Napi::Error::New(env, "cannot load LoRA adapter " + path + " for this model").ThrowAsJavaScriptException();
-                return env.Undefined();
-            }
-            it = loaded.emplace(key, adapter).first;
+        llama_adapter_lora* adapter = llama_adapter_lora_init(model->model, path.c_str());
+        if (adapter == nullptr) {
+            Napi::Error::New(env, "cannot load LoRA adapter " + path + " for this model").ThrowAsJavaScriptException();
+            return env.Undefined();
         }
-        adapters.push_back(it->second);
+        adapters.push_back(adapter);
         adapterScales.push_back(scales.Get(i).As<Napi::Number>().FloatValue());
     }
 
