@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# flock's container images (README, "Docker").
+# flock's container images (docs/deployment.md).
 #
 #   docker build -t flock .                      # CPU image: the default target, the last stage
 #   docker build --target cuda -t flock:cuda .   # NVIDIA GPUs (run with --gpus all)

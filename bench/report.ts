@@ -1,4 +1,5 @@
 // Shared by the benchmark scripts: machine and version facts, a printed table, a JSON file.
+import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { dirname, join } from "node:path";
@@ -21,7 +22,16 @@ export function machine() {
     node: process.version,
     nodeLlamaCpp: version("node-llama-cpp"),
     date: new Date().toISOString(),
+    commit: commit(root),
   };
+}
+
+/** The commit the code was at, `+` when the working tree had changes; null outside a git checkout. */
+function commit(root: string): string | null {
+  const head = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: root, encoding: "utf8" });
+  if (head.status !== 0) return null;
+  const dirty = spawnSync("git", ["status", "--porcelain", "--untracked-files=no"], { cwd: root, encoding: "utf8" }).stdout.trim() !== "";
+  return `${head.stdout.trim()}${dirty ? "+" : ""}`;
 }
 
 /** `--json FILE` from the command line (after `npm run bench:x --`). */

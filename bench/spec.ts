@@ -334,7 +334,7 @@ for (const h of heads) console.log(`the ${h.name} pipeline's (ms): ${JSON.string
 printTable(rows);
 writeReport(out, {
   benchmark: "spec",
-  command: PRESET === "spec" ? "npm run bench:spec" : `npm run bench:spec -- --preset ${PRESET}`,
+  command: ["npm run bench:spec", ...(process.argv.length > 2 ? ["--", ...process.argv.slice(2)] : [])].join(" "),
   settings: {
     preset: PRESET,
     prompts: PROMPTS,

@@ -6,7 +6,7 @@
 // FLOCK_CACHE_DIR; FLOCK_CONFIG names the mounted config file, which flock's own loader accepts
 // (server/config.ts); the published port is the image's FLOCK_PORT; Prometheus' scrape target
 // is the flock service on that port at /metrics; the stop grace period outlasts flock's
-// shutdown timeout; images are pinned; and the README's Docker section shows the same compose file
+// shutdown timeout; images are pinned; and docs/deployment.md shows the same compose file
 // and Prometheus configuration (compared as parsed YAML, comments aside). Exit code 1 on any finding.
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -104,15 +104,14 @@ if (flock) {
   }
 }
 
-// The README shows both files; they must not drift apart.
-const readme = readFileSync(join(repoRoot, "README.md"), "utf8");
-const section = /^## Docker\n([\s\S]*?)(?=^## )/m.exec(readme)?.[1] ?? "";
-const blocks = [...section.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => parse(m[1]) as Record<string, unknown>);
+// The deployment page shows both files; they must not drift apart.
+const page = readFileSync(join(repoRoot, "docs", "deployment.md"), "utf8");
+const blocks = [...page.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => parse(m[1]) as Record<string, unknown>);
 for (const file of ["compose.yaml", "prometheus.yml"]) {
   const wanted = parse(readFileSync(join(here, file), "utf8")) as Record<string, unknown>;
   const key = file === "compose.yaml" ? "services" : "scrape_configs";
   const shown = blocks.find((b) => b && key in b);
-  check(shown && isDeepStrictEqual(shown, wanted), `README.md's Docker section does not show deploy/${file} as it is`);
+  check(shown && isDeepStrictEqual(shown, wanted), `docs/deployment.md does not show deploy/${file} as it is`);
 }
 
 for (const f of findings) console.error(f);

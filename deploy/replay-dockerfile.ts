@@ -294,7 +294,7 @@ for (const [k, v] of final.env) {
 }
 env.FLOCK_PORT = String(port);
 // The image listens on all interfaces, which flock allows only with an API key: run it with one,
-// as the README's docker run lines do.
+// as docs/deployment.md's docker run lines do.
 const apiKey = "replay-api-key";
 env.FLOCK_API_KEYS = apiKey;
 if (fast) {

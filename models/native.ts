@@ -14,7 +14,7 @@ interface AddonContextWithFlock {
   flockGetRoutingTrace(batchLogitIndex: number, adapters: number): Float32Array | null;
 }
 
-/** Routed LoRA over a set of adapter files, computed inside llama.cpp's graph (design.md). */
+/** Routed LoRA over a set of adapter files, computed inside llama.cpp's graph (docs/native-engine.md). */
 export interface RoutedLoraConfig {
   adapters: ReadonlyArray<{ path: string; scale: number }>;
   /** The routed modules (base weight tensor names), each with one gate vector per adapter, concatenated. */

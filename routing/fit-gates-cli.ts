@@ -50,7 +50,7 @@ if (unobservable.length > 0) {
   fail(
     `${flags.lora} adapts ${unobservable.slice(0, 3).join(", ")}${unobservable.length > 3 ? ` and ${unobservable.length - 3} more` : ""}; ` +
       `average-activation gates can be fitted for ${FITTABLE_MODULES.join(", ")} only (the engine exposes no other module's input). ` +
-      `Train PHATGOOSE gates with the authors' code and export them (README: gate files).`,
+      `Train PHATGOOSE gates with the authors' code and export them (docs/experts.md: gate files).`,
   );
 }
 

@@ -88,7 +88,7 @@ export function defaultCacheDir(): string {
 
 export const USAGE = `usage: npm start -- [options]
 
-  --config FILE          JSON config file (see README, "Configuration")
+  --config FILE          JSON config file (see docs/configuration.md)
   --model ID=PATH        serve a GGUF file as model ID (repeatable)
   --host HOST            bind address (default 127.0.0.1; env FLOCK_HOST)
   --port PORT            port (default 8080; env FLOCK_PORT)

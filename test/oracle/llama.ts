@@ -32,7 +32,7 @@ export interface LoraAdapter {
 export type AppliedLora = LoraAdapter & { scale: number };
 
 /**
- * Routed LoRA as flock's llama.cpp patch computes it, per token and per module (design.md):
+ * Routed LoRA as flock's llama.cpp patch computes it, per token and per module (docs/native-engine.md):
  *   PHATGOOSE s_i = LN(x)·LN(v_i)/√d_in, ARROW s_i = |x·v_i|; w = softmax(s / T), keep the top k,
  *   renormalise; y += Σ w_i · scale_i · (alpha_i / rank_i) · B_i A_i x.
  */

@@ -1,0 +1,99 @@
+// npm run bench:docs [-- --check]
+// Writes the benchmark tables of the docs from bench/results/*.json. In any docs/*.md page,
+// the lines between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` become: how the run was
+// made (command, date, commit, machine) and its rows, one table per row shape, read from
+// bench/results/NAME.json. Prose stays outside the markers, so a table is never typed by hand.
+// --check changes nothing and exits 1 when a page differs from what the results give (the test
+// suite runs it).
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import type { BenchReport } from "./report.js";
+
+const root = join(import.meta.dirname, "..");
+const docs = join(root, "docs");
+const results = join(root, "bench", "results");
+
+type Row = BenchReport["rows"][number];
+interface Saved extends BenchReport {
+  machine?: { cpu?: string; cores?: number; node?: string; nodeLlamaCpp?: string; date?: string; commit?: string };
+}
+
+/** camelCase → words: `tokensPerSecond` → `tokens per second`. */
+const heading = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, "$1 $2").toLowerCase();
+
+function cell(value: Row[string]): string {
+  if (value === null || value === undefined) return "–";
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  if (typeof value === "number") {
+    if (Number.isInteger(value)) return String(value);
+    const magnitude = Math.abs(value);
+    return value.toFixed(magnitude >= 100 ? 0 : magnitude >= 1 ? 2 : 3);
+  }
+  return String(value).replaceAll("|", "\\|").replaceAll("\n", " ");
+}
+
+/** Rows in tables: consecutive rows with the same keys share one. */
+function tables(rows: readonly Row[]): string[] {
+  const groups: Row[][] = [];
+  for (const row of rows) {
+    const last = groups.at(-1);
+    if (last && Object.keys(last[0]).join() === Object.keys(row).join()) last.push(row);
+    else groups.push([row]);
+  }
+  return groups.map((group) => {
+    const keys = Object.keys(group[0]);
+    return [`| ${keys.map(heading).join(" | ")} |`, `|${keys.map(() => "---").join("|")}|`, ...group.map((r) => `| ${keys.map((k) => cell(r[k])).join(" | ")} |`)].join("\n");
+  });
+}
+
+export function renderResult(name: string): string {
+  const file = join(results, `${name}.json`);
+  if (!existsSync(file)) throw new Error(`bench/results/${name}.json does not exist: run the benchmark first`);
+  const saved = JSON.parse(readFileSync(file, "utf8")) as Saved;
+  const m = saved.machine ?? {};
+  const how = [
+    `\`${saved.command}\``,
+    m.date?.slice(0, 10),
+    m.commit ? `commit ${m.commit}` : undefined,
+    m.cpu ? `${m.cpu} (${m.cores} cores)` : undefined,
+    m.node ? `Node ${m.node}` : undefined,
+    m.nodeLlamaCpp ? `node-llama-cpp ${m.nodeLlamaCpp}` : undefined,
+  ].filter(Boolean);
+  return [`Run: ${how.join(" · ")}`, ...tables(saved.rows)].join("\n\n");
+}
+
+const MARKER = /<!-- bench:([\w.-]+) -->\n[\s\S]*?<!-- \/bench:\1 -->/g;
+
+/** A page with every marked table regenerated. */
+export function regenerate(page: string): string {
+  return page.replace(MARKER, (_, name: string) => `<!-- bench:${name} -->\n${renderResult(name)}\n<!-- /bench:${name} -->`);
+}
+
+/** The pages whose tables differ from what the results give. */
+export function stalePages(): string[] {
+  return readdirSync(docs)
+    .filter((f) => f.endsWith(".md"))
+    .filter((f) => {
+      const page = readFileSync(join(docs, f), "utf8");
+      return regenerate(page) !== page;
+    });
+}
+
+if (import.meta.filename === process.argv[1]) {
+  const { values } = parseArgs({ options: { check: { type: "boolean" } } });
+  if (values.check) {
+    const stale = stalePages();
+    for (const f of stale) console.error(`docs/${f}: benchmark tables differ from bench/results (npm run bench:docs)`);
+    process.exit(stale.length > 0 ? 1 : 0);
+  }
+  for (const f of readdirSync(docs).filter((name) => name.endsWith(".md"))) {
+    const path = join(docs, f);
+    const page = readFileSync(path, "utf8");
+    const next = regenerate(page);
+    if (next !== page) {
+      writeFileSync(path, next);
+      console.log(`docs/${f}: tables regenerated`);
+    }
+  }
+}
