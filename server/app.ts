@@ -89,6 +89,26 @@ export type AppEnv = {
   };
 };
 
+/** Reads and drops a body nobody read, up to `limit` bytes; false if it was longer or broken. */
+async function discardUnreadBody(req: Request, limit: number): Promise<boolean> {
+  if (!req.body || req.bodyUsed) return true;
+  const reader = req.body.getReader();
+  let bytes = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return true;
+      bytes += value.byteLength;
+      if (bytes > limit) {
+        await reader.cancel().catch(() => undefined);
+        return false;
+      }
+    }
+  } catch {
+    return false;
+  }
+}
+
 /** The pipelines, or none while models load. */
 function pipelinesOf(ctx: ServerContext): Pipeline[] {
   try {
@@ -135,6 +155,11 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
     c.set("arrival", arrival);
     c.set("ops", ops);
     await next();
+    // A request answered before its body was read (401, 404, 413, 415…) leaves that body in the
+    // connection; the Node adapter drops such a connection after 500 ms, and a keep-alive
+    // client that already sent its next request on it loses that one. Read the rest here, up
+    // to the body limit; past it, tell the client not to reuse the connection.
+    if (!(await discardUnreadBody(c.req.raw, ctx.maxBodyBytes))) c.res.headers.set("connection", "close");
     // Set on the final response (also streams, whose headers are built before this point).
     c.res.headers.set("x-request-id", requestId);
     const route = routeLabel(routePath(c, -1));

@@ -115,6 +115,18 @@ describe("a client that misbehaves", () => {
     expect(res.status).toBe(400);
   });
 
+  it("a body refused before it is read still gets its answer, and the connection serves the next request", async () => {
+    // 3 MB the server never parses: without reading it out, the Node adapter drops the
+    // connection 500 ms after answering, and the client sees "other side closed" instead of a 415.
+    for (let i = 0; i < 3; i++) {
+      const refused = await post("/v1/completions", "x".repeat(3_000_000), { "content-type": "text/plain" });
+      expect(refused.status).toBe(415);
+      expect(((await refused.json()) as { error: { code: string } }).error.code).toBe("unsupported_media_type");
+      const next = await post("/v1/completions", { model: "flock-demo", prompt: "The", max_tokens: 2 });
+      expect(next.status).toBe(200);
+    }
+  });
+
   it("a cross-origin 'simple' POST (text/plain, no preflight) starts nothing: 415", async () => {
     const res = await post("/v1/completions", { model: "flock-demo", prompt: "The", max_tokens: 2 }, { "content-type": "text/plain;charset=UTF-8", origin: "https://evil.example" });
     expect(res.status).toBe(415);

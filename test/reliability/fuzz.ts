@@ -329,7 +329,9 @@ async function judge(o: FuzzOptions, endpoint: Endpoint, raw: Raw, result: FuzzR
   try {
     res = await fetch(o.url + path, { method: "POST", headers, body: serialize(raw), signal: AbortSignal.timeout(60_000) });
   } catch (err) {
-    return `no response: ${(err as Error).message}${o.alive() ? "" : " (the server exited)"}`;
+    const cause = (err as Error & { cause?: { code?: string; message?: string } }).cause;
+    const why = cause ? ` (${[cause.code, cause.message].filter(Boolean).join(": ")})` : "";
+    return `no response: ${(err as Error).message}${why}${o.alive() ? "" : " (the server exited)"}`;
   }
   result.statuses[res.status] = (result.statuses[res.status] ?? 0) + 1;
   const text = await res.text().catch((err: unknown) => `\u0000unreadable: ${(err as Error).message}`);
