@@ -6,7 +6,7 @@
 #   docker build --target cuda -t flock:cuda .   # NVIDIA GPUs (run with --gpus all)
 #
 # Both build flock's native llama.cpp addon from the llama.cpp source bundled in node-llama-cpp
-# (npm ci's postinstall, models/native/build.ts) in a build stage, and copy only the installed
+# (npm ci's postinstall, engine/native/build.ts) in a build stage, and copy only the installed
 # node_modules into a slim runtime stage that runs as the non-root user "flock".
 #
 # llama.cpp is built portable, as node-llama-cpp's own prebuilt binaries are: GGML_NATIVE=OFF
@@ -51,7 +51,7 @@ ENV NODE_LLAMA_CPP_CMAKE_OPTION_GGML_NATIVE=${GGML_NATIVE} \
 # Only what npm ci and the native build read, so that this slow layer is rebuilt only when the
 # lock file or flock's native sources change.
 COPY package.json package-lock.json ./
-COPY models/native/ models/native/
+COPY engine/native/ engine/native/
 COPY deploy/image/ deploy/image/
 # Production dependencies (tsx, which runs flock, is one); the postinstall builds the addon.
 RUN npm ci --omit=dev --no-audit --no-fund
@@ -84,7 +84,7 @@ ENV FLOCK_NATIVE_GPU=cuda \
     NODE_LLAMA_CPP_CMAKE_OPTION_GGML_BACKEND_DL=ON \
     NODE_LLAMA_CPP_CMAKE_OPTION_CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}
 COPY package.json package-lock.json ./
-COPY models/native/ models/native/
+COPY engine/native/ engine/native/
 COPY deploy/image/ deploy/image/
 RUN npm ci --omit=dev --no-audit --no-fund
 RUN node deploy/image/check-native.mjs
@@ -117,9 +117,12 @@ ENV NODE_ENV=production \
 COPY --from=cuda-build /app/node_modules/ node_modules/
 COPY package.json package-lock.json tsconfig.json ./
 COPY server/ server/
-COPY models/ models/
+COPY pipelines/ pipelines/
 COPY decoding/ decoding/
-COPY routing/ routing/
+COPY experts/ experts/
+COPY engine/ engine/
+COPY forge/ forge/
+COPY tools/ tools/
 COPY deploy/image/healthcheck.mjs deploy/image/
 USER flock
 VOLUME ["/cache"]
@@ -152,9 +155,12 @@ ENV NODE_ENV=production \
 COPY --from=cpu-build /app/node_modules/ node_modules/
 COPY package.json package-lock.json tsconfig.json ./
 COPY server/ server/
-COPY models/ models/
+COPY pipelines/ pipelines/
 COPY decoding/ decoding/
-COPY routing/ routing/
+COPY experts/ experts/
+COPY engine/ engine/
+COPY forge/ forge/
+COPY tools/ tools/
 COPY deploy/image/healthcheck.mjs deploy/image/
 USER flock
 VOLUME ["/cache"]

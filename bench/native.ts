@@ -8,11 +8,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama, LlamaLogLevel, type Token } from "node-llama-cpp";
-import { forge } from "../models/forge/presets.js";
-import { matrices, type RandomModelShape, writeRandomLlama, writeRandomLora } from "../models/forge/random.js";
-import { TensorType } from "../models/gguf/writer.js";
-import { enableRawLogits, hasFlockAddon, setRoutedLoras } from "../models/native.js";
-import { createRng } from "../models/util/rng.js";
+import { forge } from "../forge/presets.js";
+import { matrices, type RandomModelShape, writeRandomLlama, writeRandomLora } from "../forge/random.js";
+import { TensorType } from "../engine/gguf/writer.js";
+import { enableRawLogits, hasFlockAddon, setRoutedLoras } from "../engine/native.js";
+import { createRng } from "../decoding/rng.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const POSITIONS = 100;

@@ -12,22 +12,21 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { negativeLogLikelihood } from "../decoding/fusion/score.js";
-import type { RoutingOverrides } from "../decoding/routing.js";
+import type { RoutingOverrides } from "../experts/config.js";
 import { DEFAULT_SAMPLING } from "../decoding/sampler.js";
-import type { GenerationRequest } from "../decoding/types.js";
-import { Engine } from "../models/engine.js";
-import { TensorType } from "../models/gguf/writer.js";
-import { DOMAINS, document, renderText } from "../models/forge/language.js";
-import { readManifest } from "../models/forge/manifest.js";
-import { forge } from "../models/forge/presets.js";
-import { matrices, type RandomModelShape, writeRandomLlama, writeRandomLora } from "../models/forge/random.js";
-import { ModelEntry } from "../models/registry.js";
-import { createRng } from "../models/util/rng.js";
-import { averageActivation } from "../routing/fit-gates.js";
-import { writeGateFile } from "../routing/gates.js";
-import { loadPipelines } from "../routing/load.js";
-import type { Pipeline, RoutedPipeline } from "../routing/pipeline.js";
-import { scoreRouted } from "../routing/routed.js";
+import { Engine } from "../engine/engine.js";
+import { TensorType } from "../engine/gguf/writer.js";
+import { DOMAINS, document, renderText } from "../forge/language.js";
+import { readManifest } from "../forge/manifest.js";
+import { forge } from "../forge/presets.js";
+import { matrices, type RandomModelShape, writeRandomLlama, writeRandomLora } from "../forge/random.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
+import { createRng } from "../decoding/rng.js";
+import { averageActivation } from "../experts/fit-gates.js";
+import { writeGateFile } from "../experts/gates.js";
+import { loadPipelines } from "../pipelines/load.js";
+import type { Pipeline, PipelineRequest, RoutedPipeline } from "../pipelines/pipeline.js";
+import { scoreRouted } from "../experts/routed.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const { values } = parseArgs({ options: { tokens: { type: "string" }, rounds: { type: "string" }, json: { type: "string" } }, strict: false });
@@ -135,7 +134,7 @@ try {
     ModelEntry.parse({ id: "random", path: modelPath, contextSize: 512, parallel: 1, experts: { library, methods: ["phatgoose"], maxContexts: 8 } }),
     root,
   )) as [Pipeline, RoutedPipeline];
-  const request = (routing?: RoutingOverrides): GenerationRequest => ({
+  const request = (routing?: RoutingOverrides): PipelineRequest => ({
     prompt: [1, 5, 300, 301],
     maxTokens: TOKENS,
     sampling: { ...DEFAULT_SAMPLING, temperature: 0 },

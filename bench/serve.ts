@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import OpenAI from "openai";
-import { forge } from "../models/forge/presets.js";
+import { forge } from "../forge/presets.js";
 import { ServerConfig } from "../server/config.js";
 import { createLogger } from "../server/logger.js";
 import { startServer } from "../server/server.js";

@@ -10,18 +10,18 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { DraftSequenceTokenPredictor, type Token } from "node-llama-cpp";
 import { DEFAULT_SAMPLING, type SamplingParams, softmax } from "../decoding/sampler.js";
-import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
+import type { SpeculativeOverrides } from "../decoding/speculative/config.js";
 import { TokenEmbeddings } from "../decoding/speculative/embeddings.js";
 import { draftFeatures } from "../decoding/speculative/features.js";
 import { collectSamples, trainHead } from "../decoding/speculative/train-head.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { GenerationRequest } from "../decoding/types.js";
-import { Engine } from "../models/engine.js";
-import { FORGE_FORMAT, readManifest } from "../models/forge/manifest.js";
-import { forge } from "../models/forge/presets.js";
-import { ModelEntry } from "../models/registry.js";
-import { loadPipeline } from "../routing/load.js";
-import type { Pipeline, SpeculativePipeline } from "../routing/pipeline.js";
+import { Engine } from "../engine/engine.js";
+import { FORGE_FORMAT, readManifest } from "../forge/manifest.js";
+import { forge } from "../forge/presets.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
+import { loadPipeline } from "../pipelines/load.js";
+import type { Pipeline, SpeculativePipeline } from "../pipelines/pipeline.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const { values } = parseArgs({

@@ -5,7 +5,7 @@
 // sharing the batch), the same request picks the same tokens; and a speculative draft that
 // proposes argmax_j log q_i(j) + g_i(j) with the same noise is kept exactly when it equals the
 // target's own choice (coupled verification, speculative/verifier.ts).
-import { createRng, type Rng } from "../models/util/rng.js";
+import { createRng, type Rng } from "./rng.js";
 import { argmax, samplingDistribution, type SamplingParams, sampleToken } from "./sampler.js";
 
 /** murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit. */

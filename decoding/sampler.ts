@@ -5,7 +5,7 @@
 // raw logits; then temperature; then top-k, top-p (nucleus) and min-p truncation; then a
 // draw with the request's seeded RNG. Temperature 0 is greedy: the argmax after bias and
 // penalties (ties go to the lowest token id).
-import type { Rng } from "../models/util/rng.js";
+import type { Rng } from "./rng.js";
 
 export interface SamplingParams {
   temperature: number;

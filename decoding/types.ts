@@ -1,11 +1,10 @@
 // What decoders consume and produce. Steps flow as an AsyncGenerator<DecodeStep> to server/,
 // which only formats them.
-import type { RoutingTrace } from "../models/native.js";
-import type { KvSequence } from "../models/sequence.js";
+import type { RoutingTrace } from "../engine/native.js";
+import type { KvSequence } from "../engine/sequence.js";
 import type { SamplingParams } from "./sampler.js";
-import type { FusionOverrides } from "./fusion/decoder.js";
-import type { RoutingOverrides } from "./routing.js";
-import type { SpeculativeOverrides } from "./speculative/settings.js";
+import type { FusionOverrides } from "./fusion/config.js";
+import type { SpeculativeOverrides } from "./speculative/config.js";
 
 /** The slice of a served model a decoder needs. */
 export interface DecodingModel {
@@ -49,8 +48,6 @@ export interface GenerationRequest {
   speculative?: SpeculativeOverrides;
   /** Per-request fusion settings (ignored by pipelines without fusion). */
   fusion?: FusionOverrides;
-  /** Per-request routing settings (ignored by pipelines without an expert library). */
-  routing?: RoutingOverrides;
   /**
    * Called with what the engine reports about the position behind each generated token's
    * logits — its final hidden state and, on traced routed contexts, its routing — before the

@@ -60,7 +60,7 @@ const patterns = readDockerignore(repoRoot);
 const context = new Set(contextFiles(repoRoot, patterns));
 /** FLOCK_* variables flock reads: its configuration and its native build. */
 const knownFlockVars = new Set(
-  ["server/config.ts", "models/native/build.ts"].flatMap((f) => readFileSync(join(repoRoot, f), "utf8").match(/FLOCK_[A-Z_]+/g) ?? []),
+  ["server/config.ts", "engine/native/build.ts"].flatMap((f) => readFileSync(join(repoRoot, f), "utf8").match(/FLOCK_[A-Z_]+/g) ?? []),
 );
 
 /** ENV of a stage: name → [value as written, line]. */
@@ -162,7 +162,7 @@ for (const stage of df.stages) {
     }
     if (keyword === "ENV") {
       for (const [name] of envProperties(step)) {
-        if (name.startsWith("FLOCK_") && !knownFlockVars.has(name)) report(step.line, "flock-env", `${name}: flock reads no such variable (server/config.ts, models/native/build.ts)`);
+        if (name.startsWith("FLOCK_") && !knownFlockVars.has(name)) report(step.line, "flock-env", `${name}: flock reads no such variable (server/config.ts, engine/native/build.ts)`);
       }
     }
   }

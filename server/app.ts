@@ -5,89 +5,18 @@ import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import { routePath } from "hono/route";
-import { FlockError } from "../models/errors.js";
-import { collectGarbage, FAULT_HEADER, faultsEnabled, parseFault, withFault } from "../models/faults.js";
-import type { Pipeline, PipelineRegistry } from "../routing/pipeline.js";
+import { collectGarbage, FAULT_HEADER, faultsEnabled, parseFault, withFault } from "../engine/faults.js";
+import type { Pipeline } from "../pipelines/pipeline.js";
 import { KeySet, requireAdminKey, requireApiKey } from "./auth.js";
-import { errorBody, HttpError, toOpenAIError } from "./errors.js";
-import type { Limits } from "./generation.js";
+import { type AppEnv, DEFAULT_SERVING, type Operations, type ServerContext, shuttingDown } from "./context.js";
+import { errorBody, toOpenAIError } from "./errors.js";
 import { Inflight } from "./inflight.js";
-import type { Logger } from "./logger.js";
 import { Metrics, routeLabel } from "./metrics.js";
 import { chatRoutes } from "./routes/chat.js";
 import { completionRoutes } from "./routes/completions.js";
 import { modelRoutes } from "./routes/models.js";
 import { playgroundRoutes } from "./routes/playground.js";
 import { adminRoutes } from "./routes/admin.js";
-
-/** How generations are served (respond.ts reads these). */
-export interface Serving {
-  /** Largest prompt of one choice, in tokens; null: the context window is the bound. */
-  maxPromptTokens: number | null;
-  /** Milliseconds from arrival to the last token; null: no limit. */
-  requestTimeoutMs: number | null;
-  /** Milliseconds of silence after which a stream sends an SSE keep-alive comment; 0: never. */
-  keepAliveMs: number;
-  /** Milliseconds a stream's write may wait for a client that does not read; then the stream is dropped. */
-  writeTimeoutMs: number;
-  /** Seconds a 429 tells the client to wait (Retry-After). */
-  retryAfter: number;
-  /** Whether prompt and completion text may be logged. */
-  logPrompts: boolean;
-}
-
-export const DEFAULT_SERVING: Serving = { maxPromptTokens: null, requestTimeoutMs: null, keepAliveMs: 10_000, writeTimeoutMs: 30_000, retryAfter: 1, logPrompts: false };
-
-export interface AuthSettings {
-  apiKeys: readonly string[];
-  adminKey?: string;
-  healthRequiresKey?: boolean;
-  metricsRequiresKey?: boolean;
-}
-
-export interface ServerContext {
-  /** The loaded pipelines; throws `unavailable` while models are still loading. */
-  registry(): PipelineRegistry;
-  /** Health: loading, ready, or failed with a reason. */
-  health(): { status: "loading" | "ok" | "failed"; detail?: string; models?: string[] };
-  limits: Limits;
-  maxBodyBytes: number;
-  log: Logger;
-  /** The rest is optional: HTTP-shape tests build an app with only the above. */
-  metrics?: Metrics;
-  inflight?: Inflight;
-  serving?: Partial<Serving>;
-  auth?: AuthSettings;
-  /** Origins allowed by CORS ("*" for any); empty or absent: CORS off. */
-  corsOrigins?: readonly string[];
-  /** What GET /admin/status shows beyond the models. */
-  status?(): Record<string, unknown>;
-  /** Serve the playground page at / (default true). */
-  playground?: boolean;
-  /** Directories the admin API may read expert files from (none: it may add none). */
-  adminDirs?: readonly string[];
-  /** Host header names requests may carry (none: any). */
-  allowedHosts?: readonly string[];
-}
-
-/** What respond.ts needs from the app, per request. */
-export interface Operations {
-  metrics: Metrics;
-  inflight: Inflight;
-  serving: Serving;
-}
-
-export type AppEnv = {
-  Variables: {
-    log: Logger;
-    requestId: string;
-    /** performance.now() when the request arrived. */
-    arrival: number;
-    /** The model id a generation resolved to (metrics label). */
-    model?: string;
-    ops: Operations;
-  };
-};
 
 /** Reads and drops a body nobody read, up to `limit` bytes; false if it was longer or broken. */
 async function discardUnreadBody(req: Request, limit: number): Promise<boolean> {
@@ -272,12 +201,4 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   });
 
   return app;
-}
-
-export function notReady(): never {
-  throw new FlockError("unavailable", "Models are still loading; retry shortly.");
-}
-
-export function shuttingDown(): HttpError {
-  return new HttpError(503, "service_unavailable", "shutting_down", "The server is shutting down; retry shortly.");
 }

@@ -5,8 +5,8 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { defaultThreads } from "../models/engine.js";
-import { ModelEntry } from "../models/registry.js";
+import { defaultThreads } from "../engine/engine.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
 
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 

@@ -1,9 +1,9 @@
 // The built-in demo: forged on first start into the cache directory, then served.
 import { existsSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { FORGE_FORMAT, readManifest } from "../models/forge/manifest.js";
-import { forge } from "../models/forge/presets.js";
-import type { ModelEntryInput } from "../models/registry.js";
+import { FORGE_FORMAT, readManifest } from "../forge/manifest.js";
+import { forge } from "../forge/presets.js";
+import type { ModelEntryInput } from "../pipelines/model-entry.js";
 
 const DEMO_SEED = 1;
 

@@ -1,7 +1,7 @@
 // One place that turns errors into OpenAI-shaped responses:
 // {"error": {"message", "type", "param", "code"}} with the matching status.
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import { FlockError, type FlockErrorKind } from "../models/errors.js";
+import { FlockError, type FlockErrorKind } from "../engine/errors.js";
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };

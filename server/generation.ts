@@ -1,14 +1,14 @@
-// From a validated OpenAI request to the decoder's GenerationRequests (one per choice), and
+// From a validated OpenAI request to the decoder's PipelineRequests (one per choice), and
 // running the choices together.
 import { randomInt } from "node:crypto";
 import type { SamplingParams } from "../decoding/sampler.js";
-import type { FusionOverrides } from "../decoding/fusion/decoder.js";
-import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
-import type { RoutingOverrides } from "../decoding/routing.js";
-import { planRouting } from "../routing/routed.js";
-import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
-import { FlockError } from "../models/errors.js";
-import type { Pipeline } from "../routing/pipeline.js";
+import type { FusionOverrides } from "../decoding/fusion/config.js";
+import type { SpeculativeOverrides } from "../decoding/speculative/config.js";
+import type { RoutingOverrides } from "../experts/config.js";
+import { planRouting } from "../experts/routed.js";
+import type { DecodeStep } from "../decoding/types.js";
+import { FlockError } from "../engine/errors.js";
+import type { Pipeline, PipelineRequest } from "../pipelines/pipeline.js";
 import type { ExtensionOptions } from "./format.js";
 import { type ChatCompletionRequest, type CompletionRequest, EXTENSION_KEY } from "./schemas.js";
 
@@ -39,37 +39,25 @@ export function samplingParams(body: CommonRequest, pipeline: Pipeline): Samplin
 
 /** `flock.speculative`, checked against the pipeline: only models served with a draft take it. */
 export function speculativeOverrides(body: CommonRequest, pipeline: Pipeline): SpeculativeOverrides | undefined {
-  const s = body[EXTENSION_KEY]?.speculative;
-  if (!s) return undefined;
-  if (pipeline.kind !== "speculative" && s.enabled !== false) {
+  const overrides = body[EXTENSION_KEY]?.speculative;
+  if (overrides && pipeline.kind !== "speculative" && overrides.enabled !== false) {
     throw new FlockError("unsupported", `model ${pipeline.id} is not served with a draft model; remove ${EXTENSION_KEY}.speculative`, `${EXTENSION_KEY}.speculative`);
   }
-  const overrides: SpeculativeOverrides = {
-    enabled: s.enabled,
-    policy: s.policy,
-    k: s.k,
-    threshold: s.threshold,
-    pMin: s.p_min,
-    minCandidates: s.min_candidates,
-    maxCandidates: s.max_candidates,
-    verification: s.verification,
-    detail: s.detail,
-  };
-  return Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
+  return overrides;
 }
 
 /** `flock.fusion`, checked against the pipeline: only fused models take it, and only their experts. */
 export function fusionOverrides(body: CommonRequest, pipeline: Pipeline): FusionOverrides | undefined {
-  const f = body[EXTENSION_KEY]?.fusion;
-  if (!f) return undefined;
+  const overrides = body[EXTENSION_KEY]?.fusion;
+  if (!overrides) return undefined;
   const param = `${EXTENSION_KEY}.fusion`;
   if (pipeline.kind !== "fusion") throw new FlockError("unsupported", `model ${pipeline.id} is not served with logit fusion; remove ${param}`, param);
   const known = pipeline.experts.map((e) => e.name);
-  const unknown = f.experts?.find((name) => !known.includes(name));
+  const unknown = overrides.experts?.find((name) => !known.includes(name));
   if (unknown !== undefined) {
     throw new FlockError("invalid_request", `unknown fusion expert "${unknown}"; model ${pipeline.id} has ${known.join(", ")}`, `${param}.experts`);
   }
-  return { mode: f.mode, alpha: f.alpha, experts: f.experts };
+  return overrides;
 }
 
 /**
@@ -77,13 +65,12 @@ export function fusionOverrides(body: CommonRequest, pipeline: Pipeline): Fusion
  * 400 rather than an error event in the middle of a stream.
  */
 export function routingOverrides(body: CommonRequest, pipeline: Pipeline): RoutingOverrides | undefined {
-  const r = body[EXTENSION_KEY]?.routing;
-  if (!r) return undefined;
+  const overrides = body[EXTENSION_KEY]?.routing;
+  if (!overrides) return undefined;
   const param = `${EXTENSION_KEY}.routing`;
   if (pipeline.kind !== "routed") {
     throw new FlockError("unsupported", `model ${pipeline.id} is not served with routed experts (those ids end in +phatgoose or +arrow); remove ${param}`, param);
   }
-  const overrides: RoutingOverrides = { mode: r.mode, topK: r.top_k, temperature: r.temperature, experts: r.experts, expert: r.expert };
   planRouting(pipeline, overrides);
   return overrides;
 }
@@ -149,17 +136,17 @@ export function maxTokensFor(
  */
 export function choiceRequests(
   n: number,
-  base: Omit<GenerationRequest, "seed" | "choice" | "keyedNoise">,
+  base: Omit<PipelineRequest, "seed" | "choice" | "keyedNoise">,
   seed: number | null | undefined,
   firstChoice = 0,
-): GenerationRequest[] {
+): PipelineRequest[] {
   const keyedNoise = seed != null;
   const shared = keyedNoise ? seed >>> 0 : randomInt(0, 2 ** 31);
   return Array.from({ length: n }, (_, i) => ({ ...base, seed: shared, choice: firstChoice + i, keyedNoise }));
 }
 
 /** Runs the choices concurrently, yielding each step as soon as it is produced. */
-export async function* mergeChoices(pipeline: Pipeline, requests: readonly GenerationRequest[]): AsyncGenerator<{ index: number; step: DecodeStep }> {
+export async function* mergeChoices(pipeline: Pipeline, requests: readonly PipelineRequest[]): AsyncGenerator<{ index: number; step: DecodeStep }> {
   const generators = requests.map((r) => pipeline.generate(r));
   const next = (index: number) => generators[index].next().then((result) => ({ index, result }));
   const inFlight = new Map(generators.map((_, i) => [i, next(i)]));

@@ -6,7 +6,7 @@
 // Request-level timings are per choice, as vLLM v1 counts each of a request's n samples as a
 // request of its own.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { Pipeline } from "../routing/pipeline.js";
+import type { Pipeline } from "../pipelines/pipeline.js";
 
 /** vLLM's vllm:time_to_first_token_seconds buckets. */
 export const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0];

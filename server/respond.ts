@@ -4,10 +4,10 @@
 // client goes away or the server shuts down, keep-alive comments, metrics and the log line.
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
-import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
-import { FlockError } from "../models/errors.js";
-import type { Pipeline } from "../routing/pipeline.js";
-import { type AppEnv, shuttingDown } from "./app.js";
+import type { DecodeStep } from "../decoding/types.js";
+import { FlockError } from "../engine/errors.js";
+import type { Pipeline, PipelineRequest } from "../pipelines/pipeline.js";
+import { type AppEnv, shuttingDown } from "./context.js";
 import { HttpError, toOpenAIError } from "./errors.js";
 import { ChoiceAccumulator, type Usage, usageOf } from "./format.js";
 import { mergeChoices } from "./generation.js";
@@ -28,7 +28,7 @@ export interface ResponseShape {
 
 export interface Generation {
   pipeline: Pipeline;
-  requests: GenerationRequest[];
+  requests: PipelineRequest[];
   promptTokens: number;
   stream: boolean;
   includeUsage: boolean;

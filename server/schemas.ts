@@ -2,6 +2,9 @@
 // defines but flock cannot honour are rejected with a clear message rather than ignored;
 // fields with no effect on generation (user, metadata, store) are accepted.
 import { z } from "zod";
+import { FusionRequest } from "../decoding/fusion/config.js";
+import { SpeculativeRequest } from "../decoding/speculative/config.js";
+import { RoutingRequest } from "../experts/config.js";
 
 /** Project extensions live under this one key of a request and a response. */
 export const EXTENSION_KEY = "flock";
@@ -16,51 +19,16 @@ const LogitBias = z
   .refine((bias) => Object.keys(bias).length <= MAX_LOGIT_BIAS, { message: `at most ${MAX_LOGIT_BIAS} entries` })
   .nullish();
 
-/** Speculative decoding settings a request may override (models served with a draft). */
-const FlockSpeculative = z.strictObject({
-  enabled: z.boolean().optional(),
-  policy: z.enum(["specdec++", "fixed", "confidence"]).optional(),
-  k: z.int().min(1).max(32).optional(),
-  threshold: z.union([z.number().gt(0).lt(1), z.literal("auto")]).optional(),
-  p_min: z.number().min(0).max(1).optional(),
-  min_candidates: z.int().min(1).max(64).optional(),
-  max_candidates: z.int().min(1).max(64).optional(),
-  /** rejection or coupled verification (default: coupled with a seed, the model's setting without). */
-  verification: z.enum(["rejection", "coupled"]).optional(),
-  /** Report how every token came to be (origin, round, draft probability, acceptance, P̂). */
-  detail: z.boolean().optional(),
-});
-
-/** Logit fusion settings a request may override (models served with fusion). */
-const FlockFusion = z.strictObject({
-  mode: z.enum(["dynamic", "static"]).optional(),
-  alpha: z.number().min(0).max(10).optional(),
-  experts: z.array(z.string()).min(1).optional(),
-  /** Report the active expert and α for every token. */
-  detail: z.boolean().optional(),
-});
-
-/** Expert routing a request may choose (models served with an expert library, `<base>+phatgoose` / `+arrow`). */
-const FlockRouting = z.strictObject({
-  /** routed: per token and module; single: one adapter; merge: all at 1/N; retrieval: the prompt's best expert. */
-  mode: z.enum(["routed", "single", "merge", "retrieval"]).optional(),
-  top_k: z.int().min(1).max(64).optional(),
-  temperature: z.number().min(0.01).max(100).optional(),
-  /** A subset of the library, by name. */
-  experts: z.array(z.string().min(1)).min(1).max(64).optional(),
-  /** The adapter for mode "single". */
-  expert: z.string().min(1).optional(),
-  /** Report the experts of every token. */
-  detail: z.boolean().optional(),
-});
-
 /** flock's extensions beyond OpenAI's parameters. */
 const FlockExtension = z.strictObject({
   top_k: z.int().min(0).optional(),
   min_p: z.number().min(0).max(1).optional(),
-  speculative: FlockSpeculative.optional(),
-  fusion: FlockFusion.optional(),
-  routing: FlockRouting.optional(),
+  /** Speculative settings (models served with a draft). */
+  speculative: SpeculativeRequest.optional(),
+  /** Fusion settings (models served with fusion). */
+  fusion: FusionRequest.optional(),
+  /** Expert routing (models served with an expert library, `<base>+phatgoose` / `+arrow`). */
+  routing: RoutingRequest.optional(),
 });
 
 const common = {

@@ -2,7 +2,7 @@
 // offending parameter.
 import type { Context } from "hono";
 import type { z } from "zod";
-import { FlockError } from "../models/errors.js";
+import { FlockError } from "../engine/errors.js";
 import { HttpError } from "./errors.js";
 
 /** application/json, or a +json type, with or without parameters. */

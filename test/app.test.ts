@@ -1,6 +1,7 @@
 // HTTP shapes that need no engine: loading state, and internal errors that must not leak.
 import { describe, expect, it } from "vitest";
-import { createApp, notReady, type ServerContext } from "../server/app.js";
+import { createApp } from "../server/app.js";
+import { notReady, type ServerContext } from "../server/context.js";
 import { createLogger } from "../server/logger.js";
 
 function context(overrides: Partial<ServerContext>): ServerContext {

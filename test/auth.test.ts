@@ -2,7 +2,7 @@
 // the official client where a client would be used.
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { readManifest } from "../models/forge/manifest.js";
+import { readManifest } from "../forge/manifest.js";
 import { bearerToken, KeySet } from "../server/auth.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 

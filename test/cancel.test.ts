@@ -3,7 +3,7 @@
 // the sequence), and concurrent streams share batches instead of queueing behind each other.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
-import { readManifest } from "../models/forge/manifest.js";
+import { readManifest } from "../forge/manifest.js";
 import { readSSE, scrape, until, valueOf } from "./helpers/ops.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stalePages } from "../bench/docs.js";
-import { ModelEntry } from "../models/registry.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
 import { loadConfig, ServerConfig } from "../server/config.js";
 import { createLogger } from "../server/logger.js";
 import { type FlockServer, startServer } from "../server/server.js";

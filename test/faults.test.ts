@@ -8,10 +8,10 @@ process.env.FLOCK_FAULTS = "1";
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
-import { Engine } from "../models/engine.js";
-import { faultsEnabled, parseFault } from "../models/faults.js";
-import { readManifest } from "../models/forge/manifest.js";
-import { ModelEntry } from "../models/registry.js";
+import { Engine } from "../engine/engine.js";
+import { faultsEnabled, parseFault } from "../engine/faults.js";
+import { readManifest } from "../forge/manifest.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
 import { readSSE, scrape, sseEvents, until, valueOf } from "./helpers/ops.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 import { isOpenAIError } from "./reliability/sse.js";

@@ -6,11 +6,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
 import { logitsAlong, negativeLogLikelihood, scoreFusion } from "../decoding/fusion/score.js";
 import { AUTHORS_GRID } from "../decoding/fusion/solver.js";
-import type { FusionSettings } from "../decoding/fusion/decoder.js";
-import { Engine } from "../models/engine.js";
-import { readManifest, type Manifest } from "../models/forge/manifest.js";
-import type { LoadedModel } from "../models/model.js";
-import { ModelEntry } from "../models/registry.js";
+import type { FusionSettings } from "../decoding/fusion/config.js";
+import { Engine } from "../engine/engine.js";
+import { readManifest, type Manifest } from "../forge/manifest.js";
+import type { LoadedModel } from "../engine/model.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
 import { ChainOracle } from "./helpers/chain.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 

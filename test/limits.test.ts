@@ -4,7 +4,7 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
-import { readManifest } from "../models/forge/manifest.js";
+import { readManifest } from "../forge/manifest.js";
 import { readSSE, scrape, sseEvents, until, valueOf } from "./helpers/ops.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 

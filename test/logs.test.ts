@@ -3,8 +3,8 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { join } from "node:path";
 import type { DecodeStep } from "../decoding/types.js";
-import { readManifest } from "../models/forge/manifest.js";
-import type { Pipeline, PipelineRegistry } from "../routing/pipeline.js";
+import { readManifest } from "../forge/manifest.js";
+import type { Pipeline, PipelineRegistry } from "../pipelines/pipeline.js";
 import { createApp } from "../server/app.js";
 import { ServerConfig, type ServerConfigInput } from "../server/config.js";
 import { createLogger } from "../server/logger.js";

@@ -9,7 +9,7 @@ import { forgedPath, startTestServer, type TestServer } from "./helpers/server.j
 
 let t: TestServer;
 beforeAll(async () => {
-  const { readManifest } = await import("../models/forge/manifest.js");
+  const { readManifest } = await import("../forge/manifest.js");
   const { inject } = await import("vitest");
   const manifest = readManifest(inject("forgeDir"));
   const demo = forgedPath(manifest.models["flock-demo"].file);

@@ -4,11 +4,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
 import { searchExpert, solveFusion } from "../decoding/fusion/solver.js";
 import { softmax } from "../decoding/sampler.js";
-import { createRng } from "../models/util/rng.js";
-import { Engine } from "../models/engine.js";
-import { readManifest } from "../models/forge/manifest.js";
-import { LoadedModel } from "../models/model.js";
-import { ModelEntry } from "../models/registry.js";
+import { createRng } from "../decoding/rng.js";
+import { Engine } from "../engine/engine.js";
+import { readManifest } from "../forge/manifest.js";
+import { LoadedModel } from "../engine/model.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
 import { forgedPath } from "./helpers/server.js";
 
 // CI sets FLOCK_REQUIRE_NATIVE=1: there a missing build is a failure, not a skip.

@@ -23,11 +23,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama, type Llama, LlamaLogLevel, type Token } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Manifest } from "../models/forge/manifest.js";
-import { forge } from "../models/forge/presets.js";
+import type { Manifest } from "../forge/manifest.js";
+import { forge } from "../forge/presets.js";
 import { type AppliedLora, LlamaOracle, loadLoraAdapter, type Numerics, softmax } from "./oracle/llama.js";
 import { f16AccumulatingKernels } from "./oracle/rounding.js";
-import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "../models/forge/random.js";
+import { matrices, RANDOM_SHAPE, writeRandomLlama, writeRandomLora } from "../forge/random.js";
 
 interface EngineOptions {
   loras?: Array<{ file: string; scale: number }>;

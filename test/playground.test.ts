@@ -8,9 +8,10 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { type Browser, chromium, type Page, type Response as PageResponse } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { Engine } from "../models/engine.js";
-import { readManifest } from "../models/forge/manifest.js";
-import { createApp, notReady, type ServerContext } from "../server/app.js";
+import { Engine } from "../engine/engine.js";
+import { readManifest } from "../forge/manifest.js";
+import { createApp } from "../server/app.js";
+import { notReady, type ServerContext } from "../server/context.js";
 import { createLogger } from "../server/logger.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 

@@ -6,14 +6,14 @@
 // reproduce too.
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Manifest } from "../models/forge/manifest.js";
+import type { Manifest } from "../forge/manifest.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
 let t: TestServer;
 let manifest: Manifest;
 
 beforeAll(async () => {
-  const { readManifest } = await import("../models/forge/manifest.js");
+  const { readManifest } = await import("../forge/manifest.js");
   const { inject } = await import("vitest");
   manifest = readManifest(inject("forgeDir"));
   const demo = forgedPath(manifest.models["flock-demo"].file);

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, inject, it } from "vitest";
-import { readManifest } from "../models/forge/manifest.js";
+import { readManifest } from "../forge/manifest.js";
 import { readSSE, sseEvents, until } from "./helpers/ops.js";
 import { forgedPath } from "./helpers/server.js";
 

@@ -4,13 +4,13 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
-import type { SpeculativeOverrides } from "../decoding/speculative/settings.js";
+import type { SpeculativeOverrides } from "../decoding/speculative/config.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
-import { Engine } from "../models/engine.js";
-import { readManifest, type Manifest } from "../models/forge/manifest.js";
-import { ModelEntry } from "../models/registry.js";
-import { loadPipeline } from "../routing/load.js";
-import type { Pipeline, SpeculativePipeline } from "../routing/pipeline.js";
+import { Engine } from "../engine/engine.js";
+import { readManifest, type Manifest } from "../forge/manifest.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
+import { loadPipeline } from "../pipelines/load.js";
+import type { Pipeline, SpeculativePipeline } from "../pipelines/pipeline.js";
 import { ChainOracle } from "./helpers/chain.js";
 import { goodnessOfFit } from "./helpers/goodness.js";
 import { chiSquarePValue } from "./helpers/stats.js";
@@ -402,7 +402,7 @@ describe("the SpecDec++ authors' head", () => {
       const run = spawnSync(
         join(root, "node_modules", ".bin", "tsx"),
         [
-          "decoding/speculative/train-cli.ts",
+          "tools/train-acceptance.ts",
           ...["--target", forgedPath(manifest.models["flock-demo"].file), "--draft", forgedPath(manifest.models["flock-demo-draft"].file), "--out", out],
           ...["--threads", "1", "--epochs", "8", "--candidate", view, ...extra],
         ],

@@ -1,4 +1,4 @@
-// The startup weight check (models/weight-check.ts) with the real native build: every weight
+// The startup weight check (engine/weight-check.ts) with the real native build: every weight
 // type runs in a child process; a check that dies on an illegal instruction — simulated by the
 // addon's test hook, which executes ud2 where the named case would run, as an AMX-advertising VM
 // traps — refuses the start with the type, the buffer type and the files named, and the server
@@ -9,10 +9,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RANDOM_SHAPE, writeRandomLlama } from "../models/forge/random.js";
-import { TensorType } from "../models/gguf/writer.js";
-import { hasWeightCheck } from "../models/native.js";
-import { checkWeights, weightTypes } from "../models/weight-check.js";
+import { RANDOM_SHAPE, writeRandomLlama } from "../forge/random.js";
+import { TensorType } from "../engine/gguf/writer.js";
+import { hasWeightCheck } from "../engine/native.js";
+import { checkWeights, weightTypes } from "../engine/weight-check.js";
 
 const required = process.env.FLOCK_REQUIRE_NATIVE === "1";
 const root = join(import.meta.dirname, "..");

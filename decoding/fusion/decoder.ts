@@ -2,36 +2,17 @@
 // together; each step solves α (solver.ts), samples from the fused distribution with the usual
 // sampler settings, and feeds the token to all of them.
 import { tokenDraws } from "../noise.js";
-import type { KvSequence } from "../../models/sequence.js";
+import type { KvSequence } from "../../engine/sequence.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
 import { adjustLogits } from "../sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest } from "../types.js";
-import { type AlphaGrid, fuseLogits, type GridKernel, solveFusion } from "./solver.js";
+import { fuseLogits, solveFusion } from "./solver.js";
+import type { FusionSettings } from "./config.js";
 
 export interface FusionExpert {
   name: string;
   model: DecodingModel;
-}
-
-export interface FusionSettings {
-  /** dynamic: α re-solved every step (one expert active); static: fixed α for every selected expert (proxy tuning). */
-  mode: "dynamic" | "static";
-  /** The static α. */
-  alpha: number;
-  grid: AlphaGrid;
-  /** Support-set margin for the α solve (nats); null: exact over the whole vocabulary. */
-  supportMargin: number | null;
-  /** The compiled grid search from the native addon, when loaded (same results). */
-  kernel?: GridKernel;
-}
-
-/** Per-request fusion settings (the `flock.fusion` extension). */
-export interface FusionOverrides {
-  mode?: FusionSettings["mode"];
-  alpha?: number;
-  /** Names of the experts to use (default: all). */
-  experts?: string[];
 }
 
 /** Pipeline-wide counters, read by responses' summaries, /metrics and benchmarks. */

@@ -2,7 +2,8 @@
 // negative log-likelihoods that tests and benchmarks compare.
 import { logSoftmax } from "../sampler.js";
 import type { DecodingModel } from "../types.js";
-import { chooseFusion, type FusionSettings } from "./decoder.js";
+import { chooseFusion } from "./decoder.js";
+import type { FusionSettings } from "./config.js";
 import { fuseLogits } from "./solver.js";
 
 /** Each model's next-token logits at every position of `tokens` (one batch per model). */

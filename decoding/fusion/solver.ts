@@ -152,7 +152,7 @@ function searchWithShared(shared: SharedStep, expert: Float32Array, grid: AlphaG
   return { alphas, objectives, movement: klExpertBase + klBaseExpert };
 }
 
-/** A compiled implementation of the grid search (models/native.ts); same results, faster. */
+/** A compiled implementation of the grid search (engine/native.ts); same results, faster. */
 export type GridKernel = (strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number) => Float64Array;
 
 export interface SolveOptions {

@@ -8,8 +8,8 @@
 //   from the last committed token on;
 // - the draft's cache likewise holds a prefix of `all` (plus candidates from the last round,
 //   rolled back to what was accepted); each round it catches up, then drafts.
-import type { KvSequence } from "../../models/sequence.js";
-import type { Rng } from "../../models/util/rng.js";
+import type { KvSequence } from "../../engine/sequence.js";
+import type { Rng } from "../rng.js";
 import { tokenDraws } from "../noise.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";

@@ -2,8 +2,8 @@
 // RMS-normalized, as a LLaMA block normalizes its input before using it. They tell the head
 // which token was drafted without a draft step (the hidden state at the token would cost one).
 // Kept as the file stores them (F32, F16, BF16 or Q8_0); a row is decoded when it is read.
-import { FlockError } from "../../models/errors.js";
-import { decodeInto, readStoredTensor, type StoredTensor } from "../../models/gguf/reader.js";
+import { FlockError } from "../../engine/errors.js";
+import { decodeInto, readStoredTensor, type StoredTensor } from "../../engine/gguf/reader.js";
 
 const TENSOR = "token_embd.weight";
 

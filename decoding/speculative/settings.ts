@@ -1,27 +1,9 @@
-// Speculative settings: per model in the server config, overridable per request.
+// How a request's speculative settings become a policy and a verification (config.ts declares them).
 import type { RoundCosts, SamplingRegime } from "./costs.js";
 import type { VerificationMode } from "./verifier.js";
 import { ConfidencePolicy, type CandidateLengthPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
-
-export interface SpeculativeSettings {
-  policy: "specdec++" | "fixed" | "confidence";
-  k: number;
-  /** SpecDec++'s h, or "auto": derived from measured round costs (costs.ts). */
-  threshold: number | "auto";
-  pMin: number;
-  minCandidates: number;
-  maxCandidates: number;
-  /** How requests without a seed are verified (seeded ones are coupled unless a request says otherwise). */
-  verification: VerificationMode;
-}
-
-/** What a request may change (under the `flock.speculative` extension key). */
-export type SpeculativeOverrides = Partial<SpeculativeSettings> & {
-  enabled?: boolean;
-  /** Report how every token came to be (SpeculativeRound.detail); off, nothing extra is computed. */
-  detail?: boolean;
-};
+import type { SpeculativeOverrides, SpeculativeSettings } from "./config.js";
 
 /** How a request is verified: what it asked for; else coupled with keyed noise (a seed), the model's setting without. */
 export function verificationFor(settings: SpeculativeSettings, overrides: SpeculativeOverrides, keyedNoise: boolean): VerificationMode {

@@ -1,7 +1,7 @@
 // Training the SpecDec++ acceptance head from target/draft rollouts: the speculative decoder
 // itself produces the data — every drafted position's head input (headInput) and its soft label
 // min(1, p(y)/q(y)) — and the head is fitted with the authors' weighted soft-label loss.
-import { createRng } from "../../models/util/rng.js";
+import { createRng } from "../rng.js";
 import type { DecodeStep, GenerationRequest } from "../types.js";
 import type { LogprobModel } from "../plain.js";
 import type { DecodingModel } from "../types.js";

@@ -18,7 +18,7 @@
 // and x_{K+1} the bonus. The emitted tokens are then exactly the target's own keyed draws, so the
 // text does not depend on what was proposed: any candidate-length rule is exact, and a seed
 // reproduces with or without a draft. Its acceptance P(argmax agree) is below Σ min(p, q).
-import type { Rng } from "../../models/util/rng.js";
+import type { Rng } from "../rng.js";
 import { argmax, drawFrom } from "../sampler.js";
 
 /** Rejection sampling (the highest acceptance), or coupled keyed noise (the target's own draws whatever is proposed). */

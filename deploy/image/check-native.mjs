@@ -1,6 +1,6 @@
 // Run in the image's build stages right after `npm ci` (see the Dockerfile): fails the build
 // unless flock's native llama.cpp addon was built for the backend the stage asks for.
-// `npm ci`'s postinstall (models/native/build.ts --postinstall) only warns when the build fails,
+// `npm ci`'s postinstall (engine/native/build.ts --postinstall) only warns when the build fails,
 // so that a developer's install still works on node-llama-cpp's prebuilt binary; an image must
 // not ship that way silently. build.ts writes its stamp only after the build loaded through
 // getLlama() with flock's methods present, so the stamp is the proof of a good build.

@@ -2,7 +2,7 @@
 # Run in the image's build stages (in /app, after npm ci and check-native.mjs; see the Dockerfile):
 # drops from node_modules what the runtime stage does not need, before it copies node_modules.
 #  - llama.cpp's sources, the git bundle they came from and the pristine addon copy: only
-#    models/native/build.ts reads them, at install time;
+#    engine/native/build.ts reads them, at install time;
 #  - the cmake build tree of flock's native build: node-llama-cpp loads a local build from its
 #    Release/ folder and checks buildDone.status, nothing else;
 #  - node-llama-cpp's prebuilt binaries for GPUs and other platforms (flock's own build replaces

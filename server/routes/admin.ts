@@ -4,11 +4,11 @@
 import { realpathSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, resolve, sep } from "node:path";
 import type { Hono } from "hono";
-import { FlockError } from "../../models/errors.js";
-import { ExpertEntry } from "../../models/registry.js";
-import type { Expert } from "../../routing/experts.js";
-import type { RoutedPipeline } from "../../routing/pipeline.js";
-import type { AppEnv, ServerContext } from "../app.js";
+import { FlockError } from "../../engine/errors.js";
+import { ExpertEntry } from "../../experts/config.js";
+import type { Expert } from "../../experts/library.js";
+import type { RoutedPipeline } from "../../pipelines/pipeline.js";
+import type { AppEnv, ServerContext } from "../context.js";
 import { parseBody } from "../validation.js";
 
 function describeExpert(e: Expert) {

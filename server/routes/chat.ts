@@ -1,12 +1,12 @@
 // POST /v1/chat/completions
 import type { Hono } from "hono";
-import type { ChatMessage } from "../../models/model.js";
+import type { ChatMessage } from "../../engine/model.js";
 import { chatLogprobs, choiceExtension, completionId, nowSeconds, responseExtension, stepExtension } from "../format.js";
 import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
 import { parseBody } from "../validation.js";
-import type { AppEnv, ServerContext } from "../app.js";
+import type { AppEnv, ServerContext } from "../context.js";
 
 function toChatMessages(body: ChatCompletionRequest): ChatMessage[] {
   return body.messages.map((m) => ({

@@ -1,13 +1,13 @@
 // POST /v1/completions (legacy text completions)
 import type { Hono } from "hono";
-import { FlockError } from "../../models/errors.js";
-import type { GenerationRequest } from "../../decoding/types.js";
+import { FlockError } from "../../engine/errors.js";
+import type { PipelineRequest } from "../../pipelines/pipeline.js";
 import { choiceExtension, completionId, completionLogprobs, nowSeconds, responseExtension, stepExtension } from "../format.js";
 import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
 import { parseBody } from "../validation.js";
-import type { AppEnv, ServerContext } from "../app.js";
+import type { AppEnv, ServerContext } from "../context.js";
 
 /** OpenAI accepts one prompt or a batch: text, texts, token ids, or lists of token ids. */
 function promptList(prompt: CompletionRequest["prompt"]): Array<string | number[]> {
@@ -38,7 +38,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const stops = stopSequences(body);
 
     // Choice index = prompt index * n + i, as OpenAI numbers batched prompts.
-    const requests: GenerationRequest[] = [];
+    const requests: PipelineRequest[] = [];
     const echoes: string[] = [];
     let promptTokens = 0;
     prompts.forEach((prompt, p) => {

@@ -1,7 +1,7 @@
 // GET /v1/models, GET /v1/models/:id
 import type { Hono } from "hono";
-import type { Pipeline } from "../../routing/pipeline.js";
-import type { AppEnv, ServerContext } from "../app.js";
+import type { Pipeline } from "../../pipelines/pipeline.js";
+import type { AppEnv, ServerContext } from "../context.js";
 import { EXTENSION_KEY } from "../schemas.js";
 
 /** The `flock` extension of a model object: how the id is served, and what a request may pick from. */

@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { extname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Hono } from "hono";
-import type { AppEnv } from "../app.js";
+import type { AppEnv } from "../context.js";
 
 export const PLAYGROUND_DIR = fileURLToPath(new URL("../playground/", import.meta.url));
 

@@ -1,5 +1,5 @@
 // The exact distributions of forged models, from the manifest (independent of the server).
-import { type Manifest, nextTokenProbabilities } from "../../models/forge/manifest.js";
+import { type Manifest, nextTokenProbabilities } from "../../forge/manifest.js";
 
 const SPACE = "\u2581";
 

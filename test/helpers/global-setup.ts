@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestProject } from "vitest/node";
-import { forge } from "../../models/forge/presets.js";
+import { forge } from "../../forge/presets.js";
 
 declare module "vitest" {
   export interface ProvidedContext {

@@ -3,7 +3,7 @@
 import { join } from "node:path";
 import OpenAI from "openai";
 import { inject } from "vitest";
-import { readManifest, type Manifest } from "../../models/forge/manifest.js";
+import { readManifest, type Manifest } from "../../forge/manifest.js";
 import { type ServerConfigInput, ServerConfig } from "../../server/config.js";
 import { createLogger } from "../../server/logger.js";
 import { type FlockServer, startServer } from "../../server/server.js";

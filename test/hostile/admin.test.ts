@@ -8,9 +8,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
-import type { Manifest } from "../../models/forge/manifest.js";
-import { readManifest } from "../../models/forge/manifest.js";
-import { writeLoraAdapter } from "../../models/forge/compile.js";
+import type { Manifest } from "../../forge/manifest.js";
+import { readManifest } from "../../forge/manifest.js";
+import { writeLoraAdapter } from "../../forge/compile.js";
 import { forgedPath, startTestServer, type TestServer } from "../helpers/server.js";
 
 let t: TestServer;

@@ -5,8 +5,8 @@
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
-import type { Manifest } from "../../models/forge/manifest.js";
-import { readManifest } from "../../models/forge/manifest.js";
+import type { Manifest } from "../../forge/manifest.js";
+import { readManifest } from "../../forge/manifest.js";
 import { forgedPath, startTestServer, type TestServer } from "../helpers/server.js";
 
 let t: TestServer;

@@ -10,7 +10,7 @@
 //
 // Every matrix product goes through `linear`, which adds each LoRA adapter's
 // scale · (alpha / rank) · B(Ax) exactly as llama.cpp's build_lora_mm does.
-import { metadataValue, readGgufTensors, type Tensor } from "../../models/gguf/reader.js";
+import { metadataValue, readGgufTensors, type Tensor } from "../../engine/gguf/reader.js";
 import { asDotOperand, roundToF16 } from "./rounding.js";
 
 export interface LoraWeights {

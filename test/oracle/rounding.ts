@@ -6,8 +6,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
-import { float16BitsToFloat32, float32ToFloat16Bits } from "../../models/gguf/f16.js";
-import { F16, F32, type GgmlStorage, Q8_BLOCK } from "../../models/gguf/reader.js";
+import { float16BitsToFloat32, float32ToFloat16Bits } from "../../engine/gguf/f16.js";
+import { F16, F32, type GgmlStorage, Q8_BLOCK } from "../../engine/gguf/reader.js";
 
 export function roundToF16(x: Float32Array): Float32Array {
   return x.map((v) => float16BitsToFloat32(float32ToFloat16Bits(v)));
@@ -47,7 +47,7 @@ function roundHalfEven(v: number): number {
  * GGML_F16_VEC uses the CPU's half-precision arithmetic where the build targets it (x86
  * AVX512-FP16, _mm512_fmadd_ph; ARM's FP16 vector arithmetic), with a unit roundoff of 2^-11
  * instead of f32's 2^-24. The build is -march=native unless its CPU probe turned the extension
- * off (models/native/cpu-probe.ts records that in the build stamp).
+ * off (engine/native/cpu-probe.ts records that in the build stamp).
  */
 export function f16AccumulatingKernels(): boolean {
   let cpuinfo = "";

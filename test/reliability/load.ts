@@ -4,8 +4,8 @@
 // cancellation during prefill) and engine failures injected mid-generation (the x-flock-fault
 // header). Every response is checked (sse.ts); nothing is retried. Bounded in count and time.
 import { connect } from "node:net";
-import { createRng, type Rng } from "../../models/util/rng.js";
-import { FAULT_HEADER } from "../../models/faults.js";
+import { createRng, type Rng } from "../../decoding/rng.js";
+import { FAULT_HEADER } from "../../engine/faults.js";
 import { checkResponse, checkStream, type Endpoint, isOpenAIError } from "./sse.js";
 
 export type ClientFault = "none" | "disconnect" | "reset" | "slow-reader" | "cancel-prefill" | "engine-error";

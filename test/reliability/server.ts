@@ -6,7 +6,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { FAULT_HEADER } from "../../models/faults.js";
+import { FAULT_HEADER } from "../../engine/faults.js";
 
 export const ROOT = join(import.meta.dirname, "..", "..");
 

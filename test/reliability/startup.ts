@@ -7,7 +7,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Manifest } from "../../models/forge/manifest.js";
+import type { Manifest } from "../../forge/manifest.js";
 import { type ExitInfo, spawnFlock, startFlockProcess } from "./server.js";
 
 export interface StartupCase {

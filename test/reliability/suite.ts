@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { readManifest, type Manifest } from "../../models/forge/manifest.js";
+import { readManifest, type Manifest } from "../../forge/manifest.js";
 import { demoDir } from "../../server/demo.js";
 import { fuzzEndpoint, type FuzzResult } from "./fuzz.js";
 import { type ClientFault, type Outcome, percentile, runLoad } from "./load.js";

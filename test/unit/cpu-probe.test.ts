@@ -1,9 +1,9 @@
-// The native build's CPU probe (models/native/cpu-probe.ts): real probe programs, compiled and
+// The native build's CPU probe (engine/native/cpu-probe.ts): real probe programs, compiled and
 // run in child processes. A trap is either simulated (the probe executes ud2 first, the test
 // hook) or real: claiming an extension this CPU lacks makes its probe execute instructions the
 // CPU does not have.
 import { describe, expect, it } from "vitest";
-import { cpuinfoFlags, probeCpu } from "../../models/native/cpu-probe.js";
+import { cpuinfoFlags, probeCpu } from "../../engine/native/cpu-probe.js";
 
 const x64 = process.arch === "x64";
 const here = cpuinfoFlags();

@@ -28,14 +28,14 @@ import { type AcceptancePredictor, expectedOverTop } from "../../decoding/specul
 import { SpeculativeStats } from "../../decoding/speculative/stats.js";
 import type { VerificationMode } from "../../decoding/speculative/verifier.js";
 import type { GenerationRequest } from "../../decoding/types.js";
-import type { KvSequence } from "../../models/sequence.js";
-import type { Rng } from "../../models/util/rng.js";
+import type { KvSequence } from "../../engine/sequence.js";
+import type { Rng } from "../../decoding/rng.js";
 import { goodnessOfFit } from "../helpers/goodness.js";
 
 // The request's RNG, replaced by an enumerating one while `scripted` is set.
 const rngControl = vi.hoisted(() => ({ scripted: null as null | (() => { next(): number; int(n: number): number; pick<T>(items: readonly T[]): T }) }));
-vi.mock("../../models/util/rng.js", async (importOriginal) => {
-  const original = await importOriginal<typeof import("../../models/util/rng.js")>();
+vi.mock("../../decoding/rng.js", async (importOriginal) => {
+  const original = await importOriginal<typeof import("../../decoding/rng.js")>();
   return { ...original, createRng: (seed: number) => rngControl.scripted?.() ?? original.createRng(seed) };
 });
 

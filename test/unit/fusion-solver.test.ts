@@ -1,7 +1,7 @@
 // The fusion solver against a brute-force evaluation of the authors' objective.
 import { describe, expect, it } from "vitest";
 import { AUTHORS_GRID, fuseLogits, klBothWays, searchExpert, solveFusion, supportSet } from "../../decoding/fusion/solver.js";
-import { createRng } from "../../models/util/rng.js";
+import { createRng } from "../../decoding/rng.js";
 
 function softmax(logits: ArrayLike<number>): number[] {
   const max = Math.max(...Array.from(logits));

@@ -4,11 +4,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { TokenEmbeddings } from "../../decoding/speculative/embeddings.js";
-import { F32, readGgufTensors } from "../../models/gguf/reader.js";
-import { gguf, TensorType, writeGguf } from "../../models/gguf/writer.js";
+import { F32, readGgufTensors } from "../../engine/gguf/reader.js";
+import { gguf, TensorType, writeGguf } from "../../engine/gguf/writer.js";
 import { AcceptanceHead, HeadPredictor, headInput } from "../../decoding/speculative/head.js";
 import { type Sample, trainHead, weightedLoss } from "../../decoding/speculative/train-head.js";
-import { createRng } from "../../models/util/rng.js";
+import { createRng } from "../../decoding/rng.js";
 
 function syntheticSamples(n: number, d: number, seed: number): Sample[] {
   const rng = createRng(seed);

@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { IncrementalDetokenizer } from "../../decoding/detokenizer.js";
 import { OutputAssembler, type Released } from "../../decoding/output.js";
 import type { DecodingModel, TokenLogprob } from "../../decoding/types.js";
-import { createRng } from "../../models/util/rng.js";
+import { createRng } from "../../decoding/rng.js";
 
 const FFFD = "\uFFFD";
 

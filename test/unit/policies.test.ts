@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { draftFeatures, type DraftFeatures, preDrawFeatures } from "../../decoding/speculative/features.js";
 import { ConfidencePolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
 import { type AcceptancePredictor, DraftConfidencePredictor, OnlineLogisticPredictor } from "../../decoding/speculative/predictors.js";
-import { createRng } from "../../models/util/rng.js";
+import { createRng } from "../../decoding/rng.js";
 
 const features = (chosen: number, position = 1): DraftFeatures => ({ chosen, top1: chosen, margin: chosen / 2, entropy: 1, position, recentAcceptance: 0.7, token: 1 });
 

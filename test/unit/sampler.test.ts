@@ -13,7 +13,7 @@ import {
   type SamplingParams,
   topTokens,
 } from "../../decoding/sampler.js";
-import { createRng, type Rng } from "../../models/util/rng.js";
+import { createRng, type Rng } from "../../decoding/rng.js";
 import { chiSquarePValue, chiSquareStatistic } from "../helpers/stats.js";
 
 const params = (over: Partial<SamplingParams> = {}): SamplingParams => ({ ...DEFAULT_SAMPLING, ...over });

@@ -1,7 +1,7 @@
 // The verifier on peaked synthetic distributions (table-driven), and its losslessness.
 import { describe, expect, it } from "vitest";
 import { drawResidual, verify } from "../../decoding/speculative/verifier.js";
-import { createRng } from "../../models/util/rng.js";
+import { createRng } from "../../decoding/rng.js";
 import { goodnessOfFit } from "../helpers/goodness.js";
 
 const dist = (...p: number[]) => Float64Array.from(p);

@@ -1,0 +1,162 @@
+// The engine: the only code that touches weights. It owns the node-llama-cpp instance, loads
+// each GGUF file once, and hands out LoadedModels (one context per served model id).
+import { availableParallelism } from "node:os";
+import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
+import { adapterMismatch, baseShapesOf, readAdapterHeader } from "./adapter-check.js";
+import { FlockError } from "./errors.js";
+import { type Capabilities, LoadedModel, type ModelLoadOptions } from "./model.js";
+import { hasFlockAddon, hasWeightCheck, type RoutedLoraConfig } from "./native.js";
+import { checkWeights } from "./weight-check.js";
+
+export type GpuSetting = "auto" | "off" | "cuda" | "vulkan" | "metal";
+
+export interface EngineOptions {
+  gpu: GpuSetting;
+  /** Default CPU threads per context. */
+  threads: number;
+}
+
+/**
+ * On small machines node-llama-cpp's default thread count oversubscribes the CPU: measured
+ * here on 2 cores, a 1-layer model took 0.41 ms/token with 1 thread, 13.8 ms with 2 and
+ * 148 ms with the default. Leave one core to the event loop (HTTP, sampling, detokenizing).
+ */
+export function defaultThreads(cores = availableParallelism()): number {
+  return Math.max(1, cores - 1);
+}
+
+export class Engine {
+  private readonly weights = new Map<string, Promise<LlamaModel>>();
+  private readonly loaded: LoadedModel[] = [];
+
+  private constructor(
+    readonly llama: Llama,
+    readonly options: EngineOptions,
+    readonly capabilities: Capabilities,
+  ) {}
+
+  static async create(options: EngineOptions): Promise<Engine> {
+    const llama = await getLlama({
+      // The local build (npm run build:native) or a prebuilt binary; never a download or a
+      // compile at serving time.
+      build: "never",
+      gpu: options.gpu === "off" ? false : options.gpu,
+      // 0: no global cap, so each context uses exactly the threads it asks for.
+      maxThreads: 0,
+      logLevel: LlamaLogLevel.error,
+      progressLogs: false,
+    });
+    const addon = hasFlockAddon(llama);
+    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon });
+  }
+
+  /**
+   * Runs every weight type of `files` once in a child process before anything is loaded
+   * (engine/weight-check.ts); throws a FlockError naming what this machine cannot run. Returns
+   * false, doing nothing, where the build lacks the check (node-llama-cpp's prebuilt binary).
+   */
+  async checkWeights(files: readonly string[], cacheFile: string | null): Promise<boolean> {
+    if (!hasWeightCheck(this.llama)) return false;
+    const gpu = this.options.gpu === "off" ? false : this.options.gpu;
+    await checkWeights(files, { gpu, threads: this.options.threads, cacheFile, build: `${this.llama.buildType}\n${this.llama.systemInfo}` });
+    return true;
+  }
+
+  /**
+   * The CPU's instruction-set extensions compiled into ggml's CPU backend, and the extra buffer
+   * types they bring (llama.cpp places weights there: repacked layouts, AMX tiles), as
+   * llama.cpp's system info lists them.
+   */
+  cpuFeatures(): { features: string[]; extraBufferTypes: string[] } {
+    const cpu = this.llama.systemInfo.split("|").map((f) => f.trim().replace(/^CPU : /, ""));
+    const on = cpu.filter((f) => / = 1$/.test(f)).map((f) => f.replace(/ = 1$/, ""));
+    const extraBufferTypes = [...(on.includes("REPACK") ? ["CPU_REPACK"] : []), ...(on.includes("AMX_INT8") ? ["AMX"] : [])];
+    return { features: on.filter((f) => f !== "REPACK"), extraBufferTypes };
+  }
+
+  /** A one-line description for the startup log. */
+  describe(): { build: string; gpu: string | false; threads: number; capabilities: Capabilities; cpu: ReturnType<Engine["cpuFeatures"]>; missing?: string } {
+    const missing = Object.entries(this.capabilities)
+      .filter(([, has]) => !has)
+      .map(([name]) => name);
+    return {
+      build: this.llama.buildType,
+      gpu: this.llama.gpu,
+      threads: this.options.threads,
+      capabilities: this.capabilities,
+      cpu: this.cpuFeatures(),
+      ...(missing.length > 0 ? { missing: `${missing.join(", ")} unavailable in this build${this.capabilities.rawLogits ? "" : " (full distributions use node-llama-cpp's slower probabilities path; run npm run build:native)"}` } : {}),
+    };
+  }
+
+  /**
+   * `hiddenStates`: this model's sequences also return final hidden states; `routing`: its
+   * context applies routed LoRA. Both need the native extension.
+   */
+  async load(entry: ModelLoadOptions, options: { hiddenStates?: boolean; routing?: RoutedLoraConfig } = {}): Promise<LoadedModel> {
+    if (options.hiddenStates && !this.capabilities.hiddenStates) {
+      throw new FlockError("unsupported", `model ${entry.id} needs per-token hidden states, which this build lacks (run npm run build:native)`);
+    }
+    if (options.routing && !this.capabilities.routedLora) {
+      throw new FlockError("unsupported", `model ${entry.id} needs routed LoRA, which this build lacks (run npm run build:native)`);
+    }
+    // Errors name the model id and the file: a startup that fails says which entry to fix.
+    const weights = await this.weightsFor(entry.path, entry.gpuLayers).catch((err: unknown) => {
+      throw err instanceof FlockError ? new FlockError(err.kind, `model ${entry.id}: ${err.message}`) : err;
+    });
+    for (const lora of entry.lora) await this.checkAdapter(entry.id, weights, lora.path);
+    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options).catch((err: unknown) => {
+      if (err instanceof FlockError) throw err;
+      throw new FlockError("unavailable", `model ${entry.id}: cannot create a context for ${entry.path}${entry.lora.length > 0 ? ` with ${entry.lora.map((l) => l.path).join(", ")}` : ""}: ${(err as Error).message}`);
+    });
+    // Retired contexts (routed variants) leave the list once freed.
+    for (let i = this.loaded.length - 1; i >= 0; i--) if (this.loaded[i].isDisposed) this.loaded.splice(i, 1);
+    this.loaded.push(model);
+    return model;
+  }
+
+  /**
+   * Every context the engine holds (served models, drafts, fusion's small models, routed
+   * variants) and its sequences in use: GET /admin/status shows it, the reliability suite checks
+   * that nothing stays allocated.
+   */
+  contexts(): Array<{ id: string; parallel: number; running: number; waiting: number }> {
+    return this.loaded.filter((m) => !m.isDisposed).map((m) => ({ id: m.id, parallel: m.parallel, running: m.runningSequences, waiting: m.waitingSequences }));
+  }
+
+  /** Before llama.cpp loads an adapter: a FlockError naming the model id, the file and what does not fit. */
+  private async checkAdapter(modelId: string, weights: LlamaModel, path: string): Promise<void> {
+    const header = await readAdapterHeader(path).catch((err: unknown) => {
+      throw new FlockError("invalid_request", `model ${modelId}: cannot read the LoRA adapter ${path}: ${(err as Error).message}`);
+    });
+    const mismatch = adapterMismatch(path, header, baseShapesOf(weights.fileInfo));
+    if (mismatch) throw new FlockError("invalid_request", `model ${modelId}: ${mismatch}`);
+  }
+
+  private weightsFor(path: string, gpuLayers: ModelLoadOptions["gpuLayers"]): Promise<LlamaModel> {
+    let weights = this.weights.get(path);
+    if (!weights) {
+      weights = this.llama.loadModel({ modelPath: path, gpuLayers }).catch((cause: unknown) => {
+        this.weights.delete(path);
+        // llama.cpp's own reason (e.g. tensor data past the end of a truncated file) is in its
+        // log; node-llama-cpp's message is often just "Failed to load model".
+        const reason = (cause as Error).message;
+        const why = /^failed to load model$/i.test(reason)
+          ? "llama.cpp could not load it (corrupt or truncated?)"
+          : cause instanceof RangeError // node-llama-cpp's GGUF header parser ran into nonsense
+            ? `its GGUF header cannot be read (corrupt?): ${reason}`
+            : reason;
+        throw new FlockError("unavailable", `cannot load model file ${path}: ${why}`, null, { cause });
+      });
+      this.weights.set(path, weights);
+    }
+    return weights;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const model of this.loaded.splice(0)) await model[Symbol.asyncDispose]();
+    for (const weights of this.weights.values()) await (await weights.catch(() => undefined))?.dispose();
+    this.weights.clear();
+    await this.llama.dispose();
+  }
+}

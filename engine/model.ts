@@ -1,0 +1,307 @@
+// A served model: weights plus one context whose sequences are pooled, with the tokenizer,
+// detokenizer and chat template that decoding needs.
+import {
+  type ChatHistoryItem,
+  type ChatWrapper,
+  type LlamaContext,
+  type LlamaContextSequence,
+  type LlamaModel,
+  LlamaText,
+  resolveChatWrapper,
+  type Token,
+} from "node-llama-cpp";
+import { FlockError } from "./errors.js";
+import { enableRawLogits, type FusionGridKernel, fusionGridKernel, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
+import { EngineSequence } from "./sequence.js";
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+export interface RenderedPrompt {
+  tokens: number[];
+  /** Tokens the chat template ends a turn with (beyond the model's end-of-generation tokens). */
+  stopTokens: number[];
+  /** Plain-text turn terminators of the template. */
+  stopStrings: string[];
+}
+
+interface Waiter {
+  prompt: readonly number[];
+  /** performance.now() when it started waiting (queue time). */
+  since: number;
+  resolve: (seq: EngineSequence) => void;
+  reject: (err: unknown) => void;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+/** What the loaded binary can do beyond public node-llama-cpp (the native extension). */
+export interface Capabilities {
+  rawLogits: boolean;
+  /** The fusion objective's grid search compiled in the addon. */
+  fusionKernel: boolean;
+  hiddenStates: boolean;
+  routedLora: boolean;
+}
+
+/** What loading one model takes: the config's model entry (pipelines/model-entry.ts) is one. */
+export interface ModelLoadOptions {
+  id: string;
+  path: string;
+  /** Adapters applied to every sequence of the context. */
+  lora: readonly { path: string; scale: number }[];
+  contextSize: number;
+  parallel: number;
+  threads?: number;
+  gpuLayers: "auto" | "max" | number;
+  batchSize?: number;
+  maxQueue?: number;
+}
+
+export class LoadedModel {
+  private readonly free: LlamaContextSequence[] = [];
+  private readonly waiters: Waiter[] = [];
+  private readonly chatWrapper: ChatWrapper;
+  private disposed = false;
+  private retiring = false;
+  /** Choices admitted by `admit` and not yet done (running or waiting). */
+  private admitted = 0;
+  /** Told how long each acquisition waited for a sequence, in seconds (0 when one was idle). */
+  onAcquire: ((waitedSeconds: number) => void) | null = null;
+
+  private constructor(
+    readonly id: string,
+    readonly weights: LlamaModel,
+    private readonly context: LlamaContext,
+    readonly parallel: number,
+    readonly threads: number,
+    /** Logits come from flock's native addon (else node-llama-cpp's probabilities path). */
+    readonly rawLogits: boolean,
+    /** Acquisitions that may wait for a sequence at once; more are refused (overloaded). */
+    readonly maxQueue: number,
+    /** Sequences can return final hidden states (evaluateWithHidden). */
+    readonly hasHiddenStates: boolean,
+  ) {
+    for (let i = 0; i < parallel; i++) this.free.push(context.getSequence());
+    this.chatWrapper = resolveChatWrapper(weights);
+  }
+
+  static async create(
+    weights: LlamaModel,
+    entry: ModelLoadOptions,
+    threads: number,
+    capabilities: Capabilities,
+    options: { hiddenStates?: boolean; routing?: RoutedLoraConfig } = {},
+  ): Promise<LoadedModel> {
+    const contextSize = Math.min(entry.contextSize, weights.trainContextSize);
+    const context = await weights.createContext({
+      contextSize,
+      sequences: entry.parallel,
+      threads: { ideal: threads, min: threads },
+      batchSize: entry.batchSize,
+      lora: entry.lora.length > 0 ? { adapters: entry.lora.map((l) => ({ filePath: l.path, scale: l.scale })) } : undefined,
+      failedCreationRemedy: false,
+    });
+    // Routing traces travel with the hidden states, so a traced routed context has both.
+    const traced = options.routing?.trace === true;
+    const hasHiddenStates = capabilities.rawLogits && (options.hiddenStates === true || traced);
+    if (capabilities.rawLogits) enableRawLogits(context, { hiddenStates: hasHiddenStates, routedAdapters: traced ? options.routing!.adapters.length : 0 });
+    if (options.routing) {
+      try {
+        setRoutedLoras(context, options.routing);
+      } catch (cause) {
+        await context.dispose();
+        throw new FlockError("invalid_request", `model ${entry.id}: routed LoRA could not be set up (${(cause as Error).message})`, null, { cause });
+      }
+    }
+    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates);
+  }
+
+  /** Tokens one sequence can hold (prompt + completion). */
+  get contextSize(): number {
+    return this.context.contextSize;
+  }
+  /** Width of the final hidden state (what the output projection reads). */
+  get embeddingSize(): number {
+    return this.weights.embeddingVectorSize;
+  }
+  get vocabularySize(): number {
+    return this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
+  }
+  get gpuLayers(): number {
+    return this.weights.gpuLayers;
+  }
+  get chatTemplateName(): string {
+    return this.chatWrapper.wrapperName;
+  }
+  /** Sequences not serving a request right now. */
+  get idleSequences(): number {
+    return this.free.length;
+  }
+  /** Sequences serving a request right now. */
+  get runningSequences(): number {
+    return this.parallel - this.free.length;
+  }
+  /** Acquisitions waiting for a sequence. */
+  get waitingSequences(): number {
+    return this.waiters.length;
+  }
+
+  /**
+   * Admission control, for callers that must refuse work before they start answering (an SSE
+   * stream cannot turn into a 429 later): reserves `choices` sequences' worth of capacity
+   * (parallel sequences plus maxQueue waiting places) if the reservations left room, and returns
+   * the function that gives them back; null when the model is full. Synchronous, so a check
+   * and its reservation cannot interleave with another request's.
+   */
+  admit(choices: number): (() => void) | null {
+    if (this.disposed) return null;
+    if (this.admitted + choices > this.parallel + this.maxQueue) return null;
+    this.admitted += choices;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.admitted -= choices;
+    };
+  }
+  /** Most choices one request can ever be admitted with. */
+  get capacity(): number {
+    return this.parallel + this.maxQueue;
+  }
+
+  /** flock's compiled fusion-objective kernel, when the native addon is loaded. */
+  get fusionGridKernel(): FusionGridKernel | undefined {
+    return this.rawLogits ? fusionGridKernel(this.context) : undefined;
+  }
+
+  /** Whether `other` tokenizes identically (same token texts in the same order). */
+  sameVocabulary(other: LoadedModel): boolean {
+    const mine = this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
+    const theirs = other.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
+    return mine !== undefined && theirs !== undefined && mine.length === theirs.length && mine.every((t, i) => t === theirs[i]);
+  }
+
+  /** Tokenizes user text; special-token text in it stays plain text. Adds BOS as the model wants. */
+  tokenizePrompt(text: string): number[] {
+    const tokens = this.weights.tokenize(text, false);
+    const bos = this.weights.tokens.bos;
+    return this.weights.tokens.shouldPrependBosToken && bos !== null ? [bos, ...tokens] : tokens;
+  }
+
+  /** Renders a conversation with the model's own chat template, ready for the assistant's turn. */
+  renderChat(messages: readonly ChatMessage[]): RenderedPrompt {
+    const history: ChatHistoryItem[] = messages.map((m) =>
+      m.role === "assistant" ? { type: "model", response: [m.content] } : { type: m.role, text: m.content },
+    );
+    history.push({ type: "model", response: [] });
+    const state = this.chatWrapper.generateContextState({ chatHistory: history });
+    const stopTokens: number[] = [];
+    const stopStrings: string[] = [];
+    for (const trigger of state.stopGenerationTriggers) {
+      const text = LlamaText(trigger);
+      const tokens = text.tokenize(this.weights.tokenizer);
+      const plain = text.values.every((v) => typeof v === "string");
+      if (plain) stopStrings.push(text.toString());
+      else if (tokens.length === 1) stopTokens.push(tokens[0]);
+    }
+    return { tokens: state.contextText.tokenize(this.weights.tokenizer), stopTokens, stopStrings: stopStrings.filter((s) => s.length > 0) };
+  }
+
+  detokenize(tokens: readonly number[], context?: readonly number[]): string {
+    return this.weights.detokenize(tokens as Token[], false, context as Token[] | undefined);
+  }
+
+  /** A token's own text, special tokens spelled out (for logprobs). */
+  tokenText(token: number): string {
+    return this.weights.detokenize([token as Token], true);
+  }
+
+  isEndOfGeneration(token: number): boolean {
+    return this.weights.isEogToken(token as Token);
+  }
+
+  /**
+   * Waits for an idle sequence, preferring the one whose cached tokens share the longest prefix
+   * with `prompt` (its KV cache is reused). Rejects when `signal` aborts while waiting, and with
+   * `overloaded` when maxQueue acquisitions are already waiting (the queue is bounded: a server
+   * that accepts everything only converts overload into timeouts).
+   */
+  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<EngineSequence> {
+    if (this.disposed) return Promise.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const seq = this.takeBestFree(prompt);
+    if (seq) {
+      this.onAcquire?.(0);
+      return Promise.resolve(this.wrap(seq));
+    }
+    if (this.waiters.length >= this.maxQueue) {
+      return Promise.reject(new FlockError("overloaded", `model ${this.id} is busy: ${this.waiters.length} requests are already waiting; retry shortly`));
+    }
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { prompt, since: performance.now(), resolve, reject, signal };
+      if (signal) {
+        waiter.onAbort = () => {
+          const i = this.waiters.indexOf(waiter);
+          if (i >= 0) this.waiters.splice(i, 1);
+          reject(signal.reason);
+        };
+        signal.addEventListener("abort", waiter.onAbort, { once: true });
+      }
+      this.waiters.push(waiter);
+    });
+  }
+
+  private takeBestFree(prompt: readonly number[]): LlamaContextSequence | undefined {
+    if (this.free.length === 0) return undefined;
+    let best = 0;
+    let bestShared = -1;
+    this.free.forEach((seq, i) => {
+      const shared = seq.compareContextTokens(prompt as Token[]).firstDifferentIndex;
+      if (shared > bestShared) [best, bestShared] = [i, shared];
+    });
+    return this.free.splice(best, 1)[0];
+  }
+
+  private wrap(seq: LlamaContextSequence): EngineSequence {
+    return new EngineSequence(seq, this.rawLogits, () => this.release(seq));
+  }
+
+  private release(seq: LlamaContextSequence): void {
+    const waiter = this.waiters.shift();
+    if (!waiter) {
+      this.free.push(seq);
+      if (this.retiring && this.free.length === this.parallel) void this[Symbol.asyncDispose]();
+      return;
+    }
+    if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
+    this.onAcquire?.((performance.now() - waiter.since) / 1000);
+    waiter.resolve(this.wrap(seq));
+  }
+
+  /** Whether the context has been freed (shutdown, or a retired variant). */
+  get isDisposed(): boolean {
+    return this.disposed;
+  }
+
+  /**
+   * Disposes the context once no request holds a sequence. For contexts replaced while requests
+   * may still be using them; a request that was handed this context just before still gets its
+   * sequence (the first check waits a macrotask, past the microtasks between lookup and acquire).
+   */
+  retire(): void {
+    this.retiring = true;
+    setImmediate(() => {
+      if (this.free.length === this.parallel && this.waiters.length === 0) void this[Symbol.asyncDispose]();
+    });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const w of this.waiters.splice(0)) w.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
+    await this.context.dispose();
+  }
+}

@@ -1,0 +1,127 @@
+// The only place that reaches into node-llama-cpp internals, to use flock's native addon
+// methods (engine/native/addon). With the prebuilt binary none of this is present, and the
+// engine falls back to node-llama-cpp's public probabilities path.
+import type { Llama, LlamaContext } from "node-llama-cpp";
+
+interface AddonContextWithFlock {
+  sampleToken(batchLogitIndex: number, sampler: unknown, probabilities?: boolean, confidence?: boolean): Promise<unknown>;
+  flockGetLogits(batchLogitIndex: number): Float32Array;
+  flockFusionGrid(strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number): Float64Array;
+  flockEnableHiddenStates(): void;
+  flockGetHiddenState(batchLogitIndex: number): Float32Array;
+  flockSetRoutedLoras(paths: string[], scales: number[], modules: string[], gates: Float32Array[], method: number, topK: number, temperature: number, trace: boolean): void;
+  flockGetRoutingTraceModules(): string[];
+  flockGetRoutingTrace(batchLogitIndex: number, adapters: number): Float32Array | null;
+}
+
+/** Routed LoRA over a set of adapter files, computed inside llama.cpp's graph (docs/native-engine.md). */
+export interface RoutedLoraConfig {
+  adapters: ReadonlyArray<{ path: string; scale: number }>;
+  /** The routed modules (base weight tensor names), each with one gate vector per adapter, concatenated. */
+  modules: ReadonlyArray<{ name: string; gates: Float32Array }>;
+  method: "phatgoose" | "arrow";
+  topK: number;
+  temperature: number;
+  /** Keep each output token's per-module routing (read back with the logits). */
+  trace?: boolean;
+}
+
+/** Sets (or, with null, clears) routed LoRA on a context; throws with llama.cpp's reason logged. */
+export function setRoutedLoras(context: LlamaContext, config: RoutedLoraConfig | null): void {
+  const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
+  if (!config) {
+    addon.flockSetRoutedLoras([], [], [], [], 0, 1, 1, false);
+    return;
+  }
+  addon.flockSetRoutedLoras(
+    config.adapters.map((a) => a.path),
+    config.adapters.map((a) => a.scale),
+    config.modules.map((m) => m.name),
+    config.modules.map((m) => m.gates),
+    config.method === "arrow" ? 1 : 0,
+    config.topK,
+    config.temperature,
+    config.trace === true,
+  );
+}
+
+/** One output token's routing on a traced routed context. */
+export interface RoutingTrace {
+  /** Each routed module's softmax over the adapters, modules × adapters, in `modules` order. */
+  probabilities: Float32Array;
+  /** The routed modules (weight names), in graph order. */
+  modules: readonly string[];
+}
+
+/** What a raw-logits request returns on a context with hidden states enabled. */
+export interface LogitsWithHidden {
+  logits: Float32Array;
+  hidden: Float32Array;
+  /** Traced routed contexts: the position's routing. */
+  routing?: RoutingTrace;
+}
+
+/**
+ * The fusion objective on every grid point, compiled (AddonFlock.cpp): experts × (steps + 1)
+ * objectives, then each expert's movement. Same computation as decoding/fusion/solver.ts.
+ */
+export type FusionGridKernel = (strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number) => Float64Array;
+
+export function fusionGridKernel(context: LlamaContext): FusionGridKernel | undefined {
+  const addon = (context as unknown as { _ctx: Partial<AddonContextWithFlock> })._ctx;
+  if (typeof addon.flockFusionGrid !== "function") return undefined;
+  return (strong, base, experts, step, steps, pruneMargin) => addon.flockFusionGrid!(strong, base, experts, step, steps, pruneMargin);
+}
+
+/** Whether the loaded addon carries flock's methods (a local build made by `npm run build:native`). */
+export function hasFlockAddon(llama: Llama): boolean {
+  const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype?: Partial<AddonContextWithFlock> } } })._bindings;
+  const prototype = bindings?.AddonContext?.prototype;
+  return (["flockGetLogits", "flockFusionGrid", "flockGetHiddenState", "flockSetRoutedLoras", "flockGetRoutingTrace"] as const).every(
+    (method) => typeof prototype?.[method] === "function",
+  );
+}
+
+/** Whether the loaded addon carries the startup weight check (engine/weight-check.ts). */
+export function hasWeightCheck(llama: Llama): boolean {
+  const bindings = (llama as unknown as { _bindings?: { flockCheckWeightType?: unknown } })._bindings;
+  return typeof bindings?.flockCheckWeightType === "function";
+}
+
+/**
+ * Makes `controlledEvaluate` return raw logits for positions that ask for `confidence` only.
+ *
+ * node-llama-cpp samples every requested position through `_ctx.sampleToken(index, sampler,
+ * probabilities, confidence)` and passes the returned confidence through untouched. On
+ * contexts flock owns, a confidence-only request is answered with the position's raw logits
+ * (a Float32Array copied by flockGetLogits) instead of a sampled token; every other request
+ * goes to node-llama-cpp as before. With `hiddenStates`, the answer also carries the position's
+ * final hidden state, and with `routedAdapters` (a routed context with traces) its routing.
+ */
+export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean; routedAdapters?: number } = {}): void {
+  const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
+  const sampleToken = addon.sampleToken.bind(addon);
+  if (options.hiddenStates) addon.flockEnableHiddenStates();
+  const adapters = options.routedAdapters ?? 0;
+  // The module list is the context's state after its last decode: it may only be read here,
+  // between decodes (node-llama-cpp maps a batch's logits before it starts the next one); read
+  // at any other time it races with a decode running on llama.cpp's thread. Fixed per context
+  // once known, so read again only when a trace does not match it.
+  let modules: readonly string[] = [];
+  const read = (index: number): Float32Array | LogitsWithHidden => {
+    if (!options.hiddenStates) return addon.flockGetLogits(index);
+    const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index), hidden: addon.flockGetHiddenState(index) };
+    const probabilities = adapters > 0 ? addon.flockGetRoutingTrace(index, adapters) : null;
+    if (probabilities) {
+      if (modules.length * adapters !== probabilities.length) modules = addon.flockGetRoutingTraceModules();
+      answer.routing = { probabilities, modules };
+    }
+    return answer;
+  };
+  const withRawLogits: AddonContextWithFlock["sampleToken"] = (batchLogitIndex, sampler, probabilities, confidence) => {
+    if (confidence === true && probabilities !== true) return Promise.resolve([-1, undefined, read(batchLogitIndex)]);
+    return sampleToken(batchLogitIndex, sampler, probabilities, confidence);
+  };
+  // N-API methods are read-only on the prototype; an own property shadows it.
+  Object.defineProperty(addon, "sampleToken", { value: withRawLogits });
+}

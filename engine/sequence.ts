@@ -1,0 +1,163 @@
+// One KV-cache sequence checked out of a model's pool: evaluate tokens, read next-token
+// logits at chosen positions, roll the cache back. Released back to the pool when done.
+import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
+import { FlockError } from "./errors.js";
+import { engineFaultPoint } from "./faults.js";
+import type { LogitsWithHidden, RoutingTrace } from "./native.js";
+
+/** What decoders use of a sequence (EngineSequence's public side; decoder unit tests fake it). */
+export type KvSequence = Pick<EngineSequence, "tokens" | "length" | "contextSize" | "prefill" | "sharedPrefix" | "syncTo" | "evaluate" | "evaluateWithHidden" | "truncate" | "release">;
+
+export class EngineSequence {
+  private released = false;
+  /** Evaluations and erasures llama.cpp has not finished yet. */
+  private pending = 0;
+  /** release() was called while operations were pending: hand the sequence back when they end. */
+  private releaseWhenIdle = false;
+
+  constructor(
+    private readonly seq: LlamaContextSequence,
+    private readonly rawLogits: boolean,
+    private readonly onRelease: () => void,
+  ) {}
+
+  /** Tokens currently held in the KV cache. */
+  get tokens(): readonly number[] {
+    return this.seq.contextTokens;
+  }
+  get length(): number {
+    return this.seq.nextTokenIndex;
+  }
+  get contextSize(): number {
+    return this.seq.contextSize;
+  }
+
+  /**
+   * Brings the cache to exactly `prompt`, reusing the longest cached prefix, and returns the
+   * next-token logits after the prompt's last token.
+   */
+  async prefill(prompt: readonly number[]): Promise<Float32Array> {
+    if (prompt.length === 0) throw new FlockError("invalid_request", "the prompt is empty", "prompt");
+    // The last prompt token is always evaluated again: its logits are what we need.
+    await this.syncTo(prompt.slice(0, -1));
+    const [logits] = await this.evaluate(prompt.slice(-1), [0]);
+    return logits;
+  }
+
+  /** How many leading tokens of `tokens` the cache already holds. */
+  sharedPrefix(tokens: readonly number[]): number {
+    return Math.min(this.seq.compareContextTokens(tokens as Token[]).firstDifferentIndex, tokens.length);
+  }
+
+  /** Makes the cache hold exactly `tokens`, reusing the longest cached prefix; no logits. */
+  async syncTo(tokens: readonly number[]): Promise<void> {
+    const reused = this.sharedPrefix(tokens);
+    await this.truncate(reused);
+    if (reused < tokens.length) await this.evaluate(tokens.slice(reused), []);
+  }
+
+  /**
+   * Appends `tokens` to the cache and returns next-token logits after each position listed in
+   * `logitsAt` (indices into `tokens`), in that order. With the native addon these are
+   * llama.cpp's raw logits; otherwise log-probabilities from node-llama-cpp's probabilities
+   * path (the named fallback: logits up to an additive constant, ~12 ms per position at 32k).
+   */
+  async evaluate(tokens: readonly number[], logitsAt: readonly number[]): Promise<Float32Array[]> {
+    this.assertHeld();
+    if (logitsAt.length > 0) engineFaultPoint();
+    if (this.length + tokens.length > this.contextSize) {
+      throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
+    }
+    const wanted = new Set(logitsAt);
+    // A confidence-only request is answered with raw logits on flock's contexts (engine/native.ts).
+    const ask = this.rawLogits ? { confidence: true } : { probabilities: true };
+    const input: ControlledEvaluateInputItem[] = tokens.map((t, i) => (wanted.has(i) ? [t as Token, { generateNext: ask }] : (t as Token)));
+    const results = await this.track(this.seq.controlledEvaluate(input));
+    if (this.rawLogits) {
+      return logitsAt.map((i) => {
+        const answer = results[i]?.next?.confidence as unknown;
+        if (answer instanceof Float32Array) return answer;
+        if (answer && typeof answer === "object" && "logits" in answer) return (answer as LogitsWithHidden).logits;
+        throw new FlockError("internal", `the engine returned no logits for position ${i}`);
+      });
+    }
+    const vocabularySize = this.seq.model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
+    return logitsAt.map((i) => {
+      const probabilities = results[i]?.next?.probabilities;
+      if (!probabilities) throw new FlockError("internal", `the engine returned no distribution for position ${i}`);
+      const logits = new Float32Array(vocabularySize).fill(-Infinity);
+      for (const [token, p] of probabilities) logits[token] = Math.log(p);
+      return logits;
+    });
+  }
+
+  /**
+   * Like evaluate, with each position's final hidden state too (the vector that feeds the
+   * output projection), and on traced routed contexts its routing; only on models loaded with
+   * hidden states.
+   */
+  async evaluateWithHidden(
+    tokens: readonly number[],
+    logitsAt: readonly number[],
+  ): Promise<{ logits: Float32Array[]; hidden: Float32Array[]; routing: Array<RoutingTrace | undefined> }> {
+    this.assertHeld();
+    if (!this.rawLogits) throw new FlockError("unsupported", "hidden states need flock's native addon (npm run build:native)");
+    if (logitsAt.length > 0) engineFaultPoint();
+    if (this.length + tokens.length > this.contextSize) {
+      throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
+    }
+    const wanted = new Set(logitsAt);
+    const input: ControlledEvaluateInputItem[] = tokens.map((t, i) => (wanted.has(i) ? [t as Token, { generateNext: { confidence: true } }] : (t as Token)));
+    const results = await this.track(this.seq.controlledEvaluate(input));
+    const answers = logitsAt.map((i) => {
+      const answer = results[i]?.next?.confidence as unknown;
+      if (!answer || typeof answer !== "object" || !("hidden" in answer)) {
+        throw new FlockError("internal", "this model was not loaded with hidden states");
+      }
+      return answer as LogitsWithHidden;
+    });
+    return { logits: answers.map((a) => a.logits), hidden: answers.map((a) => a.hidden), routing: answers.map((a) => a.routing) };
+  }
+
+  /** Drops every cached token from `length` on (KV rollback). */
+  async truncate(length: number): Promise<void> {
+    this.assertHeld();
+    if (length < this.length) await this.track(this.seq.eraseContextTokenRanges([{ start: length, end: this.length }]));
+  }
+
+  /**
+   * Gives the sequence back to its pool — once llama.cpp has finished every operation already
+   * started on it. A decoder that stops early (an error in one of several concurrent
+   * evaluations, a cancellation) may release while another evaluation of this sequence is still
+   * queued or running; handing it to the next request then would let that request's cache edits
+   * interleave with the stale evaluation (llama.cpp: "sequence positions must remain
+   * consecutive", a failed decode, a corrupted cache).
+   */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    if (this.pending === 0) this.onRelease();
+    else this.releaseWhenIdle = true;
+  }
+
+  private async track<T>(operation: Promise<T>): Promise<T> {
+    this.pending++;
+    try {
+      return await operation;
+    } finally {
+      this.pending--;
+      if (this.pending === 0 && this.releaseWhenIdle) {
+        this.releaseWhenIdle = false;
+        this.onRelease();
+      }
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.release();
+  }
+
+  private assertHeld(): void {
+    if (this.released) throw new FlockError("internal", "sequence used after release");
+  }
+}

@@ -1,0 +1,51 @@
+// A model entry of the configuration: which GGUF files serve a model id, and how. Each
+// feature declares its own entry (speculative, fusion, experts); this one puts them together.
+import { z } from "zod";
+import { FusionEntry } from "../decoding/fusion/config.js";
+import { SpeculativeEntry } from "../decoding/speculative/config.js";
+import { ExpertsEntry } from "../experts/config.js";
+
+export const LoraEntry = z.strictObject({
+  path: z.string().min(1),
+  scale: z.number().finite().default(1),
+});
+
+export const ModelEntry = z.strictObject({
+  /** The id clients put in `model`. */
+  id: z.string().min(1).regex(/^[\w.:/+-]+$/, "use letters, digits and . _ : / + -"),
+  /** Path to the GGUF file. */
+  path: z.string().min(1),
+  /** LoRA adapters applied to every request of this id (node-llama-cpp applies them per context). */
+  lora: z.array(LoraEntry).default([]),
+  /** Tokens per sequence; capped at the model's training context. */
+  contextSize: z.number().int().min(64).default(4096),
+  /** Concurrent sequences (requests or choices evaluated together in shared batches). */
+  parallel: z.number().int().min(1).max(64).default(4),
+  /** CPU threads for this model's context; defaults to the server-wide setting. */
+  threads: z.number().int().min(1).optional(),
+  /** Layers offloaded to the GPU: "auto" fits what memory allows. */
+  gpuLayers: z.union([z.literal("auto"), z.literal("max"), z.number().int().min(0)]).default("auto"),
+  /** Tokens evaluated per batch (prompt processing chunk). */
+  batchSize: z.number().int().min(1).optional(),
+  /** Choices that may wait for a free sequence of this id; beyond, requests are refused (429). Defaults to limits.maxQueue. */
+  maxQueue: z.number().int().min(0).optional(),
+  /** Serve this id with speculative decoding. */
+  speculative: SpeculativeEntry.optional(),
+  /** Serve this id with dynamic logit fusion (not together with speculative). */
+  fusion: FusionEntry.optional(),
+  /** Also serve this model with a library of routed LoRA experts (`<id>+phatgoose`, `<id>+arrow`). */
+  experts: ExpertsEntry.optional(),
+});
+export type ModelEntry = z.infer<typeof ModelEntry>;
+
+/** Every GGUF file an entry loads: its model, LoRA adapters, draft, fusion models and experts. */
+export function entryFiles(entry: ModelEntry): string[] {
+  return [
+    entry.path,
+    ...entry.lora.map((l) => l.path),
+    ...(entry.speculative ? [entry.speculative.draft] : []),
+    ...(entry.fusion ? [entry.fusion.base, ...entry.fusion.experts.flatMap((e) => [e.path ?? e.lora!])] : []),
+    ...(entry.experts?.library.map((e) => e.lora) ?? []),
+  ];
+}
+export type ModelEntryInput = z.input<typeof ModelEntry>;

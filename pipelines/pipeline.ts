@@ -1,0 +1,157 @@
+// Request → pipeline resolution: which model(s) and which decoder serve a model id.
+import { plainDecode } from "../decoding/plain.js";
+import { speculativeDecode } from "../decoding/speculative/decoder.js";
+import type { OnlineLogisticPredictor, AcceptancePredictor } from "../decoding/speculative/predictors.js";
+import { buildPolicy, candidateCap, samplingRegime, verificationFor } from "../decoding/speculative/settings.js";
+import type { SpeculativeSettings } from "../decoding/speculative/config.js";
+import { FusionStats, fusionDecode } from "../decoding/fusion/decoder.js";
+import type { FusionSettings } from "../decoding/fusion/config.js";
+import { RoundCosts } from "../decoding/speculative/costs.js";
+import { SpeculativeStats } from "../decoding/speculative/stats.js";
+import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
+import { FlockError } from "../engine/errors.js";
+import type { LoadedModel } from "../engine/model.js";
+import type { RoutingMethod, RoutingOverrides, RoutingSettings } from "../experts/config.js";
+import type { ExpertLibrary } from "../experts/library.js";
+import { routedDecode, type RoutedSetup, type VariantCache } from "../experts/routed.js";
+
+/** What a pipeline generates from: what every decoder takes, plus the routing a routed pipeline takes. */
+export interface PipelineRequest extends GenerationRequest {
+  /** Per-request routing settings (ignored by pipelines without an expert library). */
+  routing?: RoutingOverrides;
+}
+
+interface PipelineBase {
+  /** The model id clients use. */
+  readonly id: string;
+  /** The model whose tokenizer, chat template and context window apply. */
+  readonly model: LoadedModel;
+  generate(request: PipelineRequest): AsyncGenerator<DecodeStep>;
+}
+
+export interface PlainPipeline extends PipelineBase {
+  readonly kind: "plain";
+}
+
+export interface SpeculativePipeline extends PipelineBase {
+  readonly kind: "speculative";
+  readonly draft: LoadedModel;
+  readonly settings: SpeculativeSettings;
+  readonly predictor: AcceptancePredictor;
+  /** Pipeline-wide counters (vLLM's spec_decode_* schema). */
+  readonly stats: SpeculativeStats;
+  /** Measured draft and target costs (they set SpecDec++'s threshold in auto mode). */
+  readonly costs: RoundCosts;
+}
+
+export interface FusionPipeline extends PipelineBase {
+  readonly kind: "fusion";
+  readonly base: LoadedModel;
+  readonly experts: ReadonlyArray<{ name: string; model: LoadedModel }>;
+  readonly settings: FusionSettings;
+  /** Pipeline-wide counters: steps, α, steps per active expert. */
+  readonly stats: FusionStats;
+}
+
+export interface RoutedPipeline extends PipelineBase {
+  readonly kind: "routed";
+  /** How routed modules score experts. */
+  readonly method: RoutingMethod;
+  /** The base model's experts (shared with the base's other routed pipeline). */
+  readonly library: ExpertLibrary;
+  readonly settings: RoutingSettings;
+  /** The contexts requests run on, one per routing configuration (shared with the library). */
+  readonly variants: VariantCache;
+}
+
+export type Pipeline = PlainPipeline | SpeculativePipeline | FusionPipeline | RoutedPipeline;
+
+export function plainPipeline(model: LoadedModel): PlainPipeline {
+  return { id: model.id, kind: "plain", model, generate: (request) => plainDecode(model, request) };
+}
+
+export function speculativePipeline(
+  target: LoadedModel,
+  draft: LoadedModel,
+  settings: SpeculativeSettings,
+  predictor: AcceptancePredictor | OnlineLogisticPredictor,
+): SpeculativePipeline {
+  if (!target.sameVocabulary(draft)) {
+    throw new FlockError("invalid_request", `model ${target.id}: the draft's vocabulary differs from the target's; speculative decoding needs the same tokenizer`);
+  }
+  const stats = new SpeculativeStats();
+  const costs = new RoundCosts();
+  return {
+    id: target.id,
+    kind: "speculative",
+    model: target,
+    draft,
+    settings,
+    predictor,
+    stats,
+    costs,
+    generate(request) {
+      const { enabled, ...overrides } = request.speculative ?? {};
+      if (enabled === false) return plainDecode(target, request);
+      const effective = { ...settings, ...overrides };
+      const verification = verificationFor(settings, overrides, request.keyedNoise === true);
+      const policy = buildPolicy(effective, predictor, costs, samplingRegime(request.sampling.temperature, verification));
+      return speculativeDecode({ target, draft, policy, predictor, maxCandidates: candidateCap(effective), stats, costs, verification }, request);
+    },
+  };
+}
+
+export function fusionPipeline(
+  strong: LoadedModel,
+  base: LoadedModel,
+  experts: ReadonlyArray<{ name: string; model: LoadedModel }>,
+  settings: FusionSettings,
+): FusionPipeline {
+  for (const small of [base, ...experts.map((e) => e.model)]) {
+    if (!strong.sameVocabulary(small)) {
+      throw new FlockError("invalid_request", `model ${strong.id}: ${small.id} has a different vocabulary; logit fusion needs one tokenizer for all models`);
+    }
+  }
+  const stats = new FusionStats();
+  const setup = { strong, base, experts, settings, stats };
+  return { id: strong.id, kind: "fusion", model: strong, base, experts, settings, stats, generate: (request) => fusionDecode(setup, request) };
+}
+
+/**
+ * `<base>+<method>`: the base model with its experts routed per token and module. `base` serves
+ * tokenization, the chat template and admission; generation runs on the variant contexts.
+ */
+export function routedPipeline(base: LoadedModel, setup: RoutedSetup): RoutedPipeline {
+  return {
+    id: `${base.id}+${setup.method}`,
+    kind: "routed",
+    model: base,
+    method: setup.method,
+    library: setup.library,
+    settings: setup.settings,
+    variants: setup.variants,
+    generate: (request) => routedDecode(setup, request),
+  };
+}
+
+export class PipelineRegistry {
+  private readonly pipelines = new Map<string, Pipeline>();
+  private readonly created = Math.floor(Date.now() / 1000);
+
+  add(pipeline: Pipeline): void {
+    if (this.pipelines.has(pipeline.id)) throw new FlockError("invalid_request", `model id ${pipeline.id} is configured twice`);
+    this.pipelines.set(pipeline.id, pipeline);
+  }
+
+  resolve(id: string): Pipeline {
+    const pipeline = this.pipelines.get(id);
+    if (!pipeline) {
+      throw new FlockError("model_not_found", `The model \`${id}\` does not exist or you do not have access to it.`, "model");
+    }
+    return pipeline;
+  }
+
+  list(): Array<{ id: string; created: number; pipeline: Pipeline }> {
+    return [...this.pipelines.values()].map((pipeline) => ({ id: pipeline.id, created: this.created, pipeline }));
+  }
+}
