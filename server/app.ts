@@ -139,14 +139,11 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   if (ctx.auth?.healthRequiresKey) app.use("/health", requireApiKey(apiKeys, adminKey));
   if (ctx.auth?.metricsRequiresKey) app.use("/metrics", requireApiKey(apiKeys, adminKey));
 
-  app.use(
-    "/v1/*",
-    bodyLimit({
-      maxSize: ctx.maxBodyBytes,
-      onError: (c) =>
-        c.json(errorBody(`The request body exceeds the limit of ${ctx.maxBodyBytes} bytes.`, "invalid_request_error", null, "request_too_large"), 413),
-    }),
-  );
+  const limitBody = bodyLimit({
+    maxSize: ctx.maxBodyBytes,
+    onError: (c) => c.json(errorBody(`The request body exceeds the limit of ${ctx.maxBodyBytes} bytes.`, "invalid_request_error", null, "request_too_large"), 413),
+  });
+  app.use("/v1/*", limitBody);
 
   app.get("/health", (c) => {
     // A draining server tells load balancers to stop sending work while it finishes.
@@ -157,14 +154,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
 
   app.get("/metrics", async (c) => c.body(await ops.metrics.exposition(), 200, { "content-type": ops.metrics.contentType }));
 
-  app.use(
-    "/admin/*",
-    bodyLimit({
-      maxSize: ctx.maxBodyBytes,
-      onError: (c) =>
-        c.json(errorBody(`The request body exceeds the limit of ${ctx.maxBodyBytes} bytes.`, "invalid_request_error", null, "request_too_large"), 413),
-    }),
-  );
+  app.use("/admin/*", limitBody);
   adminRoutes(app, ctx, () => ({
     ...ctx.health(),
     draining: ops.inflight.isDraining,

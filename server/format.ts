@@ -241,3 +241,24 @@ export function stepExtension(step: DecodeStep, options: ExtensionOptions = {}):
   if (options.routingDetail && step.routing?.length) flock.routing = { tokens: step.routing };
   return Object.keys(flock).length > 0 ? { flock } : {};
 }
+
+/**
+ * The stream chunks of one decode step: its content, when it has text, logprobs or detail to
+ * show (a step whose text is held back, or that ended with EOS, still reports its tokens'
+ * detail), and the choice's finish chunk when the step ends it. `content` and `finish` give
+ * the choice fields each endpoint spells its own way (`delta` for chat, `text` for completions).
+ */
+export function streamedStep(
+  chunk: (choice: object, extra: object) => object,
+  step: DecodeStep,
+  choice: ChoiceAccumulator,
+  options: ExtensionOptions,
+  content: () => object,
+  finish: object,
+): object[] {
+  const chunks: object[] = [];
+  const detail = stepExtension(step, options);
+  if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0 || detail.flock) chunks.push(chunk({ ...content(), finish_reason: null }, detail));
+  if (step.finishReason) chunks.push(chunk({ ...finish, finish_reason: step.finishReason }, choiceExtension(choice, options)));
+  return chunks;
+}

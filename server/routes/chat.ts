@@ -1,7 +1,7 @@
 // POST /v1/chat/completions
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../engine/model.js";
-import { chatLogprobs, choiceExtension, completionId, nowSeconds, responseExtension, stepExtension } from "../format.js";
+import { chatLogprobs, completionId, nowSeconds, responseExtension, streamedStep } from "../format.js";
 import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
@@ -57,19 +57,15 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const usageField = includeUsage ? { usage: null } : {};
     const shape: ResponseShape = {
       opening: (index) => [{ ...envelope, choices: [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }], ...usageField }],
-      step: (index, step, choice) => {
-        const chunks: object[] = [];
-        // A step whose text is held back (or that ended with EOS) still reports its tokens' detail.
-        const detail = stepExtension(step, extension);
-        if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0 || detail.flock) {
-          const logprobs = body.logprobs ? { content: chatLogprobs(step.logprobs ?? []) } : null;
-          chunks.push({ ...envelope, choices: [{ index, delta: { content: step.text }, logprobs, finish_reason: null }], ...usageField, ...detail });
-        }
-        if (step.finishReason) {
-          chunks.push({ ...envelope, choices: [{ index, delta: {}, logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice, extension) });
-        }
-        return chunks;
-      },
+      step: (index, step, choice) =>
+        streamedStep(
+          (fields, extra) => ({ ...envelope, choices: [{ index, ...fields }], ...usageField, ...extra }),
+          step,
+          choice,
+          extension,
+          () => ({ delta: { content: step.text }, logprobs: body.logprobs ? { content: chatLogprobs(step.logprobs ?? []) } : null }),
+          { delta: {}, logprobs: null },
+        ),
       usage: (usage) => ({ ...envelope, choices: [], usage }),
       response: (choices, usage) => ({
         id,

@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import { FlockError } from "../../engine/errors.js";
 import type { PipelineRequest } from "../../pipelines/pipeline.js";
-import { choiceExtension, completionId, completionLogprobs, nowSeconds, responseExtension, stepExtension } from "../format.js";
+import { completionId, completionLogprobs, nowSeconds, responseExtension, streamedStep } from "../format.js";
 import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
@@ -62,8 +62,8 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           topLogprobs: body.logprobs ?? null,
           signal: abort.signal,
           speculative: speculativeOverrides(body, pipeline),
-        fusion: fusionOverrides(body, pipeline),
-        routing: routingOverrides(body, pipeline),
+          fusion: fusionOverrides(body, pipeline),
+          routing: routingOverrides(body, pipeline),
         },
         body.seed,
         p * n,
@@ -82,20 +82,18 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const shape: ResponseShape = {
       opening: (index) =>
         echoes[index] ? [{ ...envelope, choices: [{ index, text: echoes[index], logprobs: null, finish_reason: null }], ...usageField }] : [],
-      step: (index, step, choice) => {
-        const chunks: object[] = [];
-        // A step whose text is held back (or that ended with EOS) still reports its tokens' detail.
-        const detail = stepExtension(step, extension);
-        if (step.text.length > 0 || (step.logprobs?.length ?? 0) > 0 || detail.flock) {
-          const offset = echoes[index].length + choice.text.length - step.text.length;
-          const logprobs = wantLogprobs ? completionLogprobs(step.logprobs ?? [], offset) : null;
-          chunks.push({ ...envelope, choices: [{ index, text: step.text, logprobs, finish_reason: null }], ...usageField, ...detail });
-        }
-        if (step.finishReason) {
-          chunks.push({ ...envelope, choices: [{ index, text: "", logprobs: null, finish_reason: step.finishReason }], ...usageField, ...choiceExtension(choice, extension) });
-        }
-        return chunks;
-      },
+      step: (index, step, choice) =>
+        streamedStep(
+          (fields, extra) => ({ ...envelope, choices: [{ index, ...fields }], ...usageField, ...extra }),
+          step,
+          choice,
+          extension,
+          () => {
+            const offset = echoes[index].length + choice.text.length - step.text.length;
+            return { text: step.text, logprobs: wantLogprobs ? completionLogprobs(step.logprobs ?? [], offset) : null };
+          },
+          { text: "", logprobs: null },
+        ),
       usage: (usage) => ({ ...envelope, choices: [], usage }),
       response: (choices, usage) => ({
         id,
