@@ -2,6 +2,7 @@
 // methods (engine/native/addon). With the prebuilt binary none of this is present, and the
 // engine falls back to node-llama-cpp's public probabilities path.
 import type { Llama, LlamaContext } from "node-llama-cpp";
+import { ADDON_FUNCTIONS, CONTEXT_METHODS } from "./native/surface.js";
 
 interface AddonContextWithFlock {
   sampleToken(batchLogitIndex: number, sampler: unknown, probabilities?: boolean, confidence?: boolean): Promise<unknown>;
@@ -77,15 +78,13 @@ export function fusionGridKernel(context: LlamaContext): FusionGridKernel | unde
 export function hasFlockAddon(llama: Llama): boolean {
   const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype?: Partial<AddonContextWithFlock> } } })._bindings;
   const prototype = bindings?.AddonContext?.prototype;
-  return (["flockGetLogits", "flockFusionGrid", "flockGetHiddenState", "flockSetRoutedLoras", "flockGetRoutingTrace"] as const).every(
-    (method) => typeof prototype?.[method] === "function",
-  );
+  return CONTEXT_METHODS.every((method) => typeof prototype?.[method] === "function");
 }
 
 /** Whether the loaded addon carries the startup weight check (engine/weight-check.ts). */
 export function hasWeightCheck(llama: Llama): boolean {
-  const bindings = (llama as unknown as { _bindings?: { flockCheckWeightType?: unknown } })._bindings;
-  return typeof bindings?.flockCheckWeightType === "function";
+  const bindings = (llama as unknown as { _bindings?: Record<string, unknown> })._bindings;
+  return ADDON_FUNCTIONS.every((f) => typeof bindings?.[f] === "function");
 }
 
 /**

@@ -25,6 +25,7 @@ import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { type CpuProbe, describeProbe, probeCpu } from "./cpu-probe.js";
+import { ADDON_FUNCTIONS, bundledLlamaCpp, CONTEXT_METHODS, LLAMA_CPP_SOURCE } from "./surface.js";
 
 const here = import.meta.dirname;
 // The package root: two levels above its entry point (dist/index.js); package.json is not exported.
@@ -71,6 +72,17 @@ function applyPatch(patch: string, dir: string): void {
   run("git", ["apply", patch], dir, env);
 }
 
+/** Refuses to patch a llama.cpp the patches were not written for: say so before git apply fails. */
+function checkSource(): void {
+  const shipped = bundledLlamaCpp(llamaDir);
+  if (shipped.release !== LLAMA_CPP_SOURCE.release || shipped.commit !== LLAMA_CPP_SOURCE.commit) {
+    throw new Error(
+      `flock's patches are written for llama.cpp ${LLAMA_CPP_SOURCE.release} (${LLAMA_CPP_SOURCE.commit}), but node-llama-cpp ships ` +
+        `${shipped.release} (${shipped.commit}): port engine/native/patches and update engine/native/surface.ts`,
+    );
+  }
+}
+
 function probeForBuild(): CpuProbe {
   if (!nativeCpu) return { results: [], disabled: [], flags: [] };
   const result = probeCpu();
@@ -91,6 +103,7 @@ function build(): void {
   }
 
   // 1. llama.cpp's source from the bundle shipped inside node-llama-cpp (no network).
+  checkSource();
   run(process.execPath, [cli, "source", "download", "--gpu", gpu, "--skipBuild"], packageDir);
 
   // 2. The addon as shipped, then flock's sources and patches.
@@ -117,7 +130,9 @@ function build(): void {
       `import { getLlama } from "node-llama-cpp";
        const llama = await getLlama({ gpu: ${gpu === "false" ? "false" : JSON.stringify(gpu)} });
        const p = llama._bindings.AddonContext.prototype;
-       const ok = llama.buildType === "localBuild" && ["flockGetLogits", "flockFusionGrid", "flockGetHiddenState", "flockSetRoutedLoras"].every((m) => typeof p[m] === "function");
+       const ok = llama.buildType === "localBuild" &&
+         ${JSON.stringify(CONTEXT_METHODS)}.every((m) => typeof p[m] === "function") &&
+         ${JSON.stringify(ADDON_FUNCTIONS)}.every((f) => typeof llama._bindings[f] === "function");
        console.log(JSON.stringify({ buildType: llama.buildType, ok }));
        process.exit(ok ? 0 : 1);`,
     ],

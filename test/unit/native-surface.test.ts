@@ -1,0 +1,29 @@
+// The native surface is listed once (engine/native/surface.ts): the patches must define exactly
+// those names, and the installed node-llama-cpp must ship the llama.cpp the patches are written for.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ADDON_FUNCTIONS, bundledLlamaCpp, CONTEXT_METHODS, LLAMA_CPP_SOURCE } from "../../engine/native/surface.js";
+
+const patches = join(import.meta.dirname, "..", "..", "engine", "native", "patches");
+const added = (file: string, pattern: RegExp) =>
+  readFileSync(join(patches, file), "utf8")
+    .split("\n")
+    .filter((line) => line.startsWith("+"))
+    .flatMap((line) => [...line.matchAll(pattern)].map((m) => m[1]));
+
+describe("the native surface", () => {
+  it("the context patch registers exactly CONTEXT_METHODS", () => {
+    expect(added("addon-context.diff", /InstanceMethod\("(\w+)"/g).sort()).toEqual([...CONTEXT_METHODS].sort());
+  });
+
+  it("the exports patch registers exactly ADDON_FUNCTIONS", () => {
+    expect(added("addon-exports.diff", /PropertyDescriptor::Function\("(\w+)"/g).sort()).toEqual([...ADDON_FUNCTIONS].sort());
+  });
+
+  it("node-llama-cpp ships the llama.cpp the patches are written for", () => {
+    const llamaDir = join(dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp"))), "llama");
+    expect(bundledLlamaCpp(llamaDir)).toEqual(LLAMA_CPP_SOURCE);
+  });
+});
