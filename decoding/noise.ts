@@ -1,9 +1,11 @@
 // Keyed sampling noise: the randomness of token i of choice c of a seeded request is a function
 // of (seed, c, i, token id) alone — a counter-based generator, no sequential stream. Sampling is
-// Gumbel-max: x_i = argmax_j log p_i(j) + g_i(j), g = −log(−log u), which is an exact draw from
-// p_i. Whatever else happens (a draft proposing, a policy drafting more or less, other requests
+// Gumbel-max, x_i = argmax_j log p_i(j) + g_i(j) with g = −log(−log u), which is an exact draw
+// from p_i; it is computed as the equivalent exponential race, x_i = argmin_j E_i(j) / p_i(j)
+// with E = −log u, which needs a logarithm only for the few tokens that can still win.
+// Whatever else happens (a draft proposing, a policy drafting more or less, other requests
 // sharing the batch), the same request picks the same tokens; and a speculative draft that
-// proposes argmax_j log q_i(j) + g_i(j) with the same noise is kept exactly when it equals the
+// proposes argmin_j E_i(j) / q_i(j) with the same noise is kept exactly when it equals the
 // target's own choice (coupled verification, speculative/verifier.ts).
 import { createRng, type Rng } from "./rng.js";
 import { argmax, samplingDistribution, type SamplingParams, sampleToken } from "./sampler.js";
@@ -43,44 +45,34 @@ export function tokenUniform(positionKeyValue: number, token: number): number {
   return ((a >>> 5) * 67108864 + (b >>> 6) + 0.5) / 9007199254740992;
 }
 
-/** Gumbel(0, 1) noise of one token at one position. */
-export function gumbel(positionKeyValue: number, token: number): number {
-  return -Math.log(-Math.log(tokenUniform(positionKeyValue, token)));
-}
-
-/**
- * One position's noise, computed per token when first asked for and kept: in coupled
- * verification the draft and the target draw at the same positions, so each token's noise is
- * hashed once per position.
- */
+/** One position's noise: a uniform per token, from the position's key. */
 export class PositionNoise {
-  private values: Float64Array = new Float64Array(0);
-
   constructor(readonly key: number) {}
 
-  /** g(token); NaN marks a value not computed yet. */
-  at(token: number): number {
-    if (token >= this.values.length) {
-      const grown = new Float64Array(Math.max(token + 1, 2 * this.values.length)).fill(Number.NaN);
-      grown.set(this.values);
-      this.values = grown;
-    }
-    let g = this.values[token];
-    if (g !== g) g = this.values[token] = gumbel(this.key, token);
-    return g;
+  uniform(token: number): number {
+    return tokenUniform(this.key, token);
   }
 }
 
-/** argmax_j scores_j + g(j), over the tokens whose score is finite. */
-function noisyArgmax(scores: ArrayLike<number>, noise: PositionNoise): number {
+/**
+ * argmin_j E(j) / w_j over the tokens with w_j > 0, E(j) = −log u(j): an exact draw from
+ * w / Σw (the exponential race; −log E is Gumbel noise, so this is Gumbel-max on log w). A token
+ * can beat the best ratio R only if u(j) > exp(−w_j R), and exp(−x) ≥ 1 − x: a token whose
+ * uniform is at most 1 − w_j R (less a margin for rounding) cannot win, and costs one hash and
+ * no logarithm. Ties go to the lowest token id.
+ */
+function exponentialRace(weights: Float64Array, noise: PositionNoise): number {
   let best = -1;
-  let bestValue = -Infinity;
-  for (let j = 0; j < scores.length; j++) {
-    const s = scores[j];
-    if (s === -Infinity || s !== s) continue;
-    const v = s + noise.at(j);
-    if (v > bestValue) {
-      bestValue = v;
+  let bestRatio = Infinity;
+  for (let j = 0; j < weights.length; j++) {
+    const w = weights[j];
+    if (!(w > 0)) continue;
+    const u = noise.uniform(j);
+    const x = w * bestRatio;
+    if (x < 1 && u <= 1 - x * (1 + 1e-9) - 1e-15) continue;
+    const ratio = -Math.log(u) / w;
+    if (ratio < bestRatio) {
+      bestRatio = ratio;
       best = j;
     }
   }
@@ -93,27 +85,20 @@ const truncates = (params: SamplingParams, vocabulary: number) => (params.topK >
 /**
  * The token keyed noise picks at one position from adjusted logits (after bias and penalties):
  * an exact draw from samplingDistribution(adjusted, params). Temperature 0 is the argmax (no
- * noise). Without truncation the scores are the logits / T, less their maximum (softmax's
- * normaliser does not move the argmax); with it, log p over the tokens it keeps.
+ * noise). Without truncation the weights are exp((logit − max) / T), softmax without its
+ * normaliser (which does not move the race's winner); with it, the truncated distribution.
  */
 export function keyedSample(adjusted: Float32Array, params: SamplingParams, noise: PositionNoise): number {
   if (params.temperature === 0) return argmax(adjusted);
-  const scores = new Float64Array(adjusted.length);
-  if (truncates(params, adjusted.length)) {
-    const probs = samplingDistribution(adjusted, params);
-    for (let j = 0; j < probs.length; j++) scores[j] = probs[j] > 0 ? Math.log(probs[j]) : -Infinity;
-    return noisyArgmax(scores, noise);
-  }
+  if (truncates(params, adjusted.length)) return exponentialRace(samplingDistribution(adjusted, params), noise);
   // As samplingDistribution computes softmax: (logit − max) / T, which a tiny T sends to 0 for
   // the most likely tokens and −∞ for the rest (logit / T would overflow to ±∞ or NaN).
   let max = -Infinity;
   for (let j = 0; j < adjusted.length; j++) if (adjusted[j] > max) max = adjusted[j];
-  for (let j = 0; j < adjusted.length; j++) scores[j] = (adjusted[j] - max) / params.temperature;
-  return noisyArgmax(scores, noise);
+  const weights = new Float64Array(adjusted.length);
+  for (let j = 0; j < adjusted.length; j++) weights[j] = Math.exp((adjusted[j] - max) / params.temperature);
+  return exponentialRace(weights, noise);
 }
-
-/** Positions whose noise a choice keeps (a round's candidates and the one after them). */
-const KEPT_POSITIONS = 64;
 
 /** How one choice draws its tokens: keyed noise (seeded requests) or a sequential RNG. */
 export interface TokenDraws {
@@ -133,15 +118,6 @@ export function tokenDraws(request: { seed: number; choice?: number; keyedNoise?
   const rng = createRng((request.seed + choice) >>> 0);
   if (!request.keyedNoise) return { keyed: false, rng, sample: (adjusted, params) => sampleToken(adjusted, params, rng) };
   const key = { seed: request.seed, choice };
-  const kept = new Map<number, PositionNoise>();
-  const noiseAt = (position: number): PositionNoise => {
-    let noise = kept.get(position);
-    if (!noise) {
-      noise = new PositionNoise(positionKey(key, position));
-      kept.set(position, noise);
-      if (kept.size > KEPT_POSITIONS) kept.delete(kept.keys().next().value!);
-    }
-    return noise;
-  };
+  const noiseAt = (position: number) => new PositionNoise(positionKey(key, position));
   return { keyed: true, rng, sample: (adjusted, params, position) => keyedSample(adjusted, params, noiseAt(position)) };
 }

@@ -49,7 +49,9 @@ export function argmax(values: ArrayLike<number>): number {
 
 /**
  * The distribution a token is drawn from: softmax(logits / T) truncated by top-k, top-p and
- * min-p, renormalised. At temperature 0 it is one-hot on the argmax. Speculative decoding
+ * min-p, renormalised. At temperature 0 it is one-hot on the argmax. With top-k, as in llama.cpp
+ * and vLLM, the k largest logits are kept first and the softmax taken over them alone (no
+ * exponential of the other tokens); top-p and min-p then act on that. Speculative decoding
  * applies this same function to both the target and the draft.
  */
 export function samplingDistribution(logits: Float32Array, params: SamplingParams): Float64Array {
@@ -59,6 +61,7 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
     probs[argmax(logits)] = 1;
     return probs;
   }
+  if (params.topK > 0 && params.topK < n) return topKDistribution(logits, params, largestLogits(logits, params.topK));
   let max = -Infinity;
   for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
   if (max === -Infinity) throw new Error("every token has probability zero");
@@ -70,21 +73,37 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
   }
   for (let i = 0; i < n; i++) probs[i] /= total;
 
-  const truncating = (params.topK > 0 && params.topK < n) || params.topP < 1 || params.minP > 0;
-  if (!truncating) return probs;
+  if (params.topP >= 1 && params.minP <= 0) return probs;
 
-  // Candidates in descending probability (ties by token id, so results are reproducible).
-  const order = Array.from({ length: n }, (_, i) => i).filter((i) => probs[i] > 0);
-  order.sort((a, b) => probs[b] - probs[a] || a - b);
-  let keep = order.length;
-  if (params.topK > 0) keep = Math.min(keep, params.topK);
+  const { kept, mass } = truncatedTokens(probs, params.topP, params.minP);
+  const truncated = new Float64Array(n);
+  for (const token of kept) truncated[token] = probs[token] / mass;
+  return truncated;
+}
+
+/**
+ * softmax(logits / T) over `candidates` (the top-k tokens, largest logit first, ties by token id),
+ * then top-p over their renormalised mass and min-p against the largest; zero elsewhere.
+ */
+export function topKDistribution(logits: Float32Array, params: SamplingParams, candidates: readonly number[]): Float64Array {
+  if (candidates.length === 0) throw new Error("every token has probability zero");
+  const max = logits[candidates[0]];
+  const tokens: number[] = [];
+  const weights: number[] = [];
+  for (const token of candidates) {
+    const w = Math.exp((logits[token] - max) / params.temperature);
+    if (w > 0) {
+      tokens.push(token);
+      weights.push(w);
+    }
+  }
+  let keep = tokens.length;
   if (params.topP < 1) {
-    // The nucleus is measured on the top-k survivors renormalised (vLLM, llama.cpp).
     let survivors = 0;
-    for (let r = 0; r < keep; r++) survivors += probs[order[r]];
+    for (let r = 0; r < keep; r++) survivors += weights[r];
     let cumulative = 0;
     for (let r = 0; r < keep; r++) {
-      cumulative += probs[order[r]] / survivors;
+      cumulative += weights[r] / survivors;
       if (cumulative >= params.topP) {
         keep = r + 1;
         break;
@@ -92,16 +111,192 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
     }
   }
   if (params.minP > 0) {
-    const threshold = params.minP * probs[order[0]];
+    const threshold = params.minP * weights[0];
     let r = 1;
-    while (r < keep && probs[order[r]] >= threshold) r++;
+    while (r < keep && weights[r] >= threshold) r++;
     keep = r;
   }
-  const truncated = new Float64Array(n);
-  let kept = 0;
-  for (let r = 0; r < keep; r++) kept += probs[order[r]];
-  for (let r = 0; r < keep; r++) truncated[order[r]] = probs[order[r]] / kept;
-  return truncated;
+  let mass = 0;
+  for (let r = 0; r < keep; r++) mass += weights[r];
+  const out = new Float64Array(logits.length);
+  for (let r = 0; r < keep; r++) out[tokens[r]] = weights[r] / mass;
+  return out;
+}
+
+/**
+ * The k tokens with the largest finite logits, largest first, ties by token id: one pass that
+ * keeps the best k in order, so a small k (40, the usual) costs about one comparison per token.
+ * A large k sorts instead: only the tokens at or above the k-th largest logit, found by
+ * selection.
+ */
+function largestLogits(logits: Float32Array, k: number): number[] {
+  if (k > 256) {
+    const finite: number[] = [];
+    for (let i = 0; i < logits.length; i++) if (logits[i] > -Infinity) finite.push(i);
+    if (finite.length > k) {
+      const values = Float32Array.from(finite, (i) => logits[i]).sort();
+      const floor = values[values.length - k];
+      const above = finite.filter((i) => logits[i] >= floor);
+      return above.sort((a, b) => logits[b] - logits[a] || a - b).slice(0, k);
+    }
+    return finite.sort((a, b) => logits[b] - logits[a] || a - b);
+  }
+  const top: number[] = [];
+  for (let i = 0; i < logits.length; i++) {
+    const l = logits[i];
+    if (!(l > -Infinity)) continue;
+    if (top.length === k) {
+      // An equal logit loses to the earlier token already kept.
+      if (!(l > logits[top[k - 1]])) continue;
+      top.pop();
+    }
+    let at = top.length;
+    top.push(i);
+    while (at > 0 && logits[top[at - 1]] < l) {
+      top[at] = top[at - 1];
+      at--;
+    }
+    top[at] = i;
+  }
+  return top;
+}
+
+/**
+ * The tokens top-p and min-p keep (in token order) and their total probability, cut
+ * where a sort of the whole vocabulary (descending, ties by token id) would cut them. One pass
+ * files every probability into a histogram of eighth-octaves (read off its exponent bits), from
+ * which the cut's floor follows; only the probabilities above that floor are sorted (`sorted`
+ * says how many), as numbers, natively. On a real model's distribution that is a few hundred
+ * values instead of 151,936 per position.
+ */
+export function truncatedTokens(probs: Float64Array, topP: number, minP: number): { kept: number[]; mass: number; sorted: number } {
+  const histogram = octaves(probs);
+  const { positives, max } = histogram;
+  const cut: Cut = { positives, topP, minPFloor: minP > 0 ? minP * max : 0 };
+  // The first bucket at which the cut is certainly reached; then lower, should rounding differ.
+  let bucket = 0;
+  for (let count = 0, mass = 0; bucket < BUCKETS - 1; bucket++) {
+    count += histogram.counts[bucket];
+    mass += histogram.mass[bucket];
+    if (topP < 1 ? mass >= topP * (1 + 1e-9) : histogram.floorOf(bucket) <= cut.minPFloor) break;
+  }
+  for (;;) {
+    const floor = histogram.floorOf(bucket);
+    let count = 0;
+    for (let i = 0; i < probs.length; i++) if (probs[i] > 0 && probs[i] >= floor) count++;
+    const values = new Float64Array(count);
+    count = 0;
+    for (let i = 0; i < probs.length; i++) if (probs[i] > 0 && probs[i] >= floor) values[count++] = probs[i];
+    values.sort().reverse();
+    const keep = cutWithin(values, cut, floor);
+    if (keep !== null) {
+      let mass = 0;
+      for (let r = 0; r < keep; r++) mass += values[r];
+      return { kept: tokensDownTo(probs, values, keep), mass, sorted: values.length };
+    }
+    bucket = bucket < BUCKETS - 2 ? bucket + 1 : BUCKETS - 1;
+  }
+}
+
+/** Eighth-octave buckets below the largest probability; the last one takes everything lower. */
+const BUCKETS = 8 * 64;
+
+/** Counts and mass of the positive probabilities per bucket (0: the largest eighth-octave). */
+function octaves(probs: Float64Array) {
+  // A positive double's high word orders like its value: 11 exponent bits, then the mantissa,
+  // whose first 3 bits split the octave into eighths.
+  const words = new Uint32Array(probs.buffer, probs.byteOffset, probs.length * 2);
+  let top = 0;
+  let max = 0;
+  for (let i = 0; i < probs.length; i++) {
+    if (probs[i] > max) {
+      max = probs[i];
+      top = words[2 * i + 1] >>> 17;
+    }
+  }
+  const counts = new Uint32Array(BUCKETS);
+  const mass = new Float64Array(BUCKETS);
+  let positives = 0;
+  for (let i = 0; i < probs.length; i++) {
+    const p = probs[i];
+    if (!(p > 0)) continue;
+    positives++;
+    const b = Math.min(BUCKETS - 1, top - (words[2 * i + 1] >>> 17));
+    counts[b]++;
+    mass[b] += p;
+  }
+  const edge = new Float64Array(1);
+  const edgeWords = new Uint32Array(edge.buffer);
+  return {
+    counts,
+    mass,
+    positives,
+    max,
+    /** The smallest value bucket b holds (0 for the last, which holds everything lower). */
+    floorOf(b: number): number {
+      if (b >= BUCKETS - 1) return 0;
+      edgeWords[1] = (top - b) << 17;
+      return edge[0];
+    },
+  };
+}
+
+interface Cut {
+  positives: number;
+  topP: number;
+  minPFloor: number;
+}
+
+/**
+ * How many of the largest probabilities (`values`, descending: every one at or above `floor`)
+ * are kept, or null when the cut may lie below the floor. The full-sort rules, step by step.
+ */
+function cutWithin(values: Float64Array, cut: Cut, floor: number): number | null {
+  const known = values.length;
+  const complete = known === cut.positives;
+  let keep = cut.positives;
+  if (cut.topP < 1) {
+    // Measured on the whole distribution, whose total is 1 (top-k has its own path).
+    let cumulative = 0;
+    for (let r = 0; r < keep; r++) {
+      if (r === known) return null; // only when incomplete: otherwise keep <= positives = known
+      cumulative += values[r];
+      if (cumulative >= cut.topP) {
+        keep = r + 1;
+        break;
+      }
+    }
+  }
+  if (cut.minPFloor > 0) {
+    let r = 1;
+    while (r < keep) {
+      if (r === known) {
+        // What lies below the floor is below min-p's threshold too, if the floor is not under it.
+        if (floor <= cut.minPFloor || complete) break;
+        return null;
+      }
+      if (values[r] < cut.minPFloor) break;
+      r++;
+    }
+    keep = r;
+  }
+  return keep <= known ? keep : null;
+}
+
+/** The `keep` most likely tokens, given the sorted probabilities: ties at the cut by token id. */
+function tokensDownTo(probs: Float64Array, values: Float64Array, keep: number): number[] {
+  const last = values[keep - 1];
+  let ties = 0;
+  for (let r = keep - 1; r >= 0 && values[r] === last; r--) ties++;
+  const kept: number[] = [];
+  for (let i = 0; i < probs.length; i++) {
+    if (probs[i] > last) kept.push(i);
+    else if (probs[i] === last && ties > 0) {
+      kept.push(i);
+      ties--;
+    }
+  }
+  return kept;
 }
 
 /** softmax(logits): the distribution at temperature 1, untruncated. */

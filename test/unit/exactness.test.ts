@@ -18,6 +18,7 @@
 //   sampling itself must be exact (10^6 keys, total variation below 0.003).
 import { beforeEach, describe, expect, it, vi } from "vitest";
 import { keyedSample, PositionNoise, positionKey } from "../../decoding/noise.js";
+import { gumbelMaxSample } from "../helpers/reference-sampler.js";
 import { plainDecode, type LogprobModel } from "../../decoding/plain.js";
 import { adjustLogits, DEFAULT_SAMPLING, samplingDistribution, type SamplingParams } from "../../decoding/sampler.js";
 import { RoundCosts } from "../../decoding/speculative/costs.js";
@@ -29,7 +30,7 @@ import { SpeculativeStats } from "../../decoding/speculative/stats.js";
 import type { VerificationMode } from "../../decoding/speculative/verifier.js";
 import type { GenerationRequest } from "../../decoding/types.js";
 import type { KvSequence } from "../../engine/sequence.js";
-import type { Rng } from "../../decoding/rng.js";
+import { createRng, type Rng } from "../../decoding/rng.js";
 import { goodnessOfFit } from "../helpers/goodness.js";
 
 // The request's RNG, replaced by an enumerating one while `scripted` is set.
@@ -367,5 +368,31 @@ describe("coupled verification", () => {
     for (let seed = 0; seed < N; seed++) counts[keyedSample(adjusted, sampling, new PositionNoise(positionKey({ seed, choice: 0 }, 5)))]++;
     expect(totalVariation(counts.map((c) => c / N), exact)).toBeLessThan(0.003);
     expect(goodnessOfFit(new Map([...counts].map((c, t) => [t, c])), exact).pValue).toBeGreaterThan(1e-4);
+  });
+
+  it("the exponential race picks Gumbel-max's token, taking few logarithms", () => {
+    const rng = createRng(11);
+    const gaussian = () => Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next());
+    const logs = vi.spyOn(Math, "log");
+    let cases = 0;
+    let logarithms = 0;
+    let tokens = 0;
+    for (const n of [3, 50, 1000, 20_000]) {
+      for (let c = 0; c < (n === 20_000 ? 40 : 2000); c++) {
+        const adjusted = Float32Array.from({ length: n }, () => [0.3, 2, 6][c % 3] * gaussian());
+        const sampling = { ...DEFAULT_SAMPLING, temperature: [1, 0.7, 1.6][c % 3], topP: c % 4 === 0 ? 0.9 : 1, minP: c % 5 === 0 ? 0.01 : 0 };
+        const key = positionKey({ seed: c, choice: n }, 3);
+        logs.mockClear();
+        const raced = keyedSample(adjusted, sampling, new PositionNoise(key));
+        logarithms += logs.mock.calls.length;
+        tokens += n;
+        expect(raced, `n ${n}, case ${c}`).toBe(gumbelMaxSample(adjusted, sampling, key));
+        cases++;
+      }
+    }
+    logs.mockRestore();
+    expect(cases).toBe(6040);
+    // Gumbel-max takes two per token; the race a handful per draw.
+    expect(logarithms / tokens).toBeLessThan(0.05);
   });
 });

@@ -12,8 +12,10 @@ import {
   samplingDistribution,
   type SamplingParams,
   topTokens,
+  truncatedTokens,
 } from "../../decoding/sampler.js";
 import { createRng, type Rng } from "../../decoding/rng.js";
+import { fullSortDistribution } from "../helpers/reference-sampler.js";
 import { chiSquarePValue, chiSquareStatistic } from "../helpers/stats.js";
 
 const params = (over: Partial<SamplingParams> = {}): SamplingParams => ({ ...DEFAULT_SAMPLING, ...over });
@@ -136,6 +138,64 @@ describe("samplingDistribution", () => {
     const d = samplingDistribution(new Float32Array([-Infinity, 0, -Infinity, 0]), params({ topP: 0.99 }));
     expectDistribution(d, [0, 0.5, 0, 0.5]);
     expect(() => samplingDistribution(new Float32Array([-Infinity, -Infinity]), params())).toThrow();
+  });
+});
+
+describe("samplingDistribution against a sort of the whole vocabulary", () => {
+  /** Random logits: Gaussian of scale sigma, rounded to `step` (ties) and some -Infinity. */
+  const randomLogits = (rng: Rng, n: number, sigma: number, step: number, zeros: number) =>
+    Float32Array.from({ length: n }, () => {
+      if (rng.next() < zeros) return -Infinity;
+      const g = Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next()) * sigma;
+      return step > 0 ? Math.round(g / step) * step : g;
+    });
+
+  it("keeps exactly the tokens, with exactly the probabilities, of a full sort (of the logits for top-k)", () => {
+    const rng = createRng(20261202);
+    const pick = <T>(xs: readonly T[]) => xs[Math.floor(rng.next() * xs.length)];
+    let partial = 0;
+    let lowered = 0;
+    let topK = 0;
+    for (let c = 0; c < 1500; c++) {
+      const n = pick([1, 2, 7, 100, 1000, 5000]);
+      const logits = randomLogits(rng, n, pick([0.05, 0.5, 1, 4, 12]), pick([0, 0, 0.25, 1]), pick([0, 0, 0.5, 0.99]));
+      if (!logits.some((l) => l > -Infinity)) logits[0] = 0;
+      const p = params({
+        temperature: pick([0.3, 0.8, 1, 2]),
+        topK: pick([0, 0, 1, 2, 40, 1000, n, n + 5]),
+        topP: pick([1, 1, 0.1, 0.5, 0.9, 0.95, 0.999, 1 - 1e-12]),
+        minP: pick([0, 0, 1e-9, 0.001, 0.05, 0.5, 1]),
+      });
+      const flock = samplingDistribution(logits, p);
+      const reference = fullSortDistribution(logits, p);
+      expect(Array.from(flock), `case ${c}`).toEqual(Array.from(reference));
+      if (p.topK > 0 && p.topK < n) {
+        topK++;
+        continue;
+      }
+      const probs = samplingDistribution(logits, params({ temperature: p.temperature }));
+      const positives = probs.filter((x) => x > 0).length;
+      const { sorted } = truncatedTokens(probs, p.topP, p.minP);
+      if (sorted < positives) partial++;
+      const max = probs.reduce((a, b) => Math.max(a, b), 0);
+      if (probs.filter((x) => x >= max / 8).length < sorted) lowered++;
+    }
+    // Every path ran: top-k selection, and top-p/min-p cuts decided on part of the distribution
+    // or reaching far below its top.
+    expect(topK).toBeGreaterThan(400);
+    expect(partial).toBeGreaterThan(200);
+    expect(lowered).toBeGreaterThan(50);
+  });
+
+  it("sorts little more than the nucleus, not all 151,936 tokens, for top_p 0.95", () => {
+    for (const sigma of [3, 4, 6]) {
+      const logits = randomLogits(createRng(sigma), 151_936, sigma, 0, 0);
+      const probs = samplingDistribution(logits, params());
+      const { kept, sorted } = truncatedTokens(probs, 0.95, 0);
+      expect(kept.length).toBeGreaterThan(3);
+      expect(sorted).toBeLessThan(1.1 * kept.length + 64);
+      expect(Array.from(samplingDistribution(logits, params({ topP: 0.95 })))).toEqual(Array.from(fullSortDistribution(logits, params({ topP: 0.95 }))));
+    }
   });
 });
 
