@@ -5,11 +5,15 @@
 // the distribution truncated after a sort of the whole vocabulary (`full sort`, the reference
 // in test/helpers) against flock's sampler, which sorts only the head of the distribution.
 // Seeded draws (keyed noise): Gumbel-max over every token (two logarithms each, the reference)
-// against flock's exponential race, which takes logarithms only for tokens that can still win. Logits are Gaussian with a
+// against flock's exponential race, which takes logarithms only for tokens that can still win.
+// Each flock variant runs twice: its softmax in TypeScript and in the native extension
+// (flockSoftmax, what a server with the extension uses). Logits are Gaussian with a
 // scale chosen per row: `peaked` (σ = 6: about 1.4 nats of entropy at 151,936, as a real model
 // usually is) and `flat` (σ = 2: about 10 nats, a nucleus of tens of thousands of tokens, the
 // worst case for flock's cut).
+import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { keyedSample, PositionNoise, positionKey } from "../decoding/noise.js";
+import { samplingKernels, useSoftmaxKernel } from "../engine/native.js";
 import { adjustLogits, drawFrom, samplingDistribution, DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
 import { createRng } from "../decoding/rng.js";
 import { fullSortDistribution, gumbelMaxSample } from "../test/helpers/reference-sampler.js";
@@ -26,16 +30,33 @@ const settings: Array<[string, Partial<SamplingParams>]> = [
   ["T = 1, top_p 0.95", { temperature: 1, topP: 0.95 }],
   ["llama-server defaults (T 0.8, top_k 40, top_p 0.95, min_p 0.05)", { temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05 }],
 ];
-type Variant = "full sort" | "flock" | "Gumbel-max (seeded)" | "flock (seeded)";
+const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
+const nativeSoftmax = samplingKernels(llama).softmax;
+if (!nativeSoftmax) console.warn("the native extension lacks flockSoftmax (npm run build:native): native rows are skipped");
+/** A flock variant with its softmax in TypeScript, or in the extension. */
+const withSoftmax =
+  (native: boolean, run: (adjusted: Float32Array, params: SamplingParams, position: number) => number) =>
+  (adjusted: Float32Array, params: SamplingParams, position: number) => {
+    useSoftmaxKernel(native ? nativeSoftmax! : null);
+    return run(adjusted, params, position);
+  };
+const unseeded = (adjusted: Float32Array, params: SamplingParams) => drawFrom(samplingDistribution(adjusted, params), rng);
+const seeded = (adjusted: Float32Array, params: SamplingParams, position: number) =>
+  keyedSample(adjusted, params, new PositionNoise(positionKey({ seed: 1, choice: 0 }, position)));
+
+type Variant = "full sort" | "flock" | "flock, native softmax" | "Gumbel-max (seeded)" | "flock (seeded)" | "flock, native softmax (seeded)";
 /** One position's work: adjusted logits in, a token out. */
 const variants: Record<Variant, (adjusted: Float32Array, params: SamplingParams, position: number) => number> = {
   "full sort": (adjusted, params) => drawFrom(fullSortDistribution(adjusted, params), rng),
-  flock: (adjusted, params) => drawFrom(samplingDistribution(adjusted, params), rng),
+  flock: withSoftmax(false, unseeded),
+  "flock, native softmax": withSoftmax(true, unseeded),
   "Gumbel-max (seeded)": (adjusted, params, position) => gumbelMaxSample(adjusted, params, positionKey({ seed: 1, choice: 0 }, position)),
-  "flock (seeded)": (adjusted, params, position) => keyedSample(adjusted, params, new PositionNoise(positionKey({ seed: 1, choice: 0 }, position))),
+  "flock (seeded)": withSoftmax(false, seeded),
+  "flock, native softmax (seeded)": withSoftmax(true, seeded),
 };
-const names = Object.keys(variants) as Variant[];
+const names = (Object.keys(variants) as Variant[]).filter((name) => nativeSoftmax || !name.includes("native"));
 
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const rows: BenchReport["rows"] = [];
 for (const vocabulary of [32_000, 128_256, 151_936]) {
   for (const [shape, sigma] of [["peaked", 6], ["flat", 2]] as const) {
@@ -43,7 +64,7 @@ for (const vocabulary of [32_000, 128_256, 151_936]) {
     for (const [setting, overrides] of settings) {
       const params: SamplingParams = { ...DEFAULT_SAMPLING, ...overrides, logitBias: new Map([[11, 2], [13, -100]]), presencePenalty: 0.5 };
       const counts = new Map([[5, 1], [17, 3]]);
-      const times = Object.fromEntries(names.map((name) => [name, [] as number[]])) as Record<Variant, number[]>;
+      const times = Object.fromEntries((Object.keys(variants) as Variant[]).map((name) => [name, [] as number[]])) as Record<Variant, number[]>;
       for (let round = 0; round < ROUNDS; round++) {
         // Rotate which variant goes first so that drift falls on all of them.
         for (const name of names.map((_, i) => names[(i + round) % names.length])) {
@@ -53,8 +74,9 @@ for (const vocabulary of [32_000, 128_256, 151_936]) {
         }
       }
       const kept = positions.reduce((n, logits) => n + samplingDistribution(adjustLogits(logits, params, counts), params).filter((p) => p > 0).length, 0);
-      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-      const [full, flock, gumbel, race] = names.map((name) => median(times[name]));
+      const ms = (name: Variant) => (times[name].length > 0 ? median(times[name]) : null);
+      const ratio = (a: number | null, b: number | null) => (a !== null && b !== null ? a / b : null);
+      const [full, flock, native, gumbel, race, nativeRace] = (Object.keys(variants) as Variant[]).map(ms);
       rows.push({
         vocabulary,
         logits: shape,
@@ -62,12 +84,14 @@ for (const vocabulary of [32_000, 128_256, 151_936]) {
         tokensKept: Math.round(kept / POSITIONS),
         fullSortMs: full,
         flockMs: flock,
-        speedup: full / flock,
+        flockNativeMs: native,
+        speedup: ratio(full, native ?? flock),
         gumbelMaxSeededMs: gumbel,
         flockSeededMs: race,
-        seededSpeedup: gumbel / race,
+        flockNativeSeededMs: nativeRace,
+        seededSpeedup: ratio(gumbel, nativeRace ?? race),
       });
-      console.error(`${vocabulary} ${shape} ${setting}: ${full.toFixed(2)} → ${flock.toFixed(2)} ms; seeded ${gumbel.toFixed(2)} → ${race.toFixed(2)} ms`);
+      console.error(`${vocabulary} ${shape} ${setting}: ${full} → ${flock} (native ${native}) ms; seeded ${gumbel} → ${race} (native ${nativeRace}) ms`);
     }
   }
 }

@@ -8,7 +8,7 @@
 // proposes argmin_j E_i(j) / q_i(j) with the same noise is kept exactly when it equals the
 // target's own choice (coupled verification, speculative/verifier.ts).
 import { createRng, type Rng } from "./rng.js";
-import { argmax, samplingDistribution, type SamplingParams, sampleToken } from "./sampler.js";
+import { argmax, samplingDistribution, type SamplingParams, sampleToken, softmaxInto } from "./sampler.js";
 
 /** murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit. */
 function mix32(x: number): number {
@@ -85,18 +85,14 @@ const truncates = (params: SamplingParams, vocabulary: number) => (params.topK >
 /**
  * The token keyed noise picks at one position from adjusted logits (after bias and penalties):
  * an exact draw from samplingDistribution(adjusted, params). Temperature 0 is the argmax (no
- * noise). Without truncation the weights are exp((logit − max) / T), softmax without its
- * normaliser (which does not move the race's winner); with it, the truncated distribution.
+ * noise). Without truncation the weights are softmax(logits / T); with it, the truncated
+ * distribution.
  */
 export function keyedSample(adjusted: Float32Array, params: SamplingParams, noise: PositionNoise): number {
   if (params.temperature === 0) return argmax(adjusted);
   if (truncates(params, adjusted.length)) return exponentialRace(samplingDistribution(adjusted, params), noise);
-  // As samplingDistribution computes softmax: (logit − max) / T, which a tiny T sends to 0 for
-  // the most likely tokens and −∞ for the rest (logit / T would overflow to ±∞ or NaN).
-  let max = -Infinity;
-  for (let j = 0; j < adjusted.length; j++) if (adjusted[j] > max) max = adjusted[j];
   const weights = new Float64Array(adjusted.length);
-  for (let j = 0; j < adjusted.length; j++) weights[j] = Math.exp((adjusted[j] - max) / params.temperature);
+  softmaxInto(adjusted, params.temperature, weights);
   return exponentialRace(weights, noise);
 }
 

@@ -5,6 +5,7 @@
 // raw logits; then temperature; then top-k, top-p (nucleus) and min-p truncation; then a
 // draw with the request's seeded RNG. Temperature 0 is greedy: the argmax after bias and
 // penalties (ties go to the lowest token id).
+import { nativeSoftmax } from "../engine/native.js";
 import type { Rng } from "./rng.js";
 
 export interface SamplingParams {
@@ -62,16 +63,7 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
     return probs;
   }
   if (params.topK > 0 && params.topK < n) return topKDistribution(logits, params, largestLogits(logits, params.topK));
-  let max = -Infinity;
-  for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
-  if (max === -Infinity) throw new Error("every token has probability zero");
-  let total = 0;
-  for (let i = 0; i < n; i++) {
-    const p = Math.exp((logits[i] - max) / params.temperature);
-    probs[i] = p;
-    total += p;
-  }
-  for (let i = 0; i < n; i++) probs[i] /= total;
+  softmaxInto(logits, params.temperature, probs);
 
   if (params.topP >= 1 && params.minP <= 0) return probs;
 
@@ -79,6 +71,29 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
   const truncated = new Float64Array(n);
   for (const token of kept) truncated[token] = probs[token] / mass;
   return truncated;
+}
+
+/**
+ * probs = softmax(logits / T): exp((logit − max) / T) over the total. In the addon when the
+ * engine installed it (one pass, about a third of this loop's cost); this code is the reference.
+ */
+export function softmaxInto(logits: Float32Array, temperature: number, probs: Float64Array): void {
+  const kernel = nativeSoftmax();
+  if (kernel) {
+    if (kernel(logits, temperature, probs) === 0) throw new Error("every token has probability zero");
+    return;
+  }
+  const n = logits.length;
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
+  if (max === -Infinity) throw new Error("every token has probability zero");
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const p = Math.exp((logits[i] - max) / temperature);
+    probs[i] = p;
+    total += p;
+  }
+  for (let i = 0; i < n; i++) probs[i] /= total;
 }
 
 /**

@@ -5,7 +5,7 @@ import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama
 import { adapterMismatch, baseShapesOf, readAdapterHeader } from "./adapter-check.js";
 import { FlockError } from "./errors.js";
 import { type Capabilities, LoadedModel, type ModelLoadOptions } from "./model.js";
-import { hasFlockAddon, hasWeightCheck, type RoutedLoraConfig } from "./native.js";
+import { hasFlockAddon, hasWeightCheck, installSamplingKernels, type RoutedLoraConfig } from "./native.js";
 import { checkWeights } from "./weight-check.js";
 
 export type GpuSetting = "auto" | "off" | "cuda" | "vulkan" | "metal";
@@ -47,7 +47,8 @@ export class Engine {
       progressLogs: false,
     });
     const addon = hasFlockAddon(llama);
-    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon });
+    const nativeSampling = installSamplingKernels(llama);
+    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon, nativeSampling });
   }
 
   /**

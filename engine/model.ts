@@ -44,6 +44,8 @@ export interface Capabilities {
   fusionKernel: boolean;
   hiddenStates: boolean;
   routedLora: boolean;
+  /** The samplers' per-position math (softmax) in the addon instead of TypeScript. */
+  nativeSampling: boolean;
 }
 
 /** What loading one model takes: the config's model entry (pipelines/model-entry.ts) is one. */

@@ -81,10 +81,48 @@ export function hasFlockAddon(llama: Llama): boolean {
   return CONTEXT_METHODS.every((method) => typeof prototype?.[method] === "function");
 }
 
+/** One of the addon's flock functions (ADDON_FUNCTIONS), if the loaded binary has it. */
+function addonFunction(llama: Llama, name: (typeof ADDON_FUNCTIONS)[number]): unknown {
+  return (llama as unknown as { _bindings?: Record<string, unknown> })._bindings?.[name];
+}
+
+/**
+ * softmax(logits / T) into `out`, natively, with decoding/sampler.ts's arithmetic (which stays
+ * the reference); returns the total, 0 when no logit is finite.
+ */
+export type SoftmaxKernel = (logits: Float32Array, temperature: number, out: Float64Array) => number;
+let softmaxKernel: SoftmaxKernel | null = null;
+
+/**
+ * Makes every sampler in this process use the addon's per-position kernels, when the loaded
+ * binary has them (Engine.create); false when it does not, and the samplers stay in TypeScript.
+ */
+export function installSamplingKernels(llama: Llama): boolean {
+  const softmax = samplingKernels(llama).softmax;
+  if (!softmax) return false;
+  useSoftmaxKernel(softmax);
+  return true;
+}
+
+/** The addon's per-position kernels, where the loaded binary has them. */
+export function samplingKernels(llama: Llama): { softmax?: SoftmaxKernel } {
+  const softmax = addonFunction(llama, "flockSoftmax");
+  return typeof softmax === "function" ? { softmax: softmax as SoftmaxKernel } : {};
+}
+
+/** Sets (or, with null, removes) the softmax the samplers use; benchmarks compare both. */
+export function useSoftmaxKernel(kernel: SoftmaxKernel | null): void {
+  softmaxKernel = kernel;
+}
+
+/** The native softmax, once an engine with the extension was created in this process. */
+export function nativeSoftmax(): SoftmaxKernel | null {
+  return softmaxKernel;
+}
+
 /** Whether the loaded addon carries the startup weight check (engine/weight-check.ts). */
 export function hasWeightCheck(llama: Llama): boolean {
-  const bindings = (llama as unknown as { _bindings?: Record<string, unknown> })._bindings;
-  return ADDON_FUNCTIONS.every((f) => typeof bindings?.[f] === "function");
+  return typeof addonFunction(llama, "flockCheckWeightType") === "function";
 }
 
 /**

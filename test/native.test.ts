@@ -1,11 +1,12 @@
 // flock's native addon: present where it must be (CI builds it from scratch), and its raw
 // logits define the same distributions as node-llama-cpp's public probabilities path.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { inject } from "vitest";
 import { searchExpert, solveFusion } from "../decoding/fusion/solver.js";
-import { softmax } from "../decoding/sampler.js";
+import { DEFAULT_SAMPLING, drawFrom, samplingDistribution, softmax } from "../decoding/sampler.js";
 import { createRng } from "../decoding/rng.js";
 import { Engine } from "../engine/engine.js";
+import { nativeSoftmax } from "../engine/native.js";
 import { readManifest } from "../forge/manifest.js";
 import { LoadedModel } from "../engine/model.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
@@ -55,6 +56,45 @@ describe("native build", () => {
     // The positions really differ (the check could fail).
     expect(Math.max(...softmax(raw[0]).map((x, t) => Math.abs(x - softmax(raw[2])[t])))).toBeGreaterThan(1e-3);
     await fallback[Symbol.asyncDispose]();
+  });
+});
+
+describe("native sampling kernel", () => {
+  it("computes the TypeScript softmax, and the samplers use it: the same draws, no Math.exp", async (ctx) => {
+    if (!required && !engine.capabilities.nativeSampling) ctx.skip();
+    expect(engine.capabilities.nativeSampling).toBe(true);
+    const kernel = nativeSoftmax()!;
+    expect(kernel).not.toBeNull();
+    const rng = createRng(19);
+    const gaussian = () => Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next());
+    let worst = 0;
+    let same = 0;
+    let draws = 0;
+    for (const [n, sigma, temperature] of [[151_936, 6, 1], [151_936, 2, 0.7], [32_000, 4, 1.5], [7, 1, 1e-30]] as const) {
+      const logits = Float32Array.from({ length: n }, () => sigma * gaussian());
+      logits[3] = -Infinity;
+      // The reference: the TypeScript loop (decoding/sampler.ts without a kernel), written out.
+      let max = -Infinity;
+      for (const l of logits) if (l > max) max = l;
+      const reference = Float64Array.from(logits, (l) => Math.exp((l - max) / temperature));
+      const total = reference.reduce((a, b) => a + b, 0);
+      for (let i = 0; i < n; i++) reference[i] /= total;
+      const exp = vi.spyOn(Math, "exp");
+      const native = samplingDistribution(logits, { ...DEFAULT_SAMPLING, temperature });
+      expect(exp).not.toHaveBeenCalled();
+      exp.mockRestore();
+      for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(native[i] - reference[i]) / Math.max(reference[i], 1e-300));
+      expect(native[3]).toBe(0);
+      for (let d = 0; d < 200; d++, draws++) {
+        const seed = 1000 * d + n;
+        if (drawFrom(native, createRng(seed)) === drawFrom(reference, createRng(seed))) same++;
+      }
+    }
+    expect(worst).toBeLessThan(1e-13);
+    expect(same).toBe(draws);
+    expect(() => kernel(new Float32Array([-Infinity, -Infinity]), 1, new Float64Array(2))).not.toThrow();
+    expect(kernel(new Float32Array([-Infinity, -Infinity]), 1, new Float64Array(2))).toBe(0);
+    expect(() => kernel(new Float32Array(3), 1, new Float64Array(2))).toThrow(/same length/);
   });
 });
 
