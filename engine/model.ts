@@ -186,6 +186,22 @@ export class LoadedModel {
     return mine !== undefined && theirs !== undefined && mine.length === theirs.length && mine.every((t, i) => t === theirs[i]);
   }
 
+  private longestTokenBytes: number | undefined;
+
+  /**
+   * An upper bound on the bytes of text one token stands for: the UTF-8 length of the longest
+   * token text in the vocabulary, plus one for a leading space a tokenizer may add (byte-level
+   * BPE spells each byte with one character, SentencePiece spells a space as three bytes, byte
+   * tokens as six: none is shorter than what it decodes to). Infinity without the token list.
+   */
+  get maxTokenBytes(): number {
+    if (this.longestTokenBytes === undefined) {
+      const tokens = this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
+      this.longestTokenBytes = tokens && tokens.length > 0 ? tokens.reduce((m, t) => Math.max(m, Buffer.byteLength(t)), 0) + 1 : Infinity;
+    }
+    return this.longestTokenBytes;
+  }
+
   /** Tokenizes user text; special-token text in it stays plain text. Adds BOS as the model wants. */
   tokenizePrompt(text: string): number[] {
     const tokens = this.weights.tokenize(text, false);

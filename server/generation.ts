@@ -97,6 +97,30 @@ export function choiceCount(body: CommonRequest, limits: Limits): number {
   return n;
 }
 
+/** The most prompt tokens a request may bring: the context window, or the server's cap if lower. */
+export function promptWindow(pipeline: Pipeline, maxPromptTokens: number | null): number {
+  return Math.min(pipeline.model.contextSize, maxPromptTokens ?? Infinity);
+}
+
+/**
+ * Refuses, before tokenizing it, prompt text too long for `window` tokens whatever its
+ * tokenization: no token stands for more than the model's longest token text, so bytes / that
+ * is a lower bound on the token count. Tokenizing megabytes would hold the event loop for
+ * seconds; this costs one pass over the string.
+ */
+export function checkPromptBytes(texts: readonly string[], pipeline: Pipeline, window: number, promptParam: "messages" | "prompt"): void {
+  const perToken = pipeline.model.maxTokenBytes;
+  const bytes = texts.reduce((n, t) => n + Buffer.byteLength(t), 0);
+  const atLeast = Math.ceil(bytes / perToken);
+  if (atLeast > window) {
+    throw new FlockError(
+      "context_length_exceeded",
+      `This model accepts at most ${window} prompt tokens. However, your ${promptParam} holds ${bytes} bytes, at least ${atLeast} tokens. Please reduce the length of the ${promptParam}.`,
+      promptParam,
+    );
+  }
+}
+
 /**
  * How many tokens a choice may generate: what was asked, checked against the context window
  * (OpenAI's context_length_exceeded) and the server's cap; when nothing was asked, what the

@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../engine/model.js";
 import { chatLogprobs, completionId, nowSeconds, responseExtension, streamedStep } from "../format.js";
-import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
+import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
 import { parseBody } from "../validation.js";
@@ -22,7 +22,9 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const pipeline = ctx.registry().resolve(body.model);
     const extension = extensionOptions(body, pipeline);
     const n = choiceCount(body, ctx.limits);
-    const rendered = pipeline.model.renderChat(toChatMessages(body));
+    const messages = toChatMessages(body);
+    checkPromptBytes(messages.map((m) => m.content), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "messages");
+    const rendered = pipeline.model.renderChat(messages);
     const requestedMax = body.max_completion_tokens ?? body.max_tokens;
     const maxTokens = maxTokensFor(
       requestedMax,

@@ -3,7 +3,7 @@ import type { Hono } from "hono";
 import { FlockError } from "../../engine/errors.js";
 import type { PipelineRequest } from "../../pipelines/pipeline.js";
 import { completionId, completionLogprobs, nowSeconds, responseExtension, streamedStep } from "../format.js";
-import { choiceCount, choiceRequests, maxTokensFor, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
+import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
 import { parseBody } from "../validation.js";
@@ -42,6 +42,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const echoes: string[] = [];
     let promptTokens = 0;
     prompts.forEach((prompt, p) => {
+      if (typeof prompt === "string") checkPromptBytes([prompt], pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "prompt");
       const tokens = typeof prompt === "string" ? pipeline.model.tokenizePrompt(prompt) : prompt;
       const bad = tokens.find((t) => t >= vocabularySize);
       if (bad !== undefined) {

@@ -3,10 +3,11 @@
 // near-zero routing temperature, a cross-origin "simple" POST. Each test fails on a server that
 // does not defend against it.
 import { connect } from "node:net";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { inject } from "vitest";
 import type { Manifest } from "../../forge/manifest.js";
 import { readManifest } from "../../forge/manifest.js";
+import { LoadedModel } from "../../engine/model.js";
 import { forgedPath, startTestServer, type TestServer } from "../helpers/server.js";
 
 let t: TestServer;
@@ -124,6 +125,33 @@ describe("a client that misbehaves", () => {
       expect(((await refused.json()) as { error: { code: string } }).error.code).toBe("unsupported_media_type");
       const next = await post("/v1/completions", { model: "flock-demo", prompt: "The", max_tokens: 2 });
       expect(next.status).toBe(200);
+    }
+  });
+
+  it("a prompt of megabytes is refused before it is tokenized, with a bound no real prompt crosses", async () => {
+    const tokenize = vi.spyOn(LoadedModel.prototype, "tokenizePrompt");
+    const render = vi.spyOn(LoadedModel.prototype, "renderChat");
+    try {
+      const text = "the cook ties the rope ".repeat(200_000); // 4.6 MB
+      const completion = await post("/v1/completions", { model: "flock-demo", prompt: text, max_tokens: 1 });
+      expect(completion.status).toBe(400);
+      expect(((await completion.json()) as { error: { code: string; param: string } }).error).toMatchObject({ code: "context_length_exceeded", param: "prompt" });
+      const chat = await post("/v1/chat/completions", { model: "flock-demo", messages: [{ role: "user", content: text }], max_tokens: 1 });
+      expect(chat.status).toBe(400);
+      expect(((await chat.json()) as { error: { code: string; param: string } }).error).toMatchObject({ code: "context_length_exceeded", param: "messages" });
+      expect(tokenize).not.toHaveBeenCalled();
+      expect(render).not.toHaveBeenCalled();
+      // The bound is a lower bound: real text has at least bytes / maxTokenBytes tokens.
+      const ok = await post("/v1/completions", { model: "flock-demo", prompt: "The cook", max_tokens: 1 });
+      expect(ok.status).toBe(200);
+      expect(tokenize).toHaveBeenCalled();
+      const model = tokenize.mock.contexts[0] as LoadedModel;
+      for (const sample of [text.slice(0, 5_000), "ü€𝄞 mixed scripts 漢字 and spaces   ", manifest.vocab.tokens.slice(0, 300).join("")]) {
+        expect(model.tokenizePrompt(sample).length).toBeGreaterThanOrEqual(Buffer.byteLength(sample) / model.maxTokenBytes);
+      }
+    } finally {
+      tokenize.mockRestore();
+      render.mockRestore();
     }
   });
 
