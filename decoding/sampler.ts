@@ -67,10 +67,14 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
 
   if (params.topP >= 1 && params.minP <= 0) return probs;
 
-  const { kept, mass } = truncatedTokens(probs, params.topP, params.minP);
-  const truncated = new Float64Array(n);
-  for (const token of kept) truncated[token] = probs[token] / mass;
-  return truncated;
+  // In place: the kept tokens are those above the cut's value, and at it the first `ties` by id.
+  const cut = truncationCut(probs, params.topP, params.minP);
+  let ties = cut.ties;
+  for (let i = 0; i < n; i++) {
+    const p = probs[i];
+    probs[i] = p > cut.last || (p === cut.last && ties-- > 0) ? p / cut.mass : 0;
+  }
+  return probs;
 }
 
 /**
@@ -177,39 +181,43 @@ function largestLogits(logits: Float32Array, k: number): number[] {
 }
 
 /**
- * The tokens top-p and min-p keep (in token order) and their total probability, cut
- * where a sort of the whole vocabulary (descending, ties by token id) would cut them. One pass
- * files every probability into a histogram of eighth-octaves (read off its exponent bits), from
- * which the cut's floor follows; only the probabilities above that floor are sorted (`sorted`
- * says how many), as numbers, natively. On a real model's distribution that is a few hundred
- * values instead of 151,936 per position.
+ * Where top-p and min-p cut the distribution, as a sort of the whole vocabulary (descending,
+ * ties by token id) would: the `keep` most likely tokens are those above `last` and the first
+ * `ties` at it by token id, `mass` their total. One pass files every probability into a
+ * histogram of eighth-octaves (read off its exponent bits), from which the cut's floor follows;
+ * only the probabilities above that floor are sorted (`sorted` says how many), as numbers,
+ * natively. On a real model's distribution that is a few hundred values instead of 151,936.
  */
-export function truncatedTokens(probs: Float64Array, topP: number, minP: number): { kept: number[]; mass: number; sorted: number } {
+export function truncationCut(probs: Float64Array, topP: number, minP: number): { keep: number; last: number; ties: number; mass: number; sorted: number } {
   const histogram = octaves(probs);
   const { positives, max } = histogram;
   const cut: Cut = { positives, topP, minPFloor: minP > 0 ? minP * max : 0 };
   // The first bucket at which the cut is certainly reached; then lower, should rounding differ.
   let bucket = 0;
-  for (let count = 0, mass = 0; bucket < BUCKETS - 1; bucket++) {
+  let count = 0;
+  for (let mass = 0; bucket < BUCKETS - 1; bucket++) {
     count += histogram.counts[bucket];
     mass += histogram.mass[bucket];
     if (topP < 1 ? mass >= topP * (1 + 1e-9) : histogram.floorOf(bucket) <= cut.minPFloor) break;
   }
+  if (bucket === BUCKETS - 1) count = positives;
   for (;;) {
+    // Every probability at or above the floor, that is, in the buckets down to this one.
     const floor = histogram.floorOf(bucket);
-    let count = 0;
-    for (let i = 0; i < probs.length; i++) if (probs[i] > 0 && probs[i] >= floor) count++;
     const values = new Float64Array(count);
-    count = 0;
-    for (let i = 0; i < probs.length; i++) if (probs[i] > 0 && probs[i] >= floor) values[count++] = probs[i];
+    for (let i = 0, at = 0; i < probs.length; i++) if (probs[i] > 0 && probs[i] >= floor) values[at++] = probs[i];
     values.sort().reverse();
     const keep = cutWithin(values, cut, floor);
     if (keep !== null) {
       let mass = 0;
       for (let r = 0; r < keep; r++) mass += values[r];
-      return { kept: tokensDownTo(probs, values, keep), mass, sorted: values.length };
+      const last = values[keep - 1];
+      let ties = 0;
+      for (let r = keep - 1; r >= 0 && values[r] === last; r--) ties++;
+      return { keep, last, ties, mass, sorted: values.length };
     }
     bucket = bucket < BUCKETS - 2 ? bucket + 1 : BUCKETS - 1;
+    count = bucket === BUCKETS - 1 ? positives : count + histogram.counts[bucket];
   }
 }
 
@@ -298,21 +306,6 @@ function cutWithin(values: Float64Array, cut: Cut, floor: number): number | null
   return keep <= known ? keep : null;
 }
 
-/** The `keep` most likely tokens, given the sorted probabilities: ties at the cut by token id. */
-function tokensDownTo(probs: Float64Array, values: Float64Array, keep: number): number[] {
-  const last = values[keep - 1];
-  let ties = 0;
-  for (let r = keep - 1; r >= 0 && values[r] === last; r--) ties++;
-  const kept: number[] = [];
-  for (let i = 0; i < probs.length; i++) {
-    if (probs[i] > last) kept.push(i);
-    else if (probs[i] === last && ties > 0) {
-      kept.push(i);
-      ties--;
-    }
-  }
-  return kept;
-}
 
 /** softmax(logits): the distribution at temperature 1, untruncated. */
 export function softmax(logits: Float32Array): Float64Array {

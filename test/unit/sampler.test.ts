@@ -12,7 +12,7 @@ import {
   samplingDistribution,
   type SamplingParams,
   topTokens,
-  truncatedTokens,
+  truncationCut,
 } from "../../decoding/sampler.js";
 import { createRng, type Rng } from "../../decoding/rng.js";
 import { fullSortDistribution } from "../helpers/reference-sampler.js";
@@ -175,7 +175,7 @@ describe("samplingDistribution against a sort of the whole vocabulary", () => {
       }
       const probs = samplingDistribution(logits, params({ temperature: p.temperature }));
       const positives = probs.filter((x) => x > 0).length;
-      const { sorted } = truncatedTokens(probs, p.topP, p.minP);
+      const { sorted } = truncationCut(probs, p.topP, p.minP);
       if (sorted < positives) partial++;
       const max = probs.reduce((a, b) => Math.max(a, b), 0);
       if (probs.filter((x) => x >= max / 8).length < sorted) lowered++;
@@ -191,9 +191,9 @@ describe("samplingDistribution against a sort of the whole vocabulary", () => {
     for (const sigma of [3, 4, 6]) {
       const logits = randomLogits(createRng(sigma), 151_936, sigma, 0, 0);
       const probs = samplingDistribution(logits, params());
-      const { kept, sorted } = truncatedTokens(probs, 0.95, 0);
-      expect(kept.length).toBeGreaterThan(3);
-      expect(sorted).toBeLessThan(1.1 * kept.length + 64);
+      const { keep, sorted } = truncationCut(probs, 0.95, 0);
+      expect(keep).toBeGreaterThan(3);
+      expect(sorted).toBeLessThan(1.1 * keep + 64);
       expect(Array.from(samplingDistribution(logits, params({ topP: 0.95 })))).toEqual(Array.from(fullSortDistribution(logits, params({ topP: 0.95 }))));
     }
   });
