@@ -97,6 +97,8 @@ export function choiceCount(body: CommonRequest, limits: Limits): number {
   return n;
 }
 
+const PRECISE_BELOW_BYTES = 256 * 1024;
+
 /** The most prompt tokens a request may bring: the context window, or the server's cap if lower. */
 export function promptWindow(pipeline: Pipeline, maxPromptTokens: number | null): number {
   return Math.min(pipeline.model.contextSize, maxPromptTokens ?? Infinity);
@@ -106,11 +108,14 @@ export function promptWindow(pipeline: Pipeline, maxPromptTokens: number | null)
  * Refuses, before tokenizing it, prompt text too long for `window` tokens whatever its
  * tokenization: no token stands for more than the model's longest token text, so bytes / that
  * is a lower bound on the token count. Tokenizing megabytes would hold the event loop for
- * seconds; this costs one pass over the string.
+ * seconds; this costs one pass over the string. Prompts under 256 KiB are left to the exact
+ * check after tokenizing.
  */
 export function checkPromptBytes(texts: readonly string[], pipeline: Pipeline, window: number, promptParam: "messages" | "prompt"): void {
-  const perToken = pipeline.model.maxTokenBytes;
   const bytes = texts.reduce((n, t) => n + Buffer.byteLength(t), 0);
+  // Below this, tokenizing takes milliseconds and the refusal can state the exact token count.
+  if (bytes < PRECISE_BELOW_BYTES) return;
+  const perToken = pipeline.model.maxTokenBytes;
   const atLeast = Math.ceil(bytes / perToken);
   if (atLeast > window) {
     throw new FlockError(
