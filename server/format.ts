@@ -243,6 +243,14 @@ export function stepExtension(step: DecodeStep, options: ExtensionOptions = {}):
 }
 
 /**
+ * A stream chunk builder for choice `index`: the endpoint's envelope (id, object, created,
+ * model), that choice's fields, `usage: null` when the client asked for usage, then extras.
+ */
+export function chunkFor(envelope: object, usageField: object, index: number): (fields: object, extra?: object) => object {
+  return (fields, extra = {}) => ({ ...envelope, choices: [{ index, ...fields }], ...usageField, ...extra });
+}
+
+/**
  * The stream chunks of one decode step: its content, when it has text, logprobs or detail to
  * show (a step whose text is held back, or that ended with EOS, still reports its tokens'
  * detail), and the choice's finish chunk when the step ends it. `content` and `finish` give

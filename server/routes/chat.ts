@@ -1,7 +1,7 @@
 // POST /v1/chat/completions
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../engine/model.js";
-import { chatLogprobs, completionId, nowSeconds, responseExtension, streamedStep } from "../format.js";
+import { chatLogprobs, chunkFor, completionId, nowSeconds, responseExtension, streamedStep } from "../format.js";
 import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
@@ -58,10 +58,10 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const includeUsage = body.stream_options?.include_usage === true;
     const usageField = includeUsage ? { usage: null } : {};
     const shape: ResponseShape = {
-      opening: (index) => [{ ...envelope, choices: [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }], ...usageField }],
+      opening: (index) => [chunkFor(envelope, usageField, index)({ delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null })],
       step: (index, step, choice) =>
         streamedStep(
-          (fields, extra) => ({ ...envelope, choices: [{ index, ...fields }], ...usageField, ...extra }),
+          chunkFor(envelope, usageField, index),
           step,
           choice,
           extension,

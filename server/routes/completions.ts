@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import { FlockError } from "../../engine/errors.js";
 import type { PipelineRequest } from "../../pipelines/pipeline.js";
-import { completionId, completionLogprobs, nowSeconds, responseExtension, streamedStep } from "../format.js";
+import { chunkFor, completionId, completionLogprobs, nowSeconds, responseExtension, streamedStep } from "../format.js";
 import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
@@ -82,10 +82,10 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const wantLogprobs = body.logprobs != null;
     const shape: ResponseShape = {
       opening: (index) =>
-        echoes[index] ? [{ ...envelope, choices: [{ index, text: echoes[index], logprobs: null, finish_reason: null }], ...usageField }] : [],
+        echoes[index] ? [chunkFor(envelope, usageField, index)({ text: echoes[index], logprobs: null, finish_reason: null })] : [],
       step: (index, step, choice) =>
         streamedStep(
-          (fields, extra) => ({ ...envelope, choices: [{ index, ...fields }], ...usageField, ...extra }),
+          chunkFor(envelope, usageField, index),
           step,
           choice,
           extension,
