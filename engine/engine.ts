@@ -25,6 +25,16 @@ export function defaultThreads(cores = availableParallelism()): number {
   return Math.max(1, cores - 1);
 }
 
+/** One context the engine holds: its sequences in use and the memory it reserved. */
+export interface ContextUsage {
+  id: string;
+  parallel: number;
+  running: number;
+  waiting: number;
+  ramBytes: number;
+  vramBytes: number;
+}
+
 export class Engine {
   private readonly weights = new Map<string, Promise<LlamaModel>>();
   private readonly loaded: LoadedModel[] = [];
@@ -121,8 +131,13 @@ export class Engine {
    * variants) and its sequences in use: GET /admin/status shows it, the reliability suite checks
    * that nothing stays allocated.
    */
-  contexts(): Array<{ id: string; parallel: number; running: number; waiting: number }> {
-    return this.loaded.filter((m) => !m.isDisposed).map((m) => ({ id: m.id, parallel: m.parallel, running: m.runningSequences, waiting: m.waitingSequences }));
+  contexts(): ContextUsage[] {
+    return this.loaded
+      .filter((m) => !m.isDisposed)
+      .map((m) => {
+        const memory = m.memoryBytes;
+        return { id: m.id, parallel: m.parallel, running: m.runningSequences, waiting: m.waitingSequences, ramBytes: memory.ram, vramBytes: memory.vram };
+      });
   }
 
   /** Before llama.cpp loads an adapter: a FlockError naming the model id, the file and what does not fit. */

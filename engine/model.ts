@@ -142,6 +142,13 @@ export class LoadedModel {
   get idleSequences(): number {
     return this.free.length;
   }
+  /**
+   * What the context holds in memory (KV cache, compute buffers), as node-llama-cpp estimates it
+   * when it reserves memory for the context; weights and adapters are shared and not counted.
+   */
+  get memoryBytes(): { ram: number; vram: number } {
+    return this.disposed ? { ram: 0, vram: 0 } : this.context.memoryUsage;
+  }
   /** Sequences serving a request right now. */
   get runningSequences(): number {
     return this.parallel - this.free.length;

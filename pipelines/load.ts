@@ -17,6 +17,15 @@ import { ExpertLibrary } from "../experts/library.js";
 import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, routedPipeline, type SpeculativePipeline, speculativePipeline } from "./pipeline.js";
 import { VariantCache } from "../experts/routed.js";
 
+/** Routed variant contexts are named `<model id>:variant-<n>`. */
+const VARIANT_SEPARATOR = ":variant-";
+
+/** The configured model a context belongs to (a routed variant belongs to its base entry). */
+export function contextOwner(contextId: string): string {
+  const at = contextId.indexOf(VARIANT_SEPARATOR);
+  return at < 0 ? contextId : contextId.slice(0, at);
+}
+
 /** Where loading reports what it left out (the server's logger). */
 export interface LoadLog {
   error(fields: object, message: string): void;
@@ -158,7 +167,7 @@ async function loadRouted(engine: Engine, entry: ModelEntry, experts: ExpertsEnt
     (spec) =>
       engine.load(
         ModelEntry.parse({
-          id: `${entry.id}:variant-${++made}`,
+          id: `${entry.id}${VARIANT_SEPARATOR}${++made}`,
           path: entry.path,
           lora: spec.adapters,
           contextSize: entry.contextSize,

@@ -1,5 +1,7 @@
 // One place that turns errors into OpenAI-shaped responses:
 // {"error": {"message", "type", "param", "code"}} with the matching status.
+import { existsSync } from "node:fs";
+import { basename } from "node:path";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { FlockError, type FlockErrorKind } from "../engine/errors.js";
 
@@ -39,6 +41,22 @@ export class HttpError extends Error {
 
 export const INTERNAL_ERROR_MESSAGE = "The server had an error while processing your request.";
 
+/** Absolute paths of two segments or more (an API route such as /v1/models/x is one too). */
+const ABSOLUTE_PATH = /(?<![\w.~])\/(?:[^\s/'"`,;:()<>]+\/)+[^\s/'"`,;:()<>]*/g;
+
+/**
+ * A message with every path on this machine cut to its file name: clients learn which file an
+ * error is about, not where the server keeps its files. A path counts as this machine's when its
+ * top folder exists here (/home, /tmp, /etc…); routes such as /v1/models/x pass unchanged.
+ */
+export function withoutServerPaths(message: string): string {
+  return message.replace(ABSOLUTE_PATH, (path) => {
+    const trimmed = path.replace(/[.]+$/, "");
+    const top = trimmed.slice(0, trimmed.indexOf("/", 1));
+    return existsSync(top) ? basename(trimmed) + path.slice(trimmed.length) : path;
+  });
+}
+
 export function errorBody(message: string, type: string, param: string | null = null, code: string | null = null): OpenAIErrorBody {
   return { error: { message, type, param, code } };
 }
@@ -53,11 +71,11 @@ export function toOpenAIError(
 ): { status: ContentfulStatusCode; body: OpenAIErrorBody; internal: boolean; headers: Record<string, string> } {
   if (err instanceof HttpError) {
     const headers = err.status === 429 ? { "retry-after": String(retryAfter), ...err.headers } : err.headers;
-    return { status: err.status, body: errorBody(err.message, err.type, err.param, err.code), internal: false, headers };
+    return { status: err.status, body: errorBody(withoutServerPaths(err.message), err.type, err.param, err.code), internal: false, headers };
   }
   if (err instanceof FlockError) {
     const http = KIND_TO_HTTP[err.kind];
-    const message = err.kind === "internal" ? INTERNAL_ERROR_MESSAGE : err.message;
+    const message = err.kind === "internal" ? INTERNAL_ERROR_MESSAGE : withoutServerPaths(err.message);
     const headers: Record<string, string> = http.status === 429 ? { "retry-after": String(retryAfter) } : {};
     return { status: http.status, body: errorBody(message, http.type, err.param, http.code), internal: err.kind === "internal", headers };
   }

@@ -6,6 +6,8 @@
 // Request-level timings are per choice, as vLLM v1 counts each of a request's n samples as a
 // request of its own.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { ContextUsage } from "../engine/engine.js";
+import { contextOwner } from "../pipelines/load.js";
 import type { Pipeline } from "../pipelines/pipeline.js";
 
 /** vLLM's vllm:time_to_first_token_seconds buckets. */
@@ -42,8 +44,8 @@ export class Metrics {
   private readonly routedTokens: Counter<"model" | "expert">;
   private readonly fusionAlpha: Histogram<"model">;
 
-  /** `pipelines` is read at every scrape (empty while models load). */
-  constructor(pipelines: () => readonly Pipeline[]) {
+  /** `pipelines` and `contexts` are read at every scrape (empty while models load). */
+  constructor(pipelines: () => readonly Pipeline[], contexts: () => readonly ContextUsage[] = () => []) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: "flock_" });
     // prom-client names three gauges *_total, which Prometheus reserves for counters (promtool
@@ -124,6 +126,32 @@ export class Metrics {
       collect() {
         this.reset();
         for (const p of pipelines()) this.set({ model: p.id }, p.model.waitingSequences);
+      },
+    });
+
+    // Contexts per configured model (a routed model's variants count under it): what bounds a
+    // server's memory besides the weights.
+    new Gauge({
+      name: "flock_contexts",
+      help: "llama.cpp contexts alive per configured model (drafts, fusion's small models and routed variants count under their own ids or their base).",
+      labelNames: ["model"],
+      registers,
+      collect() {
+        this.reset();
+        for (const c of contexts()) this.inc({ model: contextOwner(c.id) });
+      },
+    });
+    new Gauge({
+      name: "flock_context_memory_bytes",
+      help: "Memory the model's contexts reserved (KV cache and compute buffers, as node-llama-cpp estimates them), by memory kind.",
+      labelNames: ["model", "memory"],
+      registers,
+      collect() {
+        this.reset();
+        for (const c of contexts()) {
+          this.inc({ model: contextOwner(c.id), memory: "ram" }, c.ramBytes);
+          this.inc({ model: contextOwner(c.id), memory: "vram" }, c.vramBytes);
+        }
       },
     });
 

@@ -35,7 +35,10 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
   let failure: string | null = null;
   let engine: Engine | null = null;
   const started = Date.now();
-  const metrics = new Metrics(() => registry?.list().map((m) => m.pipeline) ?? []);
+  const metrics = new Metrics(
+    () => registry?.list().map((m) => m.pipeline) ?? [],
+    () => (engine ? (engine as Engine).contexts() : []),
+  );
   const inflight = new Inflight();
   const app = createApp({
     registry: () => registry ?? notReady(),

@@ -123,6 +123,9 @@ describe("admin file paths", () => {
     const short = await addExpert({ name: "cut", lora: cut });
     expect(short.status).toBe(400);
     expect(short.message).toMatch(/past the end of the file/);
+    // The answers name the file, never where the server keeps it.
+    for (const message of [lying.message, short.message]) expect(message).not.toContain(adminDir);
+    expect(short.message).toContain("cut.gguf");
     expect(process.memoryUsage().rss - before).toBeLessThan(64 * 2 ** 20);
     // The server serves on.
     expect((await fetch(`${t.url}/health`)).status).toBe(200);

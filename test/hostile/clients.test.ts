@@ -36,7 +36,7 @@ afterAll(() => t?.close());
 const status = async () =>
   (await (await fetch(`${t.url}/admin/status`, { headers: { authorization: `Bearer ${ADMIN}` } })).json()) as {
     models: Array<{ id: string; running: number; contexts?: number }>;
-    contexts: Array<{ id: string }>;
+    contexts: Array<{ id: string; ramBytes: number; vramBytes: number }>;
   };
 const running = async (id: string) => (await status()).models.find((m) => m.id === id)!.running;
 const post = (path: string, body: unknown, headers: Record<string, string> = { "content-type": "application/json" }) =>
@@ -95,8 +95,16 @@ describe("a client that misbehaves", () => {
       subsets.map((experts) => post("/v1/completions", { model: "routing+phatgoose", prompt: "The cook", max_tokens: 200, flock: { routing: { experts } } })),
     );
     expect(answers.map((a) => a.status).every((s) => s === 200 || s === 429)).toBe(true);
-    const live = (await status()).contexts.filter((c) => c.id.startsWith("routing:variant")).length;
+    const contexts = (await status()).contexts.filter((c) => c.id === "routing" || c.id.startsWith("routing:variant"));
+    const live = contexts.length - 1;
     expect(live).toBeLessThanOrEqual(2 + 1); // the cached two, and the retrieval/base context at most
+    // Each context's memory is accounted, and the metrics sum it per configured model.
+    expect(contexts.every((c) => c.ramBytes + c.vramBytes > 0)).toBe(true);
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    const gauge = (name: string) => Number(metrics.match(new RegExp(`^${name.replace(/[{}]/g, "\\$&")} (\\S+)$`, "m"))?.[1]);
+    expect(gauge('flock_contexts{model="routing"}')).toBe(contexts.length);
+    const ram = contexts.reduce((sum, c) => sum + c.ramBytes, 0);
+    expect(gauge('flock_context_memory_bytes{model="routing",memory="ram"}')).toBe(ram);
   });
 
   it("a logit_bias beyond 1,024 entries, or naming a token outside the vocabulary, is a 400 at once", async () => {

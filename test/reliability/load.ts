@@ -1,14 +1,14 @@
 // The load phase: C concurrent clients send N requests to a running flock — chat and legacy
 // completions, streamed and not, spread over every pipeline kind the server reports — with
 // client-side faults mixed in (abrupt disconnects mid-stream, TCP resets, slow readers,
-// cancellation during prefill) and engine failures injected mid-generation (the x-flock-fault
+// clients that never read, cancellation during prefill) and engine failures injected mid-generation (the x-flock-fault
 // header). Every response is checked (sse.ts); nothing is retried. Bounded in count and time.
 import { connect } from "node:net";
 import { createRng, type Rng } from "../../decoding/rng.js";
 import { FAULT_HEADER } from "../../engine/faults.js";
 import { checkResponse, checkStream, type Endpoint, isOpenAIError } from "./sse.js";
 
-export type ClientFault = "none" | "disconnect" | "reset" | "slow-reader" | "cancel-prefill" | "engine-error";
+export type ClientFault = "none" | "disconnect" | "reset" | "slow-reader" | "never-reader" | "cancel-prefill" | "engine-error";
 
 export interface LoadOptions {
   url: string;
@@ -27,6 +27,10 @@ export interface LoadOptions {
   maxTokens: number;
   /** Bound on one request, ms. */
   requestTimeoutMs: number;
+  /** The server's --write-timeout, ms: a stream never read must be ended within it (plus slack). */
+  writeTimeoutMs: number;
+  /** Largest n the server accepts (never-readers ask for it, to outgrow the socket buffers). */
+  maxN: number;
   /** Bound on the whole phase, ms: requests not started by then are not sent. */
   budgetMs: number;
 }
@@ -102,7 +106,7 @@ function planRequest(index: number, o: LoadOptions, rng: Rng): Plan {
     }
     u -= rate;
   }
-  const streamedFault = fault === "disconnect" || fault === "reset" || fault === "slow-reader" || fault === "cancel-prefill";
+  const streamedFault = fault === "disconnect" || fault === "reset" || fault === "slow-reader" || fault === "never-reader" || fault === "cancel-prefill";
   const stream = streamedFault || (fault === "engine-error" ? rng.next() < 0.75 : rng.next() < 0.7);
   const n = fault === "none" && rng.next() < 0.1 ? 2 : 1;
   const body: Record<string, unknown> = { model, stream, n, seed: rng.int(1_000_000) };
@@ -117,6 +121,23 @@ function planRequest(index: number, o: LoadOptions, rng: Rng): Plan {
   }
   if (fault === "slow-reader") maxTokens = Math.min(maxTokens, 32);
   body.max_tokens = maxTokens;
+  if (fault === "never-reader") {
+    // The most output a request may ask for (every choice, 20 alternatives per token): more
+    // than the socket buffers hold, so the server's writes block on a client that reads nothing.
+    return {
+      index,
+      endpoint: "chat",
+      kind,
+      model,
+      stream: true,
+      n: o.maxN,
+      fault,
+      body: { ...body, n: o.maxN, logprobs: true, top_logprobs: 20, messages: [{ role: "user", content: rng.pick(PROMPTS) }] },
+      headers: {},
+      cutAfter: 0,
+      cancelAfterMs: 0,
+    };
+  }
   if (stream && rng.next() < 0.3) body.stream_options = { include_usage: true };
   if (fault === "none" && rng.next() < 0.15) body.stop = [rng.pick(WORDS.slice(1)), "\n"];
   if (fault === "cancel-prefill") {
@@ -225,6 +246,47 @@ function resetAfterChunks(url: string, path: string, body: string, headers: Reco
   });
 }
 
+/**
+ * A client that sends a stream request and reads nothing until the server's write timeout (and
+ * queueing) has passed; then it reads what is there. The server must by then have ended the
+ * stream — finished it, or given up on the stalled writes and closed the connection — so its
+ * sequences are free again.
+ */
+function neverRead(url: string, path: string, body: string, waitMs: number): Promise<{ status: number; ended: boolean }> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname);
+    let raw = "";
+    let ended = false;
+    socket.on("connect", () => {
+      socket.write(`POST ${path} HTTP/1.1\r\nHost: ${hostname}:${port}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      socket.pause();
+    });
+    socket.on("data", (d: Buffer) => {
+      raw += d.toString("latin1");
+      if (raw.includes("data: [DONE]")) ended = true;
+    });
+    const done = () => {
+      clearTimeout(reading);
+      socket.destroy();
+      resolve({ status: Number(raw.match(/^HTTP\/1\.1 (\d{3})/)?.[1] ?? 0), ended: ended || closed });
+    };
+    let closed = false;
+    socket.on("end", () => (closed = true));
+    socket.on("close", () => {
+      closed = true;
+      done();
+    });
+    socket.on("error", (err) => (closed ? undefined : err.message.includes("ECONNRESET") ? (closed = true) : reject(err)));
+    // After the wait: read what the buffers hold; a stream the server ended shows its end at once.
+    let reading: NodeJS.Timeout | undefined;
+    setTimeout(() => {
+      socket.resume();
+      reading = setTimeout(done, 3_000);
+    }, waitMs);
+  });
+}
+
 async function execute(plan: Plan, o: LoadOptions): Promise<Outcome> {
   const path = plan.endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions";
   const base = { index: plan.index, endpoint: plan.endpoint, kind: plan.kind, model: plan.model, stream: plan.stream, fault: plan.fault };
@@ -245,6 +307,17 @@ async function execute(plan: Plan, o: LoadOptions): Promise<Outcome> {
       const r = await resetAfterChunks(o.url, path, json, plan.headers, plan.cutAfter, o.requestTimeoutMs);
       if (r.status >= 500) return outcome(r.status, "5xx", "before the reset");
       return outcome(r.status, r.status === 200 ? "fault-handled" : "4xx", r.reset ? undefined : "the stream ended before the reset");
+    } catch (err) {
+      return outcome(0, "transport", (err as Error).message);
+    }
+  }
+
+  if (plan.fault === "never-reader") {
+    try {
+      const r = await neverRead(o.url, path, json, o.writeTimeoutMs + 15_000);
+      if (r.status >= 500) return outcome(r.status, "5xx", "before the stream started");
+      if (r.status !== 200) return outcome(r.status, "4xx");
+      return outcome(200, r.ended ? "fault-handled" : "transport", r.ended ? undefined : "the server held a stream nobody read past its write timeout");
     } catch (err) {
       return outcome(0, "transport", (err as Error).message);
     }

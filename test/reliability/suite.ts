@@ -43,7 +43,7 @@ export const FULL: ReliabilityOptions = {
   fuzzRuns: 1000,
   fuzzMaxDepth: 100_000,
   seed: 8,
-  faultRates: { disconnect: 0.05, reset: 0.05, "slow-reader": 0.03, "cancel-prefill": 0.02, "engine-error": 0.03 },
+  faultRates: { disconnect: 0.05, reset: 0.05, "slow-reader": 0.03, "never-reader": 0.01, "cancel-prefill": 0.02, "engine-error": 0.03 },
   maxN: 8,
   maxTokens: 64,
   threads: null,
@@ -65,6 +65,8 @@ export const CI: ReliabilityOptions = {
   fuzzBudgetMs: 60_000,
   // A short run's RSS settles less: the bound still catches a leak per request.
   rssTolerance: 0.15,
+  // Each never-reader holds a client for the write timeout and more; test/hostile covers it in CI.
+  faultRates: { ...FULL.faultRates, "never-reader": 0 },
 };
 
 export interface Check {
@@ -105,6 +107,9 @@ export interface ReliabilityReport {
   expertFault: ExpertFaultResult | null;
   checks: Check[];
 }
+
+/** The server's --write-timeout in the run, seconds. */
+const WRITE_TIMEOUT_S = 5;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -193,6 +198,8 @@ export async function runReliability(options: ReliabilityOptions): Promise<Relia
         limits: { maxN: options.maxN, maxTokens: options.maxTokens, requestTimeout: 120 },
         // Keep-alive comments appear in long queue waits: the stream checker must accept them.
         keepAlive: 1,
+        // Streams nobody reads are given up on after this (never-reader clients).
+        writeTimeout: WRITE_TIMEOUT_S,
       },
     });
     const srv = server;
@@ -215,6 +222,8 @@ export async function runReliability(options: ReliabilityOptions): Promise<Relia
           faultRates: options.faultRates,
           maxTokens: Math.min(48, options.maxTokens),
           requestTimeoutMs: 120_000,
+          writeTimeoutMs: WRITE_TIMEOUT_S * 1000,
+          maxN: options.maxN,
           budgetMs,
         },
         (done) => {
@@ -347,6 +356,15 @@ export async function runReliability(options: ReliabilityOptions): Promise<Relia
     const engineHandled = engineFaults.filter((o) => o.class === "fault-handled").length;
     check("injected engine failures reached the client as OpenAI-shaped errors", engineHandled === engineFaults.length, `${engineHandled}/${engineFaults.length}`);
     check("server logged one error per injected fault and no other error", srv.logs.unexpectedErrors === unexpectedBefore && srv.logs.unexpectedErrors === 0 && injectedDuringLoad === engineFaults.length, `${injectedDuringLoad} injected-fault error lines for ${engineFaults.length} faults; ${srv.logs.unexpectedErrors} other error lines`);
+    const neverRead = outcomes.filter((o) => o.fault === "never-reader" && o.status === 200);
+    if (neverRead.length > 0) {
+      const stalled = (finishedAfter.stalled ?? 0) - (finishedBefore.stalled ?? 0);
+      check(
+        "streams nobody read were ended by the write timeout",
+        neverRead.every((o) => o.class === "fault-handled") && stalled > 0,
+        `${neverRead.filter((o) => o.class === "fault-handled").length}/${neverRead.length} ended; ${stalled} choices finished as stalled`,
+      );
+    }
     check("no sequence or request left allocated after the load", leftAfterLoad.length === 0, leftAfterLoad.join("; ") || "all free");
     check("no sequence or request left allocated at the end", leftAfterRun.length === 0, leftAfterRun.join("; ") || "all free");
     check(
