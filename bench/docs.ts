@@ -1,5 +1,6 @@
 // npm run bench:docs [-- --check]
-// Writes the benchmark tables of the docs from bench/results/*.json. In any docs/*.md page,
+// Writes the benchmark tables of the docs from bench/results/*.json (and the tables the code
+// holds, such as the request fields' fates, between `<!-- table:NAME -->` markers). In any docs/*.md page,
 // the lines between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` become: how the run was
 // made (command, date, commit, machine) and its rows, one table per row shape, read from
 // bench/results/NAME.json. Prose stays outside the markers, so a table is never typed by hand.
@@ -8,6 +9,7 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { renderFieldTable } from "../server/request-fields.js";
 import type { BenchReport } from "./report.js";
 
 const root = join(import.meta.dirname, "..");
@@ -65,9 +67,21 @@ export function renderResult(name: string): string {
 
 const MARKER = /<!-- bench:([\w.-]+) -->\n[\s\S]*?<!-- \/bench:\1 -->/g;
 
+/** Tables the code itself holds, between `<!-- table:NAME -->` markers. */
+const CODE_TABLES: Record<string, () => string> = { "request-fields": renderFieldTable };
+const CODE_MARKER = /<!-- table:([\w.-]+) -->\n[\s\S]*?<!-- \/table:\1 -->/g;
+
+function renderCodeTable(name: string): string {
+  const render = CODE_TABLES[name];
+  if (!render) throw new Error(`no table named ${name} (known: ${Object.keys(CODE_TABLES).join(", ")})`);
+  return render();
+}
+
 /** A page with every marked table regenerated. */
 export function regenerate(page: string): string {
-  return page.replace(MARKER, (_, name: string) => `<!-- bench:${name} -->\n${renderResult(name)}\n<!-- /bench:${name} -->`);
+  return page
+    .replace(MARKER, (_, name: string) => `<!-- bench:${name} -->\n${renderResult(name)}\n<!-- /bench:${name} -->`)
+    .replace(CODE_MARKER, (_, name: string) => `<!-- table:${name} -->\n${renderCodeTable(name)}\n<!-- /table:${name} -->`);
 }
 
 /** The pages whose tables differ from what the results give. */

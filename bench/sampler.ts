@@ -14,6 +14,7 @@
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { keyedSample, PositionNoise, positionKey } from "../decoding/noise.js";
 import { samplingKernels, useSoftmaxKernel } from "../engine/native.js";
+import { TokenHistory } from "../decoding/history.js";
 import { adjustLogits, drawFrom, samplingDistribution, DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
 import { createRng } from "../decoding/rng.js";
 import { fullSortDistribution, gumbelMaxSample } from "../test/helpers/reference-sampler.js";
@@ -63,7 +64,7 @@ for (const vocabulary of [32_000, 128_256, 151_936]) {
     const positions = Array.from({ length: POSITIONS }, () => Float32Array.from({ length: vocabulary }, () => sigma * gaussian()));
     for (const [setting, overrides] of settings) {
       const params: SamplingParams = { ...DEFAULT_SAMPLING, ...overrides, logitBias: new Map([[11, 2], [13, -100]]), presencePenalty: 0.5 };
-      const counts = new Map([[5, 1], [17, 3]]);
+      const counts = TokenHistory.of([], [5, 17, 17, 17]);
       const times = Object.fromEntries((Object.keys(variants) as Variant[]).map((name) => [name, [] as number[]])) as Record<Variant, number[]>;
       for (let round = 0; round < ROUNDS; round++) {
         // Rotate which variant goes first so that drift falls on all of them.

@@ -1,4 +1,5 @@
 // The plain autoregressive decoder: one model, one token per step.
+import { TokenHistory } from "./history.js";
 import { tokenDraws } from "./noise.js";
 import { OutputAssembler } from "./output.js";
 import { adjustLogits, logSoftmax, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
@@ -25,7 +26,7 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     const draws = tokenDraws(request);
     const output = new OutputAssembler(model, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
-    const counts = new Map<number, number>();
+    const history = TokenHistory.after(request.prompt);
     // With an observer, every step also reads what the engine reports about its position.
     const observe = request.observePosition;
     const evaluate = async (tokens: readonly number[]): Promise<Float32Array> => {
@@ -40,8 +41,8 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     for (let generated = 1; ; generated++) {
       if (request.signal?.aborted) return;
       // The token's position in prompt + output keys its noise.
-      const token = draws.sample(adjustLogits(logits, request.sampling, counts), request.sampling, request.prompt.length + generated - 1);
-      counts.set(token, (counts.get(token) ?? 0) + 1);
+      const token = draws.sample(adjustLogits(logits, request.sampling, history), request.sampling, request.prompt.length + generated - 1);
+      history.push(token);
       const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);
       const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
       const limitReached = generated >= request.maxTokens || seq.length + 1 > seq.contextSize;

@@ -1,11 +1,12 @@
 // Token selection over a full next-token distribution, in TypeScript, so every decoder
 // (plain, speculative, fusion) samples the same way from logits it may have modified.
 //
-// Order, as vLLM and llama.cpp apply them: logit_bias and presence/frequency penalties on the
-// raw logits; then temperature; then top-k, top-p (nucleus) and min-p truncation; then a
+// Order, as vLLM and llama.cpp apply them: logit_bias, the repetition penalty and
+// presence/frequency penalties on the raw logits; then temperature; then top-k, top-p (nucleus) and min-p truncation; then a
 // draw with the request's seeded RNG. Temperature 0 is greedy: the argmax after bias and
 // penalties (ties go to the lowest token id).
 import { nativeSoftmax } from "../engine/native.js";
+import type { TokenHistory } from "./history.js";
 import type { Rng } from "./rng.js";
 
 export interface SamplingParams {
@@ -17,6 +18,10 @@ export interface SamplingParams {
   minP: number;
   presencePenalty: number;
   frequencyPenalty: number;
+  /** llama.cpp's and vLLM's repetition penalty (1 disables it). */
+  repetitionPenalty: number;
+  /** Tokens the repetition penalty looks back over, prompt included (−1: the whole context). */
+  repeatLastN: number;
   logitBias: ReadonlyMap<number, number>;
 }
 
@@ -27,15 +32,27 @@ export const DEFAULT_SAMPLING: SamplingParams = {
   minP: 0,
   presencePenalty: 0,
   frequencyPenalty: 0,
+  repetitionPenalty: 1,
+  repeatLastN: 64,
   logitBias: new Map(),
 };
 
-/** Applies logit_bias and OpenAI's presence/frequency penalties; returns a new array. */
-export function adjustLogits(logits: Float32Array, params: SamplingParams, counts: ReadonlyMap<number, number>): Float32Array {
+/**
+ * Applies logit_bias, the repetition penalty and OpenAI's presence/frequency penalties; returns a
+ * new array. The repetition penalty, as llama.cpp's penalties sampler applies it to each distinct
+ * token in its window: a positive logit is divided by it, a negative one multiplied.
+ */
+export function adjustLogits(logits: Float32Array, params: SamplingParams, history: TokenHistory): Float32Array {
   const out = new Float32Array(logits);
   for (const [token, bias] of params.logitBias) if (token < out.length) out[token] += bias;
+  if (params.repetitionPenalty !== 1 && params.repeatLastN !== 0) {
+    const penalty = params.repetitionPenalty;
+    for (const token of history.distinctRecent(params.repeatLastN)) {
+      if (token < out.length) out[token] = out[token] > 0 ? out[token] / penalty : out[token] * penalty;
+    }
+  }
   if (params.presencePenalty !== 0 || params.frequencyPenalty !== 0) {
-    for (const [token, count] of counts) {
+    for (const [token, count] of history.generated) {
       if (count > 0) out[token] -= params.presencePenalty + params.frequencyPenalty * count;
     }
   }

@@ -1,31 +1,12 @@
-// A served model: weights plus one context whose sequences are pooled, with the tokenizer,
-// detokenizer and chat template that decoding needs.
-import {
-  type ChatHistoryItem,
-  type ChatWrapper,
-  type LlamaContext,
-  type LlamaContextSequence,
-  type LlamaModel,
-  LlamaText,
-  resolveChatWrapper,
-  type Token,
-} from "node-llama-cpp";
+// A served model: weights plus one context whose sequences are pooled, with the tokenizer and
+// detokenizer that decoding needs (the chat template is chat-template.ts).
+import { type LlamaContext, type LlamaContextSequence, type LlamaModel, type Token } from "node-llama-cpp";
+import { type ChatMessage, ChatTemplate, type RenderedPrompt, type TemplateKwargs } from "./chat-template.js";
 import { FlockError } from "./errors.js";
 import { enableRawLogits, type FusionGridKernel, fusionGridKernel, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
 import { EngineSequence } from "./sequence.js";
 
-export interface ChatMessage {
-  role: "system" | "user" | "assistant";
-  content: string;
-}
-
-export interface RenderedPrompt {
-  tokens: number[];
-  /** Tokens the chat template ends a turn with (beyond the model's end-of-generation tokens). */
-  stopTokens: number[];
-  /** Plain-text turn terminators of the template. */
-  stopStrings: string[];
-}
+export type { ChatMessage, RenderedPrompt } from "./chat-template.js";
 
 interface Waiter {
   prompt: readonly number[];
@@ -54,7 +35,7 @@ export interface ModelLoadOptions {
   path: string;
   /** Adapters applied to every sequence of the context. */
   lora: readonly { path: string; scale: number }[];
-  contextSize: number;
+  contextSize: number | "auto";
   parallel: number;
   threads?: number;
   gpuLayers: "auto" | "max" | number;
@@ -62,10 +43,13 @@ export interface ModelLoadOptions {
   maxQueue?: number;
 }
 
+/** The smallest context "auto" settles for before loading fails for lack of memory. */
+const MIN_AUTO_CONTEXT = 1024;
+
 export class LoadedModel {
   private readonly free: LlamaContextSequence[] = [];
   private readonly waiters: Waiter[] = [];
-  private readonly chatWrapper: ChatWrapper;
+  private readonly chatTemplate: ChatTemplate;
   private disposed = false;
   private retiring = false;
   /** Choices admitted by `admit` and not yet done (running or waiting). */
@@ -87,7 +71,7 @@ export class LoadedModel {
     readonly hasHiddenStates: boolean,
   ) {
     for (let i = 0; i < parallel; i++) this.free.push(context.getSequence());
-    this.chatWrapper = resolveChatWrapper(weights);
+    this.chatTemplate = new ChatTemplate(id, weights);
   }
 
   static async create(
@@ -97,7 +81,10 @@ export class LoadedModel {
     capabilities: Capabilities,
     options: { hiddenStates?: boolean; routing?: RoutedLoraConfig } = {},
   ): Promise<LoadedModel> {
-    const contextSize = Math.min(entry.contextSize, weights.trainContextSize);
+    // "auto": node-llama-cpp sizes the context from the memory it finds free, up to the training
+    // context (and no smaller than what a short chat needs).
+    const train = weights.trainContextSize;
+    const contextSize = entry.contextSize === "auto" ? { min: Math.min(train, MIN_AUTO_CONTEXT), max: train } : Math.min(entry.contextSize, train);
     const context = await weights.createContext({
       contextSize,
       sequences: entry.parallel,
@@ -125,6 +112,10 @@ export class LoadedModel {
   get contextSize(): number {
     return this.context.contextSize;
   }
+  /** The context the model was trained with (GGUF metadata). */
+  get trainContextSize(): number {
+    return this.weights.trainContextSize;
+  }
   /** Width of the final hidden state (what the output projection reads). */
   get embeddingSize(): number {
     return this.weights.embeddingVectorSize;
@@ -136,7 +127,7 @@ export class LoadedModel {
     return this.weights.gpuLayers;
   }
   get chatTemplateName(): string {
-    return this.chatWrapper.wrapperName;
+    return this.chatTemplate.name;
   }
   /** Sequences not serving a request right now. */
   get idleSequences(): number {
@@ -217,22 +208,8 @@ export class LoadedModel {
   }
 
   /** Renders a conversation with the model's own chat template, ready for the assistant's turn. */
-  renderChat(messages: readonly ChatMessage[]): RenderedPrompt {
-    const history: ChatHistoryItem[] = messages.map((m) =>
-      m.role === "assistant" ? { type: "model", response: [m.content] } : { type: m.role, text: m.content },
-    );
-    history.push({ type: "model", response: [] });
-    const state = this.chatWrapper.generateContextState({ chatHistory: history });
-    const stopTokens: number[] = [];
-    const stopStrings: string[] = [];
-    for (const trigger of state.stopGenerationTriggers) {
-      const text = LlamaText(trigger);
-      const tokens = text.tokenize(this.weights.tokenizer);
-      const plain = text.values.every((v) => typeof v === "string");
-      if (plain) stopStrings.push(text.toString());
-      else if (tokens.length === 1) stopTokens.push(tokens[0]);
-    }
-    return { tokens: state.contextText.tokenize(this.weights.tokenizer), stopTokens, stopStrings: stopStrings.filter((s) => s.length > 0) };
+  renderChat(messages: readonly ChatMessage[], kwargs?: TemplateKwargs): RenderedPrompt {
+    return this.chatTemplate.render(messages, kwargs);
   }
 
   detokenize(tokens: readonly number[], context?: readonly number[]): string {

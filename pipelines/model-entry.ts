@@ -17,8 +17,11 @@ export const ModelEntry = z.strictObject({
   path: z.string().min(1),
   /** LoRA adapters applied to every request of this id (node-llama-cpp applies them per context). */
   lora: z.array(LoraEntry).default([]),
-  /** Tokens per sequence; capped at the model's training context. */
-  contextSize: z.number().int().min(64).default(4096),
+  /**
+   * Tokens per sequence, capped at the model's training context; "auto": the training context,
+   * reduced to what fits in memory for `parallel` sequences (a warning says so).
+   */
+  contextSize: z.union([z.number().int().min(64), z.literal("auto")]).default("auto"),
   /** Concurrent sequences (requests or choices evaluated together in shared batches). */
   parallel: z.number().int().min(1).max(64).default(4),
   /** CPU threads for this model's context; defaults to the server-wide setting. */

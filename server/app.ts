@@ -1,5 +1,6 @@
 // The Hono app: request ids and metrics, CORS, auth, body limit, routes, and the single error
 // handler.
+import { IgnoredFieldLog } from "./request-fields.js";
 import { randomUUID } from "node:crypto";
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -71,6 +72,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
     metrics: ctx.metrics ?? new Metrics(() => pipelinesOf(ctx)),
     inflight: ctx.inflight ?? new Inflight(),
     serving: { ...DEFAULT_SERVING, ...ctx.serving },
+    ignoredFields: new IgnoredFieldLog(),
   };
   const apiKeys = new KeySet(ctx.auth?.apiKeys ?? []);
   const adminKey = new KeySet(ctx.auth?.adminKey ? [ctx.auth.adminKey] : []);

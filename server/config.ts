@@ -1,8 +1,8 @@
 // Server configuration: a JSON config file, environment variables and CLI flags (in rising
 // precedence), validated with zod. No model configured means: serve the built-in demo.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { defaultThreads } from "../engine/engine.js";
@@ -48,6 +48,8 @@ export const ServerConfig = z.strictObject({
   models: z.array(ModelEntry).default([]),
   limits: Limits.default({ maxN: 8, maxTokens: null, maxBodyBytes: 8 * 1024 * 1024, maxPromptTokens: null, maxQueue: 64, requestTimeout: null, retryAfter: 1 }),
   logLevel: z.enum(LOG_LEVELS).default("info"),
+  /** Log lines as JSON (for collectors) or as text for people; default: text on a terminal. */
+  logFormat: z.enum(["text", "json"]).optional(),
   /** Where the built-in demo models are forged on first start. */
   cacheDir: z.string().min(1).default(defaultCacheDir()),
   auth: Auth.default({ apiKeys: [], healthRequiresKey: false, metricsRequiresKey: false }),
@@ -88,42 +90,56 @@ export function defaultCacheDir(): string {
 
 export const USAGE = `usage: npm start -- [options]
 
-  --config FILE          JSON config file (see docs/configuration.md)
-  --model ID=PATH        serve a GGUF file as model ID (repeatable)
-  --host HOST            bind address (default 127.0.0.1; env FLOCK_HOST)
-  --port PORT            port (default 8080; env FLOCK_PORT)
+Models
+  -m, --model PATH|ID=PATH   serve a GGUF file (repeatable; env FLOCK_MODEL); its id is the
+                             matching --alias, else the file name without .gguf
+  -a, --alias ID             the id of the next -m PATH (repeatable; also --served-model-name)
+  -c, --ctx-size N           tokens per sequence (default: the model's training context, reduced
+                             to fit memory; also --max-model-len, --context-size; env FLOCK_CTX_SIZE)
+  -np, --parallel N          concurrent sequences per model (default 4; env FLOCK_PARALLEL)
+  -ngl, --n-gpu-layers N|auto|max   layers offloaded to the GPU (default auto; also --gpu-layers;
+                             env FLOCK_N_GPU_LAYERS)
+  -t, --threads N            CPU threads per model context (default: cores - 1; env FLOCK_THREADS)
   --gpu auto|off|cuda|vulkan|metal   GPU backend (default auto; env FLOCK_GPU)
-  --threads N            CPU threads per model context (default: cores - 1; env FLOCK_THREADS)
-  --parallel N           concurrent sequences per --model (default 4)
-  --context-size N       tokens per sequence for --model entries (default 4096)
-  --gpu-layers N|auto|max  layers to offload for --model entries (default auto)
-  --max-n N              largest n per request (default 8)
-  --max-tokens N         largest max_tokens per request (default: the context window)
-  --max-body-bytes N     largest request body (default 8 MiB)
-  --log-level LEVEL      ${LOG_LEVELS.join("|")} (default info; env FLOCK_LOG_LEVEL)
-  --cache-dir DIR        where the demo models are forged (env FLOCK_CACHE_DIR)
-  --max-prompt-tokens N  largest prompt in tokens (default: the context window)
-  --max-queue N          choices that may wait for a sequence, per model (default 64)
-  --request-timeout S    seconds from arrival to the last token (default: none)
-  --api-key KEY          require this key on /v1/* (repeatable; env FLOCK_API_KEYS, comma-separated)
-  --api-key-file FILE    keys, one per line (env FLOCK_API_KEY_FILE)
-  --admin-key KEY        key for /admin/* (env FLOCK_ADMIN_KEY; without it /admin/* is disabled)
-  --admin-key-file FILE  the admin key, read from a file (env FLOCK_ADMIN_KEY_FILE; keeps it out of ps)
-  --admin-dir DIR        a directory the admin API may load expert files from (repeatable; env FLOCK_ADMIN_DIRS)
-  --health-requires-key  GET /health needs a key too
-  --metrics-requires-key GET /metrics needs a key too
-  --cors-origin ORIGIN   allow CORS from ORIGIN, or * (repeatable; env FLOCK_CORS_ORIGINS)
-  --keep-alive S         seconds between SSE keep-alive comments (default 10; 0: off)
-  --write-timeout S      seconds a stream may wait for a client that reads nothing (default 30)
-  --shutdown-timeout S   seconds in-flight requests get after SIGTERM (default 30; env FLOCK_SHUTDOWN_TIMEOUT)
-  --log-prompts          log prompt and completion text (env FLOCK_LOG_PROMPTS=1)
-  --no-playground        do not serve the playground page at / (env FLOCK_PLAYGROUND=0)
-  --no-weight-check      skip the startup check of each weight type (env FLOCK_WEIGHT_CHECK=0)
-  --insecure-no-auth     serve without API keys on a non-loopback address (env FLOCK_INSECURE_NO_AUTH=1)
-  --allowed-host NAME    answer only requests whose Host header names NAME (repeatable; env FLOCK_ALLOWED_HOSTS)
-  -h, --help             this text
+  --config FILE              JSON config file (see docs/configuration.md; env FLOCK_CONFIG)
+  --cache-dir DIR            where the demo models are forged (env FLOCK_CACHE_DIR)
+  --no-weight-check          skip the startup check of each weight type (env FLOCK_WEIGHT_CHECK=0)
 
-Without --model or a config file with models, flock serves its built-in demo models.`;
+Server
+  --host HOST                bind address (default 127.0.0.1; env FLOCK_HOST)
+  --port PORT                port (default 8080; env FLOCK_PORT)
+  --keep-alive S             seconds between SSE keep-alive comments (default 10; 0: off)
+  --write-timeout S          seconds a stream may wait for a client that reads nothing (default 30)
+  --shutdown-timeout S       seconds in-flight requests get after SIGTERM (default 30; env FLOCK_SHUTDOWN_TIMEOUT)
+  --no-playground            do not serve the playground page at / (env FLOCK_PLAYGROUND=0)
+
+Limits
+  --max-n N                  largest n per request (default 8)
+  --max-tokens N             largest max_tokens per request (default: the context window)
+  --max-prompt-tokens N      largest prompt in tokens (default: the context window)
+  --max-body-bytes N         largest request body (default 8 MiB)
+  --max-queue N              choices that may wait for a sequence, per model (default 64)
+  --request-timeout S        seconds from arrival to the last token (default: none)
+
+Security
+  --api-key KEY              require this key on /v1/* (repeatable; env FLOCK_API_KEYS, comma-separated)
+  --api-key-file FILE        keys, one per line (env FLOCK_API_KEY_FILE)
+  --admin-key KEY            key for /admin/* (env FLOCK_ADMIN_KEY; without it /admin/* is disabled)
+  --admin-key-file FILE      the admin key, read from a file (env FLOCK_ADMIN_KEY_FILE; keeps it out of ps)
+  --admin-dir DIR            a directory the admin API may load expert files from (repeatable; env FLOCK_ADMIN_DIRS)
+  --health-requires-key      GET /health needs a key too
+  --metrics-requires-key     GET /metrics needs a key too
+  --cors-origin ORIGIN       allow CORS from ORIGIN, or * (repeatable; env FLOCK_CORS_ORIGINS)
+  --allowed-host NAME        answer only requests whose Host header names NAME (repeatable; env FLOCK_ALLOWED_HOSTS)
+  --insecure-no-auth         serve without API keys on a non-loopback address (env FLOCK_INSECURE_NO_AUTH=1)
+
+Logs
+  --log-level LEVEL          ${LOG_LEVELS.join("|")} (default info; env FLOCK_LOG_LEVEL)
+  --log-format text|json     (default: text on a terminal, else json; env FLOCK_LOG_FORMAT)
+  --log-prompts              log prompt and completion text (env FLOCK_LOG_PROMPTS=1)
+  -h, --help                 this text
+
+Without a model or a config file with models, flock serves its built-in demo models.`;
 
 export class ConfigError extends Error {}
 
@@ -138,10 +154,75 @@ function describeZodError(where: string, error: z.ZodError): ConfigError {
   return new ConfigError(`${where}: ${issues}`);
 }
 
-function parseModelFlag(spec: string): { id: string; path: string } {
-  const eq = spec.indexOf("=");
-  if (eq <= 0 || eq === spec.length - 1) throw new ConfigError(`--model expects ID=PATH, got "${spec}"`);
-  return { id: spec.slice(0, eq), path: spec.slice(eq + 1) };
+/** llama-server's and vLLM's short flags, spelled as flock's long ones before parsing. */
+const FLAG_ALIASES: Record<string, string> = {
+  "-m": "--model",
+  "-a": "--alias",
+  "-c": "--ctx-size",
+  "-np": "--parallel",
+  "-ngl": "--n-gpu-layers",
+  "-t": "--threads",
+};
+
+/** argv with the aliases above (also in their -flag=value form) replaced. */
+export function expandFlagAliases(argv: readonly string[]): string[] {
+  return argv.map((arg) => {
+    const eq = arg.indexOf("=");
+    const flag = eq < 0 ? arg : arg.slice(0, eq);
+    const long = FLAG_ALIASES[flag];
+    return long ? long + (eq < 0 ? "" : arg.slice(eq)) : arg;
+  });
+}
+
+/** An id for a model given by path alone: its file name without .gguf, in the id alphabet. */
+export function idFromPath(path: string): string {
+  return basename(path)
+    .replace(/\.gguf$/i, "")
+    .replace(/[^\w.:/+-]+/g, "-");
+}
+
+/**
+ * A --model value: ID=PATH, or a path (a file that exists is a path even with "=" in its name).
+ * Paths alone take the next alias, else their file name.
+ */
+function parseModelFlags(specs: readonly string[], aliases: readonly string[]): Array<{ id: string; path: string }> {
+  const left = [...aliases];
+  const models = specs.map((spec) => {
+    const eq = spec.indexOf("=");
+    if (eq >= 0 && !existsSync(spec)) {
+      if (eq === 0 || eq === spec.length - 1) throw new ConfigError(`--model expects PATH or ID=PATH, got "${spec}"`);
+      return { id: spec.slice(0, eq), path: spec.slice(eq + 1) };
+    }
+    return { id: left.shift() ?? idFromPath(spec), path: spec };
+  });
+  if (left.length > 0) throw new ConfigError(`--alias ${left.join(", ")}: no --model PATH left to name (aliases name the models given without ID=)`);
+  return models;
+}
+
+/** The known flag closest to `unknown` by edit distance, if it is close enough to be a typo. */
+export function closestFlag(unknown: string, known: readonly string[]): string | undefined {
+  const distance = (a: string, b: string) => {
+    const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+      let diagonal = row[0];
+      row[0] = i;
+      for (let j = 1; j <= b.length; j++) {
+        const above = row[j];
+        row[j] = Math.min(row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
+        diagonal = above;
+      }
+    }
+    return row[b.length];
+  };
+  let best: { flag: string; d: number } | undefined;
+  for (const flag of known) {
+    const d = distance(unknown, flag);
+    if (!best || d < best.d) best = { flag, d };
+  }
+  // A prefix of a flag ("--ctx") or a few edits away ("--prot").
+  const prefixOf = known.find((flag) => flag.startsWith(unknown) && unknown.length >= 4);
+  if (prefixOf) return prefixOf;
+  return best && best.d <= Math.max(2, Math.floor(unknown.length / 4)) ? best.flag : undefined;
 }
 
 const int = (s: string | undefined) => (s === undefined ? undefined : /^-?\d+$/.test(s) ? Number(s) : s);
@@ -167,49 +248,55 @@ export function readKeyFile(path: string): string[] {
 /** Resolves the configuration from argv and env; returns null when --help was asked for. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig | null {
   let parsed;
+  const options = {
+    config: { type: "string" },
+    model: { type: "string", multiple: true },
+    host: { type: "string" },
+    port: { type: "string" },
+    gpu: { type: "string" },
+    threads: { type: "string" },
+    parallel: { type: "string" },
+    "context-size": { type: "string" },
+    "gpu-layers": { type: "string" },
+    "max-n": { type: "string" },
+    "max-tokens": { type: "string" },
+    "max-body-bytes": { type: "string" },
+    "log-level": { type: "string" },
+    "cache-dir": { type: "string" },
+    "max-prompt-tokens": { type: "string" },
+    "max-queue": { type: "string" },
+    "request-timeout": { type: "string" },
+    "api-key": { type: "string", multiple: true },
+    "api-key-file": { type: "string" },
+    "admin-key": { type: "string" },
+    "admin-key-file": { type: "string" },
+    "admin-dir": { type: "string", multiple: true },
+    "health-requires-key": { type: "boolean" },
+    "metrics-requires-key": { type: "boolean" },
+    "cors-origin": { type: "string", multiple: true },
+    "keep-alive": { type: "string" },
+    "write-timeout": { type: "string" },
+    "shutdown-timeout": { type: "string" },
+    "log-prompts": { type: "boolean" },
+    "no-playground": { type: "boolean" },
+    "no-weight-check": { type: "boolean" },
+    "insecure-no-auth": { type: "boolean" },
+    "allowed-host": { type: "string", multiple: true },
+    alias: { type: "string", multiple: true },
+    "served-model-name": { type: "string", multiple: true },
+    "ctx-size": { type: "string" },
+    "max-model-len": { type: "string" },
+    "n-gpu-layers": { type: "string" },
+    "log-format": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  } as const;
   try {
-    parsed = parseArgs({
-      args: argv,
-      options: {
-        config: { type: "string" },
-        model: { type: "string", multiple: true },
-        host: { type: "string" },
-        port: { type: "string" },
-        gpu: { type: "string" },
-        threads: { type: "string" },
-        parallel: { type: "string" },
-        "context-size": { type: "string" },
-        "gpu-layers": { type: "string" },
-        "max-n": { type: "string" },
-        "max-tokens": { type: "string" },
-        "max-body-bytes": { type: "string" },
-        "log-level": { type: "string" },
-        "cache-dir": { type: "string" },
-        "max-prompt-tokens": { type: "string" },
-        "max-queue": { type: "string" },
-        "request-timeout": { type: "string" },
-        "api-key": { type: "string", multiple: true },
-        "api-key-file": { type: "string" },
-        "admin-key": { type: "string" },
-        "admin-key-file": { type: "string" },
-        "admin-dir": { type: "string", multiple: true },
-        "health-requires-key": { type: "boolean" },
-        "metrics-requires-key": { type: "boolean" },
-        "cors-origin": { type: "string", multiple: true },
-        "keep-alive": { type: "string" },
-        "write-timeout": { type: "string" },
-        "shutdown-timeout": { type: "string" },
-        "log-prompts": { type: "boolean" },
-        "no-playground": { type: "boolean" },
-        "no-weight-check": { type: "boolean" },
-        "insecure-no-auth": { type: "boolean" },
-        "allowed-host": { type: "string", multiple: true },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-    });
+    parsed = parseArgs({ args: expandFlagAliases(argv), options, strict: true });
   } catch (err) {
-    throw new ConfigError((err as Error).message);
+    const unknown = (err as Error).message.match(/Unknown option '([^']+)'/)?.[1];
+    const known = Object.keys(options).map((name) => `--${name}`);
+    const suggestion = unknown ? closestFlag(unknown, [...known, ...Object.keys(FLAG_ALIASES)]) : undefined;
+    throw new ConfigError(suggestion ? `${(err as Error).message.split(". ")[0]}. Did you mean ${suggestion}?` : (err as Error).message);
   }
   const flags = parsed.values;
   if (flags.help) return null;
@@ -240,6 +327,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   set("gpu", flags.gpu);
   set("threads", int(flags.threads));
   set("logLevel", flags["log-level"]);
+  set("logFormat", env.FLOCK_LOG_FORMAT);
+  set("logFormat", flags["log-format"]);
   set("cacheDir", flags["cache-dir"]);
   set("keepAlive", num(flags["keep-alive"]));
   set("writeTimeout", num(flags["write-timeout"]));
@@ -293,15 +382,22 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   if (flags["request-timeout"] !== undefined) limits.requestTimeout = num(flags["request-timeout"]);
   merged.limits = limits;
 
-  if (flags.model?.length) {
-    const gpuLayers = flags["gpu-layers"];
-    const models = flags.model.map((spec) => ({
-      ...parseModelFlag(spec),
-      ...(flags.parallel !== undefined ? { parallel: int(flags.parallel) } : {}),
-      ...(flags["context-size"] !== undefined ? { contextSize: int(flags["context-size"]) } : {}),
+  // Models from flags, else from the environment (FLOCK_MODEL: paths or ID=PATH, comma-separated).
+  const modelSpecs = flags.model?.length ? flags.model : (list(env.FLOCK_MODEL) ?? []);
+  if (modelSpecs.length > 0) {
+    const aliases = [...(flags.alias ?? []), ...(flags["served-model-name"] ?? []), ...(flags.model?.length ? [] : (list(env.FLOCK_ALIAS) ?? []))];
+    const contextSize = flags["ctx-size"] ?? flags["max-model-len"] ?? flags["context-size"] ?? env.FLOCK_CTX_SIZE;
+    const parallel = flags.parallel ?? env.FLOCK_PARALLEL;
+    const gpuLayers = flags["n-gpu-layers"] ?? flags["gpu-layers"] ?? env.FLOCK_N_GPU_LAYERS;
+    const models = parseModelFlags(modelSpecs, aliases).map((model) => ({
+      ...model,
+      ...(parallel !== undefined ? { parallel: int(parallel) } : {}),
+      ...(contextSize !== undefined ? { contextSize: contextSize === "auto" ? "auto" : int(contextSize) } : {}),
       ...(gpuLayers !== undefined ? { gpuLayers: gpuLayers === "auto" || gpuLayers === "max" ? gpuLayers : int(gpuLayers) } : {}),
     }));
     merged.models = [...((file.models as unknown[] | undefined) ?? []), ...models];
+  } else if (flags.alias?.length || flags["served-model-name"]?.length) {
+    throw new ConfigError("--alias and --served-model-name name models given with --model PATH; there are none");
   }
 
   const result = ServerConfig.safeParse(merged);

@@ -1,5 +1,6 @@
 // What the app's routes share: the server's context, per-request variables, and the errors
 // every route may answer while models load or the server shuts down.
+import { IgnoredFieldLog } from "./request-fields.js";
 import { FlockError } from "../engine/errors.js";
 import type { PipelineRegistry } from "../pipelines/pipeline.js";
 import { HttpError } from "./errors.js";
@@ -63,6 +64,8 @@ export interface Operations {
   metrics: Metrics;
   inflight: Inflight;
   serving: Serving;
+  /** Which client was told about which ignored request field (logged once per client). */
+  ignoredFields: IgnoredFieldLog;
 }
 
 export type AppEnv = {

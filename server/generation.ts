@@ -1,7 +1,7 @@
 // From a validated OpenAI request to the decoder's PipelineRequests (one per choice), and
 // running the choices together.
 import { randomInt } from "node:crypto";
-import type { SamplingParams } from "../decoding/sampler.js";
+import { DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
 import type { FusionOverrides } from "../decoding/fusion/config.js";
 import type { SpeculativeOverrides } from "../decoding/speculative/config.js";
 import type { RoutingOverrides } from "../experts/config.js";
@@ -29,10 +29,12 @@ export function samplingParams(body: CommonRequest, pipeline: Pipeline): Samplin
   return {
     temperature: body.temperature ?? 1,
     topP: body.top_p ?? 1,
-    topK: ext?.top_k ?? 0,
-    minP: ext?.min_p ?? 0,
+    topK: Math.max(0, body.top_k ?? ext?.top_k ?? 0),
+    minP: body.min_p ?? ext?.min_p ?? 0,
     presencePenalty: body.presence_penalty ?? 0,
     frequencyPenalty: body.frequency_penalty ?? 0,
+    repetitionPenalty: body.repetition_penalty ?? body.repeat_penalty ?? 1,
+    repeatLastN: body.repeat_last_n ?? DEFAULT_SAMPLING.repeatLastN,
     logitBias: new Map(Object.entries(body.logit_bias ?? {}).map(([token, bias]) => [Number(token), bias])),
   };
 }
@@ -93,7 +95,7 @@ export function stopSequences(body: CommonRequest): string[] {
 
 export function choiceCount(body: CommonRequest, limits: Limits): number {
   const n = body.n ?? 1;
-  if (n > limits.maxN) throw new FlockError("invalid_request", `n is ${n}; this server allows at most ${limits.maxN}`, "n");
+  if (n > limits.maxN) throw new FlockError("unsupported", `n is ${n}; this server allows at most ${limits.maxN}`, "n");
   return n;
 }
 

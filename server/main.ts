@@ -16,7 +16,7 @@ if (config === null) {
   process.exit(0);
 }
 
-const log = createLogger(config.logLevel);
+const log = createLogger(config.logLevel, undefined, config.logFormat);
 // An error nothing caught leaves the process in an unknown state (a sequence held, a lock
 // taken): log it and exit non-zero, for the supervisor to restart a clean one.
 const die = (kind: string) => (err: unknown) => {

@@ -1,6 +1,7 @@
-// Request bodies of the OpenAI endpoints flock serves, validated with zod. Fields OpenAI
-// defines but flock cannot honour are rejected with a clear message rather than ignored;
-// fields with no effect on generation (user, metadata, store) are accepted.
+// Request bodies of the OpenAI endpoints flock serves, validated with zod. Which fields are
+// honoured, ignored or refused is decided in request-fields.ts; here are the bounds of the
+// honoured ones and the values of the refused ones that are refused (a 400 with code
+// unsupported_parameter). Other top-level fields are dropped (and reported as ignored).
 import { z } from "zod";
 import { FusionRequest } from "../decoding/fusion/config.js";
 import { SpeculativeRequest } from "../decoding/speculative/config.js";
@@ -31,19 +32,35 @@ const FlockExtension = z.strictObject({
   routing: RoutingRequest.optional(),
 });
 
+/** A refusal: the issue describeIssue turns into a 400 with code unsupported_parameter. */
+export const UNSUPPORTED = { unsupported: true } as const;
+
+/** A field refused whenever `refused(value)` holds, with `message` saying why. */
+function refusedWhen<T extends z.ZodType>(schema: T, refused: (value: z.output<T>) => boolean, message: string) {
+  return schema.nullish().refine((value) => value == null || !refused(value as z.output<T>), { message, params: UNSUPPORTED });
+}
+
+/** A field refused with any value but null. */
+const refusedAlways = (message: string) => refusedWhen(z.unknown(), () => true, message);
+
 const common = {
   model: z.string().min(1),
   temperature: z.number().min(0).max(2).nullish(),
   top_p: z.number().gt(0).max(1).nullish(),
+  // llama-server's and vLLM's top-level sampling fields (≤ 0 turns top-k off, as in both).
+  top_k: z.int().min(-1).nullish(),
+  min_p: z.number().min(0).max(1).nullish(),
+  repetition_penalty: z.number().gt(0).max(100).nullish(),
+  repeat_penalty: z.number().gt(0).max(100).nullish(),
+  repeat_last_n: z.int().min(-1).nullish(),
   n: z.int().min(1).nullish(),
   stream: z.boolean().nullish(),
-  stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullish(),
+  stream_options: z.object({ include_usage: z.boolean().nullish(), include_obfuscation: z.boolean().nullish() }).nullish(),
   stop: Stop,
   presence_penalty: z.number().min(-2).max(2).nullish(),
   frequency_penalty: z.number().min(-2).max(2).nullish(),
   logit_bias: LogitBias,
   seed: z.int().nullish(),
-  user: z.string().optional(),
   [EXTENSION_KEY]: FlockExtension.optional(),
 };
 
@@ -51,39 +68,61 @@ const TextPart = z.strictObject({ type: z.literal("text"), text: z.string() });
 const ContentPart = z.union([
   TextPart,
   z.looseObject({ type: z.string() }).transform((part, ctx) => {
-    ctx.addIssue({ code: "custom", message: `content parts of type "${part.type}" are not supported; only "text" is` });
+    ctx.addIssue({ code: "custom", message: `content parts of type "${part.type}" are not supported: the model accepts text only`, params: UNSUPPORTED });
     return z.NEVER;
   }),
 ]);
 const Content = z.union([z.string(), z.array(ContentPart)]);
 
+/** A message role flock cannot render: refused, never dropped. */
+function refusedRole<R extends string>(role: R, message: string) {
+  return z.looseObject({ role: z.literal(role) }).transform((_, ctx) => {
+    ctx.addIssue({ code: "custom", message, params: UNSUPPORTED, path: ["role"] });
+    return z.NEVER;
+  });
+}
+
 const Message = z.discriminatedUnion("role", [
   z.looseObject({ role: z.literal("system"), content: Content, name: z.string().optional() }),
   z.looseObject({ role: z.literal("developer"), content: Content, name: z.string().optional() }),
   z.looseObject({ role: z.literal("user"), content: Content, name: z.string().optional() }),
-  z.looseObject({ role: z.literal("assistant"), content: Content.nullish(), name: z.string().optional() }),
+  z.looseObject({
+    role: z.literal("assistant"),
+    content: Content.nullish(),
+    name: z.string().optional(),
+    // Never dropped: a history with tool calls the prompt cannot show is refused.
+    tool_calls: refusedWhen(z.array(z.unknown()), (calls) => calls.length > 0, "assistant messages with tool_calls need tool calling, which is not supported yet"),
+    function_call: refusedAlways("assistant messages with function_call need function calling, which is not supported"),
+    audio: refusedAlways("assistant messages with audio are not supported: this server handles text only"),
+  }),
+  refusedRole("tool", 'role "tool" messages answer tool calls, which are not supported yet'),
+  refusedRole("function", 'role "function" messages answer function calls, which are not supported'),
 ]);
 
-export const ChatCompletionRequest = z.strictObject({
+const NoCall = z.union([z.string(), z.looseObject({})]);
+const calls = (choice: unknown) => choice !== "none" && choice !== "auto";
+
+export const ChatCompletionRequest = z.object({
   ...common,
   messages: z.array(Message).min(1, "messages must hold at least one message"),
   max_tokens: z.int().min(1).nullish(),
   max_completion_tokens: z.int().min(1).nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.int().min(0).max(20).nullish(),
-  response_format: z
-    .object({ type: z.string() })
-    .refine((f) => f.type === "text", { message: 'only response_format {"type": "text"} is supported' })
-    .nullish(),
-  tools: z.array(z.unknown()).max(0, "tools (function calling) are not supported").nullish(),
-  tool_choice: z.literal("none").nullish(),
-  parallel_tool_calls: z.boolean().nullish(),
-  store: z.boolean().nullish(),
-  metadata: z.record(z.string(), z.string()).nullish(),
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+  response_format: refusedWhen(z.looseObject({ type: z.string() }), (f) => f.type !== "text", 'only response_format {"type": "text"} is supported'),
+  tools: refusedWhen(z.array(z.unknown()), (tools) => tools.length > 0, "tools (function calling) are not supported yet"),
+  tool_choice: refusedWhen(NoCall, calls, 'tool_choice must be "none" or "auto": tools are not supported yet'),
+  functions: refusedWhen(z.array(z.unknown()), (functions) => functions.length > 0, "functions (function calling) are not supported"),
+  function_call: refusedWhen(NoCall, calls, 'function_call must be "none" or "auto": function calling is not supported'),
+  modalities: refusedWhen(z.array(z.string()), (m) => m.some((x) => x !== "text"), 'this server generates text only: modalities must be ["text"]'),
+  audio: refusedAlways("audio output is not supported: this server generates text only"),
+  prediction: refusedAlways("predicted outputs are not supported"),
+  web_search_options: refusedAlways("web search is not supported"),
 });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
 
-export const CompletionRequest = z.strictObject({
+export const CompletionRequest = z.object({
   ...common,
   prompt: z.union([
     z.string(),
@@ -95,10 +134,7 @@ export const CompletionRequest = z.strictObject({
   logprobs: z.int().min(0).max(20).nullish(),
   echo: z.boolean().nullish(),
   best_of: z.int().min(1).nullish(),
-  suffix: z
-    .string()
-    .nullish()
-    .refine((s) => !s, { message: "suffix (text insertion) is not supported" }),
+  suffix: refusedWhen(z.string(), (suffix) => suffix.length > 0, "suffix (text insertion) is not supported"),
 });
 export type CompletionRequest = z.infer<typeof CompletionRequest>;
 

@@ -30,7 +30,7 @@ export interface FlockServer {
   close(deadlineMs?: number): Promise<void>;
 }
 
-export async function startServer(config: ServerConfig, log: Logger = createLogger(config.logLevel)): Promise<FlockServer> {
+export async function startServer(config: ServerConfig, log: Logger = createLogger(config.logLevel, undefined, config.logFormat)): Promise<FlockServer> {
   let registry: PipelineRegistry | null = null;
   let failure: string | null = null;
   let engine: Engine | null = null;
@@ -119,6 +119,12 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
         },
         "model loaded",
       );
+      if (entry.contextSize === "auto" && model.contextSize < model.trainContextSize) {
+        log.warn(
+          { model: entry.id, contextSize: model.contextSize, trainContextSize: model.trainContextSize, parallel: model.parallel },
+          "context reduced below the model's training context to fit memory for its parallel sequences (set contextSize, or fewer parallel sequences)",
+        );
+      }
       for (const r of routed) {
         loaded.add(r);
         if (r.kind === "routed") {
@@ -129,6 +135,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
       }
     }
     registry = loaded;
+    log.info({ models: loaded.list().map((m) => m.id), url: `http://${host}:${port}` }, "ready: every model is loaded");
     // Acceptance predictors learn while serving; keep what they learned across restarts.
     saveTimer = setInterval(() => savePredictors(loaded), 60_000);
     saveTimer.unref();

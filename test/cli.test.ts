@@ -1,9 +1,9 @@
 // `npm start` as a user runs it: the CLI entry point, the built-in demo forged into a fresh
 // cache directory, an OpenAI client, and a clean exit on SIGTERM.
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import OpenAI from "openai";
 import { afterAll, describe, expect, it } from "vitest";
 
@@ -66,13 +66,39 @@ describe("the flock command", () => {
     expect(res.choices[0].message.content).toMatch(/^[A-Z][a-z]* [a-z]+/); // words of the demo language
 
     child.kill("SIGTERM");
+    const { code, stdout } = await exited;
+    expect(code).toBe(0);
+    // Not a terminal: JSON lines, one of them saying every model is loaded.
+    const lines = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { msg: string; models?: string[] });
+    expect(lines.find((l) => l.msg === "ready: every model is loaded")?.models).toContain("flock-demo");
+  });
+
+  it("serves one file as llama-server does (-m PATH -c N -np N), its id the file name, logging text on request", async () => {
+    const demo = readdirSync(cacheDir, { recursive: true, encoding: "utf8" }).find((f) => basename(f) === "flock-demo.gguf");
+    expect(demo).toBeDefined();
+    const child = run(["-m", join(cacheDir, demo!), "-c", "256", "-np", "1", "-t", "1", "--port", "0", "--gpu", "off", "--log-format", "text"], { FLOCK_CACHE_DIR: cacheDir });
+    const exited = output(child);
+    let stdout = "";
+    child.stdout!.on("data", (d) => (stdout += d));
+    for (let i = 0; i < 600 && !stdout.includes("ready: every model is loaded"); i++) await new Promise((r) => setTimeout(r, 100));
+    const ready = stdout.split("\n").find((l) => l.includes("ready: every model is loaded"))!;
+    expect(ready).toMatch(/INFO/);
+    expect(ready.startsWith("{")).toBe(false);
+    const url = stdout.match(/url: "(http:\/\/127\.0\.0\.1:\d+)"/)?.[1] ?? stdout.match(/(http:\/\/127\.0\.0\.1:\d+)/)![1];
+    const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none" });
+    expect((await client.models.list()).data.map((m) => m.id)).toEqual(["flock-demo"]);
+    // -c 256: the window is 256 tokens.
+    await expect(client.completions.create({ model: "flock-demo", prompt: "The", max_tokens: 300 })).rejects.toMatchObject({ status: 400, code: "context_length_exceeded", message: expect.stringContaining("256 tokens") });
+    child.kill("SIGTERM");
     expect((await exited).code).toBe(0);
   });
 
   it("prints usage for --help and exits 0", async () => {
     const { code, stdout } = await output(run(["--help"]));
     expect(code).toBe(0);
-    expect(stdout).toContain("--model ID=PATH");
+    expect(stdout).toContain("--model PATH|ID=PATH");
+    // Grouped by what the flags are about.
+    for (const group of ["Models", "Server", "Limits", "Security", "Logs"]) expect(stdout).toMatch(new RegExp(`^${group}$`, "m"));
   });
 
   it("rejects bad flags with exit code 2 and a message naming the problem", async () => {

@@ -1,6 +1,7 @@
 // The fusion decoder: a strong model, a small base and small experts evaluate every token
 // together; each step solves α (solver.ts), samples from the fused distribution with the usual
 // sampler settings, and feeds the token to all of them.
+import { TokenHistory } from "../history.js";
 import { tokenDraws } from "../noise.js";
 import type { KvSequence } from "../../engine/sequence.js";
 import { OutputAssembler } from "../output.js";
@@ -72,7 +73,7 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
     const draws = tokenDraws(request);
     const output = new OutputAssembler(setup.strong, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
-    const counts = new Map<number, number>();
+    const history = TokenHistory.after(request.prompt);
     let logits = await Promise.all(sequences.map((seq) => seq.prefill(request.prompt)));
     const stats = setup.stats;
     const contextSize = Math.min(...sequences.map((s) => s.contextSize));
@@ -84,8 +85,8 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
       const choice = chooseFusion(settings, strong, base, expertLogits);
       stats.solveMs += performance.now() - solveStarted;
       const fused = fuseLogits(strong, base, choice.active.map(({ index, alpha }) => ({ logits: expertLogits[index], alpha })));
-      const token = draws.sample(adjustLogits(fused, request.sampling, counts), request.sampling, request.prompt.length + generated - 1);
-      counts.set(token, (counts.get(token) ?? 0) + 1);
+      const token = draws.sample(adjustLogits(fused, request.sampling, history), request.sampling, request.prompt.length + generated - 1);
+      history.push(token);
       const expertName =
         choice.expert >= 0 ? experts[choice.expert].name : choice.active.length > 0 ? choice.active.map(({ index }) => experts[index].name).join("+") : null;
       stats.record(expertName, choice.alpha);

@@ -8,6 +8,7 @@
 //   from the last committed token on;
 // - the draft's cache likewise holds a prefix of `all` (plus candidates from the last round,
 //   rolled back to what was accepted); each round it catches up, then drafts.
+import { TokenHistory } from "../history.js";
 import type { KvSequence } from "../../engine/sequence.js";
 import type { Rng } from "../rng.js";
 import { tokenDraws } from "../noise.js";
@@ -40,10 +41,6 @@ export interface SpeculativeSetup {
 /** Recent acceptance starts optimistic and follows the soft labels. */
 const RECENT_START = 0.7;
 const RECENT_DECAY = 0.9;
-
-function increment(counts: Map<number, number>, token: number): void {
-  counts.set(token, (counts.get(token) ?? 0) + 1);
-}
 
 /**
  * Evaluates `all`'s tokens the cache lacks (at least the last), then `extra`; returns the
@@ -85,7 +82,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     const output = new OutputAssembler(target, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const ends = (token: number) => target.isEndOfGeneration(token) || stopTokens.has(token);
-    const counts = new Map<number, number>();
+    const history = TokenHistory.after(request.prompt);
     const all = [...request.prompt];
     const contextSize = Math.min(targetSeq.contextSize, draftSeq.contextSize);
     let generated = 0;
@@ -110,7 +107,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const drafting = budget > 0 && policy.skipRound?.() !== true;
       if (drafting) {
         policy.begin();
-        const draftCounts = new Map(counts);
+        const draftHistory = history.clone();
         // A predictor that reads hidden states gets the one that produced each candidate, and
         // if it asks, the one at the candidate: then the draft evaluates each candidate before
         // the decision (the step it would take next anyway; only a round's last one is extra).
@@ -128,7 +125,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           return next;
         };
         for (let k = 1; k <= budget; k++) {
-          const adjusted = adjustLogits(draftLogits, params, draftCounts);
+          const adjusted = adjustLogits(draftLogits, params, draftHistory);
           const q = samplingDistribution(adjusted, params);
           // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
           const judged = params.temperature === 0 ? softmax(adjusted) : q;
@@ -148,7 +145,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           draftDistributions.push(q);
           features.push(f);
           if (detail) predictions.push(policy.lastPrediction);
-          increment(draftCounts, y);
+          draftHistory.push(y);
           if (decision === "stop" || k === budget || ends(y)) break;
           ({ logits: draftLogits, hidden: draftHidden } = next ?? (await timedStep(y)));
         }
@@ -158,7 +155,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const passStarted = performance.now();
       const { logits: targetLogits, evaluated } = await catchUp(targetSeq, all, candidates);
       costs.observeTargetPass(evaluated, performance.now() - passStarted);
-      const verdict = judge(targetLogits, candidates, draftDistributions, counts, params, coupled ? { keyed: (adjusted, i) => draws.sample(adjusted, params, all.length + i) } : { rng: draws.rng });
+      const verdict = judge(targetLogits, candidates, draftDistributions, history, params, coupled ? { keyed: (adjusted, i) => draws.sample(adjusted, params, all.length + i) } : { rng: draws.rng });
       features.forEach((f, i) => {
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
@@ -175,7 +172,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       if (details) step.speculative!.detail = [];
       for (const [j, token] of emitted.entries()) {
         generated++;
-        increment(counts, token);
+        history.push(token);
         all.push(token);
         step.tokens.push(token);
         step.speculative!.origins.push(origins[j]);
@@ -210,14 +207,14 @@ function judge(
   targetLogits: readonly Float32Array[],
   candidates: readonly number[],
   draftDistributions: readonly Float64Array[],
-  committedCounts: ReadonlyMap<number, number>,
+  committed: TokenHistory,
   sampling: SamplingParams,
   draw: { keyed: (adjusted: Float32Array, i: number) => number } | { rng: Rng },
 ): Verification {
-  const targetCounts = new Map(committedCounts);
+  const targetHistory = committed.clone();
   const adjustedAt = (i: number) => {
-    const adjusted = adjustLogits(targetLogits[i], sampling, targetCounts);
-    if (i < candidates.length) increment(targetCounts, candidates[i]);
+    const adjusted = adjustLogits(targetLogits[i], sampling, targetHistory);
+    if (i < candidates.length) targetHistory.push(candidates[i]);
     return adjusted;
   };
   if ("keyed" in draw) return verifyCoupled(candidates, targetLogits.map((_, i) => draw.keyed(adjustedAt(i), i)));

@@ -1,6 +1,7 @@
 // Training the SpecDec++ acceptance head from target/draft rollouts: the speculative decoder
 // itself produces the data — every drafted position's head input (headInput) and its soft label
 // min(1, p(y)/q(y)) — and the head is fitted with the authors' weighted soft-label loss.
+import { DEFAULT_SAMPLING } from "../sampler.js";
 import { createRng } from "../rng.js";
 import type { DecodeStep, GenerationRequest } from "../types.js";
 import type { LogprobModel } from "../plain.js";
@@ -68,7 +69,7 @@ export async function collectSamples(
     const request: GenerationRequest = {
       prompt,
       maxTokens: options.tokensPerPrompt,
-      sampling: { temperature: options.temperature, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0, logitBias: new Map() },
+      sampling: { ...DEFAULT_SAMPLING, temperature: options.temperature },
       seed: options.seed + i,
       stopStrings: [],
       stopTokens: [],

@@ -5,7 +5,7 @@ import { chatLogprobs, chunkFor, completionId, nowSeconds, responseExtension, st
 import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
-import { parseBody } from "../validation.js";
+import { parseRequest } from "../validation.js";
 import type { AppEnv, ServerContext } from "../context.js";
 
 function toChatMessages(body: ChatCompletionRequest): ChatMessage[] {
@@ -18,13 +18,13 @@ function toChatMessages(body: ChatCompletionRequest): ChatMessage[] {
 
 export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (c) => {
-    const body = await parseBody(c, ChatCompletionRequest);
+    const body = await parseRequest(c, ChatCompletionRequest, "chat");
     const pipeline = ctx.registry().resolve(body.model);
     const extension = extensionOptions(body, pipeline);
     const n = choiceCount(body, ctx.limits);
     const messages = toChatMessages(body);
     checkPromptBytes(messages.map((m) => m.content), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "messages");
-    const rendered = pipeline.model.renderChat(messages);
+    const rendered = pipeline.model.renderChat(messages, body.chat_template_kwargs ?? undefined);
     const requestedMax = body.max_completion_tokens ?? body.max_tokens;
     const maxTokens = maxTokensFor(
       requestedMax,

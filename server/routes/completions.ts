@@ -6,7 +6,7 @@ import { chunkFor, completionId, completionLogprobs, nowSeconds, responseExtensi
 import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
-import { parseBody } from "../validation.js";
+import { parseRequest } from "../validation.js";
 import type { AppEnv, ServerContext } from "../context.js";
 
 /** OpenAI accepts one prompt or a batch: text, texts, token ids, or lists of token ids. */
@@ -18,7 +18,7 @@ function promptList(prompt: CompletionRequest["prompt"]): Array<string | number[
 
 export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/completions", async (c) => {
-    const body = await parseBody(c, CompletionRequest);
+    const body = await parseRequest(c, CompletionRequest, "completions");
     const pipeline = ctx.registry().resolve(body.model);
     const extension = extensionOptions(body, pipeline);
     const n = choiceCount(body, ctx.limits);

@@ -76,6 +76,7 @@ describe("loadConfig", () => {
       FLOCK_WEIGHT_CHECK: "0",
       FLOCK_ADMIN_DIRS: "/a,/b",
       FLOCK_ALLOWED_HOSTS: "flock.internal",
+      FLOCK_LOG_FORMAT: "json",
     };
     expect(load([], env)).toMatchObject({
       host: "0.0.0.0",
@@ -88,6 +89,7 @@ describe("loadConfig", () => {
       weightCheck: false,
       adminDirs: ["/a", "/b"],
       allowedHosts: ["flock.internal"],
+      logFormat: "json",
     });
   });
 
@@ -112,7 +114,53 @@ describe("loadConfig", () => {
       { id: "big:q4", path: "/m/a=b.gguf", lora: [], contextSize: 1024, parallel: 2, gpuLayers: "max" },
     ]);
     const defaults = load(["--model", "m=/x.gguf", "--gpu-layers", "12"]).models[0];
-    expect(defaults).toEqual({ id: "m", path: "/x.gguf", lora: [], contextSize: 4096, parallel: 4, gpuLayers: 12 });
+    expect(defaults).toEqual({ id: "m", path: "/x.gguf", lora: [], contextSize: "auto", parallel: 4, gpuLayers: 12 });
+  });
+
+  it("takes llama-server's and vLLM's flags: each alias parses to what its long form does", () => {
+    const pairs: Array<[string[], string[]]> = [
+      [["-m", "/m/qwen2.5-0.5b-instruct-q8_0.gguf"], ["--model", "/m/qwen2.5-0.5b-instruct-q8_0.gguf"]],
+      [["-m", "/m/a.gguf", "-c", "2048"], ["--model", "/m/a.gguf", "--ctx-size", "2048"]],
+      [["-m", "/m/a.gguf", "--max-model-len", "2048"], ["--model", "/m/a.gguf", "--context-size", "2048"]],
+      [["-m", "/m/a.gguf", "-ngl", "99"], ["--model", "/m/a.gguf", "--n-gpu-layers", "99"]],
+      [["-m", "/m/a.gguf", "--n-gpu-layers", "99"], ["--model", "/m/a.gguf", "--gpu-layers", "99"]],
+      [["-m", "/m/a.gguf", "-np", "2"], ["--model", "/m/a.gguf", "--parallel", "2"]],
+      [["-m", "/m/a.gguf", "-t", "3"], ["--model", "/m/a.gguf", "--threads", "3"]],
+      [["-m", "/m/a.gguf", "-a", "qwen"], ["--model", "/m/a.gguf", "--alias", "qwen"]],
+      [["-m", "/m/a.gguf", "--served-model-name", "qwen"], ["--model", "qwen=/m/a.gguf"]],
+      [["-m=/m/a.gguf", "-c=512"], ["--model", "/m/a.gguf", "--ctx-size", "512"]],
+    ];
+    for (const [short, long] of pairs) expect(load(short), short.join(" ")).toEqual(load(long));
+    expect(load(["-m", "/m/qwen2.5-0.5b-instruct-q8_0.gguf"]).models[0]).toMatchObject({ id: "qwen2.5-0.5b-instruct-q8_0", path: "/m/qwen2.5-0.5b-instruct-q8_0.gguf", contextSize: "auto" });
+    expect(load(["-m", "/m/a.gguf", "-c", "2048", "-np", "2", "-ngl", "99", "-t", "3"])).toMatchObject({ threads: 3, models: [{ id: "a", contextSize: 2048, parallel: 2, gpuLayers: 99 }] });
+  });
+
+  it("names models given by path from --alias in order, ID=PATH ones keep theirs", () => {
+    const config = load(["-m", "/m/one.gguf", "-m", "two=/m/2.gguf", "-m", "/m/three.gguf", "--alias", "first"]);
+    expect(config.models.map((m) => [m.id, m.path])).toEqual([["first", "/m/one.gguf"], ["two", "/m/2.gguf"], ["three", "/m/three.gguf"]]);
+    expect(configError(["-m", "/m/one.gguf", "-a", "x", "-a", "y"]).message).toContain("--alias y");
+    expect(configError(["-a", "x"]).message).toContain("--model");
+    // A file whose name holds "=" is a path when it exists.
+    const odd = join(dir, "a=b.gguf");
+    writeFileSync(odd, "");
+    expect(load(["-m", odd]).models[0]).toMatchObject({ id: "a-b", path: odd });
+  });
+
+  it("takes the model, context, parallelism and GPU layers from the environment when no flag names a model", () => {
+    const env = { FLOCK_MODEL: "/m/a.gguf,b=/m/b.gguf", FLOCK_ALIAS: "alpha", FLOCK_CTX_SIZE: "1024", FLOCK_PARALLEL: "3", FLOCK_N_GPU_LAYERS: "max" };
+    expect(load([], env).models).toEqual([
+      { id: "alpha", path: "/m/a.gguf", lora: [], contextSize: 1024, parallel: 3, gpuLayers: "max" },
+      { id: "b", path: "/m/b.gguf", lora: [], contextSize: 1024, parallel: 3, gpuLayers: "max" },
+    ]);
+    // Flags win: their models replace the environment's, their settings override.
+    expect(load(["-m", "/m/c.gguf", "-c", "512"], env).models).toEqual([{ id: "c", path: "/m/c.gguf", lora: [], contextSize: 512, parallel: 3, gpuLayers: "max" }]);
+  });
+
+  it("suggests the closest flag for a typo", () => {
+    expect(configError(["--prot", "80"]).message).toContain("Did you mean --port?");
+    expect(configError(["--ctx", "80"]).message).toContain("Did you mean --ctx-size?");
+    expect(configError(["--paralel", "2"]).message).toContain("Did you mean --parallel?");
+    expect(configError(["--frobnicate"]).message).not.toContain("Did you mean");
   });
 
   it("adds --model entries to the file's models", () => {
@@ -121,7 +169,7 @@ describe("loadConfig", () => {
   });
 
   it("rejects malformed --model specs", () => {
-    for (const spec of ["nopath", "=/x.gguf", "id="]) expect(configError(["--model", spec]).message).toContain("--model");
+    for (const spec of ["=/x.gguf", "id="]) expect(configError(["--model", spec]).message).toContain("--model");
   });
 
   it("names the offending field for bad values from flags, environment and file", () => {

@@ -20,6 +20,7 @@ import { beforeEach, describe, expect, it, vi } from "vitest";
 import { keyedSample, PositionNoise, positionKey } from "../../decoding/noise.js";
 import { gumbelMaxSample } from "../helpers/reference-sampler.js";
 import { plainDecode, type LogprobModel } from "../../decoding/plain.js";
+import { TokenHistory } from "../../decoding/history.js";
 import { adjustLogits, DEFAULT_SAMPLING, samplingDistribution, type SamplingParams } from "../../decoding/sampler.js";
 import { RoundCosts } from "../../decoding/speculative/costs.js";
 import { speculativeDecode } from "../../decoding/speculative/decoder.js";
@@ -225,10 +226,8 @@ const request = (sampling: SamplingParams, seed: number, extra: Partial<Generati
 
 /** The target's exact distribution of the next token after `history` (penalties count the output). */
 function exactNext(history: readonly number[], sampling: SamplingParams): Float64Array {
-  const counts = new Map<number, number>();
-  for (const t of history) counts.set(t, (counts.get(t) ?? 0) + 1);
   const last = history.length > 0 ? history[history.length - 1] : PROMPT[PROMPT.length - 1];
-  return samplingDistribution(adjustLogits(Float32Array.from(TARGET[last], Math.log), sampling, counts), sampling);
+  return samplingDistribution(adjustLogits(Float32Array.from(TARGET[last], Math.log), sampling, TokenHistory.of(PROMPT, history)), sampling);
 }
 
 /** The target's exact distribution of the second token (the penalties count the first). */
@@ -361,7 +360,7 @@ describe("coupled verification", () => {
   });
 
   it.for(samplings)("%s: keyed sampling is exact (10^6 keys, total variation below 0.003)", ([, sampling]) => {
-    const adjusted = adjustLogits(Float32Array.from(TARGET[1], Math.log), sampling, new Map([[1, 1]]));
+    const adjusted = adjustLogits(Float32Array.from(TARGET[1], Math.log), sampling, TokenHistory.of(PROMPT, [1]));
     const exact = samplingDistribution(adjusted, sampling);
     const counts = new Float64Array(V);
     const N = 1_000_000;

@@ -2,6 +2,7 @@
 // Expected values are derived by hand from small distributions chosen so the arithmetic is exact
 // enough to check (logits are log-probabilities, so softmax(logits) gives them back).
 import { describe, expect, it } from "vitest";
+import { TokenHistory } from "../../decoding/history.js";
 import {
   adjustLogits,
   argmax,
@@ -35,7 +36,7 @@ const scripted = (...us: number[]): Rng => ({
 describe("adjustLogits", () => {
   it("adds logit_bias to the named tokens, ignores ids beyond the vocabulary and copies the input", () => {
     const logits = new Float32Array([1, 2, 3]);
-    const out = adjustLogits(logits, params({ logitBias: new Map([[0, 5], [2, -100], [7, 1]]) }), new Map());
+    const out = adjustLogits(logits, params({ logitBias: new Map([[0, 5], [2, -100], [7, 1]]) }), TokenHistory.after([]));
     expect(Array.from(out)).toEqual([6, 2, -97]);
     expect(Array.from(logits)).toEqual([1, 2, 3]);
     expect(out).not.toBe(logits);
@@ -43,8 +44,7 @@ describe("adjustLogits", () => {
 
   it("subtracts presence·[count>0] + frequency·count (OpenAI's formula)", () => {
     const logits = new Float32Array([1, 1, 1, 1]);
-    const counts = new Map([[1, 1], [2, 3]]);
-    const out = adjustLogits(logits, params({ presencePenalty: 0.5, frequencyPenalty: 0.25 }), counts);
+    const out = adjustLogits(logits, params({ presencePenalty: 0.5, frequencyPenalty: 0.25 }), TokenHistory.of([], [2, 1, 2, 2]));
     expect(Array.from(out)).toEqual([1, 1 - 0.5 - 0.25, 1 - 0.5 - 0.75, 1]);
   });
 
@@ -52,18 +52,30 @@ describe("adjustLogits", () => {
     const out = adjustLogits(
       new Float32Array([0, 0]),
       params({ presencePenalty: -1, frequencyPenalty: -0.5, logitBias: new Map([[0, 2]]) }),
-      new Map([[0, 2]]),
+      TokenHistory.of([], [0, 0]),
     );
     expect(Array.from(out)).toEqual([2 + 1 + 1, 0]);
   });
 
-  it("gives no presence penalty to a token whose count is 0", () => {
-    const out = adjustLogits(new Float32Array([1, 1]), params({ presencePenalty: 2 }), new Map([[0, 0], [1, 1]]));
+  it("counts generated tokens only for presence and frequency: the prompt's tokens go free", () => {
+    const out = adjustLogits(new Float32Array([1, 1]), params({ presencePenalty: 2 }), TokenHistory.of([0, 0], [1]));
     expect(Array.from(out)).toEqual([1, -1]);
   });
 
+  it("repetition penalty: divides a positive logit and multiplies a negative one, once per distinct token in the window, prompt included", () => {
+    const logits = new Float32Array([2, -2, 2, 2, 0.5]);
+    const history = TokenHistory.of([0, 1, 2], [1, 1, 3]);
+    // Window of the last 4 tokens: 2, 1, 1, 3 — token 0 falls outside it.
+    const out = adjustLogits(logits, params({ repetitionPenalty: 2, repeatLastN: 4 }), history);
+    expect(Array.from(out)).toEqual([2, -4, 1, 1, 0.5]);
+    // -1: the whole context; 0: none; 1: off.
+    expect(Array.from(adjustLogits(logits, params({ repetitionPenalty: 2, repeatLastN: -1 }), history))).toEqual([1, -4, 1, 1, 0.5]);
+    expect(Array.from(adjustLogits(logits, params({ repetitionPenalty: 2, repeatLastN: 0 }), history))).toEqual(Array.from(logits));
+    expect(Array.from(adjustLogits(logits, params({ repetitionPenalty: 1, repeatLastN: -1 }), history))).toEqual(Array.from(logits));
+  });
+
   it("leaves logits alone when nothing is set", () => {
-    expect(Array.from(adjustLogits(new Float32Array([3, -1]), params(), new Map([[0, 4]])))).toEqual([3, -1]);
+    expect(Array.from(adjustLogits(new Float32Array([3, -1]), params(), TokenHistory.of([0], [0, 0])))).toEqual([3, -1]);
   });
 });
 

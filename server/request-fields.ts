@@ -1,0 +1,129 @@
+// What flock does with each field of a chat or completions request: the one table clients and
+// the docs read (docs/api.md prints it, npm run bench:docs writes it there).
+//
+// - honoured: validated and acted on (the schemas in schemas.ts hold the bounds);
+// - ignored: accepted and dropped because it cannot change the generated text (caching hints,
+//   billing tiers, user ids) or names a control flock's models do not have; unknown fields are
+//   ignored the same way. Each request lists what it ignored in the x-flock-ignored-fields
+//   header, and the log names each ignored field once per client.
+// - refused: a 400 with code unsupported_parameter naming the field, where ignoring it would
+//   silently change what the client asked for.
+import { createHash } from "node:crypto";
+
+export type FieldFate = "honoured" | "ignored" | "refused";
+export type Endpoint = "chat" | "completions";
+
+export interface FieldRule {
+  name: string;
+  endpoints: readonly Endpoint[];
+  fate: FieldFate;
+  /** What flock does with it; for a refused field, which values are refused. */
+  note: string;
+}
+
+const BOTH: readonly Endpoint[] = ["chat", "completions"];
+const CHAT: readonly Endpoint[] = ["chat"];
+const COMPLETIONS: readonly Endpoint[] = ["completions"];
+
+export const REQUEST_FIELDS: readonly FieldRule[] = [
+  { name: "model", endpoints: BOTH, fate: "honoured", note: "a served model id (GET /v1/models)" },
+  { name: "messages", endpoints: CHAT, fate: "honoured", note: "system, developer, user and assistant messages with text content; other content parts are refused" },
+  { name: "prompt", endpoints: COMPLETIONS, fate: "honoured", note: "a string, strings, token ids, or lists of token ids" },
+  { name: "max_tokens", endpoints: BOTH, fate: "honoured", note: "bounded by the context window and limits.maxTokens" },
+  { name: "max_completion_tokens", endpoints: CHAT, fate: "honoured", note: "wins over max_tokens" },
+  { name: "temperature", endpoints: BOTH, fate: "honoured", note: "0 to 2; 0 is greedy" },
+  { name: "top_p", endpoints: BOTH, fate: "honoured", note: "nucleus sampling" },
+  { name: "top_k", endpoints: BOTH, fate: "honoured", note: "as llama-server and vLLM (0: off); also flock.top_k" },
+  { name: "min_p", endpoints: BOTH, fate: "honoured", note: "as llama-server and vLLM (0: off); also flock.min_p" },
+  { name: "repetition_penalty", endpoints: BOTH, fate: "honoured", note: "llama.cpp's: a positive logit divided by it, a negative one multiplied, for each distinct token among the last repeat_last_n (1: off)" },
+  { name: "repeat_penalty", endpoints: BOTH, fate: "honoured", note: "llama-server's name for repetition_penalty" },
+  { name: "repeat_last_n", endpoints: BOTH, fate: "honoured", note: "the repetition penalty's window, prompt included (default 64, -1: the whole context, 0: off)" },
+  { name: "presence_penalty", endpoints: BOTH, fate: "honoured", note: "OpenAI's, over generated tokens" },
+  { name: "frequency_penalty", endpoints: BOTH, fate: "honoured", note: "OpenAI's, over generated tokens" },
+  { name: "logit_bias", endpoints: BOTH, fate: "honoured", note: "at most 1,024 token ids below the vocabulary size" },
+  { name: "seed", endpoints: BOTH, fate: "honoured", note: "reproducible output, with or without speculation" },
+  { name: "n", endpoints: BOTH, fate: "honoured", note: "up to limits.maxN; more is a 400" },
+  { name: "stream", endpoints: BOTH, fate: "honoured", note: "server-sent events" },
+  { name: "stream_options", endpoints: BOTH, fate: "honoured", note: "include_usage; include_obfuscation is ignored" },
+  { name: "stop", endpoints: BOTH, fate: "honoured", note: "up to 16 sequences" },
+  { name: "logprobs", endpoints: BOTH, fate: "honoured", note: "chat: a boolean; completions: 0 to 20 alternatives" },
+  { name: "top_logprobs", endpoints: CHAT, fate: "honoured", note: "0 to 20" },
+  { name: "echo", endpoints: COMPLETIONS, fate: "honoured", note: "the prompt before the completion; with logprobs it is refused" },
+  { name: "best_of", endpoints: COMPLETIONS, fate: "honoured", note: "must equal n (flock does not rank candidates)" },
+  { name: "chat_template_kwargs", endpoints: CHAT, fate: "honoured", note: "variables for the model's Jinja chat template (e.g. enable_thinking)" },
+  { name: "flock", endpoints: BOTH, fate: "honoured", note: "flock's extensions: speculative, fusion, routing, top_k, min_p" },
+  { name: "response_format", endpoints: CHAT, fate: "refused", note: 'anything but {"type": "text"}' },
+  { name: "tools", endpoints: CHAT, fate: "refused", note: "a non-empty list" },
+  { name: "tool_choice", endpoints: CHAT, fate: "refused", note: 'anything but "none" or "auto"' },
+  { name: "parallel_tool_calls", endpoints: CHAT, fate: "ignored", note: "no tools are called" },
+  { name: "functions", endpoints: CHAT, fate: "refused", note: "a non-empty list (deprecated function calling)" },
+  { name: "function_call", endpoints: CHAT, fate: "refused", note: 'anything but "none" or "auto"' },
+  { name: "modalities", endpoints: CHAT, fate: "refused", note: 'anything but ["text"]' },
+  { name: "audio", endpoints: CHAT, fate: "refused", note: "any value: audio output is not supported" },
+  { name: "prediction", endpoints: CHAT, fate: "refused", note: "any value: predicted outputs are not supported" },
+  { name: "web_search_options", endpoints: CHAT, fate: "refused", note: "any value: flock does not search the web" },
+  { name: "suffix", endpoints: COMPLETIONS, fate: "refused", note: "a non-empty string (insertion is not supported)" },
+  { name: "user", endpoints: BOTH, fate: "ignored", note: "an end-user id" },
+  { name: "safety_identifier", endpoints: BOTH, fate: "ignored", note: "an end-user id" },
+  { name: "metadata", endpoints: BOTH, fate: "ignored", note: "stored completions are not kept" },
+  { name: "store", endpoints: BOTH, fate: "ignored", note: "stored completions are not kept" },
+  { name: "service_tier", endpoints: BOTH, fate: "ignored", note: "one tier" },
+  { name: "prompt_cache_key", endpoints: BOTH, fate: "ignored", note: "each sequence reuses its own cached prefix" },
+  { name: "prompt_cache_retention", endpoints: BOTH, fate: "ignored", note: "as prompt_cache_key" },
+  { name: "cache_prompt", endpoints: BOTH, fate: "ignored", note: "llama-server's; flock always reuses a sequence's cached prefix" },
+  { name: "reasoning_effort", endpoints: CHAT, fate: "ignored", note: "flock's models have no reasoning control" },
+  { name: "verbosity", endpoints: CHAT, fate: "ignored", note: "flock's models have no verbosity control" },
+];
+
+/** The rules of one endpoint, by field name. */
+export function fieldRules(endpoint: Endpoint): ReadonlyMap<string, FieldRule> {
+  return new Map(REQUEST_FIELDS.filter((r) => r.endpoints.includes(endpoint)).map((r) => [r.name, r]));
+}
+
+/** Fields of `body` that the endpoint does not act on: listed ignored ones and unknown ones. */
+export function ignoredFields(body: object, endpoint: Endpoint): string[] {
+  const rules = fieldRules(endpoint);
+  return Object.keys(body).filter((name) => {
+    const rule = rules.get(name);
+    return rule === undefined || rule.fate === "ignored";
+  });
+}
+
+/** The header that lists a request's ignored fields. */
+export const IGNORED_FIELDS_HEADER = "x-flock-ignored-fields";
+
+/**
+ * Remembers which client was told about which ignored field, so the log names each once per
+ * client (a client: its API key's fingerprint and its User-Agent). Bounded: past `max` pairs it
+ * starts over, and some clients are told again.
+ */
+export class IgnoredFieldLog {
+  private readonly seen = new Set<string>();
+
+  constructor(private readonly max = 10_000) {}
+
+  /** The fields this client has not been told about yet (now remembered). */
+  firstTime(client: string, fields: readonly string[]): string[] {
+    const fresh = fields.filter((f) => !this.seen.has(`${client}\u0000${f}`));
+    if (this.seen.size + fresh.length > this.max) this.seen.clear();
+    for (const f of fresh) this.seen.add(`${client}\u0000${f}`);
+    return fresh;
+  }
+}
+
+/** A client's identity for the log: never the key itself. */
+export function clientFingerprint(authorization: string | undefined, userAgent: string | undefined): string {
+  const key = authorization ? createHash("sha256").update(authorization).digest("hex").slice(0, 12) : "no-key";
+  return `${key} ${(userAgent ?? "").slice(0, 120)}`;
+}
+
+/** The table as docs/api.md prints it. */
+export function renderFieldTable(): string {
+  const where = (e: readonly Endpoint[]) => (e.length === 2 ? "both" : e[0]);
+  return [
+    "| field | endpoints | fate | what flock does |",
+    "|---|---|---|---|",
+    ...REQUEST_FIELDS.map((r) => `| \`${r.name}\` | ${where(r.endpoints)} | ${r.fate} | ${r.note.replaceAll("|", "\\|")} |`),
+    "| any other field | both | ignored | listed in `x-flock-ignored-fields`, logged once per client |",
+  ].join("\n");
+}
