@@ -2,6 +2,7 @@
 import { plainDecode } from "../decoding/plain.js";
 import { speculativeDecode } from "../decoding/speculative/decoder.js";
 import type { OnlineLogisticPredictor, AcceptancePredictor } from "../decoding/speculative/predictors.js";
+import { acceptanceCalibrations } from "../decoding/speculative/calibration.js";
 import { buildPolicy, candidateCap, samplingRegime, verificationFor } from "../decoding/speculative/settings.js";
 import type { SpeculativeSettings } from "../decoding/speculative/config.js";
 import { FusionStats, fusionDecode } from "../decoding/fusion/decoder.js";
@@ -81,6 +82,8 @@ export function speculativePipeline(
   }
   const stats = new SpeculativeStats();
   const costs = new RoundCosts();
+  // The cost-aware policy's recalibration of P̂, learned across the model's requests.
+  const calibrations = acceptanceCalibrations();
   return {
     id: target.id,
     kind: "speculative",
@@ -95,7 +98,7 @@ export function speculativePipeline(
       if (enabled === false) return plainDecode(target, request);
       const effective = { ...settings, ...overrides };
       const verification = verificationFor(settings, overrides, request.keyedNoise === true);
-      const policy = buildPolicy(effective, predictor, costs, samplingRegime(request.sampling.temperature, verification));
+      const policy = buildPolicy(effective, predictor, costs, calibrations, samplingRegime(request.sampling.temperature, verification));
       return speculativeDecode({ target, draft, policy, predictor, maxCandidates: candidateCap(effective), stats, costs, verification }, request);
     },
   };

@@ -11,7 +11,7 @@
 import { TokenHistory } from "../history.js";
 import type { KvSequence } from "../../engine/sequence.js";
 import type { Rng } from "../rng.js";
-import { tokenDraws } from "../noise.js";
+import { type TokenDraws, tokenDraws } from "../noise.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
 import { adjustLogits, drawFrom, samplingDistribution, type SamplingParams, softmax } from "../sampler.js";
@@ -69,6 +69,84 @@ async function draftStep(seq: KvSequence, token: number, withHidden: boolean): P
   return { logits: logits[0], hidden: hidden[0] };
 }
 
+/** What one round of drafting proposes, and what the policy and the predictor saw of it. */
+interface DraftedRound {
+  candidates: number[];
+  /** The draft's distribution each candidate was drawn from (rejection sampling reads them). */
+  draftDistributions: Float64Array[];
+  features: DraftFeatures[];
+  /** P̂ of each candidate, kept only for detail. */
+  predictions: Array<number | undefined>;
+}
+
+/**
+ * Drafts up to `budget` candidates after `all`. Every candidate drawn is proposed: the policy
+ * decides whether to draft a position before its draw, and only whether to draft another after
+ * it (policies.ts says why).
+ */
+async function draftRound(round: {
+  setup: SpeculativeSetup;
+  seq: KvSequence;
+  all: readonly number[];
+  history: TokenHistory;
+  params: SamplingParams;
+  draws: TokenDraws;
+  coupled: boolean;
+  budget: number;
+  /** Recent acceptance (a feature of the predictors). */
+  recent: number;
+  detail: boolean;
+  ends: (token: number) => boolean;
+}): Promise<DraftedRound> {
+  const { setup, seq, all, params, draws, budget } = round;
+  const { policy, predictor, stats, costs } = setup;
+  const drafted: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [] };
+  policy.begin();
+  const draftHistory = round.history.clone();
+  // A predictor that reads hidden states gets the one that produced each candidate, and if it
+  // asks, the one at the candidate: then the draft evaluates each candidate before the decision
+  // (the step it would take next anyway; only a round's last one is extra).
+  const withHidden = predictor?.needsHidden === true;
+  const evaluateFirst = predictor?.needsCandidateHidden === true;
+  const catchUpStarted = performance.now();
+  const first = await catchUp(seq, all, [], withHidden);
+  costs.observeDraftStep(performance.now() - catchUpStarted);
+  let draftLogits = first.logits[0];
+  let draftHidden = first.hidden?.[0];
+  const timedStep = async (token: number) => {
+    const started = performance.now();
+    const next = await draftStep(seq, token, withHidden);
+    costs.observeDraftStep(performance.now() - started);
+    return next;
+  };
+  for (let k = 1; k <= budget; k++) {
+    const adjusted = adjustLogits(draftLogits, params, draftHistory);
+    const q = samplingDistribution(adjusted, params);
+    // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
+    const judged = params.temperature === 0 ? softmax(adjusted) : q;
+    const before = preDrawFeatures(judged, adjusted, params.temperature === 0 ? 1 : params.temperature, k, round.recent);
+    before.hidden = draftHidden;
+    if (policy.beforeDraw?.(k, before) === "stop") {
+      stats.recordDeclined();
+      break;
+    }
+    // The candidate's position in prompt + output keys its noise in coupled mode.
+    const y = round.coupled ? draws.sample(adjusted, params, all.length + k - 1) : drawFrom(q, draws.rng);
+    const f = candidateFeatures(before, judged, y);
+    const next = evaluateFirst ? await timedStep(y) : undefined;
+    f.candidateHidden = next?.hidden;
+    const decision = policy.afterDraw(k, f);
+    drafted.candidates.push(y);
+    drafted.draftDistributions.push(q);
+    drafted.features.push(f);
+    if (round.detail) drafted.predictions.push(policy.lastPrediction);
+    draftHistory.push(y);
+    if (decision === "stop" || k === budget || round.ends(y)) break;
+    ({ logits: draftLogits, hidden: draftHidden } = next ?? (await timedStep(y)));
+  }
+  return drafted;
+}
+
 export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
   const { target, draft, policy, predictor, stats, costs, verification } = setup;
   const coupled = verification === "coupled";
@@ -96,60 +174,10 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       // The caller's budget: tokens left to generate (one is always the recovered/bonus token)
       // and room in both caches.
       const budget = Math.max(0, Math.min(setup.maxCandidates, request.maxTokens - generated - 1, contextSize - all.length));
-
-      // Draft. Every candidate drawn is proposed: the policy decides whether to draft a position
-      // before its draw, and only whether to draft another after it (policies.ts says why).
-      const candidates: number[] = [];
-      const draftDistributions: Float64Array[] = [];
-      const features: DraftFeatures[] = [];
-      /** P̂ of each candidate, kept only for detail. */
-      const predictions: Array<number | undefined> = [];
       const drafting = budget > 0 && policy.skipRound?.() !== true;
-      if (drafting) {
-        policy.begin();
-        const draftHistory = history.clone();
-        // A predictor that reads hidden states gets the one that produced each candidate, and
-        // if it asks, the one at the candidate: then the draft evaluates each candidate before
-        // the decision (the step it would take next anyway; only a round's last one is extra).
-        const withHidden = predictor?.needsHidden === true;
-        const evaluateFirst = predictor?.needsCandidateHidden === true;
-        const catchUpStarted = performance.now();
-        const first = await catchUp(draftSeq, all, [], withHidden);
-        costs.observeDraftStep(performance.now() - catchUpStarted);
-        let draftLogits = first.logits[0];
-        let draftHidden = first.hidden?.[0];
-        const timedStep = async (token: number) => {
-          const started = performance.now();
-          const next = await draftStep(draftSeq!, token, withHidden);
-          costs.observeDraftStep(performance.now() - started);
-          return next;
-        };
-        for (let k = 1; k <= budget; k++) {
-          const adjusted = adjustLogits(draftLogits, params, draftHistory);
-          const q = samplingDistribution(adjusted, params);
-          // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
-          const judged = params.temperature === 0 ? softmax(adjusted) : q;
-          const before = preDrawFeatures(judged, adjusted, params.temperature === 0 ? 1 : params.temperature, k, recent);
-          before.hidden = draftHidden;
-          if (policy.beforeDraw?.(k, before) === "stop") {
-            stats.recordDeclined();
-            break;
-          }
-          // The candidate's position in prompt + output keys its noise in coupled mode.
-          const y = coupled ? draws.sample(adjusted, params, all.length + k - 1) : drawFrom(q, draws.rng);
-          const f = candidateFeatures(before, judged, y);
-          const next = evaluateFirst ? await timedStep(y) : undefined;
-          f.candidateHidden = next?.hidden;
-          const decision = policy.afterDraw(k, f);
-          candidates.push(y);
-          draftDistributions.push(q);
-          features.push(f);
-          if (detail) predictions.push(policy.lastPrediction);
-          draftHistory.push(y);
-          if (decision === "stop" || k === budget || ends(y)) break;
-          ({ logits: draftLogits, hidden: draftHidden } = next ?? (await timedStep(y)));
-        }
-      }
+      const { candidates, draftDistributions, features, predictions } = drafting
+        ? await draftRound({ setup, seq: draftSeq, all, history, params, draws, coupled, budget, recent, detail, ends })
+        : { candidates: [], draftDistributions: [], features: [], predictions: [] };
 
       // Verify: one target batch scores every candidate plus the position after them.
       const passStarted = performance.now();

@@ -9,7 +9,8 @@
 // another (afterDraw: y_k itself is proposed whatever it says). Nothing ever withdraws a drawn
 // candidate.
 import { type AcceptancePredictor, unweightedAcceptance } from "./predictors.js";
-import type { AcceptanceCalibration, RoundCosts, SamplingRegime } from "./costs.js";
+import { type AcceptanceCalibration, type AcceptanceCalibrations, acceptanceCalibrations } from "./calibration.js";
+import type { RoundCosts, SamplingRegime } from "./costs.js";
 import type { DraftFeatures, PreDrawFeatures } from "./features.js";
 
 export interface CandidateLengthPolicy {
@@ -65,30 +66,62 @@ export class ConfidencePolicy implements CandidateLengthPolicy {
 }
 
 /**
- * SpecDec++: stop once the predicted probability that at least one candidate is rejected,
- * 1 − Π P̂_j, exceeds the threshold h; the candidate that crossed it is still proposed.
- *
- * With `threshold: "auto"` the same predictions drive a cost-aware rule (costs.ts). Before each
- * draw it asks whether drafting the position pays, from the predictor's expected acceptance under
- * the draft's distribution there, E_q[P̂] (or, for predictors without one, the last candidate's
- * P̂; at the first position, the mean first-position P̂ of recent rounds); after each draw it
- * asks, from the candidate's own P̂, whether to take the draft step towards another. Both are
- * recalibrated per token (AcceptanceCalibration) from verification's labels, and every round
- * tells the costs how drafting went; after a run of empty rounds a first position is drafted
- * anyway, to learn from. Until the costs are calibrated, h = fallbackThreshold.
+ * SpecDec++ as its authors run it: stop once the predicted probability that at least one
+ * candidate is rejected, 1 − Π P̂_j, exceeds the threshold h (after minCandidates); the
+ * candidate that crossed it is still proposed.
+ */
+export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
+  readonly name = "specdec++";
+  private survival = 1;
+  lastPrediction?: number;
+
+  constructor(
+    private readonly predictor: AcceptancePredictor,
+    private readonly threshold: number,
+    private readonly minCandidates: number,
+    private readonly maxCandidates: number,
+  ) {}
+
+  begin(): void {
+    this.survival = 1;
+  }
+
+  afterDraw(k: number, features: DraftFeatures): "continue" | "stop" {
+    const p = this.predictor.predict(features);
+    this.lastPrediction = p;
+    this.survival *= p;
+    return stopsAtThreshold(k, 1 - this.survival, this.threshold, this.minCandidates, this.maxCandidates) ? "stop" : "continue";
+  }
+}
+
+/** The authors' rule: stop at maxCandidates, or past minCandidates once P(some rejection) > h. */
+function stopsAtThreshold(k: number, rejection: number, h: number, minCandidates: number, maxCandidates: number): boolean {
+  return k >= maxCandidates || (k >= minCandidates && rejection > h);
+}
+
+/**
+ * SpecDec++ with `threshold: "auto"`: the same predictions drive a cost-aware rule (costs.ts).
+ * Before each draw it asks whether drafting the position pays, from the predictor's expected
+ * acceptance under the draft's distribution there, E_q[P̂] (or, for predictors without one, the
+ * last candidate's P̂; at the first position, the mean first-position P̂ of recent rounds); after
+ * each draw it asks, from the candidate's own P̂, whether to take the draft step towards another.
+ * Both are recalibrated per token (AcceptanceCalibration) from verification's labels, and every
+ * round tells the costs how drafting went; after a run of empty rounds a first position is
+ * drafted anyway, to learn from. Until the costs are calibrated, the authors' rule with
+ * h = fallbackThreshold decides.
  *
  * Drafting costs draft steps even when it proposes nothing. Where drafted rounds have recently
  * yielded fewer tokens per ms than the target alone (hardware where speculation cannot pay),
- * the auto rule skips drafting for 1, then 2, 4, … (at most MAX_SKIPPED) rounds between drafted
+ * the rule skips drafting for 1, then 2, 4, … (at most MAX_SKIPPED) rounds between drafted
  * ones, so decoding costs what target-only costs; a single round that proposes nothing (an
  * unpromising context) does not stop drafting where it pays.
  */
 const MAX_SKIPPED = 16;
 
-export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
+export class CostAwareSpecDecPolicy implements CandidateLengthPolicy {
   readonly name = "specdec++";
   private survivals: number[] = [];
-  /** The auto rule's P̂ per candidate before recalibration (what the calibration learns from). */
+  /** P̂ per candidate before recalibration (what the calibration learns from). */
   private uncalibrated: number[] = [];
   lastPrediction?: number;
   /** Consecutive drafted rounds after which drafting did not pay; rounds still to skip; this round skipped. */
@@ -96,22 +129,30 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
   private toSkip = 0;
   private skipping = false;
 
+  private readonly regime: SamplingRegime;
+  private readonly fallbackThreshold: number;
+  private readonly calibration: AcceptanceCalibration;
+
+  /**
+   * `calibrations`: the model's, shared by its requests (a fresh set by default); `regime`
+   * picks the one this request's acceptance follows (default sampled); `fallbackThreshold` is
+   * h until the costs are calibrated (default 0.7).
+   */
   constructor(
     private readonly predictor: AcceptancePredictor,
-    private readonly threshold: number | RoundCosts,
+    private readonly costs: RoundCosts,
     private readonly minCandidates: number,
     private readonly maxCandidates: number,
-    private readonly regime: SamplingRegime = "sampled",
-    private readonly fallbackThreshold = 0.7,
-  ) {}
+    options: { regime?: SamplingRegime; fallbackThreshold?: number; calibrations?: AcceptanceCalibrations } = {},
+  ) {
+    this.regime = options.regime ?? "sampled";
+    this.fallbackThreshold = options.fallbackThreshold ?? 0.7;
+    this.calibration = (options.calibrations ?? acceptanceCalibrations())[this.regime];
+  }
 
   begin(): void {
     this.survivals = [];
     this.uncalibrated = [];
-  }
-
-  private get calibration(): AcceptanceCalibration | null {
-    return typeof this.threshold === "number" ? null : this.threshold.acceptanceCalibration[this.regime];
   }
 
   /**
@@ -119,54 +160,46 @@ export class SpecDecPlusPlusPolicy implements CandidateLengthPolicy {
    * their (pessimistic, w = 6) P̂ as it is; the rule needs probabilities, so it undoes the
    * predictor's rejection weight and recalibrates what remains against verification's labels.
    */
-  private chance(raw: number, calibration: AcceptanceCalibration): { unweighted: number; calibrated: number } {
+  private chance(raw: number): { unweighted: number; calibrated: number } {
     const unweighted = unweightedAcceptance(raw, this.predictor.rejectionWeight);
-    return { unweighted, calibrated: calibration.apply(unweighted) };
+    return { unweighted, calibrated: this.calibration.apply(unweighted) };
   }
 
   beforeDraw(k: number, before: PreDrawFeatures): "draft" | "stop" {
+    if (!this.costs.calibrated) return "draft";
     const calibration = this.calibration;
-    if (!calibration || typeof this.threshold === "number" || !this.threshold.calibrated) return "draft";
     const expected = this.predictor.expected?.(before);
     const raw = expected !== undefined && Number.isFinite(expected) ? expected : k > 1 ? this.lastPrediction! : calibration.firstPrediction;
-    const decision = this.threshold.draftPosition(k, this.survivals, this.chance(raw, calibration).calibrated, this.maxCandidates);
+    const decision = this.costs.draftPosition(k, this.survivals, this.chance(raw).calibrated, this.maxCandidates);
     return decision === "stop" && k === 1 && calibration.explore ? "draft" : decision;
   }
 
   afterDraw(k: number, features: DraftFeatures): "continue" | "stop" {
     const raw = this.predictor.predict(features);
     this.lastPrediction = raw;
-    let p = raw;
-    const calibration = this.calibration;
-    if (calibration) {
-      if (k === 1) calibration.observeFirstPrediction(raw);
-      const { unweighted, calibrated } = this.chance(raw, calibration);
-      this.uncalibrated.push(unweighted);
-      p = calibrated;
-    }
+    if (k === 1) this.calibration.observeFirstPrediction(raw);
+    const { unweighted, calibrated: p } = this.chance(raw);
+    this.uncalibrated.push(unweighted);
     this.survivals.push((this.survivals.at(-1) ?? 1) * p);
     if (k >= this.maxCandidates) return "stop";
-    if (typeof this.threshold !== "number" && this.threshold.calibrated) return this.threshold.draftAnother(k, this.survivals, p, this.maxCandidates);
-    const h = typeof this.threshold === "number" ? this.threshold : this.fallbackThreshold;
-    if (k >= this.minCandidates && 1 - this.survivals[k - 1] > h) return "stop";
-    return "continue";
+    if (this.costs.calibrated) return this.costs.draftAnother(k, this.survivals, p, this.maxCandidates);
+    return stopsAtThreshold(k, 1 - this.survivals[k - 1], this.fallbackThreshold, this.minCandidates, this.maxCandidates) ? "stop" : "continue";
   }
 
   skipRound(): boolean {
-    this.skipping = typeof this.threshold !== "number" && this.toSkip > 0;
+    this.skipping = this.toSkip > 0;
     if (this.skipping) this.toSkip--;
     return this.skipping;
   }
 
   end(proposed: number, accepted: number, acceptance: readonly number[]): void {
     const calibration = this.calibration;
-    if (typeof this.threshold === "number" || !calibration) return;
     for (let i = 0; i < proposed; i++) calibration.observe(this.uncalibrated[i], acceptance[i]);
     if (proposed === 0) calibration.relax();
     if (this.skipping) return;
     calibration.observeRound(proposed);
-    this.threshold.observeDraftedRound(this.regime, this.survivals.length, proposed, accepted + 1);
-    if (this.threshold.draftingPays(this.regime)) {
+    this.costs.observeDraftedRound(this.regime, this.survivals.length, proposed, accepted + 1);
+    if (this.costs.draftingPays(this.regime)) {
       this.unpaidRounds = 0;
       return;
     }

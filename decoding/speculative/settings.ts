@@ -1,7 +1,8 @@
 // How a request's speculative settings become a policy and a verification (config.ts declares them).
+import type { AcceptanceCalibrations } from "./calibration.js";
 import type { RoundCosts, SamplingRegime } from "./costs.js";
 import type { VerificationMode } from "./verifier.js";
-import { ConfidencePolicy, type CandidateLengthPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "./policies.js";
+import { ConfidencePolicy, type CandidateLengthPolicy, CostAwareSpecDecPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
 import type { SpeculativeOverrides, SpeculativeSettings } from "./config.js";
 
@@ -15,14 +16,22 @@ export function samplingRegime(temperature: number, verification: VerificationMo
   return temperature === 0 ? "greedy" : verification === "coupled" ? "coupled" : "sampled";
 }
 
-export function buildPolicy(settings: SpeculativeSettings, predictor: AcceptancePredictor, costs: RoundCosts, regime: SamplingRegime): CandidateLengthPolicy {
+export function buildPolicy(
+  settings: SpeculativeSettings,
+  predictor: AcceptancePredictor,
+  costs: RoundCosts,
+  calibrations: AcceptanceCalibrations,
+  regime: SamplingRegime,
+): CandidateLengthPolicy {
   switch (settings.policy) {
     case "fixed":
       return new FixedLengthPolicy(settings.k);
     case "confidence":
       return new ConfidencePolicy(settings.pMin, settings.maxCandidates);
     case "specdec++":
-      return new SpecDecPlusPlusPolicy(predictor, settings.threshold === "auto" ? costs : settings.threshold, settings.minCandidates, settings.maxCandidates, regime);
+      return settings.threshold === "auto"
+        ? new CostAwareSpecDecPolicy(predictor, costs, settings.minCandidates, settings.maxCandidates, { regime, calibrations })
+        : new SpecDecPlusPlusPolicy(predictor, settings.threshold, settings.minCandidates, settings.maxCandidates);
   }
 }
 

@@ -1,7 +1,8 @@
 // The cost model behind SpecDec++'s automatic threshold.
 import { describe, expect, it } from "vitest";
-import { AcceptanceCalibration, RoundCosts } from "../../decoding/speculative/costs.js";
-import { SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
+import { AcceptanceCalibration, acceptanceCalibrations } from "../../decoding/speculative/calibration.js";
+import { RoundCosts } from "../../decoding/speculative/costs.js";
+import { type CandidateLengthPolicy, CostAwareSpecDecPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
 import type { DraftFeatures, PreDrawFeatures } from "../../decoding/speculative/features.js";
 import { type AcceptancePredictor, unweightedAcceptance } from "../../decoding/speculative/predictors.js";
 
@@ -55,7 +56,7 @@ describe("RoundCosts", () => {
   it("is undecided until calibrated, and the policy then falls back to the fixed threshold", () => {
     const costs = new RoundCosts();
     expect(costs.calibrated).toBe(false);
-    const policy = new SpecDecPlusPlusPolicy(constant(0.8), costs, 1, 8, "sampled", 0.45);
+    const policy = new CostAwareSpecDecPolicy(constant(0.8), costs, 1, 8, { fallbackThreshold: 0.45 });
     policy.begin();
     expect([1, 2, 3].map((k) => policy.beforeDraw(k, before(k)))).toEqual(["draft", "draft", "draft"]);
     expect([1, 2, 3].map((k) => policy.afterDraw(k, f(k)))).toEqual(["continue", "continue", "stop"]);
@@ -96,7 +97,8 @@ describe("RoundCosts", () => {
 
   it("the policy learns the calibration of its own regime from the rounds it proposes", async () => {
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
-    const greedy = new SpecDecPlusPlusPolicy(constant(0.97), costs, 1, 8, "greedy");
+    const calibrations = acceptanceCalibrations();
+    const greedy = new CostAwareSpecDecPolicy(constant(0.97), costs, 1, 8, { regime: "greedy", calibrations });
     greedy.begin();
     expect(greedy.beforeDraw(1, before(1))).toBe("draft");
     // Verification keeps none of them: the greedy calibration learns it, the others do not.
@@ -108,11 +110,11 @@ describe("RoundCosts", () => {
     }
     greedy.begin();
     expect(greedy.beforeDraw(1, before(1))).toBe("stop");
-    expect(costs.acceptanceCalibration.greedy.apply(0.97)).toBeLessThan(0.3);
-    expect(costs.acceptanceCalibration.sampled.apply(0.97)).toBeCloseTo(0.97, 9);
-    expect(costs.acceptanceCalibration.coupled.apply(0.97)).toBeCloseTo(0.97, 9);
+    expect(calibrations.greedy.apply(0.97)).toBeLessThan(0.3);
+    expect(calibrations.sampled.apply(0.97)).toBeCloseTo(0.97, 9);
+    expect(calibrations.coupled.apply(0.97)).toBeCloseTo(0.97, 9);
     for (const regime of ["sampled", "coupled"] as const) {
-      const other = new SpecDecPlusPlusPolicy(constant(0.97), costs, 1, 8, regime);
+      const other = new CostAwareSpecDecPolicy(constant(0.97), costs, 1, 8, { regime, calibrations });
       other.begin();
       expect(other.beforeDraw(1, before(1))).toBe("draft");
     }
@@ -122,7 +124,8 @@ describe("RoundCosts", () => {
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
     let predictions = [0.99, 0.99, 0.99, 0.99, 0.2];
     const scripted: AcceptancePredictor = { name: "scripted", rejectionWeight: 1, predict: (d) => predictions[d.position - 1], observe: () => {} };
-    const policy = new SpecDecPlusPlusPolicy(scripted, costs, 1, 8);
+    const calibrations = acceptanceCalibrations();
+    const policy = new CostAwareSpecDecPolicy(scripted, costs, 1, 8, { calibrations });
     const drafted = () => {
       policy.begin();
       let k = 1;
@@ -141,7 +144,7 @@ describe("RoundCosts", () => {
     expect(lengths[0]).toBe(1);
     expect(lengths.at(-1)).toBe(0);
     // It stops where drafting no longer pays, well above the 0.05 the candidates get: that bound is what it learned.
-    expect(costs.acceptanceCalibration.sampled.firstPrediction).toBeLessThan(0.9);
+    expect(calibrations.sampled.firstPrediction).toBeLessThan(0.9);
   });
 
   it("undoes a predictor's rejection weight for the cost-aware rule, not for a fixed threshold", async () => {
@@ -152,10 +155,10 @@ describe("RoundCosts", () => {
     expect(unweightedAcceptance(weighted, 6)).toBeCloseTo(a, 12);
     expect(unweightedAcceptance(weighted, 1)).toBe(weighted);
     const lengths = (predictor: AcceptancePredictor, threshold: RoundCosts | number) => {
-      const policy = new SpecDecPlusPlusPolicy(predictor, threshold, 1, 12);
+      const policy: CandidateLengthPolicy = typeof threshold === "number" ? new SpecDecPlusPlusPolicy(predictor, threshold, 1, 12) : new CostAwareSpecDecPolicy(predictor, threshold, 1, 12);
       policy.begin();
       let k = 1;
-      while (policy.beforeDraw(k, before(k)) === "draft" && policy.afterDraw(k, f(k)) === "continue") k++;
+      while ((policy.beforeDraw?.(k, before(k)) ?? "draft") === "draft" && policy.afterDraw(k, f(k)) === "continue") k++;
       return k;
     };
     const pessimistic = constant(weighted, 6);
@@ -173,7 +176,7 @@ describe("RoundCosts", () => {
     // CPU-like costs, and rounds that propose nothing: drafting never pays.
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
     const predictor = constant(0.5);
-    const rounds = (policy: SpecDecPlusPlusPolicy, from: number, to: number, proposal: number, accepted: number, drafted: number[]) => {
+    const rounds = (policy: CostAwareSpecDecPolicy, from: number, to: number, proposal: number, accepted: number, drafted: number[]) => {
       for (let i = from; i < to; i++) {
         const drafting = !policy.skipRound();
         if (drafting) drafted.push(i);
@@ -182,13 +185,13 @@ describe("RoundCosts", () => {
       }
     };
     const drafted: number[] = [];
-    rounds(new SpecDecPlusPlusPolicy(predictor, costs, 1, 8), 0, 80, 0, 0, drafted);
+    rounds(new CostAwareSpecDecPolicy(predictor, costs, 1, 8), 0, 80, 0, 0, drafted);
     expect(drafted).toEqual([0, 2, 5, 10, 19, 36, 53, 70]);
     expect(costs.draftingPays("sampled")).toBe(false);
     // Flat passes, and rounds that keep 4 of 4 candidates: drafting pays; an empty round now and
     // then (an unpromising context) does not make the policy skip the next.
     const flat = await calibrated(0.3, (n) => 4 + 0.1 * n);
-    const paying = new SpecDecPlusPlusPolicy(predictor, flat, 1, 8);
+    const paying = new CostAwareSpecDecPolicy(predictor, flat, 1, 8);
     const draftedThere: number[] = [];
     rounds(paying, 0, 20, 4, 4, draftedThere);
     rounds(paying, 20, 21, 0, 0, draftedThere);
@@ -197,10 +200,9 @@ describe("RoundCosts", () => {
     expect(flat.draftingPays("sampled")).toBe(true);
     // The yield is kept per regime.
     expect(flat.draftingPays("greedy")).toBe(true);
-    // A fixed threshold always drafts.
-    const fixed = new SpecDecPlusPlusPolicy(predictor, 0.9, 1, 8);
-    fixed.end(0, 0, []);
-    expect(fixed.skipRound()).toBe(false);
+    // A fixed threshold always drafts: it has no round to skip.
+    const fixed: CandidateLengthPolicy = new SpecDecPlusPlusPolicy(predictor, 0.9, 1, 8);
+    expect(fixed.skipRound).toBeUndefined();
   });
 
   it("keeps its table current from the rounds it sees", async () => {

@@ -25,7 +25,7 @@ import { adjustLogits, DEFAULT_SAMPLING, samplingDistribution, type SamplingPara
 import { RoundCosts } from "../../decoding/speculative/costs.js";
 import { speculativeDecode } from "../../decoding/speculative/decoder.js";
 import type { DraftFeatures, PreDrawFeatures } from "../../decoding/speculative/features.js";
-import { type CandidateLengthPolicy, ConfidencePolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
+import { type CandidateLengthPolicy, ConfidencePolicy, CostAwareSpecDecPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
 import { type AcceptancePredictor, expectedOverTop } from "../../decoding/speculative/predictors.js";
 import { SpeculativeStats } from "../../decoding/speculative/stats.js";
 import type { VerificationMode } from "../../decoding/speculative/verifier.js";
@@ -152,8 +152,8 @@ const POLICIES: PolicyCase[] = [
   { name: "fixed K = 3", make: () => new FixedLengthPolicy(3), predictor: null },
   { name: "confidence 0.6", make: () => new ConfidencePolicy(0.6, MAX_CANDIDATES), predictor: null },
   { name: "specdec++ h = 0.5", make: () => new SpecDecPlusPlusPolicy(valueDependent(false), 0.5, 1, MAX_CANDIDATES), predictor: valueDependent(false) },
-  { name: "specdec++ auto, E_q[P̂] before each draw", make: (costs) => new SpecDecPlusPlusPolicy(valueDependent(true), costs, 1, MAX_CANDIDATES), predictor: valueDependent(true) },
-  { name: "specdec++ auto, the last P̂ before each draw", make: (costs) => new SpecDecPlusPlusPolicy(valueDependent(false), costs, 1, MAX_CANDIDATES), predictor: valueDependent(false) },
+  { name: "specdec++ auto, E_q[P̂] before each draw", make: (costs) => new CostAwareSpecDecPolicy(valueDependent(true), costs, 1, MAX_CANDIDATES), predictor: valueDependent(true) },
+  { name: "specdec++ auto, the last P̂ before each draw", make: (costs) => new CostAwareSpecDecPolicy(valueDependent(false), costs, 1, MAX_CANDIDATES), predictor: valueDependent(false) },
 ];
 
 interface Exercised {
