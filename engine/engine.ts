@@ -3,6 +3,7 @@
 import { availableParallelism } from "node:os";
 import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
 import { adapterMismatch, baseShapesOf, readAdapterHeader } from "./adapter-check.js";
+import { EmbeddingModel } from "./embedding.js";
 import { FlockError } from "./errors.js";
 import { type Capabilities, LoadedModel, type ModelLoadOptions } from "./model.js";
 import { hasFlockAddon, hasWeightCheck, installSamplingKernels, type RoutedLoraConfig } from "./native.js";
@@ -98,6 +99,19 @@ export class Engine {
       cpu: this.cpuFeatures(),
       ...(missing.length > 0 ? { missing: `${missing.join(", ")} unavailable in this build${this.capabilities.rawLogits ? "" : " (full distributions use node-llama-cpp's slower probabilities path; run npm run build:native)"}` } : {}),
     };
+  }
+
+  /** A model served for embeddings: its own embedding context (see embedding.ts). */
+  async loadEmbedding(entry: ModelLoadOptions): Promise<EmbeddingModel> {
+    const weights = await this.weightsFor(entry.path, entry.gpuLayers).catch((err: unknown) => {
+      throw err instanceof FlockError ? new FlockError(err.kind, `model ${entry.id}: ${err.message}`) : err;
+    });
+    // One sequence: the training context fits (embedding models are small); a number caps it.
+    const contextSize = entry.contextSize === "auto" ? weights.trainContextSize : Math.min(entry.contextSize, weights.trainContextSize);
+    const context = await weights.createEmbeddingContext({ contextSize, threads: entry.threads ?? this.options.threads, batchSize: entry.batchSize }).catch((err: unknown) => {
+      throw new FlockError("unavailable", `model ${entry.id}: cannot create an embedding context for ${entry.path}: ${(err as Error).message}`);
+    });
+    return new EmbeddingModel(entry.id, weights, context, contextSize, entry.maxQueue ?? 64);
   }
 
   /**

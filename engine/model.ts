@@ -48,6 +48,8 @@ const MIN_AUTO_CONTEXT = 1024;
 
 export class LoadedModel {
   private readonly free: LlamaContextSequence[] = [];
+  /** Every sequence of the context, busy or free (their KV cells, for kvCacheUsage). */
+  private readonly sequences: LlamaContextSequence[] = [];
   private readonly waiters: Waiter[] = [];
   private readonly chatTemplate: ChatTemplate;
   private disposed = false;
@@ -70,7 +72,8 @@ export class LoadedModel {
     /** Sequences can return final hidden states (evaluateWithHidden). */
     readonly hasHiddenStates: boolean,
   ) {
-    for (let i = 0; i < parallel; i++) this.free.push(context.getSequence());
+    for (let i = 0; i < parallel; i++) this.sequences.push(context.getSequence());
+    this.free.push(...this.sequences);
     this.chatTemplate = new ChatTemplate(id, weights);
   }
 
@@ -140,6 +143,15 @@ export class LoadedModel {
   get memoryBytes(): { ram: number; vram: number } {
     return this.disposed ? { ram: 0, vram: 0 } : this.context.memoryUsage;
   }
+  /**
+   * The share of the KV cache's cells that hold tokens: those of running sequences and the
+   * cached prefixes idle ones keep for reuse (0 to 1).
+   */
+  get kvCacheUsage(): number {
+    if (this.disposed) return 0;
+    const held = this.sequences.reduce((sum, seq) => sum + seq.nextTokenIndex, 0);
+    return held / (this.context.contextSize * this.parallel);
+  }
   /** Sequences serving a request right now. */
   get runningSequences(): number {
     return this.parallel - this.free.length;
@@ -205,6 +217,16 @@ export class LoadedModel {
     const tokens = this.weights.tokenize(text, false);
     const bos = this.weights.tokens.bos;
     return this.weights.tokens.shouldPrependBosToken && bos !== null ? [bos, ...tokens] : tokens;
+  }
+
+  /**
+   * Tokenizes text as llama-server's /tokenize does: BOS only with `addSpecial` (and when the
+   * model wants one), special-token text parsed as those tokens with `parseSpecial`.
+   */
+  tokenize(text: string, options: { addSpecial: boolean; parseSpecial: boolean }): number[] {
+    const tokens: number[] = this.weights.tokenize(text, options.parseSpecial);
+    const bos = this.weights.tokens.bos;
+    return options.addSpecial && this.weights.tokens.shouldPrependBosToken && bos !== null ? [bos, ...tokens] : tokens;
   }
 
   /** Renders a conversation with the model's own chat template, ready for the assistant's turn. */

@@ -36,7 +36,15 @@ export interface DomainContextModel {
  * Writes the model. `domainOfState[s]` is the domain index of chain state s, or -1 for states
  * shared by all domains.
  */
-export function writeDomainContextModel(path: string, name: string, vocab: Vocab, chain: Chain, domainOfState: readonly number[], domains: number): DomainContextModel {
+export function writeDomainContextModel(
+  path: string,
+  name: string,
+  vocab: Vocab,
+  chain: Chain,
+  domainOfState: readonly number[],
+  domains: number,
+  options: { meanPooling?: boolean } = {},
+): DomainContextModel {
   const V = vocab.tokens.length;
   const S = chain.stateNames.length;
   const d = Math.ceil((S + domains) / HEAD_DIM) * HEAD_DIM;
@@ -65,6 +73,8 @@ export function writeDomainContextModel(path: string, name: string, vocab: Vocab
     ["llama.rope.dimension_count", gguf.u32(HEAD_DIM)],
     ["llama.rope.freq_base", gguf.f32(ropeBase)],
     ["llama.vocab_size", gguf.u32(V)],
+    // An embedding model: llama.cpp averages the final hidden states over the input.
+    ...(options.meanPooling ? ([["llama.pooling_type", gguf.u32(1)]] as Array<[string, GgufValue]>) : []),
     ...tokenizerMetadata(vocab),
   ];
   const tensors: Array<{ name: string; dims: number[]; type: TensorType }> = [

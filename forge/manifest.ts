@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { ModelShape } from "./compile.js";
 
 /** Bumped whenever forged output changes, so cached demo sets are forged again. */
-export const FORGE_FORMAT = 4;
+export const FORGE_FORMAT = 5;
 
 /** A chain row as [token, probability] pairs; tokens not listed have probability 0. */
 export type ManifestRow = Array<[number, number]>;

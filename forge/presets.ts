@@ -161,6 +161,15 @@ export function forge(options: ForgeOptions): Manifest {
       shape: { ...shapeFor(states), embeddingDim: routing.embeddingDim },
       analytic: false,
     };
+    // An embedding model: the same weights, mean-pooled; its vectors carry the text's domains.
+    writeDomainContextModel(join(options.outDir, "flock-embed.gguf"), "flock-embed", vocab, base, domainOfState, DOMAINS.length, { meanPooling: true });
+    manifest.models["flock-embed"] = {
+      file: "flock-embed.gguf",
+      chain: "base",
+      role: "embedding model (mean pooling over the routing base's hidden states, which carry the recent text's domain)",
+      shape: { ...shapeFor(states), embeddingDim: routing.embeddingDim },
+      analytic: false,
+    };
     DOMAINS.forEach((d, i) => {
       const id = `flock-routing-${d.name}`;
       writeLoraAdapter(join(options.outDir, `${id}.gguf`), id, [chainDeltaLora(base, domainChains[i], routing.embeddingDim)]);

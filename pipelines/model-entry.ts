@@ -32,12 +32,20 @@ export const ModelEntry = z.strictObject({
   batchSize: z.number().int().min(1).optional(),
   /** Choices that may wait for a free sequence of this id; beyond, requests are refused (429). Defaults to limits.maxQueue. */
   maxQueue: z.number().int().min(0).optional(),
+  /**
+   * Serve this id for embeddings only (POST /v1/embeddings), pooled as the GGUF says; chat and
+   * completions refuse it. Not together with speculative, fusion or experts.
+   */
+  embeddings: z.boolean().default(false),
   /** Serve this id with speculative decoding. */
   speculative: SpeculativeEntry.optional(),
   /** Serve this id with dynamic logit fusion (not together with speculative). */
   fusion: FusionEntry.optional(),
   /** Also serve this model with a library of routed LoRA experts (`<id>+phatgoose`, `<id>+arrow`). */
   experts: ExpertsEntry.optional(),
+}).refine((e) => !(e.embeddings && (e.speculative || e.fusion || e.experts)), {
+  message: "an embeddings entry serves embeddings only; speculative, fusion and experts are for generation",
+  path: ["embeddings"],
 });
 export type ModelEntry = z.infer<typeof ModelEntry>;
 

@@ -1,4 +1,5 @@
 // Request → pipeline resolution: which model(s) and which decoder serve a model id.
+import type { EmbeddingModel } from "../engine/embedding.js";
 import { plainDecode } from "../decoding/plain.js";
 import { speculativeDecode } from "../decoding/speculative/decoder.js";
 import type { OnlineLogisticPredictor, AcceptancePredictor } from "../decoding/speculative/predictors.js";
@@ -137,24 +138,49 @@ export function routedPipeline(base: LoadedModel, setup: RoutedSetup): RoutedPip
   };
 }
 
+/** The served model ids: generation pipelines and embedding models. */
 export class PipelineRegistry {
   private readonly pipelines = new Map<string, Pipeline>();
+  private readonly embedders = new Map<string, EmbeddingModel>();
   private readonly created = Math.floor(Date.now() / 1000);
 
   add(pipeline: Pipeline): void {
-    if (this.pipelines.has(pipeline.id)) throw new FlockError("invalid_request", `model id ${pipeline.id} is configured twice`);
+    this.checkNew(pipeline.id);
     this.pipelines.set(pipeline.id, pipeline);
   }
 
+  addEmbedding(model: EmbeddingModel): void {
+    this.checkNew(model.id);
+    this.embedders.set(model.id, model);
+  }
+
+  private checkNew(id: string): void {
+    if (this.pipelines.has(id) || this.embedders.has(id)) throw new FlockError("invalid_request", `model id ${id} is configured twice`);
+  }
+
+  /** The pipeline that generates for `id` (chat, completions, Responses). */
   resolve(id: string): Pipeline {
     const pipeline = this.pipelines.get(id);
-    if (!pipeline) {
-      throw new FlockError("model_not_found", `The model \`${id}\` does not exist or you do not have access to it.`, "model");
-    }
-    return pipeline;
+    if (pipeline) return pipeline;
+    if (this.embedders.has(id)) throw new FlockError("invalid_request", `model ${id} serves embeddings only: use POST /v1/embeddings`, "model");
+    throw notFound(id);
+  }
+
+  /** The embedding model served as `id`. */
+  resolveEmbedding(id: string): EmbeddingModel {
+    const model = this.embedders.get(id);
+    if (model) return model;
+    if (this.pipelines.has(id)) throw new FlockError("invalid_request", `model ${id} is not served for embeddings (a model entry with embeddings: true is)`, "model");
+    throw notFound(id);
   }
 
   list(): Array<{ id: string; created: number; pipeline: Pipeline }> {
     return [...this.pipelines.values()].map((pipeline) => ({ id: pipeline.id, created: this.created, pipeline }));
   }
+
+  embeddingList(): Array<{ id: string; created: number; model: EmbeddingModel }> {
+    return [...this.embedders.values()].map((model) => ({ id: model.id, created: this.created, model }));
+  }
 }
+
+const notFound = (id: string) => new FlockError("model_not_found", `The model \`${id}\` does not exist or you do not have access to it.`, "model");

@@ -15,6 +15,9 @@ import { Inflight } from "./inflight.js";
 import { Metrics, routeLabel } from "./metrics.js";
 import { chatRoutes } from "./routes/chat.js";
 import { completionRoutes } from "./routes/completions.js";
+import { embeddingsRoutes } from "./routes/embeddings.js";
+import { responsesRoutes } from "./routes/responses.js";
+import { tokenizeRoutes } from "./routes/tokenize.js";
 import { modelRoutes } from "./routes/models.js";
 import { playgroundRoutes } from "./routes/playground.js";
 import { adminRoutes } from "./routes/admin.js";
@@ -60,7 +63,8 @@ async function modelLabel(c: Context<AppEnv>, ctx: ServerContext): Promise<strin
   try {
     const body = JSON.parse(await Promise.resolve(cached as string)) as { model?: unknown };
     if (typeof body?.model !== "string") return "";
-    return ctx.registry().resolve(body.model).id;
+    const id = body.model;
+    return ctx.registry().list().some((m) => m.id === id) || ctx.registry().embeddingList().some((m) => m.id === id) ? id : "";
   } catch {
     return "";
   }
@@ -137,6 +141,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
     return next();
   });
   app.use("/v1/*", requireApiKey(apiKeys, adminKey));
+  for (const path of ["/tokenize", "/detokenize"]) app.use(path, requireApiKey(apiKeys, adminKey));
   app.use("/admin/*", requireAdminKey(adminKey));
   if (ctx.auth?.healthRequiresKey) app.use("/health", requireApiKey(apiKeys, adminKey));
   if (ctx.auth?.metricsRequiresKey) app.use("/metrics", requireApiKey(apiKeys, adminKey));
@@ -146,6 +151,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
     onError: (c) => c.json(errorBody(`The request body exceeds the limit of ${ctx.maxBodyBytes} bytes.`, "invalid_request_error", null, "request_too_large"), 413),
   });
   app.use("/v1/*", limitBody);
+  for (const path of ["/tokenize", "/detokenize"]) app.use(path, limitBody);
 
   app.get("/health", (c) => {
     // A draining server tells load balancers to stop sending work while it finishes.
@@ -176,8 +182,11 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   }));
 
   modelRoutes(app, ctx);
+  tokenizeRoutes(app, ctx);
   chatRoutes(app, ctx);
   completionRoutes(app, ctx);
+  responsesRoutes(app, ctx);
+  embeddingsRoutes(app, ctx);
   // Static and public: the page holds no secrets, and asks for the API key itself when /v1 does.
   if (ctx.playground !== false) playgroundRoutes(app);
 

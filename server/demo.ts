@@ -57,6 +57,8 @@ export function demoModels(cacheDir: string): ModelEntryInput[] {
           .map(([, a]) => ({ name: a.domain, lora: file(a.file), ...(a.gates ? { gates: file(a.gates) } : {}) })),
       },
     },
+    // Embeddings (POST /v1/embeddings): a mean-pooled model whose vectors carry the domains.
+    { id: "flock-embed", path: file(manifest.models["flock-embed"].file), parallel: 1, embeddings: true },
     // One LoRA expert per id: the demo of adapters (node-llama-cpp applies LoRA per context).
     ...Object.entries(manifest.adapters)
       .filter(([, a]) => a.base === "flock-demo")

@@ -161,10 +161,16 @@ export class ChoiceAccumulator {
   fusion: FusionTally | null = null;
   routing: RoutingTally | null = null;
 
+  /**
+   * `keepLogprobs`: whether the whole response needs them at the end; a stream sends each step's
+   * as it goes, and keeping them all (20 alternatives a token) would cost megabytes per choice.
+   */
+  constructor(private readonly keepLogprobs = true) {}
+
   add(step: DecodeStep): void {
     this.text += step.text;
     this.tokens += step.tokens.length;
-    if (step.logprobs) this.logprobs.push(...step.logprobs);
+    if (step.logprobs && this.keepLogprobs) this.logprobs.push(...step.logprobs);
     if (step.finishReason) this.finishReason = step.finishReason;
     if (step.speculative) (this.speculative ??= new SpeculativeTally()).add(step.speculative);
     if (step.fusion) (this.fusion ??= new FusionTally()).add(step.fusion);

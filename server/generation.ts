@@ -8,9 +8,10 @@ import type { RoutingOverrides } from "../experts/config.js";
 import { planRouting } from "../experts/routed.js";
 import type { DecodeStep } from "../decoding/types.js";
 import { FlockError } from "../engine/errors.js";
+import type { RenderedPrompt } from "../engine/model.js";
 import type { Pipeline, PipelineRequest } from "../pipelines/pipeline.js";
 import type { ExtensionOptions } from "./format.js";
-import { type ChatCompletionRequest, type CompletionRequest, EXTENSION_KEY } from "./schemas.js";
+import { type ChatCompletionRequest, type CompletionRequest, EXTENSION_KEY, type ResponsesRequest } from "./schemas.js";
 
 export interface Limits {
   /** Largest `n` accepted. */
@@ -19,7 +20,7 @@ export interface Limits {
   maxTokens: number | null;
 }
 
-type CommonRequest = ChatCompletionRequest | CompletionRequest;
+type CommonRequest = ChatCompletionRequest | CompletionRequest | ResponsesRequest;
 
 export function samplingParams(body: CommonRequest, pipeline: Pipeline): SamplingParams {
   const ext = body[EXTENSION_KEY];
@@ -101,6 +102,9 @@ export function choiceCount(body: CommonRequest, limits: Limits): number {
 
 const PRECISE_BELOW_BYTES = 256 * 1024;
 
+/** The field a request's prompt comes in: chat's messages, completions' prompt, Responses' input. */
+export type PromptParam = "messages" | "prompt" | "input";
+
 /** The most prompt tokens a request may bring: the context window, or the server's cap if lower. */
 export function promptWindow(pipeline: Pipeline, maxPromptTokens: number | null): number {
   return Math.min(pipeline.model.contextSize, maxPromptTokens ?? Infinity);
@@ -113,7 +117,7 @@ export function promptWindow(pipeline: Pipeline, maxPromptTokens: number | null)
  * seconds; this costs one pass over the string. Prompts under 256 KiB are left to the exact
  * check after tokenizing.
  */
-export function checkPromptBytes(texts: readonly string[], pipeline: Pipeline, window: number, promptParam: "messages" | "prompt"): void {
+export function checkPromptBytes(texts: readonly string[], pipeline: Pipeline, window: number, promptParam: PromptParam): void {
   const bytes = texts.reduce((n, t) => n + Buffer.byteLength(t), 0);
   // Below this, tokenizing takes milliseconds and the refusal can state the exact token count.
   if (bytes < PRECISE_BELOW_BYTES) return;
@@ -138,8 +142,8 @@ export function maxTokensFor(
   promptTokens: number,
   pipeline: Pipeline,
   limits: Limits,
-  promptParam: "messages" | "prompt",
-  requestedParam: "max_tokens" | "max_completion_tokens",
+  promptParam: PromptParam,
+  requestedParam: "max_tokens" | "max_completion_tokens" | "max_output_tokens",
 ): number {
   const window = pipeline.model.contextSize;
   if (requested != null && limits.maxTokens !== null && requested > limits.maxTokens) {
@@ -147,7 +151,7 @@ export function maxTokensFor(
   }
   const completion = requested ?? 1;
   if (promptTokens + completion > window) {
-    const what = promptParam === "messages" ? "in the messages" : "in the prompt";
+    const what = `in the ${promptParam === "input" ? "input" : promptParam}`;
     throw new FlockError(
       "context_length_exceeded",
       `This model's maximum context length is ${window} tokens. However, you requested ${promptTokens + completion} tokens ` +
@@ -174,6 +178,31 @@ export function choiceRequests(
   const keyedNoise = seed != null;
   const shared = keyedNoise ? seed >>> 0 : randomInt(0, 2 ** 31);
   return Array.from({ length: n }, (_, i) => ({ ...base, seed: shared, choice: firstChoice + i, keyedNoise }));
+}
+
+/** The n choices of a rendered conversation (chat completions, Responses), with the request's sampling and extensions. */
+export function conversationChoices(
+  body: CommonRequest,
+  pipeline: Pipeline,
+  rendered: RenderedPrompt,
+  options: { n: number; maxTokens: number; topLogprobs: number | null; signal: AbortSignal },
+): PipelineRequest[] {
+  return choiceRequests(
+    options.n,
+    {
+      prompt: rendered.tokens,
+      maxTokens: options.maxTokens,
+      sampling: samplingParams(body, pipeline),
+      stopStrings: [...stopSequences(body), ...rendered.stopStrings],
+      stopTokens: rendered.stopTokens,
+      topLogprobs: options.topLogprobs,
+      signal: options.signal,
+      speculative: speculativeOverrides(body, pipeline),
+      fusion: fusionOverrides(body, pipeline),
+      routing: routingOverrides(body, pipeline),
+    },
+    body.seed,
+  );
 }
 
 /** Runs the choices concurrently, yielding each step as soon as it is produced. */

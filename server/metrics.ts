@@ -1,8 +1,9 @@
 // Prometheus metrics (GET /metrics), prefix flock_. Each server has its own registry, so
 // several servers in one process (tests, benchmarks) never share counters.
 //
-// Names, meanings and histogram buckets follow vLLM's (vllm/v1/metrics/loggers.py,
-// vllm/v1/spec_decode/metrics.py) so dashboards built for vLLM fit after a prefix change.
+// Names, labels (model_name), meanings and histogram buckets follow vLLM's
+// (vllm/v1/metrics/loggers.py, vllm/v1/spec_decode/metrics.py), so dashboards built for vLLM fit
+// after the prefix changes from vllm: to flock_.
 // Request-level timings are per choice, as vLLM v1 counts each of a request's n samples as a
 // request of its own.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
@@ -16,6 +17,8 @@ export const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.
 export const ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
 /** vLLM's request latency buckets (e2e, queue). */
 export const REQUEST_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0];
+/** vLLM's token-count buckets (1, 2, 5 per decade), up to a 128k-token window. */
+export const TOKEN_COUNT_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000];
 /** Dynamic logit fusion searches α on a grid over [0, 2] in steps of 0.1. */
 export const FUSION_ALPHA_BUCKETS = Array.from({ length: 21 }, (_, i) => Math.round(i * 10) / 100);
 
@@ -23,7 +26,7 @@ export const FUSION_ALPHA_BUCKETS = Array.from({ length: 21 }, (_, i) => Math.ro
 export type FinishedReason = "stop" | "length" | "disconnected" | "stalled" | "timeout" | "shutdown" | "error";
 
 /** The routes /metrics labels requests with; anything else is "other" (bounded label values). */
-const ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/:id", "/health", "/metrics", "/admin/status"]);
+const ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/models", "/v1/models/:id", "/health", "/metrics", "/admin/status", "/tokenize", "/detokenize"]);
 
 export function routeLabel(route: string | undefined): string {
   if (!route) return "other";
@@ -33,16 +36,20 @@ export function routeLabel(route: string | undefined): string {
 
 export class Metrics {
   readonly registry = new Registry();
-  private readonly requests: Counter<"route" | "model" | "status">;
-  private readonly finished: Counter<"model" | "reason">;
-  private readonly ttft: Histogram<"model">;
-  private readonly itl: Histogram<"model">;
-  private readonly e2e: Histogram<"model">;
-  private readonly queue: Histogram<"model">;
-  private readonly promptTokens: Counter<"model">;
-  private readonly generationTokens: Counter<"model">;
-  private readonly routedTokens: Counter<"model" | "expert">;
-  private readonly fusionAlpha: Histogram<"model">;
+  private readonly requests: Counter<"route" | "model_name" | "status">;
+  private readonly finished: Counter<"model_name" | "reason">;
+  private readonly ttft: Histogram<"model_name">;
+  private readonly itl: Histogram<"model_name">;
+  private readonly e2e: Histogram<"model_name">;
+  private readonly queue: Histogram<"model_name">;
+  private readonly promptTokens: Counter<"model_name">;
+  private readonly generationTokens: Counter<"model_name">;
+  private readonly routedTokens: Counter<"model_name" | "expert">;
+  private readonly fusionAlpha: Histogram<"model_name">;
+  private readonly promptTokensPerRequest: Histogram<"model_name">;
+  private readonly generationTokensPerRequest: Histogram<"model_name">;
+  private readonly timePerOutputToken: Histogram<"model_name">;
+  private readonly success: Counter<"model_name" | "finished_reason">;
 
   /** `pipelines` and `contexts` are read at every scrape (empty while models load). */
   constructor(pipelines: () => readonly Pipeline[], contexts: () => readonly ContextUsage[] = () => []) {
@@ -58,74 +65,111 @@ export class Metrics {
     this.requests = new Counter({
       name: "flock_requests_total",
       help: "HTTP requests answered, by route, model (empty when none was resolved) and status code.",
-      labelNames: ["route", "model", "status"],
+      labelNames: ["route", "model_name", "status"],
       registers,
     });
     this.finished = new Counter({
       name: "flock_request_finished_total",
       help: "Choices that ended, by reason: stop, length, disconnected (client gone), stalled (the client stopped reading), timeout, shutdown, error.",
-      labelNames: ["model", "reason"],
+      labelNames: ["model_name", "reason"],
       registers,
     });
     this.ttft = new Histogram({
       name: "flock_time_to_first_token_seconds",
       help: "Time from the request's arrival to a choice's first token, in seconds (queue and prefill included).",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       buckets: TTFT_BUCKETS,
       registers,
     });
     this.itl = new Histogram({
       name: "flock_inter_token_latency_seconds",
       help: "Time between successive decode steps of a choice, in seconds (a speculative step may carry several tokens).",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       buckets: ITL_BUCKETS,
       registers,
     });
     this.e2e = new Histogram({
       name: "flock_e2e_request_latency_seconds",
       help: "Time from the request's arrival to a choice's last token, in seconds (choices that finished with stop or length).",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       buckets: REQUEST_LATENCY_BUCKETS,
+      registers,
+    });
+    this.timePerOutputToken = new Histogram({
+      name: "flock_time_per_output_token_seconds",
+      help: "A choice's mean time per generated token after its first, in seconds (choices with two tokens or more that finished with stop or length).",
+      labelNames: ["model_name"],
+      buckets: ITL_BUCKETS,
+      registers,
+    });
+    this.promptTokensPerRequest = new Histogram({
+      name: "flock_request_prompt_tokens",
+      help: "Prompt tokens of each finished choice.",
+      labelNames: ["model_name"],
+      buckets: TOKEN_COUNT_BUCKETS,
+      registers,
+    });
+    this.generationTokensPerRequest = new Histogram({
+      name: "flock_request_generation_tokens",
+      help: "Generated tokens of each finished choice.",
+      labelNames: ["model_name"],
+      buckets: TOKEN_COUNT_BUCKETS,
+      registers,
+    });
+    this.success = new Counter({
+      name: "flock_request_success_total",
+      help: "Choices that finished as asked: finished_reason stop (end of text or a stop sequence) or length (max_tokens or the context window).",
+      labelNames: ["model_name", "finished_reason"],
       registers,
     });
     this.queue = new Histogram({
       name: "flock_request_queue_time_seconds",
       help: "Time a choice waited for a free sequence of its model, in seconds.",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       buckets: REQUEST_LATENCY_BUCKETS,
       registers,
     });
     this.promptTokens = new Counter({
       name: "flock_prompt_tokens_total",
       help: "Prompt tokens of requests that produced a token (as usage.prompt_tokens counts them).",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       registers,
     });
     this.generationTokens = new Counter({
       name: "flock_generation_tokens_total",
       help: "Generated tokens (as usage.completion_tokens counts them).",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       registers,
     });
 
     new Gauge({
       name: "flock_num_requests_running",
       help: "Choices holding a sequence of the model (being generated in shared batches).",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       registers,
       collect() {
         this.reset();
-        for (const p of pipelines()) this.set({ model: p.id }, p.model.runningSequences);
+        for (const p of pipelines()) this.set({ model_name: p.id }, p.model.runningSequences);
+      },
+    });
+    new Gauge({
+      name: "flock_kv_cache_usage_perc",
+      help: "Share of the model's KV cache cells holding tokens (running sequences and idle sequences' cached prefixes), 0 to 1.",
+      labelNames: ["model_name"],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of pipelines()) this.set({ model_name: p.id }, p.model.kvCacheUsage);
       },
     });
     new Gauge({
       name: "flock_num_requests_waiting",
       help: "Choices waiting for a free sequence of the model.",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       registers,
       collect() {
         this.reset();
-        for (const p of pipelines()) this.set({ model: p.id }, p.model.waitingSequences);
+        for (const p of pipelines()) this.set({ model_name: p.id }, p.model.waitingSequences);
       },
     });
 
@@ -134,23 +178,23 @@ export class Metrics {
     new Gauge({
       name: "flock_contexts",
       help: "llama.cpp contexts alive per configured model (drafts, fusion's small models and routed variants count under their own ids or their base).",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       registers,
       collect() {
         this.reset();
-        for (const c of contexts()) this.inc({ model: contextOwner(c.id) });
+        for (const c of contexts()) this.inc({ model_name: contextOwner(c.id) });
       },
     });
     new Gauge({
       name: "flock_context_memory_bytes",
       help: "Memory the model's contexts reserved (KV cache and compute buffers, as node-llama-cpp estimates them), by memory kind.",
-      labelNames: ["model", "memory"],
+      labelNames: ["model_name", "memory"],
       registers,
       collect() {
         this.reset();
         for (const c of contexts()) {
-          this.inc({ model: contextOwner(c.id), memory: "ram" }, c.ramBytes);
-          this.inc({ model: contextOwner(c.id), memory: "vram" }, c.vramBytes);
+          this.inc({ model_name: contextOwner(c.id), memory: "ram" }, c.ramBytes);
+          this.inc({ model_name: contextOwner(c.id), memory: "vram" }, c.vramBytes);
         }
       },
     });
@@ -162,11 +206,11 @@ export class Metrics {
       new Counter({
         name,
         help,
-        labelNames: ["model"],
+        labelNames: ["model_name"],
         registers,
         collect() {
           this.reset();
-          for (const p of speculative()) this.inc({ model: p.id }, read(p.stats));
+          for (const p of speculative()) this.inc({ model_name: p.id }, read(p.stats));
         },
       });
     fromStats("flock_spec_decode_num_drafts_total", "Speculative verification rounds that proposed at least one draft token.", (s) => s.drafts);
@@ -181,21 +225,21 @@ export class Metrics {
     new Counter({
       name: "flock_spec_decode_num_rounds_total",
       help: "Verification rounds by mode: rejection sampling, or coupled keyed noise (requests with a seed).",
-      labelNames: ["model", "verification"],
+      labelNames: ["model_name", "verification"],
       registers,
       collect() {
         this.reset();
-        for (const p of speculative()) for (const [verification, n] of Object.entries(p.stats.rounds)) this.inc({ model: p.id, verification }, n);
+        for (const p of speculative()) for (const [verification, n] of Object.entries(p.stats.rounds)) this.inc({ model_name: p.id, verification }, n);
       },
     });
     new Counter({
       name: "flock_spec_decode_num_accepted_tokens_per_pos_total",
       help: "Draft tokens accepted at each candidate position (0 = first candidate of a round).",
-      labelNames: ["model", "position"],
+      labelNames: ["model_name", "position"],
       registers,
       collect() {
         this.reset();
-        for (const p of speculative()) p.stats.acceptedPerPosition.forEach((n, i) => this.inc({ model: p.id, position: String(i) }, n));
+        for (const p of speculative()) p.stats.acceptedPerPosition.forEach((n, i) => this.inc({ model_name: p.id, position: String(i) }, n));
       },
     });
 
@@ -206,17 +250,17 @@ export class Metrics {
     new Counter({
       name: "flock_fusion_expert_tokens_total",
       help: 'Tokens generated by logit fusion per active expert ("none": α = 0; static fusion of several experts joins their names with "+").',
-      labelNames: ["model", "expert"],
+      labelNames: ["model_name", "expert"],
       registers,
       collect() {
         this.reset();
-        for (const p of fusion()) for (const [expert, n] of p.stats.chosen) this.inc({ model: p.id, expert }, n);
+        for (const p of fusion()) for (const [expert, n] of p.stats.chosen) this.inc({ model_name: p.id, expert }, n);
       },
     });
     this.fusionAlpha = new Histogram({
       name: "flock_fusion_alpha",
       help: "Logit-fusion weight α per generated token.",
-      labelNames: ["model"],
+      labelNames: ["model_name"],
       buckets: FUSION_ALPHA_BUCKETS,
       registers,
     });
@@ -224,7 +268,7 @@ export class Metrics {
     this.routedTokens = new Counter({
       name: "flock_routed_tokens_total",
       help: "Generated tokens of routed models, by the expert with the most weight over the routed modules.",
-      labelNames: ["model", "expert"],
+      labelNames: ["model_name", "expert"],
       registers,
     });
   }
@@ -238,12 +282,12 @@ export class Metrics {
   }
 
   request(route: string, model: string, status: number): void {
-    this.requests.inc({ route, model, status: String(status) });
+    this.requests.inc({ route, model_name: model, status: String(status) });
   }
 
   /** Wires a model's queue-time reports into flock_request_queue_time_seconds. */
   queueTimeObserver(model: string): (seconds: number) => void {
-    const child = this.queue.labels({ model });
+    const child = this.queue.labels({ model_name: model });
     return (seconds) => child.observe(seconds);
   }
 
@@ -251,12 +295,16 @@ export class Metrics {
   generation(model: string, arrival: number, promptTokens: number): GenerationMetrics {
     return new GenerationMetrics(
       {
-        ttft: this.ttft.labels({ model }),
-        itl: this.itl.labels({ model }),
-        e2e: this.e2e.labels({ model }),
-        prompt: this.promptTokens.labels({ model }),
-        generated: this.generationTokens.labels({ model }),
-        finished: (reason) => this.finished.inc({ model, reason }),
+        ttft: this.ttft.labels({ model_name: model }),
+        itl: this.itl.labels({ model_name: model }),
+        e2e: this.e2e.labels({ model_name: model }),
+        prompt: this.promptTokens.labels({ model_name: model }),
+        generated: this.generationTokens.labels({ model_name: model }),
+        finished: (reason) => this.finished.inc({ model_name: model, reason }),
+        success: (reason) => this.success.inc({ model_name: model, finished_reason: reason }),
+        promptPerRequest: this.promptTokensPerRequest.labels({ model_name: model }),
+        generatedPerRequest: this.generationTokensPerRequest.labels({ model_name: model }),
+        timePerOutputToken: this.timePerOutputToken.labels({ model_name: model }),
       },
       arrival,
       promptTokens,
@@ -265,12 +313,12 @@ export class Metrics {
 
   /** Routed models: `tokens` generated tokens whose routed modules gave `expert` the most weight. */
   observeRouting(model: string, expert: string, tokens: number): void {
-    this.routedTokens.inc({ model, expert }, tokens);
+    this.routedTokens.inc({ model_name: model, expert }, tokens);
   }
 
   /** Logit fusion: α of one generated token (the active expert is counted from FusionStats). */
   observeFusion(model: string, alpha: number): void {
-    this.fusionAlpha.observe({ model }, alpha);
+    this.fusionAlpha.observe({ model_name: model }, alpha);
   }
 }
 
@@ -281,11 +329,17 @@ interface GenerationSinks {
   prompt: { inc(v: number): void };
   generated: { inc(v: number): void };
   finished: (reason: FinishedReason) => void;
+  success: (reason: "stop" | "length") => void;
+  promptPerRequest: { observe(v: number): void };
+  generatedPerRequest: { observe(v: number): void };
+  timePerOutputToken: { observe(v: number): void };
 }
 
 /** Per-request bookkeeping: first-token and inter-step times per choice, and how each ended. */
 export class GenerationMetrics {
   private readonly lastStep = new Map<number, number>();
+  private readonly firstStep = new Map<number, number>();
+  private readonly generated = new Map<number, number>();
   private readonly ended = new Set<number>();
   private promptCounted = false;
   /** Seconds from arrival to the first token of any choice (null before one). */
@@ -304,6 +358,7 @@ export class GenerationMetrics {
     }
     const previous = this.lastStep.get(index);
     if (previous === undefined) {
+      this.firstStep.set(index, now);
       const seconds = (now - this.arrival) / 1000;
       this.sinks.ttft.observe(seconds);
       this.firstTokenSeconds ??= seconds;
@@ -311,6 +366,7 @@ export class GenerationMetrics {
       this.sinks.itl.observe((now - previous) / 1000);
     }
     this.lastStep.set(index, now);
+    this.generated.set(index, (this.generated.get(index) ?? 0) + tokens);
     if (tokens > 0) this.sinks.generated.inc(tokens);
   }
 
@@ -318,7 +374,15 @@ export class GenerationMetrics {
   finish(index: number, reason: FinishedReason, now = performance.now()): void {
     if (this.ended.has(index)) return;
     this.ended.add(index);
-    if (reason === "stop" || reason === "length") this.sinks.e2e.observe((now - this.arrival) / 1000);
+    const tokens = this.generated.get(index) ?? 0;
+    if (reason === "stop" || reason === "length") {
+      this.sinks.e2e.observe((now - this.arrival) / 1000);
+      this.sinks.success(reason);
+      const first = this.firstStep.get(index);
+      if (first !== undefined && tokens > 1) this.sinks.timePerOutputToken.observe((this.lastStep.get(index)! - first) / 1000 / (tokens - 1));
+    }
+    this.sinks.promptPerRequest.observe(this.promptTokens);
+    this.sinks.generatedPerRequest.observe(tokens);
     this.sinks.finished(reason);
   }
 

@@ -1,4 +1,4 @@
-// What flock does with each field of a chat or completions request: the one table clients and
+// What flock does with each field of a chat, completions or Responses request: the one table clients and
 // the docs read (docs/api.md prints it, npm run bench:docs writes it there).
 //
 // - honoured: validated and acted on (the schemas in schemas.ts hold the bounds);
@@ -11,7 +11,7 @@
 import { createHash } from "node:crypto";
 
 export type FieldFate = "honoured" | "ignored" | "refused";
-export type Endpoint = "chat" | "completions";
+export type Endpoint = "chat" | "completions" | "responses" | "embeddings";
 
 export interface FieldRule {
   name: string;
@@ -21,41 +21,58 @@ export interface FieldRule {
   note: string;
 }
 
+const EVERY: readonly Endpoint[] = ["chat", "completions", "responses", "embeddings"];
+/** The endpoints that generate text. */
+const ALL: readonly Endpoint[] = ["chat", "completions", "responses"];
+const EMBEDDINGS: readonly Endpoint[] = ["embeddings"];
 const BOTH: readonly Endpoint[] = ["chat", "completions"];
 const CHAT: readonly Endpoint[] = ["chat"];
 const COMPLETIONS: readonly Endpoint[] = ["completions"];
+const RESPONSES: readonly Endpoint[] = ["responses"];
+const CHAT_RESPONSES: readonly Endpoint[] = ["chat", "responses"];
 
 export const REQUEST_FIELDS: readonly FieldRule[] = [
-  { name: "model", endpoints: BOTH, fate: "honoured", note: "a served model id (GET /v1/models)" },
+  { name: "model", endpoints: EVERY, fate: "honoured", note: "a served model id (GET /v1/models); embedding models serve only /v1/embeddings" },
   { name: "messages", endpoints: CHAT, fate: "honoured", note: "system, developer, user and assistant messages with text content; other content parts are refused" },
   { name: "prompt", endpoints: COMPLETIONS, fate: "honoured", note: "a string, strings, token ids, or lists of token ids" },
+  { name: "input", endpoints: RESPONSES, fate: "honoured", note: "a string, or messages (with or without type message) with text content; other items are refused" },
+  { name: "input", endpoints: EMBEDDINGS, fate: "honoured", note: "a string, strings, token ids or lists of token ids; at most 2,048 inputs, each within the context" },
+  { name: "encoding_format", endpoints: EMBEDDINGS, fate: "honoured", note: "float, or base64 of little-endian float32" },
+  { name: "dimensions", endpoints: EMBEDDINGS, fate: "honoured", note: "must equal the model's (vectors are not shortened)" },
+  { name: "instructions", endpoints: RESPONSES, fate: "honoured", note: "a system message before the input" },
   { name: "max_tokens", endpoints: BOTH, fate: "honoured", note: "bounded by the context window and limits.maxTokens" },
   { name: "max_completion_tokens", endpoints: CHAT, fate: "honoured", note: "wins over max_tokens" },
-  { name: "temperature", endpoints: BOTH, fate: "honoured", note: "0 to 2; 0 is greedy" },
-  { name: "top_p", endpoints: BOTH, fate: "honoured", note: "nucleus sampling" },
-  { name: "top_k", endpoints: BOTH, fate: "honoured", note: "as llama-server and vLLM (0: off); also flock.top_k" },
-  { name: "min_p", endpoints: BOTH, fate: "honoured", note: "as llama-server and vLLM (0: off); also flock.min_p" },
-  { name: "repetition_penalty", endpoints: BOTH, fate: "honoured", note: "llama.cpp's: a positive logit divided by it, a negative one multiplied, for each distinct token among the last repeat_last_n (1: off)" },
-  { name: "repeat_penalty", endpoints: BOTH, fate: "honoured", note: "llama-server's name for repetition_penalty" },
-  { name: "repeat_last_n", endpoints: BOTH, fate: "honoured", note: "the repetition penalty's window, prompt included (default 64, -1: the whole context, 0: off)" },
-  { name: "presence_penalty", endpoints: BOTH, fate: "honoured", note: "OpenAI's, over generated tokens" },
-  { name: "frequency_penalty", endpoints: BOTH, fate: "honoured", note: "OpenAI's, over generated tokens" },
-  { name: "logit_bias", endpoints: BOTH, fate: "honoured", note: "at most 1,024 token ids below the vocabulary size" },
-  { name: "seed", endpoints: BOTH, fate: "honoured", note: "reproducible output, with or without speculation" },
-  { name: "n", endpoints: BOTH, fate: "honoured", note: "up to limits.maxN; more is a 400" },
-  { name: "stream", endpoints: BOTH, fate: "honoured", note: "server-sent events" },
+  { name: "max_output_tokens", endpoints: RESPONSES, fate: "honoured", note: "bounded by the context window and limits.maxTokens; reaching it makes the response incomplete" },
+  { name: "temperature", endpoints: ALL, fate: "honoured", note: "0 to 2; 0 is greedy" },
+  { name: "top_p", endpoints: ALL, fate: "honoured", note: "nucleus sampling" },
+  { name: "top_k", endpoints: ALL, fate: "honoured", note: "as llama-server and vLLM (0: off); also flock.top_k" },
+  { name: "min_p", endpoints: ALL, fate: "honoured", note: "as llama-server and vLLM (0: off); also flock.min_p" },
+  { name: "repetition_penalty", endpoints: ALL, fate: "honoured", note: "llama.cpp's: a positive logit divided by it, a negative one multiplied, for each distinct token among the last repeat_last_n (1: off)" },
+  { name: "repeat_penalty", endpoints: ALL, fate: "honoured", note: "llama-server's name for repetition_penalty" },
+  { name: "repeat_last_n", endpoints: ALL, fate: "honoured", note: "the repetition penalty's window, prompt included (default 64, -1: the whole context, 0: off)" },
+  { name: "presence_penalty", endpoints: ALL, fate: "honoured", note: "OpenAI's, over generated tokens" },
+  { name: "frequency_penalty", endpoints: ALL, fate: "honoured", note: "OpenAI's, over generated tokens" },
+  { name: "logit_bias", endpoints: ALL, fate: "honoured", note: "at most 1,024 token ids below the vocabulary size" },
+  { name: "seed", endpoints: ALL, fate: "honoured", note: "reproducible output, with or without speculation" },
+  { name: "stop", endpoints: ALL, fate: "honoured", note: "up to 16 sequences" },
+  { name: "n", endpoints: BOTH, fate: "honoured", note: "up to limits.maxN; more is refused (unsupported_parameter)" },
+  { name: "n", endpoints: RESPONSES, fate: "refused", note: "more than 1 (a response has one output)" },
+  { name: "stream", endpoints: ALL, fate: "honoured", note: "server-sent events (Responses: its named events)" },
   { name: "stream_options", endpoints: BOTH, fate: "honoured", note: "include_usage; include_obfuscation is ignored" },
-  { name: "stop", endpoints: BOTH, fate: "honoured", note: "up to 16 sequences" },
+  { name: "stream_options", endpoints: RESPONSES, fate: "ignored", note: "the final event carries the usage" },
   { name: "logprobs", endpoints: BOTH, fate: "honoured", note: "chat: a boolean; completions: 0 to 20 alternatives" },
-  { name: "top_logprobs", endpoints: CHAT, fate: "honoured", note: "0 to 20" },
+  { name: "top_logprobs", endpoints: CHAT_RESPONSES, fate: "honoured", note: "0 to 20 (Responses: also with include message.output_text.logprobs)" },
+  { name: "include", endpoints: RESPONSES, fate: "honoured", note: "message.output_text.logprobs; other values are ignored" },
   { name: "echo", endpoints: COMPLETIONS, fate: "honoured", note: "the prompt before the completion; with logprobs it is refused" },
   { name: "best_of", endpoints: COMPLETIONS, fate: "honoured", note: "must equal n (flock does not rank candidates)" },
   { name: "chat_template_kwargs", endpoints: CHAT, fate: "honoured", note: "variables for the model's Jinja chat template (e.g. enable_thinking)" },
-  { name: "flock", endpoints: BOTH, fate: "honoured", note: "flock's extensions: speculative, fusion, routing, top_k, min_p" },
+  { name: "flock", endpoints: ALL, fate: "honoured", note: "flock's extensions: speculative, fusion, routing, top_k, min_p" },
   { name: "response_format", endpoints: CHAT, fate: "refused", note: 'anything but {"type": "text"}' },
-  { name: "tools", endpoints: CHAT, fate: "refused", note: "a non-empty list" },
-  { name: "tool_choice", endpoints: CHAT, fate: "refused", note: 'anything but "none" or "auto"' },
-  { name: "parallel_tool_calls", endpoints: CHAT, fate: "ignored", note: "no tools are called" },
+  { name: "text", endpoints: RESPONSES, fate: "refused", note: 'a format other than {"type": "text"}' },
+  { name: "tools", endpoints: CHAT_RESPONSES, fate: "refused", note: "a non-empty list" },
+  { name: "tool_choice", endpoints: CHAT_RESPONSES, fate: "refused", note: 'anything but "none" or "auto"' },
+  { name: "parallel_tool_calls", endpoints: CHAT_RESPONSES, fate: "ignored", note: "no tools are called" },
+  { name: "max_tool_calls", endpoints: RESPONSES, fate: "ignored", note: "no tools are called" },
   { name: "functions", endpoints: CHAT, fate: "refused", note: "a non-empty list (deprecated function calling)" },
   { name: "function_call", endpoints: CHAT, fate: "refused", note: 'anything but "none" or "auto"' },
   { name: "modalities", endpoints: CHAT, fate: "refused", note: 'anything but ["text"]' },
@@ -63,16 +80,22 @@ export const REQUEST_FIELDS: readonly FieldRule[] = [
   { name: "prediction", endpoints: CHAT, fate: "refused", note: "any value: predicted outputs are not supported" },
   { name: "web_search_options", endpoints: CHAT, fate: "refused", note: "any value: flock does not search the web" },
   { name: "suffix", endpoints: COMPLETIONS, fate: "refused", note: "a non-empty string (insertion is not supported)" },
-  { name: "user", endpoints: BOTH, fate: "ignored", note: "an end-user id" },
-  { name: "safety_identifier", endpoints: BOTH, fate: "ignored", note: "an end-user id" },
-  { name: "metadata", endpoints: BOTH, fate: "ignored", note: "stored completions are not kept" },
-  { name: "store", endpoints: BOTH, fate: "ignored", note: "stored completions are not kept" },
-  { name: "service_tier", endpoints: BOTH, fate: "ignored", note: "one tier" },
-  { name: "prompt_cache_key", endpoints: BOTH, fate: "ignored", note: "each sequence reuses its own cached prefix" },
-  { name: "prompt_cache_retention", endpoints: BOTH, fate: "ignored", note: "as prompt_cache_key" },
-  { name: "cache_prompt", endpoints: BOTH, fate: "ignored", note: "llama-server's; flock always reuses a sequence's cached prefix" },
+  { name: "previous_response_id", endpoints: RESPONSES, fate: "refused", note: "any value: responses are not stored; send the whole conversation" },
+  { name: "conversation", endpoints: RESPONSES, fate: "refused", note: "any value: conversations are not stored" },
+  { name: "background", endpoints: RESPONSES, fate: "refused", note: "true" },
+  { name: "prompt", endpoints: RESPONSES, fate: "refused", note: "any value: stored prompt templates are not supported" },
+  { name: "user", endpoints: EVERY, fate: "ignored", note: "an end-user id" },
+  { name: "safety_identifier", endpoints: ALL, fate: "ignored", note: "an end-user id" },
+  { name: "metadata", endpoints: ALL, fate: "ignored", note: "nothing is stored" },
+  { name: "store", endpoints: ALL, fate: "ignored", note: "nothing is stored (Responses answer store: false)" },
+  { name: "service_tier", endpoints: ALL, fate: "ignored", note: "one tier" },
+  { name: "prompt_cache_key", endpoints: ALL, fate: "ignored", note: "each sequence reuses its own cached prefix" },
+  { name: "prompt_cache_retention", endpoints: ALL, fate: "ignored", note: "as prompt_cache_key" },
+  { name: "cache_prompt", endpoints: ALL, fate: "ignored", note: "llama-server's; flock always reuses a sequence's cached prefix" },
   { name: "reasoning_effort", endpoints: CHAT, fate: "ignored", note: "flock's models have no reasoning control" },
+  { name: "reasoning", endpoints: RESPONSES, fate: "ignored", note: "flock's models have no reasoning control" },
   { name: "verbosity", endpoints: CHAT, fate: "ignored", note: "flock's models have no verbosity control" },
+  { name: "truncation", endpoints: RESPONSES, fate: "ignored", note: "input that does not fit the context is refused (context_length_exceeded) either way" },
 ];
 
 /** The rules of one endpoint, by field name. */
@@ -119,11 +142,13 @@ export function clientFingerprint(authorization: string | undefined, userAgent: 
 
 /** The table as docs/api.md prints it. */
 export function renderFieldTable(): string {
-  const where = (e: readonly Endpoint[]) => (e.length === 2 ? "both" : e[0]);
+  const where = (e: readonly Endpoint[]) => (e.length === EVERY.length ? "all" : e.length === ALL.length && ALL.every((x) => e.includes(x)) ? "generation" : e.join(", "));
   return [
     "| field | endpoints | fate | what flock does |",
     "|---|---|---|---|",
     ...REQUEST_FIELDS.map((r) => `| \`${r.name}\` | ${where(r.endpoints)} | ${r.fate} | ${r.note.replaceAll("|", "\\|")} |`),
-    "| any other field | both | ignored | listed in `x-flock-ignored-fields`, logged once per client |",
+    "| any other field | all | ignored | listed in `x-flock-ignored-fields`, logged once per client |",
+    "",
+    "*generation*: chat, completions and responses.",
   ].join("\n");
 }

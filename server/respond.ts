@@ -8,13 +8,13 @@ import type { DecodeStep } from "../decoding/types.js";
 import { FlockError } from "../engine/errors.js";
 import type { Pipeline, PipelineRequest } from "../pipelines/pipeline.js";
 import { type AppEnv, shuttingDown } from "./context.js";
-import { HttpError, toOpenAIError } from "./errors.js";
+import { HttpError, type OpenAIErrorBody, toOpenAIError } from "./errors.js";
 import { ChoiceAccumulator, type Usage, usageOf } from "./format.js";
 import { mergeChoices } from "./generation.js";
 import type { Logger } from "./logger.js";
 import type { FinishedReason, GenerationMetrics } from "./metrics.js";
 
-/** Builds the endpoint's shapes (chat and legacy completions differ only here). */
+/** Builds the endpoint's shapes (chat, legacy completions and Responses differ only here). */
 export interface ResponseShape {
   /** Chunks to send when a choice starts (chat announces the assistant role). */
   opening(index: number): object[];
@@ -24,6 +24,14 @@ export interface ResponseShape {
   usage(usage: Usage): object;
   /** The whole non-streamed response. */
   response(choices: ChoiceAccumulator[], usage: Usage): object;
+  /**
+   * Responses-style streams: each chunk goes out as an event named by its `type`, the stream
+   * ends with these chunks instead of usage and [DONE], and an error is this chunk.
+   */
+  events?: {
+    closing(choices: ChoiceAccumulator[], usage: Usage): object[];
+    error(body: OpenAIErrorBody): object;
+  };
 }
 
 export interface Generation {
@@ -35,6 +43,8 @@ export interface Generation {
   shape: ResponseShape;
   abort: AbortController;
   log: Logger;
+  /** Whether the end of a stream needs every token's logprobs (default: only non-streamed responses do). */
+  streamKeepsLogprobs?: boolean;
 }
 
 /** The abort reason when the client went away (nobody is left to tell). */
@@ -69,7 +79,7 @@ function admit(c: Context<AppEnv>, g: Generation): () => void {
   if (inflight.isDraining) throw shuttingDown();
   const longest = Math.max(...g.requests.map((r) => r.prompt.length));
   if (serving.maxPromptTokens !== null && longest > serving.maxPromptTokens) {
-    const param = c.req.path.endsWith("/chat/completions") ? "messages" : "prompt";
+    const param = c.req.path.endsWith("/chat/completions") ? "messages" : c.req.path.endsWith("/responses") ? "input" : "prompt";
     throw new FlockError(
       "context_length_exceeded",
       `This server accepts at most ${serving.maxPromptTokens} prompt tokens. However, your ${param} resulted in ${longest} tokens. Please reduce the length of the ${param}.`,
@@ -119,7 +129,7 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
   };
 
   const observed = metrics.generation(model, c.get("arrival"), g.promptTokens);
-  const choices = g.requests.map(() => new ChoiceAccumulator());
+  const choices = g.requests.map(() => new ChoiceAccumulator(!g.stream || g.streamKeepsLogprobs === true));
   const completionTokens = () => choices.reduce((n, ch) => n + ch.tokens, 0);
   const record = (index: number, step: DecodeStep) => {
     choices[index].add(step);
@@ -189,7 +199,9 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
         if (onAbort) g.abort.signal.removeEventListener("abort", onAbort);
       }
     };
-    const send = (chunk: object, final = false) => write(`data: ${JSON.stringify(chunk)}\n\n`, final);
+    const events = g.shape.events;
+    const send = (chunk: object, final = false) =>
+      write(`${events ? `event: ${(chunk as { type: string }).type}\n` : ""}data: ${JSON.stringify(chunk)}\n\n`, final);
     // SSE comments keep proxies and clients from timing out while a long prefill (or the
     // queue) produces nothing; clients ignore them.
     const keepAlive =
@@ -207,8 +219,12 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
       }
       const stopped = stoppedBy();
       if (stopped) throw stopped;
-      if (g.includeUsage) await send(g.shape.usage(usageOf(g.promptTokens, completionTokens())));
-      await write("data: [DONE]\n\n");
+      if (events) {
+        for (const chunk of events.closing(choices, usageOf(g.promptTokens, completionTokens()))) await send(chunk);
+      } else {
+        if (g.includeUsage) await send(g.shape.usage(usageOf(g.promptTokens, completionTokens())));
+        await write("data: [DONE]\n\n");
+      }
       done("ok");
     } catch (err) {
       const cause = stoppedBy() ?? err;
@@ -223,7 +239,7 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
       // The status line is long gone: the error travels as the stream's last event.
       const { body, internal } = toOpenAIError(cause);
       if (internal) g.log.error({ err: cause }, "generation failed mid-stream");
-      await send(body, true).catch(() => undefined);
+      await send(events ? events.error(body) : body, true).catch(() => undefined);
     } finally {
       clearInterval(keepAlive);
       cleanup();

@@ -138,6 +138,51 @@ export const CompletionRequest = z.object({
 });
 export type CompletionRequest = z.infer<typeof CompletionRequest>;
 
+/** A Responses input item: a message (with or without `type: "message"`); other items are refused. */
+const InputText = z.looseObject({ type: z.enum(["input_text", "output_text", "text"]), text: z.string() });
+const InputPart = z.union([
+  InputText,
+  z.looseObject({ type: z.string() }).transform((part, ctx) => {
+    ctx.addIssue({ code: "custom", message: `content parts of type "${part.type}" are not supported: the model accepts text only`, params: UNSUPPORTED });
+    return z.NEVER;
+  }),
+]);
+const InputMessage = z.looseObject({
+  type: z.literal("message").optional(),
+  role: z.enum(["user", "system", "developer", "assistant"]),
+  content: z.union([z.string(), z.array(InputPart)]),
+});
+const InputItem = z.union([
+  InputMessage,
+  z.looseObject({ type: z.string() }).transform((item, ctx) => {
+    ctx.addIssue({ code: "custom", message: `input items of type "${item.type}" are not supported: send messages with text content`, params: UNSUPPORTED });
+    return z.NEVER;
+  }),
+]);
+export type ResponsesInputItem = z.infer<typeof InputMessage>;
+
+/** POST /v1/responses: text in, text out, nothing stored. */
+export const ResponsesRequest = z.object({
+  ...common,
+  input: z.union([z.string(), z.array(InputItem).min(1, "input must hold at least one item")]),
+  instructions: z.string().nullish(),
+  max_output_tokens: z.int().min(1).nullish(),
+  top_logprobs: z.int().min(0).max(20).nullish(),
+  include: z.array(z.string()).nullish(),
+  text: z
+    .looseObject({
+      format: refusedWhen(z.looseObject({ type: z.string() }), (f) => f.type !== "text", 'only text.format {"type": "text"} is supported'),
+    })
+    .nullish(),
+  previous_response_id: refusedWhen(z.string(), () => true, "this server does not store responses: send the whole conversation as input"),
+  conversation: refusedAlways("this server does not store conversations: send the whole conversation as input"),
+  background: refusedWhen(z.boolean(), (b) => b, "background responses are not supported"),
+  prompt: refusedAlways("stored prompt templates are not supported"),
+  tools: refusedWhen(z.array(z.unknown()), (tools) => tools.length > 0, "tools are not supported yet"),
+  tool_choice: refusedWhen(NoCall, calls, 'tool_choice must be "none" or "auto": tools are not supported yet'),
+});
+export type ResponsesRequest = z.infer<typeof ResponsesRequest>;
+
 /** Text of a message's content (text parts joined). */
 export function contentText(content: z.infer<typeof Content> | null | undefined): string {
   if (content == null) return "";

@@ -99,6 +99,12 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     const loaded = new PipelineRegistry();
     for (const configured of entries) {
       const entry = { ...configured, maxQueue: configured.maxQueue ?? config.limits.maxQueue };
+      if (entry.embeddings) {
+        const embedder = await engine.loadEmbedding(entry);
+        loaded.addEmbedding(embedder);
+        log.info({ model: entry.id, path: entry.path, contextSize: embedder.contextSize, dimensions: embedder.dimensions }, "embedding model loaded");
+        continue;
+      }
       const [pipeline, ...routed] = await loadPipelines(engine, entry, config.cacheDir, log);
       loaded.add(pipeline);
       const model = pipeline.model;
@@ -135,7 +141,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
       }
     }
     registry = loaded;
-    log.info({ models: loaded.list().map((m) => m.id), url: `http://${host}:${port}` }, "ready: every model is loaded");
+    log.info({ models: [...loaded.list(), ...loaded.embeddingList()].map((m) => m.id), url: `http://${host}:${port}` }, "ready: every model is loaded");
     // Acceptance predictors learn while serving; keep what they learned across restarts.
     saveTimer = setInterval(() => savePredictors(loaded), 60_000);
     saveTimer.unref();

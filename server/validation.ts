@@ -44,7 +44,7 @@ export function describeIssue(original: z.core.$ZodIssue): FlockError {
 }
 
 /**
- * A chat or completions request: the body parsed against `schema`, its ignored fields (see
+ * A request to one of the OpenAI endpoints: the body parsed against `schema`, its ignored fields (see
  * request-fields.ts) listed in a response header and logged the first time a client sends each.
  */
 export async function parseRequest<S extends z.ZodType>(c: Context<AppEnv>, schema: S, endpoint: Endpoint): Promise<z.infer<S>> {

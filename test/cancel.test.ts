@@ -22,8 +22,8 @@ beforeAll(async () => {
 });
 afterAll(() => t?.close());
 
-const running = async (model: string) => valueOf(await scrape(t.url), "flock_num_requests_running", { model });
-const finished = async (reason: string) => valueOf(await scrape(t.url), "flock_request_finished_total", { model: "one", reason });
+const running = async (model: string) => valueOf(await scrape(t.url), "flock_num_requests_running", { model_name: model });
+const finished = async (reason: string) => valueOf(await scrape(t.url), "flock_request_finished_total", { model_name: "one", reason });
 
 function start(stream: boolean, controller: AbortController) {
   return fetch(`${t.url}/v1/completions`, {
@@ -67,7 +67,7 @@ describe("a client that disconnects", () => {
     expect(performance.now() - aborted).toBeLessThan(100);
     expect(await pending).toBeInstanceOf(Error);
     // Counted with nginx's 499 ("client closed request").
-    expect(await until(async () => valueOf(await scrape(t.url), "flock_requests_total", { route: "/v1/completions", model: "one", status: "499" }) === 1, 2_000)).toBe(true);
+    expect(await until(async () => valueOf(await scrape(t.url), "flock_requests_total", { route: "/v1/completions", model_name: "one", status: "499" }) === 1, 2_000)).toBe(true);
   });
 });
 

@@ -293,7 +293,7 @@ describe("routed models through the API", () => {
     expect(shares).toBeCloseTo(1, 6);
     for (const name of Object.keys(routing.experts)) expect(["kitchen", "harbor", "sky", "garden"].slice(0, 3)).toContain(name);
     const metrics = await (await fetch(`${t.url}/metrics`)).text();
-    const counted = [...metrics.matchAll(/^flock_routed_tokens_total\{model="routing\+phatgoose",expert="([^"]+)"\} (\d+)/gm)];
+    const counted = [...metrics.matchAll(/^flock_routed_tokens_total\{model_name="routing\+phatgoose",expert="([^"]+)"\} (\d+)/gm)];
     expect(counted.reduce((a, m) => a + Number(m[2]), 0)).toBeGreaterThanOrEqual(tokens);
     // Without detail: the summary only.
     expect((await ask("routing+phatgoose")).flock!.routing!.tokens).toBeUndefined();

@@ -80,11 +80,11 @@ describe("an engine failure mid-generation", () => {
   }
 
   it("a request without the header is untouched, and a failure counts as finished with reason error", async () => {
-    const before = valueOf(await scrape(t.url), "flock_request_finished_total", { model: "plain", reason: "error" });
+    const before = valueOf(await scrape(t.url), "flock_request_finished_total", { model_name: "plain", reason: "error" });
     const ok = await post("plain", { max_tokens: 30 });
     expect(ok.status).toBe(200);
     expect((await post("plain", {}, "engine-error-after=0")).status).toBe(500);
-    expect(valueOf(await scrape(t.url), "flock_request_finished_total", { model: "plain", reason: "error" })).toBe(before + 1);
+    expect(valueOf(await scrape(t.url), "flock_request_finished_total", { model_name: "plain", reason: "error" })).toBe(before + 1);
   });
 
   // Found by npm run test:reliability: fusion evaluates its models concurrently; when one

@@ -40,7 +40,7 @@ function rawStream(model: string, maxTokens: number, controller = new AbortContr
   return { response, controller };
 }
 
-const gauge = async (name: string, model: string) => valueOf(await scrape(t.url), name, { model });
+const gauge = async (name: string, model: string) => valueOf(await scrape(t.url), name, { model_name: model });
 
 describe("the bounded queue", () => {
   it("runs parallel requests, queues maxQueue more, refuses the rest with 429 and Retry-After; the waiting stream gets keep-alives", async () => {
@@ -89,11 +89,11 @@ describe("the bounded queue", () => {
 
     const after = await scrape(t.url);
     const delta = (name: string, labels: Record<string, string>) => valueOf(after, name, labels) - valueOf(before, name, labels);
-    expect(delta("flock_requests_total", { route: "/v1/completions", model: "one", status: "429" })).toBe(1);
-    expect(delta("flock_requests_total", { route: "/v1/chat/completions", model: "one", status: "429" })).toBe(1);
+    expect(delta("flock_requests_total", { route: "/v1/completions", model_name: "one", status: "429" })).toBe(1);
+    expect(delta("flock_requests_total", { route: "/v1/chat/completions", model_name: "one", status: "429" })).toBe(1);
     // B's wait is in the queue-time histogram (A's was 0).
-    expect(delta("flock_request_queue_time_seconds_count", { model: "one" })).toBe(2);
-    expect(delta("flock_request_queue_time_seconds_sum", { model: "one" })).toBeGreaterThan(0.05);
+    expect(delta("flock_request_queue_time_seconds_count", { model_name: "one" })).toBe(2);
+    expect(delta("flock_request_queue_time_seconds_sum", { model_name: "one" })).toBeGreaterThan(0.05);
     expect(await until(async () => (await gauge("flock_num_requests_running", "one")) === 0, 2_000)).toBe(true);
     expect(await gauge("flock_num_requests_waiting", "one")).toBe(0);
   });
@@ -203,8 +203,8 @@ describe("the request timeout", () => {
     await expect(client.completions.create(body(false) as OpenAI.CompletionCreateParamsNonStreaming)).rejects.toMatchObject({ status: 408 });
 
     const after = await scrape(slow.url);
-    expect(valueOf(after, "flock_request_finished_total", { model: "one", reason: "timeout" }) - valueOf(before, "flock_request_finished_total", { model: "one", reason: "timeout" })).toBe(3);
-    expect(await until(async () => valueOf(await scrape(slow.url), "flock_num_requests_running", { model: "one" }) === 0, 2_000)).toBe(true);
+    expect(valueOf(after, "flock_request_finished_total", { model_name: "one", reason: "timeout" }) - valueOf(before, "flock_request_finished_total", { model_name: "one", reason: "timeout" })).toBe(3);
+    expect(await until(async () => valueOf(await scrape(slow.url), "flock_num_requests_running", { model_name: "one" }) === 0, 2_000)).toBe(true);
     // The sequence serves again.
     const ok = await client.completions.create({ model: "one", prompt: "The cook", max_tokens: 3 });
     expect(ok.choices[0].finish_reason).not.toBeNull();

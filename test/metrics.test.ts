@@ -4,7 +4,7 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FUSION_ALPHA_BUCKETS, ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS } from "../server/metrics.js";
-import { type Exposition, parseExposition, scrape, valueOf } from "./helpers/ops.js";
+import { dashboardMetrics, type Exposition, parseExposition, scrape, valueOf } from "./helpers/ops.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
 let t: TestServer;
@@ -32,23 +32,28 @@ beforeAll(async () => {
 afterAll(() => t?.close());
 
 const EXPECTED: Array<[name: string, type: string, labels: string[]]> = [
-  ["flock_requests_total", "counter", ["route", "model", "status"]],
-  ["flock_request_finished_total", "counter", ["model", "reason"]],
-  ["flock_time_to_first_token_seconds", "histogram", ["model"]],
-  ["flock_inter_token_latency_seconds", "histogram", ["model"]],
-  ["flock_e2e_request_latency_seconds", "histogram", ["model"]],
-  ["flock_request_queue_time_seconds", "histogram", ["model"]],
-  ["flock_prompt_tokens_total", "counter", ["model"]],
-  ["flock_generation_tokens_total", "counter", ["model"]],
-  ["flock_num_requests_running", "gauge", ["model"]],
-  ["flock_num_requests_waiting", "gauge", ["model"]],
-  ["flock_spec_decode_num_drafts_total", "counter", ["model"]],
-  ["flock_spec_decode_num_draft_tokens_total", "counter", ["model"]],
-  ["flock_spec_decode_num_accepted_tokens_total", "counter", ["model"]],
-  ["flock_spec_decode_num_target_calls_total", "counter", ["model"]],
-  ["flock_spec_decode_num_accepted_tokens_per_pos_total", "counter", ["model", "position"]],
-  ["flock_fusion_expert_tokens_total", "counter", ["model", "expert"]],
-  ["flock_fusion_alpha", "histogram", ["model"]],
+  ["flock_requests_total", "counter", ["route", "model_name", "status"]],
+  ["flock_request_finished_total", "counter", ["model_name", "reason"]],
+  ["flock_time_to_first_token_seconds", "histogram", ["model_name"]],
+  ["flock_inter_token_latency_seconds", "histogram", ["model_name"]],
+  ["flock_e2e_request_latency_seconds", "histogram", ["model_name"]],
+  ["flock_request_queue_time_seconds", "histogram", ["model_name"]],
+  ["flock_prompt_tokens_total", "counter", ["model_name"]],
+  ["flock_generation_tokens_total", "counter", ["model_name"]],
+  ["flock_num_requests_running", "gauge", ["model_name"]],
+  ["flock_num_requests_waiting", "gauge", ["model_name"]],
+  ["flock_spec_decode_num_drafts_total", "counter", ["model_name"]],
+  ["flock_spec_decode_num_draft_tokens_total", "counter", ["model_name"]],
+  ["flock_spec_decode_num_accepted_tokens_total", "counter", ["model_name"]],
+  ["flock_spec_decode_num_target_calls_total", "counter", ["model_name"]],
+  ["flock_spec_decode_num_accepted_tokens_per_pos_total", "counter", ["model_name", "position"]],
+  ["flock_fusion_expert_tokens_total", "counter", ["model_name", "expert"]],
+  ["flock_fusion_alpha", "histogram", ["model_name"]],
+  ["flock_kv_cache_usage_perc", "gauge", ["model_name"]],
+  ["flock_request_prompt_tokens", "histogram", ["model_name"]],
+  ["flock_request_generation_tokens", "histogram", ["model_name"]],
+  ["flock_request_success_total", "counter", ["model_name", "finished_reason"]],
+  ["flock_time_per_output_token_seconds", "histogram", ["model_name"]],
 ];
 
 /** Samples of a family (a histogram's _bucket/_sum/_count included). */
@@ -85,10 +90,17 @@ describe("the exposition", () => {
     expect(familySamples(e, "flock_routed_tokens_total")).toEqual([]);
   });
 
+  it("has a sample of every metric the Grafana dashboard queries (deploy/grafana-dashboard.json)", async () => {
+    const e = await scrape(t.url);
+    const names = dashboardMetrics();
+    expect(names).toContain("flock_kv_cache_usage_perc");
+    for (const name of names) expect(e.samples.some((s) => s.name === name), name).toBe(true);
+  });
+
   it("uses vLLM's histogram buckets", async () => {
     const e = await scrape(t.url);
     const bounds = (name: string) =>
-      e.samples.filter((s) => s.name === `${name}_bucket` && s.labels.model === "flock-demo").map((s) => s.labels.le);
+      e.samples.filter((s) => s.name === `${name}_bucket` && s.labels.model_name === "flock-demo").map((s) => s.labels.le);
     const asLabels = (buckets: number[]) => [...buckets.map(String), "+Inf"];
     expect(bounds("flock_time_to_first_token_seconds")).toEqual(asLabels(TTFT_BUCKETS));
     expect(bounds("flock_inter_token_latency_seconds")).toEqual(asLabels(ITL_BUCKETS));
@@ -97,7 +109,7 @@ describe("the exposition", () => {
     expect(TTFT_BUCKETS.slice(0, 4)).toEqual([0.001, 0.005, 0.01, 0.02]);
     expect(ITL_BUCKETS.at(-1)).toBe(80);
     expect(REQUEST_LATENCY_BUCKETS.at(-1)).toBe(7680);
-    expect(e.samples.filter((s) => s.name === "flock_fusion_alpha_bucket" && s.labels.model === "fused").map((s) => s.labels.le)).toEqual(asLabels(FUSION_ALPHA_BUCKETS));
+    expect(e.samples.filter((s) => s.name === "flock_fusion_alpha_bucket" && s.labels.model_name === "fused").map((s) => s.labels.le)).toEqual(asLabels(FUSION_ALPHA_BUCKETS));
   });
 });
 
@@ -118,9 +130,9 @@ describe("counters move as requests are served", () => {
       if (chunk.choices[0]?.delta.content) contentChunks++;
     }
     const after = await scrape(t.url);
-    const delta = (name: string, labels: Record<string, string> = { model: "flock-demo" }) => valueOf(after, name, labels) - valueOf(before, name, labels);
+    const delta = (name: string, labels: Record<string, string> = { model_name: "flock-demo" }) => valueOf(after, name, labels) - valueOf(before, name, labels);
 
-    expect(delta("flock_requests_total", { route: "/v1/chat/completions", model: "flock-demo", status: "200" })).toBe(1);
+    expect(delta("flock_requests_total", { route: "/v1/chat/completions", model_name: "flock-demo", status: "200" })).toBe(1);
     expect(delta("flock_prompt_tokens_total")).toBe(usage!.prompt_tokens);
     expect(delta("flock_generation_tokens_total")).toBe(usage!.completion_tokens);
     expect(delta("flock_time_to_first_token_seconds_count")).toBe(1);
@@ -129,18 +141,32 @@ describe("counters move as requests are served", () => {
     expect(delta("flock_e2e_request_latency_seconds_count")).toBe(1);
     expect(delta("flock_e2e_request_latency_seconds_sum")).toBeGreaterThan(delta("flock_time_to_first_token_seconds_sum"));
     expect(delta("flock_request_queue_time_seconds_count")).toBe(1);
-    const finished = delta("flock_request_finished_total", { model: "flock-demo", reason: "stop" }) + delta("flock_request_finished_total", { model: "flock-demo", reason: "length" });
+    const finished = delta("flock_request_finished_total", { model_name: "flock-demo", reason: "stop" }) + delta("flock_request_finished_total", { model_name: "flock-demo", reason: "length" });
     expect(finished).toBe(1);
+    // vLLM's per-request series: the prompt's and the output's token counts, the mean time per
+    // output token after the first, success by finish reason.
+    expect(delta("flock_request_prompt_tokens_count")).toBe(1);
+    expect(delta("flock_request_prompt_tokens_sum")).toBe(usage!.prompt_tokens);
+    expect(delta("flock_request_generation_tokens_sum")).toBe(usage!.completion_tokens);
+    expect(delta("flock_time_per_output_token_seconds_count")).toBe(usage!.completion_tokens > 1 ? 1 : 0);
+    const tpot = delta("flock_time_per_output_token_seconds_sum");
+    expect(tpot * (usage!.completion_tokens - 1)).toBeLessThanOrEqual(delta("flock_e2e_request_latency_seconds_sum") - delta("flock_time_to_first_token_seconds_sum") + 1e-3);
+    const success = (reason: string) => delta("flock_request_success_total", { model_name: "flock-demo", finished_reason: reason });
+    expect(success("stop") + success("length")).toBe(1);
+    // The finished request's tokens stay cached in its sequence: part of the KV cache is in use.
+    const usagePerc = valueOf(after, "flock_kv_cache_usage_perc", { model_name: "flock-demo" });
+    expect(usagePerc).toBeGreaterThan(0);
+    expect(usagePerc).toBeLessThanOrEqual((usage!.total_tokens * 2) / (4096 * 2) + 1e-9 + valueOf(before, "flock_kv_cache_usage_perc", { model_name: "flock-demo" }));
     expect(contentChunks).toBeGreaterThan(0);
     // The scrape itself is counted under its route, without a model.
-    expect(valueOf(after, "flock_requests_total", { route: "/metrics", model: "", status: "200" })).toBeGreaterThanOrEqual(1);
+    expect(valueOf(after, "flock_requests_total", { route: "/metrics", model_name: "", status: "200" })).toBeGreaterThanOrEqual(1);
   });
 
   it("n choices count as n requests in the per-choice histograms", async () => {
     const before = await scrape(t.url);
     const res = await t.client.completions.create({ model: "flock-demo", prompt: "The gull", max_tokens: 5, n: 2, temperature: 1 });
     const after = await scrape(t.url);
-    const delta = (name: string) => valueOf(after, name, { model: "flock-demo" }) - valueOf(before, name, { model: "flock-demo" });
+    const delta = (name: string) => valueOf(after, name, { model_name: "flock-demo" }) - valueOf(before, name, { model_name: "flock-demo" });
     expect(delta("flock_time_to_first_token_seconds_count")).toBe(2);
     expect(delta("flock_e2e_request_latency_seconds_count")).toBe(2);
     expect(delta("flock_generation_tokens_total")).toBe(res.usage!.completion_tokens);
@@ -154,11 +180,11 @@ describe("counters move as requests are served", () => {
     expect((await fetch(`${t.url}/v1/nowhere`)).status).toBe(404);
     const after = await scrape(t.url);
     const delta = (labels: Record<string, string>) => valueOf(after, "flock_requests_total", labels) - valueOf(before, "flock_requests_total", labels);
-    expect(delta({ route: "/v1/completions", model: "flock-demo", status: "400" })).toBe(1);
+    expect(delta({ route: "/v1/completions", model_name: "flock-demo", status: "400" })).toBe(1);
     // An unknown model id is not a label value (label sets stay bounded).
-    expect(delta({ route: "/v1/completions", model: "", status: "404" })).toBe(1);
-    expect(delta({ route: "other", model: "", status: "404" })).toBe(1);
-    expect(after.samples.some((s) => s.labels.model === "no-such-model")).toBe(false);
+    expect(delta({ route: "/v1/completions", model_name: "", status: "404" })).toBe(1);
+    expect(delta({ route: "other", model_name: "", status: "404" })).toBe(1);
+    expect(after.samples.some((s) => s.labels.model_name === "no-such-model")).toBe(false);
   });
 
   it("speculative counters follow the pipeline's own stats", async () => {
@@ -172,7 +198,7 @@ describe("counters move as requests are served", () => {
     } as OpenAI.CompletionCreateParamsNonStreaming);
     const ext = (res as unknown as { flock: { speculative: { rounds: number; drafted_tokens: number; accepted_tokens: number } } }).flock.speculative;
     const after = await scrape(t.url);
-    const delta = (name: string, labels: Record<string, string> = { model: "spec" }) => valueOf(after, name, labels) - valueOf(before, name, labels);
+    const delta = (name: string, labels: Record<string, string> = { model_name: "spec" }) => valueOf(after, name, labels) - valueOf(before, name, labels);
 
     expect(ext.drafted_tokens).toBeGreaterThan(0);
     expect(delta("flock_spec_decode_num_draft_tokens_total")).toBe(ext.drafted_tokens);
@@ -180,13 +206,13 @@ describe("counters move as requests are served", () => {
     expect(delta("flock_spec_decode_num_drafts_total")).toBeGreaterThan(0);
     expect(delta("flock_spec_decode_num_drafts_total")).toBeLessThanOrEqual(ext.rounds);
     // Per position: every accepted token was accepted at some position, and position 0 most often.
-    const perPos = (e: Exposition) => e.samples.filter((s) => s.name === "flock_spec_decode_num_accepted_tokens_per_pos_total" && s.labels.model === "spec");
+    const perPos = (e: Exposition) => e.samples.filter((s) => s.name === "flock_spec_decode_num_accepted_tokens_per_pos_total" && s.labels.model_name === "spec");
     const sumPerPos = perPos(after).reduce((n, s) => n + s.value, 0) - perPos(before).reduce((n, s) => n + s.value, 0);
     expect(sumPerPos).toBe(ext.accepted_tokens);
-    const p0 = valueOf(after, "flock_spec_decode_num_accepted_tokens_per_pos_total", { model: "spec", position: "0" });
+    const p0 = valueOf(after, "flock_spec_decode_num_accepted_tokens_per_pos_total", { model_name: "spec", position: "0" });
     for (const s of perPos(after)) expect(s.value).toBeLessThanOrEqual(p0);
     // A plain model has no speculative series.
-    expect(after.samples.some((s) => s.name.startsWith("flock_spec_decode") && s.labels.model === "flock-demo")).toBe(false);
+    expect(after.samples.some((s) => s.name.startsWith("flock_spec_decode") && s.labels.model_name === "flock-demo")).toBe(false);
   });
 
   it("fusion counts tokens per active expert and observes α per token", async () => {
@@ -195,9 +221,9 @@ describe("counters move as requests are served", () => {
     const after = await scrape(t.url);
     const tokens = res.usage!.completion_tokens;
     const experts = (e: Exposition) =>
-      e.samples.filter((s) => s.name === "flock_fusion_expert_tokens_total" && s.labels.model === "fused").reduce((n, s) => n + s.value, 0);
+      e.samples.filter((s) => s.name === "flock_fusion_expert_tokens_total" && s.labels.model_name === "fused").reduce((n, s) => n + s.value, 0);
     expect(experts(after) - experts(before)).toBe(tokens);
-    expect(valueOf(after, "flock_fusion_alpha_count", { model: "fused" }) - valueOf(before, "flock_fusion_alpha_count", { model: "fused" })).toBe(tokens);
+    expect(valueOf(after, "flock_fusion_alpha_count", { model_name: "fused" }) - valueOf(before, "flock_fusion_alpha_count", { model_name: "fused" })).toBe(tokens);
     for (const s of after.samples.filter((s) => s.name === "flock_fusion_expert_tokens_total")) {
       expect(["kitchen", "harbor", "none", "kitchen+harbor"]).toContain(s.labels.expert);
     }
@@ -206,8 +232,8 @@ describe("counters move as requests are served", () => {
   it("running and waiting gauges are per model and zero when idle", async () => {
     const e = await scrape(t.url);
     for (const model of ["flock-demo", "spec", "fused"]) {
-      expect(e.samples.find((s) => s.name === "flock_num_requests_running" && s.labels.model === model)?.value).toBe(0);
-      expect(e.samples.find((s) => s.name === "flock_num_requests_waiting" && s.labels.model === model)?.value).toBe(0);
+      expect(e.samples.find((s) => s.name === "flock_num_requests_running" && s.labels.model_name === model)?.value).toBe(0);
+      expect(e.samples.find((s) => s.name === "flock_num_requests_waiting" && s.labels.model_name === model)?.value).toBe(0);
     }
   });
 });

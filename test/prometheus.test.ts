@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { until } from "./helpers/ops.js";
+import { dashboardMetrics, until } from "./helpers/ops.js";
 import { startTestServer, type TestServer } from "./helpers/server.js";
 
 const installed = (bin: string) => !spawnSync(bin, ["--version"], { stdio: "ignore" }).error;
@@ -105,7 +105,7 @@ describe.runIf(available)("Prometheus scraping flock", () => {
     expect(up, `target not up: ${JSON.stringify(targets)}\n${output}`).toBe(true);
 
     type Vector = { result: Array<{ metric: Record<string, string>; value: [number, string] }> };
-    const query = encodeURIComponent('flock_generation_tokens_total{model="flock-demo"}');
+    const query = encodeURIComponent('flock_generation_tokens_total{model_name="flock-demo"}');
     let vector: Vector | null = null;
     const seen = await until(async () => {
       vector = await api<Vector>(`/api/v1/query?query=${query}`);
@@ -113,10 +113,10 @@ describe.runIf(available)("Prometheus scraping flock", () => {
     }, 30_000, 200);
     expect(seen, `no series: ${JSON.stringify(vector)}\n${output}`).toBe(true);
     const series = vector!.result[0];
-    expect(series.metric).toMatchObject({ __name__: "flock_generation_tokens_total", job: "flock", model: "flock-demo" });
+    expect(series.metric).toMatchObject({ __name__: "flock_generation_tokens_total", job: "flock", model_name: "flock-demo" });
     expect(Number(series.value[1])).toBe(generated);
 
-    const histogram = await api<Vector>(`/api/v1/query?query=${encodeURIComponent('flock_time_to_first_token_seconds_count{model="flock-demo"}')}`);
+    const histogram = await api<Vector>(`/api/v1/query?query=${encodeURIComponent('flock_time_to_first_token_seconds_count{model_name="flock-demo"}')}`);
     expect(Number(histogram!.result[0].value[1])).toBe(1);
     const upSeries = await api<Vector>(`/api/v1/query?query=${encodeURIComponent('up{job="flock"}')}`);
     expect(upSeries!.result[0].value[1]).toBe("1");
@@ -128,5 +128,24 @@ describe.runIf(available)("Prometheus scraping flock", () => {
     const check = spawnSync("promtool", ["check", "metrics"], { input: exposition, encoding: "utf8", timeout: 30_000 });
     expect(check.status, `${check.stdout}${check.stderr}`).toBe(0);
     expect(`${check.stdout}${check.stderr}`.trim()).toBe("");
+  });
+
+  it("has every series the Grafana dashboard (deploy/grafana-dashboard.json) queries", async () => {
+    // Traffic of each kind the dashboard shows: plain and speculative, finished requests.
+    await client.completions.create({ model: "spec", prompt: "The cook", max_tokens: 8 });
+    await client.completions.create({ model: "flock-demo", prompt: "The gull", max_tokens: 6 });
+    const names = dashboardMetrics();
+    expect(names.length).toBeGreaterThan(15);
+    const missing = async () => {
+      const absent: string[] = [];
+      for (const name of names) {
+        const series = await api<unknown[]>(`/api/v1/series?match[]=${encodeURIComponent(name)}`);
+        if (!series || series.length === 0) absent.push(name);
+      }
+      return absent;
+    };
+    let absent: string[] = names;
+    await until(async () => (absent = await missing()).length === 0, 30_000, 500);
+    expect(absent, output).toEqual([]);
   });
 });

@@ -1,7 +1,7 @@
 // Request fields from other servers' clients (issue: drop-in): the table in request-fields.ts
 // decides each field's fate, and a real server on the forged models honours, ignores or refuses
 // each as the table says. Sampling fields are checked against the chain's exact argmax path.
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -13,6 +13,8 @@ import { startTestServer, type TestServer } from "./helpers/server.js";
 
 let t: TestServer;
 let base: ChainOracle;
+/** Request bodies as LiteLLM, Open WebUI and LangChain send them. */
+const FIXTURES = join(import.meta.dirname, "fixtures", "clients");
 
 /**
  * The demo model with another chat template of the same byte length (so no offset in the file
@@ -108,7 +110,7 @@ describe("the field table", () => {
 });
 
 describe("ignored fields", () => {
-  const ignored = (endpoint: "chat" | "completions") => REQUEST_FIELDS.filter((r) => r.fate === "ignored" && r.endpoints.includes(endpoint)).map((r) => r.name);
+  const ignored = (endpoint: "chat" | "completions" | "responses") => REQUEST_FIELDS.filter((r) => r.fate === "ignored" && r.endpoints.includes(endpoint)).map((r) => r.name);
   const sample: Record<string, unknown> = {
     user: "u-1",
     safety_identifier: "s-1",
@@ -139,25 +141,13 @@ describe("ignored fields", () => {
     expect(clean.response.headers.get(IGNORED_FIELDS_HEADER)).toBeNull();
   });
 
-  it("streamed completions list them too (LiteLLM- and Open WebUI-style bodies)", async () => {
-    const litellm = { model: "flock-demo", prompt: "The", max_tokens: 4, stream: true, user: "litellm", metadata: { trace: "x" }, cache_prompt: false, mirostat: 0 };
-    const res = await fetch(`${t.url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(litellm) });
-    expect(res.status).toBe(200);
-    expect(res.headers.get(IGNORED_FIELDS_HEADER)).toBe("user, metadata, cache_prompt, mirostat");
-    expect(await res.text()).toContain("data: [DONE]");
-    const webui = {
-      model: "flock-demo",
-      messages: [{ role: "system", content: "Be brief." }, { role: "user", content: "Hello" }],
-      stream: false,
-      max_tokens: 4,
-      reasoning_effort: "medium",
-      keep_alive: "5m",
-      options: {},
-      stream_options: { include_usage: true, include_obfuscation: false },
-    };
-    const answer = await post("/v1/chat/completions", webui);
-    expect(answer.status).toBe(200);
-    expect(answer.headers.get(IGNORED_FIELDS_HEADER)).toBe("reasoning_effort, keep_alive, options");
+  it.each(readdirSync(FIXTURES).filter((f) => f.endsWith(".json")))("recorded client body %s: served, its extra fields listed", async (file) => {
+    const fixture = JSON.parse(readFileSync(join(FIXTURES, file), "utf8")) as { endpoint: string; body: Record<string, unknown>; ignored: string[] };
+    const res = await fetch(`${t.url}${fixture.endpoint}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(fixture.body) });
+    const text = await res.text();
+    expect(res.status, text).toBe(200);
+    expect(res.headers.get(IGNORED_FIELDS_HEADER)!.split(", ").sort()).toEqual([...fixture.ignored].sort());
+    if (fixture.body.stream) expect(text).toContain("data: [DONE]");
   });
 });
 
@@ -203,7 +193,7 @@ describe("honoured top-level sampling fields", () => {
 
 describe("refused fields", () => {
   const chat = { model: "flock-demo", messages: [{ role: "user", content: "hi" }] };
-  const refusals: Array<[string, "chat" | "completions", Record<string, unknown>]> = [
+  const refusals: Array<[string, "chat" | "completions" | "responses", Record<string, unknown>]> = [
     ["response_format", "chat", { response_format: { type: "json_object" } }],
     ["tools", "chat", { tools: [{ type: "function", function: { name: "f" } }] }],
     ["tool_choice", "chat", { tool_choice: "required" }],
@@ -214,6 +204,12 @@ describe("refused fields", () => {
     ["prediction", "chat", { prediction: { type: "content", content: "x" } }],
     ["web_search_options", "chat", { web_search_options: {} }],
     ["suffix", "completions", { suffix: "end" }],
+    ["text", "responses", { text: { format: { type: "json_schema", name: "x", schema: {} } } }],
+    ["n", "responses", { n: 3 }],
+    ["previous_response_id", "responses", { previous_response_id: "resp_1" }],
+    ["conversation", "responses", { conversation: { id: "conv_1" } }],
+    ["background", "responses", { background: true }],
+    ["prompt", "responses", { prompt: { id: "pmpt_1" } }],
   ];
 
   it("the table's every refused field is refused here", () => {
@@ -222,9 +218,15 @@ describe("refused fields", () => {
   });
 
   it.each(refusals)("%s: 400 unsupported_parameter naming it", async (name, endpoint, extra) => {
-    const res = endpoint === "chat" ? await post("/v1/chat/completions", { ...chat, ...extra }) : await post("/v1/completions", { model: "flock-demo", prompt: "x", ...extra });
+    const res =
+      endpoint === "chat"
+        ? await post("/v1/chat/completions", { ...chat, ...extra })
+        : endpoint === "responses"
+          ? await post("/v1/responses", { model: "flock-demo", input: "x", ...extra })
+          : await post("/v1/completions", { model: "flock-demo", prompt: "x", ...extra });
     expect(res.status).toBe(400);
-    expect(res.body.error).toMatchObject({ type: "invalid_request_error", code: "unsupported_parameter", param: name });
+    expect(res.body.error).toMatchObject({ type: "invalid_request_error", code: "unsupported_parameter" });
+    expect(res.body.error.param.split(".")[0]).toBe(name);
   });
 
   it("accepts the harmless values of the same fields", async () => {
@@ -279,5 +281,33 @@ describe("chat_template_kwargs", () => {
     const res = await post("/v1/chat/completions", { model: "templated", messages: [{ role: "user", content: "x" }], chat_template_kwargs: "enable_thinking" });
     expect(res.status).toBe(400);
     expect(res.body.error.param).toBe("chat_template_kwargs");
+  });
+});
+
+describe("/tokenize and /detokenize", () => {
+  it("llama-server's shapes: the prompt's tokens, pieces on request, and back to the text", async () => {
+    const text = "The captain hauls a wet net";
+    const plain = await post("/tokenize", { content: text });
+    expect(plain.status).toBe(200);
+    expect(plain.body.tokens).toEqual(base.promptTokens(text));
+    expect(plain.body).toMatchObject({ count: plain.body.tokens.length, max_model_len: 4096 });
+    // add_special puts BOS first; vLLM's names work too.
+    const special = await post("/tokenize", { model: "flock-demo", prompt: text, add_special_tokens: true });
+    expect(special.body.tokens).toEqual([t.manifest.vocab.bos, ...plain.body.tokens]);
+    const pieces = await post("/tokenize", { content: text, with_pieces: true });
+    expect(pieces.body.tokens.map((p: { piece: string }) => p.piece).join("")).toBe(text);
+    expect(pieces.body.tokens.map((p: { id: number }) => p.id)).toEqual(plain.body.tokens);
+    // Special-token text is that token unless parse_special is false.
+    const imEnd = t.manifest.vocab.tokens[t.manifest.vocab.imEnd];
+    expect((await post("/tokenize", { content: imEnd })).body.tokens).toEqual([t.manifest.vocab.imEnd]);
+    expect((await post("/tokenize", { content: imEnd, parse_special: false })).body.tokens).not.toEqual([t.manifest.vocab.imEnd]);
+    const back = await post("/detokenize", { tokens: plain.body.tokens });
+    expect(back.body).toEqual({ content: text, prompt: text });
+  });
+
+  it("refuses unknown models, ids outside the vocabulary and bodies without text", async () => {
+    expect((await post("/tokenize", { model: "nope", content: "x" })).body.error.code).toBe("model_not_found");
+    expect((await post("/detokenize", { tokens: [1, 10_000_000] })).body.error).toMatchObject({ param: "tokens" });
+    expect((await post("/tokenize", {})).body.error).toMatchObject({ param: "content" });
   });
 });

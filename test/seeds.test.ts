@@ -120,7 +120,7 @@ describe("which verification served a request", () => {
     expect(asked.flock!.speculative!.verification).toBe("rejection");
     const metrics = await (await fetch(`${t.url}/metrics`)).text();
     for (const mode of ["rejection", "coupled"]) {
-      const line = metrics.split("\n").find((l) => l.startsWith(`flock_spec_decode_num_rounds_total{model="spec",verification="${mode}"}`));
+      const line = metrics.split("\n").find((l) => l.startsWith(`flock_spec_decode_num_rounds_total{model_name="spec",verification="${mode}"}`));
       expect(Number(line?.split(" ").at(-1))).toBeGreaterThan(0);
     }
   });

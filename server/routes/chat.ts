@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../engine/model.js";
 import { chatLogprobs, chunkFor, completionId, nowSeconds, responseExtension, streamedStep } from "../format.js";
-import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
+import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
 import { parseRequest } from "../validation.js";
@@ -35,22 +35,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens",
     );
     const abort = new AbortController();
-    const requests = choiceRequests(
-      n,
-      {
-        prompt: rendered.tokens,
-        maxTokens,
-        sampling: samplingParams(body, pipeline),
-        stopStrings: [...stopSequences(body), ...rendered.stopStrings],
-        stopTokens: rendered.stopTokens,
-        topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null,
-        signal: abort.signal,
-        speculative: speculativeOverrides(body, pipeline),
-        fusion: fusionOverrides(body, pipeline),
-        routing: routingOverrides(body, pipeline),
-      },
-      body.seed,
-    );
+    const requests = conversationChoices(body, pipeline, rendered, { n, maxTokens, topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null, signal: abort.signal });
 
     const id = completionId("chatcmpl");
     const created = nowSeconds();

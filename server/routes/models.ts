@@ -1,5 +1,6 @@
 // GET /v1/models, GET /v1/models/:id
 import type { Hono } from "hono";
+import type { EmbeddingModel } from "../../engine/embedding.js";
 import type { Pipeline } from "../../pipelines/pipeline.js";
 import type { AppEnv, ServerContext } from "../context.js";
 import { EXTENSION_KEY } from "../schemas.js";
@@ -19,10 +20,19 @@ export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     owned_by: "flock",
     [EXTENSION_KEY]: servedAs(m.pipeline),
   });
-  app.get("/v1/models", (c) => c.json({ object: "list", data: ctx.registry().list().map(describe) }));
+  const describeEmbedding = (m: { id: string; created: number; model: EmbeddingModel }) => ({
+    id: m.id,
+    object: "model",
+    created: m.created,
+    owned_by: "flock",
+    [EXTENSION_KEY]: { kind: "embedding", dimensions: m.model.dimensions },
+  });
+  const all = () => [...ctx.registry().list().map(describe), ...ctx.registry().embeddingList().map(describeEmbedding)];
+  app.get("/v1/models", (c) => c.json({ object: "list", data: all() }));
   app.get("/v1/models/:id{.+}", (c) => {
     const id = c.req.param("id");
-    ctx.registry().resolve(id);
-    return c.json(describe(ctx.registry().list().find((m) => m.id === id)!));
+    const found = all().find((m) => m.id === id);
+    if (!found) ctx.registry().resolve(id); // throws model_not_found
+    return c.json(found);
   });
 }

@@ -1,6 +1,9 @@
 // Helpers for the operations suites: reading the Prometheus exposition, raw SSE, and waiting
 // for a condition with a bound on both count and time.
 
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
 export interface Sample {
   name: string;
   labels: Record<string, string>;
@@ -100,4 +103,11 @@ export function sseEvents(text: string): unknown[] {
     .map((event) => event.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n"))
     .filter((data) => data.length > 0 && data !== "[DONE]")
     .map((data) => JSON.parse(data) as unknown);
+}
+
+/** The metric names the shipped Grafana dashboard's queries and variables use (deploy/grafana-dashboard.json). */
+export function dashboardMetrics(): string[] {
+  const dashboard = readFileSync(join(import.meta.dirname, "..", "..", "deploy", "grafana-dashboard.json"), "utf8");
+  const exprs = [...dashboard.matchAll(/"(?:expr|definition)": "((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
+  return [...new Set(exprs.flatMap((e) => [...e.matchAll(/\bflock_[a-z0-9_]+/g)].map((m) => m[0])))].sort();
 }

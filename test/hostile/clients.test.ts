@@ -73,7 +73,7 @@ describe("a client that misbehaves", () => {
       while ((await running("flock-demo")) > 0 && Date.now() - started < 20_000) await new Promise((r) => setTimeout(r, 100));
       expect(await running("flock-demo")).toBe(0);
       const metrics = await (await fetch(`${t.url}/metrics`)).text();
-      expect(metrics).toMatch(/flock_request_finished_total\{model="flock-demo",reason="stalled"\} [1-9]/);
+      expect(metrics).toMatch(/flock_request_finished_total\{model_name="flock-demo",reason="stalled"\} [1-9]/);
     } finally {
       socket.destroy();
     }
@@ -102,9 +102,9 @@ describe("a client that misbehaves", () => {
     expect(contexts.every((c) => c.ramBytes + c.vramBytes > 0)).toBe(true);
     const metrics = await (await fetch(`${t.url}/metrics`)).text();
     const gauge = (name: string) => Number(metrics.match(new RegExp(`^${name.replace(/[{}]/g, "\\$&")} (\\S+)$`, "m"))?.[1]);
-    expect(gauge('flock_contexts{model="routing"}')).toBe(contexts.length);
+    expect(gauge('flock_contexts{model_name="routing"}')).toBe(contexts.length);
     const ram = contexts.reduce((sum, c) => sum + c.ramBytes, 0);
-    expect(gauge('flock_context_memory_bytes{model="routing",memory="ram"}')).toBe(ram);
+    expect(gauge('flock_context_memory_bytes{model_name="routing",memory="ram"}')).toBe(ram);
   });
 
   it("a logit_bias beyond 1,024 entries, or naming a token outside the vocabulary, is a 400 at once", async () => {

@@ -31,6 +31,8 @@ export interface LoadOptions {
   writeTimeoutMs: number;
   /** Largest n the server accepts (never-readers ask for it, to outgrow the socket buffers). */
   maxN: number;
+  /** max_tokens of a never-reader's choices (the server's limit allows it). */
+  neverReaderTokens: number;
   /** Bound on the whole phase, ms: requests not started by then are not sent. */
   budgetMs: number;
 }
@@ -132,7 +134,7 @@ function planRequest(index: number, o: LoadOptions, rng: Rng): Plan {
       stream: true,
       n: o.maxN,
       fault,
-      body: { ...body, n: o.maxN, logprobs: true, top_logprobs: 20, messages: [{ role: "user", content: rng.pick(PROMPTS) }] },
+      body: { ...body, n: o.maxN, max_tokens: o.neverReaderTokens, logprobs: true, top_logprobs: 20, messages: [{ role: "user", content: rng.pick(PROMPTS) }] },
       headers: {},
       cutAfter: 0,
       cancelAfterMs: 0,
@@ -314,7 +316,9 @@ async function execute(plan: Plan, o: LoadOptions): Promise<Outcome> {
 
   if (plan.fault === "never-reader") {
     try {
-      const r = await neverRead(o.url, path, json, o.writeTimeoutMs + 15_000);
+      // Long enough for a slow pipeline (a routed model, n choices on two sequences) to fill the
+      // socket buffers, then stall for the write timeout.
+      const r = await neverRead(o.url, path, json, o.writeTimeoutMs + 25_000);
       if (r.status >= 500) return outcome(r.status, "5xx", "before the stream started");
       if (r.status !== 200) return outcome(r.status, "4xx");
       return outcome(200, r.ended ? "fault-handled" : "transport", r.ended ? undefined : "the server held a stream nobody read past its write timeout");

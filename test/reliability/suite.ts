@@ -22,6 +22,8 @@ export interface ReliabilityOptions {
   seed: number;
   /** Share of load requests per fault. */
   faultRates: Partial<Record<Exclude<ClientFault, "none">, number>>;
+  /** Streams nobody reads, in a phase before the warm-up (0: none). */
+  neverReaders: number;
   /** Server-side limits the fuzz probes (limits.maxN, limits.maxTokens). */
   maxN: number;
   maxTokens: number;
@@ -43,7 +45,8 @@ export const FULL: ReliabilityOptions = {
   fuzzRuns: 1000,
   fuzzMaxDepth: 100_000,
   seed: 8,
-  faultRates: { disconnect: 0.05, reset: 0.05, "slow-reader": 0.03, "never-reader": 0.01, "cancel-prefill": 0.02, "engine-error": 0.03 },
+  faultRates: { disconnect: 0.05, reset: 0.05, "slow-reader": 0.03, "cancel-prefill": 0.02, "engine-error": 0.03 },
+  neverReaders: 12,
   maxN: 8,
   maxTokens: 64,
   threads: null,
@@ -66,7 +69,7 @@ export const CI: ReliabilityOptions = {
   // A short run's RSS settles less: the bound still catches a leak per request.
   rssTolerance: 0.15,
   // Each never-reader holds a client for the write timeout and more; test/hostile covers it in CI.
-  faultRates: { ...FULL.faultRates, "never-reader": 0 },
+  neverReaders: 0,
 };
 
 export interface Check {
@@ -110,6 +113,13 @@ export interface ReliabilityReport {
 
 /** The server's --write-timeout in the run, seconds. */
 const WRITE_TIMEOUT_S = 5;
+/**
+ * max_tokens of a never-reader's choices: with n = maxN and 20 alternatives per token, megabytes,
+ * more than loopback socket buffers take in (a few hundred kilobytes fit and never stall).
+ */
+const NEVER_READER_TOKENS = 1024;
+/** Never-readers at once in their phase. */
+const NEVER_READER_CONCURRENCY = 4;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -195,7 +205,8 @@ export async function runReliability(options: ReliabilityOptions): Promise<Relia
       config: {
         ...(options.threads ? { threads: options.threads } : {}),
         // Limits the fuzz runs into; a request timeout bounds any case that would run long.
-        limits: { maxN: options.maxN, maxTokens: options.maxTokens, requestTimeout: 120 },
+        // Never-readers ask for more (NEVER_READER_TOKENS): output past what socket buffers hold.
+        limits: { maxN: options.maxN, maxTokens: Math.max(options.maxTokens, NEVER_READER_TOKENS), requestTimeout: 120 },
         // Keep-alive comments appear in long queue waits: the stream checker must accept them.
         keepAlive: 1,
         // Streams nobody reads are given up on after this (never-reader clients).
@@ -210,20 +221,21 @@ export async function runReliability(options: ReliabilityOptions): Promise<Relia
     for (const m of status.models) (modelsByKind[m.kind] ??= []).push(m.id);
     log(`serving ${status.models.length} model ids: ${Object.entries(modelsByKind).map(([k, ids]) => `${k} ${ids.length}`).join(", ")}`);
     const vocab = vocabularyFacts(manifest);
-    const load = (requests: number, seed: number, budgetMs: number) =>
+    const load = (requests: number, seed: number, budgetMs: number, faultRates = options.faultRates, concurrency = options.concurrency) =>
       runLoad(
         {
           url: srv.url,
           requests,
-          concurrency: options.concurrency,
+          concurrency,
           seed,
           modelsByKind,
           ...vocab,
-          faultRates: options.faultRates,
+          faultRates,
           maxTokens: Math.min(48, options.maxTokens),
           requestTimeoutMs: 120_000,
           writeTimeoutMs: WRITE_TIMEOUT_S * 1000,
           maxN: options.maxN,
+          neverReaderTokens: NEVER_READER_TOKENS,
           budgetMs,
         },
         (done) => {
@@ -231,9 +243,25 @@ export async function runReliability(options: ReliabilityOptions): Promise<Relia
         },
       );
 
+    // Streams nobody reads: a phase of their own, first — megabytes of output each, more memory
+    // than anything else a client can make the server hold, so the warm-up and the baseline come
+    // after their high-water mark and the RSS check sees leaks, not it. A few at a time: one
+    // queued behind others for a model's sequences is waiting, not stalled, and its client's
+    // patience is bounded.
+    const faultRates = options.faultRates;
+    let neverReaders: Outcome[] = [];
+    let stalledChoices = 0;
+    if (options.neverReaders > 0) {
+      log(`never-readers: ${options.neverReaders} streams nobody reads, ${NEVER_READER_CONCURRENCY} at a time`);
+      const before = await sumByLabel(srv.url, "flock_request_finished_total", "reason");
+      neverReaders = (await load(options.neverReaders, options.seed + 2, options.loadBudgetMs, { "never-reader": 1 }, NEVER_READER_CONCURRENCY)).outcomes;
+      await settle(srv);
+      stalledChoices = ((await sumByLabel(srv.url, "flock_request_finished_total", "reason")).stalled ?? 0) - (before.stalled ?? 0);
+    }
+
     // Warm-up: every code path once (faults included), so the baseline is a warm process.
     log(`warm-up: ${options.warmupRequests} requests`);
-    await load(options.warmupRequests, options.seed + 1, options.loadBudgetMs);
+    await load(options.warmupRequests, options.seed + 1, options.loadBudgetMs, faultRates);
     await settle(srv);
     await sleep(1_000);
     const baselineRss = await medianRss(srv);
@@ -244,8 +272,9 @@ export async function runReliability(options: ReliabilityOptions): Promise<Relia
     const statusBefore = await sumByLabel(srv.url, "flock_requests_total", "status");
 
     log(`load: ${options.requests} requests, ${options.concurrency} concurrent clients`);
-    const run = await load(options.requests, options.seed, options.loadBudgetMs);
-    const outcomes = run.outcomes;
+    const run = await load(options.requests, options.seed, options.loadBudgetMs, faultRates);
+    // The never-readers' outcomes count with the load's (figures, transport failures, problems).
+    const outcomes = [...neverReaders, ...run.outcomes];
     const leftAfterLoad = await settle(srv);
     await sleep(1_000);
     const afterLoadRss = await medianRss(srv);
@@ -356,13 +385,12 @@ export async function runReliability(options: ReliabilityOptions): Promise<Relia
     const engineHandled = engineFaults.filter((o) => o.class === "fault-handled").length;
     check("injected engine failures reached the client as OpenAI-shaped errors", engineHandled === engineFaults.length, `${engineHandled}/${engineFaults.length}`);
     check("server logged one error per injected fault and no other error", srv.logs.unexpectedErrors === unexpectedBefore && srv.logs.unexpectedErrors === 0 && injectedDuringLoad === engineFaults.length, `${injectedDuringLoad} injected-fault error lines for ${engineFaults.length} faults; ${srv.logs.unexpectedErrors} other error lines`);
-    const neverRead = outcomes.filter((o) => o.fault === "never-reader" && o.status === 200);
-    if (neverRead.length > 0) {
-      const stalled = (finishedAfter.stalled ?? 0) - (finishedBefore.stalled ?? 0);
+    const neverRead = neverReaders.filter((o) => o.status === 200);
+    if (neverReaders.length > 0) {
       check(
         "streams nobody read were ended by the write timeout",
-        neverRead.every((o) => o.class === "fault-handled") && stalled > 0,
-        `${neverRead.filter((o) => o.class === "fault-handled").length}/${neverRead.length} ended; ${stalled} choices finished as stalled`,
+        neverRead.length > 0 && neverRead.every((o) => o.class === "fault-handled") && stalledChoices > 0,
+        `${neverRead.filter((o) => o.class === "fault-handled").length}/${neverRead.length} ended (${neverReaders.length - neverRead.length} turned away); ${stalledChoices} choices finished as stalled`,
       );
     }
     check("no sequence or request left allocated after the load", leftAfterLoad.length === 0, leftAfterLoad.join("; ") || "all free");

@@ -110,11 +110,11 @@ describe("loadConfig", () => {
   it("turns --model ID=PATH flags into model entries with the per-model flags", () => {
     const config = load(["--model", "tiny=/m/tiny.gguf", "--model", "big:q4=/m/a=b.gguf", "--parallel", "2", "--context-size", "1024", "--gpu-layers", "max"]);
     expect(config.models).toEqual([
-      { id: "tiny", path: "/m/tiny.gguf", lora: [], contextSize: 1024, parallel: 2, gpuLayers: "max" },
-      { id: "big:q4", path: "/m/a=b.gguf", lora: [], contextSize: 1024, parallel: 2, gpuLayers: "max" },
+      { id: "tiny", path: "/m/tiny.gguf", lora: [], contextSize: 1024, parallel: 2, gpuLayers: "max", embeddings: false },
+      { id: "big:q4", path: "/m/a=b.gguf", lora: [], contextSize: 1024, parallel: 2, gpuLayers: "max", embeddings: false },
     ]);
     const defaults = load(["--model", "m=/x.gguf", "--gpu-layers", "12"]).models[0];
-    expect(defaults).toEqual({ id: "m", path: "/x.gguf", lora: [], contextSize: "auto", parallel: 4, gpuLayers: 12 });
+    expect(defaults).toEqual({ id: "m", path: "/x.gguf", lora: [], contextSize: "auto", parallel: 4, gpuLayers: 12, embeddings: false });
   });
 
   it("takes llama-server's and vLLM's flags: each alias parses to what its long form does", () => {
@@ -149,11 +149,11 @@ describe("loadConfig", () => {
   it("takes the model, context, parallelism and GPU layers from the environment when no flag names a model", () => {
     const env = { FLOCK_MODEL: "/m/a.gguf,b=/m/b.gguf", FLOCK_ALIAS: "alpha", FLOCK_CTX_SIZE: "1024", FLOCK_PARALLEL: "3", FLOCK_N_GPU_LAYERS: "max" };
     expect(load([], env).models).toEqual([
-      { id: "alpha", path: "/m/a.gguf", lora: [], contextSize: 1024, parallel: 3, gpuLayers: "max" },
-      { id: "b", path: "/m/b.gguf", lora: [], contextSize: 1024, parallel: 3, gpuLayers: "max" },
+      { id: "alpha", path: "/m/a.gguf", lora: [], contextSize: 1024, parallel: 3, gpuLayers: "max", embeddings: false },
+      { id: "b", path: "/m/b.gguf", lora: [], contextSize: 1024, parallel: 3, gpuLayers: "max", embeddings: false },
     ]);
     // Flags win: their models replace the environment's, their settings override.
-    expect(load(["-m", "/m/c.gguf", "-c", "512"], env).models).toEqual([{ id: "c", path: "/m/c.gguf", lora: [], contextSize: 512, parallel: 3, gpuLayers: "max" }]);
+    expect(load(["-m", "/m/c.gguf", "-c", "512"], env).models).toEqual([{ id: "c", path: "/m/c.gguf", lora: [], contextSize: 512, parallel: 3, gpuLayers: "max", embeddings: false }]);
   });
 
   it("suggests the closest flag for a typo", () => {

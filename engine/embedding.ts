@@ -1,0 +1,78 @@
+// A model served for embeddings (POST /v1/embeddings): node-llama-cpp's embedding context over
+// the GGUF, pooled as the GGUF says (mean, CLS, last; a decoder without a pooling type gives its
+// last token's), L2-normalised as OpenAI's and llama-server's embeddings are. One context
+// evaluates one input at a time; a bounded queue refuses the rest.
+import type { LlamaEmbeddingContext, LlamaModel, Token } from "node-llama-cpp";
+import { FlockError } from "./errors.js";
+
+export class EmbeddingModel {
+  private pending = 0;
+
+  constructor(
+    readonly id: string,
+    private readonly weights: LlamaModel,
+    private readonly context: LlamaEmbeddingContext,
+    readonly contextSize: number,
+    /** Inputs that may wait for the context; more are refused (overloaded). */
+    readonly maxQueue: number,
+  ) {}
+
+  /** The vector's length. */
+  get dimensions(): number {
+    return this.weights.embeddingVectorSize;
+  }
+
+  get vocabularySize(): number {
+    return this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
+  }
+
+  /** Text as the embedding context evaluates it: BOS where the model wants one, special-token text kept plain. */
+  tokenize(text: string): number[] {
+    const tokens: number[] = this.weights.tokenize(text, false);
+    const bos = this.weights.tokens.bos;
+    return this.weights.tokens.shouldPrependBosToken && bos !== null && tokens[0] !== bos ? [bos, ...tokens] : tokens;
+  }
+
+  /**
+   * The unit-length embedding of each input, in order, and the tokens evaluated (node-llama-cpp
+   * adds the BOS, and for some vocabularies the EOS, the model expects). Admission is all or
+   * nothing: a batch that would overfill the queue is refused before any input is evaluated.
+   */
+  async embed(inputs: readonly (readonly number[])[]): Promise<{ vectors: Float32Array[]; tokens: number }> {
+    if (this.pending + inputs.length > this.maxQueue + 1) {
+      throw new FlockError("overloaded", `model ${this.id} is busy: ${this.pending} inputs are already waiting; retry shortly`);
+    }
+    this.pending += inputs.length;
+    let left = inputs.length;
+    let evaluated = 0;
+    try {
+      const vectors: Float32Array[] = [];
+      for (const [index, input] of inputs.entries()) {
+        const tokens = [...input] as Token[];
+        const length = this.context.calculateInputLength(tokens);
+        const { vector } = await this.context.getEmbeddingFor(tokens).catch((err: unknown) => {
+          if (/longer than the usable context size/.test((err as Error).message)) {
+            throw new FlockError("context_length_exceeded", `This model's maximum context length is ${this.contextSize} tokens. However, input ${index} has ${length} tokens. Please reduce the length of the input.`, "input");
+          }
+          throw err;
+        });
+        evaluated += length;
+        vectors.push(normalized(vector));
+        left--;
+        this.pending--;
+      }
+      return { vectors, tokens: evaluated };
+    } finally {
+      this.pending -= left;
+    }
+  }
+}
+
+function normalized(vector: readonly number[]): Float32Array {
+  let norm = 0;
+  for (const x of vector) norm += x * x;
+  norm = Math.sqrt(norm);
+  const out = new Float32Array(vector.length);
+  for (let i = 0; i < vector.length; i++) out[i] = norm > 0 ? vector[i] / norm : 0;
+  return out;
+}
