@@ -1,8 +1,10 @@
 // npm run build:native [-- --force] [-- --postinstall]
 //
 // Builds flock's native engine extension: node-llama-cpp's bundled llama.cpp release
-// (`source download --skipBuild`, offline), flock's addon sources and patches applied with
-// `git apply` (failing loudly when they do not apply), then `source build`. getLlama() then
+// (`source download --skipBuild`, offline), flock's addon sources and its own llama.cpp source
+// files (llama-cpp/, copied in as they are), then the patches — only the hooks into llama.cpp's
+// and the addon's files — applied with `git apply` (failing loudly when they do not apply), then
+// `source build`. getLlama() then
 // loads this local build. Skipped when node-llama-cpp's version and flock's native sources are
 // unchanged since the last build.
 //
@@ -21,7 +23,7 @@
 // where it was built, and picks its CPU variant at run time.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { type CpuProbe, describeProbe, probeCpu } from "./cpu-probe.js";
@@ -42,9 +44,14 @@ const force = args.has("--force");
 const quick = args.has("--quick");
 const gpu = process.env.FLOCK_NATIVE_GPU ?? "false";
 
+/** flock's own files inside llama.cpp's tree (llama-cpp/src/llama-flock.cpp, …), copied in whole. */
+const llamaCppFilesDir = join(here, "llama-cpp");
+
 function sources(): string[] {
   const dirs = [join(here, "addon"), join(here, "patches")];
-  return dirs.flatMap((d) => (existsSync(d) ? readdirSync(d).sort().map((f) => join(d, f)) : []));
+  const files = dirs.flatMap((d) => (existsSync(d) ? readdirSync(d).sort().map((f) => join(d, f)) : []));
+  const own = existsSync(llamaCppFilesDir) ? readdirSync(llamaCppFilesDir, { recursive: true, encoding: "utf8" }).sort().map((f) => join(llamaCppFilesDir, f)) : [];
+  return [...files, ...own.filter((f) => !statSync(f).isDirectory())];
 }
 
 /** Whether llama.cpp builds for this machine's CPU (-march=native), as it does unless told otherwise. */
@@ -110,6 +117,7 @@ function build(): void {
   if (!existsSync(pristineDir)) cpSync(addonDir, pristineDir, { recursive: true });
   cpSync(pristineDir, addonDir, { recursive: true });
   for (const file of readdirSync(join(here, "addon"))) copyFileSync(join(here, "addon", file), join(addonDir, file));
+  cpSync(llamaCppFilesDir, join(llamaDir, "llama.cpp"), { recursive: true });
   for (const patch of readdirSync(join(here, "patches")).sort()) {
     const target = patch.startsWith("llama-cpp-") ? join(llamaDir, "llama.cpp") : llamaDir;
     applyPatch(join(here, "patches", patch), target);

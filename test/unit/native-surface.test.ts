@@ -1,6 +1,6 @@
 // The native surface is listed once (engine/native/surface.ts): the patches must define exactly
 // those names, and the installed node-llama-cpp must ship the llama.cpp the patches are written for.
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -20,6 +20,14 @@ describe("the native surface", () => {
 
   it("the exports patch registers exactly ADDON_FUNCTIONS", () => {
     expect(added("addon-exports.diff", /PropertyDescriptor::Function\("(\w+)"/g).sort()).toEqual([...ADDON_FUNCTIONS].sort());
+  });
+
+  it("the patches hold only hooks into existing files; flock's own files ship whole (engine/native/llama-cpp)", () => {
+    for (const file of readdirSync(patches)) expect(readFileSync(join(patches, file), "utf8"), file).not.toMatch(/^new file mode/m);
+    const own = join(patches, "..", "llama-cpp", "src");
+    expect(readdirSync(own).sort()).toEqual(["llama-flock.cpp", "llama-flock.h"]);
+    // The hooks reach the shipped files: the CMake patch compiles llama-flock.cpp into libllama.
+    expect(added("llama-cpp-flock.diff", /(llama-flock\.cpp)/g)).toContain("llama-flock.cpp");
   });
 
   it("node-llama-cpp ships the llama.cpp the patches are written for", () => {
