@@ -1,5 +1,6 @@
 // The Hono app: request ids and metrics, CORS, auth, body limit, routes, and the single error
 // handler.
+import type { EmbeddingModel } from "../engine/embedding.js";
 import { IgnoredFieldLog } from "./request-fields.js";
 import { randomUUID } from "node:crypto";
 import { Hono, type Context } from "hono";
@@ -43,6 +44,14 @@ async function discardUnreadBody(req: Request, limit: number): Promise<boolean> 
 }
 
 /** The pipelines, or none while models load. */
+function embeddingModelsOf(ctx: ServerContext): EmbeddingModel[] {
+  try {
+    return ctx.registry().embeddingList().map((m) => m.model);
+  } catch {
+    return [];
+  }
+}
+
 function pipelinesOf(ctx: ServerContext): Pipeline[] {
   try {
     return ctx.registry().list().map((m) => m.pipeline);
@@ -179,6 +188,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
       ...(p.kind === "speculative" ? { draft: p.draft.id, policy: p.settings.policy, predictor: p.predictor.name } : {}),
       ...(p.kind === "routed" ? { base: p.library.baseId, method: p.method, experts: p.library.size, contexts: p.variants.size } : {}),
     })),
+    embeddingModels: embeddingModelsOf(ctx).map((m) => ({ id: m.id, contextSize: m.contextSize, dimensions: m.dimensions })),
   }));
 
   modelRoutes(app, ctx);

@@ -16,6 +16,7 @@ beforeAll(async () => {
       { id: "flock-demo", path: forgedPath(manifest.models["flock-demo"].file), parallel: 1 },
       { id: "flock-embed", path: forgedPath(manifest.models["flock-embed"].file), embeddings: true },
     ],
+    auth: { apiKeys: [], adminKey: "admin", healthRequiresKey: false, metricsRequiresKey: false },
   });
 });
 afterAll(() => t?.close());
@@ -101,7 +102,9 @@ describe("what each kind of model refuses", () => {
     expect(long.body.error).toMatchObject({ code: "context_length_exceeded", param: "input" });
   });
 
-  it("lists the embedding model with its kind and width", async () => {
+  it("lists the embedding model with its kind and width, in /v1/models and /admin/status", async () => {
+    const status = (await (await fetch(`${t.url}/admin/status`, { headers: { authorization: "Bearer admin" } })).json()) as { embeddingModels: unknown[] };
+    expect(status.embeddingModels).toEqual([{ id: "flock-embed", contextSize: 4096, dimensions: t.manifest.models["flock-embed"].shape.embeddingDim }]);
     const models = await t.client.models.list();
     expect(models.data.find((m) => m.id === "flock-embed")).toMatchObject({ flock: { kind: "embedding", dimensions: t.manifest.models["flock-embed"].shape.embeddingDim } });
   });
