@@ -1,5 +1,6 @@
 // What decoders consume and produce. Steps flow as an AsyncGenerator<DecodeStep> to server/,
 // which only formats them.
+import type { LookupOverrides } from "./speculative/lookup.js";
 import type { RoutingTrace } from "../engine/native.js";
 import type { KvSequence } from "../engine/sequence.js";
 import type { SamplingParams } from "./sampler.js";
@@ -46,6 +47,10 @@ export interface GenerationRequest {
   signal?: AbortSignal;
   /** Per-request speculative settings (ignored by pipelines without a draft). */
   speculative?: SpeculativeOverrides;
+  /** Per-request prompt lookup settings (plain and speculative pipelines). */
+  lookup?: LookupOverrides;
+  /** Predicted Outputs: tokens the answer is expected to repeat, proposed for verification. */
+  prediction?: readonly number[];
   /** Per-request fusion settings (ignored by pipelines without fusion). */
   fusion?: FusionOverrides;
   /**

@@ -48,7 +48,7 @@ export async function loadPipeline(engine: Engine, entry: ModelEntry, stateDir: 
   const target = await engine.load(entry);
   if (entry.fusion) return loadFusion(engine, entry, entry.fusion, target);
   const spec = entry.speculative;
-  if (!spec) return plainPipeline(target);
+  if (!spec) return plainPipeline(target, entry.lookup);
   // The draft gets its own context with as many sequences as the target, so a request that
   // holds a target sequence always finds a draft sequence.
   const draft = await engine.load(
@@ -56,7 +56,7 @@ export async function loadPipeline(engine: Engine, entry: ModelEntry, stateDir: 
     { hiddenStates: spec.predictor === "head" },
   );
   const predictor = await buildPredictor(entry, spec, draft, stateDir);
-  const pipeline = speculativePipeline(target, draft, spec, predictor);
+  const pipeline = speculativePipeline(target, draft, spec, predictor, entry.lookup);
   if (spec.threshold === "auto") await calibrateCosts(pipeline);
   return pipeline;
 }

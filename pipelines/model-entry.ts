@@ -3,6 +3,7 @@
 import { z } from "zod";
 import { FusionEntry } from "../decoding/fusion/config.js";
 import { SpeculativeEntry } from "../decoding/speculative/config.js";
+import { LookupEntry } from "../decoding/speculative/lookup.js";
 import { ExpertsEntry } from "../experts/config.js";
 
 export const LoraEntry = z.strictObject({
@@ -37,14 +38,16 @@ export const ModelEntry = z.strictObject({
    * completions refuse it. Not together with speculative, fusion or experts.
    */
   embeddings: z.boolean().default(false),
+  /** Prompt lookup: speculate from the prompt and the output themselves (no draft model). */
+  lookup: LookupEntry.optional(),
   /** Serve this id with speculative decoding. */
   speculative: SpeculativeEntry.optional(),
   /** Serve this id with dynamic logit fusion (not together with speculative). */
   fusion: FusionEntry.optional(),
   /** Also serve this model with a library of routed LoRA experts (`<id>+phatgoose`, `<id>+arrow`). */
   experts: ExpertsEntry.optional(),
-}).refine((e) => !(e.embeddings && (e.speculative || e.fusion || e.experts)), {
-  message: "an embeddings entry serves embeddings only; speculative, fusion and experts are for generation",
+}).refine((e) => !(e.embeddings && (e.speculative || e.fusion || e.experts || e.lookup)), {
+  message: "an embeddings entry serves embeddings only; speculative, fusion, experts and lookup are for generation",
   path: ["embeddings"],
 });
 export type ModelEntry = z.infer<typeof ModelEntry>;

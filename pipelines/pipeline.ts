@@ -9,6 +9,8 @@ import type { SpeculativeSettings } from "../decoding/speculative/config.js";
 import { FusionStats, fusionDecode } from "../decoding/fusion/decoder.js";
 import type { FusionSettings } from "../decoding/fusion/config.js";
 import { RoundCosts } from "../decoding/speculative/costs.js";
+import { FixedLengthPolicy } from "../decoding/speculative/policies.js";
+import { LOOKUP_DEFAULTS, type LookupSettings } from "../decoding/speculative/lookup.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
 import { FlockError } from "../engine/errors.js";
@@ -68,8 +70,33 @@ export interface RoutedPipeline extends PipelineBase {
 
 export type Pipeline = PlainPipeline | SpeculativePipeline | FusionPipeline | RoutedPipeline;
 
-export function plainPipeline(model: LoadedModel): PlainPipeline {
-  return { id: model.id, kind: "plain", model, generate: (request) => plainDecode(model, request) };
+/** Candidates a Predicted Output proposes per round (one target pass scores them all). */
+const PREDICTED_PER_ROUND = 16;
+
+/**
+ * A plain model decodes alone, or with a Predicted Output speculates from it: the target verifies
+ * the prediction's tokens in batches (coupled noise for seeded requests, so the text is the same
+ * as without the prediction; rejection sampling otherwise).
+ */
+export function plainPipeline(model: LoadedModel, lookup: LookupSettings = LOOKUP_DEFAULTS): PlainPipeline {
+  const stats = new SpeculativeStats();
+  const costs = new RoundCosts();
+  return {
+    id: model.id,
+    kind: "plain",
+    model,
+    generate(request) {
+      const effectiveLookup = { ...lookup, ...request.lookup };
+      const predicted = request.prediction !== undefined && request.prediction.length > 0;
+      if (!predicted && !effectiveLookup.enabled) return plainDecode(model, request);
+      const verification = request.keyedNoise === true ? "coupled" : "rejection";
+      const policy = new FixedLengthPolicy(PREDICTED_PER_ROUND);
+      return speculativeDecode(
+        { target: model, draft: null, lookup: effectiveLookup, policy, predictor: null, maxCandidates: PREDICTED_PER_ROUND, stats, costs, verification },
+        request,
+      );
+    },
+  };
 }
 
 export function speculativePipeline(
@@ -77,6 +104,7 @@ export function speculativePipeline(
   draft: LoadedModel,
   settings: SpeculativeSettings,
   predictor: AcceptancePredictor | OnlineLogisticPredictor,
+  lookup: LookupSettings = LOOKUP_DEFAULTS,
 ): SpeculativePipeline {
   if (!target.sameVocabulary(draft)) {
     throw new FlockError("invalid_request", `model ${target.id}: the draft's vocabulary differs from the target's; speculative decoding needs the same tokenizer`);
@@ -100,7 +128,8 @@ export function speculativePipeline(
       const effective = { ...settings, ...overrides };
       const verification = verificationFor(settings, overrides, request.keyedNoise === true);
       const policy = buildPolicy(effective, predictor, costs, calibrations, samplingRegime(request.sampling.temperature, verification));
-      return speculativeDecode({ target, draft, policy, predictor, maxCandidates: candidateCap(effective), stats, costs, verification }, request);
+      // Prompt lookup, when on, proposes in place of the draft.
+      return speculativeDecode({ target, draft, lookup: { ...lookup, ...request.lookup }, policy, predictor, maxCandidates: candidateCap(effective), stats, costs, verification }, request);
     },
   };
 }

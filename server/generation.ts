@@ -4,13 +4,14 @@ import { randomInt } from "node:crypto";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
 import type { FusionOverrides } from "../decoding/fusion/config.js";
 import type { SpeculativeOverrides } from "../decoding/speculative/config.js";
+import type { LookupOverrides } from "../decoding/speculative/lookup.js";
 import type { RoutingOverrides } from "../experts/config.js";
 import { planRouting } from "../experts/routed.js";
 import type { DecodeStep } from "../decoding/types.js";
 import { FlockError } from "../engine/errors.js";
 import type { RenderedPrompt } from "../engine/model.js";
 import type { Pipeline, PipelineRequest } from "../pipelines/pipeline.js";
-import type { ExtensionOptions } from "./format.js";
+import type { ChoiceAccumulator, ExtensionOptions } from "./format.js";
 import { type ChatCompletionRequest, type CompletionRequest, EXTENSION_KEY, type ResponsesRequest } from "./schemas.js";
 
 export interface Limits {
@@ -45,6 +46,15 @@ export function speculativeOverrides(body: CommonRequest, pipeline: Pipeline): S
   const overrides = body[EXTENSION_KEY]?.speculative;
   if (overrides && pipeline.kind !== "speculative" && overrides.enabled !== false) {
     throw new FlockError("unsupported", `model ${pipeline.id} is not served with a draft model; remove ${EXTENSION_KEY}.speculative`, `${EXTENSION_KEY}.speculative`);
+  }
+  return overrides;
+}
+
+/** `flock.lookup`, checked against the pipeline: plain and speculative models speculate from the text. */
+export function lookupOverrides(body: CommonRequest, pipeline: Pipeline): LookupOverrides | undefined {
+  const overrides = body[EXTENSION_KEY]?.lookup;
+  if (overrides?.enabled && (pipeline.kind === "fusion" || pipeline.kind === "routed")) {
+    throw new FlockError("unsupported", `model ${pipeline.id} is served with ${pipeline.kind === "fusion" ? "logit fusion" : "routed experts"}, which cannot speculate from the text; remove ${EXTENSION_KEY}.lookup`, `${EXTENSION_KEY}.lookup`);
   }
   return overrides;
 }
@@ -185,7 +195,7 @@ export function conversationChoices(
   body: CommonRequest,
   pipeline: Pipeline,
   rendered: RenderedPrompt,
-  options: { n: number; maxTokens: number; topLogprobs: number | null; signal: AbortSignal },
+  options: { n: number; maxTokens: number; topLogprobs: number | null; signal: AbortSignal; prediction?: readonly number[] },
 ): PipelineRequest[] {
   return choiceRequests(
     options.n,
@@ -200,9 +210,31 @@ export function conversationChoices(
       speculative: speculativeOverrides(body, pipeline),
       fusion: fusionOverrides(body, pipeline),
       routing: routingOverrides(body, pipeline),
+      lookup: lookupOverrides(body, pipeline),
+      ...(options.prediction ? { prediction: options.prediction } : {}),
     },
     body.seed,
   );
+}
+
+/**
+ * Predicted Outputs' tokens (chat's `prediction`), for models that can verify them: plain and
+ * speculative ones; fused and routed ones refuse it rather than ignore it.
+ */
+export function predictionTokens(prediction: { content: string | Array<{ text: string }> } | null | undefined, pipeline: Pipeline): number[] | undefined {
+  if (!prediction) return undefined;
+  if (pipeline.kind === "fusion" || pipeline.kind === "routed") {
+    throw new FlockError("unsupported", `model ${pipeline.id} is served with ${pipeline.kind === "fusion" ? "logit fusion" : "routed experts"}, which cannot verify a prediction; remove prediction`, "prediction");
+  }
+  const text = typeof prediction.content === "string" ? prediction.content : prediction.content.map((p) => p.text).join("");
+  return pipeline.model.tokenize(text, { addSpecial: false, parseSpecial: false });
+}
+
+/** OpenAI's completion_tokens_details for a request with a prediction: its tokens accepted and rejected. */
+export function predictionUsage(choices: readonly ChoiceAccumulator[]): { accepted_prediction_tokens: number; rejected_prediction_tokens: number } {
+  const drafted = choices.reduce((n, ch) => n + (ch.speculative?.drafted ?? 0), 0);
+  const accepted = choices.reduce((n, ch) => n + (ch.speculative?.accepted ?? 0), 0);
+  return { accepted_prediction_tokens: accepted, rejected_prediction_tokens: drafted - accepted };
 }
 
 /** Runs the choices concurrently, yielding each step as soon as it is produced. */

@@ -21,7 +21,7 @@ export interface ResponseShape {
   /** Chunks for one decode step of a choice. */
   step(index: number, step: DecodeStep, choice: ChoiceAccumulator): object[];
   /** Usage-only chunk (stream_options.include_usage). */
-  usage(usage: Usage): object;
+  usage(usage: Usage, choices: ChoiceAccumulator[]): object;
   /** The whole non-streamed response. */
   response(choices: ChoiceAccumulator[], usage: Usage): object;
   /**
@@ -222,7 +222,7 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
       if (events) {
         for (const chunk of events.closing(choices, usageOf(g.promptTokens, completionTokens()))) await send(chunk);
       } else {
-        if (g.includeUsage) await send(g.shape.usage(usageOf(g.promptTokens, completionTokens())));
+        if (g.includeUsage) await send(g.shape.usage(usageOf(g.promptTokens, completionTokens()), choices));
         await write("data: [DONE]\n\n");
       }
       done("ok");

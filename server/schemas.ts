@@ -5,6 +5,7 @@
 import { z } from "zod";
 import { FusionRequest } from "../decoding/fusion/config.js";
 import { SpeculativeRequest } from "../decoding/speculative/config.js";
+import { LookupRequest } from "../decoding/speculative/lookup.js";
 import { RoutingRequest } from "../experts/config.js";
 
 /** Project extensions live under this one key of a request and a response. */
@@ -24,6 +25,8 @@ const LogitBias = z
 const FlockExtension = z.strictObject({
   top_k: z.int().min(0).optional(),
   min_p: z.number().min(0).max(1).optional(),
+  /** Prompt lookup (plain and speculative models). */
+  lookup: LookupRequest.optional(),
   /** Speculative settings (models served with a draft). */
   speculative: SpeculativeRequest.optional(),
   /** Fusion settings (models served with fusion). */
@@ -117,7 +120,7 @@ export const ChatCompletionRequest = z.object({
   function_call: refusedWhen(NoCall, calls, 'function_call must be "none" or "auto": function calling is not supported'),
   modalities: refusedWhen(z.array(z.string()), (m) => m.some((x) => x !== "text"), 'this server generates text only: modalities must be ["text"]'),
   audio: refusedAlways("audio output is not supported: this server generates text only"),
-  prediction: refusedAlways("predicted outputs are not supported"),
+  prediction: z.strictObject({ type: z.literal("content"), content: Content }).nullish(),
   web_search_options: refusedAlways("web search is not supported"),
 });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;

@@ -201,7 +201,6 @@ describe("refused fields", () => {
     ["function_call", "chat", { function_call: { name: "f" } }],
     ["modalities", "chat", { modalities: ["text", "audio"] }],
     ["audio", "chat", { audio: { voice: "alloy", format: "wav" } }],
-    ["prediction", "chat", { prediction: { type: "content", content: "x" } }],
     ["web_search_options", "chat", { web_search_options: {} }],
     ["suffix", "completions", { suffix: "end" }],
     ["text", "responses", { text: { format: { type: "json_schema", name: "x", schema: {} } } }],

@@ -21,11 +21,27 @@ import type { CandidateLengthPolicy } from "./policies.js";
 import type { AcceptancePredictor } from "./predictors.js";
 import type { RoundCosts } from "./costs.js";
 import type { SpeculativeStats } from "./stats.js";
+import { type LookupSettings, PromptLookup } from "./lookup.js";
+import { oneHot, PredictionAligner } from "./prediction.js";
 import { type Verification, type VerificationMode, verify, verifyCoupled } from "./verifier.js";
+
+/**
+ * Candidates from text rather than a model — a request's prediction, or the text itself (prompt
+ * lookup): deterministic proposals, verified as one-hot q.
+ */
+export interface TextProposer {
+  /** Up to `max` candidates to follow `text` (prompt + output). */
+  propose(text: readonly number[], max: number): number[];
+  /** Tokens just emitted; `output` is all generated so far. */
+  advance?(emitted: readonly number[], output: readonly number[]): void;
+}
 
 export interface SpeculativeSetup {
   target: LogprobModel;
-  draft: DecodingModel;
+  /** Proposes candidates, unless the request brings a prediction or lookup is on (then none is needed). */
+  draft: DecodingModel | null;
+  /** Prompt lookup's settings when it proposes instead of the draft. */
+  lookup?: LookupSettings | null;
   /** A fresh policy for this request (policies keep per-candidate state). */
   policy: CandidateLengthPolicy;
   /** Trained from every verified position; null when the policy uses none. */
@@ -152,8 +168,15 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
   const coupled = verification === "coupled";
   const targetSeq = await target.acquire(request.prompt, request.signal);
   let draftSeq: KvSequence | undefined;
+  // A Predicted Output (prediction.ts), else prompt lookup (lookup.ts), proposes instead of the draft.
+  const predicted: TextProposer | null =
+    request.prediction && request.prediction.length > 0 ? new PredictionAligner(request.prediction) : setup.lookup?.enabled ? new PromptLookup(setup.lookup) : null;
+  const proposalCap = request.prediction && request.prediction.length > 0 ? Infinity : (setup.lookup?.maxCandidates ?? Infinity);
   try {
-    draftSeq = await draft.acquire(request.prompt, request.signal);
+    if (!predicted) {
+      if (!draft) throw new Error("speculative decoding without a draft needs a prediction or prompt lookup");
+      draftSeq = await draft.acquire(request.prompt, request.signal);
+    }
     const params = request.sampling;
     // Coupled verification needs keyed noise, seeded or not.
     const draws = tokenDraws({ ...request, keyedNoise: request.keyedNoise === true || coupled });
@@ -162,10 +185,10 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     const ends = (token: number) => target.isEndOfGeneration(token) || stopTokens.has(token);
     const history = TokenHistory.after(request.prompt);
     const all = [...request.prompt];
-    const contextSize = Math.min(targetSeq.contextSize, draftSeq.contextSize);
+    const contextSize = Math.min(targetSeq.contextSize, draftSeq?.contextSize ?? Infinity);
     let generated = 0;
     let recent = RECENT_START;
-    const detail = request.speculative?.detail === true;
+    const detail = request.speculative?.detail === true && !predicted;
     let round = -1;
 
     while (true) {
@@ -174,22 +197,27 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       // The caller's budget: tokens left to generate (one is always the recovered/bonus token)
       // and room in both caches.
       const budget = Math.max(0, Math.min(setup.maxCandidates, request.maxTokens - generated - 1, contextSize - all.length));
-      const drafting = budget > 0 && policy.skipRound?.() !== true;
-      const { candidates, draftDistributions, features, predictions } = drafting
-        ? await draftRound({ setup, seq: draftSeq, all, history, params, draws, coupled, budget, recent, detail, ends })
-        : { candidates: [], draftDistributions: [], features: [], predictions: [] };
+      const drafting = budget > 0 && (predicted !== null || policy.skipRound?.() !== true);
+      const nothing: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [] };
+      const { candidates, draftDistributions, features, predictions } = !drafting
+        ? nothing
+        : predicted
+          ? { ...nothing, candidates: predicted.propose(all, Math.min(budget, proposalCap)) }
+          : await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, recent, detail, ends });
 
       // Verify: one target batch scores every candidate plus the position after them.
       const passStarted = performance.now();
       const { logits: targetLogits, evaluated } = await catchUp(targetSeq, all, candidates);
       costs.observeTargetPass(evaluated, performance.now() - passStarted);
-      const verdict = judge(targetLogits, candidates, draftDistributions, history, params, coupled ? { keyed: (adjusted, i) => draws.sample(adjusted, params, all.length + i) } : { rng: draws.rng });
+      const proposals = predicted ? candidates.map((y) => oneHot(targetLogits[0].length, y)) : draftDistributions;
+      const verdict = judge(targetLogits, candidates, proposals, history, params, coupled ? { keyed: (adjusted, i) => draws.sample(adjusted, params, all.length + i) } : { rng: draws.rng });
       features.forEach((f, i) => {
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
       });
       stats.recordRound(candidates.length, verdict.accepted, verification);
-      if (budget > 0) policy.end?.(candidates.length, verdict.accepted, verdict.acceptanceProbabilities);
+      // The policy learns from its own rounds, not the prediction's.
+      if (budget > 0 && !predicted) policy.end?.(candidates.length, verdict.accepted, verdict.acceptanceProbabilities);
 
       // Emit the accepted tokens and the recovered/bonus one, ending early on EOS, a stop
       // sequence or max_tokens.
@@ -216,6 +244,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           return;
         }
       }
+      predicted?.advance?.(emitted, all.slice(request.prompt.length));
       yield step;
     }
   } finally {

@@ -1,8 +1,8 @@
 // POST /v1/chat/completions
 import type { Hono } from "hono";
 import type { ChatMessage } from "../../engine/model.js";
-import { chatLogprobs, chunkFor, completionId, nowSeconds, responseExtension, streamedStep } from "../format.js";
-import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, promptWindow } from "../generation.js";
+import { type ChoiceAccumulator, chatLogprobs, chunkFor, completionId, nowSeconds, responseExtension, streamedStep, type Usage } from "../format.js";
+import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, predictionTokens, predictionUsage, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
 import { parseRequest } from "../validation.js";
@@ -35,7 +35,11 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens",
     );
     const abort = new AbortController();
-    const requests = conversationChoices(body, pipeline, rendered, { n, maxTokens, topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null, signal: abort.signal });
+    const prediction = predictionTokens(body.prediction, pipeline);
+    const requests = conversationChoices(body, pipeline, rendered, { n, maxTokens, topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null, signal: abort.signal, prediction });
+    // With a prediction, usage says how much of it was accepted (OpenAI's completion_tokens_details).
+    const withDetails = (usage: Usage, choices: ChoiceAccumulator[]) =>
+      prediction ? { ...usage, completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 0, ...predictionUsage(choices) } } : usage;
 
     const id = completionId("chatcmpl");
     const created = nowSeconds();
@@ -53,7 +57,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           () => ({ delta: { content: step.text }, logprobs: body.logprobs ? { content: chatLogprobs(step.logprobs ?? []) } : null }),
           { delta: {}, logprobs: null },
         ),
-      usage: (usage) => ({ ...envelope, choices: [], usage }),
+      usage: (usage, choices) => ({ ...envelope, choices: [], usage: withDetails(usage, choices) }),
       response: (choices, usage) => ({
         id,
         object: "chat.completion",
@@ -65,7 +69,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           logprobs: body.logprobs ? { content: chatLogprobs(ch.logprobs) } : null,
           finish_reason: ch.finishReason,
         })),
-        usage,
+        usage: withDetails(usage, choices),
         ...responseExtension(choices, extension),
       }),
     };

@@ -3,7 +3,7 @@ import type { Hono } from "hono";
 import { FlockError } from "../../engine/errors.js";
 import type { PipelineRequest } from "../../pipelines/pipeline.js";
 import { chunkFor, completionId, completionLogprobs, nowSeconds, responseExtension, streamedStep } from "../format.js";
-import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions } from "../generation.js";
+import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions, lookupOverrides } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { CompletionRequest } from "../schemas.js";
 import { parseRequest } from "../validation.js";
@@ -65,6 +65,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           speculative: speculativeOverrides(body, pipeline),
           fusion: fusionOverrides(body, pipeline),
           routing: routingOverrides(body, pipeline),
+          lookup: lookupOverrides(body, pipeline),
         },
         body.seed,
         p * n,

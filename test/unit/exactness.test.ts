@@ -23,9 +23,10 @@ import { plainDecode, type LogprobModel } from "../../decoding/plain.js";
 import { TokenHistory } from "../../decoding/history.js";
 import { adjustLogits, DEFAULT_SAMPLING, samplingDistribution, type SamplingParams } from "../../decoding/sampler.js";
 import { RoundCosts } from "../../decoding/speculative/costs.js";
-import { speculativeDecode } from "../../decoding/speculative/decoder.js";
+import { type SpeculativeSetup, speculativeDecode } from "../../decoding/speculative/decoder.js";
 import type { DraftFeatures, PreDrawFeatures } from "../../decoding/speculative/features.js";
 import { type CandidateLengthPolicy, ConfidencePolicy, CostAwareSpecDecPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
+import { type LookupSettings, PromptLookup } from "../../decoding/speculative/lookup.js";
 import { type AcceptancePredictor, expectedOverTop } from "../../decoding/speculative/predictors.js";
 import { SpeculativeStats } from "../../decoding/speculative/stats.js";
 import type { VerificationMode } from "../../decoding/speculative/verifier.js";
@@ -201,7 +202,11 @@ async function firstTokens(
   seen: Exercised,
   weight: () => number,
 ): Promise<number[]> {
-  const setup = { target, draft, policy, predictor, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs, verification };
+  return decodeCounting({ target, draft, policy, predictor, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs, verification }, request, count, seen, weight);
+}
+
+/** The first `count` tokens of a speculative decode; each round's length and rejections go to `seen`. */
+async function decodeCounting(setup: SpeculativeSetup, request: GenerationRequest, count: number, seen: Exercised, weight: () => number): Promise<number[]> {
   const tokens: number[] = [];
   for await (const step of speculativeDecode(setup, request)) {
     const round = step.speculative!;
@@ -252,8 +257,39 @@ function expectExercised(policy: PolicyCase, seen: Exercised, total: number): vo
   if (/E_q|confidence/.test(policy.name)) expect(seen.stopsBeforeDraw).toBeGreaterThan(total / 1000);
 }
 
-describe("rejection sampling, enumerated exactly", () => {
+/**
+ * The exact distribution of the first emitted token of `decode`: every sequence of uniform
+ * draws, each a quarter's midpoint, enumerated like an odometer (the draws a path does not make
+ * do not branch it); a path of d draws has probability 4^-d, which `decode` gets as `weight()`.
+ */
+async function enumerateFirstToken(decode: (weight: () => number) => Promise<number>): Promise<{ first: Float64Array; paths: number }> {
   const GRID = 4;
+  const first = new Float64Array(V);
+  let digits: number[] = [];
+  let paths = 0;
+  for (;;) {
+    let used = 0;
+    rngControl.scripted = () => {
+      const next = () => {
+        if (used === digits.length) digits.push(0);
+        return (digits[used++] + 0.5) / GRID;
+      };
+      return { next, int: (n: number) => Math.floor(next() * n), pick: <T>(items: readonly T[]) => items[Math.floor(next() * items.length)] } satisfies Rng;
+    };
+    const token = await decode(() => GRID ** -used);
+    first[token] += GRID ** -used;
+    paths++;
+    // The next path: drop the draws this path did not make, then increment like an odometer.
+    digits = digits.slice(0, used);
+    while (digits.length > 0 && digits[digits.length - 1] === GRID - 1) digits.pop();
+    if (digits.length === 0) break;
+    digits[digits.length - 1]++;
+  }
+  rngControl.scripted = null;
+  return { first, paths };
+}
+
+describe("rejection sampling, enumerated exactly", () => {
   beforeEach(() => {
     rngControl.scripted = null;
   });
@@ -264,32 +300,12 @@ describe("rejection sampling, enumerated exactly", () => {
    * branch it); a path of d draws has probability 4^-d.
    */
   async function enumerate(policy: PolicyCase, seen: Exercised): Promise<{ first: Float64Array; paths: number }> {
-    const first = new Float64Array(V);
-    let digits: number[] = [];
-    let paths = 0;
-    for (;;) {
-      let used = 0;
-      rngControl.scripted = () => {
-        const next = () => {
-          if (used === digits.length) digits.push(0);
-          return (digits[used++] + 0.5) / GRID;
-        };
-        return { next, int: (n: number) => Math.floor(next() * n), pick: <T>(items: readonly T[]) => items[Math.floor(next() * items.length)] } satisfies Rng;
-      };
+    return enumerateFirstToken(async (weight) => {
       // Fresh costs and policy per path: every path sees the same policy state.
-      const weight = () => GRID ** -used;
       const costs = await cpuLikeCosts();
       const [token] = await firstTokens(counting(policy.make(costs), seen, weight), policy.predictor, costs, request(DEFAULT_SAMPLING, 0), "rejection", 1, seen, weight);
-      first[token] += GRID ** -used;
-      paths++;
-      // The next path: drop the draws this path did not make, then increment like an odometer.
-      digits = digits.slice(0, used);
-      while (digits.length > 0 && digits[digits.length - 1] === GRID - 1) digits.pop();
-      if (digits.length === 0) break;
-      digits[digits.length - 1]++;
-    }
-    rngControl.scripted = null;
-    return { first, paths };
+      return token;
+    });
   }
 
   it.for(POLICIES)("$name: the first token's distribution is the target's", async (policy) => {
@@ -393,5 +409,97 @@ describe("coupled verification", () => {
     expect(cases).toBe(6040);
     // Gumbel-max takes two per token; the race a handful per draw.
     expect(logarithms / tokens).toBeLessThan(0.05);
+  });
+});
+
+describe("Predicted Outputs: one-hot proposals from a prediction", () => {
+  /** Decodes with the prediction as the only proposer (no draft model), as plain models do. */
+  async function predictedTokens(req: GenerationRequest, verification: VerificationMode, count: number, seen: Exercised, weight: () => number, lookup: LookupSettings | null = null): Promise<number[]> {
+    const costs = await cpuLikeCosts();
+    const setup = { target, draft: null, lookup, policy: new FixedLengthPolicy(MAX_CANDIDATES), predictor: null, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs, verification };
+    return decodeCounting(setup, req, count, seen, weight);
+  }
+
+  it("rejection sampling, enumerated exactly: the first token's distribution is the target's, whatever the prediction", async () => {
+    // Predictions that start with each token: the likely one, an unlikely one, the impossible-after-2 one.
+    for (const prediction of [[0, 0, 1], [1, 2, 0], [2, 1, 1]]) {
+      const seen = exercised();
+      const { first } = await enumerateFirstToken(async (weight) => (await predictedTokens(request(DEFAULT_SAMPLING, 0, { prediction }), "rejection", 1, seen, weight))[0]);
+      expect(first.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
+      expect(totalVariation(first, exactNext([], DEFAULT_SAMPLING)), `prediction ${prediction}`).toBeLessThan(1e-6);
+      expect(seen.rejections, `prediction ${prediction} is rejected on some paths`).toBeGreaterThan(0);
+    }
+  });
+
+  it("rejection sampling with temperature, top-p and penalties: the first two tokens follow the target (chi-square over 10^5 decodes)", async () => {
+    const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 };
+    const seen = exercised();
+    const first = Array<number>(V).fill(0);
+    const second = Array<number>(V).fill(0);
+    for (let seed = 0; seed < 100_000; seed++) {
+      const tokens = await predictedTokens(request(sampling, seed, { prediction: [0, 1, 0, 1] }), "rejection", 2, seen, () => 1);
+      first[tokens[0]]++;
+      second[tokens[1]]++;
+    }
+    const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
+    expect(fits(first, exactNext([], sampling))).toBeGreaterThan(1e-4);
+    expect(fits(second, exactSecond(sampling))).toBeGreaterThan(1e-4);
+    expect(seen.rejections).toBeGreaterThan(100_000 / 20);
+  });
+
+  it("prompt lookup (proposals copied from the text itself): rejection sampling's first two tokens follow the target; coupled text is the target's own", async () => {
+    const lookup: LookupSettings = { enabled: true, minMatch: 1, maxMatch: 3, maxCandidates: MAX_CANDIDATES };
+    // A prompt that repeats itself, so the lookup always finds a match.
+    const prompt = [0, 1, 2, 0, 1, 2, 0, 1, 2];
+    const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 };
+    const seen = exercised();
+    const first = Array<number>(V).fill(0);
+    const second = Array<number>(V).fill(0);
+    for (let seed = 0; seed < 100_000; seed++) {
+      const tokens = await predictedTokens(request(sampling, seed, { prompt }), "rejection", 2, seen, () => 1, lookup);
+      first[tokens[0]]++;
+      second[tokens[1]]++;
+    }
+    const exactAfter = (history: readonly number[]) =>
+      samplingDistribution(adjustLogits(Float32Array.from(TARGET[history.at(-1)!], Math.log), sampling, TokenHistory.of(prompt, history.slice(prompt.length))), sampling);
+    const firstExact = exactAfter(prompt);
+    const secondExact = new Float64Array(V);
+    firstExact.forEach((p, t) => exactAfter([...prompt, t]).forEach((q, u) => (secondExact[u] += p * q)));
+    const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
+    expect(fits(first, firstExact)).toBeGreaterThan(1e-4);
+    expect(fits(second, secondExact)).toBeGreaterThan(1e-4);
+    expect(seen.rejections).toBeGreaterThan(100_000 / 20);
+    expect(seen.lengths.size).toBeGreaterThan(1);
+    // Coupled: seeded text is the plain decoder's.
+    for (let seed = 0; seed < 1000; seed++) {
+      const req = request(DEFAULT_SAMPLING, seed, { prompt, keyedNoise: true });
+      const plain: number[] = [];
+      for await (const step of plainDecode(target, req)) plain.push(...step.tokens);
+      expect(await predictedTokens(req, "coupled", 8, seen, () => 1, lookup), `seed ${seed}`).toEqual(plain.slice(0, 8));
+    }
+  });
+
+  it("prompt lookup proposes what followed the longest, then latest, earlier match", () => {
+    const lookup = new PromptLookup({ minMatch: 1, maxMatch: 3 });
+    // Suffix [5, 6]: its latest earlier occurrence (index 4) was followed by 9, 9.
+    expect(lookup.propose([5, 6, 7, 8, 5, 6, 9, 9, 5, 6], 3)).toEqual([9, 9, 5]);
+    // Longest first: [1, 2, 3] occurs once earlier, followed by 4 — preferred to a later [2, 3].
+    expect(lookup.propose([1, 2, 3, 4, 0, 2, 3, 7, 1, 2, 3], 2)).toEqual([4, 0]);
+    expect(lookup.propose([1, 2, 3], 4)).toEqual([]);
+    expect(new PromptLookup({ minMatch: 2, maxMatch: 4 }).propose([7, 1, 8, 1], 2)).toEqual([]);
+  });
+
+  it("coupled verification: a seeded text is the target's own keyed draws, with any prediction", async () => {
+    const seen = exercised();
+    for (let seed = 0; seed < 2000; seed++) {
+      const req = request(DEFAULT_SAMPLING, seed, { keyedNoise: true, choice: seed % 3 });
+      const plain: number[] = [];
+      for await (const step of plainDecode(target, req)) plain.push(...step.tokens);
+      // The prediction: the text itself, or the text with one token changed.
+      const prediction = seed % 2 === 0 ? plain : plain.map((t, i) => (i === 3 ? (t + 1) % V : t));
+      const spec = await predictedTokens({ ...req, prediction }, "coupled", 8, seen, () => 1);
+      expect(spec.slice(0, 8), `seed ${seed}`).toEqual(plain);
+    }
+    expect(seen.rejections).toBeGreaterThan(500);
   });
 });
