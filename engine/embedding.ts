@@ -26,42 +26,37 @@ export class EmbeddingModel {
     return this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
   }
 
-  /** Text as the embedding context evaluates it: BOS where the model wants one, special-token text kept plain. */
+  /** Text as tokens, special-token text kept plain (embed() adds the BOS and EOS the model expects). */
   tokenize(text: string): number[] {
-    const tokens: number[] = this.weights.tokenize(text, false);
-    const bos = this.weights.tokens.bos;
-    return this.weights.tokens.shouldPrependBosToken && bos !== null && tokens[0] !== bos ? [bos, ...tokens] : tokens;
+    return this.weights.tokenize(text, false);
   }
 
   /**
    * The unit-length embedding of each input, in order, and the tokens evaluated (node-llama-cpp
    * adds the BOS, and for some vocabularies the EOS, the model expects). Admission is all or
-   * nothing: a batch that would overfill the queue is refused before any input is evaluated.
+   * nothing: a batch that would overfill the queue, or whose inputs do not all fit the context,
+   * is refused before any input is evaluated.
    */
   async embed(inputs: readonly (readonly number[])[]): Promise<{ vectors: Float32Array[]; tokens: number }> {
     if (this.pending + inputs.length > this.maxQueue + 1) {
       throw new FlockError("overloaded", `model ${this.id} is busy: ${this.pending} inputs are already waiting; retry shortly`);
     }
+    const lengths = inputs.map((input) => this.context.calculateInputLength([...input] as Token[]));
+    const tooLong = lengths.findIndex((length) => length >= this.contextSize);
+    if (tooLong >= 0) {
+      throw new FlockError("context_length_exceeded", `This model's maximum context length is ${this.contextSize} tokens. However, input ${tooLong} has ${lengths[tooLong]} tokens. Please reduce the length of the input.`, "input");
+    }
     this.pending += inputs.length;
     let left = inputs.length;
-    let evaluated = 0;
     try {
       const vectors: Float32Array[] = [];
-      for (const [index, input] of inputs.entries()) {
-        const tokens = [...input] as Token[];
-        const length = this.context.calculateInputLength(tokens);
-        const { vector } = await this.context.getEmbeddingFor(tokens).catch((err: unknown) => {
-          if (/longer than the usable context size/.test((err as Error).message)) {
-            throw new FlockError("context_length_exceeded", `This model's maximum context length is ${this.contextSize} tokens. However, input ${index} has ${length} tokens. Please reduce the length of the input.`, "input");
-          }
-          throw err;
-        });
-        evaluated += length;
+      for (const input of inputs) {
+        const { vector } = await this.context.getEmbeddingFor([...input] as Token[]);
         vectors.push(normalized(vector));
         left--;
         this.pending--;
       }
-      return { vectors, tokens: evaluated };
+      return { vectors, tokens: lengths.reduce((n, length) => n + length, 0) };
     } finally {
       this.pending -= left;
     }

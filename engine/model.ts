@@ -214,9 +214,7 @@ export class LoadedModel {
 
   /** Tokenizes user text; special-token text in it stays plain text. Adds BOS as the model wants. */
   tokenizePrompt(text: string): number[] {
-    const tokens = this.weights.tokenize(text, false);
-    const bos = this.weights.tokens.bos;
-    return this.weights.tokens.shouldPrependBosToken && bos !== null ? [bos, ...tokens] : tokens;
+    return this.tokenize(text, { addSpecial: true, parseSpecial: false });
   }
 
   /**

@@ -53,10 +53,16 @@ export function speculativeOverrides(body: CommonRequest, pipeline: Pipeline): S
 /** `flock.lookup`, checked against the pipeline: plain and speculative models speculate from the text. */
 export function lookupOverrides(body: CommonRequest, pipeline: Pipeline): LookupOverrides | undefined {
   const overrides = body[EXTENSION_KEY]?.lookup;
-  if (overrides?.enabled && (pipeline.kind === "fusion" || pipeline.kind === "routed")) {
-    throw new FlockError("unsupported", `model ${pipeline.id} is served with ${pipeline.kind === "fusion" ? "logit fusion" : "routed experts"}, which cannot speculate from the text; remove ${EXTENSION_KEY}.lookup`, `${EXTENSION_KEY}.lookup`);
-  }
+  if (overrides?.enabled) refuseTextProposals(pipeline, `${EXTENSION_KEY}.lookup`);
   return overrides;
+}
+
+/** Fused and routed models have no speculative verification: a prediction or lookup is refused, not ignored. */
+function refuseTextProposals(pipeline: Pipeline, param: string): void {
+  if (pipeline.kind === "fusion" || pipeline.kind === "routed") {
+    const how = pipeline.kind === "fusion" ? "logit fusion" : "routed experts";
+    throw new FlockError("unsupported", `model ${pipeline.id} is served with ${how}, which cannot verify proposed tokens; remove ${param}`, param);
+  }
 }
 
 /** `flock.fusion`, checked against the pipeline: only fused models take it, and only their experts. */
@@ -223,9 +229,7 @@ export function conversationChoices(
  */
 export function predictionTokens(prediction: { content: string | Array<{ text: string }> } | null | undefined, pipeline: Pipeline): number[] | undefined {
   if (!prediction) return undefined;
-  if (pipeline.kind === "fusion" || pipeline.kind === "routed") {
-    throw new FlockError("unsupported", `model ${pipeline.id} is served with ${pipeline.kind === "fusion" ? "logit fusion" : "routed experts"}, which cannot verify a prediction; remove prediction`, "prediction");
-  }
+  refuseTextProposals(pipeline, "prediction");
   const text = typeof prediction.content === "string" ? prediction.content : prediction.content.map((p) => p.text).join("");
   return pipeline.model.tokenize(text, { addSpecial: false, parseSpecial: false });
 }

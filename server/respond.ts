@@ -10,7 +10,7 @@ import type { Pipeline, PipelineRequest } from "../pipelines/pipeline.js";
 import { type AppEnv, shuttingDown } from "./context.js";
 import { HttpError, type OpenAIErrorBody, toOpenAIError } from "./errors.js";
 import { ChoiceAccumulator, type Usage, usageOf } from "./format.js";
-import { mergeChoices } from "./generation.js";
+import { mergeChoices, type PromptParam } from "./generation.js";
 import type { Logger } from "./logger.js";
 import type { FinishedReason, GenerationMetrics } from "./metrics.js";
 
@@ -43,6 +43,8 @@ export interface Generation {
   shape: ResponseShape;
   abort: AbortController;
   log: Logger;
+  /** The field the prompt came in (named by errors about its length). */
+  promptParam: PromptParam;
   /** Whether the end of a stream needs every token's logprobs (default: only non-streamed responses do). */
   streamKeepsLogprobs?: boolean;
 }
@@ -79,7 +81,7 @@ function admit(c: Context<AppEnv>, g: Generation): () => void {
   if (inflight.isDraining) throw shuttingDown();
   const longest = Math.max(...g.requests.map((r) => r.prompt.length));
   if (serving.maxPromptTokens !== null && longest > serving.maxPromptTokens) {
-    const param = c.req.path.endsWith("/chat/completions") ? "messages" : c.req.path.endsWith("/responses") ? "input" : "prompt";
+    const param = g.promptParam;
     throw new FlockError(
       "context_length_exceeded",
       `This server accepts at most ${serving.maxPromptTokens} prompt tokens. However, your ${param} resulted in ${longest} tokens. Please reduce the length of the ${param}.`,

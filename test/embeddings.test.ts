@@ -4,13 +4,11 @@
 // the same for a text and its token ids; generation and embedding models refuse each other's
 // endpoints.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
+import { forgedManifest, forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
 let t: TestServer;
 beforeAll(async () => {
-  const { readManifest } = await import("../forge/manifest.js");
-  const { inject } = await import("vitest");
-  const manifest = readManifest(inject("forgeDir"));
+  const manifest = forgedManifest();
   t = await startTestServer({
     models: [
       { id: "flock-demo", path: forgedPath(manifest.models["flock-demo"].file), parallel: 1 },

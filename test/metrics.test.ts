@@ -5,13 +5,11 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FUSION_ALPHA_BUCKETS, ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS } from "../server/metrics.js";
 import { dashboardMetrics, type Exposition, parseExposition, scrape, valueOf } from "./helpers/ops.js";
-import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
+import { forgedManifest, forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
 let t: TestServer;
 beforeAll(async () => {
-  const { readManifest } = await import("../forge/manifest.js");
-  const { inject } = await import("vitest");
-  const manifest = readManifest(inject("forgeDir"));
+  const manifest = forgedManifest();
   const demo = forgedPath(manifest.models["flock-demo"].file);
   t = await startTestServer({
     models: [

@@ -4,13 +4,11 @@
 // or without them — and usage reports how much of a prediction was accepted and rejected.
 import type OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
+import { forgedManifest, forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
 let t: TestServer;
 beforeAll(async () => {
-  const { readManifest } = await import("../forge/manifest.js");
-  const { inject } = await import("vitest");
-  const manifest = readManifest(inject("forgeDir"));
+  const manifest = forgedManifest();
   const demo = forgedPath(manifest.models["flock-demo"].file);
   t = await startTestServer({
     models: [

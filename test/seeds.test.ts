@@ -7,15 +7,13 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Manifest } from "../forge/manifest.js";
-import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
+import { forgedManifest, forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
 let t: TestServer;
 let manifest: Manifest;
 
 beforeAll(async () => {
-  const { readManifest } = await import("../forge/manifest.js");
-  const { inject } = await import("vitest");
-  manifest = readManifest(inject("forgeDir"));
+  manifest = forgedManifest();
   const demo = forgedPath(manifest.models["flock-demo"].file);
   const routingAdapters = Object.values(manifest.adapters).filter((a) => a.base === "flock-routing-base");
   t = await startTestServer({

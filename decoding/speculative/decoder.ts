@@ -171,7 +171,6 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
   // A Predicted Output (prediction.ts), else prompt lookup (lookup.ts), proposes instead of the draft.
   const predicted: TextProposer | null =
     request.prediction && request.prediction.length > 0 ? new PredictionAligner(request.prediction) : setup.lookup?.enabled ? new PromptLookup(setup.lookup) : null;
-  const proposalCap = request.prediction && request.prediction.length > 0 ? Infinity : (setup.lookup?.maxCandidates ?? Infinity);
   try {
     if (!predicted) {
       if (!draft) throw new Error("speculative decoding without a draft needs a prediction or prompt lookup");
@@ -202,7 +201,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const { candidates, draftDistributions, features, predictions } = !drafting
         ? nothing
         : predicted
-          ? { ...nothing, candidates: predicted.propose(all, Math.min(budget, proposalCap)) }
+          ? { ...nothing, candidates: predicted.propose(all, budget) }
           : await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, recent, detail, ends });
 
       // Verify: one target batch scores every candidate plus the position after them.

@@ -38,11 +38,12 @@ export type LookupOverrides = z.output<typeof LookupRequest>;
 
 /** Proposes the continuation of the latest earlier occurrence of the text's last tokens. */
 export class PromptLookup {
-  constructor(private readonly settings: Pick<LookupSettings, "minMatch" | "maxMatch">) {}
+  constructor(private readonly settings: Pick<LookupSettings, "minMatch" | "maxMatch" | "maxCandidates">) {}
 
-  /** Up to `max` tokens that followed the longest (then latest) earlier match of `text`'s suffix. */
+  /** Up to `max` (and maxCandidates) tokens that followed the longest (then latest) earlier match of `text`'s suffix. */
   propose(text: readonly number[], max: number): number[] {
     const { minMatch } = this.settings;
+    const take = Math.min(max, this.settings.maxCandidates);
     const maxMatch = Math.max(minMatch, this.settings.maxMatch);
     for (let n = Math.min(maxMatch, text.length - 1); n >= minMatch; n--) {
       const start = text.length - n;
@@ -50,7 +51,7 @@ export class PromptLookup {
       for (let i = start - 1; i >= 0; i--) {
         let match = true;
         for (let j = 0; j < n && match; j++) match = text[i + j] === text[start + j];
-        if (match) return text.slice(i + n, Math.min(i + n + max, text.length));
+        if (match) return text.slice(i + n, Math.min(i + n + take, text.length));
       }
     }
     return [];

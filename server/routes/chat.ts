@@ -73,6 +73,6 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         ...responseExtension(choices, extension),
       }),
     };
-    return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log") });
+    return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log"), promptParam: "messages" });
   });
 }

@@ -112,6 +112,6 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         ...responseExtension(choices, extension),
       }),
     };
-    return respond(c, { pipeline, requests, promptTokens, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log") });
+    return respond(c, { pipeline, requests, promptTokens, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log"), promptParam: "prompt" });
   });
 }

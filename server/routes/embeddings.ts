@@ -47,9 +47,6 @@ export function embeddingsRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     inputs.forEach((tokens, index) => {
       const outside = tokens.find((t) => t >= model.vocabularySize);
       if (outside !== undefined) throw new FlockError("invalid_request", `input ${index} holds token id ${outside}, outside the vocabulary (size ${model.vocabularySize})`, "input");
-      if (tokens.length >= model.contextSize) {
-        throw new FlockError("context_length_exceeded", `This model's maximum context length is ${model.contextSize} tokens. However, input ${index} has ${tokens.length} tokens. Please reduce the length of the input.`, "input");
-      }
     });
     const { vectors, tokens: promptTokens } = await model.embed(inputs);
     return c.json({

@@ -117,6 +117,6 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       },
     };
     // The closing events repeat the whole text's logprobs.
-    return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage: false, shape, abort, log: c.get("log"), streamKeepsLogprobs: logprobs });
+    return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage: false, shape, abort, log: c.get("log"), promptParam: "input", streamKeepsLogprobs: logprobs });
   });
 }

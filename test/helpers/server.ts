@@ -21,6 +21,11 @@ export function forgedPath(file: string): string {
   return join(inject("forgeDir"), file);
 }
 
+/** The manifest of the models the test run forged (before a server is started with them). */
+export function forgedManifest(): Manifest {
+  return readManifest(inject("forgeDir"));
+}
+
 export async function startTestServer(overrides: Partial<ServerConfigInput> = {}): Promise<TestServer> {
   const forgeDir = inject("forgeDir");
   const manifest = readManifest(forgeDir);

@@ -480,13 +480,15 @@ describe("Predicted Outputs: one-hot proposals from a prediction", () => {
   });
 
   it("prompt lookup proposes what followed the longest, then latest, earlier match", () => {
-    const lookup = new PromptLookup({ minMatch: 1, maxMatch: 3 });
+    const lookup = new PromptLookup({ minMatch: 1, maxMatch: 3, maxCandidates: 8 });
     // Suffix [5, 6]: its latest earlier occurrence (index 4) was followed by 9, 9.
     expect(lookup.propose([5, 6, 7, 8, 5, 6, 9, 9, 5, 6], 3)).toEqual([9, 9, 5]);
     // Longest first: [1, 2, 3] occurs once earlier, followed by 4 — preferred to a later [2, 3].
     expect(lookup.propose([1, 2, 3, 4, 0, 2, 3, 7, 1, 2, 3], 2)).toEqual([4, 0]);
     expect(lookup.propose([1, 2, 3], 4)).toEqual([]);
-    expect(new PromptLookup({ minMatch: 2, maxMatch: 4 }).propose([7, 1, 8, 1], 2)).toEqual([]);
+    expect(new PromptLookup({ minMatch: 2, maxMatch: 4, maxCandidates: 8 }).propose([7, 1, 8, 1], 2)).toEqual([]);
+    // maxCandidates bounds what the caller's budget allows.
+    expect(new PromptLookup({ minMatch: 1, maxMatch: 3, maxCandidates: 2 }).propose([5, 6, 7, 8, 5, 6, 9, 9, 5, 6], 3)).toEqual([9, 9]);
   });
 
   it("coupled verification: a seeded text is the target's own keyed draws, with any prediction", async () => {
