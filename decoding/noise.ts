@@ -8,7 +8,7 @@
 // proposes argmin_j E_i(j) / q_i(j) with the same noise is kept exactly when it equals the
 // target's own choice (coupled verification, speculative/verifier.ts).
 import { createRng, type Rng } from "./rng.js";
-import { argmax, samplingDistribution, type SamplingParams, sampleToken, softmaxInto } from "./sampler.js";
+import { argmax, drawFrom, largestLogits, samplingDistribution, type SamplingParams, sampleToken, softmaxInto } from "./sampler.js";
 
 /** murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit. */
 function mix32(x: number): number {
@@ -62,25 +62,44 @@ export class PositionNoise {
  * no logarithm. Ties go to the lowest token id.
  */
 function exponentialRace(weights: Float64Array, noise: PositionNoise): number {
-  let best = -1;
-  let bestRatio = Infinity;
+  const [best] = exponentialRaceOrder(weights, noise, 1);
+  if (best === undefined) throw new Error("every token has probability zero");
+  return best;
+}
+
+/**
+ * The `count` tokens with the smallest E(j) / w_j, smallest first (ties by token id): the race's
+ * winner, then the winner were it excluded, and so on. The pruning above, against the count-th
+ * best ratio so far.
+ */
+function exponentialRaceOrder(weights: Float64Array, noise: PositionNoise, count: number): number[] {
+  const tokens: number[] = [];
+  const ratios: number[] = [];
+  let bound = Infinity;
   for (let j = 0; j < weights.length; j++) {
     const w = weights[j];
     if (!(w > 0)) continue;
     const u = noise.uniform(j);
-    const x = w * bestRatio;
+    const x = w * bound;
     if (x < 1 && u <= 1 - x * (1 + 1e-9) - 1e-15) continue;
     const ratio = -Math.log(u) / w;
-    if (ratio < bestRatio) {
-      bestRatio = ratio;
-      best = j;
+    if (!(ratio < bound)) continue;
+    // After the equal ratios already kept: an earlier token wins a tie.
+    let at = ratios.length;
+    while (at > 0 && ratios[at - 1] > ratio) at--;
+    ratios.splice(at, 0, ratio);
+    tokens.splice(at, 0, j);
+    if (tokens.length > count) {
+      tokens.pop();
+      ratios.pop();
     }
+    if (tokens.length === count) bound = ratios[count - 1];
   }
-  if (best < 0) throw new Error("every token has probability zero");
-  return best;
+  return tokens;
 }
 
-const truncates = (params: SamplingParams, vocabulary: number) => (params.topK > 0 && params.topK < vocabulary) || params.topP < 1 || params.minP > 0;
+/** Whether top-k, top-p or min-p cut the distribution. */
+export const truncates = (params: SamplingParams, vocabulary: number) => (params.topK > 0 && params.topK < vocabulary) || params.topP < 1 || params.minP > 0;
 
 /**
  * The token keyed noise picks at one position from adjusted logits (after bias and penalties):
@@ -96,11 +115,28 @@ export function keyedSample(adjusted: Float32Array, params: SamplingParams, nois
   return exponentialRace(weights, noise);
 }
 
+/** keyedSample's winner and runners-up: the first `count` tokens of its race (logit order at T = 0). */
+export function keyedOrder(adjusted: Float32Array, params: SamplingParams, noise: PositionNoise, count: number): number[] {
+  if (params.temperature === 0) return largestLogits(adjusted, count);
+  if (truncates(params, adjusted.length)) return exponentialRaceOrder(samplingDistribution(adjusted, params), noise, count);
+  const weights = new Float64Array(adjusted.length);
+  softmaxInto(adjusted, params.temperature, weights);
+  return exponentialRaceOrder(weights, noise, count);
+}
+
 /** How one choice draws its tokens: keyed noise (seeded requests) or a sequential RNG. */
 export interface TokenDraws {
   readonly keyed: boolean;
   /** The token at absolute position `position` (its index in prompt + output), from adjusted logits. */
   sample(adjusted: Float32Array, params: SamplingParams, position: number): number;
+  /**
+   * Up to `count` tokens such that the first of them in any allowed set A is an exact draw from
+   * the distribution restricted to A (when one is in A): with keyed noise or at temperature 0,
+   * the draw's own order (the winner, then the winner were it excluded, …), so the first allowed
+   * is what `sample` gives on logits masked to A; with a sequential RNG, independent draws
+   * (rejection sampling). Constrained decoding (constraint.ts) reads them.
+   */
+  ranked(adjusted: Float32Array, params: SamplingParams, position: number, count: number): number[];
   /** The choice's sequential RNG (rejection sampling's uniforms; unused with keyed noise). */
   readonly rng: Rng;
 }
@@ -112,8 +148,24 @@ export interface TokenDraws {
 export function tokenDraws(request: { seed: number; choice?: number; keyedNoise?: boolean }): TokenDraws {
   const choice = request.choice ?? 0;
   const rng = createRng((request.seed + choice) >>> 0);
-  if (!request.keyedNoise) return { keyed: false, rng, sample: (adjusted, params) => sampleToken(adjusted, params, rng) };
+  if (!request.keyedNoise) {
+    return {
+      keyed: false,
+      rng,
+      sample: (adjusted, params) => sampleToken(adjusted, params, rng),
+      ranked: (adjusted, params, _position, count) => {
+        if (params.temperature === 0) return largestLogits(adjusted, count);
+        const probs = samplingDistribution(adjusted, params);
+        return Array.from({ length: count }, () => drawFrom(probs, rng));
+      },
+    };
+  }
   const key = { seed: request.seed, choice };
   const noiseAt = (position: number) => new PositionNoise(positionKey(key, position));
-  return { keyed: true, rng, sample: (adjusted, params, position) => keyedSample(adjusted, params, noiseAt(position)) };
+  return {
+    keyed: true,
+    rng,
+    sample: (adjusted, params, position) => keyedSample(adjusted, params, noiseAt(position)),
+    ranked: (adjusted, params, position, count) => keyedOrder(adjusted, params, noiseAt(position), count),
+  };
 }

@@ -1,4 +1,5 @@
 // The plain autoregressive decoder: one model, one token per step.
+import { constrainedDraw } from "./constraint.js";
 import { TokenHistory } from "./history.js";
 import { tokenDraws } from "./noise.js";
 import { OutputAssembler } from "./output.js";
@@ -27,6 +28,7 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     const output = new OutputAssembler(model, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const history = TokenHistory.after(request.prompt);
+    const constraint = request.constraint?.clone();
     // With an observer, every step also reads what the engine reports about its position.
     const observe = request.observePosition;
     const evaluate = async (tokens: readonly number[]): Promise<Float32Array> => {
@@ -41,9 +43,12 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     for (let generated = 1; ; generated++) {
       if (request.signal?.aborted) return;
       // The token's position in prompt + output keys its noise.
-      const token = draws.sample(adjustLogits(logits, request.sampling, history), request.sampling, request.prompt.length + generated - 1);
+      const position = request.prompt.length + generated - 1;
+      const adjusted = adjustLogits(logits, request.sampling, history);
+      const token = constraint ? constrainedDraw(adjusted, request.sampling, constraint, draws, position) : draws.sample(adjusted, request.sampling, position);
       history.push(token);
       const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);
+      if (!endOfGeneration) constraint?.accept(token);
       const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
       const limitReached = generated >= request.maxTokens || seq.length + 1 > seq.contextSize;
       const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached });

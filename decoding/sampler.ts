@@ -165,7 +165,7 @@ export function topKDistribution(logits: Float32Array, params: SamplingParams, c
  * A large k sorts instead: only the tokens at or above the k-th largest logit, found by
  * selection.
  */
-function largestLogits(logits: Float32Array, k: number): number[] {
+export function largestLogits(logits: Float32Array, k: number): number[] {
   if (k > 256) {
     const finite: number[] = [];
     for (let i = 0; i < logits.length; i++) if (logits[i] > -Infinity) finite.push(i);

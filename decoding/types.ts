@@ -1,5 +1,6 @@
 // What decoders consume and produce. Steps flow as an AsyncGenerator<DecodeStep> to server/,
 // which only formats them.
+import type { TokenConstraint } from "./constraint.js";
 import type { LookupOverrides } from "./speculative/lookup.js";
 import type { RoutingTrace } from "../engine/native.js";
 import type { KvSequence } from "../engine/sequence.js";
@@ -51,6 +52,11 @@ export interface GenerationRequest {
   lookup?: LookupOverrides;
   /** Predicted Outputs: tokens the answer is expected to repeat, proposed for verification. */
   prediction?: readonly number[];
+  /**
+   * The grammar the output is held to (response_format, tools, grammar), at its start; decoders
+   * clone it, so the choices of one request can share it.
+   */
+  constraint?: TokenConstraint;
   /** Per-request fusion settings (ignored by pipelines without fusion). */
   fusion?: FusionOverrides;
   /**

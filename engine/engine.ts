@@ -6,7 +6,7 @@ import { adapterMismatch, baseShapesOf, readAdapterHeader } from "./adapter-chec
 import { EmbeddingModel } from "./embedding.js";
 import { FlockError } from "./errors.js";
 import { type Capabilities, LoadedModel, type ModelLoadOptions } from "./model.js";
-import { hasFlockAddon, hasWeightCheck, installSamplingKernels, type RoutedLoraConfig } from "./native.js";
+import { grammarKernels, hasFlockAddon, hasWeightCheck, installSamplingKernels, type RoutedLoraConfig } from "./native.js";
 import { checkWeights } from "./weight-check.js";
 
 export type GpuSetting = "auto" | "off" | "cuda" | "vulkan" | "metal";
@@ -59,7 +59,7 @@ export class Engine {
     });
     const addon = hasFlockAddon(llama);
     const nativeSampling = installSamplingKernels(llama);
-    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon, nativeSampling });
+    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon, nativeSampling, grammar: grammarKernels(llama) !== undefined });
   }
 
   /**

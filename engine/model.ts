@@ -3,7 +3,8 @@
 import { type LlamaContext, type LlamaContextSequence, type LlamaModel, type Token } from "node-llama-cpp";
 import { type ChatMessage, ChatTemplate, type RenderedPrompt, type TemplateKwargs } from "./chat-template.js";
 import { FlockError } from "./errors.js";
-import { enableRawLogits, type FusionGridKernel, fusionGridKernel, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
+import { GrammarCompiler } from "./grammar.js";
+import { enableRawLogits, type FusionGridKernel, fusionGridKernel, grammarKernels, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
 import { EngineSequence } from "./sequence.js";
 
 export type { ChatMessage, RenderedPrompt } from "./chat-template.js";
@@ -27,6 +28,8 @@ export interface Capabilities {
   routedLora: boolean;
   /** The samplers' per-position math (softmax) in the addon instead of TypeScript. */
   nativeSampling: boolean;
+  /** Grammar masks and llama.cpp's JSON-schema converter (constrained decoding). */
+  grammar: boolean;
 }
 
 /** What loading one model takes: the config's model entry (pipelines/model-entry.ts) is one. */
@@ -56,6 +59,8 @@ export class LoadedModel {
   private retiring = false;
   /** Choices admitted by `admit` and not yet done (running or waiting). */
   private admitted = 0;
+  /** Compiles grammars for constrained decoding; null where the build lacks the grammar kernels. */
+  readonly grammars: GrammarCompiler | null;
   /** Told how long each acquisition waited for a sequence, in seconds (0 when one was idle). */
   onAcquire: ((waitedSeconds: number) => void) | null = null;
 
@@ -75,6 +80,8 @@ export class LoadedModel {
     for (let i = 0; i < parallel; i++) this.sequences.push(context.getSequence());
     this.free.push(...this.sequences);
     this.chatTemplate = new ChatTemplate(id, weights);
+    const kernels = grammarKernels(weights.llama);
+    this.grammars = kernels ? new GrammarCompiler(weights, kernels) : null;
   }
 
   static async create(

@@ -1,7 +1,7 @@
 // The only place that reaches into node-llama-cpp internals, to use flock's native addon
 // methods (engine/native/addon). With the prebuilt binary none of this is present, and the
 // engine falls back to node-llama-cpp's public probabilities path.
-import type { Llama, LlamaContext } from "node-llama-cpp";
+import type { Llama, LlamaContext, LlamaGrammarEvaluationState } from "node-llama-cpp";
 import { ADDON_FUNCTIONS, CONTEXT_METHODS } from "./native/surface.js";
 
 interface AddonContextWithFlock {
@@ -161,4 +161,43 @@ export function enableRawLogits(context: LlamaContext, options: { hiddenStates?:
   };
   // N-API methods are read-only on the prototype; an own property shadows it.
   Object.defineProperty(addon, "sampleToken", { value: withRawLogits });
+}
+
+/**
+ * Grammar-constrained decoding's native half (AddonFlock.cpp and node-llama-cpp's grammar
+ * sampler), on a node-llama-cpp grammar evaluation state; engine/grammar.ts wraps it.
+ */
+export interface GrammarKernels {
+  /** Whether the state's grammar parsed. */
+  valid(state: LlamaGrammarEvaluationState): boolean;
+  /** Sets the logits of the tokens the state forbids to −Infinity, in place; returns how many stay. */
+  mask(state: LlamaGrammarEvaluationState, logits: Float32Array): number;
+  /** Whether `token` may come next. */
+  allows(state: LlamaGrammarEvaluationState, token: number): boolean;
+  /** Advances the state past `token`. */
+  accept(state: LlamaGrammarEvaluationState, token: number): void;
+  /** llama.cpp's JSON-schema-to-GBNF converter; throws with its reasons. */
+  jsonSchemaToGrammar(schema: string): string;
+}
+
+interface AddonSamplerStatics {
+  canBeNextTokenForGrammarEvaluationState(state: unknown, token: number): boolean;
+  acceptGrammarEvaluationStateToken(state: unknown, token: number): void;
+}
+
+/** The grammar kernels, where the loaded binary has flock's functions. */
+export function grammarKernels(llama: Llama): GrammarKernels | undefined {
+  const valid = addonFunction(llama, "flockGrammarValid") as ((state: unknown) => boolean) | undefined;
+  const mask = addonFunction(llama, "flockGrammarMask") as ((state: unknown, logits: Float32Array) => number) | undefined;
+  const convert = addonFunction(llama, "flockJsonSchemaToGrammar") as ((schema: string) => string) | undefined;
+  const sampler = (llama as unknown as { _bindings: { AddonSampler: AddonSamplerStatics } })._bindings.AddonSampler;
+  if (typeof valid !== "function" || typeof mask !== "function" || typeof convert !== "function") return undefined;
+  const addonState = (state: LlamaGrammarEvaluationState) => (state as unknown as { _state: unknown })._state;
+  return {
+    valid: (state) => valid(addonState(state)),
+    mask: (state, logits) => mask(addonState(state), logits),
+    allows: (state, token) => sampler.canBeNextTokenForGrammarEvaluationState(addonState(state), token),
+    accept: (state, token) => sampler.acceptGrammarEvaluationStateToken(addonState(state), token),
+    jsonSchemaToGrammar: (schema) => convert(schema),
+  };
 }

@@ -12,6 +12,7 @@ import { FlockError } from "../engine/errors.js";
 import type { RenderedPrompt } from "../engine/model.js";
 import type { Pipeline, PipelineRequest } from "../pipelines/pipeline.js";
 import type { ChoiceAccumulator, ExtensionOptions } from "./format.js";
+import { outputConstraint } from "./output-format.js";
 import { type ChatCompletionRequest, type CompletionRequest, EXTENSION_KEY, type ResponsesRequest } from "./schemas.js";
 
 export interface Limits {
@@ -217,6 +218,7 @@ export function conversationChoices(
       fusion: fusionOverrides(body, pipeline),
       routing: routingOverrides(body, pipeline),
       lookup: lookupOverrides(body, pipeline),
+      constraint: outputConstraint(body, pipeline),
       ...(options.prediction ? { prediction: options.prediction } : {}),
     },
     body.seed,

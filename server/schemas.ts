@@ -7,6 +7,7 @@ import { FusionRequest } from "../decoding/fusion/config.js";
 import { SpeculativeRequest } from "../decoding/speculative/config.js";
 import { LookupRequest } from "../decoding/speculative/lookup.js";
 import { RoutingRequest } from "../experts/config.js";
+import { ResponseFormat, TextFormat } from "./output-format.js";
 
 /** Project extensions live under this one key of a request and a response. */
 export const EXTENSION_KEY = "flock";
@@ -64,6 +65,8 @@ const common = {
   frequency_penalty: z.number().min(-2).max(2).nullish(),
   logit_bias: LogitBias,
   seed: z.int().nullish(),
+  /** llama-server's: a GBNF grammar the output is held to. */
+  grammar: z.string().nullish(),
   [EXTENSION_KEY]: FlockExtension.optional(),
 };
 
@@ -113,7 +116,7 @@ export const ChatCompletionRequest = z.object({
   logprobs: z.boolean().nullish(),
   top_logprobs: z.int().min(0).max(20).nullish(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
-  response_format: refusedWhen(z.looseObject({ type: z.string() }), (f) => f.type !== "text", 'only response_format {"type": "text"} is supported'),
+  response_format: ResponseFormat.nullish(),
   tools: refusedWhen(z.array(z.unknown()), (tools) => tools.length > 0, "tools (function calling) are not supported yet"),
   tool_choice: refusedWhen(NoCall, calls, 'tool_choice must be "none" or "auto": tools are not supported yet'),
   functions: refusedWhen(z.array(z.unknown()), (functions) => functions.length > 0, "functions (function calling) are not supported"),
@@ -136,6 +139,7 @@ export const CompletionRequest = z.object({
   max_tokens: z.int().min(1).nullish(),
   logprobs: z.int().min(0).max(20).nullish(),
   echo: z.boolean().nullish(),
+  response_format: ResponseFormat.nullish(),
   best_of: z.int().min(1).nullish(),
   suffix: refusedWhen(z.string(), (suffix) => suffix.length > 0, "suffix (text insertion) is not supported"),
 });
@@ -172,11 +176,7 @@ export const ResponsesRequest = z.object({
   max_output_tokens: z.int().min(1).nullish(),
   top_logprobs: z.int().min(0).max(20).nullish(),
   include: z.array(z.string()).nullish(),
-  text: z
-    .looseObject({
-      format: refusedWhen(z.looseObject({ type: z.string() }), (f) => f.type !== "text", 'only text.format {"type": "text"} is supported'),
-    })
-    .nullish(),
+  text: z.looseObject({ format: TextFormat.nullish() }).nullish(),
   previous_response_id: refusedWhen(z.string(), () => true, "this server does not store responses: send the whole conversation as input"),
   conversation: refusedAlways("this server does not store conversations: send the whole conversation as input"),
   background: refusedWhen(z.boolean(), (b) => b, "background responses are not supported"),

@@ -194,7 +194,6 @@ describe("honoured top-level sampling fields", () => {
 describe("refused fields", () => {
   const chat = { model: "flock-demo", messages: [{ role: "user", content: "hi" }] };
   const refusals: Array<[string, "chat" | "completions" | "responses", Record<string, unknown>]> = [
-    ["response_format", "chat", { response_format: { type: "json_object" } }],
     ["tools", "chat", { tools: [{ type: "function", function: { name: "f" } }] }],
     ["tool_choice", "chat", { tool_choice: "required" }],
     ["functions", "chat", { functions: [{ name: "f" }] }],
@@ -203,7 +202,6 @@ describe("refused fields", () => {
     ["audio", "chat", { audio: { voice: "alloy", format: "wav" } }],
     ["web_search_options", "chat", { web_search_options: {} }],
     ["suffix", "completions", { suffix: "end" }],
-    ["text", "responses", { text: { format: { type: "json_schema", name: "x", schema: {} } } }],
     ["n", "responses", { n: 3 }],
     ["previous_response_id", "responses", { previous_response_id: "resp_1" }],
     ["conversation", "responses", { conversation: { id: "conv_1" } }],

@@ -118,7 +118,6 @@ describe("what /v1/responses refuses", () => {
     [{ prompt: { id: "pmpt_1" } }, "prompt"],
     [{ tools: [{ type: "web_search" }] }, "tools"],
     [{ tool_choice: "required" }, "tool_choice"],
-    [{ text: { format: { type: "json_object" } } }, "text.format"],
     [{ n: 2 }, "n"],
     [{ input: [{ type: "function_call_output", call_id: "c", output: "{}" }] }, "input[0]"],
     [{ input: [{ role: "user", content: [{ type: "input_image", image_url: "data:," }] }] }, "input[0].content[0]"],

@@ -6,6 +6,7 @@ import { tokenDraws } from "../noise.js";
 import type { KvSequence } from "../../engine/sequence.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
+import { constrainedDraw } from "../constraint.js";
 import { adjustLogits } from "../sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest } from "../types.js";
 import { fuseLogits, solveFusion } from "./solver.js";
@@ -74,6 +75,7 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
     const output = new OutputAssembler(setup.strong, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const history = TokenHistory.after(request.prompt);
+    const constraint = request.constraint?.clone();
     let logits = await Promise.all(sequences.map((seq) => seq.prefill(request.prompt)));
     const stats = setup.stats;
     const contextSize = Math.min(...sequences.map((s) => s.contextSize));
@@ -85,13 +87,17 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
       const choice = chooseFusion(settings, strong, base, expertLogits);
       stats.solveMs += performance.now() - solveStarted;
       const fused = fuseLogits(strong, base, choice.active.map(({ index, alpha }) => ({ logits: expertLogits[index], alpha })));
-      const token = draws.sample(adjustLogits(fused, request.sampling, history), request.sampling, request.prompt.length + generated - 1);
+      const position = request.prompt.length + generated - 1;
+      const adjusted = adjustLogits(fused, request.sampling, history);
+      // The grammar masks the fused distribution; α is chosen on the unconstrained ones.
+      const token = constraint ? constrainedDraw(adjusted, request.sampling, constraint, draws, position) : draws.sample(adjusted, request.sampling, position);
       history.push(token);
       const expertName =
         choice.expert >= 0 ? experts[choice.expert].name : choice.active.length > 0 ? choice.active.map(({ index }) => experts[index].name).join("+") : null;
       stats.record(expertName, choice.alpha);
       const fusion = { expert: expertName, alpha: choice.alpha };
       const endOfGeneration = setup.strong.isEndOfGeneration(token) || stopTokens.has(token);
+      if (!endOfGeneration) constraint?.accept(token);
       const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(setup.strong, fused, token, request.topLogprobs);
       const limitReached = generated >= request.maxTokens || sequences[0].length + 1 > contextSize;
       const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached });

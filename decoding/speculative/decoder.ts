@@ -8,6 +8,7 @@
 //   from the last committed token on;
 // - the draft's cache likewise holds a prefix of `all` (plus candidates from the last round,
 //   rolled back to what was accepted); each round it catches up, then drafts.
+import { constrainedDraw, type TokenConstraint } from "../constraint.js";
 import { TokenHistory } from "../history.js";
 import type { KvSequence } from "../../engine/sequence.js";
 import type { Rng } from "../rng.js";
@@ -93,6 +94,11 @@ interface DraftedRound {
   features: DraftFeatures[];
   /** P̂ of each candidate, kept only for detail. */
   predictions: Array<number | undefined>;
+  /**
+   * Constrained requests: the grammar's state before each candidate and after the last (the
+   * one before it again when the last ends the generation: nothing follows it).
+   */
+  states?: TokenConstraint[];
 }
 
 /**
@@ -113,10 +119,12 @@ async function draftRound(round: {
   recent: number;
   detail: boolean;
   ends: (token: number) => boolean;
+  /** The committed grammar state of a constrained request: candidates are drawn masked. */
+  constraint?: TokenConstraint;
 }): Promise<DraftedRound> {
   const { setup, seq, all, params, draws, budget } = round;
   const { policy, predictor, stats, costs } = setup;
-  const drafted: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [] };
+  const drafted: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [], ...(round.constraint && { states: [round.constraint] }) };
   policy.begin();
   const draftHistory = round.history.clone();
   // A predictor that reads hidden states gets the one that produced each candidate, and if it
@@ -137,6 +145,7 @@ async function draftRound(round: {
   };
   for (let k = 1; k <= budget; k++) {
     const adjusted = adjustLogits(draftLogits, params, draftHistory);
+    drafted.states?.[k - 1].mask(adjusted);
     const q = samplingDistribution(adjusted, params);
     // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
     const judged = params.temperature === 0 ? softmax(adjusted) : q;
@@ -157,10 +166,38 @@ async function draftRound(round: {
     drafted.features.push(f);
     if (round.detail) drafted.predictions.push(policy.lastPrediction);
     draftHistory.push(y);
+    if (drafted.states) drafted.states.push(round.ends(y) ? drafted.states[k - 1] : advanced(drafted.states[k - 1], y));
     if (decision === "stop" || k === budget || round.ends(y)) break;
     ({ logits: draftLogits, hidden: draftHidden } = next ?? (await timedStep(y)));
   }
   return drafted;
+}
+
+/** A copy of `state` advanced past `token`. */
+function advanced(state: TokenConstraint, token: number): TokenConstraint {
+  const next = state.clone();
+  next.accept(token);
+  return next;
+}
+
+/**
+ * Text proposals under a grammar: the candidates up to the first the grammar forbids (it could
+ * only be rejected), with the grammar's state before each and after the last.
+ */
+function constrainProposals(candidates: readonly number[], state: TokenConstraint, ends: (token: number) => boolean): { candidates: number[]; states: TokenConstraint[] } {
+  const states = [state];
+  const kept: number[] = [];
+  for (const y of candidates) {
+    const before = states[states.length - 1];
+    if (!before.allows(y)) break;
+    kept.push(y);
+    if (ends(y)) {
+      states.push(before);
+      break;
+    }
+    states.push(advanced(before, y));
+  }
+  return { candidates: kept, states };
 }
 
 export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
@@ -183,6 +220,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     const stopTokens = new Set(request.stopTokens);
     const ends = (token: number) => target.isEndOfGeneration(token) || stopTokens.has(token);
     const history = TokenHistory.after(request.prompt);
+    let constraint = request.constraint?.clone();
     const all = [...request.prompt];
     const contextSize = Math.min(targetSeq.contextSize, draftSeq?.contextSize ?? Infinity);
     let generated = 0;
@@ -198,18 +236,19 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const budget = Math.max(0, Math.min(setup.maxCandidates, request.maxTokens - generated - 1, contextSize - all.length));
       const drafting = budget > 0 && (predicted !== null || policy.skipRound?.() !== true);
       const nothing: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [] };
-      const { candidates, draftDistributions, features, predictions } = !drafting
-        ? nothing
+      const proposed = (candidates: number[]): DraftedRound => (constraint ? { ...nothing, ...constrainProposals(candidates, constraint, ends) } : { ...nothing, candidates });
+      const { candidates, draftDistributions, features, predictions, states } = !drafting
+        ? { ...nothing, ...(constraint && { states: [constraint] }) }
         : predicted
-          ? { ...nothing, candidates: predicted.propose(all, budget) }
-          : await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, recent, detail, ends });
+          ? proposed(predicted.propose(all, budget))
+          : await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, recent, detail, ends, constraint });
 
       // Verify: one target batch scores every candidate plus the position after them.
       const passStarted = performance.now();
       const { logits: targetLogits, evaluated } = await catchUp(targetSeq, all, candidates);
       costs.observeTargetPass(evaluated, performance.now() - passStarted);
       const proposals = predicted ? candidates.map((y) => oneHot(targetLogits[0].length, y)) : draftDistributions;
-      const verdict = judge(targetLogits, candidates, proposals, history, params, coupled ? { keyed: (adjusted, i) => draws.sample(adjusted, params, all.length + i) } : { rng: draws.rng });
+      const verdict = judge(targetLogits, candidates, proposals, history, params, states, coupled ? { keyed: draws, position: all.length } : { rng: draws.rng });
       features.forEach((f, i) => {
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
@@ -221,6 +260,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       // Emit the accepted tokens and the recovered/bonus one, ending early on EOS, a stop
       // sequence or max_tokens.
       const emitted = [...candidates.slice(0, verdict.accepted), verdict.next];
+      if (states && !ends(verdict.next)) constraint = advanced(states[verdict.accepted], verdict.next);
       const origins: TokenOrigin[] = [...Array<TokenOrigin>(verdict.accepted).fill("accepted"), verdict.nextKind];
       const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, accepted: verdict.accepted, origins: [], verification } };
       const details = detail ? roundDetail(target, all, candidates, verdict.accepted, origins, features, verdict.acceptanceProbabilities, predictions, round) : undefined;
@@ -256,7 +296,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
 /**
  * Verifies one round from the target's logits at each candidate position and the one after:
  * position i's distribution (or keyed draw) sees the penalties of the candidates before it.
- * `keyedDraw` (coupled mode) is the target's keyed draw at candidate position i; without it,
+ * `keyed` (coupled mode) draws the target's keyed token at each candidate position; without it,
  * rejection sampling with `rng`.
  */
 function judge(
@@ -265,7 +305,8 @@ function judge(
   draftDistributions: readonly Float64Array[],
   committed: TokenHistory,
   sampling: SamplingParams,
-  draw: { keyed: (adjusted: Float32Array, i: number) => number } | { rng: Rng },
+  states: readonly TokenConstraint[] | undefined,
+  draw: { keyed: TokenDraws; position: number } | { rng: Rng },
 ): Verification {
   const targetHistory = committed.clone();
   const adjustedAt = (i: number) => {
@@ -273,8 +314,18 @@ function judge(
     if (i < candidates.length) targetHistory.push(candidates[i]);
     return adjusted;
   };
-  if ("keyed" in draw) return verifyCoupled(candidates, targetLogits.map((_, i) => draw.keyed(adjustedAt(i), i)));
-  const targetDistributions = targetLogits.map((_, i) => samplingDistribution(adjustedAt(i), sampling));
+  if ("keyed" in draw) {
+    // The target's keyed draw at each candidate position (masked, under a grammar).
+    const at = (i: number) => draw.position + i;
+    const keyedAt = (i: number) => (states ? constrainedDraw(adjustedAt(i), sampling, states[i], draw.keyed, at(i)) : draw.keyed.sample(adjustedAt(i), sampling, at(i)));
+    return verifyCoupled(candidates, targetLogits.map((_, i) => keyedAt(i)));
+  }
+  const maskedAt = (i: number) => {
+    const adjusted = adjustedAt(i);
+    states?.[i].mask(adjusted);
+    return adjusted;
+  };
+  const targetDistributions = targetLogits.map((_, i) => samplingDistribution(maskedAt(i), sampling));
   return verify(candidates, draftDistributions, targetDistributions, draw.rng);
 }
 

@@ -5,6 +5,7 @@ import type { PipelineRequest } from "../../pipelines/pipeline.js";
 import { chunkFor, completionId, completionLogprobs, nowSeconds, responseExtension, streamedStep } from "../format.js";
 import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions, lookupOverrides } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
+import { outputConstraint } from "../output-format.js";
 import { CompletionRequest } from "../schemas.js";
 import { parseRequest } from "../validation.js";
 import type { AppEnv, ServerContext } from "../context.js";
@@ -35,6 +36,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const vocabularySize = pipeline.model.vocabularySize;
     const abort = new AbortController();
     const sampling = samplingParams(body, pipeline);
+    const constraint = outputConstraint(body, pipeline);
     const stops = stopSequences(body);
 
     // Choice index = prompt index * n + i, as OpenAI numbers batched prompts.
@@ -66,6 +68,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           fusion: fusionOverrides(body, pipeline),
           routing: routingOverrides(body, pipeline),
           lookup: lookupOverrides(body, pipeline),
+          constraint,
         },
         body.seed,
         p * n,

@@ -31,6 +31,7 @@ import { type AcceptancePredictor, expectedOverTop } from "../../decoding/specul
 import { SpeculativeStats } from "../../decoding/speculative/stats.js";
 import type { VerificationMode } from "../../decoding/speculative/verifier.js";
 import type { GenerationRequest } from "../../decoding/types.js";
+import type { TokenConstraint } from "../../decoding/constraint.js";
 import type { KvSequence } from "../../engine/sequence.js";
 import { createRng, type Rng } from "../../decoding/rng.js";
 import { goodnessOfFit } from "../helpers/goodness.js";
@@ -503,5 +504,131 @@ describe("Predicted Outputs: one-hot proposals from a prediction", () => {
       expect(spec.slice(0, 8), `seed ${seed}`).toEqual(plain);
     }
     expect(seen.rejections).toBeGreaterThan(500);
+  });
+});
+
+describe("constrained decoding: the grammar's mask on target and draft alike", () => {
+  /**
+   * A grammar over the three tokens whose allowed set depends on the state (the last token),
+   * so a state not rolled back to the accepted prefix masks the wrong tokens: after 0 token 2
+   * is forbidden, after 1 token 1; after 2 anything goes.
+   */
+  const FORBIDDEN_AFTER = [2, 1, -1];
+  const calls = { masks: 0, allows: 0 };
+  class LastTokenGrammar implements TokenConstraint {
+    constructor(private last: number) {}
+    allows(token: number): boolean {
+      calls.allows++;
+      return token !== FORBIDDEN_AFTER[this.last];
+    }
+    mask(logits: Float32Array): void {
+      calls.masks++;
+      if (FORBIDDEN_AFTER[this.last] >= 0) logits[FORBIDDEN_AFTER[this.last]] = -Infinity;
+    }
+    accept(token: number): void {
+      if (!this.allows(token)) throw new Error(`token ${token} is not allowed after ${this.last}`);
+      this.last = token;
+    }
+    clone(): TokenConstraint {
+      return new LastTokenGrammar(this.last);
+    }
+  }
+  const constrained = (sampling: SamplingParams, seed: number, extra: Partial<GenerationRequest> = {}) =>
+    request(sampling, seed, { constraint: new LastTokenGrammar(PROMPT[PROMPT.length - 1]), ...extra });
+  /** The target's exact masked distribution of the next token after `history`. */
+  function exactConstrained(history: readonly number[], sampling: SamplingParams): Float64Array {
+    const last = history.length > 0 ? history[history.length - 1] : PROMPT[PROMPT.length - 1];
+    const adjusted = adjustLogits(Float32Array.from(TARGET[last], Math.log), sampling, TokenHistory.of(PROMPT, history));
+    if (FORBIDDEN_AFTER[last] >= 0) adjusted[FORBIDDEN_AFTER[last]] = -Infinity;
+    return samplingDistribution(adjusted, sampling);
+  }
+  const obeys = (tokens: readonly number[]) => tokens.every((t, i) => t !== FORBIDDEN_AFTER[i === 0 ? PROMPT[PROMPT.length - 1] : tokens[i - 1]]);
+  const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
+  const samplings: Array<[string, SamplingParams]> = [
+    ["T = 1", DEFAULT_SAMPLING],
+    ["T = 0.8, top_p 0.9, penalties", { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 }],
+  ];
+
+  it.for(samplings)("%s, rejection sampling: the first three tokens follow the masked target (chi-square over 10^5 decodes)", async ([, sampling]) => {
+    const policy = POLICIES[3];
+    const costs = await cpuLikeCosts();
+    const seen = exercised();
+    const counts = [0, 1, 2].map(() => Array<number>(V).fill(0));
+    const paths = new Map<string, number>();
+    for (let seed = 0; seed < 100_000; seed++) {
+      const tokens = await firstTokens(counting(policy.make(costs), seen, () => 1), policy.predictor, costs, constrained(sampling, seed), "rejection", 3, seen, () => 1);
+      expect(obeys(tokens), `seed ${seed}: ${tokens}`).toBe(true);
+      tokens.slice(0, 3).forEach((t, i) => counts[i][t]++);
+      const key = tokens.slice(0, 2).join(",");
+      paths.set(key, (paths.get(key) ?? 0) + 1);
+    }
+    expect(fits(counts[0], exactConstrained([], sampling))).toBeGreaterThan(1e-4);
+    const second = new Float64Array(V);
+    const third = new Float64Array(V);
+    exactConstrained([], sampling).forEach((p, t) =>
+      exactConstrained([t], sampling).forEach((q, u) => {
+        second[u] += p * q;
+        exactConstrained([t, u], sampling).forEach((r, w) => (third[w] += p * q * r));
+      }),
+    );
+    expect(fits(counts[1], second)).toBeGreaterThan(1e-4);
+    expect(fits(counts[2], third)).toBeGreaterThan(1e-4);
+    // The mask changed something (the unconstrained second token differs), rounds rejected.
+    expect(totalVariation(second, exactSecond(sampling))).toBeGreaterThan(0.05);
+    expect(seen.rejections).toBeGreaterThan(100_000 / 20);
+    expect(seen.lengths.size).toBeGreaterThan(1);
+  });
+
+  it.for(samplings)("%s, coupled: the text is constrained plain decoding's, token for token", async ([, sampling]) => {
+    const policy = POLICIES[2];
+    const costs = await cpuLikeCosts();
+    const seen = exercised();
+    let plainMasks = 0;
+    for (let seed = 0; seed < 2000; seed++) {
+      const req = constrained(sampling, seed, { keyedNoise: true, choice: seed % 3 });
+      const plain: number[] = [];
+      const before = calls.masks;
+      for await (const step of plainDecode(target, req)) plain.push(...step.tokens);
+      plainMasks += calls.masks - before;
+      expect(obeys(plain)).toBe(true);
+      const spec = await firstTokens(counting(policy.make(costs), seen, () => 1), policy.predictor, costs, req, "coupled", 8, seen, () => 1);
+      expect(spec.slice(0, 8), `seed ${seed}`).toEqual(plain);
+    }
+    expectExercised(policy, seen, 2000);
+    // Without truncation the draw's ranking covers all three tokens: plain decoding never masks;
+    // with top-p the mask comes first, at every position.
+    if (sampling.topP === 1) expect(plainMasks).toBe(0);
+    else expect(plainMasks).toBeGreaterThanOrEqual(2000 * 8);
+  });
+
+  it("plain decoding's first two tokens follow the masked target (chi-square over 10^5 decodes, sequential draws)", async () => {
+    const first = Array<number>(V).fill(0);
+    const second = Array<number>(V).fill(0);
+    for (let seed = 0; seed < 100_000; seed++) {
+      const tokens: number[] = [];
+      for await (const step of plainDecode(target, constrained(DEFAULT_SAMPLING, seed, { maxTokens: 2 }))) tokens.push(...step.tokens);
+      first[tokens[0]]++;
+      second[tokens[1]]++;
+    }
+    const exactSecondConstrained = new Float64Array(V);
+    exactConstrained([], DEFAULT_SAMPLING).forEach((p, t) => exactConstrained([t], DEFAULT_SAMPLING).forEach((q, u) => (exactSecondConstrained[u] += p * q)));
+    expect(fits(first, exactConstrained([], DEFAULT_SAMPLING))).toBeGreaterThan(1e-4);
+    expect(fits(second, exactSecondConstrained)).toBeGreaterThan(1e-4);
+  });
+
+  it("a prediction the grammar forbids is cut where it strays; the text still follows the grammar", async () => {
+    const seen = exercised();
+    for (let seed = 0; seed < 500; seed++) {
+      const req = constrained(DEFAULT_SAMPLING, seed, { keyedNoise: true, prediction: [0, 2, 1, 1, 0] });
+      const plain: number[] = [];
+      for await (const step of plainDecode(target, req)) plain.push(...step.tokens);
+      const costs = await cpuLikeCosts();
+      const setup = { target, draft: null, policy: new FixedLengthPolicy(MAX_CANDIDATES), predictor: null, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs, verification: "coupled" as const };
+      const spec = await decodeCounting(setup, req, 8, seen, () => 1);
+      expect(spec.slice(0, 8)).toEqual(plain);
+    }
+    // Every run of four predicted tokens breaks the grammar somewhere: no round proposes four.
+    expect(Math.max(...seen.lengths)).toBeLessThan(MAX_CANDIDATES);
+    expect(seen.lengths.has(1)).toBe(true);
   });
 });

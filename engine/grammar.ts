@@ -1,0 +1,82 @@
+// Grammars for constrained decoding on one model: GBNF text, or a JSON schema turned into GBNF by
+// llama.cpp's converter (the one llama-server uses), evaluated by llama.cpp's grammar sampler
+// over the model's vocabulary. Each generation holds a GrammarState (what decoding/constraint.ts
+// calls a TokenConstraint); the mask over the whole vocabulary runs in the addon (engine/native.ts).
+import { LlamaGrammar, LlamaGrammarEvaluationState, type LlamaModel, type Token } from "node-llama-cpp";
+import type { GrammarKernels } from "./native.js";
+
+/** A grammar that does not compile: `reason` says why, for a 400 naming the field. */
+export class GrammarError extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+    this.name = "GrammarError";
+  }
+}
+
+/** What a constrained generation is held to. */
+export type GrammarSource = { gbnf: string; root?: string } | { jsonSchema: unknown };
+
+/** Compiles grammars for one model. */
+export class GrammarCompiler {
+  constructor(
+    private readonly model: LlamaModel,
+    private readonly kernels: GrammarKernels,
+  ) {}
+
+  /** GBNF for a JSON schema; throws GrammarError with the converter's reasons. */
+  jsonSchemaGrammar(schema: unknown): string {
+    try {
+      return this.kernels.jsonSchemaToGrammar(JSON.stringify(schema));
+    } catch (err) {
+      throw new GrammarError((err as Error).message.replace(/^JSON schema conversion failed:\n/, ""));
+    }
+  }
+
+  /** The start of a generation held to `source`; throws GrammarError when it does not compile. */
+  compile(source: GrammarSource): GrammarState {
+    const gbnf = "gbnf" in source ? source.gbnf : this.jsonSchemaGrammar(source.jsonSchema);
+    const root = "gbnf" in source ? (source.root ?? "root") : "root";
+    // llama.cpp's parser logs its complaint (the server's log has it) and answers nothing more.
+    const invalid = () => new GrammarError(`the grammar is not valid GBNF or has no rule "${root}" (llama.cpp's parser refused it)`);
+    let grammar: LlamaGrammar;
+    try {
+      grammar = new LlamaGrammar(this.model.llama, { grammar: gbnf, rootRuleName: root });
+    } catch {
+      throw invalid();
+    }
+    const state = new LlamaGrammarEvaluationState({ model: this.model, grammar });
+    if (!this.kernels.valid(state)) throw invalid();
+    return new GrammarState(state, this.kernels, (token) => this.model.isEogToken(token as Token));
+  }
+}
+
+/** One generation's position in a grammar. */
+export class GrammarState {
+  constructor(
+    private readonly state: LlamaGrammarEvaluationState,
+    private readonly kernels: GrammarKernels,
+    private readonly endsGeneration: (token: number) => boolean,
+  ) {}
+
+  /** Whether `token` may come next. */
+  allows(token: number): boolean {
+    return this.kernels.allows(this.state, token);
+  }
+
+  /** Sets the logit of every token that may not come next to −Infinity, in place. */
+  mask(logits: Float32Array): void {
+    this.kernels.mask(this.state, logits);
+  }
+
+  /** Advances past `token` (which the grammar allows). */
+  accept(token: number): void {
+    // llama.cpp aborts the process on an end-of-generation token its grammar does not allow;
+    // nothing follows one anyway.
+    if (this.endsGeneration(token)) return;
+    this.kernels.accept(this.state, token);
+  }
+
+  clone(): GrammarState {
+    return new GrammarState(this.state.clone(), this.kernels, this.endsGeneration);
+  }
+}

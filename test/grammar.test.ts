@@ -1,0 +1,98 @@
+// The grammar engine on a real model (engine/grammar.ts over llama.cpp's grammar sampler, masked
+// in flock's addon): masks agree with single-token checks, and a state cloned per speculative
+// candidate and rolled back to an accepted prefix is the state a fresh grammar reaches by
+// reading that prefix — over random accept/reject sequences.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Engine } from "../engine/engine.js";
+import type { GrammarState } from "../engine/grammar.js";
+import type { LoadedModel } from "../engine/model.js";
+import { createRng } from "../decoding/rng.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
+import { forgedPath } from "./helpers/server.js";
+
+let engine: Engine;
+let model: LoadedModel;
+beforeAll(async () => {
+  engine = await Engine.create({ gpu: "off", threads: 1 });
+  model = await engine.load(ModelEntry.parse({ id: "demo", path: forgedPath("flock-demo.gguf"), contextSize: 256, parallel: 1 }));
+});
+afterAll(() => engine?.[Symbol.asyncDispose]());
+
+const SCHEMA = {
+  type: "object",
+  properties: { name: { type: "string", maxLength: 6 }, kind: { enum: ["sloop", "ketch"] }, crew: { type: "integer" }, ports: { type: "array", items: { type: "string" }, maxItems: 2 } },
+  required: ["name", "kind", "crew", "ports"],
+  additionalProperties: false,
+};
+
+/** The tokens the state allows next. */
+function allowedSet(state: GrammarState): number[] {
+  const logits = new Float32Array(model.vocabularySize);
+  state.mask(logits);
+  return [...logits.keys()].filter((t) => logits[t] > -Infinity);
+}
+
+function advanced(state: GrammarState, token: number): GrammarState {
+  const next = state.clone();
+  next.accept(token);
+  return next;
+}
+
+describe("grammar states", () => {
+  it("the mask allows exactly the tokens single checks allow, and the end of generation only once the object is complete", () => {
+    const start = model.grammars!.compile({ jsonSchema: SCHEMA });
+    const allowed = allowedSet(start);
+    expect(allowed.length).toBeGreaterThan(0);
+    expect(allowed.length).toBeLessThan(model.vocabularySize / 10);
+    for (let t = 0; t < model.vocabularySize; t++) expect(start.allows(t), `token ${t}`).toBe(allowed.includes(t));
+    const eos = model.weights.tokens.eos!;
+    expect(start.allows(eos)).toBe(false);
+    let state = start;
+    for (const token of model.tokenize('{"name": "Ada", "kind": "ketch", "crew": 3, "ports": []}', { addSpecial: false, parseSpecial: false })) {
+      expect(state.allows(token), model.detokenize([token])).toBe(true);
+      state = advanced(state, token);
+    }
+    const ends = [...Array(model.vocabularySize).keys()].filter((t) => model.isEndOfGeneration(t));
+    expect(ends).toContain(eos);
+    expect(allowedSet(state)).toEqual(ends);
+    // The start state was never advanced: clones are independent.
+    expect(allowedSet(start)).toEqual(allowed);
+  });
+
+  it("rollback: random rounds of candidates, a random accepted prefix and a next token leave the state a fresh grammar reaches from the committed text", () => {
+    const rng = createRng(17);
+    let rejections = 0;
+    let compared = 0;
+    for (let walk = 0; walk < 20; walk++) {
+      let committed = model.grammars!.compile({ jsonSchema: SCHEMA });
+      const text: number[] = [];
+      for (let round = 0; round < 12; round++) {
+        // Candidates drawn from the allowed tokens, each from the state after the previous.
+        const states = [committed];
+        const candidates: number[] = [];
+        const wanted = 1 + rng.int(4);
+        while (candidates.length < wanted) {
+          const choices = allowedSet(states[states.length - 1]).filter((t) => !model.isEndOfGeneration(t));
+          if (choices.length === 0) break;
+          const y = rng.pick(choices);
+          candidates.push(y);
+          states.push(advanced(states[states.length - 1], y));
+        }
+        if (candidates.length === 0) break;
+        const accepted = rng.int(candidates.length + 1);
+        if (accepted < candidates.length) rejections++;
+        const choices = allowedSet(states[accepted]).filter((t) => !model.isEndOfGeneration(t));
+        if (choices.length === 0) break;
+        const next = rng.pick(choices);
+        committed = advanced(states[accepted], next);
+        text.push(...candidates.slice(0, accepted), next);
+        let replay = model.grammars!.compile({ jsonSchema: SCHEMA });
+        for (const token of text) replay = advanced(replay, token);
+        expect(allowedSet(committed), `walk ${walk}, round ${round}`).toEqual(allowedSet(replay));
+        compared++;
+      }
+    }
+    expect(compared).toBeGreaterThan(100);
+    expect(rejections).toBeGreaterThan(50);
+  });
+});
