@@ -1,13 +1,13 @@
 // A served model: weights plus one context whose sequences are pooled, with the tokenizer and
 // detokenizer that decoding needs (the chat template is chat-template.ts).
 import { type LlamaContext, type LlamaContextSequence, type LlamaModel, type Token } from "node-llama-cpp";
-import { type ChatMessage, ChatTemplate, type RenderedPrompt, type TemplateKwargs } from "./chat-template.js";
+import { type ChatMessage, ChatTemplate, type RenderedPrompt, type TemplateKwargs, type ToolDefinition } from "./chat-template.js";
 import { FlockError } from "./errors.js";
 import { GrammarCompiler } from "./grammar.js";
 import { enableRawLogits, type FusionGridKernel, fusionGridKernel, grammarKernels, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
 import { EngineSequence } from "./sequence.js";
 
-export type { ChatMessage, RenderedPrompt } from "./chat-template.js";
+export type { ChatMessage, RenderedPrompt, ToolCall, ToolCallSyntax, ToolDefinition } from "./chat-template.js";
 
 interface Waiter {
   prompt: readonly number[];
@@ -235,8 +235,8 @@ export class LoadedModel {
   }
 
   /** Renders a conversation with the model's own chat template, ready for the assistant's turn. */
-  renderChat(messages: readonly ChatMessage[], kwargs?: TemplateKwargs): RenderedPrompt {
-    return this.chatTemplate.render(messages, kwargs);
+  renderChat(messages: readonly ChatMessage[], kwargs?: TemplateKwargs, tools?: readonly ToolDefinition[]): RenderedPrompt {
+    return this.chatTemplate.render(messages, kwargs, tools);
   }
 
   detokenize(tokens: readonly number[], context?: readonly number[]): string {

@@ -202,7 +202,7 @@ export function conversationChoices(
   body: CommonRequest,
   pipeline: Pipeline,
   rendered: RenderedPrompt,
-  options: { n: number; maxTokens: number; topLogprobs: number | null; signal: AbortSignal; prediction?: readonly number[] },
+  options: { n: number; maxTokens: number; topLogprobs: number | null; signal: AbortSignal; prediction?: readonly number[]; toolCallGrammar?: string },
 ): PipelineRequest[] {
   return choiceRequests(
     options.n,
@@ -218,7 +218,7 @@ export function conversationChoices(
       fusion: fusionOverrides(body, pipeline),
       routing: routingOverrides(body, pipeline),
       lookup: lookupOverrides(body, pipeline),
-      constraint: outputConstraint(body, pipeline),
+      constraint: outputConstraint(body, pipeline, options.toolCallGrammar),
       ...(options.prediction ? { prediction: options.prediction } : {}),
     },
     body.seed,

@@ -41,11 +41,14 @@ export interface OutputFormatFields {
 type Requested = { source: GrammarSource; param: string } | null;
 
 /** The grammar a request asks for and the field that asked, or null for free text. */
-function requestedGrammar(body: OutputFormatFields): Requested {
-  const fromFormat = body.response_format ? formatGrammar(body.response_format, "response_format") : body.text?.format ? formatGrammar(body.text.format, "text.format") : null;
-  if (body.grammar == null || body.grammar === "") return fromFormat;
-  if (fromFormat) throw new FlockError("invalid_request", `grammar and ${fromFormat.param} both constrain the output: send one`, "grammar");
-  return { source: { gbnf: body.grammar }, param: "grammar" };
+function requestedGrammar(body: OutputFormatFields, toolCall: string | undefined): Requested {
+  const asked: Requested[] = [
+    body.response_format ? formatGrammar(body.response_format, "response_format") : body.text?.format ? formatGrammar(body.text.format, "text.format") : null,
+    body.grammar != null && body.grammar !== "" ? { source: { gbnf: body.grammar }, param: "grammar" } : null,
+    toolCall !== undefined ? { source: { gbnf: toolCall }, param: "tool_choice" } : null,
+  ].filter((r) => r !== null);
+  if (asked.length > 1) throw new FlockError("invalid_request", `${asked.map((r) => r!.param).join(" and ")} both constrain the output: send one`, asked[1]!.param);
+  return asked[0] ?? null;
 }
 
 function formatGrammar(format: z.infer<typeof ResponseFormat> | z.infer<typeof TextFormat>, param: string): Requested {
@@ -71,11 +74,12 @@ function jsonSchemaSource(schema: Record<string, unknown> | null | undefined, pa
 }
 
 /**
- * The constraint the request's choices start from, or undefined for free text. Throws a 400 when
- * the schema or grammar is wrong, and when the build cannot constrain (no native grammar).
+ * The constraint the request's choices start from, or undefined for free text; `toolCall`, the
+ * grammar of a required tool call (tools.ts). Throws a 400 when the schema or grammar is wrong,
+ * and when the build cannot constrain (no native grammar).
  */
-export function outputConstraint(body: OutputFormatFields, pipeline: Pipeline): TokenConstraint | undefined {
-  const requested = requestedGrammar(body);
+export function outputConstraint(body: OutputFormatFields, pipeline: Pipeline, toolCall?: string): TokenConstraint | undefined {
+  const requested = requestedGrammar(body, toolCall);
   if (!requested) return undefined;
   const compiler = pipeline.model.grammars;
   if (!compiler) {

@@ -8,6 +8,7 @@ import { SpeculativeRequest } from "../decoding/speculative/config.js";
 import { LookupRequest } from "../decoding/speculative/lookup.js";
 import { RoutingRequest } from "../experts/config.js";
 import { ResponseFormat, TextFormat } from "./output-format.js";
+import { Tool, ToolChoice } from "./tools.js";
 
 /** Project extensions live under this one key of a request and a response. */
 export const EXTENSION_KEY = "flock";
@@ -96,12 +97,11 @@ const Message = z.discriminatedUnion("role", [
     role: z.literal("assistant"),
     content: Content.nullish(),
     name: z.string().optional(),
-    // Never dropped: a history with tool calls the prompt cannot show is refused.
-    tool_calls: refusedWhen(z.array(z.unknown()), (calls) => calls.length > 0, "assistant messages with tool_calls need tool calling, which is not supported yet"),
+    tool_calls: z.array(z.looseObject({ id: z.string().min(1), type: z.literal("function").optional(), function: z.looseObject({ name: z.string().min(1), arguments: z.string() }) })).nullish(),
     function_call: refusedAlways("assistant messages with function_call need function calling, which is not supported"),
     audio: refusedAlways("assistant messages with audio are not supported: this server handles text only"),
   }),
-  refusedRole("tool", 'role "tool" messages answer tool calls, which are not supported yet'),
+  z.looseObject({ role: z.literal("tool"), content: Content, tool_call_id: z.string().min(1) }),
   refusedRole("function", 'role "function" messages answer function calls, which are not supported'),
 ]);
 
@@ -117,8 +117,9 @@ export const ChatCompletionRequest = z.object({
   top_logprobs: z.int().min(0).max(20).nullish(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
   response_format: ResponseFormat.nullish(),
-  tools: refusedWhen(z.array(z.unknown()), (tools) => tools.length > 0, "tools (function calling) are not supported yet"),
-  tool_choice: refusedWhen(NoCall, calls, 'tool_choice must be "none" or "auto": tools are not supported yet'),
+  tools: z.array(Tool).max(128, "at most 128 tools").nullish(),
+  tool_choice: ToolChoice.nullish(),
+  parallel_tool_calls: z.boolean().nullish(),
   functions: refusedWhen(z.array(z.unknown()), (functions) => functions.length > 0, "functions (function calling) are not supported"),
   function_call: refusedWhen(NoCall, calls, 'function_call must be "none" or "auto": function calling is not supported'),
   modalities: refusedWhen(z.array(z.string()), (m) => m.some((x) => x !== "text"), 'this server generates text only: modalities must be ["text"]'),

@@ -1,13 +1,17 @@
 // The grammar engine on a real model (engine/grammar.ts over llama.cpp's grammar sampler, masked
 // in flock's addon): masks agree with single-token checks, and a state cloned per speculative
 // candidate and rolled back to an accepted prefix is the state a fresh grammar reaches by
-// reading that prefix — over random accept/reject sequences.
+// reading that prefix — over random accept/reject sequences; tool call grammars allow exactly the
+// calls each template family writes.
+import { ChatMLChatWrapper, Llama3_1ChatWrapper, QwenChatWrapper } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { toolSyntaxOf } from "../engine/chat-template.js";
 import { Engine } from "../engine/engine.js";
 import type { GrammarState } from "../engine/grammar.js";
 import type { LoadedModel } from "../engine/model.js";
 import { createRng } from "../decoding/rng.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
+import { toolCallGrammar } from "../server/tools.js";
 import { forgedPath } from "./helpers/server.js";
 
 let engine: Engine;
@@ -94,5 +98,43 @@ describe("grammar states", () => {
     }
     expect(compared).toBeGreaterThan(100);
     expect(rejections).toBeGreaterThan(50);
+  });
+});
+
+describe("tool call grammars", () => {
+  it.for([
+    ["chatml", new ChatMLChatWrapper()],
+    ["qwen", new QwenChatWrapper()],
+    ["llama-3.1", new Llama3_1ChatWrapper()],
+  ] as const)("%s: a call in the template's syntax to a declared function with valid arguments is what the grammar allows, and nothing else", ([, wrapper]) => {
+    const syntax = toolSyntaxOf(wrapper);
+    const plan = { mode: "required" as const, tools: [{ name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false } }, { name: "get_time" }] };
+    const gbnf = toolCallGrammar(plan, syntax, model.grammars!);
+    const write = (name: string, args: string) => `${syntax.prefix}${name}${syntax.paramsPrefix.replaceAll("{{functionName}}", name)}${args}${syntax.suffix.replaceAll("{{functionName}}", name)}`;
+    /** How far a text gets under the grammar: the tokens accepted, and whether it may end there. */
+    const walk = (text: string) => {
+      let state = model.grammars!.compile({ gbnf });
+      const tokens = model.tokenize(text, { addSpecial: false, parseSpecial: false });
+      for (const [i, token] of tokens.entries()) {
+        if (!state.allows(token)) return { accepted: i, complete: false, of: tokens.length };
+        state = advanced(state, token);
+      }
+      return { accepted: tokens.length, complete: allowedSet(state).every((t) => model.isEndOfGeneration(t)), of: tokens.length };
+    };
+    for (const text of [write("get_weather", '{"city": "Paris"}'), write("get_time", "{}")]) expect(walk(text), text).toMatchObject({ complete: true });
+    for (const text of [write("get_wether", '{"city": "Paris"}'), write("get_weather", '{"town": "Paris"}'), write("get_time", '{"zone": 1}')]) {
+      const result = walk(text);
+      expect(result.accepted, text).toBeLessThan(result.of);
+    }
+    // The named function alone.
+    const named = toolCallGrammar({ ...plan, named: "get_time" }, syntax, model.grammars!);
+    let state = model.grammars!.compile({ gbnf: named });
+    const text = write("get_weather", "{}");
+    const tokens = model.tokenize(text, { addSpecial: false, parseSpecial: false });
+    expect(tokens.some((token) => {
+      if (!state.allows(token)) return true;
+      state = advanced(state, token);
+      return false;
+    })).toBe(true);
   });
 });

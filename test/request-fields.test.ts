@@ -194,8 +194,8 @@ describe("honoured top-level sampling fields", () => {
 describe("refused fields", () => {
   const chat = { model: "flock-demo", messages: [{ role: "user", content: "hi" }] };
   const refusals: Array<[string, "chat" | "completions" | "responses", Record<string, unknown>]> = [
-    ["tools", "chat", { tools: [{ type: "function", function: { name: "f" } }] }],
-    ["tool_choice", "chat", { tool_choice: "required" }],
+    ["tools", "responses", { tools: [{ type: "function", name: "f" }] }],
+    ["tool_choice", "responses", { tool_choice: "required" }],
     ["functions", "chat", { functions: [{ name: "f" }] }],
     ["function_call", "chat", { function_call: { name: "f" } }],
     ["modalities", "chat", { modalities: ["text", "audio"] }],
@@ -241,16 +241,16 @@ describe("refused fields", () => {
     expect(res.status).toBe(200);
   });
 
-  it("history it cannot render is refused, never dropped: tool calls, tool results, images; n past the limit", async () => {
-    const cases: Array<[unknown[], string]> = [
-      [[{ role: "user", content: "hi" }, { role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" } }] }], "messages[1].tool_calls"],
-      [[{ role: "user", content: "hi" }, { role: "tool", tool_call_id: "c1", content: "42" }], "messages[1].role"],
-      [[{ role: "user", content: [{ type: "image_url", image_url: { url: "data:," } }] }], "messages[0].content[0]"],
+  it("history it cannot render is refused, never dropped: unanswered tool calls, stray tool results, images; n past the limit", async () => {
+    const cases: Array<[unknown[], string, string | null]> = [
+      [[{ role: "user", content: "hi" }, { role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" } }] }], "messages", null],
+      [[{ role: "user", content: "hi" }, { role: "tool", tool_call_id: "c1", content: "42" }], "messages[1]", null],
+      [[{ role: "user", content: [{ type: "image_url", image_url: { url: "data:," } }] }], "messages[0].content[0]", "unsupported_parameter"],
     ];
-    for (const [messages, param] of cases) {
+    for (const [messages, param, code] of cases) {
       const res = await post("/v1/chat/completions", { model: "flock-demo", messages });
       expect(res.status).toBe(400);
-      expect(res.body.error).toMatchObject({ code: "unsupported_parameter", param });
+      expect(res.body.error).toMatchObject({ code, param });
     }
     const many = await post("/v1/completions", { model: "flock-demo", prompt: "x", n: 99 });
     expect(many.body.error).toMatchObject({ code: "unsupported_parameter", param: "n" });

@@ -381,7 +381,7 @@ describe("errors", () => {
     [{ ...chat, messages: [{ role: "wizard", content: "x" }] }, "messages[0].role"],
     [{ ...chat, logit_bias: { abc: 1 } }, "logit_bias.abc"],
     [{ ...chat, stop: ["a", 3] }, "stop"],
-    [{ ...chat, tools: [{ type: "function", function: { name: "f" } }] }, "tools"],
+    [{ ...chat, tools: [{ type: "function", function: { name: "not a name" } }] }, "tools[0].function.name"],
     [{ ...chat, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] }, "messages[0].content[0]"],
     [{ messages: chat.messages }, "model"],
   ])("400 names the offending parameter (%#: %s)", async (body, param) => {

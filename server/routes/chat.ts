@@ -1,20 +1,27 @@
 // POST /v1/chat/completions
 import type { Hono } from "hono";
-import type { ChatMessage } from "../../engine/model.js";
-import { type ChoiceAccumulator, chatLogprobs, chunkFor, completionId, nowSeconds, responseExtension, streamedStep, type Usage } from "../format.js";
+import type { ChatMessage, ToolCall } from "../../engine/model.js";
+import { FlockError } from "../../engine/errors.js";
+import { type ChoiceAccumulator, chatLogprobs, choiceExtension, chunkFor, completionId, nowSeconds, responseExtension, streamedStep, type Usage } from "../format.js";
 import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, predictionTokens, predictionUsage, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
+import { parseToolCalls, toolCallGrammar as toolCallGrammarFor, toolPlan } from "../tools.js";
 import { parseRequest } from "../validation.js";
 import type { AppEnv, ServerContext } from "../context.js";
 
 function toChatMessages(body: ChatCompletionRequest): ChatMessage[] {
-  return body.messages.map((m) => ({
+  return body.messages.map((m): ChatMessage => {
+    const content = contentText(m.content);
+    if (m.role === "tool") return { role: "tool", content, toolCallId: m.tool_call_id };
+    if (m.role === "assistant") return { role: "assistant", content, toolCalls: (m.tool_calls ?? []).map((call) => ({ id: call.id, name: call.function.name, arguments: call.function.arguments })) };
     // The developer role is OpenAI's newer name for system instructions.
-    role: m.role === "developer" ? "system" : m.role,
-    content: contentText(m.content),
-  }));
+    return { role: m.role === "developer" ? "system" : m.role, content };
+  });
 }
+
+/** OpenAI's tool_calls entries; `index` for stream deltas. */
+const toolCallsJSON = (calls: readonly ToolCall[]) => calls.map((call) => ({ id: call.id, type: "function", function: { name: call.name, arguments: call.arguments } }));
 
 export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (c) => {
@@ -24,7 +31,21 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const n = choiceCount(body, ctx.limits);
     const messages = toChatMessages(body);
     checkPromptBytes(messages.map((m) => m.content), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "messages");
-    const rendered = pipeline.model.renderChat(messages, body.chat_template_kwargs ?? undefined);
+    const tools = toolPlan(body);
+    const template = pipeline.model.renderChat(messages, body.chat_template_kwargs ?? undefined, tools?.tools);
+    // With tools the model may call: a required call is held to the call grammar; in auto mode,
+    // generation stops where the model would go on to imagine the call's result.
+    const rendered = tools?.mode === "auto" && template.toolSyntax.resultPrefix.trim() !== "" ? { ...template, stopStrings: [...template.stopStrings, template.toolSyntax.resultPrefix] } : template;
+    const compiler = pipeline.model.grammars;
+    if (tools?.mode === "required" && !compiler) throw new FlockError("unsupported", "tool_choice required or a named function needs flock's native build (npm run build:native)", "tool_choice");
+    const toolCallGrammar = tools?.mode === "required" ? toolCallGrammarFor(tools, rendered.toolSyntax, compiler!) : undefined;
+    /** A choice's text as OpenAI's message: tool calls parsed out of it when tools may be called. */
+    const message = (ch: ChoiceAccumulator) => {
+      if (!tools) return { content: ch.text, calls: [] };
+      const parsed = parseToolCalls(ch.text, rendered.toolSyntax, tools.tools);
+      // parallel_tool_calls false: one call at most.
+      return body.parallel_tool_calls === false ? { ...parsed, calls: parsed.calls.slice(0, 1) } : parsed;
+    };
     const requestedMax = body.max_completion_tokens ?? body.max_tokens;
     const maxTokens = maxTokensFor(
       requestedMax,
@@ -36,7 +57,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     );
     const abort = new AbortController();
     const prediction = predictionTokens(body.prediction, pipeline);
-    const requests = conversationChoices(body, pipeline, rendered, { n, maxTokens, topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null, signal: abort.signal, prediction });
+    const requests = conversationChoices(body, pipeline, rendered, { n, maxTokens, topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : null, signal: abort.signal, prediction, toolCallGrammar });
     // With a prediction, usage says how much of it was accepted (OpenAI's completion_tokens_details).
     const withDetails = (usage: Usage, choices: ChoiceAccumulator[]) =>
       prediction ? { ...usage, completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 0, ...predictionUsage(choices) } } : usage;
@@ -48,31 +69,58 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const usageField = includeUsage ? { usage: null } : {};
     const shape: ResponseShape = {
       opening: (index) => [chunkFor(envelope, usageField, index)({ delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null })],
-      step: (index, step, choice) =>
-        streamedStep(
-          chunkFor(envelope, usageField, index),
+      step: (index, step, choice) => {
+        const chunk = chunkFor(envelope, usageField, index);
+        // With tools, a choice is sent once it is complete: its calls are known only then.
+        if (tools) return step.finishReason ? toolChoiceChunks(chunk, choice, message(choice), choiceExtension(choice, extension)) : [];
+        return streamedStep(
+          chunk,
           step,
           choice,
           extension,
           () => ({ delta: { content: step.text }, logprobs: body.logprobs ? { content: chatLogprobs(step.logprobs ?? []) } : null }),
           { delta: {}, logprobs: null },
-        ),
+        );
+      },
       usage: (usage, choices) => ({ ...envelope, choices: [], usage: withDetails(usage, choices) }),
       response: (choices, usage) => ({
         id,
         object: "chat.completion",
         created,
         model: pipeline.id,
-        choices: choices.map((ch, index) => ({
-          index,
-          message: { role: "assistant", content: ch.text, refusal: null },
-          logprobs: body.logprobs ? { content: chatLogprobs(ch.logprobs) } : null,
-          finish_reason: ch.finishReason,
-        })),
+        choices: choices.map((ch, index) => {
+          const { content, calls } = message(ch);
+          return {
+            index,
+            message: { role: "assistant", content, refusal: null, ...(calls.length > 0 ? { tool_calls: toolCallsJSON(calls) } : {}) },
+            logprobs: body.logprobs ? { content: chatLogprobs(ch.logprobs) } : null,
+            finish_reason: calls.length > 0 ? "tool_calls" : ch.finishReason,
+          };
+        }),
         usage: withDetails(usage, choices),
         ...responseExtension(choices, extension),
       }),
     };
     return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log"), promptParam: "messages" });
   });
+}
+
+/**
+ * The stream chunks of a complete choice when tools may be called: its content, or each call's
+ * id and name, then its arguments (OpenAI's delta shape), then the finish.
+ */
+function toolChoiceChunks(chunk: (fields: object, extra?: object) => object, choice: ChoiceAccumulator, message: { content: string | null; calls: ToolCall[] }, extension: object): object[] {
+  const chunks: object[] = [];
+  if (message.calls.length === 0) {
+    if (message.content) chunks.push(chunk({ delta: { content: message.content }, logprobs: null, finish_reason: null }));
+    chunks.push(chunk({ delta: {}, logprobs: null, finish_reason: choice.finishReason }, extension));
+    return chunks;
+  }
+  if (message.content) chunks.push(chunk({ delta: { content: message.content }, logprobs: null, finish_reason: null }));
+  message.calls.forEach((call, index) => {
+    chunks.push(chunk({ delta: { tool_calls: [{ index, id: call.id, type: "function", function: { name: call.name, arguments: "" } }] }, logprobs: null, finish_reason: null }));
+    chunks.push(chunk({ delta: { tool_calls: [{ index, function: { arguments: call.arguments } }] }, logprobs: null, finish_reason: null }));
+  });
+  chunks.push(chunk({ delta: {}, logprobs: null, finish_reason: "tool_calls" }, extension));
+  return chunks;
 }

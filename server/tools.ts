@@ -1,0 +1,179 @@
+// Tool calling on chat completions: `tools` and `tool_choice` in, OpenAI's `tool_calls` out. The
+// model writes a call in its chat template's own syntax (engine/chat-template.ts reads it off
+// node-llama-cpp's wrapper for the GGUF's template): with tool_choice "required" or a named
+// function, a grammar holds the output to one valid call whose arguments match the function's
+// parameters; with "auto" the model may answer or call, and a call in its output is parsed.
+import { randomBytes } from "node:crypto";
+import { z } from "zod";
+import type { ToolCall, ToolCallSyntax, ToolDefinition } from "../engine/chat-template.js";
+import { FlockError } from "../engine/errors.js";
+import type { GrammarCompiler } from "../engine/grammar.js";
+import { checkJsonSchema } from "./output-format.js";
+
+export const Tool = z.looseObject({
+  type: z.literal("function"),
+  function: z.looseObject({
+    name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, "a function name of at most 64 letters, digits, _ or -"),
+    description: z.string().nullish(),
+    parameters: z.record(z.string(), z.unknown()).nullish(),
+    strict: z.boolean().nullish(),
+  }),
+});
+
+export const ToolChoice = z.union([
+  z.enum(["none", "auto", "required"]),
+  z.looseObject({ type: z.literal("function"), function: z.looseObject({ name: z.string() }) }),
+]);
+
+interface ToolFields {
+  tools?: Array<z.infer<typeof Tool>> | null;
+  tool_choice?: z.infer<typeof ToolChoice> | null;
+}
+
+/** What a request's tools ask of the generation. */
+export interface ToolPlan {
+  mode: "auto" | "required";
+  /** The functions offered (documented to the model, and parsed for). */
+  tools: ToolDefinition[];
+  /** The function a call must name (tool_choice naming one); else any of `tools`. */
+  named?: string;
+}
+
+/** Arguments of a function declared without parameters: an empty object. */
+const NO_PARAMETERS = { type: "object", properties: {}, additionalProperties: false };
+
+/** The request's tools, checked; null when no function may be called (none given, or tool_choice "none"). */
+export function toolPlan(body: ToolFields): ToolPlan | null {
+  const tools = (body.tools ?? []).map((t, i): ToolDefinition => {
+    const parameters = t.function.parameters ?? undefined;
+    if (parameters) checkJsonSchema(parameters, `tools[${i}].function.parameters`, parameters);
+    return { name: t.function.name, ...(t.function.description ? { description: t.function.description } : {}), ...(parameters ? { parameters } : {}) };
+  });
+  const names = new Set<string>();
+  tools.forEach((t, i) => {
+    if (names.has(t.name)) throw new FlockError("invalid_request", `tools[${i}]: function ${t.name} is declared twice`, "tools");
+    names.add(t.name);
+  });
+  const choice = body.tool_choice ?? (tools.length > 0 ? "auto" : "none");
+  if (choice !== "none" && tools.length === 0) throw new FlockError("invalid_request", `tool_choice ${JSON.stringify(choice)} needs tools`, "tool_choice");
+  if (choice === "none") return null;
+  if (typeof choice === "string") return { mode: choice, tools };
+  if (!names.has(choice.function.name)) {
+    throw new FlockError("invalid_request", `tool_choice names function ${choice.function.name}, which tools does not declare`, "tool_choice");
+  }
+  return { mode: "required", tools, named: choice.function.name };
+}
+
+/** A GBNF string literal. */
+const literal = (text: string) => `"${text.replace(/[\\"]/g, (c) => `\\${c}`).replace(/\n/g, "\\n").replace(/\r/g, "\\r").replace(/\t/g, "\\t")}"`;
+
+/**
+ * Renames every rule of a GBNF grammar with a prefix, so that several converted schemas share one
+ * grammar: rule names outside string literals, character classes, repetition counts and comments.
+ */
+export function prefixRules(gbnf: string, prefix: string): string {
+  let out = "";
+  for (let i = 0; i < gbnf.length; ) {
+    const c = gbnf[i];
+    if (c === '"' || c === "[") {
+      const close = c === '"' ? '"' : "]";
+      let j = i + 1;
+      while (j < gbnf.length && gbnf[j] !== close) j += gbnf[j] === "\\" ? 2 : 1;
+      out += gbnf.slice(i, j + 1);
+      i = j + 1;
+    } else if (c === "{" || c === "#") {
+      const j = gbnf.indexOf(c === "{" ? "}" : "\n", i);
+      const end = j < 0 ? gbnf.length : j + 1;
+      out += gbnf.slice(i, end);
+      i = end;
+    } else if (/[a-zA-Z0-9-]/.test(c)) {
+      let j = i;
+      while (j < gbnf.length && /[a-zA-Z0-9-]/.test(gbnf[j])) j++;
+      out += prefix + gbnf.slice(i, j);
+      i = j;
+    } else {
+      out += c;
+      i++;
+    }
+  }
+  return out;
+}
+
+/**
+ * GBNF for one call in the template's syntax: the prefix, a declared function's name (or the
+ * named one), its params prefix, arguments valid against its parameters, its suffix.
+ */
+export function toolCallGrammar(plan: ToolPlan, syntax: ToolCallSyntax, compiler: GrammarCompiler): string {
+  const callable = plan.named ? plan.tools.filter((t) => t.name === plan.named) : plan.tools;
+  const rules: string[] = [];
+  const alternatives = callable.map((tool, i) => {
+    const args = prefixRules(compiler.jsonSchemaGrammar(tool.parameters ?? NO_PARAMETERS), `t${i}-`);
+    rules.push(args);
+    const name = (template: string) => template.replaceAll("{{functionName}}", tool.name);
+    return `${literal(tool.name)} ${literal(name(syntax.paramsPrefix))} t${i}-root ${literal(name(syntax.suffix))}`;
+  });
+  return [`root ::= ${literal(syntax.prefix)} (${alternatives.join(" | ")})`, ...rules].join("\n");
+}
+
+/** The end of the JSON object or array starting at `start` (after whitespace), or -1. */
+function jsonEnd(text: string, start: number): number {
+  let i = start;
+  while (i < text.length && /\s/.test(text[i])) i++;
+  if (text[i] !== "{" && text[i] !== "[") return -1;
+  let depth = 0;
+  for (; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      for (i++; i < text.length && text[i] !== '"'; i++) if (text[i] === "\\") i++;
+    } else if (c === "{" || c === "[") depth++;
+    else if (c === "}" || c === "]") {
+      depth--;
+      if (depth === 0) return i + 1;
+    }
+  }
+  return -1;
+}
+
+const callId = () => `call_${randomBytes(12).toString("hex")}`;
+
+/**
+ * The calls in a generated text: the text before the first call prefix is the content (null when
+ * empty), then each call's name, JSON arguments and suffix, in the template's syntax. Text that
+ * does not parse as calls stays content, with no calls.
+ */
+export function parseToolCalls(text: string, syntax: ToolCallSyntax, tools: readonly ToolDefinition[]): { content: string | null; calls: ToolCall[] } {
+  const prefixes = [syntax.prefix, ...syntax.alternatePrefixes].filter((p) => p.trim().length > 0);
+  const find = (from: number) => {
+    let best: { at: number; length: number } | null = null;
+    for (const p of prefixes) {
+      const at = text.indexOf(p, from);
+      if (at >= 0 && (!best || at < best.at)) best = { at, length: p.length };
+    }
+    return best;
+  };
+  const first = find(0);
+  if (!first) return { content: text, calls: [] };
+  const calls: ToolCall[] = [];
+  // Longest names first, so that one name that starts another cannot shadow it.
+  const names = tools.map((t) => t.name).sort((a, b) => b.length - a.length);
+  let next: { at: number; length: number } | null = first;
+  while (next) {
+    const at = next.at + next.length;
+    const name = names.find((n) => text.startsWith(n + syntax.paramsPrefix.replaceAll("{{functionName}}", n), at));
+    if (name === undefined) return { content: text, calls: [] };
+    const argsStart = at + name.length + syntax.paramsPrefix.replaceAll("{{functionName}}", name).length;
+    const end = jsonEnd(text, argsStart);
+    if (end < 0) return { content: text, calls: [] };
+    const args = text.slice(argsStart, end).trim();
+    try {
+      JSON.parse(args);
+    } catch {
+      return { content: text, calls: [] };
+    }
+    calls.push({ id: callId(), name, arguments: args });
+    const suffix = syntax.suffix.replaceAll("{{functionName}}", name);
+    next = find(text.startsWith(suffix, end) ? end + suffix.length : end);
+  }
+  const content = text.slice(0, first.at).trim();
+  return { content: content.length > 0 ? content : null, calls };
+}

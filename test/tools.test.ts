@@ -1,0 +1,149 @@
+// Tool calling end to end: a real server over the forged models, the official openai client (its
+// zod helpers), real node-llama-cpp; and a conversation with tool calls and results rendered
+// through the chat templates of several model families (golden prompts).
+import { zodFunction } from "openai/helpers/zod";
+import { type ChatWrapper, ChatMLChatWrapper, FunctionaryChatWrapper, Llama3_1ChatWrapper, MistralChatWrapper, QwenChatWrapper, type Token } from "node-llama-cpp";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { z } from "zod";
+import { type ChatMessage, ChatTemplate } from "../engine/chat-template.js";
+import { Engine } from "../engine/engine.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
+import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
+
+let t: TestServer;
+beforeAll(async () => {
+  t = await startTestServer();
+});
+afterAll(() => t?.close());
+
+const Weather = z.object({ city: z.string().max(10), unit: z.enum(["c", "f"]) });
+const Time = z.object({ zone: z.string().max(6) });
+const tools = [zodFunction({ name: "get_weather", description: "The weather in a city", parameters: Weather }), zodFunction({ name: "get_time", parameters: Time })];
+const ask = [{ role: "user" as const, content: "What is the weather in Paris?" }];
+
+async function post(body: unknown) {
+  const res = await fetch(`${t.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  return { status: res.status, body: (await res.json()) as { error?: { message: string; param: string | null } } & Record<string, unknown> };
+}
+
+describe("tool_choice required and named", () => {
+  it("chat.completions.parse: every call names a declared function and its arguments validate, on plain and speculative models", async () => {
+    const seen = new Set<string>();
+    for (const [model, seed] of [["flock-demo", 1], ["flock-demo", 2], ["flock-demo", 3], ["spec", 4], ["kitchen", 5]] as const) {
+      const res = await t.client.chat.completions.parse({ model, messages: ask, tools, tool_choice: "required", seed, max_tokens: 200 });
+      const choice = res.choices[0];
+      expect(choice.finish_reason).toBe("tool_calls");
+      expect(choice.message.content).toBeNull();
+      const [call] = choice.message.tool_calls ?? [];
+      expect(call).toBeDefined();
+      expect(call.type).toBe("function");
+      expect(call.id).toMatch(/^call_/);
+      if (call.type !== "function") continue;
+      seen.add(call.function.name);
+      const schema = call.function.name === "get_weather" ? Weather : Time;
+      expect(schema.parse(call.function.parsed_arguments)).toEqual(JSON.parse(call.function.arguments));
+    }
+    expect(seen.size).toBeGreaterThan(0);
+  });
+
+  it("a named function is the one called; streamed, the call arrives as OpenAI's deltas (id and name, then arguments) and equals the whole response", async () => {
+    const request = { model: "flock-demo", messages: ask, tools, tool_choice: { type: "function" as const, function: { name: "get_time" } }, seed: 9, max_tokens: 200 };
+    const whole = await t.client.chat.completions.create(request);
+    const call = whole.choices[0].message.tool_calls![0];
+    expect(call.type === "function" && call.function.name).toBe("get_time");
+    const streamed: { id?: string; name?: string; arguments: string } = { arguments: "" };
+    let finish: string | null = null;
+    let firstCallDelta: unknown;
+    for await (const chunk of await t.client.chat.completions.create({ ...request, stream: true })) {
+      const delta = chunk.choices[0]?.delta;
+      for (const c of delta?.tool_calls ?? []) {
+        firstCallDelta ??= c;
+        expect(c.index).toBe(0);
+        streamed.id ??= c.id;
+        streamed.name ??= c.function?.name;
+        streamed.arguments += c.function?.arguments ?? "";
+      }
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    expect(firstCallDelta).toMatchObject({ id: expect.stringMatching(/^call_/), type: "function", function: { name: "get_time", arguments: "" } });
+    expect(finish).toBe("tool_calls");
+    expect(streamed.name).toBe("get_time");
+    expect(call.type === "function" && streamed.arguments).toBe(call.type === "function" && call.function.arguments);
+    Time.parse(JSON.parse(streamed.arguments));
+  });
+
+  it("auto: the demo model answers in text (its chain never writes the call syntax), and tools lengthen the prompt", async () => {
+    const withTools = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, tools, seed: 2, max_tokens: 20 });
+    const without = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, seed: 2, max_tokens: 20 });
+    expect(withTools.choices[0].message.tool_calls ?? []).toEqual([]);
+    expect(withTools.choices[0].message.content).toBeTruthy();
+    expect(withTools.usage!.prompt_tokens).toBeGreaterThan(without.usage!.prompt_tokens + 50);
+    const none = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, tools, tool_choice: "none", seed: 2, max_tokens: 20 });
+    expect(none.usage!.prompt_tokens).toBe(without.usage!.prompt_tokens);
+  });
+});
+
+describe("history with tool calls", () => {
+  const history = [
+    ...ask,
+    { role: "assistant" as const, content: null, tool_calls: [{ id: "call_1", type: "function" as const, function: { name: "get_weather", arguments: '{"city": "Paris", "unit": "c"}' } }] },
+    { role: "tool" as const, tool_call_id: "call_1", content: '{"temperature": 21}' },
+  ];
+
+  it("is rendered, never dropped: the call and its result lengthen the prompt", async () => {
+    const withCall = await t.client.chat.completions.create({ model: "flock-demo", messages: history, tools, max_tokens: 3 });
+    const without = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, tools, max_tokens: 3 });
+    expect(withCall.usage!.prompt_tokens).toBeGreaterThan(without.usage!.prompt_tokens + 10);
+  });
+
+  it("a tool message that answers no call, a call left unanswered, unknown names and bad schemas are 400s naming the place", async () => {
+    const stray = await post({ model: "flock-demo", messages: [...ask, { role: "tool", tool_call_id: "call_9", content: "x" }] });
+    expect(stray.status).toBe(400);
+    expect(stray.body.error!.param).toBe("messages[1]");
+    const wrongId = await post({ model: "flock-demo", messages: [...history.slice(0, 2), { role: "tool", tool_call_id: "call_2", content: "x" }] });
+    expect(wrongId.body.error!.param).toBe("messages[2].tool_call_id");
+    const unanswered = await post({ model: "flock-demo", messages: [...history.slice(0, 2), { role: "user", content: "?" }] });
+    expect(unanswered.status).toBe(400);
+    expect(unanswered.body.error!.message).toContain("call_1");
+    const unknown = await post({ model: "flock-demo", messages: ask, tools, tool_choice: { type: "function", function: { name: "nope" } } });
+    expect(unknown.body.error!.param).toBe("tool_choice");
+    const badSchema = await post({ model: "flock-demo", messages: ask, tools: [{ type: "function", function: { name: "f", parameters: { type: "object", properties: { a: { type: "strin" } } } } }] });
+    expect(badSchema.status).toBe(400);
+    expect(badSchema.body.error!.message).toContain("tools[0].function.parameters.properties.a.type");
+    const both = await post({ model: "flock-demo", messages: ask, tools, tool_choice: "required", response_format: { type: "json_object" } });
+    expect(both.status).toBe(400);
+    const ok = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, max_tokens: 2 });
+    expect(ok.choices[0].message.content).toBeTruthy();
+  });
+
+  it("renders through each supported template family with the call and its result (golden prompts)", async () => {
+    const engine = await Engine.create({ gpu: "off", threads: 1 });
+    const model = await engine.load(ModelEntry.parse({ id: "golden", path: forgedPath("flock-demo.gguf"), contextSize: 2048, parallel: 1 }));
+    const messages: ChatMessage[] = [
+      { role: "system", content: "You are terse." },
+      { role: "user", content: "What is the weather in Paris?" },
+      { role: "assistant", content: "", toolCalls: [{ id: "call_1", name: "get_weather", arguments: '{"city": "Paris", "unit": "c"}' }] },
+      { role: "tool", toolCallId: "call_1", content: '{"temperature": 21}' },
+      { role: "assistant", content: "It is 21 °C." },
+      { role: "user", content: "And the time?" },
+    ];
+    const definitions = [{ name: "get_weather", description: "The weather in a city", parameters: z.toJSONSchema(Weather) as Record<string, unknown> }];
+    const families: Array<[string, ChatWrapper]> = [
+      ["chatml", new ChatMLChatWrapper()],
+      ["llama-3.1", new Llama3_1ChatWrapper()],
+      ["qwen", new QwenChatWrapper()],
+      ["mistral", new MistralChatWrapper()],
+      ["functionary", new FunctionaryChatWrapper()],
+    ];
+    for (const [family, wrapper] of families) {
+      const rendered = new ChatTemplate("golden", model.weights, wrapper).render(messages, undefined, definitions);
+      const text = model.weights.detokenize(rendered.tokens as Token[], true);
+      expect(text, family).toContain("get_weather");
+      expect(text, family).toContain("Paris");
+      expect(text, family).toContain("21");
+      expect(text.indexOf("Paris"), family).toBeLessThan(text.lastIndexOf("21"));
+      await expect(text).toMatchFileSnapshot(`fixtures/chat-templates/${family}-tools.txt`);
+    }
+    await engine[Symbol.asyncDispose]();
+  });
+});

@@ -1,0 +1,38 @@
+// Tool calls as text (server/tools.ts): the calls a model writes in its template's syntax are
+// parsed back, and converted schemas share one grammar under renamed rules.
+import { ChatMLChatWrapper, Llama3_1ChatWrapper, QwenChatWrapper } from "node-llama-cpp";
+import { describe, expect, it } from "vitest";
+import { toolSyntaxOf } from "../../engine/chat-template.js";
+import { parseToolCalls, prefixRules } from "../../server/tools.js";
+
+const tools = [{ name: "get_weather" }, { name: "get_weather_by_zip" }, { name: "get_time" }];
+
+describe("parseToolCalls", () => {
+  it.for([
+    ["chatml", new ChatMLChatWrapper()],
+    ["qwen", new QwenChatWrapper()],
+    ["llama-3.1", new Llama3_1ChatWrapper()],
+  ] as const)("%s: a call written in the template's syntax comes back with its name and JSON arguments", ([, wrapper]) => {
+    const syntax = toolSyntaxOf(wrapper);
+    const write = (name: string, args: string) => `${syntax.prefix}${name}${syntax.paramsPrefix.replaceAll("{{functionName}}", name)}${args}${syntax.suffix.replaceAll("{{functionName}}", name)}`;
+    const one = parseToolCalls(write("get_weather", '{"city": "Paris"}'), syntax, tools);
+    expect(one.content).toBeNull();
+    expect(one.calls.map((c) => [c.name, JSON.parse(c.arguments)])).toEqual([["get_weather", { city: "Paris" }]]);
+    // A longer name that starts with another is not cut short; braces inside strings do not end the arguments.
+    const two = parseToolCalls(`Let me check. ${write("get_weather_by_zip", '{"zip": "7500}{"}')}${write("get_time", "{}")}`, syntax, tools);
+    expect(two.content).toBe("Let me check.");
+    expect(two.calls.map((c) => c.name)).toEqual(["get_weather_by_zip", "get_time"]);
+    expect(JSON.parse(two.calls[0].arguments)).toEqual({ zip: "7500}{" });
+    expect(new Set(two.calls.map((c) => c.id)).size).toBe(2);
+    // Not a call: an unknown function, or arguments that are not JSON — the text stays content.
+    for (const text of [write("launch", "{}"), write("get_time", "{oops")]) expect(parseToolCalls(text, syntax, tools)).toEqual({ content: text, calls: [] });
+    expect(parseToolCalls("Just text.", syntax, tools)).toEqual({ content: "Just text.", calls: [] });
+  });
+});
+
+describe("prefixRules", () => {
+  it("renames rule names only: not inside literals, character classes, repetition counts or comments", () => {
+    const gbnf = 'root ::= "{" space name-kv "}" # root-comment\nname-kv ::= "\\"name\\"" [a-z-]{1,3} space\nspace ::= | " "';
+    expect(prefixRules(gbnf, "t0-")).toBe('t0-root ::= "{" t0-space t0-name-kv "}" # root-comment\nt0-name-kv ::= "\\"name\\"" [a-z-]{1,3} t0-space\nt0-space ::= | " "');
+  });
+});
