@@ -276,6 +276,38 @@ describe.runIf(CHROMIUM)("the page in Chromium", () => {
     await page.close();
   });
 
+  it("sends a JSON schema and tools: the answer parses, and a required call shows in the finish line", async () => {
+    problems.length = 0;
+    const page = await open(t.url);
+    await page.selectOption("#model", "spec");
+    await page.fill("#prompt", "A boat, as JSON.");
+    await page.fill("#seed", "3");
+    await page.fill("#max_tokens", "200");
+    await page.locator("#structured-options summary").click();
+    const schema = { type: "object", properties: { name: { type: "string", maxLength: 8 }, crew: { type: "integer", minimum: 1, maximum: 9 } }, required: ["name", "crew"], additionalProperties: false };
+    await page.fill("#json-schema", JSON.stringify(schema));
+    const stream = await ask(page, "/v1/chat/completions");
+    const text = stream.map((c) => c.choices?.[0]?.delta?.content ?? "").join("");
+    expect(Object.keys(JSON.parse(text)).sort()).toEqual(["crew", "name"]);
+    expect(await page.locator("#tokens .tok").count()).toBeGreaterThan(5);
+    await page.locator("#clear").click();
+    await page.fill("#json-schema", "");
+    await page.fill("#tools", JSON.stringify([{ type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string", maxLength: 8 } }, required: ["city"] } } }]));
+    await page.selectOption("#tool-choice", "required");
+    await page.fill("#prompt", "Weather in Paris?");
+    const called = await ask(page, "/v1/chat/completions");
+    expect(called.find((c) => c.choices?.[0]?.finish_reason)?.choices[0].finish_reason).toBe("tool_calls");
+    await expect.poll(() => page.locator("#finish").textContent()).toContain("called: → get_weather {");
+    // A box that is not JSON is an error on the page, and nothing is sent.
+    await page.fill("#tools", "[oops");
+    await page.fill("#prompt", "Again?");
+    await page.locator("#prompt").press("Control+Enter");
+    await expect.poll(() => page.locator("#error").textContent()).toContain("tools list is not JSON");
+    expect(problems).toEqual([]);
+    await page.screenshot({ path: join(ARTIFACTS, "playground-structured.png") });
+    await page.close();
+  });
+
   it("asks for the API key when the server wants one, and works with it", async () => {
     const guarded = await startTestServer({ auth: { apiKeys: ["playground-key"] }, models: [{ id: "plain", path: forgedPath(t.manifest.models["flock-demo"].file), parallel: 1 }] });
     try {

@@ -40,6 +40,9 @@ const ui = {
   finish: $("finish"),
   error: $("error"),
   stats: $("stats"),
+  jsonSchema: /** @type {HTMLTextAreaElement} */ ($("json-schema")),
+  tools: /** @type {HTMLTextAreaElement} */ ($("tools")),
+  toolChoice: /** @type {HTMLSelectElement} */ ($("tool-choice")),
   speculativeOptions: $("speculative-options"),
   fusionOptions: $("fusion-options"),
   fusionExperts: $("fusion-experts"),
@@ -279,6 +282,8 @@ async function generate() {
     return showError("Write a message or a prompt first.");
   }
   const chat = endpoint() === "chat";
+  const structured = structuredFields(chat);
+  if (structured === null) return;
   if (chat && shownPrompt !== null && shownAnswer !== null) conversation.push({ role: "user", content: shownPrompt }, { role: "assistant", content: shownAnswer });
   shownPrompt = text;
   shownAnswer = null;
@@ -290,6 +295,7 @@ async function generate() {
     temperature: numberOf("temperature"),
     top_p: numberOf("top_p"),
     seed: numberOf("seed"),
+    ...structured,
     ...extension(),
   };
   const system = ui.system.value.trim();
@@ -335,6 +341,38 @@ async function generate() {
     draw();
     setState("done");
   }
+}
+
+/**
+ * response_format from the JSON schema box, tools and tool_choice (chat) from the tools box; null,
+ * with the error shown, when a box does not hold JSON.
+ * @param {boolean} chat
+ * @returns {Record<string, unknown> | null}
+ */
+function structuredFields(chat) {
+  /** @type {Record<string, unknown>} */
+  const fields = {};
+  const parse = (/** @type {HTMLTextAreaElement} */ box, /** @type {string} */ what) => {
+    try {
+      return JSON.parse(box.value);
+    } catch (err) {
+      showError(`The ${what} is not JSON: ${err instanceof Error ? err.message : String(err)}`);
+      box.focus();
+      return undefined;
+    }
+  };
+  if (ui.jsonSchema.value.trim() !== "") {
+    const schema = parse(ui.jsonSchema, "JSON schema");
+    if (schema === undefined) return null;
+    fields.response_format = { type: "json_schema", json_schema: { name: "playground", schema } };
+  }
+  if (chat && ui.tools.value.trim() !== "") {
+    const tools = parse(ui.tools, "tools list");
+    if (tools === undefined) return null;
+    fields.tools = tools;
+    fields.tool_choice = ui.toolChoice.value;
+  }
+  return fields;
 }
 
 /** The token area's state, for assistive technology and for tests: idle, streaming or done. */
@@ -441,8 +479,9 @@ function draw() {
     drawUsage(ui.expertsChart, usage.usage, palette, (v, total) => (usage.kind === "fusion" ? `${v} (${Math.round((100 * v) / Math.max(1, total))}%)` : `${((100 * v) / Math.max(1e-9, total)).toFixed(1)}%`));
   }
   if (t.done) {
-    const reason = { stop: "finished (stop)", length: "finished: max_tokens reached", stopped: "stopped" }[t.finishReason ?? ""] ?? `finished (${t.finishReason})`;
-    ui.finish.textContent = `${reason} · ${t.tokens.length} tokens${t.usage ? ` · prompt ${t.usage.prompt_tokens} tokens` : ""}`;
+    const reason = { stop: "finished (stop)", length: "finished: max_tokens reached", stopped: "stopped", tool_calls: `called: ${t.content}` }[t.finishReason ?? ""] ?? `finished (${t.finishReason})`;
+    const tokens = t.tokens.length || (t.usage?.completion_tokens ?? 0);
+    ui.finish.textContent = `${reason} · ${tokens} tokens${t.usage ? ` · prompt ${t.usage.prompt_tokens} tokens` : ""}`;
   } else if (t.tokens.length > 0) ui.finish.textContent = "streaming…";
 }
 

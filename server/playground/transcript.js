@@ -94,6 +94,11 @@ export class Transcript {
   addText(choice) {
     const text = this.endpoint === "chat" ? choice.delta?.content : choice.text;
     if (typeof text === "string") this.content += text;
+    // Tool calls arrive whole at the end of the choice: the name, then the arguments.
+    for (const call of (this.endpoint === "chat" && choice.delta?.tool_calls) || []) {
+      if (call.function?.name) this.content += `${this.content ? "\n" : ""}→ ${call.function.name} `;
+      if (call.function?.arguments) this.content += call.function.arguments;
+    }
     for (const entry of logprobEntries(this.endpoint, choice.logprobs)) {
       Object.assign(this.slot(this.released++), entry);
     }

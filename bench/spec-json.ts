@@ -1,0 +1,183 @@
+// npm run bench:spec:json [-- --json FILE] [--prompts N] [--tokens N] [--repeats N]
+// Speculative decoding under a JSON schema on the forge's `spec` pair (the pair bench:spec
+// measures): constrained target-only decoding against constrained speculation (SpecDec++ with
+// the online predictor, rejection and coupled verification; fixed K = 4), at temperature 0 and 1,
+// every output held to the schema by llama.cpp's grammar (engine/grammar.ts). Variants take
+// turns per prompt in a rotating order; medians over repetitions. `forced` is the share of the
+// target-only outputs' positions at which the grammar allowed a single token.
+import { existsSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
+import type { SpeculativeOverrides } from "../decoding/speculative/config.js";
+import { SpeculativeStats } from "../decoding/speculative/stats.js";
+import type { GenerationRequest } from "../decoding/types.js";
+import { Engine } from "../engine/engine.js";
+import { FORGE_FORMAT, readManifest } from "../forge/manifest.js";
+import { forge } from "../forge/presets.js";
+import { loadPipeline } from "../pipelines/load.js";
+import { ModelEntry } from "../pipelines/model-entry.js";
+import type { Pipeline } from "../pipelines/pipeline.js";
+import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
+
+const { values } = parseArgs({ options: { prompts: { type: "string" }, tokens: { type: "string" }, repeats: { type: "string" }, json: { type: "string" } }, strict: false });
+const PROMPTS = Number(values.prompts ?? 12);
+const TOKENS = Number(values.tokens ?? 160);
+const REPEATS = Number(values.repeats ?? 3);
+const out = jsonPathArg("spec-json.json");
+const SCHEMA = {
+  type: "object",
+  properties: {
+    name: { type: "string", maxLength: 24 },
+    kind: { enum: ["sloop", "ketch", "dinghy", "schooner"] },
+    crew: { type: "integer", minimum: 1, maximum: 40 },
+    moored: { type: "boolean" },
+  },
+  required: ["name", "kind", "crew", "moored"],
+  additionalProperties: false,
+};
+
+const dir = join(import.meta.dirname, "..", ".cache", `bench-spec-f${FORGE_FORMAT}`);
+if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: "spec", seed: 1 });
+const manifest = readManifest(dir);
+const pair = manifest.pairs[0];
+const target = join(dir, manifest.models[pair.target].file);
+const draft = join(dir, manifest.models[pair.draft].file);
+const engine = await Engine.create({ gpu: "off", threads: 1 });
+const stateDir = mkdtempSync(join(tmpdir(), "flock-bench-spec-json-"));
+const entry = (id: string, speculative: boolean) => ModelEntry.parse({ id, path: target, contextSize: 512, parallel: 1, ...(speculative ? { speculative: { draft } } : {}) });
+const plain = await loadPipeline(engine, entry("target", false), stateDir);
+const speculative = await loadPipeline(engine, entry("speculative", true), stateDir);
+const compiler = plain.model.grammars;
+if (!compiler) throw new Error("the native extension lacks the grammar kernels: npm run build:native");
+
+const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
+const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
+const variants: Array<{ name: string; pipeline: Pipeline; speculative?: SpeculativeOverrides }> = [
+  { name: "target only", pipeline: plain },
+  { name: "specdec++, rejection", pipeline: speculative, speculative: { policy: "specdec++", verification: "rejection" } },
+  { name: "specdec++, coupled", pipeline: speculative, speculative: { policy: "specdec++", verification: "coupled" } },
+  { name: "fixed K = 4, rejection", pipeline: speculative, speculative: { policy: "fixed", k: 4, verification: "rejection" } },
+];
+
+interface Run {
+  seconds: number;
+  tokens: number;
+  complete: number;
+  stats: SpeculativeStats;
+  outputs: number[][];
+}
+
+async function run(variant: (typeof variants)[number], sampling: SamplingParams, prompt: number, rep: number): Promise<Run> {
+  const stats = new SpeculativeStats();
+  const request: GenerationRequest = {
+    prompt: promptOf(prompt),
+    maxTokens: TOKENS,
+    sampling,
+    seed: 100 + prompt + 1000 * rep,
+    stopStrings: [],
+    stopTokens: [],
+    topLogprobs: null,
+    constraint: compiler!.compile({ jsonSchema: SCHEMA }),
+    ...(variant.speculative ? { speculative: variant.speculative } : {}),
+  };
+  const tokens: number[] = [];
+  let text = "";
+  let finish: string | undefined;
+  const started = performance.now();
+  for await (const step of variant.pipeline.generate(request)) {
+    tokens.push(...step.tokens);
+    text += step.text;
+    finish = step.finishReason ?? finish;
+    if (step.speculative) stats.recordRound(step.speculative.drafted, step.speculative.accepted);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  let complete = 0;
+  if (finish === "stop") {
+    JSON.parse(text);
+    complete = 1;
+  }
+  return { seconds, tokens: tokens.length, complete, stats, outputs: [tokens] };
+}
+
+/** The share of positions at which the grammar allowed one token, over the outputs. */
+function forcedShare(outputs: number[][]): number {
+  let forced = 0;
+  let positions = 0;
+  const vocabulary = plain.model.vocabularySize;
+  for (const tokens of outputs) {
+    const state = compiler!.compile({ jsonSchema: SCHEMA });
+    for (const token of tokens) {
+      const logits = new Float32Array(vocabulary);
+      state.mask(logits);
+      if (logits.reduce((n, l) => (l > -Infinity ? n + 1 : n), 0) === 1) forced++;
+      positions++;
+      if (plain.model.isEndOfGeneration(token)) break;
+      state.accept(token);
+    }
+  }
+  return forced / positions;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const rows: BenchReport["rows"] = [];
+for (const temperature of [0, 1]) {
+  const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature };
+  // Warm-up: the online predictor and the cost table see constrained traffic first.
+  for (let p = PROMPTS; p < 2 * PROMPTS; p++) for (const v of variants.slice(1)) await run(v, sampling, p, 0);
+  const ratios = new Map<string, number[]>();
+  const speeds = new Map<string, number[]>();
+  const totals = new Map<string, Run>();
+  for (let rep = 0; rep < REPEATS; rep++) {
+    const done = new Map<string, Run>();
+    for (let p = 0; p < PROMPTS; p++) {
+      for (let j = 0; j < variants.length; j++) {
+        const v = variants[(j + p + rep) % variants.length];
+        const r = await run(v, sampling, p, rep);
+        const sum = done.get(v.name);
+        if (sum) {
+          sum.seconds += r.seconds;
+          sum.tokens += r.tokens;
+          sum.complete += r.complete;
+          sum.stats.merge(r.stats);
+          sum.outputs.push(...r.outputs);
+        } else done.set(v.name, r);
+      }
+    }
+    const baseline = done.get("target only")!;
+    for (const [name, r] of done) {
+      speeds.set(name, [...(speeds.get(name) ?? []), r.tokens / r.seconds]);
+      ratios.set(name, [...(ratios.get(name) ?? []), r.tokens / r.seconds / (baseline.tokens / baseline.seconds)]);
+      const total = totals.get(name);
+      if (total) {
+        total.complete += r.complete;
+        total.stats.merge(r.stats);
+        total.outputs.push(...r.outputs);
+      } else totals.set(name, r);
+    }
+  }
+  for (const v of variants) {
+    const total = totals.get(v.name)!;
+    rows.push({
+      temperature,
+      variant: v.name,
+      tokensPerSecond: median(speeds.get(v.name)!),
+      vsTargetOnly: median(ratios.get(v.name)!),
+      acceptance: v.speculative ? total.stats.acceptanceRate : null,
+      meanCandidates: v.speculative ? total.stats.meanCandidateLength : null,
+      completeJson: total.complete / total.outputs.length,
+      forced: v.speculative ? null : forcedShare(total.outputs),
+    });
+    console.error(`T ${temperature} ${v.name}: ${median(speeds.get(v.name)!).toFixed(1)} tokens/s (${median(ratios.get(v.name)!).toFixed(2)}× target only)`);
+  }
+}
+
+printTable(rows);
+writeReport(out, {
+  benchmark: "spec-json",
+  command: "npm run bench:spec:json",
+  settings: { prompts: PROMPTS, tokens: TOKENS, repeats: REPEATS, schema: SCHEMA, statistic: "median over repetitions of tokens per second; completeJson: share of outputs that ended by themselves and parse" },
+  rows,
+});
+await engine[Symbol.asyncDispose]();
