@@ -18,24 +18,14 @@ import { createRng } from "../decoding/rng.js";
 import { DEFAULT_SAMPLING } from "../decoding/sampler.js";
 import { GrammarCompiler, type GrammarState } from "../engine/grammar.js";
 import { grammarKernels, samplingKernels, useSoftmaxKernel } from "../engine/native.js";
+import { BOAT_INSTANCE, BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const ROUNDS = 5;
 const out = jsonPathArg("grammar.json");
 const VOCABULARIES = ["llama-spm", "llama-bpe", "qwen2"];
-const SCHEMA = {
-  type: "object",
-  properties: {
-    name: { type: "string", maxLength: 24 },
-    kind: { enum: ["sloop", "ketch", "dinghy", "schooner"] },
-    crew: { type: "integer", minimum: 1, maximum: 40 },
-    moored: { type: "boolean" },
-    ports: { type: "array", items: { type: "string", maxLength: 16 }, maxItems: 4 },
-  },
-  required: ["name", "kind", "crew", "moored", "ports"],
-  additionalProperties: false,
-};
-const INSTANCE = '{"name": "Evening Star", "kind": "schooner", "crew": 12, "moored": false, "ports": ["Lisbon", "Porto", "Vigo"]}';
+const SCHEMA = BOAT_SCHEMA;
+const INSTANCE = BOAT_INSTANCE;
 
 const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
 const kernels = grammarKernels(llama);

@@ -19,6 +19,7 @@ import { forge } from "../forge/presets.js";
 import { loadPipeline } from "../pipelines/load.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
 import type { Pipeline } from "../pipelines/pipeline.js";
+import { BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const { values } = parseArgs({ options: { prompts: { type: "string" }, tokens: { type: "string" }, repeats: { type: "string" }, json: { type: "string" } }, strict: false });
@@ -26,17 +27,7 @@ const PROMPTS = Number(values.prompts ?? 12);
 const TOKENS = Number(values.tokens ?? 160);
 const REPEATS = Number(values.repeats ?? 3);
 const out = jsonPathArg("spec-json.json");
-const SCHEMA = {
-  type: "object",
-  properties: {
-    name: { type: "string", maxLength: 24 },
-    kind: { enum: ["sloop", "ketch", "dinghy", "schooner"] },
-    crew: { type: "integer", minimum: 1, maximum: 40 },
-    moored: { type: "boolean" },
-  },
-  required: ["name", "kind", "crew", "moored"],
-  additionalProperties: false,
-};
+const SCHEMA = BOAT_SCHEMA;
 
 const dir = join(import.meta.dirname, "..", ".cache", `bench-spec-f${FORGE_FORMAT}`);
 if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: "spec", seed: 1 });

@@ -177,3 +177,53 @@ export function parseToolCalls(text: string, syntax: ToolCallSyntax, tools: read
   const content = text.slice(0, first.at).trim();
   return { content: content.length > 0 ? content : null, calls };
 }
+
+/** One entry of a stream chunk's delta.tool_calls. */
+export interface ToolCallDelta {
+  index: number;
+  id?: string;
+  type?: "function";
+  function: { name?: string; arguments: string };
+}
+
+/**
+ * The stream deltas of a required call as its text grows (tool_choice "required" or named: the
+ * grammar makes the whole output one call): the id and name once the name is written, then each
+ * new fragment of the arguments, up to the end of their JSON (the suffix after it is not sent).
+ */
+export class RequiredCallStream {
+  private call: { id: string; name: string; argsAt: number } | null = null;
+  private sent = 0;
+
+  constructor(
+    private readonly syntax: ToolCallSyntax,
+    private readonly tools: readonly ToolDefinition[],
+  ) {}
+
+  /** Whether the call's name was written (then the choice finishes with "tool_calls"). */
+  get started(): boolean {
+    return this.call !== null;
+  }
+
+  deltas(text: string): ToolCallDelta[] {
+    const out: ToolCallDelta[] = [];
+    if (!this.call) {
+      if (!text.startsWith(this.syntax.prefix)) return out;
+      const at = this.syntax.prefix.length;
+      const paramsPrefix = (name: string) => this.syntax.paramsPrefix.replaceAll("{{functionName}}", name);
+      const name = this.tools.map((t) => t.name).find((n) => text.startsWith(n + paramsPrefix(n), at));
+      if (name === undefined) return out;
+      this.call = { id: callId(), name, argsAt: at + name.length + paramsPrefix(name).length };
+      out.push({ index: 0, id: this.call.id, type: "function", function: { name, arguments: "" } });
+    }
+    const args = text.slice(this.call.argsAt);
+    if (this.sent === 0) this.sent = args.length - args.trimStart().length;
+    const end = jsonEnd(args, 0);
+    const upTo = end >= 0 ? end : args.length;
+    if (upTo > this.sent) {
+      out.push({ index: 0, function: { arguments: args.slice(this.sent, upTo) } });
+      this.sent = upTo;
+    }
+    return out;
+  }
+}

@@ -46,12 +46,12 @@ describe("tool_choice required and named", () => {
     expect(seen.size).toBeGreaterThan(0);
   });
 
-  it("a named function is the one called; streamed, the call arrives as OpenAI's deltas (id and name, then arguments) and equals the whole response", async () => {
+  it("a named function is the one called; streamed, the call arrives as OpenAI's deltas (id and name, then argument fragments as they are written) and equals the whole response", async () => {
     const request = { model: "flock-demo", messages: ask, tools, tool_choice: { type: "function" as const, function: { name: "get_time" } }, seed: 9, max_tokens: 200 };
     const whole = await t.client.chat.completions.create(request);
     const call = whole.choices[0].message.tool_calls![0];
     expect(call.type === "function" && call.function.name).toBe("get_time");
-    const streamed: { id?: string; name?: string; arguments: string } = { arguments: "" };
+    const streamed: { id?: string; name?: string; arguments: string; fragments: number } = { arguments: "", fragments: 0 };
     let finish: string | null = null;
     let firstCallDelta: unknown;
     for await (const chunk of await t.client.chat.completions.create({ ...request, stream: true })) {
@@ -62,11 +62,14 @@ describe("tool_choice required and named", () => {
         streamed.id ??= c.id;
         streamed.name ??= c.function?.name;
         streamed.arguments += c.function?.arguments ?? "";
+        if (c.function?.arguments) streamed.fragments++;
       }
       finish = chunk.choices[0]?.finish_reason ?? finish;
     }
     expect(firstCallDelta).toMatchObject({ id: expect.stringMatching(/^call_/), type: "function", function: { name: "get_time", arguments: "" } });
     expect(finish).toBe("tool_calls");
+    // The arguments arrive as they are written, not in one piece at the end.
+    expect(streamed.fragments).toBeGreaterThan(3);
     expect(streamed.name).toBe("get_time");
     expect(call.type === "function" && streamed.arguments).toBe(call.type === "function" && call.function.arguments);
     Time.parse(JSON.parse(streamed.arguments));

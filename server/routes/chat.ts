@@ -6,7 +6,7 @@ import { type ChoiceAccumulator, chatLogprobs, choiceExtension, chunkFor, comple
 import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, predictionTokens, predictionUsage, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
-import { parseToolCalls, toolCallGrammar as toolCallGrammarFor, toolPlan } from "../tools.js";
+import { parseToolCalls, RequiredCallStream, toolCallGrammar as toolCallGrammarFor, toolPlan } from "../tools.js";
 import { parseRequest } from "../validation.js";
 import type { AppEnv, ServerContext } from "../context.js";
 
@@ -62,6 +62,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const withDetails = (usage: Usage, choices: ChoiceAccumulator[]) =>
       prediction ? { ...usage, completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 0, ...predictionUsage(choices) } } : usage;
 
+    const requiredStreams: RequiredCallStream[] = [];
     const id = completionId("chatcmpl");
     const created = nowSeconds();
     const envelope = { id, object: "chat.completion.chunk", created, model: pipeline.id };
@@ -71,7 +72,14 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       opening: (index) => [chunkFor(envelope, usageField, index)({ delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null })],
       step: (index, step, choice) => {
         const chunk = chunkFor(envelope, usageField, index);
-        // With tools, a choice is sent once it is complete: its calls are known only then.
+        if (tools?.mode === "required") {
+          // One call, by grammar: its name, then its arguments as they are written.
+          const stream = (requiredStreams[index] ??= new RequiredCallStream(rendered.toolSyntax, tools.tools));
+          const chunks = stream.deltas(choice.text).map((delta) => chunk({ delta: { tool_calls: [delta] }, logprobs: null, finish_reason: null }));
+          if (step.finishReason) chunks.push(chunk({ delta: {}, logprobs: null, finish_reason: stream.started ? "tool_calls" : step.finishReason }, choiceExtension(choice, extension)));
+          return chunks;
+        }
+        // In auto mode a choice is sent once it is complete: whether it calls is known only then.
         if (tools) return step.finishReason ? toolChoiceChunks(chunk, choice, message(choice), choiceExtension(choice, extension)) : [];
         return streamedStep(
           chunk,
@@ -106,8 +114,8 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
 }
 
 /**
- * The stream chunks of a complete choice when tools may be called: its content, or each call's
- * id and name, then its arguments (OpenAI's delta shape), then the finish.
+ * The stream chunks of a complete choice in auto mode: its content, or each call's id and name,
+ * then its arguments (OpenAI's delta shape), then the finish.
  */
 function toolChoiceChunks(chunk: (fields: object, extra?: object) => object, choice: ChoiceAccumulator, message: { content: string | null; calls: ToolCall[] }, extension: object): object[] {
   const chunks: object[] = [];

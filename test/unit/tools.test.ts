@@ -3,7 +3,7 @@
 import { ChatMLChatWrapper, Llama3_1ChatWrapper, QwenChatWrapper } from "node-llama-cpp";
 import { describe, expect, it } from "vitest";
 import { toolSyntaxOf } from "../../engine/chat-template.js";
-import { parseToolCalls, prefixRules } from "../../server/tools.js";
+import { parseToolCalls, prefixRules, RequiredCallStream } from "../../server/tools.js";
 
 const tools = [{ name: "get_weather" }, { name: "get_weather_by_zip" }, { name: "get_time" }];
 
@@ -34,5 +34,26 @@ describe("prefixRules", () => {
   it("renames rule names only: not inside literals, character classes, repetition counts or comments", () => {
     const gbnf = 'root ::= "{" space name-kv "}" # root-comment\nname-kv ::= "\\"name\\"" [a-z-]{1,3} space\nspace ::= | " "';
     expect(prefixRules(gbnf, "t0-")).toBe('t0-root ::= "{" t0-space t0-name-kv "}" # root-comment\nt0-name-kv ::= "\\"name\\"" [a-z-]{1,3} t0-space\nt0-space ::= | " "');
+  });
+});
+
+describe("RequiredCallStream", () => {
+  it.for([
+    ["chatml", new ChatMLChatWrapper()],
+    ["qwen", new QwenChatWrapper()],
+    ["llama-3.1", new Llama3_1ChatWrapper()],
+  ] as const)("%s: written a character at a time, the call streams its id and name once, then the arguments without the suffix", ([, wrapper]) => {
+    const syntax = toolSyntaxOf(wrapper);
+    const args = '{"zip": "75)0}", "n": [1, {"a": 2}]}';
+    const name = "get_weather_by_zip";
+    const text = `${syntax.prefix}${name}${syntax.paramsPrefix.replaceAll("{{functionName}}", name)}${args}${syntax.suffix.replaceAll("{{functionName}}", name)}`;
+    const stream = new RequiredCallStream(syntax, tools);
+    const deltas = [];
+    for (let i = 1; i <= text.length; i++) deltas.push(...stream.deltas(text.slice(0, i)));
+    expect(stream.started).toBe(true);
+    expect(deltas[0]).toMatchObject({ index: 0, id: expect.stringMatching(/^call_/), type: "function", function: { name, arguments: "" } });
+    expect(deltas.filter((d) => d.function.name !== undefined)).toHaveLength(1);
+    expect(deltas.map((d) => d.function.arguments).join("")).toBe(args);
+    expect(deltas.length).toBeGreaterThan(10);
   });
 });
