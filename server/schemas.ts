@@ -160,14 +160,35 @@ const InputMessage = z.looseObject({
   role: z.enum(["user", "system", "developer", "assistant"]),
   content: z.union([z.string(), z.array(InputPart)]),
 });
+/** A call the model made earlier, and its output (function calling across turns). */
+const FunctionCallItem = z.looseObject({ type: z.literal("function_call"), call_id: z.string().min(1), name: z.string().min(1), arguments: z.string() });
+const FunctionCallOutputItem = z.looseObject({ type: z.literal("function_call_output"), call_id: z.string().min(1), output: z.union([z.string(), z.array(InputText)]) });
 const InputItem = z.union([
   InputMessage,
+  FunctionCallItem,
+  FunctionCallOutputItem,
   z.looseObject({ type: z.string() }).transform((item, ctx) => {
     ctx.addIssue({ code: "custom", message: `input items of type "${item.type}" are not supported: send messages with text content`, params: UNSUPPORTED });
     return z.NEVER;
   }),
 ]);
-export type ResponsesInputItem = z.infer<typeof InputMessage>;
+export type ResponsesInputItem = z.infer<typeof InputMessage> | z.infer<typeof FunctionCallItem> | z.infer<typeof FunctionCallOutputItem>;
+
+/** Responses' function tools: name and parameters beside the type; other tool types are refused. */
+const ResponsesTool = z.union([
+  z.looseObject({
+    type: z.literal("function"),
+    name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, "a function name of at most 64 letters, digits, _ or -"),
+    description: z.string().nullish(),
+    parameters: z.record(z.string(), z.unknown()).nullish(),
+    strict: z.boolean().nullish(),
+  }),
+  z.looseObject({ type: z.string() }).transform((tool, ctx) => {
+    ctx.addIssue({ code: "custom", message: `tools of type "${tool.type}" are not supported: only function tools`, params: UNSUPPORTED });
+    return z.NEVER;
+  }),
+]);
+const ResponsesToolChoice = z.union([z.enum(["none", "auto", "required"]), z.looseObject({ type: z.literal("function"), name: z.string() })]);
 
 /** POST /v1/responses: text in, text out, nothing stored. */
 export const ResponsesRequest = z.object({
@@ -182,8 +203,9 @@ export const ResponsesRequest = z.object({
   conversation: refusedAlways("this server does not store conversations: send the whole conversation as input"),
   background: refusedWhen(z.boolean(), (b) => b, "background responses are not supported"),
   prompt: refusedAlways("stored prompt templates are not supported"),
-  tools: refusedWhen(z.array(z.unknown()), (tools) => tools.length > 0, "tools are not supported yet"),
-  tool_choice: refusedWhen(NoCall, calls, 'tool_choice must be "none" or "auto": tools are not supported yet'),
+  tools: z.array(ResponsesTool).max(128, "at most 128 tools").nullish(),
+  tool_choice: ResponsesToolChoice.nullish(),
+  parallel_tool_calls: z.boolean().nullish(),
 });
 export type ResponsesRequest = z.infer<typeof ResponsesRequest>;
 

@@ -5,7 +5,7 @@
 // parameters; with "auto" the model may answer or call, and a call in its output is parsed.
 import { randomBytes } from "node:crypto";
 import { z } from "zod";
-import type { ToolCall, ToolCallSyntax, ToolDefinition } from "../engine/chat-template.js";
+import type { RenderedPrompt, ToolCall, ToolCallSyntax, ToolDefinition } from "../engine/chat-template.js";
 import { FlockError } from "../engine/errors.js";
 import type { GrammarCompiler } from "../engine/grammar.js";
 import { checkJsonSchema } from "./output-format.js";
@@ -62,6 +62,21 @@ export function toolPlan(body: ToolFields): ToolPlan | null {
     throw new FlockError("invalid_request", `tool_choice names function ${choice.function.name}, which tools does not declare`, "tool_choice");
   }
   return { mode: "required", tools, named: choice.function.name };
+}
+
+/**
+ * The prompt and grammar of a generation that may call `plan`'s tools: a required call is held to
+ * the call grammar (which needs the native grammar kernels); in auto mode generation stops where
+ * the model would go on to imagine the call's result.
+ */
+export function toolGeneration(plan: ToolPlan | null, rendered: RenderedPrompt, compiler: GrammarCompiler | null): { rendered: RenderedPrompt; grammar?: string } {
+  if (!plan) return { rendered };
+  if (plan.mode === "required") {
+    if (!compiler) throw new FlockError("unsupported", "tool_choice required or a named function needs flock's native build (npm run build:native)", "tool_choice");
+    return { rendered, grammar: toolCallGrammar(plan, rendered.toolSyntax, compiler) };
+  }
+  const resultPrefix = rendered.toolSyntax.resultPrefix;
+  return { rendered: resultPrefix.trim() === "" ? rendered : { ...rendered, stopStrings: [...rendered.stopStrings, resultPrefix] } };
 }
 
 /** A GBNF string literal. */

@@ -194,8 +194,6 @@ describe("honoured top-level sampling fields", () => {
 describe("refused fields", () => {
   const chat = { model: "flock-demo", messages: [{ role: "user", content: "hi" }] };
   const refusals: Array<[string, "chat" | "completions" | "responses", Record<string, unknown>]> = [
-    ["tools", "responses", { tools: [{ type: "function", name: "f" }] }],
-    ["tool_choice", "responses", { tool_choice: "required" }],
     ["functions", "chat", { functions: [{ name: "f" }] }],
     ["function_call", "chat", { function_call: { name: "f" } }],
     ["modalities", "chat", { modalities: ["text", "audio"] }],

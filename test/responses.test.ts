@@ -116,10 +116,9 @@ describe("what /v1/responses refuses", () => {
     [{ conversation: "conv_1" }, "conversation"],
     [{ background: true }, "background"],
     [{ prompt: { id: "pmpt_1" } }, "prompt"],
-    [{ tools: [{ type: "web_search" }] }, "tools"],
-    [{ tool_choice: "required" }, "tool_choice"],
+    [{ tools: [{ type: "web_search" }] }, "tools[0]"],
     [{ n: 2 }, "n"],
-    [{ input: [{ type: "function_call_output", call_id: "c", output: "{}" }] }, "input[0]"],
+    [{ input: [{ type: "computer_call_output", call_id: "c", output: {} }] }, "input[0]"],
     [{ input: [{ role: "user", content: [{ type: "input_image", image_url: "data:," }] }] }, "input[0].content[0]"],
   ])("%o: 400 unsupported_parameter naming %s", async (body, param) => {
     const res = await post(body);
@@ -132,7 +131,7 @@ describe("what /v1/responses refuses", () => {
       .create({ model: "flock-demo", input: "hi", max_output_tokens: 2, store: true, reasoning: { effort: "low" }, truncation: "auto", metadata: { a: "b" }, parallel_tool_calls: false, text: { format: { type: "text" } } })
       .withResponse();
     expect(data.status).toBe("incomplete");
-    expect(response.headers.get("x-flock-ignored-fields")!.split(", ").sort()).toEqual(["metadata", "parallel_tool_calls", "reasoning", "store", "truncation"]);
+    expect(response.headers.get("x-flock-ignored-fields")!.split(", ").sort()).toEqual(["metadata", "reasoning", "store", "truncation"]);
   });
 
   it("an unknown model is a 404, a prompt past the window a context_length_exceeded naming input", async () => {

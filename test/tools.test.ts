@@ -150,3 +150,47 @@ describe("history with tool calls", () => {
     await engine[Symbol.asyncDispose]();
   });
 });
+
+describe("Responses API function calling", () => {
+  const functionTools = [
+    { type: "function" as const, name: "get_weather", description: "The weather in a city", parameters: z.toJSONSchema(Weather) as Record<string, unknown>, strict: true },
+    { type: "function" as const, name: "get_time", parameters: z.toJSONSchema(Time) as Record<string, unknown>, strict: true },
+  ];
+
+  it("required: a function_call item with a declared name and valid arguments; streamed as the item events, the same call", async () => {
+    const request = { model: "flock-demo", input: "What is the weather in Paris?", tools: functionTools, tool_choice: "required" as const, max_output_tokens: 200, seed: 4 };
+    const response = await t.client.responses.create(request as never);
+    const output = (response as unknown as { output: Array<Record<string, string>>; status: string }).output;
+    expect((response as unknown as { status: string }).status).toBe("completed");
+    const call = output.find((item) => item.type === "function_call")!;
+    expect(call).toMatchObject({ type: "function_call", status: "completed", call_id: expect.stringMatching(/^call_/), id: expect.stringMatching(/^fc_/) });
+    (call.name === "get_weather" ? Weather : Time).parse(JSON.parse(call.arguments));
+    const events: Array<Record<string, unknown>> = [];
+    for await (const event of (await t.client.responses.create({ ...request, stream: true } as never)) as unknown as AsyncIterable<Record<string, unknown>>) events.push(event);
+    const types = events.map((e) => e.type);
+    expect(types).toEqual(expect.arrayContaining(["response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.done", "response.output_item.done", "response.completed"]));
+    const done = events.find((e) => e.type === "response.function_call_arguments.done") as { arguments: string };
+    const completed = events.find((e) => e.type === "response.completed") as { response: { output: Array<Record<string, string>> } };
+    const streamedCall = completed.response.output.find((item) => item.type === "function_call")!;
+    expect(streamedCall.name).toBe(call.name);
+    expect(done.arguments).toBe(streamedCall.arguments);
+    expect(streamedCall.arguments).toBe(call.arguments);
+  });
+
+  it("a function_call and its function_call_output in the input are rendered; an output that answers no call is a 400 on input; other tool types are refused", async () => {
+    const turn = [
+      { role: "user" as const, content: "What is the weather in Paris?" },
+      { type: "function_call" as const, call_id: "call_7", name: "get_weather", arguments: '{"city": "Paris", "unit": "c"}' },
+      { type: "function_call_output" as const, call_id: "call_7", output: '{"temperature": 21}' },
+    ];
+    const withCall = await t.client.responses.create({ model: "flock-demo", input: turn, tools: functionTools, max_output_tokens: 3 } as never);
+    const without = await t.client.responses.create({ model: "flock-demo", input: turn.slice(0, 1), tools: functionTools, max_output_tokens: 3 } as never);
+    const inputTokens = (r: unknown) => (r as { usage: { input_tokens: number } }).usage.input_tokens;
+    expect(inputTokens(withCall)).toBeGreaterThan(inputTokens(without) + 10);
+    const res = await fetch(`${t.url}/v1/responses`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: "flock-demo", input: [turn[0], { ...turn[2], call_id: "call_8" }] }) });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { param: string } }).error.param).toBe("input");
+    const web = await fetch(`${t.url}/v1/responses`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: "flock-demo", input: "x", tools: [{ type: "web_search" }] }) });
+    expect(web.status).toBe(400);
+  });
+});

@@ -1,12 +1,11 @@
 // POST /v1/chat/completions
 import type { Hono } from "hono";
 import type { ChatMessage, ToolCall } from "../../engine/model.js";
-import { FlockError } from "../../engine/errors.js";
 import { type ChoiceAccumulator, chatLogprobs, choiceExtension, chunkFor, completionId, nowSeconds, responseExtension, streamedStep, type Usage } from "../format.js";
 import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, predictionTokens, predictionUsage, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
-import { parseToolCalls, RequiredCallStream, toolCallGrammar as toolCallGrammarFor, toolPlan } from "../tools.js";
+import { parseToolCalls, RequiredCallStream, toolGeneration, toolPlan } from "../tools.js";
 import { parseRequest } from "../validation.js";
 import type { AppEnv, ServerContext } from "../context.js";
 
@@ -32,13 +31,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const messages = toChatMessages(body);
     checkPromptBytes(messages.map((m) => m.content), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "messages");
     const tools = toolPlan(body);
-    const template = pipeline.model.renderChat(messages, body.chat_template_kwargs ?? undefined, tools?.tools);
-    // With tools the model may call: a required call is held to the call grammar; in auto mode,
-    // generation stops where the model would go on to imagine the call's result.
-    const rendered = tools?.mode === "auto" && template.toolSyntax.resultPrefix.trim() !== "" ? { ...template, stopStrings: [...template.stopStrings, template.toolSyntax.resultPrefix] } : template;
-    const compiler = pipeline.model.grammars;
-    if (tools?.mode === "required" && !compiler) throw new FlockError("unsupported", "tool_choice required or a named function needs flock's native build (npm run build:native)", "tool_choice");
-    const toolCallGrammar = tools?.mode === "required" ? toolCallGrammarFor(tools, rendered.toolSyntax, compiler!) : undefined;
+    const { rendered, grammar: toolCallGrammar } = toolGeneration(tools, pipeline.model.renderChat(messages, body.chat_template_kwargs ?? undefined, tools?.tools), pipeline.model.grammars);
     /** A choice's text as OpenAI's message: tool calls parsed out of it when tools may be called. */
     const message = (ch: ChoiceAccumulator) => {
       if (!tools) return { content: ch.text, calls: [] };

@@ -1,31 +1,74 @@
-// POST /v1/responses: OpenAI's Responses API for text. `input` (a string or messages) and
-// `instructions` are rendered with the model's chat template, as chat completions are; one
-// output message comes back, streamed as the Responses events (response.created,
-// response.output_text.delta, …, response.completed). Nothing is stored: previous_response_id
-// is refused and store is answered false.
+// POST /v1/responses: OpenAI's Responses API for text and function calls. `input` (a string,
+// messages, function_call and function_call_output items) and `instructions` are rendered with
+// the model's chat template, as chat completions are; one output message comes back, streamed as
+// the Responses events (response.created, response.output_text.delta, …, response.completed),
+// or with function tools the message and function_call items once the choice is complete
+// (tools.ts decides what may be called). Nothing is stored: previous_response_id is refused and
+// store is answered false.
 import { randomUUID } from "node:crypto";
 import type { Hono } from "hono";
 import { FlockError } from "../../engine/errors.js";
-import type { ChatMessage } from "../../engine/model.js";
+import type { ChatMessage, RenderedPrompt, ToolCall } from "../../engine/model.js";
 import type { AppEnv, ServerContext } from "../context.js";
 import type { OpenAIErrorBody } from "../errors.js";
 import { type ChoiceAccumulator, chatLogprobs, nowSeconds, responseExtension, type Usage } from "../format.js";
 import { checkPromptBytes, conversationChoices, extensionOptions, maxTokensFor, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { contentText, ResponsesRequest } from "../schemas.js";
+import { parseToolCalls, toolGeneration, toolPlan } from "../tools.js";
 import { parseRequest } from "../validation.js";
 
 const LOGPROBS_INCLUDE = "message.output_text.logprobs";
 
+const textOf = (content: string | Array<{ text: string }>) => (typeof content === "string" ? content : contentText(content.map((part) => ({ type: "text" as const, text: part.text }))));
+
+/**
+ * Input items as chat messages: function_call items join the assistant turn before them (or
+ * start one), function_call_output items answer them as tool messages.
+ */
 function toChatMessages(body: ResponsesRequest): ChatMessage[] {
   const messages: ChatMessage[] = [];
   if (body.instructions) messages.push({ role: "system", content: body.instructions });
   if (typeof body.input === "string") return [...messages, { role: "user", content: body.input }];
   for (const item of body.input) {
-    const content = typeof item.content === "string" ? item.content : contentText(item.content.map((part) => ({ type: "text" as const, text: part.text })));
-    messages.push({ role: item.role === "developer" ? "system" : item.role, content });
+    if (item.type === "function_call") {
+      const call = { id: item.call_id, name: item.name, arguments: item.arguments };
+      const last = messages.at(-1);
+      if (last?.role === "assistant") messages[messages.length - 1] = { ...last, toolCalls: [...(last.toolCalls ?? []), call] };
+      else messages.push({ role: "assistant", content: "", toolCalls: [call] });
+    } else if (item.type === "function_call_output") {
+      messages.push({ role: "tool", toolCallId: item.call_id, content: textOf(item.output) });
+    } else {
+      messages.push({ role: item.role === "developer" ? "system" : item.role, content: textOf(item.content) });
+    }
   }
   return messages;
+}
+
+/**
+ * The rendered input; a history the template cannot pair (a function_call_output that answers no
+ * call, a call left unanswered) is a 400 on `input`, as the chat messages it became are not the
+ * client's items one for one.
+ */
+function renderInput(render: () => RenderedPrompt): RenderedPrompt {
+  try {
+    return render();
+  } catch (err) {
+    if (err instanceof FlockError && err.param?.startsWith("messages")) {
+      const message = err.message.replace(/^messages\[\d+\]: /, "").replace("a tool message", "a function_call_output").replace("tool_call_id", "call_id");
+      throw new FlockError(err.kind, `input: ${message}`, "input");
+    }
+    throw err;
+  }
+}
+
+/** Responses' tools and tool_choice in chat completions' shape (tools.ts reads that). */
+function chatTools(body: ResponsesRequest) {
+  const choice = body.tool_choice;
+  return {
+    tools: (body.tools ?? []).map((t) => ({ type: "function" as const, function: { name: t.name, description: t.description, parameters: t.parameters } })),
+    tool_choice: choice && typeof choice === "object" ? { type: "function" as const, function: { name: choice.name } } : choice,
+  };
 }
 
 const responseId = () => `resp_${randomUUID().replaceAll("-", "")}`;
@@ -39,15 +82,40 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const extension = extensionOptions(body, pipeline);
     const messages = toChatMessages(body);
     checkPromptBytes(messages.map((m) => m.content), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "input");
-    const rendered = pipeline.model.renderChat(messages);
+    const tools = toolPlan(chatTools(body));
+    const { rendered, grammar: toolCallGrammar } = toolGeneration(tools, renderInput(() => pipeline.model.renderChat(messages, undefined, tools?.tools)), pipeline.model.grammars);
     const maxTokens = maxTokensFor(body.max_output_tokens, rendered.tokens.length, pipeline, ctx.limits, "input", "max_output_tokens");
     const logprobs = body.top_logprobs != null || (body.include ?? []).includes(LOGPROBS_INCLUDE);
     const abort = new AbortController();
-    const requests = conversationChoices(body, pipeline, rendered, { n: 1, maxTokens, topLogprobs: logprobs ? (body.top_logprobs ?? 0) : null, signal: abort.signal });
+    const requests = conversationChoices(body, pipeline, rendered, { n: 1, maxTokens, topLogprobs: logprobs ? (body.top_logprobs ?? 0) : null, signal: abort.signal, toolCallGrammar });
 
     const id = responseId();
     const itemId = messageId();
     const created = nowSeconds();
+    /** The choice's text and calls, parsed once (call ids stay the same in events and the response). */
+    const parsed = new WeakMap<ChoiceAccumulator, { content: string | null; calls: ToolCall[] }>();
+    const parsedOf = (choice: ChoiceAccumulator) => {
+      let p = parsed.get(choice);
+      if (!p) {
+        p = tools ? parseToolCalls(choice.text, rendered.toolSyntax, tools.tools) : { content: choice.text, calls: [] };
+        if (body.parallel_tool_calls === false) p = { ...p, calls: p.calls.slice(0, 1) };
+        parsed.set(choice, p);
+      }
+      return p;
+    };
+    const callItem = (call: ToolCall, status: "in_progress" | "completed") => ({
+      id: `fc_${call.id.replace(/^call_/, "")}`,
+      type: "function_call",
+      status,
+      call_id: call.id,
+      name: call.name,
+      arguments: status === "completed" ? call.arguments : "",
+    });
+    /** The output items of a finished choice: its message (unless it only calls), then its calls. */
+    const outputItems = (choice: ChoiceAccumulator) => {
+      const { content, calls } = parsedOf(choice);
+      return [...(content !== null || calls.length === 0 ? [outputMessage("completed", choice, content ?? "")] : []), ...calls.map((call) => callItem(call, "completed"))];
+    };
     /** The response object; `choice` absent while it is in progress. */
     const responseObject = (status: "in_progress" | "completed" | "incomplete", choice?: ChoiceAccumulator, usage?: Usage) => ({
       id,
@@ -59,15 +127,15 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       instructions: body.instructions ?? null,
       max_output_tokens: body.max_output_tokens ?? null,
       model: pipeline.id,
-      output: choice ? [outputMessage("completed", choice)] : [],
-      parallel_tool_calls: true,
+      output: choice ? outputItems(choice) : [],
+      parallel_tool_calls: body.parallel_tool_calls ?? true,
       previous_response_id: null,
       reasoning: { effort: null, summary: null },
       store: false,
       temperature: body.temperature ?? 1,
       text: { format: { type: "text" } },
-      tool_choice: "auto",
-      tools: [],
+      tool_choice: body.tool_choice ?? "auto",
+      tools: body.tools ?? [],
       top_p: body.top_p ?? 1,
       truncation: "disabled",
       usage: usage
@@ -78,45 +146,92 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       ...(choice ? responseExtension([choice], extension) : {}),
     });
     const textPart = (text: string, choice?: ChoiceAccumulator) => ({ type: "output_text", text, annotations: [], ...(logprobs ? { logprobs: chatLogprobs(choice?.logprobs ?? []) } : {}) });
-    const outputMessage = (status: "in_progress" | "completed", choice?: ChoiceAccumulator) => ({
+    const outputMessage = (status: "in_progress" | "completed", choice?: ChoiceAccumulator, text = choice?.text ?? "") => ({
       id: itemId,
       type: "message",
       status,
       role: "assistant",
-      content: choice ? [textPart(choice.text, choice)] : [],
+      content: choice ? [textPart(text, choice)] : [],
     });
     const statusOf = (choice: ChoiceAccumulator) => (choice.finishReason === "length" ? "incomplete" : "completed");
     let sequence = 0;
     const event = <T extends object>(type: string, fields: T) => ({ type, sequence_number: sequence++, ...fields });
     const at = { item_id: itemId, output_index: 0, content_index: 0 };
 
-    const shape: ResponseShape = {
-      opening: () => [
-        event("response.created", { response: responseObject("in_progress") }),
-        event("response.in_progress", { response: responseObject("in_progress") }),
-        event("response.output_item.added", { output_index: 0, item: outputMessage("in_progress") }),
-        event("response.content_part.added", { ...at, part: textPart("") }),
-      ],
-      step: (_, step) =>
-        step.text.length > 0 || (logprobs && (step.logprobs?.length ?? 0) > 0)
-          ? [event("response.output_text.delta", { ...at, delta: step.text, logprobs: logprobs ? chatLogprobs(step.logprobs ?? []) : [] })]
-          : [],
-      usage: () => ({}),
-      response: ([choice], usage) => responseObject(statusOf(choice), choice, usage),
-      events: {
-        closing: ([choice], usage) => {
-          const status = statusOf(choice);
+    /**
+     * With tools, the output is known only when the choice is complete (a message, calls, or
+     * both): each item's events are sent then, in order.
+     */
+    const itemEvents = (choice: ChoiceAccumulator): object[] =>
+      outputItems(choice).flatMap((item, output_index): object[] => {
+        if (item.type === "function_call") {
+          const call = item as ReturnType<typeof callItem>;
+          const atCall = { item_id: call.id, output_index };
           return [
-            event("response.output_text.done", { ...at, text: choice.text, logprobs: logprobs ? chatLogprobs(choice.logprobs) : [] }),
-            event("response.content_part.done", { ...at, part: textPart(choice.text, choice) }),
-            event("response.output_item.done", { output_index: 0, item: outputMessage("completed", choice) }),
-            event(status === "completed" ? "response.completed" : "response.incomplete", { response: responseObject(status, choice, usage) }),
+            event("response.output_item.added", { output_index, item: { ...call, status: "in_progress", arguments: "" } }),
+            event("response.function_call_arguments.delta", { ...atCall, delta: call.arguments }),
+            event("response.function_call_arguments.done", { ...atCall, arguments: call.arguments }),
+            event("response.output_item.done", { output_index, item: call }),
           ];
+        }
+        const text = parsedOf(choice).content ?? "";
+        const atText = { item_id: itemId, output_index, content_index: 0 };
+        return [
+          event("response.output_item.added", { output_index, item: outputMessage("in_progress") }),
+          event("response.content_part.added", { ...atText, part: textPart("") }),
+          event("response.output_text.delta", { ...atText, delta: text, logprobs: [] }),
+          event("response.output_text.done", { ...atText, text, logprobs: [] }),
+          event("response.content_part.done", { ...atText, part: textPart(text, choice) }),
+          event("response.output_item.done", { output_index, item }),
+        ];
+      });
+
+    const error = (failure: OpenAIErrorBody) => event("error", { code: failure.error.code, message: failure.error.message, param: failure.error.param });
+    const shape: ResponseShape = tools ? toolShape() : textShape();
+    function toolShape(): ResponseShape {
+      return {
+        opening: () => [event("response.created", { response: responseObject("in_progress") }), event("response.in_progress", { response: responseObject("in_progress") })],
+        step: () => [],
+        usage: () => ({}),
+        response: ([choice], usage) => responseObject(statusOf(choice), choice, usage),
+        events: {
+          closing: ([choice], usage) => {
+            const status = statusOf(choice);
+            return [...itemEvents(choice), event(status === "completed" ? "response.completed" : "response.incomplete", { response: responseObject(status, choice, usage) })];
+          },
+          error,
         },
-        error: (failure: OpenAIErrorBody) => event("error", { code: failure.error.code, message: failure.error.message, param: failure.error.param }),
-      },
-    };
+      };
+    }
     // The closing events repeat the whole text's logprobs.
+    function textShape(): ResponseShape {
+      return {
+        opening: () => [
+          event("response.created", { response: responseObject("in_progress") }),
+          event("response.in_progress", { response: responseObject("in_progress") }),
+          event("response.output_item.added", { output_index: 0, item: outputMessage("in_progress") }),
+          event("response.content_part.added", { ...at, part: textPart("") }),
+        ],
+        step: (_, step) =>
+          step.text.length > 0 || (logprobs && (step.logprobs?.length ?? 0) > 0)
+            ? [event("response.output_text.delta", { ...at, delta: step.text, logprobs: logprobs ? chatLogprobs(step.logprobs ?? []) : [] })]
+            : [],
+        usage: () => ({}),
+        response: ([choice], usage) => responseObject(statusOf(choice), choice, usage),
+        events: {
+          closing: ([choice], usage) => {
+            const status = statusOf(choice);
+            return [
+              event("response.output_text.done", { ...at, text: choice.text, logprobs: logprobs ? chatLogprobs(choice.logprobs) : [] }),
+              event("response.content_part.done", { ...at, part: textPart(choice.text, choice) }),
+              event("response.output_item.done", { output_index: 0, item: outputMessage("completed", choice) }),
+              event(status === "completed" ? "response.completed" : "response.incomplete", { response: responseObject(status, choice, usage) }),
+            ];
+          },
+          error,
+        },
+      };
+    }
     return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage: false, shape, abort, log: c.get("log"), promptParam: "input", streamKeepsLogprobs: logprobs });
   });
 }
