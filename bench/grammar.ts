@@ -72,6 +72,7 @@ function counting(state: GrammarState): TokenConstraint & { calls: { checks: num
     mask: (logits) => (calls.masks++, state.mask(logits)),
     accept: (token) => state.accept(token),
     clone: () => counting(state.clone()),
+    release: () => state.release(),
   };
 }
 

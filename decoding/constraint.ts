@@ -16,6 +16,8 @@ export interface TokenConstraint {
   accept(token: number): void;
   /** An independent copy at the same position (speculative candidates, choices of one request). */
   clone(): TokenConstraint;
+  /** Frees what it holds now rather than at garbage collection; unusable after. Idempotent. */
+  release(): void;
 }
 
 /** How many of the draw's preferred tokens are checked before the vocabulary is masked. */

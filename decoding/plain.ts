@@ -23,12 +23,12 @@ export function describeLogprobs(model: LogprobModel, logits: Float32Array, toke
 
 export async function* plainDecode(model: LogprobModel, request: GenerationRequest): AsyncGenerator<DecodeStep> {
   const seq = await model.acquire(request.prompt, request.signal);
+  const constraint = request.constraint?.clone();
   try {
     const draws = tokenDraws(request);
     const output = new OutputAssembler(model, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const history = TokenHistory.after(request.prompt);
-    const constraint = request.constraint?.clone();
     // With an observer, every step also reads what the engine reports about its position.
     const observe = request.observePosition;
     const evaluate = async (tokens: readonly number[]): Promise<Float32Array> => {
@@ -57,6 +57,7 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       logits = await evaluate([token]);
     }
   } finally {
+    constraint?.release();
     seq.release();
   }
 }

@@ -16,8 +16,14 @@ export class GrammarError extends Error {
 /** What a constrained generation is held to. */
 export type GrammarSource = { gbnf: string; root?: string } | { jsonSchema: unknown };
 
+/** Distinct grammars kept compiled per model (clients tend to send the same schema again). */
+const CACHED_GRAMMARS = 64;
+
 /** Compiles grammars for one model. */
 export class GrammarCompiler {
+  /** Start states by source, least recently used first. */
+  private readonly compiled = new Map<string, GrammarState>();
+
   constructor(
     private readonly model: LlamaModel,
     private readonly kernels: GrammarKernels,
@@ -32,7 +38,28 @@ export class GrammarCompiler {
     }
   }
 
-  /** The start of a generation held to `source`; throws GrammarError when it does not compile. */
+  /**
+   * The start of a generation held to `source`, shared: decoders clone it and never advance it.
+   * Compiled once per distinct source (a conversion and a parse, and native memory V8 does not
+   * see, saved per request); throws GrammarError when it does not compile.
+   */
+  start(source: GrammarSource): GrammarState {
+    const key = JSON.stringify(source);
+    const cached = this.compiled.get(key);
+    if (cached) {
+      this.compiled.delete(key);
+      this.compiled.set(key, cached);
+      return cached;
+    }
+    const state = this.compile(source);
+    this.compiled.set(key, state);
+    // An evicted start state may still be about to be cloned by a queued request: the garbage
+    // collector frees it once nothing holds it.
+    if (this.compiled.size > CACHED_GRAMMARS) this.compiled.delete(this.compiled.keys().next().value!);
+    return state;
+  }
+
+  /** A fresh start of a generation held to `source`; throws GrammarError when it does not compile. */
   compile(source: GrammarSource): GrammarState {
     const gbnf = "gbnf" in source ? source.gbnf : this.jsonSchemaGrammar(source.jsonSchema);
     const root = "gbnf" in source ? (source.root ?? "root") : "root";
@@ -52,6 +79,8 @@ export class GrammarCompiler {
 
 /** One generation's position in a grammar. */
 export class GrammarState {
+  private released = false;
+
   constructor(
     private readonly state: LlamaGrammarEvaluationState,
     private readonly kernels: GrammarKernels,
@@ -60,12 +89,12 @@ export class GrammarState {
 
   /** Whether `token` may come next. */
   allows(token: number): boolean {
-    return this.kernels.allows(this.state, token);
+    return this.kernels.allows(this.live(), token);
   }
 
   /** Sets the logit of every token that may not come next to −Infinity, in place. */
   mask(logits: Float32Array): void {
-    this.kernels.mask(this.state, logits);
+    this.kernels.mask(this.live(), logits);
   }
 
   /** Advances past `token` (which the grammar allows). */
@@ -73,10 +102,27 @@ export class GrammarState {
     // llama.cpp aborts the process on an end-of-generation token its grammar does not allow;
     // nothing follows one anyway.
     if (this.endsGeneration(token)) return;
-    this.kernels.accept(this.state, token);
+    this.kernels.accept(this.live(), token);
   }
 
   clone(): GrammarState {
+    this.live();
     return new GrammarState(this.state.clone(), this.kernels, this.endsGeneration);
+  }
+
+  /**
+   * Frees the grammar now: V8 does not see its native memory, and would let the states of
+   * thousands of speculative candidates pile up before collecting them. Idempotent.
+   */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.kernels.free(this.state);
+  }
+
+  /** The native state; a released one would silently allow nothing. */
+  private live(): LlamaGrammarEvaluationState {
+    if (this.released) throw new Error("grammar state used after release");
+    return this.state;
   }
 }

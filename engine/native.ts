@@ -178,6 +178,8 @@ export interface GrammarKernels {
   accept(state: LlamaGrammarEvaluationState, token: number): void;
   /** llama.cpp's JSON-schema-to-GBNF converter; throws with its reasons. */
   jsonSchemaToGrammar(schema: string): string;
+  /** Frees the state's grammar now (the state is unusable after). */
+  free(state: LlamaGrammarEvaluationState): void;
 }
 
 interface AddonSamplerStatics {
@@ -190,8 +192,9 @@ export function grammarKernels(llama: Llama): GrammarKernels | undefined {
   const valid = addonFunction(llama, "flockGrammarValid") as ((state: unknown) => boolean) | undefined;
   const mask = addonFunction(llama, "flockGrammarMask") as ((state: unknown, logits: Float32Array) => number) | undefined;
   const convert = addonFunction(llama, "flockJsonSchemaToGrammar") as ((schema: string) => string) | undefined;
+  const free = addonFunction(llama, "flockGrammarFree") as ((state: unknown) => void) | undefined;
   const sampler = (llama as unknown as { _bindings: { AddonSampler: AddonSamplerStatics } })._bindings.AddonSampler;
-  if (typeof valid !== "function" || typeof mask !== "function" || typeof convert !== "function") return undefined;
+  if (typeof valid !== "function" || typeof mask !== "function" || typeof convert !== "function" || typeof free !== "function") return undefined;
   const addonState = (state: LlamaGrammarEvaluationState) => (state as unknown as { _state: unknown })._state;
   return {
     valid: (state) => valid(addonState(state)),
@@ -199,5 +202,6 @@ export function grammarKernels(llama: Llama): GrammarKernels | undefined {
     allows: (state, token) => sampler.canBeNextTokenForGrammarEvaluationState(addonState(state), token),
     accept: (state, token) => sampler.acceptGrammarEvaluationStateToken(addonState(state), token),
     jsonSchemaToGrammar: (schema) => convert(schema),
+    free: (state) => free(addonState(state)),
   };
 }

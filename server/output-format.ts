@@ -86,7 +86,7 @@ export function outputConstraint(body: OutputFormatFields, pipeline: Pipeline, t
     throw new FlockError("unsupported", `${requested.param} needs flock's native build (npm run build:native), which this server was started without`, requested.param);
   }
   try {
-    return compiler.compile(requested.source);
+    return compiler.start(requested.source);
   } catch (err) {
     if (err instanceof GrammarError) throw new FlockError("invalid_request", `${requested.param}: ${err.reason}`, requested.param);
     throw err;

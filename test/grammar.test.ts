@@ -63,6 +63,22 @@ describe("grammar states", () => {
     expect(allowedSet(start)).toEqual(allowed);
   });
 
+  it("a released state is freed at once and refuses use (it would otherwise allow nothing); its clones live on", () => {
+    const state = model.grammars!.compile({ jsonSchema: SCHEMA });
+    const copy = state.clone();
+    state.release();
+    state.release();
+    expect(() => state.allows(0)).toThrow(/after release/);
+    expect(() => state.mask(new Float32Array(model.vocabularySize))).toThrow(/after release/);
+    expect(() => state.clone()).toThrow(/after release/);
+    expect(allowedSet(copy).length).toBeGreaterThan(0);
+    copy.release();
+    // Requests' start states are compiled once per distinct source and shared.
+    const source = { jsonSchema: SCHEMA };
+    expect(model.grammars!.start(source)).toBe(model.grammars!.start({ jsonSchema: { ...SCHEMA } }));
+    expect(model.grammars!.start(source)).not.toBe(model.grammars!.start({ gbnf: 'root ::= "a"' }));
+  });
+
   it("rollback: random rounds of candidates, a random accepted prefix and a next token leave the state a fresh grammar reaches from the committed text", () => {
     const rng = createRng(17);
     let rejections = 0;

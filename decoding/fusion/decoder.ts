@@ -69,13 +69,13 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
   const models = [setup.strong, setup.base, ...experts.map((e) => e.model)];
   // Always acquired in the same order, so concurrent requests cannot deadlock across pools.
   const sequences: KvSequence[] = [];
+  const constraint = request.constraint?.clone();
   try {
     for (const model of models) sequences.push(await model.acquire(request.prompt, request.signal));
     const draws = tokenDraws(request);
     const output = new OutputAssembler(setup.strong, request.prompt, request.stopStrings);
     const stopTokens = new Set(request.stopTokens);
     const history = TokenHistory.after(request.prompt);
-    const constraint = request.constraint?.clone();
     let logits = await Promise.all(sequences.map((seq) => seq.prefill(request.prompt)));
     const stats = setup.stats;
     const contextSize = Math.min(...sequences.map((s) => s.contextSize));
@@ -109,6 +109,7 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
       stats.evaluateMs += performance.now() - evaluateStarted;
     }
   } finally {
+    constraint?.release();
     for (const seq of sequences) seq.release();
   }
 }

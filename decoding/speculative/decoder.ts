@@ -203,6 +203,7 @@ function constrainProposals(candidates: readonly number[], state: TokenConstrain
 export async function* speculativeDecode(setup: SpeculativeSetup, request: GenerationRequest): AsyncGenerator<DecodeStep> {
   const { target, draft, policy, predictor, stats, costs, verification } = setup;
   const coupled = verification === "coupled";
+  let constraint = request.constraint?.clone();
   const targetSeq = await target.acquire(request.prompt, request.signal);
   let draftSeq: KvSequence | undefined;
   // A Predicted Output (prediction.ts), else prompt lookup (lookup.ts), proposes instead of the draft.
@@ -220,7 +221,6 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     const stopTokens = new Set(request.stopTokens);
     const ends = (token: number) => target.isEndOfGeneration(token) || stopTokens.has(token);
     const history = TokenHistory.after(request.prompt);
-    let constraint = request.constraint?.clone();
     const all = [...request.prompt];
     const contextSize = Math.min(targetSeq.contextSize, draftSeq?.contextSize ?? Infinity);
     let generated = 0;
@@ -261,6 +261,8 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       // sequence or max_tokens.
       const emitted = [...candidates.slice(0, verdict.accepted), verdict.next];
       if (states && !ends(verdict.next)) constraint = advanced(states[verdict.accepted], verdict.next);
+      // The round's other grammar states are done with: free them now, not at garbage collection.
+      for (const state of new Set(states)) if (state !== constraint) state.release();
       const origins: TokenOrigin[] = [...Array<TokenOrigin>(verdict.accepted).fill("accepted"), verdict.nextKind];
       const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, accepted: verdict.accepted, origins: [], verification } };
       const details = detail ? roundDetail(target, all, candidates, verdict.accepted, origins, features, verdict.acceptanceProbabilities, predictions, round) : undefined;
@@ -287,6 +289,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       yield step;
     }
   } finally {
+    constraint?.release();
     targetSeq.release();
     draftSeq?.release();
   }

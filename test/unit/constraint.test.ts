@@ -29,6 +29,7 @@ class SetConstraint implements TokenConstraint {
   clone(): TokenConstraint {
     return new SetConstraint(this.allowed);
   }
+  release(): void {}
 }
 
 const masked = (logits: Float32Array, allowed: ReadonlySet<number>) => logits.map((l, t) => (allowed.has(t) ? l : -Infinity));

@@ -514,14 +514,23 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
    * is forbidden, after 1 token 1; after 2 anything goes.
    */
   const FORBIDDEN_AFTER = [2, 1, -1];
-  const calls = { masks: 0, allows: 0 };
+  const calls = { masks: 0, allows: 0, created: 0, released: 0 };
+  /** Throws when used after its release, as the engine's states do; counts what is never released. */
   class LastTokenGrammar implements TokenConstraint {
-    constructor(private last: number) {}
+    private released = false;
+    constructor(private last: number) {
+      calls.created++;
+    }
+    private live(): void {
+      if (this.released) throw new Error("grammar state used after release");
+    }
     allows(token: number): boolean {
+      this.live();
       calls.allows++;
       return token !== FORBIDDEN_AFTER[this.last];
     }
     mask(logits: Float32Array): void {
+      this.live();
       calls.masks++;
       if (FORBIDDEN_AFTER[this.last] >= 0) logits[FORBIDDEN_AFTER[this.last]] = -Infinity;
     }
@@ -530,7 +539,12 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
       this.last = token;
     }
     clone(): TokenConstraint {
+      this.live();
       return new LastTokenGrammar(this.last);
+    }
+    release(): void {
+      if (!this.released) calls.released++;
+      this.released = true;
     }
   }
   const constrained = (sampling: SamplingParams, seed: number, extra: Partial<GenerationRequest> = {}) =>
@@ -584,6 +598,7 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
     const costs = await cpuLikeCosts();
     const seen = exercised();
     let plainMasks = 0;
+    const before = { created: calls.created, released: calls.released };
     for (let seed = 0; seed < 2000; seed++) {
       const req = constrained(sampling, seed, { keyedNoise: true, choice: seed % 3 });
       const plain: number[] = [];
@@ -595,6 +610,8 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
       expect(spec.slice(0, 8), `seed ${seed}`).toEqual(plain);
     }
     expectExercised(policy, seen, 2000);
+    // Every state a decoder made was released: only the 2000 requests' own are left.
+    expect(calls.created - before.created - (calls.released - before.released)).toBe(2000);
     // Without truncation the draw's ranking covers all three tokens: plain decoding never masks;
     // with top-p the mask comes first, at every position.
     if (sampling.topP === 1) expect(plainMasks).toBe(0);

@@ -549,6 +549,21 @@ Napi::Value flockGrammarMask(const Napi::CallbackInfo& info) {
     return Napi::Number::New(env, allowed);
 }
 
+// flockGrammarFree(state): frees the state's grammar now rather than when the garbage collector
+// finalizes the object: V8 does not see that native memory, and would let thousands of states
+// (one per speculative candidate) pile up before collecting them. The state is unusable after.
+Napi::Value flockGrammarFree(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) {
+        Napi::TypeError::New(env, "flockGrammarFree(state: AddonGrammarEvaluationState)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    AddonGrammarEvaluationState* state = Napi::ObjectWrap<AddonGrammarEvaluationState>::Unwrap(info[0].As<Napi::Object>());
+    llama_sampler_free(state->sampler);
+    state->sampler = nullptr;
+    return env.Undefined();
+}
+
 // flockJsonSchemaToGrammar(schema): llama.cpp's JSON-schema converter (the one llama-server
 // uses): the schema's JSON text in, GBNF out; throws with the converter's reasons.
 Napi::Value flockJsonSchemaToGrammar(const Napi::CallbackInfo& info) {
