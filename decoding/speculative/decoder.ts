@@ -145,7 +145,11 @@ async function draftRound(round: {
   };
   for (let k = 1; k <= budget; k++) {
     const adjusted = adjustLogits(draftLogits, params, draftHistory);
-    drafted.states?.[k - 1].mask(adjusted);
+    // Under a grammar, rejection sampling compares masked q with masked p: the draft's q is
+    // masked in full. A coupled draw needs no q: it checks its ranked tokens (constraint.ts),
+    // and the policy reads the unmasked distribution, known before the draw either way.
+    const state = drafted.states?.[k - 1];
+    if (state && !round.coupled) state.mask(adjusted);
     const q = samplingDistribution(adjusted, params);
     // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
     const judged = params.temperature === 0 ? softmax(adjusted) : q;
@@ -156,7 +160,8 @@ async function draftRound(round: {
       break;
     }
     // The candidate's position in prompt + output keys its noise in coupled mode.
-    const y = round.coupled ? draws.sample(adjusted, params, all.length + k - 1) : drawFrom(q, draws.rng);
+    const position = all.length + k - 1;
+    const y = !round.coupled ? drawFrom(q, draws.rng) : state ? constrainedDraw(adjusted, params, state, draws, position) : draws.sample(adjusted, params, position);
     const f = candidateFeatures(before, judged, y);
     const next = evaluateFirst ? await timedStep(y) : undefined;
     f.candidateHidden = next?.hidden;

@@ -598,6 +598,7 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
     const costs = await cpuLikeCosts();
     const seen = exercised();
     let plainMasks = 0;
+    let specMasks = 0;
     const before = { created: calls.created, released: calls.released };
     for (let seed = 0; seed < 2000; seed++) {
       const req = constrained(sampling, seed, { keyedNoise: true, choice: seed % 3 });
@@ -606,10 +607,15 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
       for await (const step of plainDecode(target, req)) plain.push(...step.tokens);
       plainMasks += calls.masks - before;
       expect(obeys(plain)).toBe(true);
+      const specBefore = calls.masks;
       const spec = await firstTokens(counting(policy.make(costs), seen, () => 1), policy.predictor, costs, req, "coupled", 8, seen, () => 1);
+      specMasks += calls.masks - specBefore;
       expect(spec.slice(0, 8), `seed ${seed}`).toEqual(plain);
     }
     expectExercised(policy, seen, 2000);
+    // Coupled drafts and verifications check ranked tokens: no mask without truncation.
+    if (sampling.topP === 1) expect(specMasks).toBe(0);
+    else expect(specMasks).toBeGreaterThan(0);
     // Every state a decoder made was released: only the 2000 requests' own are left.
     expect(calls.created - before.created - (calls.released - before.released)).toBe(2000);
     // Without truncation the draw's ranking covers all three tokens: plain decoding never masks;
