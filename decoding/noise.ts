@@ -109,19 +109,21 @@ export const truncates = (params: SamplingParams, vocabulary: number) => (params
  */
 export function keyedSample(adjusted: Float32Array, params: SamplingParams, noise: PositionNoise): number {
   if (params.temperature === 0) return argmax(adjusted);
-  if (truncates(params, adjusted.length)) return exponentialRace(samplingDistribution(adjusted, params), noise);
-  const weights = new Float64Array(adjusted.length);
-  softmaxInto(adjusted, params.temperature, weights);
-  return exponentialRace(weights, noise);
+  return exponentialRace(raceWeights(adjusted, params), noise);
 }
 
 /** keyedSample's winner and runners-up: the first `count` tokens of its race (logit order at T = 0). */
 export function keyedOrder(adjusted: Float32Array, params: SamplingParams, noise: PositionNoise, count: number): number[] {
   if (params.temperature === 0) return largestLogits(adjusted, count);
-  if (truncates(params, adjusted.length)) return exponentialRaceOrder(samplingDistribution(adjusted, params), noise, count);
+  return exponentialRaceOrder(raceWeights(adjusted, params), noise, count);
+}
+
+/** What the race runs on at T > 0: the truncated distribution, or without truncation softmax(logits / T). */
+function raceWeights(adjusted: Float32Array, params: SamplingParams): Float64Array {
+  if (truncates(params, adjusted.length)) return samplingDistribution(adjusted, params);
   const weights = new Float64Array(adjusted.length);
   softmaxInto(adjusted, params.temperature, weights);
-  return exponentialRaceOrder(weights, noise, count);
+  return weights;
 }
 
 /** How one choice draws its tokens: keyed noise (seeded requests) or a sequential RNG. */

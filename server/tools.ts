@@ -152,6 +152,16 @@ function jsonEnd(text: string, start: number): number {
 const callId = () => `call_${randomBytes(12).toString("hex")}`;
 
 /**
+ * A finished choice's text as OpenAI's message: the calls parsed out of it when tools may be
+ * called (`plan`), at most one with parallel_tool_calls false; else all of it content.
+ */
+export function choiceMessage(text: string, plan: ToolPlan | null, syntax: ToolCallSyntax, parallel: boolean | null | undefined): { content: string | null; calls: ToolCall[] } {
+  if (!plan) return { content: text, calls: [] };
+  const parsed = parseToolCalls(text, syntax, plan.tools);
+  return parallel === false ? { ...parsed, calls: parsed.calls.slice(0, 1) } : parsed;
+}
+
+/**
  * The calls in a generated text: the text before the first call prefix is the content (null when
  * empty), then each call's name, JSON arguments and suffix, in the template's syntax. Text that
  * does not parse as calls stays content, with no calls.

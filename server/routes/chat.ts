@@ -5,7 +5,7 @@ import { type ChoiceAccumulator, chatLogprobs, choiceExtension, chunkFor, comple
 import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, predictionTokens, predictionUsage, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
-import { parseToolCalls, RequiredCallStream, toolGeneration, toolPlan } from "../tools.js";
+import { choiceMessage, RequiredCallStream, toolGeneration, toolPlan } from "../tools.js";
 import { parseRequest } from "../validation.js";
 import type { AppEnv, ServerContext } from "../context.js";
 
@@ -32,13 +32,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     checkPromptBytes(messages.map((m) => m.content), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "messages");
     const tools = toolPlan(body);
     const { rendered, grammar: toolCallGrammar } = toolGeneration(tools, pipeline.model.renderChat(messages, body.chat_template_kwargs ?? undefined, tools?.tools), pipeline.model.grammars);
-    /** A choice's text as OpenAI's message: tool calls parsed out of it when tools may be called. */
-    const message = (ch: ChoiceAccumulator) => {
-      if (!tools) return { content: ch.text, calls: [] };
-      const parsed = parseToolCalls(ch.text, rendered.toolSyntax, tools.tools);
-      // parallel_tool_calls false: one call at most.
-      return body.parallel_tool_calls === false ? { ...parsed, calls: parsed.calls.slice(0, 1) } : parsed;
-    };
+    const message = (ch: ChoiceAccumulator) => choiceMessage(ch.text, tools, rendered.toolSyntax, body.parallel_tool_calls);
     const requestedMax = body.max_completion_tokens ?? body.max_tokens;
     const maxTokens = maxTokensFor(
       requestedMax,

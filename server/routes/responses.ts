@@ -15,7 +15,7 @@ import { type ChoiceAccumulator, chatLogprobs, nowSeconds, responseExtension, ty
 import { checkPromptBytes, conversationChoices, extensionOptions, maxTokensFor, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { contentText, ResponsesRequest } from "../schemas.js";
-import { parseToolCalls, toolGeneration, toolPlan } from "../tools.js";
+import { choiceMessage, toolGeneration, toolPlan } from "../tools.js";
 import { parseRequest } from "../validation.js";
 
 const LOGPROBS_INCLUDE = "message.output_text.logprobs";
@@ -97,8 +97,7 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const parsedOf = (choice: ChoiceAccumulator) => {
       let p = parsed.get(choice);
       if (!p) {
-        p = tools ? parseToolCalls(choice.text, rendered.toolSyntax, tools.tools) : { content: choice.text, calls: [] };
-        if (body.parallel_tool_calls === false) p = { ...p, calls: p.calls.slice(0, 1) };
+        p = choiceMessage(choice.text, tools, rendered.toolSyntax, body.parallel_tool_calls);
         parsed.set(choice, p);
       }
       return p;
