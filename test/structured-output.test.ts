@@ -127,14 +127,18 @@ describe("exact under speculation", () => {
     const prompts = ["Tell me about boats.", "What grows in the garden?", "Describe the sky."];
     for (const content of prompts) {
       const request = { messages: [{ role: "user" as const, content }], response_format: zodResponseFormat(Dinghy, "dinghy"), temperature: 0, max_tokens: 400 };
-      const spec = await t.client.chat.completions.create({ model: "spec", ...request, flock: { speculative: { detail: true } } } as never);
+      // The default policy (whether it drafts depends on the costs it measured on this machine),
+      // and a fixed K, which always drafts.
+      const spec = await t.client.chat.completions.create({ model: "spec", ...request } as never);
+      const fixed = await t.client.chat.completions.create({ model: "spec", ...request, flock: { speculative: { policy: "fixed", k: 4 } } } as never);
       const alone = await t.client.chat.completions.create({ model: "spec", ...request, flock: { speculative: { enabled: false } } } as never);
       const plain = await t.client.chat.completions.create({ model: "flock-demo", ...request });
       const text = (r: unknown) => (r as { choices: Array<{ message: { content: string } }> }).choices[0].message.content;
       expect(text(spec)).toBe(text(alone));
+      expect(text(fixed)).toBe(text(alone));
       expect(text(spec)).toBe(text(plain));
       Dinghy.parse(JSON.parse(text(spec)));
-      const detail = (spec as unknown as { flock: { speculative: { drafted_tokens: number } } }).flock.speculative;
+      const detail = (fixed as unknown as { flock: { speculative: { drafted_tokens: number } } }).flock.speculative;
       expect(detail.drafted_tokens).toBeGreaterThan(0);
     }
   });
