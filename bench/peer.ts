@@ -1,7 +1,11 @@
 // npm run bench:peer [-- --json FILE] [--rounds N] [--tokens N]
 // flock against llama-server on the same GGUF files, threads and sampling settings: plain
 // decoding of the forged demo model padded to real vocabulary sizes (32,000, 128,256 and
-// 151,936 tokens), at T = 0, T = 1, T = 1 with top_p 0.95, and llama-server's own defaults.
+// 151,936 tokens), at T = 0, T = 1, T = 1 with top_p 0.95, and llama-server's own defaults; and
+// constrained decoding at T = 1, held to a JSON schema (an array of at least three of
+// bench:grammar's objects, longer than the budget: no end of text before it) by each server's
+// grammar — llama-server's `json_schema`, flock's `response_format`; both masks are llama.cpp's
+// grammar over the vocabulary, flock's cached per grammar state, after warm-up.
 //
 // llama-server is built once from the llama.cpp source node-llama-cpp ships
 // (llama/gitRelease.bundle, the commit flock's native build patches), with the same CPU flags
@@ -20,6 +24,7 @@ import { parseArgs } from "node:util";
 import { probeCpu } from "../engine/native/cpu-probe.js";
 import { bundledLlamaCpp } from "../engine/native/surface.js";
 import { forge } from "../forge/presets.js";
+import { BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const { values: flags } = parseArgs({ options: { json: { type: "string" }, rounds: { type: "string" }, tokens: { type: "string" } }, strict: true });
@@ -35,12 +40,16 @@ interface Sampling {
   topP: number;
   topK: number;
   minP: number;
+  /** A JSON schema the output is held to. */
+  schema?: unknown;
 }
+const BOATS = { type: "array", items: BOAT_SCHEMA, minItems: 3 };
 const SETTINGS: Array<[string, Sampling]> = [
   ["T = 0", { temperature: 0, topP: 1, topK: 0, minP: 0 }],
   ["T = 1", { temperature: 1, topP: 1, topK: 0, minP: 0 }],
   ["T = 1, top_p 0.95", { temperature: 1, topP: 0.95, topK: 0, minP: 0 }],
   ["llama-server defaults (T 0.8, top_k 40, top_p 0.95, min_p 0.05)", { temperature: 0.8, topP: 0.95, topK: 40, minP: 0.05 }],
+  ["T = 1, JSON schema", { temperature: 1, topP: 1, topK: 0, minP: 0, schema: BOATS }],
 ];
 
 function run(command: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): void {
@@ -96,7 +105,7 @@ async function startLlamaServer(binary: string, model: string, port: number): Pr
     name: "llama-server",
     url,
     process: child,
-    body: (s, seed) => ({ temperature: s.temperature, top_p: s.topP, top_k: s.topK, min_p: s.minP, seed, ignore_eos: true }),
+    body: (s, seed) => ({ temperature: s.temperature, top_p: s.topP, top_k: s.topK, min_p: s.minP, seed, ...(s.schema ? { json_schema: s.schema } : { ignore_eos: true }) }),
   };
 }
 
@@ -116,11 +125,17 @@ async function startFlock(model: string, eos: number, dir: string): Promise<Serv
     name: "flock",
     url,
     process: child,
-    body: (s, seed) => ({ temperature: s.temperature, top_p: s.topP, seed, logit_bias: { [eos]: -100 }, flock: { top_k: s.topK, min_p: s.minP } }),
+    body: (s, seed) => ({
+      temperature: s.temperature,
+      top_p: s.topP,
+      seed,
+      flock: { top_k: s.topK, min_p: s.minP },
+      ...(s.schema ? { response_format: { type: "json_schema", json_schema: { name: "boats", schema: s.schema } } } : { logit_bias: { [eos]: -100 } }),
+    }),
   };
 }
 
-/** Streams one completion; tokens per second between the first and the last token. */
+/** Streams one completion; tokens per second between the first and the last streamed token. */
 async function decodeRate(server: Server, sampling: Sampling, seed: number): Promise<number> {
   const res = await fetch(`${server.url}/v1/completions`, {
     method: "POST",
@@ -130,6 +145,7 @@ async function decodeRate(server: Server, sampling: Sampling, seed: number): Pro
   if (!res.ok || !res.body) throw new Error(`${server.name}: ${res.status} ${await res.text()}`);
   let first = 0;
   let last = 0;
+  let tokens = 0;
   let buffered = "";
   const decoder = new TextDecoder();
   for await (const bytes of res.body) {
@@ -144,9 +160,12 @@ async function decodeRate(server: Server, sampling: Sampling, seed: number): Pro
       const now = performance.now();
       if (first === 0) first = now;
       last = now;
+      tokens++;
     }
   }
-  return ((TOKENS - 1) * 1000) / (last - first);
+  // A chunk per token (the forge's tokens are whole characters).
+  if (tokens !== TOKENS) console.error(`bench:peer: ${server.name} streamed ${tokens} chunks for ${TOKENS} tokens`);
+  return ((tokens - 1) * 1000) / (last - first);
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -4,11 +4,15 @@
 // the online predictor, rejection and coupled verification; fixed K = 4), at temperature 0 and 1,
 // every output held to the schema by llama.cpp's grammar (engine/grammar.ts). Variants take
 // turns per prompt in a rotating order; medians over repetitions. `forced` is the share of the
-// target-only outputs' positions at which the grammar allowed a single token.
+// target-only outputs' positions at which the grammar allowed a single token; `from grammar` the
+// share of a variant's tokens that were such tokens proposed without the draft (a variant
+// without those proposals shows what they bring). Requests share one compiled start
+// state per schema, as the server's do (engine/grammar.ts: masks cached per state).
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import type { TokenConstraint } from "../decoding/constraint.js";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
 import type { SpeculativeOverrides } from "../decoding/speculative/config.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
@@ -45,16 +49,31 @@ if (!compiler) throw new Error("the native extension lacks the grammar kernels: 
 
 const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
 const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
-const variants: Array<{ name: string; pipeline: Pipeline; speculative?: SpeculativeOverrides }> = [
+const variants: Array<{ name: string; pipeline: Pipeline; speculative?: SpeculativeOverrides; forcedTokens?: false }> = [
   { name: "target only", pipeline: plain },
   { name: "specdec++, rejection", pipeline: speculative, speculative: { policy: "specdec++", verification: "rejection" } },
+  { name: "specdec++, rejection, no forced tokens", pipeline: speculative, speculative: { policy: "specdec++", verification: "rejection" }, forcedTokens: false },
   { name: "specdec++, coupled", pipeline: speculative, speculative: { policy: "specdec++", verification: "coupled" } },
   { name: "fixed K = 4, rejection", pipeline: speculative, speculative: { policy: "fixed", k: 4, verification: "rejection" } },
 ];
 
+/** The constraint with its forced tokens hidden: every candidate comes from the draft. */
+function withoutForcedTokens(constraint: TokenConstraint): TokenConstraint {
+  return {
+    allows: (token) => constraint.allows(token),
+    mask: (logits) => constraint.mask(logits),
+    forcedToken: () => undefined,
+    accept: (token) => constraint.accept(token),
+    clone: () => withoutForcedTokens(constraint.clone()),
+    release: () => constraint.release(),
+  };
+}
+
 interface Run {
   seconds: number;
   tokens: number;
+  /** Tokens the grammar forced, proposed without the draft. */
+  fromGrammar: number;
   complete: number;
   stats: SpeculativeStats;
   outputs: number[][];
@@ -70,10 +89,11 @@ async function run(variant: (typeof variants)[number], sampling: SamplingParams,
     stopStrings: [],
     stopTokens: [],
     topLogprobs: null,
-    constraint: compiler!.compile({ jsonSchema: SCHEMA }),
+    constraint: variant.forcedTokens === false ? withoutForcedTokens(compiler!.start({ jsonSchema: SCHEMA })) : compiler!.start({ jsonSchema: SCHEMA }),
     ...(variant.speculative ? { speculative: variant.speculative } : {}),
   };
   const tokens: number[] = [];
+  let fromGrammar = 0;
   let text = "";
   let finish: string | undefined;
   const started = performance.now();
@@ -82,6 +102,7 @@ async function run(variant: (typeof variants)[number], sampling: SamplingParams,
     text += step.text;
     finish = step.finishReason ?? finish;
     if (step.speculative) stats.recordRound(step.speculative.drafted, step.speculative.accepted);
+    fromGrammar += step.speculative?.origins.filter((o) => o === "forced").length ?? 0;
   }
   const seconds = (performance.now() - started) / 1000;
   let complete = 0;
@@ -89,7 +110,7 @@ async function run(variant: (typeof variants)[number], sampling: SamplingParams,
     JSON.parse(text);
     complete = 1;
   }
-  return { seconds, tokens: tokens.length, complete, stats, outputs: [tokens] };
+  return { seconds, tokens: tokens.length, fromGrammar, complete, stats, outputs: [tokens] };
 }
 
 /** The share of positions at which the grammar allowed one token, over the outputs. */
@@ -130,6 +151,7 @@ for (const temperature of [0, 1]) {
         if (sum) {
           sum.seconds += r.seconds;
           sum.tokens += r.tokens;
+          sum.fromGrammar += r.fromGrammar;
           sum.complete += r.complete;
           sum.stats.merge(r.stats);
           sum.outputs.push(...r.outputs);
@@ -142,6 +164,8 @@ for (const temperature of [0, 1]) {
       ratios.set(name, [...(ratios.get(name) ?? []), r.tokens / r.seconds / (baseline.tokens / baseline.seconds)]);
       const total = totals.get(name);
       if (total) {
+        total.tokens += r.tokens;
+        total.fromGrammar += r.fromGrammar;
         total.complete += r.complete;
         total.stats.merge(r.stats);
         total.outputs.push(...r.outputs);
@@ -159,6 +183,7 @@ for (const temperature of [0, 1]) {
       meanCandidates: v.speculative ? total.stats.meanCandidateLength : null,
       completeJson: total.complete / total.outputs.length,
       forced: v.speculative ? null : forcedShare(total.outputs),
+      fromGrammar: v.speculative ? total.fromGrammar / total.tokens : null,
     });
     console.error(`T ${temperature} ${v.name}: ${median(speeds.get(v.name)!).toFixed(1)} tokens/s (${median(ratios.get(v.name)!).toFixed(2)}× target only)`);
   }

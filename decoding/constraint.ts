@@ -12,6 +12,11 @@ export interface TokenConstraint {
   allows(token: number): boolean;
   /** Sets the logit of every token that may not come next to −Infinity, in place. */
   mask(logits: Float32Array): void;
+  /**
+   * The only token that may come next, where that is known — or, with `computeMask`, found out
+   * (a grammar pass over the vocabulary where the state's mask is not cached); else undefined.
+   */
+  forcedToken(computeMask: boolean): number | undefined;
   /** Advances past `token`, which must be allowed and must not end the generation. */
   accept(token: number): void;
   /** An independent copy at the same position (speculative candidates, choices of one request). */

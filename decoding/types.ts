@@ -101,12 +101,19 @@ export interface FusionToken {
   alpha: number;
 }
 
-/** How each token of a verified round came to be (see decoding/speculative/verifier.ts). */
-export type TokenOrigin = "accepted" | "recovered" | "bonus";
+/**
+ * How each token of a verified round came to be (see decoding/speculative/verifier.ts): a
+ * candidate accepted — the draft's (or a prediction's, or lookup's), or the only token a
+ * grammar allowed (proposed without the draft) — or the target's own token after a rejection
+ * or after every candidate.
+ */
+export type TokenOrigin = "accepted" | "forced" | "recovered" | "bonus";
 
 export interface SpeculativeRound {
-  /** Candidates the draft proposed this round. */
+  /** Candidates proposed this round (by the draft, a prediction, lookup or the grammar). */
   drafted: number;
+  /** Of them, tokens a grammar forced (the only one it allowed, proposed without the draft). */
+  forced: number;
   /** Candidates the target accepted. */
   accepted: number;
   /** Origin of each token in `tokens`. */

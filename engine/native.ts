@@ -164,44 +164,90 @@ export function enableRawLogits(context: LlamaContext, options: { hiddenStates?:
 }
 
 /**
- * Grammar-constrained decoding's native half (AddonFlock.cpp and node-llama-cpp's grammar
+ * Grammar-constrained decoding's native half (AddonFlockGrammar.cpp and node-llama-cpp's grammar
  * sampler), on a node-llama-cpp grammar evaluation state; engine/grammar.ts wraps it.
  */
 export interface GrammarKernels {
   /** Whether the state's grammar parsed. */
   valid(state: LlamaGrammarEvaluationState): boolean;
-  /** Sets the logits of the tokens the state forbids to −Infinity, in place; returns how many stay. */
-  mask(state: LlamaGrammarEvaluationState, logits: Float32Array): number;
-  /** Whether `token` may come next. */
-  allows(state: LlamaGrammarEvaluationState, token: number): boolean;
+  /**
+   * Sets the logits of the tokens the state forbids to −Infinity, in place; returns how many
+   * the grammar allows. With a cache, the state's mask is looked up, or computed and kept.
+   */
+  mask(state: LlamaGrammarEvaluationState, logits: Float32Array, cache?: MaskCacheKey): number;
+  /** Whether `token` may come next (a bit of the cached mask where there is one). */
+  allows(state: LlamaGrammarEvaluationState, token: number, cache?: MaskCacheKey): boolean;
   /** Advances the state past `token`. */
   accept(state: LlamaGrammarEvaluationState, token: number): void;
+  /**
+   * The only token the state allows, from its cached mask (computed on a miss when
+   * `computeOnMiss`); undefined where several may come or the mask is not known.
+   */
+  forcedToken(state: LlamaGrammarEvaluationState, key: MaskCacheKey, computeOnMiss: boolean): number | undefined;
+  /** A mask cache for one model's grammars, holding up to `budgetBytes`. */
+  maskCache(budgetBytes: number): MaskCache;
+  /** What a mask cache holds and how it has served. */
+  maskCacheStats(cache: MaskCache): MaskCacheStats;
   /** llama.cpp's JSON-schema-to-GBNF converter; throws with its reasons. */
   jsonSchemaToGrammar(schema: string): string;
   /** Frees the state's grammar now (the state is unusable after). */
   free(state: LlamaGrammarEvaluationState): void;
 }
 
+/** A native mask cache (freed when collected). */
+export type MaskCache = { readonly maskCache: unique symbol };
+
+/** Where a state's masks are kept: the model's cache, under the id of the grammar it follows. */
+export interface MaskCacheKey {
+  cache: MaskCache;
+  grammarId: number;
+}
+
+export interface MaskCacheStats {
+  /** Masks found, computed (a grammar pass over the vocabulary), and states that could not be keyed. */
+  hits: number;
+  misses: number;
+  unkeyed: number;
+  /** Masks held and their size. */
+  masks: number;
+  bytes: number;
+}
+
 interface AddonSamplerStatics {
-  canBeNextTokenForGrammarEvaluationState(state: unknown, token: number): boolean;
   acceptGrammarEvaluationStateToken(state: unknown, token: number): void;
 }
 
 /** The grammar kernels, where the loaded binary has flock's functions. */
 export function grammarKernels(llama: Llama): GrammarKernels | undefined {
-  const valid = addonFunction(llama, "flockGrammarValid") as ((state: unknown) => boolean) | undefined;
-  const mask = addonFunction(llama, "flockGrammarMask") as ((state: unknown, logits: Float32Array) => number) | undefined;
-  const convert = addonFunction(llama, "flockJsonSchemaToGrammar") as ((schema: string) => string) | undefined;
-  const free = addonFunction(llama, "flockGrammarFree") as ((state: unknown) => void) | undefined;
+  const fn = (name: (typeof ADDON_FUNCTIONS)[number]) => addonFunction(llama, name) as ((...args: unknown[]) => unknown) | undefined;
+  const [valid, mask, allows, forced, cache, stats, convert, free] = (
+    [
+      "flockGrammarValid",
+      "flockGrammarMask",
+      "flockGrammarAllows",
+      "flockGrammarForcedToken",
+      "flockGrammarMaskCache",
+      "flockGrammarMaskCacheStats",
+      "flockJsonSchemaToGrammar",
+      "flockGrammarFree",
+    ] as const
+  ).map(fn);
+  if (![valid, mask, allows, forced, cache, stats, convert, free].every((f) => typeof f === "function")) return undefined;
   const sampler = (llama as unknown as { _bindings: { AddonSampler: AddonSamplerStatics } })._bindings.AddonSampler;
-  if (typeof valid !== "function" || typeof mask !== "function" || typeof convert !== "function" || typeof free !== "function") return undefined;
   const addonState = (state: LlamaGrammarEvaluationState) => (state as unknown as { _state: unknown })._state;
+  const cached = (key: MaskCacheKey | undefined) => (key ? [key.cache, key.grammarId] : []);
   return {
-    valid: (state) => valid(addonState(state)),
-    mask: (state, logits) => mask(addonState(state), logits),
-    allows: (state, token) => sampler.canBeNextTokenForGrammarEvaluationState(addonState(state), token),
+    valid: (state) => valid!(addonState(state)) as boolean,
+    mask: (state, logits, key) => mask!(addonState(state), logits, ...cached(key)) as number,
+    allows: (state, token, key) => allows!(addonState(state), token, ...cached(key)) as boolean,
     accept: (state, token) => sampler.acceptGrammarEvaluationStateToken(addonState(state), token),
-    jsonSchemaToGrammar: (schema) => convert(schema),
-    free: (state) => free(addonState(state)),
+    forcedToken: (state, key, computeOnMiss) => {
+      const token = forced!(addonState(state), key.cache, key.grammarId, computeOnMiss) as number;
+      return token < 0 ? undefined : token;
+    },
+    maskCache: (budgetBytes) => cache!(budgetBytes) as MaskCache,
+    maskCacheStats: (handle) => stats!(handle) as MaskCacheStats,
+    jsonSchemaToGrammar: (schema) => convert!(schema) as string,
+    free: (state) => free!(addonState(state)),
   };
 }

@@ -50,15 +50,18 @@ export function completionLogprobs(entries: readonly TokenLogprob[], offset: num
 export class SpeculativeTally {
   rounds = 0;
   drafted = 0;
+  /** Of the drafted, text a grammar forced (proposed without the draft). */
+  forced = 0;
   accepted = 0;
   /** How the rounds were verified (one mode per request). */
   verification: "rejection" | "coupled" | null = null;
   readonly tokens: SpeculativeTokenDetail[] = [];
 
-  add(other: { drafted: number; accepted: number; rounds?: number; verification?: "rejection" | "coupled" | null; detail?: readonly SpeculativeTokenDetail[] }): void {
+  add(other: { drafted: number; forced?: number; accepted: number; rounds?: number; verification?: "rejection" | "coupled" | null; detail?: readonly SpeculativeTokenDetail[] }): void {
     this.rounds += other.rounds ?? 1;
     this.verification = other.verification ?? this.verification;
     this.drafted += other.drafted;
+    this.forced += other.forced ?? 0;
     this.accepted += other.accepted;
     if (other.detail) this.tokens.push(...other.detail);
   }
@@ -69,6 +72,7 @@ export class SpeculativeTally {
       ...(this.verification ? { verification: this.verification } : {}),
       rounds: this.rounds,
       drafted_tokens: this.drafted,
+      forced_tokens: this.forced,
       accepted_tokens: this.accepted,
       acceptance_rate: this.drafted === 0 ? 0 : this.accepted / this.drafted,
       mean_candidate_length: this.rounds === 0 ? 0 : this.drafted / this.rounds,

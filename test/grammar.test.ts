@@ -1,5 +1,6 @@
 // The grammar engine on a real model (engine/grammar.ts over llama.cpp's grammar sampler, masked
-// in flock's addon): masks agree with single-token checks, and a state cloned per speculative
+// in flock's addon): masks agree with single-token checks, cached masks with llama.cpp's own
+// pass, forced tokens with the masks, and a state cloned per speculative
 // candidate and rolled back to an accepted prefix is the state a fresh grammar reaches by
 // reading that prefix — over random accept/reject sequences; tool call grammars allow exactly the
 // calls each template family writes.
@@ -44,7 +45,8 @@ function advanced(state: GrammarState, token: number): GrammarState {
 
 describe("grammar states", () => {
   it("the mask allows exactly the tokens single checks allow, and the end of generation only once the object is complete", () => {
-    const start = model.grammars!.compile({ jsonSchema: SCHEMA });
+    // Uncached: llama.cpp's pass over the vocabulary against its check of each token.
+    const start = model.grammars!.compile({ jsonSchema: SCHEMA }, { maskCache: false });
     const allowed = allowedSet(start);
     expect(allowed.length).toBeGreaterThan(0);
     expect(allowed.length).toBeLessThan(model.vocabularySize / 10);
@@ -61,6 +63,85 @@ describe("grammar states", () => {
     expect(allowedSet(state)).toEqual(ends);
     // The start state was never advanced: clones are independent.
     expect(allowedSet(start)).toEqual(allowed);
+  });
+
+  it("cached masks and checks equal llama.cpp's own grammar pass at every state, on a walk's first visit and on later ones", () => {
+    const rng = createRng(23);
+    const walks = Array.from({ length: 6 }, () => {
+      // A random walk through the grammar, chosen on uncached states.
+      let state = model.grammars!.compile({ jsonSchema: SCHEMA }, { maskCache: false });
+      const tokens: number[] = [];
+      for (let i = 0; i < 30; i++) {
+        const choices = allowedSet(state).filter((t) => !model.isEndOfGeneration(t));
+        if (choices.length === 0) break;
+        tokens.push(rng.pick(choices));
+        state = advanced(state, tokens[tokens.length - 1]);
+      }
+      return tokens;
+    });
+    const start = model.grammars!.compile({ jsonSchema: SCHEMA });
+    const before = model.grammars!.maskCacheStats();
+    let compared = 0;
+    for (const pass of [1, 2]) {
+      for (const tokens of walks) {
+        let cached = start.clone();
+        let uncached = model.grammars!.compile({ jsonSchema: SCHEMA }, { maskCache: false });
+        for (const token of [...tokens, -1]) {
+          const allowed = allowedSet(uncached);
+          expect(allowedSet(cached), `pass ${pass}`).toEqual(allowed);
+          // Checks read the cached mask now; compare them with llama.cpp's check of one token.
+          for (const t of [...allowed.slice(0, 20), ...Array.from({ length: 20 }, () => rng.int(model.vocabularySize))]) {
+            expect(cached.allows(t), `token ${t}`).toBe(uncached.allows(t));
+          }
+          compared++;
+          if (token < 0) break;
+          cached = advanced(cached, token);
+          uncached = advanced(uncached, token);
+        }
+      }
+    }
+    const stats = model.grammars!.maskCacheStats();
+    // Every state of the second pass, and the first pass's revisits, were found in the cache.
+    expect(stats.hits - before.hits).toBeGreaterThanOrEqual(compared / 2);
+    expect(stats.misses - before.misses).toBeGreaterThan(10);
+    expect(stats.unkeyed - before.unkeyed).toBe(0);
+    expect(compared).toBeGreaterThan(100);
+  });
+
+  it("grammars of one shape keep their own masks: the cache key names the grammar", () => {
+    const digits = (letter: string) => model.grammars!.compile({ gbnf: `root ::= "${letter}" [0-9]*` });
+    const [a, b] = [digits("a"), digits("b")];
+    const tokenOf = (text: string) => model.tokenize(text, { addSpecial: false, parseSpecial: false });
+    expect(tokenOf("a")).toHaveLength(1);
+    expect(tokenOf("b")).toHaveLength(1);
+    expect(allowedSet(a)).toContain(tokenOf("a")[0]);
+    expect(allowedSet(b)).toContain(tokenOf("b")[0]);
+    expect(allowedSet(b)).not.toContain(tokenOf("a")[0]);
+  });
+
+  it("a forced token is the only one the mask allows; without computing, only a cached mask says so", () => {
+    const instance = '{"name": "Ada", "kind": "ketch", "crew": 3, "ports": []}';
+    let state = model.grammars!.compile({ jsonSchema: SCHEMA });
+    const prefix: number[] = [];
+    let forced = 0;
+    let free = 0;
+    for (const token of model.tokenize(instance, { addSpecial: false, parseSpecial: false })) {
+      // The same state in another compilation has no cached mask: nothing is known until computed.
+      let fresh = model.grammars!.compile({ jsonSchema: SCHEMA });
+      for (const t of prefix) fresh = advanced(fresh, t);
+      expect(fresh.forcedToken(false)).toBeUndefined();
+      const allowed = allowedSet(state);
+      const only = allowed.length === 1 ? allowed[0] : undefined;
+      expect(state.forcedToken(false)).toBe(only);
+      expect(fresh.forcedToken(true)).toBe(only);
+      if (only === undefined) free++;
+      else forced++;
+      state = advanced(state, token);
+      prefix.push(token);
+    }
+    expect(forced).toBeGreaterThan(0);
+    expect(free).toBeGreaterThan(0);
+    expect(model.grammars!.compile({ jsonSchema: SCHEMA }, { maskCache: false }).forcedToken(true)).toBeUndefined();
   });
 
   it("a released state is freed at once and refuses use (it would otherwise allow nothing); its clones live on", () => {

@@ -290,6 +290,12 @@ describe.runIf(CHROMIUM)("the page in Chromium", () => {
     const text = stream.map((c) => c.choices?.[0]?.delta?.content ?? "").join("");
     expect(Object.keys(JSON.parse(text)).sort()).toEqual(["crew", "name"]);
     expect(await page.locator("#tokens .tok").count()).toBeGreaterThan(5);
+    // Again: the schema's masks are cached now, and a seeded (coupled) round proposes the tokens
+    // they force without the draft, in their own colour.
+    await page.locator("#clear").click();
+    await page.fill("#prompt", "A boat, as JSON.");
+    await ask(page, "/v1/chat/completions");
+    expect(await page.locator("#tokens .tok.origin-forced").count()).toBeGreaterThan(0);
     await page.locator("#clear").click();
     await page.fill("#json-schema", "");
     await page.fill("#tools", JSON.stringify([{ type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string", maxLength: 8 } }, required: ["city"] } } }]));

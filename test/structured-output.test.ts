@@ -138,8 +138,13 @@ describe("exact under speculation", () => {
       expect(text(fixed)).toBe(text(alone));
       expect(text(spec)).toBe(text(plain));
       Dinghy.parse(JSON.parse(text(spec)));
-      const detail = (fixed as unknown as { flock: { speculative: { drafted_tokens: number } } }).flock.speculative;
+      type Speculative = { flock: { speculative: { drafted_tokens: number; forced_tokens: number } } };
+      const detail = (fixed as unknown as Speculative).flock.speculative;
       expect(detail.drafted_tokens).toBeGreaterThan(0);
+      // The keys the schema forces were proposed without the draft, on both policies.
+      expect(detail.forced_tokens).toBeGreaterThan(0);
+      expect(detail.forced_tokens).toBeLessThan(detail.drafted_tokens);
+      expect((spec as unknown as Speculative).flock.speculative.forced_tokens).toBeGreaterThan(0);
     }
   });
 

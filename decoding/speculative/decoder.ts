@@ -79,21 +79,34 @@ async function catchUp(
   return { logits: await seq.evaluate(tokens, positions), evaluated };
 }
 
-/** One draft step's outputs: next-token logits, and the hidden state behind them when asked. */
-async function draftStep(seq: KvSequence, token: number, withHidden: boolean): Promise<{ logits: Float32Array; hidden?: Float32Array }> {
-  if (!withHidden) return { logits: (await seq.evaluate([token], [0]))[0] };
-  const { logits, hidden } = await seq.evaluateWithHidden([token], [0]);
+/**
+ * One draft step over `tokens` (a candidate, and the text a grammar forces after it, in one
+ * batch): the next-token logits after the last, and the hidden state behind them when asked.
+ */
+async function draftStep(seq: KvSequence, tokens: readonly number[], withHidden: boolean): Promise<{ logits: Float32Array; hidden?: Float32Array }> {
+  const last = [tokens.length - 1];
+  if (!withHidden) return { logits: (await seq.evaluate(tokens, last))[0] };
+  const { logits, hidden } = await seq.evaluateWithHidden(tokens, last);
   return { logits: logits[0], hidden: hidden[0] };
 }
 
-/** What one round of drafting proposes, and what the policy and the predictor saw of it. */
+/**
+ * What one round proposes, and what the policy and the predictor saw of it. Under a grammar,
+ * wherever it allows a single token, that token is proposed directly, the draft's candidates
+ * around it: it needs no draft step (the draft reads it in a batch with the candidate before
+ * it), and its proposal is what the masked draft would propose, q one-hot on it; the masked
+ * target agrees, so it is always accepted. Per-candidate arrays hold undefined at forced
+ * candidates.
+ */
 interface DraftedRound {
   candidates: number[];
   /** The draft's distribution each candidate was drawn from (rejection sampling reads them). */
-  draftDistributions: Float64Array[];
-  features: DraftFeatures[];
+  draftDistributions: Array<Float64Array | undefined>;
+  features: Array<DraftFeatures | undefined>;
   /** P̂ of each candidate, kept only for detail. */
   predictions: Array<number | undefined>;
+  /** The positions of the draft's own candidates, in order (the others were forced). */
+  drawnAt: number[];
   /**
    * Constrained requests: the grammar's state before each candidate and after the last (the
    * one before it again when the last ends the generation: nothing follows it).
@@ -102,9 +115,10 @@ interface DraftedRound {
 }
 
 /**
- * Drafts up to `budget` candidates after `all`. Every candidate drawn is proposed: the policy
- * decides whether to draft a position before its draw, and only whether to draft another after
- * it (policies.ts says why).
+ * One round's candidates after `all`, at most `budget`: with `drawing`, the draft's, as many as
+ * the policy allows. Every candidate drawn is proposed: the policy decides whether to draft a
+ * position before its draw, and only whether to draft another after it (policies.ts says why).
+ * The policy counts the draft's candidates only (k is the k-th drawn).
  */
 async function draftRound(round: {
   setup: SpeculativeSetup;
@@ -115,6 +129,8 @@ async function draftRound(round: {
   draws: TokenDraws;
   coupled: boolean;
   budget: number;
+  /** Whether the draft proposes this round (the policy may skip rounds; forced text needs no draft). */
+  drawing: boolean;
   /** Recent acceptance (a feature of the predictors). */
   recent: number;
   detail: boolean;
@@ -124,31 +140,58 @@ async function draftRound(round: {
 }): Promise<DraftedRound> {
   const { setup, seq, all, params, draws, budget } = round;
   const { policy, predictor, stats, costs } = setup;
-  const drafted: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [], ...(round.constraint && { states: [round.constraint] }) };
-  policy.begin();
+  const drafted: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [], drawnAt: [], ...(round.constraint && { states: [round.constraint] }) };
   const draftHistory = round.history.clone();
+  let ended = false;
+  const full = () => ended || drafted.candidates.length >= budget;
+  /**
+   * Proposes the tokens the grammar forces from the last state on, up to the budget; returns
+   * them. Rejection sampling masks the draft at every position anyway, so it asks for the mask
+   * where it is not cached; a coupled draw masks nothing, so it uses only masks already known.
+   */
+  const proposeForced = (): number[] => {
+    const states = drafted.states;
+    const forced: number[] = [];
+    for (let y: number | undefined; states && !full() && (y = states[states.length - 1].forcedToken(!round.coupled)) !== undefined; ) {
+      const before = states[states.length - 1];
+      forced.push(y);
+      drafted.candidates.push(y);
+      drafted.draftDistributions.push(undefined);
+      drafted.features.push(undefined);
+      drafted.predictions.push(undefined);
+      draftHistory.push(y);
+      ended = round.ends(y);
+      states.push(ended ? before : advanced(before, y));
+    }
+    return forced;
+  };
+  const forcedFirst = proposeForced();
+  if (!round.drawing || full()) return drafted;
+
+  policy.begin();
   // A predictor that reads hidden states gets the one that produced each candidate, and if it
   // asks, the one at the candidate: then the draft evaluates each candidate before the decision
   // (the step it would take next anyway; only a round's last one is extra).
   const withHidden = predictor?.needsHidden === true;
   const evaluateFirst = predictor?.needsCandidateHidden === true;
   const catchUpStarted = performance.now();
-  const first = await catchUp(seq, all, [], withHidden);
+  const first = await catchUp(seq, all, forcedFirst, withHidden);
   costs.observeDraftStep(performance.now() - catchUpStarted);
-  let draftLogits = first.logits[0];
-  let draftHidden = first.hidden?.[0];
-  const timedStep = async (token: number) => {
+  let draftLogits = first.logits[forcedFirst.length];
+  let draftHidden = first.hidden?.[forcedFirst.length];
+  const timedStep = async (tokens: readonly number[]) => {
     const started = performance.now();
-    const next = await draftStep(seq, token, withHidden);
+    const next = await draftStep(seq, tokens, withHidden);
     costs.observeDraftStep(performance.now() - started);
     return next;
   };
-  for (let k = 1; k <= budget; k++) {
+  for (let k = 1; !full(); k++) {
+    const at = drafted.candidates.length;
     const adjusted = adjustLogits(draftLogits, params, draftHistory);
     // Under a grammar, rejection sampling compares masked q with masked p: the draft's q is
     // masked in full. A coupled draw needs no q: it checks its ranked tokens (constraint.ts),
     // and the policy reads the unmasked distribution, known before the draw either way.
-    const state = drafted.states?.[k - 1];
+    const state = drafted.states?.[at];
     if (state && !round.coupled) state.mask(adjusted);
     const q = samplingDistribution(adjusted, params);
     // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
@@ -160,21 +203,31 @@ async function draftRound(round: {
       break;
     }
     // The candidate's position in prompt + output keys its noise in coupled mode.
-    const position = all.length + k - 1;
+    const position = all.length + at;
     const y = !round.coupled ? drawFrom(q, draws.rng) : state ? constrainedDraw(adjusted, params, state, draws, position) : draws.sample(adjusted, params, position);
     const f = candidateFeatures(before, judged, y);
-    const next = evaluateFirst ? await timedStep(y) : undefined;
+    const next = evaluateFirst ? await timedStep([y]) : undefined;
     f.candidateHidden = next?.hidden;
     const decision = policy.afterDraw(k, f);
     drafted.candidates.push(y);
     drafted.draftDistributions.push(q);
     drafted.features.push(f);
-    if (round.detail) drafted.predictions.push(policy.lastPrediction);
+    drafted.predictions.push(round.detail ? policy.lastPrediction : undefined);
+    drafted.drawnAt.push(at);
     draftHistory.push(y);
-    if (drafted.states) drafted.states.push(round.ends(y) ? drafted.states[k - 1] : advanced(drafted.states[k - 1], y));
-    if (decision === "stop" || k === budget || round.ends(y)) break;
-    ({ logits: draftLogits, hidden: draftHidden } = next ?? (await timedStep(y)));
+    if (drafted.states) drafted.states.push(round.ends(y) ? drafted.states[at] : advanced(drafted.states[at], y));
+    ended = round.ends(y);
+    if (decision === "stop") break;
+    // Tokens the grammar forces after the candidate join the round; the draft reads them with
+    // the candidate, in one step, and drafts on after them.
+    const forced = proposeForced();
+    if (full()) break;
+    const unread = next ? forced : [y, ...forced];
+    if (unread.length > 0) ({ logits: draftLogits, hidden: draftHidden } = await timedStep(unread));
+    else ({ logits: draftLogits, hidden: draftHidden } = next!);
   }
+  // Forced tokens after the draft's last candidate cost no draft step: they end the round.
+  proposeForced();
   return drafted;
 }
 
@@ -239,28 +292,34 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       // The caller's budget: tokens left to generate (one is always the recovered/bonus token)
       // and room in both caches.
       const budget = Math.max(0, Math.min(setup.maxCandidates, request.maxTokens - generated - 1, contextSize - all.length));
-      const drafting = budget > 0 && (predicted !== null || policy.skipRound?.() !== true);
-      const nothing: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [] };
+      const nothing: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [], drawnAt: [], ...(constraint && { states: [constraint] }) };
       const proposed = (candidates: number[]): DraftedRound => (constraint ? { ...nothing, ...constrainProposals(candidates, constraint, ends) } : { ...nothing, candidates });
-      const { candidates, draftDistributions, features, predictions, states } = !drafting
-        ? { ...nothing, ...(constraint && { states: [constraint] }) }
-        : predicted
-          ? proposed(predicted.propose(all, budget))
-          : await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, recent, detail, ends, constraint });
+      const { candidates, draftDistributions, features, predictions, states, drawnAt } =
+        budget === 0
+          ? nothing
+          : predicted
+            ? proposed(predicted.propose(all, budget))
+            : await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, drawing: policy.skipRound?.() !== true, recent, detail, ends, constraint });
+      const forced = predicted ? 0 : candidates.length - drawnAt.length;
 
       // Verify: one target batch scores every candidate plus the position after them.
       const passStarted = performance.now();
       const { logits: targetLogits, evaluated } = await catchUp(targetSeq, all, candidates);
       costs.observeTargetPass(evaluated, performance.now() - passStarted);
-      const proposals = predicted ? candidates.map((y) => oneHot(targetLogits[0].length, y)) : draftDistributions;
+      // Text proposals (a prediction, lookup) and forced tokens are deterministic: one-hot q.
+      const proposals = coupled ? [] : candidates.map((y, i) => draftDistributions[i] ?? oneHot(targetLogits[0].length, y));
       const verdict = judge(targetLogits, candidates, proposals, history, params, states, coupled ? { keyed: draws, position: all.length } : { rng: draws.rng });
       features.forEach((f, i) => {
+        if (!f) return;
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
       });
       stats.recordRound(candidates.length, verdict.accepted, verification);
-      // The policy learns from its own rounds, not the prediction's.
-      if (budget > 0 && !predicted) policy.end?.(candidates.length, verdict.accepted, verdict.acceptanceProbabilities);
+      // The policy learns from the draft's candidates, not from text proposals.
+      if (budget > 0 && !predicted) {
+        const drawnAccepted = drawnAt.filter((i) => i < verdict.accepted).length;
+        policy.end?.(drawnAt.length, drawnAccepted, drawnAt.map((i) => verdict.acceptanceProbabilities[i]));
+      }
 
       // Emit the accepted tokens and the recovered/bonus one, ending early on EOS, a stop
       // sequence or max_tokens.
@@ -268,8 +327,8 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       if (states && !ends(verdict.next)) constraint = advanced(states[verdict.accepted], verdict.next);
       // The round's other grammar states are done with: free them now, not at garbage collection.
       for (const state of new Set(states)) if (state !== constraint) state.release();
-      const origins: TokenOrigin[] = [...Array<TokenOrigin>(verdict.accepted).fill("accepted"), verdict.nextKind];
-      const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, accepted: verdict.accepted, origins: [], verification } };
+      const origins: TokenOrigin[] = [...candidates.slice(0, verdict.accepted).map((_, i): TokenOrigin => (features[i] || predicted ? "accepted" : "forced")), verdict.nextKind];
+      const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, forced, accepted: verdict.accepted, origins: [], verification } };
       const details = detail ? roundDetail(target, all, candidates, verdict.accepted, origins, features, verdict.acceptanceProbabilities, predictions, round) : undefined;
       if (details) step.speculative!.detail = [];
       for (const [j, token] of emitted.entries()) {
@@ -348,7 +407,7 @@ function roundDetail(
   candidates: readonly number[],
   accepted: number,
   origins: readonly TokenOrigin[],
-  features: readonly DraftFeatures[],
+  features: ReadonlyArray<DraftFeatures | undefined>,
   acceptance: readonly number[],
   predictions: ReadonlyArray<number | undefined>,
   round: number,
@@ -357,7 +416,8 @@ function roundDetail(
   return origins.map((origin, j) => {
     const entry: SpeculativeTokenDetail = { origin, round, drafted };
     if (j < drafted) {
-      const judged = { draftProbability: features[j].chosen, acceptanceProbability: acceptance[j], ...withPrediction(predictions[j]) };
+      // Forced text was proposed with certainty.
+      const judged = { draftProbability: features[j]?.chosen ?? 1, acceptanceProbability: acceptance[j], ...withPrediction(predictions[j]) };
       if (origin === "accepted") Object.assign(entry, judged);
       else {
         const context = [...committed, ...candidates.slice(0, j)];

@@ -8,8 +8,9 @@
 // loads this local build. Skipped when node-llama-cpp's version and flock's native sources are
 // unchanged since the last build.
 //
-// --quick: for developers changing only engine/native/addon/*: copy the sources, rebuild
-// incrementally with cmake (seconds instead of minutes) and install the result.
+// --quick: for developers changing only engine/native/addon/* or patches/addon-*: copy the
+// sources, apply the addon's patches, rebuild incrementally with cmake (seconds instead of
+// minutes) and install the result.
 // --postinstall: run from `npm install`; a failed build warns and exits 0, so flock still
 // installs and serves with the prebuilt binary (startup says which features are missing).
 // FLOCK_NATIVE_GPU=cuda|vulkan builds for that backend (default: CPU only).
@@ -159,7 +160,13 @@ function quickRebuild(): void {
   if (!existsSync(join(buildDir, "build.ninja")) && !existsSync(join(buildDir, "Makefile"))) {
     throw new Error(`no local build in ${buildDir} to rebuild; run npm run build:native first`);
   }
+  // The addon as shipped, flock's sources and the addon's patches again (they may have changed);
+  // a new source file needs cmake to glob the addon's sources again.
+  const added = readdirSync(join(here, "addon")).some((file) => !existsSync(join(addonDir, file)));
+  cpSync(pristineDir, addonDir, { recursive: true });
   for (const file of readdirSync(join(here, "addon"))) copyFileSync(join(here, "addon", file), join(addonDir, file));
+  for (const patch of readdirSync(join(here, "patches")).sort()) if (patch.startsWith("addon-")) applyPatch(join(here, "patches", patch), llamaDir);
+  if (added) run("cmake", [buildDir], packageDir);
   run("cmake", ["--build", buildDir, "--parallel", "2"], packageDir);
   const bin = join(buildDir, "bin");
   for (const file of readdirSync(bin)) copyFileSync(join(bin, file), join(buildDir, "Release", file));

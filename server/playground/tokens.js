@@ -8,6 +8,7 @@ import { Palette } from "./charts.js";
 
 const ORIGIN_TEXT = {
   accepted: "accepted draft token: the target kept what the draft proposed",
+  forced: "forced: the grammar allowed only this token here; proposed without the draft, so always kept",
   recovered: "recovered: the target rejected the draft's candidate here and drew this token instead",
   bonus: "bonus: every candidate of the round was accepted; the target added this one",
   undrafted: "target only: the draft proposed nothing this round",

@@ -7,7 +7,7 @@
 
 /**
  * @typedef {{ token: number, text: string, draft_probability: number, acceptance_probability: number, predicted_acceptance?: number }} RejectedCandidate
- * @typedef {{ origin: "accepted" | "recovered" | "bonus", round: number, drafted: number, draft_probability?: number, acceptance_probability?: number, predicted_acceptance?: number, rejected?: RejectedCandidate }} SpeculativeDetail
+ * @typedef {{ origin: "accepted" | "forced" | "recovered" | "bonus", round: number, drafted: number, draft_probability?: number, acceptance_probability?: number, predicted_acceptance?: number, rejected?: RejectedCandidate }} SpeculativeDetail
  * @typedef {{ expert: string | null, alpha: number }} FusionDetail
  * @typedef {Array<{ expert: string, weight: number }>} ExpertWeights
  * @typedef {{ experts: ExpertWeights, groups?: Record<string, ExpertWeights> } | null} RoutingDetail
@@ -137,7 +137,7 @@ export class Transcript {
       if (!s) continue;
       const r = (rounds[s.round] ??= { drafted: s.drafted, accepted: 0, emitted: 0 });
       r.emitted++;
-      if (s.origin === "accepted") r.accepted++;
+      if (s.origin === "accepted" || s.origin === "forced") r.accepted++;
     }
     return rounds.filter((r) => r !== undefined);
   }

@@ -25,6 +25,9 @@ class SetConstraint implements TokenConstraint {
     this.masks++;
     for (let t = 0; t < logits.length; t++) if (!this.allowed.has(t)) logits[t] = -Infinity;
   }
+  forcedToken(): number | undefined {
+    return this.allowed.size === 1 ? [...this.allowed][0] : undefined;
+  }
   accept(): void {}
   clone(): TokenConstraint {
     return new SetConstraint(this.allowed);

@@ -164,8 +164,11 @@ interface Exercised {
   stopsAfterDraw: number;
   lengths: Set<number>;
   rejections: number;
+  /** Candidates a grammar forced (all accepted), and draft candidates accepted after one in a round. */
+  forcedAccepted: number;
+  drawnAfterForced: number;
 }
-const exercised = (): Exercised => ({ stopsBeforeDraw: 0, stopsAfterDraw: 0, lengths: new Set(), rejections: 0 });
+const exercised = (): Exercised => ({ stopsBeforeDraw: 0, stopsAfterDraw: 0, lengths: new Set(), rejections: 0, forcedAccepted: 0, drawnAfterForced: 0 });
 
 /** The policy, counting (with `weight`) the positions it declines before a draw and the rounds it ends early after one. */
 function counting(policy: CandidateLengthPolicy, seen: Exercised, weight: () => number): CandidateLengthPolicy {
@@ -213,6 +216,8 @@ async function decodeCounting(setup: SpeculativeSetup, request: GenerationReques
     const round = step.speculative!;
     seen.lengths.add(round.drafted);
     if (round.accepted < round.drafted) seen.rejections += weight();
+    seen.forcedAccepted += round.origins.filter((o) => o === "forced").length;
+    seen.drawnAfterForced += round.origins.filter((o, i) => o === "accepted" && round.origins.slice(0, i).includes("forced")).length;
     tokens.push(...step.tokens);
     if (tokens.length >= count) break;
   }
@@ -511,9 +516,10 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
   /**
    * A grammar over the three tokens whose allowed set depends on the state (the last token),
    * so a state not rolled back to the accepted prefix masks the wrong tokens: after 0 token 2
-   * is forbidden, after 1 token 1; after 2 anything goes.
+   * is forbidden; after 1 only 0 may come (forced: proposed without the draft); after 2
+   * anything goes.
    */
-  const FORBIDDEN_AFTER = [2, 1, -1];
+  const ALLOWED_AFTER = [[0, 1], [0], [0, 1, 2]];
   const calls = { masks: 0, allows: 0, created: 0, released: 0 };
   /** Throws when used after its release, as the engine's states do; counts what is never released. */
   class LastTokenGrammar implements TokenConstraint {
@@ -527,12 +533,16 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
     allows(token: number): boolean {
       this.live();
       calls.allows++;
-      return token !== FORBIDDEN_AFTER[this.last];
+      return ALLOWED_AFTER[this.last].includes(token);
     }
     mask(logits: Float32Array): void {
       this.live();
       calls.masks++;
-      if (FORBIDDEN_AFTER[this.last] >= 0) logits[FORBIDDEN_AFTER[this.last]] = -Infinity;
+      for (let t = 0; t < logits.length; t++) if (!ALLOWED_AFTER[this.last].includes(t)) logits[t] = -Infinity;
+    }
+    forcedToken(): number | undefined {
+      this.live();
+      return ALLOWED_AFTER[this.last].length === 1 ? ALLOWED_AFTER[this.last][0] : undefined;
     }
     accept(token: number): void {
       if (!this.allows(token)) throw new Error(`token ${token} is not allowed after ${this.last}`);
@@ -553,10 +563,10 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
   function exactConstrained(history: readonly number[], sampling: SamplingParams): Float64Array {
     const last = history.length > 0 ? history[history.length - 1] : PROMPT[PROMPT.length - 1];
     const adjusted = adjustLogits(Float32Array.from(TARGET[last], Math.log), sampling, TokenHistory.of(PROMPT, history));
-    if (FORBIDDEN_AFTER[last] >= 0) adjusted[FORBIDDEN_AFTER[last]] = -Infinity;
+    for (let t = 0; t < V; t++) if (!ALLOWED_AFTER[last].includes(t)) adjusted[t] = -Infinity;
     return samplingDistribution(adjusted, sampling);
   }
-  const obeys = (tokens: readonly number[]) => tokens.every((t, i) => t !== FORBIDDEN_AFTER[i === 0 ? PROMPT[PROMPT.length - 1] : tokens[i - 1]]);
+  const obeys = (tokens: readonly number[]) => tokens.every((t, i) => ALLOWED_AFTER[i === 0 ? PROMPT[PROMPT.length - 1] : tokens[i - 1]].includes(t));
   const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
   const samplings: Array<[string, SamplingParams]> = [
     ["T = 1", DEFAULT_SAMPLING],
@@ -591,6 +601,10 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
     expect(totalVariation(second, exactSecond(sampling))).toBeGreaterThan(0.05);
     expect(seen.rejections).toBeGreaterThan(100_000 / 20);
     expect(seen.lengths.size).toBeGreaterThan(1);
+    // Forced tokens were proposed without the draft, and the draft drew on after them (it read
+    // them in a batch with the candidate before): what it drew there is in the fit above.
+    expect(seen.forcedAccepted).toBeGreaterThan(100_000 / 20);
+    expect(seen.drawnAfterForced).toBeGreaterThan(100_000 / 20);
   });
 
   it.for(samplings)("%s, coupled: the text is constrained plain decoding's, token for token", async ([, sampling]) => {
@@ -613,6 +627,8 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
       expect(spec.slice(0, 8), `seed ${seed}`).toEqual(plain);
     }
     expectExercised(policy, seen, 2000);
+    expect(seen.forcedAccepted).toBeGreaterThan(2000 / 10);
+    expect(seen.drawnAfterForced).toBeGreaterThan(2000 / 10);
     // Coupled drafts and verifications check ranked tokens: no mask without truncation.
     if (sampling.topP === 1) expect(specMasks).toBe(0);
     else expect(specMasks).toBeGreaterThan(0);

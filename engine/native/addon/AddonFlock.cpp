@@ -17,8 +17,6 @@
 #include "napi.h"
 #include "AddonContext.h"
 #include "AddonModel.h"
-#include "AddonGrammarEvaluationState.h"
-#include "json-schema-to-grammar.h"
 
 // flockGetLogits(batchLogitIndex): the raw next-token logits llama.cpp computed for that batch
 // position, copied into a Float32Array of the vocabulary's size. Synchronous: a memcpy, read
@@ -491,92 +489,4 @@ Napi::Value flockSoftmax(const Napi::CallbackInfo& info) {
     }
     for (size_t i = 0; i < n; i++) out[i] /= total;
     return Napi::Number::New(env, total);
-}
-
-// Grammar-constrained decoding (decoding/constraint.ts): a grammar evaluation state is
-// node-llama-cpp's AddonGrammarEvaluationState (llama.cpp's grammar sampler), created, cloned
-// and advanced through node-llama-cpp; these add what flock's own sampling path needs.
-
-// flockGrammarValid(state): whether the state's grammar parsed (llama.cpp returns no sampler,
-// and logs why, when it does not).
-Napi::Value flockGrammarValid(const Napi::CallbackInfo& info) {
-    const Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsObject()) {
-        Napi::TypeError::New(env, "flockGrammarValid(state: AddonGrammarEvaluationState)").ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    AddonGrammarEvaluationState* state = Napi::ObjectWrap<AddonGrammarEvaluationState>::Unwrap(info[0].As<Napi::Object>());
-    return Napi::Boolean::New(env, state->sampler != nullptr);
-}
-
-// flockGrammarMask(state, logits): sets the logit of every token the grammar forbids next to
-// -Infinity, in place, and returns how many tokens stay allowed. Tokens already at -Infinity are
-// not checked. One pass of llama.cpp's grammar over the candidates, synchronous.
-Napi::Value flockGrammarMask(const Napi::CallbackInfo& info) {
-    const Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
-        Napi::TypeError::New(env, "flockGrammarMask(state: AddonGrammarEvaluationState, logits: Float32Array)").ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    AddonGrammarEvaluationState* state = Napi::ObjectWrap<AddonGrammarEvaluationState>::Unwrap(info[0].As<Napi::Object>());
-    if (state->sampler == nullptr) {
-        Napi::Error::New(env, "the grammar did not parse").ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    Napi::Float32Array logitsArray = info[1].As<Napi::Float32Array>();
-    float* logits = logitsArray.Data();
-    // Logits beyond the grammar's vocabulary (a draft's padded one) are forbidden, not looked up.
-    const size_t n = std::min(logitsArray.ElementLength(), size_t(llama_vocab_n_tokens(state->model->vocab)));
-    for (size_t i = n; i < logitsArray.ElementLength(); i++) logits[i] = -INFINITY;
-    static thread_local std::vector<llama_token_data> candidates;
-    candidates.clear();
-    candidates.reserve(n);
-    for (size_t i = 0; i < n; i++) {
-        if (logits[i] > -INFINITY) candidates.push_back(llama_token_data { llama_token(i), logits[i], 0.0f });
-    }
-    llama_token_data_array array = { candidates.data(), candidates.size(), -1, false };
-    try {
-        llama_sampler_apply(state->sampler, &array);
-    } catch (const std::exception& e) {
-        Napi::Error::New(env, std::string("grammar: ") + e.what()).ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    double allowed = 0;
-    for (size_t i = 0; i < array.size; i++) {
-        if (array.data[i].logit == -INFINITY) logits[array.data[i].id] = -INFINITY;
-        else allowed++;
-    }
-    return Napi::Number::New(env, allowed);
-}
-
-// flockGrammarFree(state): frees the state's grammar now rather than when the garbage collector
-// finalizes the object: V8 does not see that native memory, and would let thousands of states
-// (one per speculative candidate) pile up before collecting them. The state is unusable after.
-Napi::Value flockGrammarFree(const Napi::CallbackInfo& info) {
-    const Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsObject()) {
-        Napi::TypeError::New(env, "flockGrammarFree(state: AddonGrammarEvaluationState)").ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    AddonGrammarEvaluationState* state = Napi::ObjectWrap<AddonGrammarEvaluationState>::Unwrap(info[0].As<Napi::Object>());
-    llama_sampler_free(state->sampler);
-    state->sampler = nullptr;
-    return env.Undefined();
-}
-
-// flockJsonSchemaToGrammar(schema): llama.cpp's JSON-schema converter (the one llama-server
-// uses): the schema's JSON text in, GBNF out; throws with the converter's reasons.
-Napi::Value flockJsonSchemaToGrammar(const Napi::CallbackInfo& info) {
-    const Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsString()) {
-        Napi::TypeError::New(env, "flockJsonSchemaToGrammar(schema: string)").ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    try {
-        const common_json schema = common_json::parse(info[0].As<Napi::String>().Utf8Value());
-        return Napi::String::New(env, json_schema_to_grammar(schema, true));
-    } catch (const std::exception& e) {
-        Napi::Error::New(env, e.what()).ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
 }

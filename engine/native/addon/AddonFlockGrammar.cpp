@@ -1,0 +1,348 @@
+// Grammar-constrained decoding's native half (engine/grammar.ts, decoding/constraint.ts). A
+// grammar evaluation state is node-llama-cpp's AddonGrammarEvaluationState (llama.cpp's grammar
+// sampler), created, cloned and advanced through node-llama-cpp; these add what flock's own
+// sampling path needs: masks over the whole vocabulary, kept per grammar state so that a state
+// seen before costs a lookup instead of a grammar pass over 151,936 tokens; checks of one
+// token; the token a state forces (the only one its mask allows).
+// Registered on the addon's exports by patches/addon-exports.diff.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <list>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "llama.h"
+#include "napi.h"
+#include "AddonModel.h"
+#include "AddonGrammarEvaluationState.h"
+#include "json-schema-to-grammar.h"
+#include "llama-grammar.h"
+
+// llama.cpp's grammar sampler's context (llama-sampler.cpp's llama_sampler_grammar, private to
+// it; node-llama-cpp pins the release). grammarOf checks what it can before trusting it.
+struct FlockGrammarSamplerContext {
+    const llama_vocab* vocab;
+    std::string grammar_str;
+    std::string grammar_root;
+    llama_grammar* grammar;
+};
+
+static AddonGrammarEvaluationState* stateArg(const Napi::Value& value) {
+    return Napi::ObjectWrap<AddonGrammarEvaluationState>::Unwrap(value.As<Napi::Object>());
+}
+
+// The llama_grammar inside a state's sampler, or null where it cannot be read safely (a freed or
+// unparsed state, a sampler that is not the grammar sampler, a layout that does not match).
+static llama_grammar* grammarOf(AddonGrammarEvaluationState* state) {
+    if (state->sampler == nullptr) return nullptr;
+    const char* name = llama_sampler_name(state->sampler);
+    if (name == nullptr || std::strcmp(name, "grammar") != 0) return nullptr;
+    auto* context = static_cast<FlockGrammarSamplerContext*>(state->sampler->ctx);
+    if (context == nullptr || context->grammar == nullptr || context->vocab != state->model->vocab) return nullptr;
+    if (context->grammar->vocab != context->vocab || context->grammar->lazy) return nullptr;
+    return context->grammar;
+}
+
+// A grammar state's identity, independent of the copy it lives in (a clone copies the rules, so
+// element pointers differ between copies of one state): each stack as (rule, offset) pairs, the
+// stacks sorted, with the pending UTF-8 bytes and the grammar's id. Two states with one key
+// allow exactly the same tokens: the mask is a function of the stacks and the partial UTF-8.
+static bool stateKey(const llama_grammar& grammar, uint32_t grammarId, std::string& key) {
+    std::vector<std::vector<uint32_t>> stacks;
+    stacks.reserve(grammar.stacks.size());
+    for (const auto& stack : grammar.stacks) {
+        std::vector<uint32_t> encoded;
+        encoded.reserve(stack.size() * 2);
+        for (const llama_grammar_element* element : stack) {
+            bool found = false;
+            for (size_t rule = 0; rule < grammar.rules.size() && !found; rule++) {
+                const auto& elements = grammar.rules[rule];
+                if (!elements.empty() && element >= elements.data() && element < elements.data() + elements.size()) {
+                    encoded.push_back(uint32_t(rule));
+                    encoded.push_back(uint32_t(element - elements.data()));
+                    found = true;
+                }
+            }
+            if (!found) return false;
+        }
+        stacks.push_back(std::move(encoded));
+    }
+    std::sort(stacks.begin(), stacks.end());
+    std::vector<uint32_t> words = { grammarId, grammar.partial_utf8.value, uint32_t(grammar.partial_utf8.n_remain), uint32_t(stacks.size()) };
+    for (const auto& stack : stacks) {
+        words.push_back(uint32_t(stack.size()));
+        words.insert(words.end(), stack.begin(), stack.end());
+    }
+    key.assign(reinterpret_cast<const char*>(words.data()), words.size() * sizeof(uint32_t));
+    return true;
+}
+
+// Masks by grammar state, least recently used evicted beyond a byte budget; one per model
+// (engine/grammar.ts), shared by every grammar compiled for it (their ids part of the key).
+struct FlockMaskCache {
+    struct Mask {
+        std::vector<uint64_t> allowed;  // bit t: token t may come next
+        uint32_t count;                 // how many may
+        int32_t only;                   // the one that may, where count is 1
+        std::list<std::string>::iterator recency;
+    };
+    size_t budget;
+    size_t bytes = 0;
+    std::list<std::string> recency;  // most recent first
+    std::unordered_map<std::string, Mask> masks;
+    double hits = 0, misses = 0, unkeyed = 0;
+
+    const Mask* find(const std::string& key) {
+        auto found = masks.find(key);
+        if (found == masks.end()) return nullptr;
+        recency.splice(recency.begin(), recency, found->second.recency);
+        return &found->second;
+    }
+
+    const Mask* insert(const std::string& key, std::vector<uint64_t>&& allowed, uint32_t count) {
+        const size_t size = allowed.size() * sizeof(uint64_t) + key.size();
+        while (!masks.empty() && bytes + size > budget) {
+            const std::string& oldest = recency.back();
+            auto evicted = masks.find(oldest);
+            bytes -= evicted->second.allowed.size() * sizeof(uint64_t) + oldest.size();
+            masks.erase(evicted);
+            recency.pop_back();
+        }
+        int32_t only = -1;
+        for (size_t word = 0; count == 1 && only < 0; word++) {
+            if (allowed[word] != 0) only = int32_t(word * 64 + __builtin_ctzll(allowed[word]));
+        }
+        recency.push_front(key);
+        bytes += size;
+        auto& mask = masks[key];
+        mask = Mask { std::move(allowed), count, only, recency.begin() };
+        return &mask;
+    }
+};
+
+static FlockMaskCache* cacheArg(const Napi::Value& value) {
+    return value.IsExternal() ? value.As<Napi::External<FlockMaskCache>>().Data() : nullptr;
+}
+
+// One grammar pass over the whole vocabulary: which of its n tokens may come next.
+static std::vector<uint64_t> fullMask(llama_sampler* sampler, size_t n, uint32_t& count) {
+    static thread_local std::vector<llama_token_data> candidates;
+    candidates.resize(n);
+    for (size_t i = 0; i < n; i++) candidates[i] = llama_token_data { llama_token(i), 0.0f, 0.0f };
+    llama_token_data_array array = { candidates.data(), candidates.size(), -1, false };
+    llama_sampler_apply(sampler, &array);
+    std::vector<uint64_t> allowed((n + 63) / 64, 0);
+    count = 0;
+    for (size_t i = 0; i < array.size; i++) {
+        if (array.data[i].logit != -INFINITY) {
+            allowed[size_t(array.data[i].id) / 64] |= uint64_t(1) << (array.data[i].id % 64);
+            count++;
+        }
+    }
+    return allowed;
+}
+
+// The cached mask of the state's position, computed on a miss; null where the state has no key.
+static const FlockMaskCache::Mask* cachedMask(AddonGrammarEvaluationState* state, FlockMaskCache* cache, uint32_t grammarId, bool computeOnMiss) {
+    llama_grammar* grammar = grammarOf(state);
+    static thread_local std::string key;
+    if (grammar == nullptr || !stateKey(*grammar, grammarId, key)) {
+        cache->unkeyed++;
+        return nullptr;
+    }
+    if (const FlockMaskCache::Mask* mask = cache->find(key)) {
+        cache->hits++;
+        return mask;
+    }
+    if (!computeOnMiss) return nullptr;
+    cache->misses++;
+    uint32_t count = 0;
+    std::vector<uint64_t> allowed = fullMask(state->sampler, size_t(llama_vocab_n_tokens(state->model->vocab)), count);
+    return cache->insert(key, std::move(allowed), count);
+}
+
+// flockGrammarValid(state): whether the state's grammar parsed (llama.cpp returns no sampler,
+// and logs why, when it does not).
+Napi::Value flockGrammarValid(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) {
+        Napi::TypeError::New(env, "flockGrammarValid(state: AddonGrammarEvaluationState)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    return Napi::Boolean::New(env, stateArg(info[0])->sampler != nullptr);
+}
+
+// flockGrammarMaskCache(budgetBytes): a mask cache for one model's grammars, freed with the object.
+Napi::Value flockGrammarMaskCache(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+        Napi::TypeError::New(env, "flockGrammarMaskCache(budgetBytes: number)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    auto* cache = new FlockMaskCache();
+    cache->budget = size_t(std::max(0.0, info[0].As<Napi::Number>().DoubleValue()));
+    return Napi::External<FlockMaskCache>::New(env, cache, [](Napi::Env, FlockMaskCache* data) { delete data; });
+}
+
+// flockGrammarMaskCacheStats(cache): { hits, misses, unkeyed, masks, bytes }.
+Napi::Value flockGrammarMaskCacheStats(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    FlockMaskCache* cache = info.Length() < 1 ? nullptr : cacheArg(info[0]);
+    if (cache == nullptr) {
+        Napi::TypeError::New(env, "flockGrammarMaskCacheStats(cache: External)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    Napi::Object stats = Napi::Object::New(env);
+    stats.Set("hits", cache->hits);
+    stats.Set("misses", cache->misses);
+    stats.Set("unkeyed", cache->unkeyed);
+    stats.Set("masks", double(cache->masks.size()));
+    stats.Set("bytes", double(cache->bytes));
+    return stats;
+}
+
+// flockGrammarMask(state, logits, cache?, grammarId?): sets the logit of every token the grammar
+// forbids next to -Infinity, in place (and every logit beyond the grammar's vocabulary, a draft's
+// padded one); returns how many tokens the grammar allows. With a cache, the state's mask is
+// looked up, or computed over the whole vocabulary and kept; without, one pass of llama.cpp's
+// grammar over the tokens not already at -Infinity.
+Napi::Value flockGrammarMask(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+        Napi::TypeError::New(env, "flockGrammarMask(state: AddonGrammarEvaluationState, logits: Float32Array, cache?: External, grammarId?: number)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    AddonGrammarEvaluationState* state = stateArg(info[0]);
+    if (state->sampler == nullptr) {
+        Napi::Error::New(env, "the grammar did not parse").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    Napi::Float32Array logitsArray = info[1].As<Napi::Float32Array>();
+    float* logits = logitsArray.Data();
+    const size_t n = std::min(logitsArray.ElementLength(), size_t(llama_vocab_n_tokens(state->model->vocab)));
+    for (size_t i = n; i < logitsArray.ElementLength(); i++) logits[i] = -INFINITY;
+    try {
+        FlockMaskCache* cache = info.Length() >= 4 ? cacheArg(info[2]) : nullptr;
+        if (cache != nullptr) {
+            const uint32_t grammarId = info[3].As<Napi::Number>().Uint32Value();
+            if (const FlockMaskCache::Mask* mask = cachedMask(state, cache, grammarId, true)) {
+                // Whole words at a time: inside a string nearly every word is all ones, between
+                // fields nearly every word is zero.
+                for (size_t word = 0; word * 64 < n; word++) {
+                    const uint64_t bits = mask->allowed[word];
+                    const size_t end = std::min(n, word * 64 + 64);
+                    if (bits == ~uint64_t(0)) continue;
+                    if (bits == 0) {
+                        std::fill(logits + word * 64, logits + end, -INFINITY);
+                        continue;
+                    }
+                    for (size_t t = word * 64; t < end; t++) {
+                        if (!((bits >> (t % 64)) & 1)) logits[t] = -INFINITY;
+                    }
+                }
+                return Napi::Number::New(env, mask->count);
+            }
+        }
+        static thread_local std::vector<llama_token_data> candidates;
+        candidates.clear();
+        candidates.reserve(n);
+        for (size_t i = 0; i < n; i++) {
+            if (logits[i] > -INFINITY) candidates.push_back(llama_token_data { llama_token(i), logits[i], 0.0f });
+        }
+        llama_token_data_array array = { candidates.data(), candidates.size(), -1, false };
+        llama_sampler_apply(state->sampler, &array);
+        double allowed = 0;
+        for (size_t i = 0; i < array.size; i++) {
+            if (array.data[i].logit == -INFINITY) logits[array.data[i].id] = -INFINITY;
+            else allowed++;
+        }
+        return Napi::Number::New(env, allowed);
+    } catch (const std::exception& e) {
+        Napi::Error::New(env, std::string("grammar: ") + e.what()).ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+}
+
+// flockGrammarAllows(state, token, cache?, grammarId?): whether the token may come next — a bit
+// of the state's cached mask where there is one, else llama.cpp's grammar on that one token.
+Napi::Value flockGrammarAllows(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsNumber()) {
+        Napi::TypeError::New(env, "flockGrammarAllows(state: AddonGrammarEvaluationState, token: number, cache?: External, grammarId?: number)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    AddonGrammarEvaluationState* state = stateArg(info[0]);
+    const int64_t token = info[1].As<Napi::Number>().Int64Value();
+    if (state->sampler == nullptr || token < 0 || token >= llama_vocab_n_tokens(state->model->vocab)) return Napi::Boolean::New(env, false);
+    try {
+        FlockMaskCache* cache = info.Length() >= 4 ? cacheArg(info[2]) : nullptr;
+        if (cache != nullptr) {
+            if (const FlockMaskCache::Mask* mask = cachedMask(state, cache, info[3].As<Napi::Number>().Uint32Value(), false)) {
+                return Napi::Boolean::New(env, (mask->allowed[size_t(token) / 64] >> (token % 64)) & 1);
+            }
+        }
+        llama_token_data candidate = { llama_token(token), 1.0f, 0.0f };
+        llama_token_data_array array = { &candidate, 1, -1, false };
+        llama_sampler_apply(state->sampler, &array);
+        return Napi::Boolean::New(env, array.size == 1 && array.data[0].logit != -INFINITY);
+    } catch (const std::exception& e) {
+        Napi::Error::New(env, std::string("grammar: ") + e.what()).ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+}
+
+// flockGrammarForcedToken(state, cache, grammarId, computeOnMiss): the token the grammar forces
+// next — the only one it allows — from the state's mask (computed on a miss when asked, else
+// only where it is cached); -1 where more than one (or none) may come, or the mask is unknown.
+Napi::Value flockGrammarForcedToken(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    FlockMaskCache* cache = info.Length() < 4 ? nullptr : cacheArg(info[1]);
+    if (!info[0].IsObject() || cache == nullptr || !info[2].IsNumber() || !info[3].IsBoolean()) {
+        Napi::TypeError::New(env, "flockGrammarForcedToken(state: AddonGrammarEvaluationState, cache: External, grammarId: number, computeOnMiss: boolean)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    AddonGrammarEvaluationState* state = stateArg(info[0]);
+    if (state->sampler == nullptr) return Napi::Number::New(env, -1);
+    try {
+        const FlockMaskCache::Mask* mask = cachedMask(state, cache, info[2].As<Napi::Number>().Uint32Value(), info[3].As<Napi::Boolean>().Value());
+        return Napi::Number::New(env, mask == nullptr || mask->count != 1 ? -1 : mask->only);
+    } catch (const std::exception& e) {
+        Napi::Error::New(env, std::string("grammar: ") + e.what()).ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+}
+
+// flockGrammarFree(state): frees the state's grammar now rather than when the garbage collector
+// finalizes the object: V8 does not see that native memory, and would let thousands of states
+// (one per speculative candidate) pile up before collecting them. The state is unusable after.
+Napi::Value flockGrammarFree(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) {
+        Napi::TypeError::New(env, "flockGrammarFree(state: AddonGrammarEvaluationState)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    AddonGrammarEvaluationState* state = stateArg(info[0]);
+    llama_sampler_free(state->sampler);
+    state->sampler = nullptr;
+    return env.Undefined();
+}
+
+// flockJsonSchemaToGrammar(schema): llama.cpp's JSON-schema converter (the one llama-server
+// uses): the schema's JSON text in, GBNF out; throws with the converter's reasons.
+Napi::Value flockJsonSchemaToGrammar(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) {
+        Napi::TypeError::New(env, "flockJsonSchemaToGrammar(schema: string)").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    try {
+        const common_json schema = common_json::parse(info[0].As<Napi::String>().Utf8Value());
+        return Napi::String::New(env, json_schema_to_grammar(schema, true));
+    } catch (const std::exception& e) {
+        Napi::Error::New(env, e.what()).ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+}
