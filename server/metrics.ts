@@ -222,6 +222,7 @@ export class Metrics {
       "Candidate positions a candidate-length policy declined before drawing them (ending their round).",
       (s) => s.declinedBeforeDraw,
     );
+    fromStats("flock_spec_decode_num_forced_tokens_total", "Candidates a grammar forced (the only token it allowed), proposed without the draft; counted in draft tokens too.", (s) => s.forcedTokens);
     new Counter({
       name: "flock_spec_decode_num_rounds_total",
       help: "Verification rounds by mode: rejection sampling, or coupled keyed noise (requests with a seed).",
@@ -240,6 +241,32 @@ export class Metrics {
       collect() {
         this.reset();
         for (const p of speculative()) p.stats.acceptedPerPosition.forEach((n, i) => this.inc({ model_name: p.id, position: String(i) }, n));
+      },
+    });
+
+    // Constrained decoding: each model's grammar mask cache (engine/grammar.ts), read at scrape time.
+    const grammars = () => pipelines().flatMap((p) => (p.model.grammars ? [{ id: p.id, stats: p.model.grammars.maskCacheStats() }] : []));
+    new Counter({
+      name: "flock_grammar_mask_lookups_total",
+      help: 'Grammar mask lookups by state (masks, checks, forced tokens): "hit" found in the model\'s cache, "miss" a mask computed by a grammar pass over the vocabulary.',
+      labelNames: ["model_name", "result"],
+      registers,
+      collect() {
+        this.reset();
+        for (const g of grammars()) {
+          this.inc({ model_name: g.id, result: "hit" }, g.stats.hits);
+          this.inc({ model_name: g.id, result: "miss" }, g.stats.misses);
+        }
+      },
+    });
+    new Gauge({
+      name: "flock_grammar_mask_cache_bytes",
+      help: "Bytes of grammar masks the model's cache holds.",
+      labelNames: ["model_name"],
+      registers,
+      collect() {
+        this.reset();
+        for (const g of grammars()) this.set({ model_name: g.id }, g.stats.bytes);
       },
     });
 

@@ -146,6 +146,13 @@ describe("exact under speculation", () => {
       expect(detail.forced_tokens).toBeLessThan(detail.drafted_tokens);
       expect((spec as unknown as Speculative).flock.speculative.forced_tokens).toBeGreaterThan(0);
     }
+    // /metrics counts them, and the mask cache's lookups.
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    const value = (name: string) => Number(metrics.split("\n").find((l) => l.startsWith(name))?.split(" ").at(-1));
+    expect(value('flock_spec_decode_num_forced_tokens_total{model_name="spec"}')).toBeGreaterThan(0);
+    expect(value('flock_grammar_mask_lookups_total{model_name="spec",result="hit"}')).toBeGreaterThan(0);
+    expect(value('flock_grammar_mask_lookups_total{model_name="spec",result="miss"}')).toBeGreaterThan(0);
+    expect(value('flock_grammar_mask_cache_bytes{model_name="spec"}')).toBeGreaterThan(0);
   });
 
   it("T = 1: the first token under a grammar follows the chain with the forbidden tokens removed (chi-square, speculation rejecting)", async () => {

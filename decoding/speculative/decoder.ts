@@ -314,7 +314,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
       });
-      stats.recordRound(candidates.length, verdict.accepted, verification);
+      stats.recordRound(candidates.length, verdict.accepted, verification, forced);
       // The policy learns from the draft's candidates, not from text proposals.
       if (budget > 0 && !predicted) {
         const drawnAccepted = drawnAt.filter((i) => i < verdict.accepted).length;

@@ -14,13 +14,16 @@ export class SpeculativeStats {
   readonly rounds: Record<"rejection" | "coupled", number> = { rejection: 0, coupled: 0 };
   /** Positions a candidate-length policy declined before drawing their candidate (the round ended there). */
   declinedBeforeDraw = 0;
+  /** Candidates a grammar forced (proposed without the draft; counted in draftTokens too). */
+  forcedTokens = 0;
 
   recordDeclined(): void {
     this.declinedBeforeDraw++;
   }
 
-  recordRound(drafted: number, accepted: number, verification: "rejection" | "coupled" = "rejection"): void {
+  recordRound(drafted: number, accepted: number, verification: "rejection" | "coupled" = "rejection", forced = 0): void {
     this.targetCalls++;
+    this.forcedTokens += forced;
     this.rounds[verification]++;
     if (drafted === 0) return;
     this.drafts++;
@@ -37,6 +40,7 @@ export class SpeculativeStats {
     this.rounds.rejection += other.rounds.rejection;
     this.rounds.coupled += other.rounds.coupled;
     this.declinedBeforeDraw += other.declinedBeforeDraw;
+    this.forcedTokens += other.forcedTokens;
     other.acceptedPerPosition.forEach((n, i) => (this.acceptedPerPosition[i] = (this.acceptedPerPosition[i] ?? 0) + n));
   }
 
