@@ -212,43 +212,164 @@ export interface ToolCallDelta {
 }
 
 /**
- * The stream deltas of a required call as its text grows (tool_choice "required" or named: the
- * grammar makes the whole output one call): the id and name once the name is written, then each
- * new fragment of the arguments, up to the end of their JSON (the suffix after it is not sent).
+ * The stream deltas of one call as its text grows (`text` starts where the call does, with one
+ * of `prefixes`): the id and name once the name is written, then each new fragment of the
+ * arguments, up to the end of their JSON (the suffix after it is not sent).
  */
-export class RequiredCallStream {
+class CallStream {
   private call: { id: string; name: string; argsAt: number } | null = null;
   private sent = 0;
+  /** Where the call's text ends (after its arguments and any suffix), once it is written. */
+  end = -1;
 
   constructor(
     private readonly syntax: ToolCallSyntax,
     private readonly tools: readonly ToolDefinition[],
+    private readonly index: number,
+    private readonly prefixes: readonly string[],
   ) {}
 
-  /** Whether the call's name was written (then the choice finishes with "tool_calls"). */
+  /** Whether the call's name was written. */
   get started(): boolean {
     return this.call !== null;
   }
 
   deltas(text: string): ToolCallDelta[] {
     const out: ToolCallDelta[] = [];
+    const paramsPrefix = (name: string) => this.syntax.paramsPrefix.replaceAll("{{functionName}}", name);
     if (!this.call) {
-      if (!text.startsWith(this.syntax.prefix)) return out;
-      const at = this.syntax.prefix.length;
-      const paramsPrefix = (name: string) => this.syntax.paramsPrefix.replaceAll("{{functionName}}", name);
-      const name = this.tools.map((t) => t.name).find((n) => text.startsWith(n + paramsPrefix(n), at));
-      if (name === undefined) return out;
-      this.call = { id: callId(), name, argsAt: at + name.length + paramsPrefix(name).length };
-      out.push({ index: 0, id: this.call.id, type: "function", function: { name, arguments: "" } });
+      // Longest names first, so that one name that starts another cannot shadow it.
+      const names = this.tools.map((t) => t.name).sort((a, b) => b.length - a.length);
+      for (const prefix of this.prefixes) {
+        if (!text.startsWith(prefix)) continue;
+        const name = names.find((n) => text.startsWith(n + paramsPrefix(n), prefix.length));
+        if (name !== undefined) {
+          this.call = { id: callId(), name, argsAt: prefix.length + name.length + paramsPrefix(name).length };
+          break;
+        }
+      }
+      if (!this.call) return out;
+      out.push({ index: this.index, id: this.call.id, type: "function", function: { name: this.call.name, arguments: "" } });
     }
     const args = text.slice(this.call.argsAt);
     if (this.sent === 0) this.sent = args.length - args.trimStart().length;
     const end = jsonEnd(args, 0);
     const upTo = end >= 0 ? end : args.length;
     if (upTo > this.sent) {
-      out.push({ index: 0, function: { arguments: args.slice(this.sent, upTo) } });
+      out.push({ index: this.index, function: { arguments: args.slice(this.sent, upTo) } });
       this.sent = upTo;
     }
+    if (end >= 0) {
+      const suffix = this.syntax.suffix.replaceAll("{{functionName}}", this.call.name);
+      this.end = this.call.argsAt + end + (args.startsWith(suffix, end) ? suffix.length : 0);
+    }
     return out;
+  }
+}
+
+/**
+ * The stream deltas of a required call as its text grows (tool_choice "required" or named: the
+ * grammar makes the whole output one call).
+ */
+export class RequiredCallStream {
+  private readonly call: CallStream;
+
+  constructor(syntax: ToolCallSyntax, tools: readonly ToolDefinition[]) {
+    this.call = new CallStream(syntax, tools, 0, [syntax.prefix]);
+  }
+
+  /** Whether the call's name was written (then the choice finishes with "tool_calls"). */
+  get started(): boolean {
+    return this.call.started;
+  }
+
+  deltas(text: string): ToolCallDelta[] {
+    return this.call.deltas(text);
+  }
+}
+
+/**
+ * The stream deltas of a choice that may call (tool_choice "auto") as its text grows: content as
+ * it is written, held back only where it could be the start of a call prefix, and its trailing
+ * whitespace (which the message drops before a call); from the first call prefix on, each call's
+ * id and name once written, then its arguments as they are written. `finish` sends what the
+ * whole text's parse (choiceMessage) leaves: text that did not turn out a call is content. A
+ * call whose deltas went out stays sent even where text after it fails to parse.
+ */
+export class AutoCallStream {
+  private sent = 0;
+  private readonly calls: Array<{ at: number; stream: CallStream }> = [];
+  private readonly prefixes: string[];
+
+  constructor(
+    private readonly syntax: ToolCallSyntax,
+    private readonly tools: readonly ToolDefinition[],
+    /** parallel_tool_calls: false streams the first call only. */
+    private readonly parallel: boolean,
+  ) {
+    // Longest first: a call is read with the longest prefix its text starts with.
+    this.prefixes = [syntax.prefix, ...syntax.alternatePrefixes].filter((p) => p.trim().length > 0).sort((a, b) => b.length - a.length);
+  }
+
+  /** Whether a call's name was written. */
+  get calling(): boolean {
+    return this.calls.some((c) => c.stream.started);
+  }
+
+  step(text: string): { content: string; calls: ToolCallDelta[] } {
+    let content = "";
+    if (this.calls.length === 0) {
+      const first = this.findPrefix(text, this.sent);
+      let safe = first ? first.at : text.length - this.possiblePrefixTail(text);
+      while (safe > this.sent && /\s/.test(text[safe - 1])) safe--;
+      if (safe > this.sent) {
+        content = text.slice(this.sent, safe);
+        this.sent = safe;
+      }
+      if (!first) return { content, calls: [] };
+      this.calls.push({ at: first.at, stream: new CallStream(this.syntax, this.tools, 0, this.prefixes) });
+    }
+    const deltas: ToolCallDelta[] = [];
+    for (;;) {
+      const { at, stream } = this.calls[this.calls.length - 1];
+      deltas.push(...stream.deltas(text.slice(at)));
+      if (stream.end < 0 || !this.parallel) break;
+      const next = this.findPrefix(text, at + stream.end);
+      if (!next) break;
+      this.calls.push({ at: next.at, stream: new CallStream(this.syntax, this.tools, this.calls.length, this.prefixes) });
+    }
+    return { content, calls: deltas };
+  }
+
+  /** The content still owed once the choice is complete, given its parsed message. */
+  finish(text: string, message: { calls: readonly ToolCall[] }): string {
+    if (message.calls.length > 0 || this.calling) return "";
+    const rest = text.slice(this.sent);
+    this.sent = text.length;
+    return rest;
+  }
+
+  /** Where the first call prefix after `from` starts. */
+  private findPrefix(text: string, from: number): { at: number } | null {
+    let best: { at: number } | null = null;
+    for (const prefix of this.prefixes) {
+      const at = text.indexOf(prefix, from);
+      if (at >= 0 && (!best || at < best.at)) best = { at };
+    }
+    return best;
+  }
+
+  /** The length of the longest end of `text` that a call prefix begins with. */
+  private possiblePrefixTail(text: string): number {
+    let longest = 0;
+    for (const prefix of this.prefixes) {
+      for (let k = Math.min(prefix.length - 1, text.length); k > longest; k--) {
+        if (text.endsWith(prefix.slice(0, k))) {
+          longest = k;
+          break;
+        }
+      }
+    }
+    return longest;
   }
 }

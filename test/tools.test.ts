@@ -75,12 +75,23 @@ describe("tool_choice required and named", () => {
     Time.parse(JSON.parse(streamed.arguments));
   });
 
-  it("auto: the demo model answers in text (its chain never writes the call syntax), and tools lengthen the prompt", async () => {
+  it("auto: the demo model answers in text (its chain never writes the call syntax), streamed as written, and tools lengthen the prompt", async () => {
     const withTools = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, tools, seed: 2, max_tokens: 20 });
     const without = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, seed: 2, max_tokens: 20 });
     expect(withTools.choices[0].message.tool_calls ?? []).toEqual([]);
     expect(withTools.choices[0].message.content).toBeTruthy();
     expect(withTools.usage!.prompt_tokens).toBeGreaterThan(without.usage!.prompt_tokens + 50);
+    // Streamed, the answer arrives as it is written (not in one piece at the end), the same text.
+    const stream = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, tools, seed: 2, max_tokens: 20, stream: true });
+    const pieces: string[] = [];
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      if (chunk.choices[0]?.delta?.content) pieces.push(chunk.choices[0].delta.content);
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    expect(pieces.length).toBeGreaterThan(3);
+    expect(pieces.join("")).toBe(withTools.choices[0].message.content);
+    expect(finish).toBe(withTools.choices[0].finish_reason);
     const none = await t.client.chat.completions.create({ model: "flock-demo", messages: ask, tools, tool_choice: "none", seed: 2, max_tokens: 20 });
     expect(none.usage!.prompt_tokens).toBe(without.usage!.prompt_tokens);
   });

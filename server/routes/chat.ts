@@ -5,7 +5,7 @@ import { type ChoiceAccumulator, chatLogprobs, choiceExtension, chunkFor, comple
 import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, predictionTokens, predictionUsage, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
-import { choiceMessage, RequiredCallStream, toolGeneration, toolPlan } from "../tools.js";
+import { AutoCallStream, choiceMessage, RequiredCallStream, toolGeneration, toolPlan } from "../tools.js";
 import { parseRequest } from "../validation.js";
 import type { AppEnv, ServerContext } from "../context.js";
 
@@ -50,6 +50,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       prediction ? { ...usage, completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 0, ...predictionUsage(choices) } } : usage;
 
     const requiredStreams: RequiredCallStream[] = [];
+    const autoStreams: AutoCallStream[] = [];
     const id = completionId("chatcmpl");
     const created = nowSeconds();
     const envelope = { id, object: "chat.completion.chunk", created, model: pipeline.id };
@@ -66,8 +67,23 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           if (step.finishReason) chunks.push(chunk({ delta: {}, logprobs: null, finish_reason: stream.started ? "tool_calls" : step.finishReason }, choiceExtension(choice, extension)));
           return chunks;
         }
-        // In auto mode a choice is sent once it is complete: whether it calls is known only then.
-        if (tools) return step.finishReason ? toolChoiceChunks(chunk, choice, message(choice), choiceExtension(choice, extension)) : [];
+        if (tools) {
+          // Content as it is written, then any calls' names and arguments as they are written.
+          const stream = (autoStreams[index] ??= new AutoCallStream(rendered.toolSyntax, tools.tools, body.parallel_tool_calls !== false));
+          const { content, calls } = stream.step(choice.text);
+          const chunks = [
+            ...(content ? [chunk({ delta: { content }, logprobs: null, finish_reason: null })] : []),
+            ...calls.map((delta) => chunk({ delta: { tool_calls: [delta] }, logprobs: null, finish_reason: null })),
+          ];
+          if (step.finishReason) {
+            const parsed = message(choice);
+            const rest = stream.finish(choice.text, parsed);
+            if (rest) chunks.push(chunk({ delta: { content: rest }, logprobs: null, finish_reason: null }));
+            const calling = stream.calling || parsed.calls.length > 0;
+            chunks.push(chunk({ delta: {}, logprobs: null, finish_reason: calling ? "tool_calls" : step.finishReason }, choiceExtension(choice, extension)));
+          }
+          return chunks;
+        }
         return streamedStep(
           chunk,
           step,
@@ -98,24 +114,4 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     };
     return respond(c, { pipeline, requests, promptTokens: rendered.tokens.length, stream: body.stream === true, includeUsage, shape, abort, log: c.get("log"), promptParam: "messages" });
   });
-}
-
-/**
- * The stream chunks of a complete choice in auto mode: its content, or each call's id and name,
- * then its arguments (OpenAI's delta shape), then the finish.
- */
-function toolChoiceChunks(chunk: (fields: object, extra?: object) => object, choice: ChoiceAccumulator, message: { content: string | null; calls: ToolCall[] }, extension: object): object[] {
-  const chunks: object[] = [];
-  if (message.calls.length === 0) {
-    if (message.content) chunks.push(chunk({ delta: { content: message.content }, logprobs: null, finish_reason: null }));
-    chunks.push(chunk({ delta: {}, logprobs: null, finish_reason: choice.finishReason }, extension));
-    return chunks;
-  }
-  if (message.content) chunks.push(chunk({ delta: { content: message.content }, logprobs: null, finish_reason: null }));
-  message.calls.forEach((call, index) => {
-    chunks.push(chunk({ delta: { tool_calls: [{ index, id: call.id, type: "function", function: { name: call.name, arguments: "" } }] }, logprobs: null, finish_reason: null }));
-    chunks.push(chunk({ delta: { tool_calls: [{ index, function: { arguments: call.arguments } }] }, logprobs: null, finish_reason: null }));
-  });
-  chunks.push(chunk({ delta: {}, logprobs: null, finish_reason: "tool_calls" }, extension));
-  return chunks;
 }

@@ -1,9 +1,11 @@
 // Tool calls as text (server/tools.ts): the calls a model writes in its template's syntax are
-// parsed back, and converted schemas share one grammar under renamed rules.
+// parsed back, streamed as they are written, and converted schemas share one grammar under
+// renamed rules.
 import { ChatMLChatWrapper, Llama3_1ChatWrapper, QwenChatWrapper } from "node-llama-cpp";
 import { describe, expect, it } from "vitest";
 import { toolSyntaxOf } from "../../engine/chat-template.js";
-import { parseToolCalls, prefixRules, RequiredCallStream } from "../../server/tools.js";
+import { createRng } from "../../decoding/rng.js";
+import { AutoCallStream, choiceMessage, parseToolCalls, prefixRules, RequiredCallStream, type ToolCallDelta } from "../../server/tools.js";
 
 const tools = [{ name: "get_weather" }, { name: "get_weather_by_zip" }, { name: "get_time" }];
 
@@ -55,5 +57,68 @@ describe("RequiredCallStream", () => {
     expect(deltas.filter((d) => d.function.name !== undefined)).toHaveLength(1);
     expect(deltas.map((d) => d.function.arguments).join("")).toBe(args);
     expect(deltas.length).toBeGreaterThan(10);
+  });
+});
+
+describe("AutoCallStream", () => {
+  const families = [
+    ["chatml", new ChatMLChatWrapper()],
+    ["qwen", new QwenChatWrapper()],
+    ["llama-3.1", new Llama3_1ChatWrapper()],
+  ] as const;
+  const rng = createRng(11);
+  /** Streams `text` in random pieces; what the client would put together. */
+  function streamed(text: string, syntax: ReturnType<typeof toolSyntaxOf>, parallel = true) {
+    const stream = new AutoCallStream(syntax, tools, parallel);
+    let content = "";
+    const deltas: ToolCallDelta[] = [];
+    let pieces = 0;
+    for (let at = 0; at < text.length; ) {
+      at = Math.min(text.length, at + 1 + rng.int(4));
+      const step = stream.step(text.slice(0, at));
+      if (step.content) pieces++;
+      content += step.content;
+      deltas.push(...step.calls);
+    }
+    const message = choiceMessage(text, { mode: "auto", tools }, syntax, parallel);
+    content += stream.finish(text, message);
+    const calls = new Map<number, { id?: string; name?: string; arguments: string }>();
+    for (const d of deltas) {
+      const call = calls.get(d.index) ?? { arguments: "" };
+      call.id ??= d.id;
+      call.name ??= d.function.name;
+      call.arguments += d.function.arguments;
+      calls.set(d.index, call);
+    }
+    return { content, pieces, calls: [...calls.values()], message, calling: stream.calling };
+  }
+
+  it.for(families)("%s: content streams as written, calls as their names and arguments are written; together they are the parsed message", ([, wrapper]) => {
+    const syntax = toolSyntaxOf(wrapper);
+    const write = (name: string, args: string) => `${syntax.prefix}${name}${syntax.paramsPrefix.replaceAll("{{functionName}}", name)}${args}${syntax.suffix.replaceAll("{{functionName}}", name)}`;
+    for (let trial = 0; trial < 20; trial++) {
+      // Text alone, ending in what could begin a call: all of it is content, in pieces.
+      const text = `The weather is fine today, I think. ${syntax.prefix.slice(0, 3)}`;
+      const plain = streamed(text, syntax);
+      expect(plain.content).toBe(text);
+      expect(plain.calls).toEqual([]);
+      expect(plain.pieces).toBeGreaterThan(3);
+      // Text, then two calls.
+      const calling = `Let me check the weather for you.\n\n${write("get_weather_by_zip", '{"zip": "75}0"}')}${write("get_time", '{"tz": "CET"}')}`;
+      const two = streamed(calling, syntax);
+      expect(two.calling).toBe(true);
+      expect(two.content).toBe(two.message.content);
+      expect(two.calls.map((c) => [c.name, JSON.parse(c.arguments)])).toEqual(two.message.calls.map((c) => [c.name, JSON.parse(c.arguments)]));
+      expect(two.calls.map((c) => c.name)).toEqual(["get_weather_by_zip", "get_time"]);
+      expect(two.calls.every((c) => c.id?.startsWith("call_"))).toBe(true);
+      // parallel_tool_calls false: the first call only.
+      expect(streamed(calling, syntax, false).calls.map((c) => c.name)).toEqual(["get_weather_by_zip"]);
+      // A call to an undeclared function is no call: the text is content.
+      const stray = `Hm. ${write("launch", "{}")}`;
+      const notCall = streamed(stray, syntax);
+      expect(notCall.calling).toBe(false);
+      expect(notCall.content).toBe(stray);
+      expect(notCall.message).toEqual({ content: stray, calls: [] });
+    }
   });
 });
