@@ -6,11 +6,11 @@
 // (Gaussian, σ = 6, the sampler benchmark's "peaked") and either the instance's next token is
 // made the most likely ("follows": a model that mostly writes what the grammar allows) or not
 // ("strays": the model's favourite is whatever the noise says, almost always forbidden).
-// Per position, seeded draws at T = 1: the draw alone, one grammar check, one mask (first request
-// with the schema, and later ones: masks are cached per grammar state), each timed alone (so the
-// draws' allocations do not land in the grammar's time); and how many checks and masks flock's
-// constrained draw makes (it checks the draw's ranked tokens and masks only when none is
-// allowed), which give its grammar cost per position.
+// Per position, seeded draws at T = 1: the draw alone, one grammar check, one mask — llama.cpp's
+// own pass, and flock's on the first request with the schema and on later ones (masks are cached
+// per grammar state) — each timed alone (so the draws' allocations do not land in the grammar's
+// time); and how many checks and masks flock's constrained draw makes (it checks the draw's
+// ranked tokens and masks only when none is allowed), which give its grammar cost per position.
 import { join } from "node:path";
 import { getLlama, LlamaLogLevel, type LlamaModel, type Token } from "node-llama-cpp";
 import { constrainedDraw, type TokenConstraint } from "../decoding/constraint.js";
@@ -116,6 +116,7 @@ for (const name of VOCABULARIES) {
     // again from the same start (every later request with that schema: all found).
     const drawMs: number[] = [];
     const checkMs: number[] = [];
+    const llamaMaskMs: number[] = [];
     const firstMaskMs: number[] = [];
     const cachedMaskMs: number[] = [];
     let distinctStates = 0;
@@ -146,13 +147,14 @@ for (const name of VOCABULARIES) {
         checks.accept(token);
       }
       checkMs.push(spent / tokens.length);
+      llamaMaskMs.push(maskWalk(compiler.compile({ jsonSchema: SCHEMA }, { maskCache: false })));
       const start = compiler.compile({ jsonSchema: SCHEMA });
       const missesBefore = compiler.maskCacheStats().misses;
       firstMaskMs.push(maskWalk(start));
       distinctStates = compiler.maskCacheStats().misses - missesBefore;
       cachedMaskMs.push(maskWalk(start));
     }
-    const [check, firstMask, cachedMask] = [median(checkMs), median(firstMaskMs), median(cachedMaskMs)];
+    const [check, llamaMask, firstMask, cachedMask] = [median(checkMs), median(llamaMaskMs), median(firstMaskMs), median(cachedMaskMs)];
     rows.push({
       vocabulary,
       tokenizer: name,
@@ -164,11 +166,12 @@ for (const name of VOCABULARIES) {
       masked: counted.calls.masks / tokens.length,
       drawMs: median(drawMs),
       checkMs: check,
+      llamaMaskMs: llamaMask,
       firstMaskMs: firstMask,
       cachedMaskMs: cachedMask,
       grammarMs: (counted.calls.checks * check + counted.calls.masks * cachedMask) / tokens.length,
     });
-    console.error(`${name} ${shape}: draw ${median(drawMs).toFixed(3)} ms, check ${check.toFixed(4)} ms, mask ${firstMask.toFixed(3)} ms first, ${cachedMask.toFixed(4)} ms cached (${distinctStates} states); ${counted.calls.checks} checks, ${counted.calls.masks} masks over ${tokens.length} positions`);
+    console.error(`${name} ${shape}: draw ${median(drawMs).toFixed(3)} ms, check ${check.toFixed(4)} ms, mask ${llamaMask.toFixed(3)} ms llama.cpp, ${firstMask.toFixed(3)} ms first, ${cachedMask.toFixed(4)} ms cached (${distinctStates} states); ${counted.calls.checks} checks, ${counted.calls.masks} masks over ${tokens.length} positions`);
   }
   await model.dispose();
 }
@@ -187,7 +190,8 @@ writeReport(out, {
       drawMs: "a keyed draw at T = 1 from the logits, unconstrained",
       checkMs: "one grammar check of a token",
       states: "distinct grammar states the instance passes through (masks computed on the first walk)",
-      firstMaskMs: "a mask per position, first request with the schema: a grammar pass over the vocabulary at each state's first visit, a cached mask after",
+      llamaMaskMs: "a mask per position by llama.cpp's own pass (llama_sampler_apply over every token, decoding each token's text each time): uncached",
+      firstMaskMs: "a mask per position, first request with the schema: flock's grammar pass over the pre-decoded vocabulary at each state's first visit, a cached mask after",
       cachedMaskMs: "a mask per position, any later request with the schema: every state's mask found in the model's cache",
       grammarMs: "flock's grammar cost per position once the schema's masks are cached: checks × checkMs + masked × cachedMaskMs",
     },

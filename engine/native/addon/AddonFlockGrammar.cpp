@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <list>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -80,9 +81,67 @@ static bool stateKey(const llama_grammar& grammar, uint32_t grammarId, std::stri
     return true;
 }
 
+// The vocabulary as llama.cpp's grammar reads it (llama_grammar_apply_impl): each token's piece
+// decoded to code points once, instead of at every pass over the vocabulary.
+struct FlockVocabText {
+    enum Kind : uint8_t { Text, EndOfGeneration, Never };
+    std::vector<uint32_t> codePoints;  // every token's, each ended by 0
+    std::vector<size_t> offset;
+    std::vector<llama_partial_utf8> partial;
+    std::vector<uint8_t> kind;
+
+    // llama-grammar.cpp's decode_utf8 from a fresh start (what it does where no bytes are pending).
+    void decode(const char* pos) {
+        static const int lookup[] = { 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4 };
+        const size_t start = codePoints.size();
+        uint32_t value = 0;
+        int remain = 0;
+        while (*pos != 0) {
+            const uint8_t first = uint8_t(*pos);
+            remain = lookup[first >> 4] - 1;
+            if (remain < 0) {
+                codePoints.resize(start);
+                codePoints.push_back(0);
+                partial.push_back(llama_partial_utf8 { 0, remain });
+                return;
+            }
+            value = first & ((1 << (7 - remain)) - 1);
+            ++pos;
+            while (*pos != 0 && remain > 0) {
+                value = (value << 6) + (uint8_t(*pos) & 0x3F);
+                ++pos;
+                --remain;
+            }
+            if (remain == 0) codePoints.push_back(value);
+        }
+        codePoints.push_back(0);
+        partial.push_back(llama_partial_utf8 { value, remain });
+    }
+
+    explicit FlockVocabText(const llama_vocab* vocab) {
+        const int32_t n = llama_vocab_n_tokens(vocab);
+        offset.resize(n);
+        kind.resize(n);
+        partial.reserve(n);
+        std::vector<char> piece(256);
+        for (int32_t id = 0; id < n; id++) {
+            int32_t length = llama_token_to_piece(vocab, id, piece.data(), int32_t(piece.size()) - 1, 0, true);
+            if (length < 0) {
+                piece.resize(size_t(-length) + 1);
+                length = llama_token_to_piece(vocab, id, piece.data(), int32_t(piece.size()) - 1, 0, true);
+            }
+            piece[size_t(std::max(0, length))] = 0;
+            offset[id] = codePoints.size();
+            kind[id] = llama_vocab_is_eog(vocab, id) ? EndOfGeneration : (length <= 0 || piece[0] == 0) ? Never : Text;
+            decode(piece.data());
+        }
+    }
+};
+
 // Masks by grammar state, least recently used evicted beyond a byte budget; one per model
 // (engine/grammar.ts), shared by every grammar compiled for it (their ids part of the key).
 struct FlockMaskCache {
+    std::unique_ptr<FlockVocabText> text;  // the model's, read at the first mask computed
     struct Mask {
         std::vector<uint64_t> allowed;  // bit t: token t may come next
         uint32_t count;                 // how many may
@@ -127,6 +186,34 @@ static FlockMaskCache* cacheArg(const Napi::Value& value) {
     return value.IsExternal() ? value.As<Napi::External<FlockMaskCache>>().Data() : nullptr;
 }
 
+// One grammar pass over the whole vocabulary, as llama_grammar_apply_impl makes it, on the
+// pre-decoded vocabulary (valid where no UTF-8 bytes are pending, as decoding then starts afresh).
+static std::vector<uint64_t> fullMaskDecoded(const llama_grammar& grammar, const FlockVocabText& text, uint32_t& count) {
+    const size_t n = text.kind.size();
+    bool allowEndOfGeneration = false;
+    for (const auto& stack : grammar.stacks) allowEndOfGeneration |= stack.empty();
+    static thread_local llama_grammar_candidates candidates;
+    candidates.clear();
+    candidates.reserve(n);
+    std::vector<uint64_t> allowed((n + 63) / 64, 0);
+    for (size_t id = 0; id < n; id++) {
+        if (text.kind[id] == FlockVocabText::Text) {
+            candidates.push_back({ id, text.codePoints.data() + text.offset[id], text.partial[id], llama_token(id) });
+            allowed[id / 64] |= uint64_t(1) << (id % 64);
+        } else if (text.kind[id] == FlockVocabText::EndOfGeneration && allowEndOfGeneration) {
+            allowed[id / 64] |= uint64_t(1) << (id % 64);
+        }
+    }
+    if (!candidates.empty() && !grammar.stacks.empty()) {
+        llama_grammar_candidates rejects = llama_grammar_reject_candidates_for_stack(grammar.rules, grammar.stacks.front(), candidates);
+        for (size_t i = 1; i < grammar.stacks.size(); i++) rejects = llama_grammar_reject_candidates_for_stack(grammar.rules, grammar.stacks[i], rejects);
+        for (const auto& reject : rejects) allowed[reject.index / 64] &= ~(uint64_t(1) << (reject.index % 64));
+    }
+    count = 0;
+    for (const uint64_t word : allowed) count += uint32_t(__builtin_popcountll(word));
+    return allowed;
+}
+
 // One grammar pass over the whole vocabulary: which of its n tokens may come next.
 static std::vector<uint64_t> fullMask(llama_sampler* sampler, size_t n, uint32_t& count) {
     static thread_local std::vector<llama_token_data> candidates;
@@ -160,7 +247,13 @@ static const FlockMaskCache::Mask* cachedMask(AddonGrammarEvaluationState* state
     if (!computeOnMiss) return nullptr;
     cache->misses++;
     uint32_t count = 0;
-    std::vector<uint64_t> allowed = fullMask(state->sampler, size_t(llama_vocab_n_tokens(state->model->vocab)), count);
+    std::vector<uint64_t> allowed;
+    if (grammar->partial_utf8.n_remain == 0 && !grammar->stacks.empty()) {
+        if (!cache->text) cache->text = std::make_unique<FlockVocabText>(state->model->vocab);
+        allowed = fullMaskDecoded(*grammar, *cache->text, count);
+    } else {
+        allowed = fullMask(state->sampler, size_t(llama_vocab_n_tokens(state->model->vocab)), count);
+    }
     return cache->insert(key, std::move(allowed), count);
 }
 
