@@ -186,6 +186,27 @@ describe("Responses API function calling", () => {
     expect(streamedCall.name).toBe(call.name);
     expect(done.arguments).toBe(streamedCall.arguments);
     expect(streamedCall.arguments).toBe(call.arguments);
+    // The arguments arrive as they are written, under the item's id, which the response keeps.
+    const deltas = events.filter((e) => e.type === "response.function_call_arguments.delta") as Array<{ delta: string; item_id: string }>;
+    expect(deltas.length).toBeGreaterThan(3);
+    expect(deltas.map((d) => d.delta).join("")).toBe(streamedCall.arguments);
+    expect(new Set(deltas.map((d) => d.item_id))).toEqual(new Set([streamedCall.id]));
+    const added = events.find((e) => e.type === "response.output_item.added") as { item: Record<string, string> };
+    expect(added.item).toMatchObject({ id: streamedCall.id, call_id: streamedCall.call_id, name: streamedCall.name, status: "in_progress" });
+  });
+
+  it("auto: the demo model's text streams as output_text deltas of one message, the one the response completes with", async () => {
+    const request = { model: "flock-demo", input: "What is the weather in Paris?", tools: functionTools, max_output_tokens: 20, seed: 2 };
+    const whole = (await t.client.responses.create(request as never)) as unknown as { output: Array<{ type: string; content: Array<{ text: string }> }> };
+    const events: Array<Record<string, unknown>> = [];
+    for await (const event of (await t.client.responses.create({ ...request, stream: true } as never)) as unknown as AsyncIterable<Record<string, unknown>>) events.push(event);
+    const deltas = events.filter((e) => e.type === "response.output_text.delta") as Array<{ delta: string }>;
+    expect(deltas.length).toBeGreaterThan(3);
+    // max_output_tokens ends it: the response is incomplete, with the message as streamed.
+    const completed = events.find((e) => e.type === "response.incomplete") as { response: { output: Array<{ type: string; content: Array<{ text: string }> }> } };
+    expect(completed.response.output.map((item) => item.type)).toEqual(["message"]);
+    expect(deltas.map((d) => d.delta).join("")).toBe(completed.response.output[0].content[0].text);
+    expect(completed.response.output[0].content[0].text).toBe(whole.output[0].content[0].text);
   });
 
   it("a function_call and its function_call_output in the input are rendered; an output that answers no call is a 400 on input; other tool types are refused", async () => {

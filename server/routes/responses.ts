@@ -1,10 +1,10 @@
 // POST /v1/responses: OpenAI's Responses API for text and function calls. `input` (a string,
 // messages, function_call and function_call_output items) and `instructions` are rendered with
 // the model's chat template, as chat completions are; one output message comes back, streamed as
-// the Responses events (response.created, response.output_text.delta, …, response.completed),
-// or with function tools the message and function_call items once the choice is complete
-// (tools.ts decides what may be called). Nothing is stored: previous_response_id is refused and
-// store is answered false.
+// the Responses events (response.created, response.output_text.delta, …, response.completed);
+// with function tools, a message and function_call items, each streamed as it is written (tools.ts
+// decides what may be called and reads calls as they are written). Nothing is stored:
+// previous_response_id is refused and store is answered false.
 import { randomUUID } from "node:crypto";
 import type { Hono } from "hono";
 import { FlockError } from "../../engine/errors.js";
@@ -15,7 +15,7 @@ import { type ChoiceAccumulator, chatLogprobs, nowSeconds, responseExtension, ty
 import { checkPromptBytes, conversationChoices, extensionOptions, maxTokensFor, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { contentText, ResponsesRequest } from "../schemas.js";
-import { choiceMessage, toolGeneration, toolPlan } from "../tools.js";
+import { AutoCallStream, choiceMessage, toolGeneration, toolPlan } from "../tools.js";
 import { parseRequest } from "../validation.js";
 
 const LOGPROBS_INCLUDE = "message.output_text.logprobs";
@@ -115,8 +115,8 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       const { content, calls } = parsedOf(choice);
       return [...(content !== null || calls.length === 0 ? [outputMessage("completed", choice, content ?? "")] : []), ...calls.map((call) => callItem(call, "completed"))];
     };
-    /** The response object; `choice` absent while it is in progress. */
-    const responseObject = (status: "in_progress" | "completed" | "incomplete", choice?: ChoiceAccumulator, usage?: Usage) => ({
+    /** The response object; `choice` absent while it is in progress; `output` as streamed, when it was. */
+    const responseObject = (status: "in_progress" | "completed" | "incomplete", choice?: ChoiceAccumulator, usage?: Usage, output?: object[]) => ({
       id,
       object: "response",
       created_at: created,
@@ -126,7 +126,7 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       instructions: body.instructions ?? null,
       max_output_tokens: body.max_output_tokens ?? null,
       model: pipeline.id,
-      output: choice ? outputItems(choice) : [],
+      output: output ?? (choice ? outputItems(choice) : []),
       parallel_tool_calls: body.parallel_tool_calls ?? true,
       previous_response_id: null,
       reasoning: { effort: null, summary: null },
@@ -158,45 +158,91 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const at = { item_id: itemId, output_index: 0, content_index: 0 };
 
     /**
-     * With tools, the output is known only when the choice is complete (a message, calls, or
-     * both): each item's events are sent then, in order.
+     * With tools, the items as they are written: the message while the model writes text, each
+     * call once its name is written, its arguments as they come (AutoCallStream, both for auto
+     * and for required calls, which the grammar makes the whole output). An item is done when
+     * the next begins, or at the end; the completed response lists the items as streamed.
      */
-    const itemEvents = (choice: ChoiceAccumulator): object[] =>
-      outputItems(choice).flatMap((item, output_index): object[] => {
-        if (item.type === "function_call") {
-          const call = item as ReturnType<typeof callItem>;
-          const atCall = { item_id: call.id, output_index };
-          return [
-            event("response.output_item.added", { output_index, item: { ...call, status: "in_progress", arguments: "" } }),
-            event("response.function_call_arguments.delta", { ...atCall, delta: call.arguments }),
-            event("response.function_call_arguments.done", { ...atCall, arguments: call.arguments }),
-            event("response.output_item.done", { output_index, item: call }),
-          ];
+    function toolEvents() {
+      const calls = new AutoCallStream(rendered.toolSyntax, tools!.tools, body.parallel_tool_calls !== false);
+      type Item = { kind: "message"; text: string } | { kind: "call"; call: ToolCall };
+      const items: Item[] = [];
+      let open = false;
+      const finished = (item: Item, choice: ChoiceAccumulator) => (item.kind === "message" ? outputMessage("completed", choice, item.text) : callItem(item.call, "completed"));
+      const close = (choice: ChoiceAccumulator): object[] => {
+        if (!open) return [];
+        open = false;
+        const output_index = items.length - 1;
+        const item = items[output_index];
+        if (item.kind === "call") {
+          const atCall = { item_id: callItem(item.call, "completed").id, output_index };
+          return [event("response.function_call_arguments.done", { ...atCall, arguments: item.call.arguments }), event("response.output_item.done", { output_index, item: finished(item, choice) })];
         }
-        const text = parsedOf(choice).content ?? "";
         const atText = { item_id: itemId, output_index, content_index: 0 };
         return [
-          event("response.output_item.added", { output_index, item: outputMessage("in_progress") }),
-          event("response.content_part.added", { ...atText, part: textPart("") }),
-          event("response.output_text.delta", { ...atText, delta: text, logprobs: [] }),
-          event("response.output_text.done", { ...atText, text, logprobs: [] }),
-          event("response.content_part.done", { ...atText, part: textPart(text, choice) }),
-          event("response.output_item.done", { output_index, item }),
+          event("response.output_text.done", { ...atText, text: item.text, logprobs: [] }),
+          event("response.content_part.done", { ...atText, part: textPart(item.text, choice) }),
+          event("response.output_item.done", { output_index, item: finished(item, choice) }),
         ];
-      });
+      };
+      const text = (delta: string, choice: ChoiceAccumulator): object[] => {
+        const out: object[] = [];
+        const last = items.at(-1);
+        if (!open || last?.kind !== "message") {
+          out.push(...close(choice));
+          items.push({ kind: "message", text: "" });
+          open = true;
+          const atText = { item_id: itemId, output_index: items.length - 1, content_index: 0 };
+          out.push(event("response.output_item.added", { output_index: items.length - 1, item: outputMessage("in_progress") }), event("response.content_part.added", { ...atText, part: textPart("") }));
+        }
+        const message = items.at(-1) as Extract<Item, { kind: "message" }>;
+        message.text += delta;
+        if (delta) out.push(event("response.output_text.delta", { item_id: itemId, output_index: items.length - 1, content_index: 0, delta, logprobs: [] }));
+        return out;
+      };
+      return {
+        step(choice: ChoiceAccumulator): object[] {
+          const { content, calls: deltas } = calls.step(choice.text);
+          const out = content ? text(content, choice) : [];
+          for (const delta of deltas) {
+            if (delta.id !== undefined) {
+              out.push(...close(choice));
+              const call: ToolCall = { id: delta.id, name: delta.function.name ?? "", arguments: "" };
+              items.push({ kind: "call", call });
+              open = true;
+              out.push(event("response.output_item.added", { output_index: items.length - 1, item: callItem(call, "in_progress") }));
+            } else {
+              const item = items.at(-1) as Extract<Item, { kind: "call" }>;
+              item.call.arguments += delta.function.arguments;
+              out.push(event("response.function_call_arguments.delta", { item_id: callItem(item.call, "completed").id, output_index: items.length - 1, delta: delta.function.arguments }));
+            }
+          }
+          return out;
+        },
+        /** The last events, and the output as streamed. */
+        finish(choice: ChoiceAccumulator): { events: object[]; output: object[] } {
+          const rest = calls.finish(choice.text, parsedOf(choice));
+          const out = rest || items.length === 0 ? text(rest, choice) : [];
+          out.push(...close(choice));
+          return { events: out, output: items.map((item) => finished(item, choice)) };
+        },
+      };
+    }
 
     const error = (failure: OpenAIErrorBody) => event("error", { code: failure.error.code, message: failure.error.message, param: failure.error.param });
     const shape: ResponseShape = tools ? toolShape() : textShape();
     function toolShape(): ResponseShape {
+      const streamed = toolEvents();
       return {
         opening: () => [event("response.created", { response: responseObject("in_progress") }), event("response.in_progress", { response: responseObject("in_progress") })],
-        step: () => [],
+        step: (_, __, choice) => streamed.step(choice),
         usage: () => ({}),
         response: ([choice], usage) => responseObject(statusOf(choice), choice, usage),
         events: {
           closing: ([choice], usage) => {
             const status = statusOf(choice);
-            return [...itemEvents(choice), event(status === "completed" ? "response.completed" : "response.incomplete", { response: responseObject(status, choice, usage) })];
+            const { events, output } = streamed.finish(choice);
+            return [...events, event(status === "completed" ? "response.completed" : "response.incomplete", { response: responseObject(status, choice, usage, output) })];
           },
           error,
         },
