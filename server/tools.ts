@@ -114,6 +114,34 @@ export function prefixRules(gbnf: string, prefix: string): string {
   return out;
 }
 
+/** The template's params prefix or suffix written for one function (`{{functionName}}` filled in). */
+const forFunction = (template: string, name: string) => template.replaceAll("{{functionName}}", name);
+
+/** The prefixes a call may start with: the template's own, then its alternates. */
+const callPrefixes = (syntax: ToolCallSyntax) => [syntax.prefix, ...syntax.alternatePrefixes].filter((p) => p.trim().length > 0);
+
+/** The first call prefix at or after `from` (the first listed where two start together), or null. */
+function findCallPrefix(text: string, prefixes: readonly string[], from: number): { at: number; length: number } | null {
+  let best: { at: number; length: number } | null = null;
+  for (const p of prefixes) {
+    const at = text.indexOf(p, from);
+    if (at >= 0 && (!best || at < best.at)) best = { at, length: p.length };
+  }
+  return best;
+}
+
+/**
+ * The declared function whose name, followed by its params prefix, is written at `at`, and where
+ * its arguments start; `names` longest first, so that one name that starts another cannot shadow it.
+ */
+function calledAt(text: string, at: number, syntax: ToolCallSyntax, names: readonly string[]): { name: string; argsAt: number } | undefined {
+  const name = names.find((n) => text.startsWith(n + forFunction(syntax.paramsPrefix, n), at));
+  return name === undefined ? undefined : { name, argsAt: at + name.length + forFunction(syntax.paramsPrefix, name).length };
+}
+
+/** Declared names, longest first (what calledAt reads). */
+const longestFirst = (tools: readonly ToolDefinition[]) => tools.map((t) => t.name).sort((a, b) => b.length - a.length);
+
 /**
  * GBNF for one call in the template's syntax: the prefix, a declared function's name (or the
  * named one), its params prefix, arguments valid against its parameters, its suffix.
@@ -124,8 +152,7 @@ export function toolCallGrammar(plan: ToolPlan, syntax: ToolCallSyntax, compiler
   const alternatives = callable.map((tool, i) => {
     const args = prefixRules(compiler.jsonSchemaGrammar(tool.parameters ?? NO_PARAMETERS), `t${i}-`);
     rules.push(args);
-    const name = (template: string) => template.replaceAll("{{functionName}}", tool.name);
-    return `${literal(tool.name)} ${literal(name(syntax.paramsPrefix))} t${i}-root ${literal(name(syntax.suffix))}`;
+    return `${literal(tool.name)} ${literal(forFunction(syntax.paramsPrefix, tool.name))} t${i}-root ${literal(forFunction(syntax.suffix, tool.name))}`;
   });
   return [`root ::= ${literal(syntax.prefix)} (${alternatives.join(" | ")})`, ...rules].join("\n");
 }
@@ -167,37 +194,26 @@ export function choiceMessage(text: string, plan: ToolPlan | null, syntax: ToolC
  * does not parse as calls stays content, with no calls.
  */
 export function parseToolCalls(text: string, syntax: ToolCallSyntax, tools: readonly ToolDefinition[]): { content: string | null; calls: ToolCall[] } {
-  const prefixes = [syntax.prefix, ...syntax.alternatePrefixes].filter((p) => p.trim().length > 0);
-  const find = (from: number) => {
-    let best: { at: number; length: number } | null = null;
-    for (const p of prefixes) {
-      const at = text.indexOf(p, from);
-      if (at >= 0 && (!best || at < best.at)) best = { at, length: p.length };
-    }
-    return best;
-  };
-  const first = find(0);
+  const prefixes = callPrefixes(syntax);
+  const first = findCallPrefix(text, prefixes, 0);
   if (!first) return { content: text, calls: [] };
   const calls: ToolCall[] = [];
-  // Longest names first, so that one name that starts another cannot shadow it.
-  const names = tools.map((t) => t.name).sort((a, b) => b.length - a.length);
+  const names = longestFirst(tools);
   let next: { at: number; length: number } | null = first;
   while (next) {
-    const at = next.at + next.length;
-    const name = names.find((n) => text.startsWith(n + syntax.paramsPrefix.replaceAll("{{functionName}}", n), at));
-    if (name === undefined) return { content: text, calls: [] };
-    const argsStart = at + name.length + syntax.paramsPrefix.replaceAll("{{functionName}}", name).length;
-    const end = jsonEnd(text, argsStart);
+    const called = calledAt(text, next.at + next.length, syntax, names);
+    if (called === undefined) return { content: text, calls: [] };
+    const end = jsonEnd(text, called.argsAt);
     if (end < 0) return { content: text, calls: [] };
-    const args = text.slice(argsStart, end).trim();
+    const args = text.slice(called.argsAt, end).trim();
     try {
       JSON.parse(args);
     } catch {
       return { content: text, calls: [] };
     }
-    calls.push({ id: callId(), name, arguments: args });
-    const suffix = syntax.suffix.replaceAll("{{functionName}}", name);
-    next = find(text.startsWith(suffix, end) ? end + suffix.length : end);
+    calls.push({ id: callId(), name: called.name, arguments: args });
+    const suffix = forFunction(syntax.suffix, called.name);
+    next = findCallPrefix(text, prefixes, text.startsWith(suffix, end) ? end + suffix.length : end);
   }
   const content = text.slice(0, first.at).trim();
   return { content: content.length > 0 ? content : null, calls };
@@ -236,15 +252,12 @@ class CallStream {
 
   deltas(text: string): ToolCallDelta[] {
     const out: ToolCallDelta[] = [];
-    const paramsPrefix = (name: string) => this.syntax.paramsPrefix.replaceAll("{{functionName}}", name);
     if (!this.call) {
-      // Longest names first, so that one name that starts another cannot shadow it.
-      const names = this.tools.map((t) => t.name).sort((a, b) => b.length - a.length);
+      const names = longestFirst(this.tools);
       for (const prefix of this.prefixes) {
-        if (!text.startsWith(prefix)) continue;
-        const name = names.find((n) => text.startsWith(n + paramsPrefix(n), prefix.length));
-        if (name !== undefined) {
-          this.call = { id: callId(), name, argsAt: prefix.length + name.length + paramsPrefix(name).length };
+        const called = text.startsWith(prefix) ? calledAt(text, prefix.length, this.syntax, names) : undefined;
+        if (called !== undefined) {
+          this.call = { id: callId(), ...called };
           break;
         }
       }
@@ -260,7 +273,7 @@ class CallStream {
       this.sent = upTo;
     }
     if (end >= 0) {
-      const suffix = this.syntax.suffix.replaceAll("{{functionName}}", this.call.name);
+      const suffix = forFunction(this.syntax.suffix, this.call.name);
       this.end = this.call.argsAt + end + (args.startsWith(suffix, end) ? suffix.length : 0);
     }
     return out;
@@ -308,7 +321,7 @@ export class AutoCallStream {
     private readonly parallel: boolean,
   ) {
     // Longest first: a call is read with the longest prefix its text starts with.
-    this.prefixes = [syntax.prefix, ...syntax.alternatePrefixes].filter((p) => p.trim().length > 0).sort((a, b) => b.length - a.length);
+    this.prefixes = callPrefixes(syntax).sort((a, b) => b.length - a.length);
   }
 
   /** Whether a call's name was written. */
@@ -319,7 +332,7 @@ export class AutoCallStream {
   step(text: string): { content: string; calls: ToolCallDelta[] } {
     let content = "";
     if (this.calls.length === 0) {
-      const first = this.findPrefix(text, this.sent);
+      const first = findCallPrefix(text, this.prefixes, this.sent);
       let safe = first ? first.at : text.length - this.possiblePrefixTail(text);
       while (safe > this.sent && /\s/.test(text[safe - 1])) safe--;
       if (safe > this.sent) {
@@ -334,7 +347,7 @@ export class AutoCallStream {
       const { at, stream } = this.calls[this.calls.length - 1];
       deltas.push(...stream.deltas(text.slice(at)));
       if (stream.end < 0 || !this.parallel) break;
-      const next = this.findPrefix(text, at + stream.end);
+      const next = findCallPrefix(text, this.prefixes, at + stream.end);
       if (!next) break;
       this.calls.push({ at: next.at, stream: new CallStream(this.syntax, this.tools, this.calls.length, this.prefixes) });
     }
@@ -347,16 +360,6 @@ export class AutoCallStream {
     const rest = text.slice(this.sent);
     this.sent = text.length;
     return rest;
-  }
-
-  /** Where the first call prefix after `from` starts. */
-  private findPrefix(text: string, from: number): { at: number } | null {
-    let best: { at: number } | null = null;
-    for (const prefix of this.prefixes) {
-      const at = text.indexOf(prefix, from);
-      if (at >= 0 && (!best || at < best.at)) best = { at };
-    }
-    return best;
   }
 
   /** The length of the longest end of `text` that a call prefix begins with. */

@@ -4,7 +4,6 @@
 // candidate and rolled back to an accepted prefix is the state a fresh grammar reaches by
 // reading that prefix — over random accept/reject sequences; tool call grammars allow exactly the
 // calls each template family writes.
-import { ChatMLChatWrapper, Llama3_1ChatWrapper, QwenChatWrapper } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { toolSyntaxOf } from "../engine/chat-template.js";
 import { Engine } from "../engine/engine.js";
@@ -14,6 +13,7 @@ import { createRng } from "../decoding/rng.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
 import { toolCallGrammar } from "../server/tools.js";
 import { forgedPath } from "./helpers/server.js";
+import { TEMPLATE_FAMILIES, writeCall } from "./helpers/tool-syntax.js";
 
 let engine: Engine;
 let model: LoadedModel;
@@ -199,15 +199,11 @@ describe("grammar states", () => {
 });
 
 describe("tool call grammars", () => {
-  it.for([
-    ["chatml", new ChatMLChatWrapper()],
-    ["qwen", new QwenChatWrapper()],
-    ["llama-3.1", new Llama3_1ChatWrapper()],
-  ] as const)("%s: a call in the template's syntax to a declared function with valid arguments is what the grammar allows, and nothing else", ([, wrapper]) => {
+  it.for(TEMPLATE_FAMILIES)("%s: a call in the template's syntax to a declared function with valid arguments is what the grammar allows, and nothing else", ([, wrapper]) => {
     const syntax = toolSyntaxOf(wrapper);
     const plan = { mode: "required" as const, tools: [{ name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false } }, { name: "get_time" }] };
     const gbnf = toolCallGrammar(plan, syntax, model.grammars!);
-    const write = (name: string, args: string) => `${syntax.prefix}${name}${syntax.paramsPrefix.replaceAll("{{functionName}}", name)}${args}${syntax.suffix.replaceAll("{{functionName}}", name)}`;
+    const write = (name: string, args: string) => writeCall(syntax, name, args);
     /** How far a text gets under the grammar: the tokens accepted, and whether it may end there. */
     const walk = (text: string) => {
       let state = model.grammars!.compile({ gbnf });

@@ -1,22 +1,18 @@
 // Tool calls as text (server/tools.ts): the calls a model writes in its template's syntax are
 // parsed back, streamed as they are written, and converted schemas share one grammar under
 // renamed rules.
-import { ChatMLChatWrapper, Llama3_1ChatWrapper, QwenChatWrapper } from "node-llama-cpp";
 import { describe, expect, it } from "vitest";
 import { toolSyntaxOf } from "../../engine/chat-template.js";
 import { createRng } from "../../decoding/rng.js";
 import { AutoCallStream, choiceMessage, parseToolCalls, prefixRules, RequiredCallStream, type ToolCallDelta } from "../../server/tools.js";
+import { TEMPLATE_FAMILIES, writeCall } from "../helpers/tool-syntax.js";
 
 const tools = [{ name: "get_weather" }, { name: "get_weather_by_zip" }, { name: "get_time" }];
 
 describe("parseToolCalls", () => {
-  it.for([
-    ["chatml", new ChatMLChatWrapper()],
-    ["qwen", new QwenChatWrapper()],
-    ["llama-3.1", new Llama3_1ChatWrapper()],
-  ] as const)("%s: a call written in the template's syntax comes back with its name and JSON arguments", ([, wrapper]) => {
+  it.for(TEMPLATE_FAMILIES)("%s: a call written in the template's syntax comes back with its name and JSON arguments", ([, wrapper]) => {
     const syntax = toolSyntaxOf(wrapper);
-    const write = (name: string, args: string) => `${syntax.prefix}${name}${syntax.paramsPrefix.replaceAll("{{functionName}}", name)}${args}${syntax.suffix.replaceAll("{{functionName}}", name)}`;
+    const write = (name: string, args: string) => writeCall(syntax, name, args);
     const one = parseToolCalls(write("get_weather", '{"city": "Paris"}'), syntax, tools);
     expect(one.content).toBeNull();
     expect(one.calls.map((c) => [c.name, JSON.parse(c.arguments)])).toEqual([["get_weather", { city: "Paris" }]]);
@@ -40,15 +36,11 @@ describe("prefixRules", () => {
 });
 
 describe("RequiredCallStream", () => {
-  it.for([
-    ["chatml", new ChatMLChatWrapper()],
-    ["qwen", new QwenChatWrapper()],
-    ["llama-3.1", new Llama3_1ChatWrapper()],
-  ] as const)("%s: written a character at a time, the call streams its id and name once, then the arguments without the suffix", ([, wrapper]) => {
+  it.for(TEMPLATE_FAMILIES)("%s: written a character at a time, the call streams its id and name once, then the arguments without the suffix", ([, wrapper]) => {
     const syntax = toolSyntaxOf(wrapper);
     const args = '{"zip": "75)0}", "n": [1, {"a": 2}]}';
     const name = "get_weather_by_zip";
-    const text = `${syntax.prefix}${name}${syntax.paramsPrefix.replaceAll("{{functionName}}", name)}${args}${syntax.suffix.replaceAll("{{functionName}}", name)}`;
+    const text = writeCall(syntax, name, args);
     const stream = new RequiredCallStream(syntax, tools);
     const deltas = [];
     for (let i = 1; i <= text.length; i++) deltas.push(...stream.deltas(text.slice(0, i)));
@@ -61,11 +53,6 @@ describe("RequiredCallStream", () => {
 });
 
 describe("AutoCallStream", () => {
-  const families = [
-    ["chatml", new ChatMLChatWrapper()],
-    ["qwen", new QwenChatWrapper()],
-    ["llama-3.1", new Llama3_1ChatWrapper()],
-  ] as const;
   const rng = createRng(11);
   /** Streams `text` in random pieces; what the client would put together. */
   function streamed(text: string, syntax: ReturnType<typeof toolSyntaxOf>, parallel = true) {
@@ -93,9 +80,9 @@ describe("AutoCallStream", () => {
     return { content, pieces, calls: [...calls.values()], message, calling: stream.calling };
   }
 
-  it.for(families)("%s: content streams as written, calls as their names and arguments are written; together they are the parsed message", ([, wrapper]) => {
+  it.for(TEMPLATE_FAMILIES)("%s: content streams as written, calls as their names and arguments are written; together they are the parsed message", ([, wrapper]) => {
     const syntax = toolSyntaxOf(wrapper);
-    const write = (name: string, args: string) => `${syntax.prefix}${name}${syntax.paramsPrefix.replaceAll("{{functionName}}", name)}${args}${syntax.suffix.replaceAll("{{functionName}}", name)}`;
+    const write = (name: string, args: string) => writeCall(syntax, name, args);
     for (let trial = 0; trial < 20; trial++) {
       // Text alone, ending in what could begin a call: all of it is content, in pieces.
       const text = `The weather is fine today, I think. ${syntax.prefix.slice(0, 3)}`;
