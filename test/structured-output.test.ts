@@ -155,14 +155,20 @@ describe("exact under speculation", () => {
     expect(value('flock_grammar_mask_cache_bytes{model_name="spec"}')).toBeGreaterThan(0);
   });
 
-  it("T = 1: the first token under a grammar follows the chain with the forbidden tokens removed (chi-square, speculation rejecting)", async () => {
+  it.for([
+    ["the first token", false],
+    ["the token after one the grammar forces (proposed without the draft)", true],
+  ] as const)("T = 1: %s under a grammar follows the chain with the forbidden tokens removed (chi-square, speculation rejecting)", async ([, forcing]) => {
     // Words that start with a to f: half of the chain's favourites after "The" are forbidden.
-    const grammar = 'root ::= " " [a-f] [a-z]* (" " [a-f] [a-z]*)*';
+    // Forcing: the grammar's first token is "The" itself (a token-level element, the only token
+    // it allows), so the free token after it follows the chain after "The" as well.
+    const the = base.tokenOf("The");
+    const words = '" " [a-f] [a-z]* (" " [a-f] [a-z]*)*';
+    const grammar = forcing ? `root ::= <[${the}]> ${words}` : `root ::= ${words}`;
     const allowed = (token: number) => {
       const text = grammarText(token);
       return text !== null && text.length > 0 && /^ ([a-f][a-z]*( [a-f][a-z]*)* ?)?$/.test(text);
     };
-    const the = base.tokenOf("The");
     // Tokens with the same text (a letter and its byte token) are one outcome: responses report text.
     const classes = new Map<string, number>();
     const classOf = (text: string) => classes.get(text) ?? classes.set(text, classes.size).get(text)!;
@@ -181,6 +187,7 @@ describe("exact under speculation", () => {
     const N = 3000;
     const firsts = new Map<number, number>();
     let rejected = 0;
+    let forced = 0;
     const spelled = (text: string) => {
       const byte = /^<0x([0-9A-F]{2})>$/.exec(text);
       return byte ? String.fromCharCode(parseInt(byte[1], 16)) : text;
@@ -189,16 +196,19 @@ describe("exact under speculation", () => {
       const res = await post("/v1/completions", {
         model: "spec",
         prompt: [the],
-        max_tokens: 2,
+        max_tokens: forcing ? 3 : 2,
         temperature: 1,
         seed,
         grammar,
         logprobs: 0,
       });
       const choice = (res.body.choices as Array<{ logprobs: { tokens: string[] } }>)[0];
-      const rounds = (res.body.flock as { speculative: { drafted_tokens: number; accepted_tokens: number } }).speculative;
+      const rounds = (res.body.flock as { speculative: { drafted_tokens: number; forced_tokens: number; accepted_tokens: number } }).speculative;
       if (rounds.accepted_tokens < rounds.drafted_tokens) rejected++;
-      return choice.logprobs.tokens.map(spelled);
+      if (rounds.forced_tokens > 0) forced++;
+      const tokens = choice.logprobs.tokens.map(spelled);
+      if (forcing) expect(tokens[0]).toBe("The");
+      return forcing ? tokens.slice(1) : tokens;
     };
     for (let start = 0; start < N; start += 16) {
       const batch = await Promise.all(Array.from({ length: Math.min(16, N - start) }, (_, i) => one(9000 + start + i)));
@@ -210,5 +220,9 @@ describe("exact under speculation", () => {
     expect(classes.size).toBeGreaterThan(10);
     expect(goodnessOfFit(firsts, expected).pValue).toBeGreaterThan(1e-4);
     expect(rejected).toBeGreaterThan(N / 50);
+    // The forced token went without the draft once its mask was cached (seeded: coupled rounds
+    // use cached masks only); without forcing, nothing was.
+    if (forcing) expect(forced).toBeGreaterThan(N * 0.9);
+    else expect(forced).toBe(0);
   });
 });
