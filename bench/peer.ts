@@ -7,33 +7,26 @@
 // grammar — llama-server's `json_schema`, flock's `response_format`; both masks are llama.cpp's
 // grammar over the vocabulary, flock's cached per grammar state, after warm-up.
 //
-// llama-server is built once from the llama.cpp source node-llama-cpp ships
-// (llama/gitRelease.bundle, the commit flock's native build patches), with the same CPU flags
-// flock's build uses (-march=native less the extensions that trap here), and cached in
-// ~/.cache/flock. Both servers run as their own processes with one thread and one sequence;
+// llama-server is built from the llama.cpp source node-llama-cpp ships (bench/servers.ts).
+// Both servers run as their own processes with one thread and one sequence;
 // the same client streams 96 tokens from each in turn through /v1/completions (end-of-text
 // ruled out: ignore_eos for llama-server, a logit bias for flock) and measures the decode rate
 // between the first and the last streamed token, so prompt processing and start-up stay out.
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { homedir, tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { createInterface } from "node:readline";
+import type { ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { probeCpu } from "../engine/native/cpu-probe.js";
-import { bundledLlamaCpp } from "../engine/native/surface.js";
 import { forge } from "../forge/presets.js";
 import { BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
+import { llamaServerBinary, startFlock as startFlockProcess, startLlamaServer as startLlamaProcess } from "./servers.js";
 
 const { values: flags } = parseArgs({ options: { json: { type: "string" }, rounds: { type: "string" }, tokens: { type: "string" } }, strict: true });
 const ROUNDS = Number(flags.rounds ?? 5);
 const TOKENS = Number(flags.tokens ?? 96);
 const VOCABULARIES = [32_000, 128_256, 151_936];
 const out = jsonPathArg("peer.json");
-const root = join(import.meta.dirname, "..");
-const llamaDir = join(dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp"))), "llama");
 
 interface Sampling {
   temperature: number;
@@ -52,31 +45,6 @@ const SETTINGS: Array<[string, Sampling]> = [
   ["T = 1, JSON schema", { temperature: 1, topP: 1, topK: 0, minP: 0, schema: BOATS }],
 ];
 
-function run(command: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): void {
-  console.error(`bench:peer: ${command} ${args.join(" ")}`);
-  const result = spawnSync(command, args, { stdio: ["ignore", "inherit", "inherit"], ...options });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(" ")} failed (${result.status ?? result.signal})`);
-}
-
-/** llama-server built from node-llama-cpp's bundled llama.cpp, once per commit. */
-function llamaServer(): string {
-  const { commit } = bundledLlamaCpp(llamaDir);
-  const dir = join(homedir(), ".cache", "flock", `llama-server-${commit.slice(0, 12)}`);
-  const binary = join(dir, "build", "bin", "llama-server");
-  if (existsSync(binary)) return binary;
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
-  run("git", ["clone", "--quiet", join(llamaDir, "gitRelease.bundle"), join(dir, "src")]);
-  // The CPU flags of flock's own build: -march=native less what traps on this machine.
-  run("git", ["apply", join(root, "engine", "native", "patches", "llama-cpp-native-flags.diff")], { cwd: join(dir, "src") });
-  const disabled = probeCpu().flags;
-  const env = { ...process.env, ...(disabled.length > 0 ? { FLOCK_NATIVE_DISABLE_FLAGS: disabled.join(" ") } : {}) };
-  const options = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"];
-  run("cmake", ["-S", join(dir, "src"), "-B", join(dir, "build"), "-G", "Ninja", ...options], { env });
-  run("cmake", ["--build", join(dir, "build"), "--target", "llama-server", "--parallel", "2"], { env });
-  return binary;
-}
-
 interface Server {
   name: string;
   url: string;
@@ -85,46 +53,18 @@ interface Server {
   body(sampling: Sampling, seed: number): Record<string, unknown>;
 }
 
-async function waitForHealth(url: string, child: ChildProcess): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (child.exitCode !== null) throw new Error(`${url}: the server exited (${child.exitCode})`);
-    const ok = await fetch(`${url}/health`).then((r) => r.ok, () => false);
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${url}: not healthy after 60 s`);
-}
-
 async function startLlamaServer(binary: string, model: string, port: number): Promise<Server> {
-  const child = spawn(binary, ["-m", model, "-c", "512", "-np", "1", "-t", "1", "-tb", "1", "-ngl", "0", "--host", "127.0.0.1", "--port", String(port), "--no-webui"], {
-    stdio: ["ignore", "ignore", "ignore"],
-  });
-  const url = `http://127.0.0.1:${port}`;
-  await waitForHealth(url, child);
   return {
     name: "llama-server",
-    url,
-    process: child,
+    ...(await startLlamaProcess(binary, model, port)),
     body: (s, seed) => ({ temperature: s.temperature, top_p: s.topP, top_k: s.topK, min_p: s.minP, seed, ...(s.schema ? { json_schema: s.schema } : { ignore_eos: true }) }),
   };
 }
 
 async function startFlock(model: string, eos: number, dir: string): Promise<Server> {
-  const config = join(dir, "flock.json");
-  writeFileSync(config, JSON.stringify({ host: "127.0.0.1", port: 0, threads: 1, gpu: "off", logLevel: "info", playground: false, models: [{ id: "m", path: model, contextSize: 512, parallel: 1 }] }));
-  const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts", "--config", config], { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
-  const url = await new Promise<string>((resolve, reject) => {
-    child.once("exit", (code) => reject(new Error(`flock exited (${code})`)));
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      const entry = JSON.parse(line) as { msg?: string; url?: string };
-      if (entry.msg === "listening" && entry.url) resolve(entry.url);
-    });
-  });
-  await waitForHealth(url, child);
   return {
     name: "flock",
-    url,
-    process: child,
+    ...(await startFlockProcess([{ id: "m", path: model, contextSize: 512, parallel: 1 }], dir)),
     body: (s, seed) => ({
       temperature: s.temperature,
       top_p: s.topP,
@@ -170,7 +110,7 @@ async function decodeRate(server: Server, sampling: Sampling, seed: number): Pro
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const binary = llamaServer();
+const binary = llamaServerBinary();
 const dir = mkdtempSync(join(tmpdir(), "flock-bench-peer-"));
 const rows: BenchReport["rows"] = [];
 try {

@@ -7,6 +7,7 @@ import type { KvSequence } from "../engine/sequence.js";
 import type { SamplingParams } from "./sampler.js";
 import type { FusionOverrides } from "./fusion/config.js";
 import type { SpeculativeOverrides } from "./speculative/config.js";
+import type { TextSource } from "./speculative/text-proposals.js";
 
 /** The slice of a served model a decoder needs. */
 export interface DecodingModel {
@@ -120,6 +121,8 @@ export interface SpeculativeRound {
   origins: TokenOrigin[];
   /** How the round was verified: rejection sampling, or coupled keyed noise. */
   verification: "rejection" | "coupled";
+  /** Where the candidates came from when text proposed them (else the draft, and the grammar). */
+  source?: TextSource;
   /** Per token of `tokens`, when the request asked for it (flock.speculative.detail). */
   detail?: SpeculativeTokenDetail[];
 }

@@ -14,7 +14,9 @@ import { ModelEntry } from "./model-entry.js";
 import { candidateCap } from "../decoding/speculative/settings.js";
 import type { EngineSequence } from "../engine/sequence.js";
 import { ExpertLibrary } from "../experts/library.js";
-import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, routedPipeline, type SpeculativePipeline, speculativePipeline } from "./pipeline.js";
+import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, routedPipeline, speculativePipeline } from "./pipeline.js";
+import { PREDICTION_PER_ROUND } from "../decoding/speculative/prediction.js";
+import type { RoundCosts } from "../decoding/speculative/costs.js";
 import { VariantCache } from "../experts/routed.js";
 
 /** Routed variant contexts are named `<model id>:variant-<n>`. */
@@ -48,7 +50,12 @@ export async function loadPipeline(engine: Engine, entry: ModelEntry, stateDir: 
   const target = await engine.load(entry);
   if (entry.fusion) return loadFusion(engine, entry, entry.fusion, target);
   const spec = entry.speculative;
-  if (!spec) return plainPipeline(target, entry.lookup);
+  if (!spec) {
+    const plain = plainPipeline(target, entry.lookup);
+    // Prompt lookup on every request: price its rounds from the first one.
+    if (entry.lookup?.enabled) await calibrateCosts(plain.model, null, plain.costs, Math.max(entry.lookup.maxCandidates, PREDICTION_PER_ROUND) + 1);
+    return plain;
+  }
   // The draft gets its own context with as many sequences as the target, so a request that
   // holds a target sequence always finds a draft sequence.
   const draft = await engine.load(
@@ -57,7 +64,7 @@ export async function loadPipeline(engine: Engine, entry: ModelEntry, stateDir: 
   );
   const predictor = await buildPredictor(entry, spec, draft, stateDir);
   const pipeline = speculativePipeline(target, draft, spec, predictor, entry.lookup);
-  if (spec.threshold === "auto") await calibrateCosts(pipeline);
+  if (spec.threshold === "auto" || entry.lookup?.enabled) await calibrateCosts(target, draft, pipeline.costs, Math.max(candidateCap(spec), entry.lookup?.enabled ? entry.lookup.maxCandidates : 0) + 1);
   return pipeline;
 }
 
@@ -95,17 +102,18 @@ export function savePredictors(registry: PipelineRegistry): void {
 }
 
 /**
- * Times draft steps and target passes of every candidate length before serving, so the
- * cost-aware SpecDec++ rule has its cost table from the first request.
+ * Times draft steps (where there is a draft) and target passes of every candidate length before
+ * serving, so the cost-aware SpecDec++ rule, and the pricing of prompt lookup's rounds, have
+ * their cost table from the first request.
  */
-export async function calibrateCosts(pipeline: SpeculativePipeline): Promise<void> {
-  const bos = pipeline.model.weights.tokens.bos ?? 0;
-  const filler = (n: number) => Array.from({ length: n }, (_, i) => (bos + 1 + i) % Math.max(2, pipeline.model.vocabularySize));
-  const target = await pipeline.model.acquire([]);
-  const draft = await pipeline.draft.acquire([]);
+export async function calibrateCosts(model: LoadedModel, draftModel: LoadedModel | null, costs: RoundCosts, maxTokens: number): Promise<void> {
+  const bos = model.weights.tokens.bos ?? 0;
+  const filler = (n: number) => Array.from({ length: n }, (_, i) => (bos + 1 + i) % Math.max(2, model.vocabularySize));
+  const target = await model.acquire([]);
+  const draft = await draftModel?.acquire([]);
   try {
     await target.syncTo([bos]);
-    await draft.syncTo([bos]);
+    await draft?.syncTo([bos]);
     const timed = async (seq: EngineSequence, tokens: number[]) => {
       const started = performance.now();
       await seq.evaluate(tokens, tokens.map((_, i) => i));
@@ -113,14 +121,10 @@ export async function calibrateCosts(pipeline: SpeculativePipeline): Promise<voi
       await seq.truncate(1);
       return ms;
     };
-    await pipeline.costs.calibrate(
-      () => timed(draft, filler(1)),
-      (n) => timed(target, filler(n)),
-      candidateCap(pipeline.settings) + 1,
-    );
+    await costs.calibrate(draft ? () => timed(draft, filler(1)) : null, (n) => timed(target, filler(n)), maxTokens);
   } finally {
     target.release();
-    draft.release();
+    draft?.release();
   }
 }
 

@@ -11,6 +11,7 @@ import type { FusionSettings } from "../decoding/fusion/config.js";
 import { RoundCosts } from "../decoding/speculative/costs.js";
 import { FixedLengthPolicy } from "../decoding/speculative/policies.js";
 import { LOOKUP_DEFAULTS, type LookupSettings } from "../decoding/speculative/lookup.js";
+import { TextAcceptance } from "../decoding/speculative/text-proposals.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { DecodeStep, GenerationRequest } from "../decoding/types.js";
 import { FlockError } from "../engine/errors.js";
@@ -35,6 +36,8 @@ interface PipelineBase {
 
 export interface PlainPipeline extends PipelineBase {
   readonly kind: "plain";
+  /** Measured target passes (they price a prediction's and prompt lookup's candidates). */
+  readonly costs: RoundCosts;
 }
 
 export interface SpeculativePipeline extends PipelineBase {
@@ -70,9 +73,6 @@ export interface RoutedPipeline extends PipelineBase {
 
 export type Pipeline = PlainPipeline | SpeculativePipeline | FusionPipeline | RoutedPipeline;
 
-/** Candidates a Predicted Output proposes per round (one target pass scores them all). */
-const PREDICTED_PER_ROUND = 16;
-
 /**
  * A plain model decodes alone, or with a Predicted Output speculates from it: the target verifies
  * the prediction's tokens in batches (coupled noise for seeded requests, so the text is the same
@@ -81,18 +81,21 @@ const PREDICTED_PER_ROUND = 16;
 export function plainPipeline(model: LoadedModel, lookup: LookupSettings = LOOKUP_DEFAULTS): PlainPipeline {
   const stats = new SpeculativeStats();
   const costs = new RoundCosts();
+  const textAcceptance = new TextAcceptance();
   return {
     id: model.id,
     kind: "plain",
     model,
+    costs,
     generate(request) {
       const effectiveLookup = { ...lookup, ...request.lookup };
       const predicted = request.prediction !== undefined && request.prediction.length > 0;
       if (!predicted && !effectiveLookup.enabled) return plainDecode(model, request);
       const verification = request.keyedNoise === true ? "coupled" : "rejection";
-      const policy = new FixedLengthPolicy(PREDICTED_PER_ROUND);
+      // No draft: the policy and the draft's cap go unused (text proposals are priced by the costs).
+      const policy = new FixedLengthPolicy(0);
       return speculativeDecode(
-        { target: model, draft: null, lookup: effectiveLookup, policy, predictor: null, maxCandidates: PREDICTED_PER_ROUND, stats, costs, verification },
+        { target: model, draft: null, lookup: effectiveLookup, textAcceptance, policy, predictor: null, maxCandidates: 0, stats, costs, verification },
         request,
       );
     },
@@ -113,6 +116,7 @@ export function speculativePipeline(
   const costs = new RoundCosts();
   // The cost-aware policy's recalibration of P̂, learned across the model's requests.
   const calibrations = acceptanceCalibrations();
+  const textAcceptance = new TextAcceptance();
   return {
     id: target.id,
     kind: "speculative",
@@ -128,8 +132,8 @@ export function speculativePipeline(
       const effective = { ...settings, ...overrides };
       const verification = verificationFor(settings, overrides, request.keyedNoise === true);
       const policy = buildPolicy(effective, predictor, costs, calibrations, samplingRegime(request.sampling.temperature, verification));
-      // Prompt lookup, when on, proposes in place of the draft.
-      return speculativeDecode({ target, draft, lookup: { ...lookup, ...request.lookup }, policy, predictor, maxCandidates: candidateCap(effective), stats, costs, verification }, request);
+      // Prompt lookup, when on, proposes in the rounds where it promises more than the draft.
+      return speculativeDecode({ target, draft, lookup: { ...lookup, ...request.lookup }, textAcceptance, policy, predictor, maxCandidates: candidateCap(effective), stats, costs, verification }, request);
     },
   };
 }

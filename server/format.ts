@@ -56,14 +56,38 @@ export class SpeculativeTally {
   /** How the rounds were verified (one mode per request). */
   verification: "rejection" | "coupled" | null = null;
   readonly tokens: SpeculativeTokenDetail[] = [];
+  /** Candidates and accepted ones by proposer: the draft (with the grammar's), or text (lookup, a prediction). */
+  readonly bySource = new Map<string, { drafted: number; accepted: number }>();
 
-  add(other: { drafted: number; forced?: number; accepted: number; rounds?: number; verification?: "rejection" | "coupled" | null; detail?: readonly SpeculativeTokenDetail[] }): void {
+  add(other: {
+    drafted: number;
+    forced?: number;
+    accepted: number;
+    rounds?: number;
+    verification?: "rejection" | "coupled" | null;
+    detail?: readonly SpeculativeTokenDetail[];
+    source?: string;
+    bySource?: ReadonlyMap<string, { drafted: number; accepted: number }>;
+  }): void {
     this.rounds += other.rounds ?? 1;
     this.verification = other.verification ?? this.verification;
     this.drafted += other.drafted;
     this.forced += other.forced ?? 0;
     this.accepted += other.accepted;
     if (other.detail) this.tokens.push(...other.detail);
+    const counts = other.bySource ?? new Map([[other.source ?? "draft", { drafted: other.drafted, accepted: other.accepted }]]);
+    for (const [source, n] of counts) {
+      const known = this.bySource.get(source) ?? { drafted: 0, accepted: 0 };
+      this.bySource.set(source, { drafted: known.drafted + n.drafted, accepted: known.accepted + n.accepted });
+    }
+  }
+
+  /** Per proposer, once text (lookup, a prediction) has proposed anything. */
+  private sources() {
+    const text = [...this.bySource].some(([source, n]) => source !== "draft" && n.drafted > 0);
+    if (!text) return {};
+    const sources = Object.fromEntries([...this.bySource].filter(([, n]) => n.drafted > 0).map(([source, n]) => [source, { drafted_tokens: n.drafted, accepted_tokens: n.accepted }]));
+    return { sources };
   }
 
   /** The `flock.speculative` response extension; per-token detail when asked for. */
@@ -76,6 +100,7 @@ export class SpeculativeTally {
       accepted_tokens: this.accepted,
       acceptance_rate: this.drafted === 0 ? 0 : this.accepted / this.drafted,
       mean_candidate_length: this.rounds === 0 ? 0 : this.drafted / this.rounds,
+      ...this.sources(),
       ...(detail ? { tokens: this.tokens.map(speculativeTokenJSON) } : {}),
     };
   }

@@ -78,7 +78,7 @@ export const REQUEST_FIELDS: readonly FieldRule[] = [
   { name: "function_call", endpoints: CHAT, fate: "refused", note: 'anything but "none" or "auto"' },
   { name: "modalities", endpoints: CHAT, fate: "refused", note: 'anything but ["text"]' },
   { name: "audio", endpoints: CHAT, fate: "refused", note: "any value: audio output is not supported" },
-  { name: "prediction", endpoints: CHAT, fate: "honoured", note: "Predicted Outputs: the content is proposed to the model as speculative candidates (plain and speculative models; fused and routed ones refuse it); usage reports accepted and rejected prediction tokens" },
+  { name: "prediction", endpoints: BOTH, fate: "honoured", note: "Predicted Outputs: the content is proposed to the model as speculative candidates, as many a round as the cost rule finds worth it (plain and speculative models; fused and routed ones refuse it); usage reports accepted and rejected prediction tokens; on completions a flock extension" },
   { name: "web_search_options", endpoints: CHAT, fate: "refused", note: "any value: flock does not search the web" },
   { name: "suffix", endpoints: COMPLETIONS, fate: "refused", note: "a non-empty string (insertion is not supported)" },
   { name: "previous_response_id", endpoints: RESPONSES, fate: "refused", note: "any value: responses are not stored; send the whole conversation" },

@@ -142,6 +142,8 @@ export const CompletionRequest = z.object({
   echo: z.boolean().nullish(),
   response_format: ResponseFormat.nullish(),
   best_of: z.int().min(1).nullish(),
+  /** Predicted Outputs, as chat has them (an extension here: OpenAI's completions have none). */
+  prediction: z.strictObject({ type: z.literal("content"), content: Content }).nullish(),
   suffix: refusedWhen(z.string(), (suffix) => suffix.length > 0, "suffix (text insertion) is not supported"),
 });
 export type CompletionRequest = z.infer<typeof CompletionRequest>;

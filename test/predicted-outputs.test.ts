@@ -4,6 +4,8 @@
 // or without them — and usage reports how much of a prediction was accepted and rejected.
 import type OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ChainOracle } from "./helpers/chain.js";
+import { goodnessOfFit } from "./helpers/goodness.js";
 import { forgedManifest, forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
 let t: TestServer;
@@ -14,7 +16,8 @@ beforeAll(async () => {
     models: [
       { id: "flock-demo", path: demo, parallel: 2 },
       { id: "spec", path: demo, parallel: 2, speculative: { draft: forgedPath(manifest.models["flock-demo-draft"].file) } },
-      { id: "lookup", path: demo, parallel: 2, lookup: { minMatch: 1, maxCandidates: 6 } },
+      // Every offer proposed: whether one pays on this CPU is the cost rule's own test (test/unit/costs.test.ts).
+      { id: "lookup", path: demo, parallel: 2, lookup: { minMatch: 1, maxCandidates: 6, priced: false } },
     ],
   });
 });
@@ -108,12 +111,63 @@ describe("prompt lookup", () => {
   it("a request turns it on or off (flock.lookup), on plain and speculative models; greedy text is unchanged", async () => {
     for (const model of ["flock-demo", "spec"]) {
       const base = await complete(model, { temperature: 0, flock: { speculative: model === "spec" ? { enabled: false } : undefined } });
-      const looked = await complete(model, { temperature: 0, flock: { lookup: { enabled: true, min_match: 1 } } });
+      // Every offer proposed (priced: false): whether an offer pays on this CPU is the cost rule's test.
+      const looked = await complete(model, { temperature: 0, flock: { lookup: { enabled: true, min_match: 1, priced: false } } });
       expect(looked.choices[0].text, model).toBe(base.choices[0].text);
       expect(looked.flock?.speculative?.drafted_tokens, model).toBeGreaterThan(0);
     }
     const off = await complete("lookup", { temperature: 0, flock: { lookup: { enabled: false } } });
     expect(off.flock).toBeUndefined();
     expect((await complete("lookup", { temperature: 0 })).choices[0].text).toBe(off.choices[0].text);
+  });
+});
+
+describe("text proposals at temperature 1 through the server: rejection sampling of one-hot proposals keeps the target's distribution", () => {
+  // The passage repeats, so lookup (min_match 1) proposes " wet net on …" after " a"; the
+  // prediction proposes the same from the first position.
+  const prompt = "The captain hauls a wet net on the deck. The captain hauls a";
+  type Counted = OpenAI.Completion & { flock?: { speculative?: { drafted_tokens: number; accepted_tokens: number } } };
+
+  /** First tokens of `requests` unseeded requests of n = 8 (verified by rejection sampling), and how the proposals fared. */
+  async function firstTokens(model: string, extra: Record<string, unknown>, requests: number) {
+    const counts = new Map<number, number>();
+    let drafted = 0;
+    let accepted = 0;
+    for (let i = 0; i < requests; i++) {
+      const res = (await t.client.completions.create({ model, prompt, max_tokens: 2, n: 8, temperature: 1, logprobs: 0, ...extra } as OpenAI.CompletionCreateParamsNonStreaming)) as Counted;
+      for (const choice of res.choices) {
+        const first = choice.logprobs?.tokens?.[0];
+        const token = first === undefined ? base.eos : base.tokenOf(first);
+        counts.set(token, (counts.get(token) ?? 0) + 1);
+      }
+      drafted += res.flock?.speculative?.drafted_tokens ?? 0;
+      accepted += res.flock?.speculative?.accepted_tokens ?? 0;
+    }
+    return { counts, drafted, accepted };
+  }
+
+  let base: ChainOracle;
+  beforeAll(() => {
+    base = new ChainOracle(t.manifest, "base");
+  });
+
+  it("prompt lookup, every offer proposed (priced: false): first-token frequencies match the analytic distribution (chi-square over 2,000 choices)", async () => {
+    const { counts, drafted, accepted } = await firstTokens("lookup", {}, 250);
+    const fit = goodnessOfFit(counts, base.next(base.tokenOf(" a")));
+    expect(fit.pValue).toBeGreaterThan(1e-4);
+    expect(fit.outsideSupport).toBe(0);
+    // Every choice's first position was a proposal; some were rejected, some accepted.
+    expect(drafted).toBeGreaterThanOrEqual(2000);
+    expect(accepted).toBeGreaterThan(0);
+    expect(accepted).toBeLessThan(drafted);
+  });
+
+  it("a prediction, priced (on this CPU the rule declines most offers): first-token frequencies match the analytic distribution", async () => {
+    const { counts, drafted, accepted } = await firstTokens("flock-demo", { prediction: { type: "content", content: " wet net on the deck." } }, 250);
+    const fit = goodnessOfFit(counts, base.next(base.tokenOf(" a")));
+    expect(fit.pValue).toBeGreaterThan(1e-4);
+    expect(fit.outsideSupport).toBe(0);
+    expect(drafted).toBeGreaterThan(100);
+    expect(accepted).toBeLessThan(drafted);
   });
 });

@@ -40,6 +40,8 @@ function follow(estimate: number, ms: number): number {
 
 /** Weight of one drafted round in the recent yield of drafting (about the last 20 count). */
 const YIELD_EMA = 0.05;
+/** Text rounds in a row after which the draft gets a round (its yield may have changed). */
+const STALE_AFTER = 64;
 
 
 export class RoundCosts {
@@ -50,6 +52,8 @@ export class RoundCosts {
   private measured: Array<[number, number]> = [];
   /** Recent drafted rounds per regime: mean emitted tokens and mean modelled ms. */
   private readonly draftedYield: Record<SamplingRegime, { tokens: number; ms: number } | null> = { greedy: null, sampled: null, coupled: null };
+  /** Rounds text proposed since the last drafted round, per regime. */
+  private readonly textRoundsInARow: Record<SamplingRegime, number> = { greedy: 0, sampled: 0, coupled: 0 };
 
   observeDraftStep(ms: number): void {
     this.draftStep = this.draftStep === null ? ms : follow(this.draftStep, ms);
@@ -68,10 +72,13 @@ export class RoundCosts {
    * an overestimate would last — the rule avoids sizes it believes slow, so rounds would never
    * measure them again — while an underestimate is corrected by the rounds it attracts.
    */
-  async calibrate(draftStep: () => Promise<number>, targetPass: (tokens: number) => Promise<number>, maxTokens: number, repeats = 5): Promise<void> {
-    const steps: number[] = [];
-    for (let i = 0; i < repeats * 3; i++) steps.push(await draftStep());
-    this.draftStep = steps.sort((a, b) => a - b)[Math.floor(steps.length / 2)];
+  async calibrate(draftStep: (() => Promise<number>) | null, targetPass: (tokens: number) => Promise<number>, maxTokens: number, repeats = 5): Promise<void> {
+    // Without a draft (text proposals only) there is no draft step to time.
+    if (draftStep) {
+      const steps: number[] = [];
+      for (let i = 0; i < repeats * 3; i++) steps.push(await draftStep());
+      this.draftStep = steps.sort((a, b) => a - b)[Math.floor(steps.length / 2)];
+    }
     const sizes = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64].filter((n) => n < maxTokens);
     for (const n of [...sizes, maxTokens]) {
       let fastest = Infinity;
@@ -90,12 +97,32 @@ export class RoundCosts {
    * candidates verified, `emitted` tokens. Its cost is taken from the table, not the clock.
    */
   observeDraftedRound(regime: SamplingRegime, drafted: number, proposed: number, emitted: number): void {
+    this.textRoundsInARow[regime] = 0;
     if (!this.calibrated) return;
     const ms = drafted * this.draftStep! + this.targetPass(proposed + 1);
     const known = this.draftedYield[regime];
     this.draftedYield[regime] = known
       ? { tokens: known.tokens + YIELD_EMA * (emitted - known.tokens), ms: known.ms + YIELD_EMA * (ms - known.ms) }
       : { tokens: emitted, ms };
+  }
+
+  /**
+   * Tokens per ms that recent drafted rounds yielded, by the cost table: what a text proposal
+   * must beat to take a round from the draft. Null before any drafted round.
+   */
+  draftedRate(regime: SamplingRegime): number | null {
+    const known = this.draftedYield[regime];
+    return known === null ? null : known.tokens / known.ms;
+  }
+
+  /** Whether the draft is due a round: text has had STALE_AFTER in a row, and the draft's yield may have changed. */
+  draftDue(regime: SamplingRegime): boolean {
+    return this.textRoundsInARow[regime] >= STALE_AFTER;
+  }
+
+  /** A round that text proposed (a prediction, lookup) in place of the draft. */
+  observeTextRound(regime: SamplingRegime): void {
+    this.textRoundsInARow[regime]++;
   }
 
   /** Whether drafted rounds have recently yielded more tokens per ms than the target alone. */
@@ -117,6 +144,26 @@ export class RoundCosts {
     const [lo, hi] = above > 0 ? [known[above - 1], known[above]] : [known.at(-2) ?? known[0], known.at(-1)!];
     if (hi[0] === lo[0]) return hi[1];
     return lo[1] + ((hi[1] - lo[1]) * (n - lo[0])) / (hi[0] - lo[0]);
+  }
+
+  /**
+   * How many of a text proposal's candidates to propose (text-proposals.ts), from each one's
+   * chance given those before it: the length whose round — T(length + 1) ms, nothing to draft,
+   * for 1 + Σ S_i expected tokens — has the best rate, 0 (the target alone) included; and that
+   * rate. All of them, at an unknown rate, while T(1) is unmeasured.
+   */
+  textRound(chances: readonly number[]): { length: number; rate: number } {
+    if (this.passMs[1] === undefined) return { length: chances.length, rate: Infinity };
+    let best = { length: 0, rate: 1 / this.targetPass(1) };
+    let survival = 1;
+    let tokens = 1;
+    chances.forEach((p, i) => {
+      survival *= p;
+      tokens += survival;
+      const rate = tokens / this.targetPass(i + 2);
+      if (rate > best.rate) best = { length: i + 1, rate };
+    });
+    return best;
   }
 
   /** Expected tokens per ms of a round proposing `length` candidates that yield `expected` tokens. */

@@ -24,30 +24,23 @@ import type { RoundCosts } from "./costs.js";
 import type { SpeculativeStats } from "./stats.js";
 import { type LookupSettings, PromptLookup } from "./lookup.js";
 import { oneHot, PredictionAligner } from "./prediction.js";
+import { samplingRegime } from "./settings.js";
+import { EXPLORE_LENGTH, TextAcceptance, type TextProposal, type TextProposer, type TextSource } from "./text-proposals.js";
 import { type Verification, type VerificationMode, verify, verifyCoupled } from "./verifier.js";
-
-/**
- * Candidates from text rather than a model — a request's prediction, or the text itself (prompt
- * lookup): deterministic proposals, verified as one-hot q.
- */
-export interface TextProposer {
-  /** Up to `max` candidates to follow `text` (prompt + output). */
-  propose(text: readonly number[], max: number): number[];
-  /** Tokens just emitted; `output` is all generated so far. */
-  advance?(emitted: readonly number[], output: readonly number[]): void;
-}
 
 export interface SpeculativeSetup {
   target: LogprobModel;
   /** Proposes candidates, unless the request brings a prediction or lookup is on (then none is needed). */
   draft: DecodingModel | null;
-  /** Prompt lookup's settings when it proposes instead of the draft. */
+  /** Prompt lookup's settings: when on, it proposes in the rounds where it promises more than the draft. */
   lookup?: LookupSettings | null;
+  /** The model's record of how text proposals fared (it prices them); a fresh one by default. */
+  textAcceptance?: TextAcceptance;
   /** A fresh policy for this request (policies keep per-candidate state). */
   policy: CandidateLengthPolicy;
   /** Trained from every verified position; null when the policy uses none. */
   predictor: AcceptancePredictor | null;
-  /** Upper bound on candidates per round whatever the policy says. */
+  /** Upper bound on the draft's candidates per round whatever the policy says (text proposers cap their own). */
   maxCandidates: number;
   stats: SpeculativeStats;
   /** Timings of draft steps and target passes are recorded here. */
@@ -264,14 +257,17 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
   let constraint = request.constraint?.clone();
   const targetSeq = await target.acquire(request.prompt, request.signal);
   let draftSeq: KvSequence | undefined;
-  // A Predicted Output (prediction.ts), else prompt lookup (lookup.ts), proposes instead of the draft.
-  const predicted: TextProposer | null =
+  // A Predicted Output (prediction.ts) proposes instead of the draft; prompt lookup (lookup.ts)
+  // proposes in the rounds where its candidates promise a better rate than the draft's recent
+  // rounds yielded. Text proposals are priced whole (costs.ts) from how such proposals fared.
+  const text: TextProposer | null =
     request.prediction && request.prediction.length > 0 ? new PredictionAligner(request.prediction) : setup.lookup?.enabled ? new PromptLookup(setup.lookup) : null;
+  const drafting = draft !== null && text?.source !== "prediction";
+  const textAcceptance = setup.textAcceptance ?? new TextAcceptance();
+  const regime = samplingRegime(request.sampling.temperature, verification);
   try {
-    if (!predicted) {
-      if (!draft) throw new Error("speculative decoding without a draft needs a prediction or prompt lookup");
-      draftSeq = await draft.acquire(request.prompt, request.signal);
-    }
+    if (drafting) draftSeq = await draft.acquire(request.prompt, request.signal);
+    else if (!text) throw new Error("speculative decoding without a draft needs a prediction or prompt lookup");
     const params = request.sampling;
     // Coupled verification needs keyed noise, seeded or not.
     const draws = tokenDraws({ ...request, keyedNoise: request.keyedNoise === true || coupled });
@@ -283,24 +279,48 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     const contextSize = Math.min(targetSeq.contextSize, draftSeq?.contextSize ?? Infinity);
     let generated = 0;
     let recent = RECENT_START;
-    const detail = request.speculative?.detail === true && !predicted;
+    const detail = request.speculative?.detail === true;
     let round = -1;
+
+    /**
+     * The text proposal worth proposing this round: the candidates the cost rule keeps (a
+     * deterministic proposal is judged whole, nothing is drawn), if they promise at least the
+     * rate of the draft's recent rounds; null otherwise.
+     */
+    const textOffer = (room: number): (TextProposal & { source: TextSource }) | null => {
+      if (!text) return null;
+      // Beside a draft, text must beat the yield of the draft's recent rounds, and leaves it a
+      // round now and then to measure that yield again.
+      if (drafting && costs.draftDue(regime)) return null;
+      const proposal = text.propose(all, room);
+      if (proposal.tokens.length === 0) return null;
+      if (text.priced === false) return { ...proposal, source: text.source };
+      const { length, rate } = costs.textRound(textAcceptance.chances(regime, text.source, proposal));
+      if (length > 0 && rate >= (drafting ? (costs.draftedRate(regime) ?? 0) : 0)) return { tokens: proposal.tokens.slice(0, length), match: proposal.match, source: text.source };
+      // A run of declined offers: propose the start of this one, to learn what such offers yield now.
+      if (textAcceptance.explores(regime, text.source)) return { tokens: proposal.tokens.slice(0, EXPLORE_LENGTH), match: proposal.match, source: text.source };
+      textAcceptance.declined(regime, text.source);
+      return null;
+    };
 
     while (true) {
       if (request.signal?.aborted) return;
       round++;
       // The caller's budget: tokens left to generate (one is always the recovered/bonus token)
-      // and room in both caches.
-      const budget = Math.max(0, Math.min(setup.maxCandidates, request.maxTokens - generated - 1, contextSize - all.length));
+      // and room in both caches; the draft's is capped by its settings, text caps its own.
+      const room = Math.max(0, Math.min(request.maxTokens - generated - 1, contextSize - all.length));
+      const budget = Math.min(setup.maxCandidates, room);
       const nothing: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [], drawnAt: [], ...(constraint && { states: [constraint] }) };
       const proposed = (candidates: number[]): DraftedRound => (constraint ? { ...nothing, ...constrainProposals(candidates, constraint, ends) } : { ...nothing, candidates });
-      const { candidates, draftDistributions, features, predictions, states, drawnAt } =
-        budget === 0
-          ? nothing
-          : predicted
-            ? proposed(predicted.propose(all, budget))
-            : await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, drawing: policy.skipRound?.() !== true, recent, detail, ends, constraint });
-      const forced = predicted ? 0 : candidates.length - drawnAt.length;
+      const offer = room === 0 ? null : textOffer(room);
+      const drawnRound = budget > 0 && !offer && drafting;
+      const drawing = drawnRound && policy.skipRound?.() !== true;
+      const { candidates, draftDistributions, features, predictions, states, drawnAt } = offer
+        ? proposed(offer.tokens)
+        : drawnRound
+          ? await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, drawing, recent, detail, ends, constraint })
+          : nothing;
+      const forced = drawnRound ? candidates.length - drawnAt.length : 0;
 
       // Verify: one target batch scores every candidate plus the position after them.
       const passStarted = performance.now();
@@ -315,8 +335,14 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
       });
       stats.recordRound(candidates.length, verdict.accepted, verification, forced);
-      // The policy learns from the draft's candidates, not from text proposals.
-      if (budget > 0 && !predicted) {
+      if (offer) {
+        textAcceptance.observe(regime, offer.source, offer.match, verdict.acceptanceProbabilities);
+        costs.observeTextRound(regime);
+      }
+      // What drafting yields (the policy's and the lookup's yardstick); the policy learns from
+      // the draft's candidates, not from text proposals.
+      if (drawing) costs.observeDraftedRound(regime, drawnAt.length, candidates.length, verdict.accepted + 1);
+      if (drawnRound) {
         const drawnAccepted = drawnAt.filter((i) => i < verdict.accepted).length;
         policy.end?.(drawnAt.length, drawnAccepted, drawnAt.map((i) => verdict.acceptanceProbabilities[i]));
       }
@@ -327,8 +353,13 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       if (states && !ends(verdict.next)) constraint = advanced(states[verdict.accepted], verdict.next);
       // The round's other grammar states are done with: free them now, not at garbage collection.
       for (const state of new Set(states)) if (state !== constraint) state.release();
-      const origins: TokenOrigin[] = [...candidates.slice(0, verdict.accepted).map((_, i): TokenOrigin => (features[i] || predicted ? "accepted" : "forced")), verdict.nextKind];
-      const step: DecodeStep = { tokens: [], text: "", logprobs: [], speculative: { drafted: candidates.length, forced, accepted: verdict.accepted, origins: [], verification } };
+      const origins: TokenOrigin[] = [...candidates.slice(0, verdict.accepted).map((_, i): TokenOrigin => (features[i] || offer ? "accepted" : "forced")), verdict.nextKind];
+      const step: DecodeStep = {
+        tokens: [],
+        text: "",
+        logprobs: [],
+        speculative: { drafted: candidates.length, forced, accepted: verdict.accepted, origins: [], verification, ...(offer && { source: offer.source }) },
+      };
       const details = detail ? roundDetail(target, all, candidates, verdict.accepted, origins, features, verdict.acceptanceProbabilities, predictions, round) : undefined;
       if (details) step.speculative!.detail = [];
       for (const [j, token] of emitted.entries()) {
@@ -349,7 +380,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
           return;
         }
       }
-      predicted?.advance?.(emitted, all.slice(request.prompt.length));
+      text?.advance?.(emitted, all.slice(request.prompt.length));
       yield step;
     }
   } finally {

@@ -105,9 +105,9 @@ function stopsAtThreshold(k: number, rejection: number, h: number, minCandidates
  * acceptance under the draft's distribution there, E_q[P̂] (or, for predictors without one, the
  * last candidate's P̂; at the first position, the mean first-position P̂ of recent rounds); after
  * each draw it asks, from the candidate's own P̂, whether to take the draft step towards another.
- * Both are recalibrated per token (AcceptanceCalibration) from verification's labels, and every
- * round tells the costs how drafting went; after a run of empty rounds a first position is
- * drafted anyway, to learn from. Until the costs are calibrated, the authors' rule with
+ * Both are recalibrated per token (AcceptanceCalibration) from verification's labels; the decoder
+ * tells the costs what each drafted round yielded. After a run of empty rounds a first position
+ * is drafted anyway, to learn from. Until the costs are calibrated, the authors' rule with
  * h = fallbackThreshold decides.
  *
  * Drafting costs draft steps even when it proposes nothing. Where drafted rounds have recently
@@ -198,7 +198,7 @@ export class CostAwareSpecDecPolicy implements CandidateLengthPolicy {
     if (proposed === 0) calibration.relax();
     if (this.skipping) return;
     calibration.observeRound(proposed);
-    this.costs.observeDraftedRound(this.regime, this.survivals.length, proposed, accepted + 1);
+    // The decoder has told the costs what this round yielded.
     if (this.costs.draftingPays(this.regime)) {
       this.unpaidRounds = 0;
       return;

@@ -3,7 +3,23 @@ import type { Hono } from "hono";
 import { FlockError } from "../../engine/errors.js";
 import type { PipelineRequest } from "../../pipelines/pipeline.js";
 import { chunkFor, completionId, completionLogprobs, nowSeconds, responseExtension, streamedStep } from "../format.js";
-import { checkPromptBytes, choiceCount, choiceRequests, maxTokensFor, promptWindow, samplingParams, speculativeOverrides, stopSequences, fusionOverrides, routingOverrides, extensionOptions, lookupOverrides } from "../generation.js";
+import {
+  checkPromptBytes,
+  choiceCount,
+  choiceRequests,
+  maxTokensFor,
+  promptWindow,
+  samplingParams,
+  speculativeOverrides,
+  stopSequences,
+  fusionOverrides,
+  routingOverrides,
+  extensionOptions,
+  lookupOverrides,
+  predictionTokens,
+  predictionUsage,
+} from "../generation.js";
+import type { ChoiceAccumulator, Usage } from "../format.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { outputConstraint } from "../output-format.js";
 import { CompletionRequest } from "../schemas.js";
@@ -38,6 +54,9 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const sampling = samplingParams(body, pipeline);
     const constraint = outputConstraint(body, pipeline);
     const stops = stopSequences(body);
+    const prediction = predictionTokens(body.prediction, pipeline);
+    // With a prediction, usage says how much of it was accepted, as chat's does.
+    const withDetails = (usage: Usage, choices: ChoiceAccumulator[]) => (prediction ? { ...usage, completion_tokens_details: predictionUsage(choices) } : usage);
 
     // Choice index = prompt index * n + i, as OpenAI numbers batched prompts.
     const requests: PipelineRequest[] = [];
@@ -69,6 +88,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           routing: routingOverrides(body, pipeline),
           lookup: lookupOverrides(body, pipeline),
           constraint,
+          ...(prediction && { prediction }),
         },
         body.seed,
         p * n,
@@ -99,7 +119,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           },
           { text: "", logprobs: null },
         ),
-      usage: (usage) => ({ ...envelope, choices: [], usage }),
+      usage: (usage, choices) => ({ ...envelope, choices: [], usage: withDetails(usage, choices) }),
       response: (choices, usage) => ({
         id,
         object: "text_completion",
@@ -111,7 +131,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
           logprobs: wantLogprobs ? completionLogprobs(ch.logprobs, echoes[index].length) : null,
           finish_reason: ch.finishReason,
         })),
-        usage,
+        usage: withDetails(usage, choices),
         ...responseExtension(choices, extension),
       }),
     };

@@ -5,6 +5,7 @@ import { RoundCosts } from "../../decoding/speculative/costs.js";
 import { type CandidateLengthPolicy, CostAwareSpecDecPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
 import type { DraftFeatures, PreDrawFeatures } from "../../decoding/speculative/features.js";
 import { type AcceptancePredictor, unweightedAcceptance } from "../../decoding/speculative/predictors.js";
+import { TextAcceptance } from "../../decoding/speculative/text-proposals.js";
 
 async function calibrated(draftMs: number, pass: (n: number) => number, max = 12): Promise<RoundCosts> {
   const costs = new RoundCosts();
@@ -176,16 +177,18 @@ describe("RoundCosts", () => {
     // CPU-like costs, and rounds that propose nothing: drafting never pays.
     const costs = await calibrated(0.3, (n) => (n === 1 ? 4 : 8 + 1.2 * n));
     const predictor = constant(0.5);
-    const rounds = (policy: CostAwareSpecDecPolicy, from: number, to: number, proposal: number, accepted: number, drafted: number[]) => {
+    const rounds = (policy: CostAwareSpecDecPolicy, costsOf: RoundCosts, from: number, to: number, proposal: number, accepted: number, drafted: number[]) => {
       for (let i = from; i < to; i++) {
         const drafting = !policy.skipRound();
         if (drafting) drafted.push(i);
         policy.begin();
+        // The decoder tells the costs what a drafted round yielded, then the policy how it went.
+        if (drafting) costsOf.observeDraftedRound("sampled", proposal, proposal, accepted + 1);
         policy.end(drafting ? proposal : 0, drafting ? accepted : 0, Array<number>(drafting ? proposal : 0).fill(0.5));
       }
     };
     const drafted: number[] = [];
-    rounds(new CostAwareSpecDecPolicy(predictor, costs, 1, 8), 0, 80, 0, 0, drafted);
+    rounds(new CostAwareSpecDecPolicy(predictor, costs, 1, 8), costs, 0, 80, 0, 0, drafted);
     expect(drafted).toEqual([0, 2, 5, 10, 19, 36, 53, 70]);
     expect(costs.draftingPays("sampled")).toBe(false);
     // Flat passes, and rounds that keep 4 of 4 candidates: drafting pays; an empty round now and
@@ -193,9 +196,9 @@ describe("RoundCosts", () => {
     const flat = await calibrated(0.3, (n) => 4 + 0.1 * n);
     const paying = new CostAwareSpecDecPolicy(predictor, flat, 1, 8);
     const draftedThere: number[] = [];
-    rounds(paying, 0, 20, 4, 4, draftedThere);
-    rounds(paying, 20, 21, 0, 0, draftedThere);
-    rounds(paying, 21, 30, 4, 4, draftedThere);
+    rounds(paying, flat, 0, 20, 4, 4, draftedThere);
+    rounds(paying, flat, 20, 21, 0, 0, draftedThere);
+    rounds(paying, flat, 21, 30, 4, 4, draftedThere);
     expect(draftedThere).toHaveLength(30);
     expect(flat.draftingPays("sampled")).toBe(true);
     // The yield is kept per regime.
@@ -213,5 +216,59 @@ describe("RoundCosts", () => {
     // Outliers (a GC pause) move it only as far as twice the estimate would.
     costs.observeTargetPass(1, 1000);
     expect(costs.targetPass(1)).toBeCloseTo(10 + 0.05 * 10, 10);
+  });
+});
+
+describe("text proposals (a prediction, prompt lookup): priced whole, from how they fared", () => {
+  it("proposes the prefix with the best expected rate, none where the target alone is faster, all before T(1) is known", async () => {
+    // Compute-bound verification: every candidate costs a fifth of a target step.
+    const costs = new RoundCosts();
+    await costs.calibrate(null, async (n) => 4 + 0.8 * (n - 1), 12, 1);
+    expect(costs.calibrated).toBe(false); // no draft step: the drafting rule stays off, pricing works
+    // Rate of k candidates at chance 0.7 each: (1 + Σ 0.7^i) / (4 + 0.8k).
+    const rate = (k: number) => (1 + survivals(0.7, k).reduce((a, b) => a + b, 0)) / (4 + 0.8 * k);
+    const best = Array.from({ length: 8 }, (_, k) => k).reduce((a, k) => (rate(k) > rate(a) ? k : a), 0);
+    expect(best).toBeGreaterThan(0);
+    expect(best).toBeLessThan(7);
+    expect(costs.textRound(Array(7).fill(0.7))).toEqual({ length: best, rate: expect.closeTo(rate(best), 10) });
+    // A confident run, then a guess: the guess is not worth its share of the pass.
+    expect(costs.textRound([0.99, 0.99, 0.05, 0.99]).length).toBe(2);
+    expect(costs.textRound([0.1, 0.1]).length).toBe(0);
+    expect(new RoundCosts().textRound([0.1, 0.1])).toEqual({ length: 2, rate: Infinity });
+  });
+
+  it("the draft's yield is what lookup must beat; after 64 text rounds in a row the draft is due a round", async () => {
+    const costs = await calibrated(1, (n) => 10 + n);
+    expect(costs.draftedRate("greedy")).toBeNull();
+    costs.observeDraftedRound("greedy", 3, 3, 3);
+    expect(costs.draftedRate("greedy")).toBeCloseTo(3 / (3 + 14), 10);
+    for (let i = 0; i < 63; i++) costs.observeTextRound("greedy");
+    expect(costs.draftDue("greedy")).toBe(false);
+    costs.observeTextRound("greedy");
+    expect(costs.draftDue("greedy")).toBe(true);
+    expect(costs.draftDue("sampled")).toBe(false);
+    expect(costs.draftedRate("sampled")).toBeNull();
+    costs.observeDraftedRound("greedy", 3, 3, 3);
+    expect(costs.draftDue("greedy")).toBe(false);
+  });
+
+  it("learns acceptance per match length, source and regime, starting from the source's prior", () => {
+    const record = new TextAcceptance();
+    expect(record.chance("greedy", "lookup", 2)).toBeCloseTo(0.5, 10);
+    expect(record.chance("greedy", "prediction", 2)).toBeCloseTo(0.8, 10);
+    // Short matches were wrong, long ones right: candidate i of a match of n counts as a match of n + i.
+    for (let i = 0; i < 100; i++) {
+      record.observe("greedy", "lookup", 2, [0, 0]);
+      record.observe("greedy", "lookup", 8, [1, 1, 1, 1]);
+    }
+    expect(record.chance("greedy", "lookup", 2)).toBeLessThan(0.05);
+    expect(record.chance("greedy", "lookup", 3)).toBeLessThan(0.05);
+    expect(record.chance("greedy", "lookup", 10)).toBeGreaterThan(0.95);
+    expect(record.chances("greedy", "lookup", { tokens: [5, 6, 7], match: 1 })).toHaveLength(3);
+    // A length never seen starts from the source's overall acceptance (2/3 of these labels).
+    expect(record.chance("greedy", "lookup", 20)).toBeCloseTo(2 / 3, 1);
+    // Other sources and regimes keep their priors.
+    expect(record.chance("sampled", "lookup", 2)).toBeCloseTo(0.5, 10);
+    expect(record.chance("greedy", "prediction", 2)).toBeCloseTo(0.8, 10);
   });
 });

@@ -27,6 +27,9 @@ import { type SpeculativeSetup, speculativeDecode } from "../../decoding/specula
 import type { DraftFeatures, PreDrawFeatures } from "../../decoding/speculative/features.js";
 import { type CandidateLengthPolicy, ConfidencePolicy, CostAwareSpecDecPolicy, FixedLengthPolicy, SpecDecPlusPlusPolicy } from "../../decoding/speculative/policies.js";
 import { type LookupSettings, PromptLookup } from "../../decoding/speculative/lookup.js";
+import { acceptanceCalibrations } from "../../decoding/speculative/calibration.js";
+import { samplingRegime } from "../../decoding/speculative/settings.js";
+import { TextAcceptance } from "../../decoding/speculative/text-proposals.js";
 import { type AcceptancePredictor, expectedOverTop } from "../../decoding/speculative/predictors.js";
 import { SpeculativeStats } from "../../decoding/speculative/stats.js";
 import type { VerificationMode } from "../../decoding/speculative/verifier.js";
@@ -248,6 +251,19 @@ function exactSecond(sampling: SamplingParams): Float64Array {
   return out;
 }
 
+/** The target's exact distributions of the first and second tokens after `prompt` (the penalties count the output). */
+function exactFirstTwo(prompt: readonly number[], sampling: SamplingParams): { first: Float64Array; second: Float64Array } {
+  const after = (history: readonly number[]) =>
+    samplingDistribution(adjustLogits(Float32Array.from(TARGET[history.at(-1)!], Math.log), sampling, TokenHistory.of(prompt, history.slice(prompt.length))), sampling);
+  const first = after(prompt);
+  const second = new Float64Array(V);
+  first.forEach((p, t) => after([...prompt, t]).forEach((q, u) => (second[u] += p * q)));
+  return { first, second };
+}
+
+/** The chi-square p-value of token counts (indexed by token) against an exact distribution. */
+const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
+
 const totalVariation = (p: ArrayLike<number>, q: ArrayLike<number>) => {
   let sum = 0;
   for (let i = 0; i < p.length; i++) sum += Math.abs(p[i] - q[i]);
@@ -341,7 +357,6 @@ describe("rejection sampling with temperature, top-p and penalties (chi-square o
     }
     return { first, second, seen };
   }
-  const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
 
   it.for(POLICIES)("$name", async (policy) => {
     const { first, second, seen } = await measure(policy);
@@ -447,14 +462,13 @@ describe("Predicted Outputs: one-hot proposals from a prediction", () => {
       first[tokens[0]]++;
       second[tokens[1]]++;
     }
-    const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
     expect(fits(first, exactNext([], sampling))).toBeGreaterThan(1e-4);
     expect(fits(second, exactSecond(sampling))).toBeGreaterThan(1e-4);
     expect(seen.rejections).toBeGreaterThan(100_000 / 20);
   });
 
   it("prompt lookup (proposals copied from the text itself): rejection sampling's first two tokens follow the target; coupled text is the target's own", async () => {
-    const lookup: LookupSettings = { enabled: true, minMatch: 1, maxMatch: 3, maxCandidates: MAX_CANDIDATES };
+    const lookup: LookupSettings = { enabled: true, minMatch: 1, maxMatch: 3, maxCandidates: MAX_CANDIDATES, priced: true };
     // A prompt that repeats itself, so the lookup always finds a match.
     const prompt = [0, 1, 2, 0, 1, 2, 0, 1, 2];
     const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 };
@@ -466,14 +480,9 @@ describe("Predicted Outputs: one-hot proposals from a prediction", () => {
       first[tokens[0]]++;
       second[tokens[1]]++;
     }
-    const exactAfter = (history: readonly number[]) =>
-      samplingDistribution(adjustLogits(Float32Array.from(TARGET[history.at(-1)!], Math.log), sampling, TokenHistory.of(prompt, history.slice(prompt.length))), sampling);
-    const firstExact = exactAfter(prompt);
-    const secondExact = new Float64Array(V);
-    firstExact.forEach((p, t) => exactAfter([...prompt, t]).forEach((q, u) => (secondExact[u] += p * q)));
-    const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
-    expect(fits(first, firstExact)).toBeGreaterThan(1e-4);
-    expect(fits(second, secondExact)).toBeGreaterThan(1e-4);
+    const exact = exactFirstTwo(prompt, sampling);
+    expect(fits(first, exact.first)).toBeGreaterThan(1e-4);
+    expect(fits(second, exact.second)).toBeGreaterThan(1e-4);
     expect(seen.rejections).toBeGreaterThan(100_000 / 20);
     expect(seen.lengths.size).toBeGreaterThan(1);
     // Coupled: seeded text is the plain decoder's.
@@ -488,13 +497,27 @@ describe("Predicted Outputs: one-hot proposals from a prediction", () => {
   it("prompt lookup proposes what followed the longest, then latest, earlier match", () => {
     const lookup = new PromptLookup({ minMatch: 1, maxMatch: 3, maxCandidates: 8 });
     // Suffix [5, 6]: its latest earlier occurrence (index 4) was followed by 9, 9.
-    expect(lookup.propose([5, 6, 7, 8, 5, 6, 9, 9, 5, 6], 3)).toEqual([9, 9, 5]);
+    expect(lookup.propose([5, 6, 7, 8, 5, 6, 9, 9, 5, 6], 3)).toEqual({ tokens: [9, 9, 5], match: 2 });
     // Longest first: [1, 2, 3] occurs once earlier, followed by 4 — preferred to a later [2, 3].
-    expect(lookup.propose([1, 2, 3, 4, 0, 2, 3, 7, 1, 2, 3], 2)).toEqual([4, 0]);
-    expect(lookup.propose([1, 2, 3], 4)).toEqual([]);
-    expect(new PromptLookup({ minMatch: 2, maxMatch: 4, maxCandidates: 8 }).propose([7, 1, 8, 1], 2)).toEqual([]);
+    expect(lookup.propose([1, 2, 3, 4, 0, 2, 3, 7, 1, 2, 3], 2)).toEqual({ tokens: [4, 0], match: 3 });
+    expect(lookup.propose([1, 2, 3], 4).tokens).toEqual([]);
+    expect(new PromptLookup({ minMatch: 2, maxMatch: 4, maxCandidates: 8 }).propose([7, 1, 8, 1], 2).tokens).toEqual([]);
     // maxCandidates bounds what the caller's budget allows.
-    expect(new PromptLookup({ minMatch: 1, maxMatch: 3, maxCandidates: 2 }).propose([5, 6, 7, 8, 5, 6, 9, 9, 5, 6], 3)).toEqual([9, 9]);
+    expect(new PromptLookup({ minMatch: 1, maxMatch: 3, maxCandidates: 2 }).propose([5, 6, 7, 8, 5, 6, 9, 9, 5, 6], 3).tokens).toEqual([9, 9]);
+    // An edit: the target keeps 3 and writes 0 where the source has 4. No n-gram ending in 0
+    // occurs earlier, so copying goes on past the replaced token (match 0).
+    const editing = new PromptLookup({ minMatch: 2, maxMatch: 4, maxCandidates: 3 });
+    const text = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2];
+    expect(editing.propose(text, 8)).toEqual({ tokens: [3, 4, 5], match: 2 });
+    editing.advance([3, 0]);
+    expect(editing.propose([...text, 3, 0], 8)).toEqual({ tokens: [5, 6, 7], match: 0 });
+    // Once an n-gram matches again, the match wins.
+    editing.advance([5, 6, 7, 8]);
+    expect(editing.propose([...text, 3, 0, 5, 6, 7, 8], 8)).toEqual({ tokens: [9, 1, 2], match: 4 });
+    // Nothing offered, nothing to resume.
+    const fresh = new PromptLookup({ minMatch: 2, maxMatch: 4, maxCandidates: 3 });
+    fresh.advance([7]);
+    expect(fresh.propose([1, 2, 3], 8).tokens).toEqual([]);
   });
 
   it("coupled verification: a seeded text is the target's own keyed draws, with any prediction", async () => {
@@ -509,6 +532,78 @@ describe("Predicted Outputs: one-hot proposals from a prediction", () => {
       expect(spec.slice(0, 8), `seed ${seed}`).toEqual(plain);
     }
     expect(seen.rejections).toBeGreaterThan(500);
+  });
+});
+
+describe("prompt lookup beside a draft: each round goes to the proposer with the better expected rate", () => {
+  const lookup: LookupSettings = { enabled: true, minMatch: 1, maxMatch: 3, maxCandidates: MAX_CANDIDATES, priced: true };
+  // A prompt that repeats itself, so the lookup always has something to offer.
+  const prompt = [0, 1, 2, 0, 1, 2, 0, 1, 2];
+  const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 };
+
+  /** One model's state across its requests, as a pipeline keeps it, and what its rounds did. */
+  async function model() {
+    return {
+      costs: await cpuLikeCosts(),
+      textAcceptance: new TextAcceptance(),
+      calibrations: acceptanceCalibrations(),
+      seen: { lookup: 0, draft: 0, cut: 0, rejections: 0 },
+    };
+  }
+
+  async function decode(m: Awaited<ReturnType<typeof model>>, req: GenerationRequest, verification: VerificationMode, count: number): Promise<number[]> {
+    const predictor = valueDependent(true);
+    const policy = new CostAwareSpecDecPolicy(predictor, m.costs, 1, MAX_CANDIDATES, { calibrations: m.calibrations, regime: samplingRegime(req.sampling.temperature, verification) });
+    const setup: SpeculativeSetup = { target, draft, lookup, textAcceptance: m.textAcceptance, policy, predictor, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs: m.costs, verification };
+    const offers = new PromptLookup(lookup);
+    const tokens: number[] = [];
+    for await (const step of speculativeDecode(setup, req)) {
+      const round = step.speculative!;
+      if (round.source === "lookup") {
+        m.seen.lookup++;
+        // The rule proposed fewer candidates than the lookup offered.
+        const offered = offers.propose([...req.prompt, ...tokens], Math.min(MAX_CANDIDATES, req.maxTokens - tokens.length - 1)).tokens.length;
+        if (round.drafted < offered) m.seen.cut++;
+      } else if (round.drafted > 0) m.seen.draft++;
+      if (round.accepted < round.drafted) m.seen.rejections++;
+      tokens.push(...step.tokens);
+      if (tokens.length >= count) break;
+    }
+    return tokens;
+  }
+
+  it("rejection sampling's first two tokens follow the target (chi-square over 10^5 decodes)", async () => {
+    const m = await model();
+    const first = Array<number>(V).fill(0);
+    const second = Array<number>(V).fill(0);
+    for (let seed = 0; seed < 100_000; seed++) {
+      const tokens = await decode(m, request(sampling, seed, { prompt }), "rejection", 2);
+      first[tokens[0]]++;
+      second[tokens[1]]++;
+    }
+    const exact = exactFirstTwo(prompt, sampling);
+    expect(fits(first, exact.first)).toBeGreaterThan(1e-4);
+    expect(fits(second, exact.second)).toBeGreaterThan(1e-4);
+    // Both proposers had rounds; the rule cut some offers short; candidates were rejected.
+    expect(m.seen.lookup).toBeGreaterThan(50_000);
+    // After 64 lookup rounds in a row the draft is due a round.
+    expect(m.seen.draft).toBeGreaterThan(1000);
+    expect(m.seen.cut).toBeGreaterThan(5000);
+    expect(m.seen.rejections).toBeGreaterThan(100_000 / 20);
+  });
+
+  it("coupled verification: a seeded text is the target's own keyed draws, whichever proposer had each round", async () => {
+    const m = await model();
+    for (let seed = 0; seed < 2000; seed++) {
+      const req = request(sampling, seed, { prompt, keyedNoise: true });
+      const plain: number[] = [];
+      for await (const step of plainDecode(target, req)) plain.push(...step.tokens);
+      expect((await decode(m, req, "coupled", 8)).slice(0, 8), `seed ${seed}`).toEqual(plain);
+    }
+    expect(m.seen.lookup).toBeGreaterThan(4000);
+    expect(m.seen.draft).toBeGreaterThan(50);
+    expect(m.seen.cut).toBeGreaterThan(500);
+    expect(m.seen.rejections).toBeGreaterThan(500);
   });
 });
 
@@ -567,7 +662,6 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
     return samplingDistribution(adjusted, sampling);
   }
   const obeys = (tokens: readonly number[]) => tokens.every((t, i) => ALLOWED_AFTER[i === 0 ? PROMPT[PROMPT.length - 1] : tokens[i - 1]].includes(t));
-  const fits = (counts: number[], exact: Float64Array) => goodnessOfFit(new Map(counts.map((c, t) => [t, c])), exact).pValue;
   const samplings: Array<[string, SamplingParams]> = [
     ["T = 1", DEFAULT_SAMPLING],
     ["T = 0.8, top_p 0.9, penalties", { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 }],

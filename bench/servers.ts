@@ -1,0 +1,86 @@
+// Shared by the benchmarks that put flock beside llama-server: llama-server built from the
+// llama.cpp source node-llama-cpp ships, and both servers started as their own processes on
+// loopback with one thread and one sequence.
+//
+// llama-server is built once from llama/gitRelease.bundle (the commit flock's native build
+// patches), with the same CPU flags flock's build uses (-march=native less the extensions that
+// trap here), and cached in ~/.cache/flock.
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import { createInterface } from "node:readline";
+import { probeCpu } from "../engine/native/cpu-probe.js";
+import { bundledLlamaCpp } from "../engine/native/surface.js";
+
+const root = join(import.meta.dirname, "..");
+const llamaDir = join(dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp"))), "llama");
+
+export interface ServerProcess {
+  url: string;
+  process: ChildProcess;
+}
+
+function run(command: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): void {
+  console.error(`bench: ${command} ${args.join(" ")}`);
+  const result = spawnSync(command, args, { stdio: ["ignore", "inherit", "inherit"], ...options });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(" ")} failed (${result.status ?? result.signal})`);
+}
+
+/** llama-server built from node-llama-cpp's bundled llama.cpp, once per commit. */
+export function llamaServerBinary(): string {
+  const { commit } = bundledLlamaCpp(llamaDir);
+  const dir = join(homedir(), ".cache", "flock", `llama-server-${commit.slice(0, 12)}`);
+  const binary = join(dir, "build", "bin", "llama-server");
+  if (existsSync(binary)) return binary;
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  run("git", ["clone", "--quiet", join(llamaDir, "gitRelease.bundle"), join(dir, "src")]);
+  // The CPU flags of flock's own build: -march=native less what traps on this machine.
+  run("git", ["apply", join(root, "engine", "native", "patches", "llama-cpp-native-flags.diff")], { cwd: join(dir, "src") });
+  const disabled = probeCpu().flags;
+  const env = { ...process.env, ...(disabled.length > 0 ? { FLOCK_NATIVE_DISABLE_FLAGS: disabled.join(" ") } : {}) };
+  const options = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"];
+  run("cmake", ["-S", join(dir, "src"), "-B", join(dir, "build"), "-G", "Ninja", ...options], { env });
+  run("cmake", ["--build", join(dir, "build"), "--target", "llama-server", "--parallel", "2"], { env });
+  return binary;
+}
+
+export async function waitForHealth(url: string, child: ChildProcess): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    if (child.exitCode !== null) throw new Error(`${url}: the server exited (${child.exitCode})`);
+    const ok = await fetch(`${url}/health`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${url}: not healthy after 60 s`);
+}
+
+/** llama-server on `model` with one thread and one sequence; `extra` adds flags (speculation). */
+export async function startLlamaServer(binary: string, model: string, port: number, extra: string[] = []): Promise<ServerProcess> {
+  const args = ["-m", model, "-c", "512", "-np", "1", "-t", "1", "-tb", "1", "-ngl", "0", "--host", "127.0.0.1", "--port", String(port), "--no-webui", ...extra];
+  const child = spawn(binary, args, { stdio: ["ignore", "ignore", "ignore"] });
+  const url = `http://127.0.0.1:${port}`;
+  await waitForHealth(url, child);
+  return { url, process: child };
+}
+
+/** flock on an ephemeral port with these model entries (one thread; the config is written to `dir`). */
+export async function startFlock(models: object[], dir: string): Promise<ServerProcess> {
+  const config = join(dir, "flock.json");
+  writeFileSync(config, JSON.stringify({ host: "127.0.0.1", port: 0, threads: 1, gpu: "off", logLevel: "info", playground: false, models }));
+  const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts", "--config", config], { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+  const url = await new Promise<string>((resolve, reject) => {
+    child.once("exit", (code) => reject(new Error(`flock exited (${code})`)));
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      const entry = JSON.parse(line) as { msg?: string; url?: string };
+      if (entry.msg === "listening" && entry.url) resolve(entry.url);
+    });
+  });
+  await waitForHealth(url, child);
+  return { url, process: child };
+}
