@@ -38,6 +38,8 @@ export interface PlainPipeline extends PipelineBase {
   readonly kind: "plain";
   /** Measured target passes (they price a prediction's and prompt lookup's candidates). */
   readonly costs: RoundCosts;
+  /** Rounds that a prediction or prompt lookup proposed in (vLLM's spec_decode_* schema). */
+  readonly stats: SpeculativeStats;
 }
 
 export interface SpeculativePipeline extends PipelineBase {
@@ -87,6 +89,7 @@ export function plainPipeline(model: LoadedModel, lookup: LookupSettings = LOOKU
     kind: "plain",
     model,
     costs,
+    stats,
     generate(request) {
       const effectiveLookup = { ...lookup, ...request.lookup };
       const predicted = request.prediction !== undefined && request.prediction.length > 0;

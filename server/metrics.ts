@@ -10,6 +10,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom
 import type { ContextUsage } from "../engine/engine.js";
 import { contextOwner } from "../pipelines/load.js";
 import type { Pipeline } from "../pipelines/pipeline.js";
+import { CANDIDATE_SOURCES, type SpeculativeStats } from "../decoding/speculative/stats.js";
 
 /** vLLM's vllm:time_to_first_token_seconds buckets. */
 export const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0];
@@ -201,8 +202,9 @@ export class Metrics {
 
     // Speculative decoding: read from each pipeline's SpeculativeStats at scrape time, so the
     // pipeline's counters stay the one source of truth (responses, logs and benchmarks read them too).
-    const speculative = () => pipelines().flatMap((p) => (p.kind === "speculative" ? [p] : []));
-    const fromStats = (name: string, help: string, read: (s: Extract<Pipeline, { kind: "speculative" }>["stats"]) => number) =>
+    // Plain models count once a prediction or prompt lookup has had a round.
+    const speculative = () => pipelines().flatMap((p) => (p.kind === "speculative" || (p.kind === "plain" && p.stats.targetCalls > 0) ? [p] : []));
+    const fromStats = (name: string, help: string, read: (s: SpeculativeStats) => number) =>
       new Counter({
         name,
         help,
@@ -233,6 +235,21 @@ export class Metrics {
         for (const p of speculative()) for (const [verification, n] of Object.entries(p.stats.rounds)) this.inc({ model_name: p.id, verification }, n);
       },
     });
+    for (const [name, help, field] of [
+      ["flock_spec_decode_num_draft_tokens_by_source_total", "Candidates proposed, by proposer: the draft model (with a grammar's forced tokens), prompt lookup or a prediction.", "proposed"],
+      ["flock_spec_decode_num_accepted_tokens_by_source_total", "Candidates accepted by the target, by proposer: the draft model, prompt lookup or a prediction.", "accepted"],
+    ] as const) {
+      new Counter({
+        name,
+        help,
+        labelNames: ["model_name", "source"],
+        registers,
+        collect() {
+          this.reset();
+          for (const p of speculative()) for (const source of CANDIDATE_SOURCES) this.inc({ model_name: p.id, source }, p.stats.bySource[source][field]);
+        },
+      });
+    }
     new Counter({
       name: "flock_spec_decode_num_accepted_tokens_per_pos_total",
       help: "Draft tokens accepted at each candidate position (0 = first candidate of a round).",

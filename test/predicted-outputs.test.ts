@@ -171,3 +171,20 @@ describe("text proposals at temperature 1 through the server: rejection sampling
     expect(accepted).toBeLessThan(drafted);
   });
 });
+
+describe("metrics", () => {
+  it("/metrics counts text proposals by source, plain models included; the sources add up to the draft tokens", async () => {
+    await t.client.completions.create({ model: "lookup", prompt: "The captain hauls a wet net on the deck. The captain hauls a", max_tokens: 8, temperature: 0 });
+    await t.client.completions.create({ model: "flock-demo", prompt: "The captain", max_tokens: 8, temperature: 0, prediction: { type: "content", content: " hauls a wet net" } } as OpenAI.CompletionCreateParamsNonStreaming);
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    const value = (series: string) => Number(metrics.split("\n").find((l) => l.startsWith(`${series} `))?.split(" ").at(-1) ?? NaN);
+    const bySource = (model: string, source: string, what: "draft" | "accepted") => value(`flock_spec_decode_num_${what}_tokens_by_source_total{model_name="${model}",source="${source}"}`);
+    expect(bySource("lookup", "lookup", "draft")).toBeGreaterThan(0);
+    expect(bySource("lookup", "lookup", "accepted")).toBeLessThanOrEqual(bySource("lookup", "lookup", "draft"));
+    expect(bySource("flock-demo", "prediction", "draft")).toBeGreaterThan(0);
+    for (const model of ["lookup", "flock-demo", "spec"]) {
+      const sum = ["draft", "lookup", "prediction"].reduce((n, source) => n + bySource(model, source, "draft"), 0);
+      expect(sum, model).toBe(value(`flock_spec_decode_num_draft_tokens_total{model_name="${model}"}`));
+    }
+  });
+});

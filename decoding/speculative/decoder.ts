@@ -334,7 +334,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
         recent = RECENT_DECAY * recent + (1 - RECENT_DECAY) * verdict.acceptanceProbabilities[i];
       });
-      stats.recordRound(candidates.length, verdict.accepted, verification, forced);
+      stats.recordRound(candidates.length, verdict.accepted, verification, forced, offer?.source);
       if (offer) {
         textAcceptance.observe(regime, offer.source, offer.match, verdict.acceptanceProbabilities);
         costs.observeTextRound(regime);

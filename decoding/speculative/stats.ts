@@ -1,5 +1,10 @@
 // One stats object per speculative pipeline, read by responses, logs, /metrics and benchmarks.
 // Names follow vLLM's spec_decode_* counters.
+import type { TextSource } from "./text-proposals.js";
+
+/** Who proposed a round's candidates: the draft model, or text. */
+export type CandidateSource = "draft" | TextSource;
+export const CANDIDATE_SOURCES: readonly CandidateSource[] = ["draft", "lookup", "prediction"];
 
 export class SpeculativeStats {
   /** Verification rounds that proposed at least one token. */
@@ -16,16 +21,24 @@ export class SpeculativeStats {
   declinedBeforeDraw = 0;
   /** Candidates a grammar forced (proposed without the draft; counted in draftTokens too). */
   forcedTokens = 0;
+  /** Candidates proposed and accepted by proposer: the draft (with a grammar's forced tokens), or text (counted in draftTokens too). */
+  readonly bySource: Record<CandidateSource, { proposed: number; accepted: number }> = {
+    draft: { proposed: 0, accepted: 0 },
+    lookup: { proposed: 0, accepted: 0 },
+    prediction: { proposed: 0, accepted: 0 },
+  };
 
   recordDeclined(): void {
     this.declinedBeforeDraw++;
   }
 
-  recordRound(drafted: number, accepted: number, verification: "rejection" | "coupled" = "rejection", forced = 0): void {
+  recordRound(drafted: number, accepted: number, verification: "rejection" | "coupled" = "rejection", forced = 0, source: CandidateSource = "draft"): void {
     this.targetCalls++;
     this.forcedTokens += forced;
     this.rounds[verification]++;
     if (drafted === 0) return;
+    this.bySource[source].proposed += drafted;
+    this.bySource[source].accepted += accepted;
     this.drafts++;
     this.draftTokens += drafted;
     this.acceptedTokens += accepted;
@@ -41,6 +54,10 @@ export class SpeculativeStats {
     this.rounds.coupled += other.rounds.coupled;
     this.declinedBeforeDraw += other.declinedBeforeDraw;
     this.forcedTokens += other.forcedTokens;
+    for (const source of CANDIDATE_SOURCES) {
+      this.bySource[source].proposed += other.bySource[source].proposed;
+      this.bySource[source].accepted += other.bySource[source].accepted;
+    }
     other.acceptedPerPosition.forEach((n, i) => (this.acceptedPerPosition[i] = (this.acceptedPerPosition[i] ?? 0) + n));
   }
 
