@@ -452,6 +452,19 @@ describe("Predicted Outputs: one-hot proposals from a prediction", () => {
     }
   });
 
+  it("prompt lookup, enumerated exactly: the first token's distribution is the target's, whatever the text offers", async () => {
+    // Prompts ending in 2 whose earlier 2 was followed by 0, 1 and 2: lookup offers each first.
+    const lookup: LookupSettings = { enabled: true, minMatch: 1, maxMatch: 3, maxCandidates: MAX_CANDIDATES, priced: false };
+    for (const prompt of [[1, 2, 0, 2], [0, 2, 1, 2], [2, 2]]) {
+      const seen = exercised();
+      const { first } = await enumerateFirstToken(async (weight) => (await predictedTokens(request(DEFAULT_SAMPLING, 0, { prompt }), "rejection", 1, seen, weight, lookup))[0]);
+      expect(first.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
+      expect(totalVariation(first, exactNext([], DEFAULT_SAMPLING)), `prompt ${prompt}`).toBeLessThan(1e-6);
+      expect(seen.lengths.has(0), `prompt ${prompt}: every round proposed`).toBe(false);
+      expect(seen.rejections, `prompt ${prompt}: the offer is rejected on some paths`).toBeGreaterThan(0);
+    }
+  });
+
   it("rejection sampling with temperature, top-p and penalties: the first two tokens follow the target (chi-square over 10^5 decodes)", async () => {
     const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, presencePenalty: 0.6, frequencyPenalty: 0.4 };
     const seen = exercised();
