@@ -84,3 +84,50 @@ export async function startFlock(models: object[], dir: string): Promise<ServerP
   await waitForHealth(url, child);
   return { url, process: child };
 }
+
+/** What a completion generated: its text, tokens, and the candidates proposed and accepted (either server's counts). */
+export async function complete(url: string, body: Record<string, unknown>): Promise<{ text: string; tokens: number; drafted: number; accepted: number }> {
+  const res = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  if (!res.ok) throw new Error(`${url}: ${res.status} ${await res.text()}`);
+  const json = (await res.json()) as {
+    choices: Array<{ text: string }>;
+    usage: { completion_tokens: number };
+    timings?: { draft_n?: number; draft_n_accepted?: number };
+    flock?: { speculative?: { drafted_tokens: number; accepted_tokens: number } };
+  };
+  const drafted = json.flock?.speculative?.drafted_tokens ?? json.timings?.draft_n ?? 0;
+  const accepted = json.flock?.speculative?.accepted_tokens ?? json.timings?.draft_n_accepted ?? 0;
+  return { text: json.choices[0].text, tokens: json.usage.completion_tokens, drafted, accepted };
+}
+
+/** One timed completion: wall seconds, generated tokens, candidates proposed and accepted. */
+export interface Sample {
+  seconds: number;
+  tokens: number;
+  drafted: number;
+  accepted: number;
+}
+
+/**
+ * A completion of `tokens` tokens, timed after a one-token request with the same body (the
+ * server then holds the prompt's cache), so that its wall time is decoding.
+ */
+export async function timedCompletion(url: string, body: Record<string, unknown>, tokens: number): Promise<Sample> {
+  await complete(url, { ...body, max_tokens: 1 });
+  const started = performance.now();
+  const r = await complete(url, { ...body, max_tokens: tokens });
+  return { seconds: (performance.now() - started) / 1000, tokens: r.tokens, drafted: r.drafted, accepted: r.accepted };
+}
+
+/** How the side-by-side benchmarks run each server, as their reports state it. */
+export const SIDE_BY_SIDE = {
+  threads: 1,
+  contextSize: 512,
+  sequences: 1,
+  statistic: "total completion tokens over total wall seconds per variant, after a one-token request with the same prompt; variants rotate per prompt",
+};
+
+/** Stops every server that was started. */
+export function stopServers(servers: ReadonlyArray<ServerProcess | null | undefined>): void {
+  for (const s of servers) s?.process.kill("SIGTERM");
+}

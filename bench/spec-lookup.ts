@@ -20,15 +20,14 @@
 // request it served, would know each answer from the second request on: its server is
 // restarted before each measured request (each answer new to it, as answers about new
 // documents would be).
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { createRng } from "../decoding/rng.js";
-import { FORGE_FORMAT, readManifest } from "../forge/manifest.js";
-import { forge } from "../forge/presets.js";
+import { forgedSpecPair, SPEC_PAIR_MODELS } from "./spec-files.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
-import { llamaServerBinary, type ServerProcess, startFlock, startLlamaServer } from "./servers.js";
+import { complete, llamaServerBinary, type Sample, type ServerProcess, SIDE_BY_SIDE, startFlock, startLlamaServer, stopServers, timedCompletion } from "./servers.js";
 
 const { values } = parseArgs({
   options: { json: { type: "string" }, prompts: { type: "string" }, tokens: { type: "string" }, document: { type: "string" }, "vocab-size": { type: "string" } },
@@ -42,12 +41,8 @@ const VOCABULARY = Number(values["vocab-size"] ?? 32_000);
 const EDIT_EVERY = 10;
 const out = jsonPathArg("spec-lookup.json");
 
-const dir = join(import.meta.dirname, "..", ".cache", `bench-spec-v${VOCABULARY}-f${FORGE_FORMAT}`);
-if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: "spec", seed: 1, vocabSize: VOCABULARY });
-const manifest = readManifest(dir);
+const { manifest, target, draft } = forgedSpecPair(VOCABULARY);
 const pair = manifest.pairs[0];
-const target = join(dir, manifest.models[pair.target].file);
-const draft = join(dir, manifest.models[pair.draft].file);
 
 // The target's greedy successor of each word (its chain's most likely next token).
 const rows = manifest.chains[manifest.models[pair.target].chain];
@@ -87,35 +82,8 @@ interface Variant {
   body(prompt: number[], temperature: number, seed: number, expected: string): Record<string, unknown>;
 }
 
-/** A completion's counts: generated tokens, candidates proposed and accepted. */
-interface Sample {
-  seconds: number;
-  tokens: number;
-  drafted: number;
-  accepted: number;
-}
-
-async function complete(url: string, body: Record<string, unknown>): Promise<{ text: string; tokens: number; drafted: number; accepted: number }> {
-  const res = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  if (!res.ok) throw new Error(`${url}: ${res.status} ${await res.text()}`);
-  const json = (await res.json()) as {
-    choices: Array<{ text: string }>;
-    usage: { completion_tokens: number };
-    timings?: { draft_n?: number; draft_n_accepted?: number };
-    flock?: { speculative?: { drafted_tokens: number; accepted_tokens: number } };
-  };
-  const drafted = json.flock?.speculative?.drafted_tokens ?? json.timings?.draft_n ?? 0;
-  const accepted = json.flock?.speculative?.accepted_tokens ?? json.timings?.draft_n_accepted ?? 0;
-  return { text: json.choices[0].text, tokens: json.usage.completion_tokens, drafted, accepted };
-}
-
 async function measure(v: Variant, prompt: number[], temperature: number, seed: number, expected: string): Promise<Sample> {
-  const { url } = v.process();
-  // The prompt's cache first, so the measured request times decoding.
-  await complete(url, { ...v.body(prompt, temperature, seed, expected), max_tokens: 1 });
-  const started = performance.now();
-  const r = await complete(url, { ...v.body(prompt, temperature, seed, expected), max_tokens: TOKENS });
-  return { seconds: (performance.now() - started) / 1000, tokens: r.tokens, drafted: r.drafted, accepted: r.accepted };
+  return timedCompletion(v.process().url, v.body(prompt, temperature, seed, expected), TOKENS);
 }
 
 const binary = llamaServerBinary();
@@ -217,8 +185,7 @@ try {
     }
   }
 } finally {
-  for (const s of llamaServers) s.process?.process.kill("SIGTERM");
-  flock?.process.kill("SIGTERM");
+  stopServers([...llamaServers.map((s) => s.process), flock]);
   rmSync(stateDir, { recursive: true, force: true });
 }
 
@@ -233,11 +200,8 @@ writeReport(out, {
     document: DOCUMENT,
     editEvery: EDIT_EVERY,
     vocabulary: manifest.vocab.tokens.length,
-    threads: 1,
-    contextSize: 512,
-    sequences: 1,
-    model: "forged spec pair (target: one f32 layer, d = 2048; draft: d = 128)",
-    statistic: "total completion tokens over total wall seconds per variant, after a one-token request with the same prompt; variants rotate per prompt",
+    ...SIDE_BY_SIDE,
+    model: SPEC_PAIR_MODELS,
   },
   rows: table,
 });
