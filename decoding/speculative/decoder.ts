@@ -312,11 +312,15 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const budget = Math.min(setup.maxCandidates, room);
       const nothing: DraftedRound = { candidates: [], draftDistributions: [], features: [], predictions: [], drawnAt: [], ...(constraint && { states: [constraint] }) };
       const proposed = (candidates: number[]): DraftedRound => (constraint ? { ...nothing, ...constrainProposals(candidates, constraint, ends) } : { ...nothing, candidates });
-      const offer = room === 0 ? null : textOffer(room);
+      let offer = room === 0 ? null : textOffer(room);
+      // Under a grammar, text is proposed up to the first token the grammar forbids; an offer
+      // it forbids outright leaves the round to the draft.
+      const fromText = offer ? proposed(offer.tokens) : null;
+      if (fromText?.candidates.length === 0) offer = null;
       const drawnRound = budget > 0 && !offer && drafting;
       const drawing = drawnRound && policy.skipRound?.() !== true;
       const { candidates, draftDistributions, features, predictions, states, drawnAt } = offer
-        ? proposed(offer.tokens)
+        ? fromText!
         : drawnRound
           ? await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, drawing, recent, detail, ends, constraint })
           : nothing;

@@ -777,4 +777,23 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
     expect(Math.max(...seen.lengths)).toBeLessThan(MAX_CANDIDATES);
     expect(seen.lengths.has(1)).toBe(true);
   });
+
+  it("a lookup offer the grammar forbids outright leaves the round to the draft", async () => {
+    // After 0 the grammar forbids 2, and the prompt's earlier 0 was followed by 2: lookup offers 2 first.
+    const prompt = [0, 2, 1, 0];
+    const lookup: LookupSettings = { enabled: true, minMatch: 1, maxMatch: 1, maxCandidates: MAX_CANDIDATES, priced: false };
+    for (let seed = 0; seed < 200; seed++) {
+      const req = request(DEFAULT_SAMPLING, seed, { prompt, keyedNoise: true, constraint: new LastTokenGrammar(0) });
+      const plain: number[] = [];
+      for await (const step of plainDecode(target, { ...req, constraint: new LastTokenGrammar(0) })) plain.push(...step.tokens);
+      const setup: SpeculativeSetup = { target, draft, lookup, policy: new FixedLengthPolicy(2), predictor: null, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs: await cpuLikeCosts(), verification: "coupled" };
+      const generation = speculativeDecode(setup, req);
+      const first = (await generation.next()).value!;
+      expect(first.speculative!.source, `seed ${seed}`).toBeUndefined();
+      expect(first.speculative!.drafted, `seed ${seed}: the draft proposed`).toBeGreaterThan(0);
+      const tokens = [...first.tokens];
+      for await (const step of generation) tokens.push(...step.tokens);
+      expect(tokens, `seed ${seed}`).toEqual(plain);
+    }
+  });
 });
