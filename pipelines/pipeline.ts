@@ -91,18 +91,27 @@ export function plainPipeline(model: LoadedModel, lookup: LookupSettings = LOOKU
     costs,
     stats,
     generate(request) {
-      const effectiveLookup = { ...lookup, ...request.lookup };
-      const predicted = request.prediction !== undefined && request.prediction.length > 0;
-      if (!predicted && !effectiveLookup.enabled) return plainDecode(model, request);
-      const verification = request.keyedNoise === true ? "coupled" : "rejection";
-      // No draft: the policy and the draft's cap go unused (text proposals are priced by the costs).
-      const policy = new FixedLengthPolicy(0);
-      return speculativeDecode(
-        { target: model, draft: null, lookup: effectiveLookup, textAcceptance, policy, predictor: null, maxCandidates: 0, stats, costs, verification },
-        request,
-      );
+      return decodeWithoutDraft(model, request, { ...lookup, ...request.lookup }, { stats, costs, textAcceptance });
     },
   };
+}
+
+/**
+ * The target without a draft: alone, or with a request's prediction or prompt lookup proposing
+ * (priced by the model's costs, verified as one-hot proposals).
+ */
+function decodeWithoutDraft(
+  model: LoadedModel,
+  request: PipelineRequest,
+  lookup: LookupSettings,
+  state: { stats: SpeculativeStats; costs: RoundCosts; textAcceptance: TextAcceptance },
+): AsyncGenerator<DecodeStep> {
+  const predicted = request.prediction !== undefined && request.prediction.length > 0;
+  if (!predicted && !lookup.enabled) return plainDecode(model, request);
+  const verification = request.keyedNoise === true ? "coupled" : "rejection";
+  // No draft: the policy and the draft's cap go unused (text proposals are priced by the costs).
+  const policy = new FixedLengthPolicy(0);
+  return speculativeDecode({ target: model, draft: null, lookup, policy, predictor: null, maxCandidates: 0, verification, ...state }, request);
 }
 
 export function speculativePipeline(
@@ -131,7 +140,8 @@ export function speculativePipeline(
     costs,
     generate(request) {
       const { enabled, ...overrides } = request.speculative ?? {};
-      if (enabled === false) return plainDecode(target, request);
+      // The draft off: a prediction or prompt lookup still proposes.
+      if (enabled === false) return decodeWithoutDraft(target, request, { ...lookup, ...request.lookup }, { stats, costs, textAcceptance });
       const effective = { ...settings, ...overrides };
       const verification = verificationFor(settings, overrides, request.keyedNoise === true);
       const policy = buildPolicy(effective, predictor, costs, calibrations, samplingRegime(request.sampling.temperature, verification));

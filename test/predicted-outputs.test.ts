@@ -67,6 +67,16 @@ describe("prediction", () => {
     }
   });
 
+  it("a speculative model with its draft turned off still speculates from a prediction", async () => {
+    const off = { flock: { speculative: { enabled: false } } } as Partial<OpenAI.ChatCompletionCreateParamsNonStreaming>;
+    const plain = await chat({ temperature: 0, ...off }, "spec");
+    const text = plain.choices[0].message.content!;
+    const predicted = await chat({ temperature: 0, ...off, prediction: { type: "content", content: text } }, "spec");
+    expect(predicted.choices[0].message.content).toBe(text);
+    expect(details(predicted).accepted_prediction_tokens).toBeGreaterThan(0);
+    expect(details(predicted).rejected_prediction_tokens).toBe(0);
+  });
+
   it("streams with usage carry the details; an empty prediction is plain decoding", async () => {
     const stream = await t.client.chat.completions.create({
       model: "flock-demo",
