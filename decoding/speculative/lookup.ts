@@ -76,10 +76,15 @@ export class PromptLookup implements TextProposer {
     return { tokens: [], match: 0 };
   }
 
-  /** Tokens emitted after an offer: its candidates kept, then the target's own token in place of the next. */
+  /**
+   * Tokens emitted after this round's offer: its candidates kept, then the target's own token in
+   * place of the next. An offer speaks for its own round only (a round the lookup sat out, the
+   * draft's, resumes nothing).
+   */
   advance(emitted: readonly number[]): void {
     this.resumeAt = null;
     const offered = this.offered;
+    this.offered = null;
     if (!offered || offered.tokens.length === 0) return;
     let kept = 0;
     while (kept < offered.tokens.length && kept < emitted.length - 1 && emitted[kept] === offered.tokens[kept]) kept++;

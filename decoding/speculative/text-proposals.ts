@@ -6,9 +6,8 @@
 // model from verification's labels, by source and by the proposal's match — how many tokens of
 // context already agree with the source where the candidate is taken from it (the lookup's
 // matched n-gram, 0 where it copies on past an edit; the run of the prediction followed since
-// the last divergence), plus the
-// candidates before it in the round: the i-th candidate of a lookup that matched n tokens is
-// judged as a match of n + i − 1. A longer match has been right for longer, so it is trusted
+// the last divergence), plus the candidates before it in the round: the i-th candidate of a
+// lookup that matched n tokens is judged as a match of n + i − 1. A longer match has been right for longer, so it is trusted
 // more; how much more, each model's own text decides.
 import type { SamplingRegime } from "./costs.js";
 

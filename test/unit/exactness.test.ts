@@ -527,6 +527,12 @@ describe("Predicted Outputs: one-hot proposals from a prediction", () => {
     // Once an n-gram matches again, the match wins.
     editing.advance([5, 6, 7, 8]);
     expect(editing.propose([...text, 3, 0, 5, 6, 7, 8], 8)).toEqual({ tokens: [9, 1, 2], match: 4 });
+    // An offer speaks for its own round only: after a round the lookup sat out, nothing resumes.
+    const idle = new PromptLookup({ minMatch: 2, maxMatch: 4, maxCandidates: 3 });
+    idle.propose(text, 8);
+    idle.advance([3, 0]);
+    idle.advance([9]);
+    expect(idle.propose([...text, 3, 0, 9], 8).tokens).toEqual([]);
     // Nothing offered, nothing to resume.
     const fresh = new PromptLookup({ minMatch: 2, maxMatch: 4, maxCandidates: 3 });
     fresh.advance([7]);
