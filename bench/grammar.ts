@@ -18,7 +18,7 @@ import { tokenDraws } from "../decoding/noise.js";
 import { createRng } from "../decoding/rng.js";
 import { DEFAULT_SAMPLING } from "../decoding/sampler.js";
 import { GrammarCompiler, type GrammarState } from "../engine/grammar.js";
-import { grammarKernels, samplingKernels, useSoftmaxKernel } from "../engine/native.js";
+import { grammarKernels, installSamplingKernels } from "../engine/native.js";
 import { BOAT_INSTANCE, BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
@@ -31,8 +31,7 @@ const INSTANCE = BOAT_INSTANCE;
 const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
 const kernels = grammarKernels(llama);
 if (!kernels) throw new Error("the native extension lacks the grammar kernels: npm run build:native");
-const softmax = samplingKernels(llama).softmax;
-if (softmax) useSoftmaxKernel(softmax);
+installSamplingKernels(llama);
 const rng = createRng(3);
 const gaussian = () => Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next());
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -6,16 +6,17 @@
 // in test/helpers) against flock's sampler, which sorts only the head of the distribution.
 // Seeded draws (keyed noise): Gumbel-max over every token (two logarithms each, the reference)
 // against flock's exponential race, which takes logarithms only for tokens that can still win.
-// Each flock variant runs twice: its softmax in TypeScript and in the native extension
-// (flockSoftmax, what a server with the extension uses). Logits are Gaussian with a
+// Each flock variant runs three times: all in TypeScript, with the softmax in the native
+// extension (flockSoftmax, what speculative decoding's distributions use), and as one native
+// call (flockSampleToken, what a server with the extension samples with). Logits are Gaussian with a
 // scale chosen per row: `peaked` (σ = 6: about 1.4 nats of entropy at 151,936, as a real model
 // usually is) and `flat` (σ = 2: about 10 nats, a nucleus of tens of thousands of tokens, the
 // worst case for flock's cut).
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 import { keyedSample, PositionNoise, positionKey } from "../decoding/noise.js";
-import { samplingKernels, useSoftmaxKernel } from "../engine/native.js";
+import { samplingKernels, useSamplingKernels, type SamplingKernels } from "../engine/native.js";
 import { TokenHistory } from "../decoding/history.js";
-import { adjustLogits, drawFrom, samplingDistribution, DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
+import { adjustLogits, drawFrom, samplingDistribution, sampleToken, DEFAULT_SAMPLING, type SamplingParams } from "../decoding/sampler.js";
 import { createRng } from "../decoding/rng.js";
 import { fullSortDistribution, gumbelMaxSample } from "../test/helpers/reference-sampler.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
@@ -32,30 +33,41 @@ const settings: Array<[string, Partial<SamplingParams>]> = [
   ["llama-server defaults (T 0.8, top_k 40, top_p 0.95, min_p 0.05)", { temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05 }],
 ];
 const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
-const nativeSoftmax = samplingKernels(llama).softmax;
-if (!nativeSoftmax) console.warn("the native extension lacks flockSoftmax (npm run build:native): native rows are skipped");
-/** A flock variant with its softmax in TypeScript, or in the extension. */
-const withSoftmax =
-  (native: boolean, run: (adjusted: Float32Array, params: SamplingParams, position: number) => number) =>
+const native = samplingKernels(llama);
+if (!native.softmax || !native.sampleToken) console.warn("the native extension lacks flock's sampling kernels (npm run build:native): native rows are skipped");
+/** A flock variant with the given kernels installed: none (TypeScript), the softmax, or the whole draw. */
+const withKernels =
+  (installed: SamplingKernels, run: (adjusted: Float32Array, params: SamplingParams, position: number) => number) =>
   (adjusted: Float32Array, params: SamplingParams, position: number) => {
-    useSoftmaxKernel(native ? nativeSoftmax! : null);
+    useSamplingKernels(installed);
     return run(adjusted, params, position);
   };
-const unseeded = (adjusted: Float32Array, params: SamplingParams) => drawFrom(samplingDistribution(adjusted, params), rng);
+const softmaxOnly = { softmax: native.softmax };
+const unseeded = (adjusted: Float32Array, params: SamplingParams) => sampleToken(adjusted, params, rng);
 const seeded = (adjusted: Float32Array, params: SamplingParams, position: number) =>
   keyedSample(adjusted, params, new PositionNoise(positionKey({ seed: 1, choice: 0 }, position)));
 
-type Variant = "full sort" | "flock" | "flock, native softmax" | "Gumbel-max (seeded)" | "flock (seeded)" | "flock, native softmax (seeded)";
+type Variant =
+  | "full sort"
+  | "flock"
+  | "flock, native softmax"
+  | "flock, native draw"
+  | "Gumbel-max (seeded)"
+  | "flock (seeded)"
+  | "flock, native softmax (seeded)"
+  | "flock, native draw (seeded)";
 /** One position's work: adjusted logits in, a token out. */
 const variants: Record<Variant, (adjusted: Float32Array, params: SamplingParams, position: number) => number> = {
   "full sort": (adjusted, params) => drawFrom(fullSortDistribution(adjusted, params), rng),
-  flock: withSoftmax(false, unseeded),
-  "flock, native softmax": withSoftmax(true, unseeded),
+  flock: withKernels({}, unseeded),
+  "flock, native softmax": withKernels(softmaxOnly, unseeded),
+  "flock, native draw": withKernels(native, unseeded),
   "Gumbel-max (seeded)": (adjusted, params, position) => gumbelMaxSample(adjusted, params, positionKey({ seed: 1, choice: 0 }, position)),
-  "flock (seeded)": withSoftmax(false, seeded),
-  "flock, native softmax (seeded)": withSoftmax(true, seeded),
+  "flock (seeded)": withKernels({}, seeded),
+  "flock, native softmax (seeded)": withKernels(softmaxOnly, seeded),
+  "flock, native draw (seeded)": withKernels(native, seeded),
 };
-const names = (Object.keys(variants) as Variant[]).filter((name) => nativeSoftmax || !name.includes("native"));
+const names = (Object.keys(variants) as Variant[]).filter((name) => (native.softmax && native.sampleToken) || !name.includes("native"));
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const rows: BenchReport["rows"] = [];
@@ -77,7 +89,7 @@ for (const vocabulary of [32_000, 128_256, 151_936]) {
       const kept = positions.reduce((n, logits) => n + samplingDistribution(adjustLogits(logits, params, counts), params).filter((p) => p > 0).length, 0);
       const ms = (name: Variant) => (times[name].length > 0 ? median(times[name]) : null);
       const ratio = (a: number | null, b: number | null) => (a !== null && b !== null ? a / b : null);
-      const [full, flock, native, gumbel, race, nativeRace] = (Object.keys(variants) as Variant[]).map(ms);
+      const [full, flock, nativeSoftmax, nativeDraw, gumbel, race, nativeSoftmaxRace, nativeDrawRace] = (Object.keys(variants) as Variant[]).map(ms);
       rows.push({
         vocabulary,
         logits: shape,
@@ -85,14 +97,16 @@ for (const vocabulary of [32_000, 128_256, 151_936]) {
         tokensKept: Math.round(kept / POSITIONS),
         fullSortMs: full,
         flockMs: flock,
-        flockNativeMs: native,
-        speedup: ratio(full, native ?? flock),
+        nativeSoftmaxMs: nativeSoftmax,
+        nativeDrawMs: nativeDraw,
+        speedup: ratio(full, nativeDraw ?? flock),
         gumbelMaxSeededMs: gumbel,
         flockSeededMs: race,
-        flockNativeSeededMs: nativeRace,
-        seededSpeedup: ratio(gumbel, nativeRace ?? race),
+        nativeSoftmaxSeededMs: nativeSoftmaxRace,
+        nativeDrawSeededMs: nativeDrawRace,
+        seededSpeedup: ratio(gumbel, nativeDrawRace ?? race),
       });
-      console.error(`${vocabulary} ${shape} ${setting}: ${full} → ${flock} (native ${native}) ms; seeded ${gumbel} → ${race} (native ${nativeRace}) ms`);
+      console.error(`${vocabulary} ${shape} ${setting}: ${full} → ${flock} (native ${nativeDraw}) ms; seeded ${gumbel} → ${race} (native ${nativeDrawRace}) ms`);
     }
   }
 }
@@ -101,6 +115,6 @@ printTable(rows);
 writeReport(out, {
   benchmark: "sampler",
   command: "npm run bench:sampler",
-  settings: { positions: POSITIONS, rounds: ROUNDS, statistic: "median over rounds of ms per position", includes: "adjustLogits, the distribution and the draw (unseeded: samplingDistribution + drawFrom; seeded: keyedSample)" },
+  settings: { positions: POSITIONS, rounds: ROUNDS, statistic: "median over rounds of ms per position", includes: "adjustLogits, the distribution and the draw (unseeded: sampleToken; seeded: keyedSample)" },
   rows,
 });

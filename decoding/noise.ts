@@ -8,7 +8,8 @@
 // proposes argmin_j E_i(j) / q_i(j) with the same noise is kept exactly when it equals the
 // target's own choice (coupled verification, speculative/verifier.ts).
 import { createRng, type Rng } from "./rng.js";
-import { argmax, drawFrom, largestLogits, samplingDistribution, type SamplingParams, sampleToken, softmaxInto } from "./sampler.js";
+import { nativeKernels } from "../engine/native.js";
+import { argmax, drawFrom, largestLogits, nativeDraw, samplingDistribution, type SamplingParams, sampleToken, softmaxInto } from "./sampler.js";
 
 /** murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit. */
 function mix32(x: number): number {
@@ -108,6 +109,8 @@ export const truncates = (params: SamplingParams, vocabulary: number) => (params
  * distribution.
  */
 export function keyedSample(adjusted: Float32Array, params: SamplingParams, noise: PositionNoise): number {
+  const kernel = nativeKernels().sampleToken;
+  if (kernel) return nativeDraw(kernel, adjusted, params, true, noise.key);
   if (params.temperature === 0) return argmax(adjusted);
   return exponentialRace(raceWeights(adjusted, params), noise);
 }

@@ -39,12 +39,14 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     };
     await seq.syncTo(request.prompt.slice(0, -1));
     let logits = await evaluate(request.prompt.slice(-1));
+    let adjustBuffer: Float32Array | undefined;
 
     for (let generated = 1; ; generated++) {
       if (request.signal?.aborted) return;
       // The token's position in prompt + output keys its noise.
       const position = request.prompt.length + generated - 1;
-      const adjusted = adjustLogits(logits, request.sampling, history);
+      // Used up within the iteration: one buffer serves every position.
+      const adjusted = (adjustBuffer = adjustLogits(logits, request.sampling, history, adjustBuffer));
       const token = constraint ? constrainedDraw(adjusted, request.sampling, constraint, draws, position) : draws.sample(adjusted, request.sampling, position);
       history.push(token);
       const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);

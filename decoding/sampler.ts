@@ -5,7 +5,7 @@
 // presence/frequency penalties on the raw logits; then temperature; then top-k, top-p (nucleus) and min-p truncation; then a
 // draw with the request's seeded RNG. Temperature 0 is greedy: the argmax after bias and
 // penalties (ties go to the lowest token id).
-import { nativeSoftmax } from "../engine/native.js";
+import { nativeKernels, type SampleTokenKernel } from "../engine/native.js";
 import type { TokenHistory } from "./history.js";
 import type { Rng } from "./rng.js";
 
@@ -39,11 +39,15 @@ export const DEFAULT_SAMPLING: SamplingParams = {
 
 /**
  * Applies logit_bias, the repetition penalty and OpenAI's presence/frequency penalties; returns a
- * new array. The repetition penalty, as llama.cpp's penalties sampler applies it to each distinct
- * token in its window: a positive logit is divided by it, a negative one multiplied.
+ * new array, or `into` (of the same length) overwritten: a decoder that is done with each
+ * position's adjusted logits before the next reuses one buffer (no 600 KB allocation per token
+ * at 151,936 tokens for the garbage collector to chase). The repetition penalty, as llama.cpp's
+ * penalties sampler applies it to each distinct token in its window: a positive logit is divided
+ * by it, a negative one multiplied.
  */
-export function adjustLogits(logits: Float32Array, params: SamplingParams, history: TokenHistory): Float32Array {
-  const out = new Float32Array(logits);
+export function adjustLogits(logits: Float32Array, params: SamplingParams, history: TokenHistory, into?: Float32Array): Float32Array {
+  const out = into && into.length === logits.length ? into : new Float32Array(logits.length);
+  out.set(logits);
   for (const [token, bias] of params.logitBias) if (token < out.length) out[token] += bias;
   if (params.repetitionPenalty !== 1 && params.repeatLastN !== 0) {
     const penalty = params.repetitionPenalty;
@@ -67,19 +71,32 @@ export function argmax(values: ArrayLike<number>): number {
 
 /**
  * The distribution a token is drawn from: softmax(logits / T) truncated by top-k, top-p and
- * min-p, renormalised. At temperature 0 it is one-hot on the argmax. With top-k, as in llama.cpp
+ * min-p, renormalised. In the addon when the engine installed its kernels (the code below is the
+ * reference it is tested against). At temperature 0 it is one-hot on the argmax. With top-k, as in llama.cpp
  * and vLLM, the k largest logits are kept first and the softmax taken over them alone (no
  * exponential of the other tokens); top-p and min-p then act on that. Speculative decoding
- * applies this same function to both the target and the draft.
+ * applies this same function to both the target and the draft. Written into `into` where it is
+ * given (of the vocabulary's length: a decoder's reused buffer).
  */
-export function samplingDistribution(logits: Float32Array, params: SamplingParams): Float64Array {
+export function samplingDistribution(logits: Float32Array, params: SamplingParams, into?: Float64Array): Float64Array {
   const n = logits.length;
-  const probs = new Float64Array(n);
+  const probs = into?.length === n ? into : new Float64Array(n);
+  const kernel = nativeKernels().distribution;
+  if (kernel) {
+    if (!kernel(logits, params.temperature, params.topK, params.topP, params.minP, probs)) throw new Error("every token has probability zero");
+    return probs;
+  }
   if (params.temperature === 0) {
+    probs.fill(0);
     probs[argmax(logits)] = 1;
     return probs;
   }
-  if (params.topK > 0 && params.topK < n) return topKDistribution(logits, params, largestLogits(logits, params.topK));
+  if (params.topK > 0 && params.topK < n) {
+    const top = topKDistribution(logits, params, largestLogits(logits, params.topK));
+    if (probs !== into) return top;
+    probs.set(top);
+    return probs;
+  }
   softmaxInto(logits, params.temperature, probs);
 
   if (params.topP >= 1 && params.minP <= 0) return probs;
@@ -99,7 +116,7 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
  * engine installed it (one pass, about a third of this loop's cost); this code is the reference.
  */
 export function softmaxInto(logits: Float32Array, temperature: number, probs: Float64Array): void {
-  const kernel = nativeSoftmax();
+  const kernel = nativeKernels().softmax;
   if (kernel) {
     if (kernel(logits, temperature, probs) === 0) throw new Error("every token has probability zero");
     return;
@@ -324,14 +341,16 @@ function cutWithin(values: Float64Array, cut: Cut, floor: number): number | null
 }
 
 
-/** softmax(logits): the distribution at temperature 1, untruncated. */
-export function softmax(logits: Float32Array): Float64Array {
-  return samplingDistribution(logits, { ...DEFAULT_SAMPLING, temperature: 1 });
+/** softmax(logits): the distribution at temperature 1, untruncated (into `into` where given). */
+export function softmax(logits: Float32Array, into?: Float64Array): Float64Array {
+  return samplingDistribution(logits, { ...DEFAULT_SAMPLING, temperature: 1 }, into);
 }
 
 /** Draws an index from a normalised distribution. */
 export function drawFrom(probs: Float64Array, rng: Rng): number {
   const u = rng.next();
+  const kernel = nativeKernels().drawFrom;
+  if (kernel) return kernel(probs, u);
   let cumulative = 0;
   let last = 0;
   for (let i = 0; i < probs.length; i++) {
@@ -344,8 +363,20 @@ export function drawFrom(probs: Float64Array, rng: Rng): number {
 }
 
 export function sampleToken(logits: Float32Array, params: SamplingParams, rng: Rng): number {
-  if (params.temperature === 0) return argmax(logits);
+  const kernel = nativeKernels().sampleToken;
+  if (params.temperature === 0) return kernel ? nativeDraw(kernel, logits, params, false, 0) : argmax(logits);
+  if (kernel) return nativeDraw(kernel, logits, params, false, rng.next());
   return drawFrom(samplingDistribution(logits, params), rng);
+}
+
+/**
+ * The addon's draw (engine/native.ts): the same token as this module's and noise.ts's code,
+ * which stay the reference, in one call instead of several passes over the vocabulary.
+ */
+export function nativeDraw(kernel: SampleTokenKernel, logits: Float32Array, params: SamplingParams, keyed: boolean, value: number): number {
+  const token = kernel(logits, params.temperature, params.topK, params.topP, params.minP, keyed, value);
+  if (token < 0) throw new Error("every token has probability zero");
+  return token;
 }
 
 /**

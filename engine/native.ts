@@ -91,33 +91,74 @@ function addonFunction(llama: Llama, name: (typeof ADDON_FUNCTIONS)[number]): un
  * the reference); returns the total, 0 when no logit is finite.
  */
 export type SoftmaxKernel = (logits: Float32Array, temperature: number, out: Float64Array) => number;
-let softmaxKernel: SoftmaxKernel | null = null;
+
+/**
+ * One position's draw, natively (AddonFlockSampler.cpp): the token decoding/sampler.ts's
+ * sampleToken (keyed false, `value` the RNG's uniform) or decoding/noise.ts's keyedSample (keyed
+ * true, `value` the position's noise key) picks from adjusted logits; −1 when no token has a
+ * positive probability.
+ */
+export type SampleTokenKernel = (logits: Float32Array, temperature: number, topK: number, topP: number, minP: number, keyed: boolean, value: number) => number;
+
+/** decoding/sampler.ts's samplingDistribution into `out`, natively; false when no token has a positive probability. */
+export type DistributionKernel = (logits: Float32Array, temperature: number, topK: number, topP: number, minP: number, out: Float64Array) => boolean;
+
+/** decoding/sampler.ts's drawFrom at the uniform `u`, natively. */
+export type DrawFromKernel = (probs: Float64Array, u: number) => number;
+
+/**
+ * decoding/speculative/features.ts's pass over a draft distribution, natively: its most likely
+ * tokens into topTokens/topProbs, and [how many, Σ q·logits·scale, the first token with q > 0].
+ */
+export type DistributionSummaryKernel = (q: Float64Array, logits: Float32Array, scale: number, topTokens: Int32Array, topProbs: Float64Array) => Float64Array;
+
+export interface SamplingKernels {
+  softmax?: SoftmaxKernel;
+  sampleToken?: SampleTokenKernel;
+  distribution?: DistributionKernel;
+  drawFrom?: DrawFromKernel;
+  distributionSummary?: DistributionSummaryKernel;
+}
+
+const KERNEL_FUNCTIONS = {
+  softmax: "flockSoftmax",
+  sampleToken: "flockSampleToken",
+  distribution: "flockSamplingDistribution",
+  drawFrom: "flockDrawFrom",
+  distributionSummary: "flockDistributionSummary",
+} as const satisfies Record<keyof SamplingKernels, (typeof ADDON_FUNCTIONS)[number]>;
+
+let kernels: SamplingKernels = {};
 
 /**
  * Makes every sampler in this process use the addon's per-position kernels, when the loaded
  * binary has them (Engine.create); false when it does not, and the samplers stay in TypeScript.
  */
 export function installSamplingKernels(llama: Llama): boolean {
-  const softmax = samplingKernels(llama).softmax;
-  if (!softmax) return false;
-  useSoftmaxKernel(softmax);
+  const found = samplingKernels(llama);
+  if (Object.keys(found).length < Object.keys(KERNEL_FUNCTIONS).length) return false;
+  useSamplingKernels(found);
   return true;
 }
 
 /** The addon's per-position kernels, where the loaded binary has them. */
-export function samplingKernels(llama: Llama): { softmax?: SoftmaxKernel } {
-  const softmax = addonFunction(llama, "flockSoftmax");
-  return typeof softmax === "function" ? { softmax: softmax as SoftmaxKernel } : {};
+export function samplingKernels(llama: Llama): SamplingKernels {
+  const found: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(KERNEL_FUNCTIONS)) {
+    const kernel = addonFunction(llama, fn);
+    if (typeof kernel === "function") found[name] = kernel;
+  }
+  return found as SamplingKernels;
 }
 
-/** Sets (or, with null, removes) the softmax the samplers use; benchmarks compare both. */
-export function useSoftmaxKernel(kernel: SoftmaxKernel | null): void {
-  softmaxKernel = kernel;
+/** Sets the kernels the samplers use ({} for none: the TypeScript reference); benchmarks and tests compare both. */
+export function useSamplingKernels(installed: SamplingKernels): void {
+  kernels = installed;
 }
 
-/** The native softmax, once an engine with the extension was created in this process. */
-export function nativeSoftmax(): SoftmaxKernel | null {
-  return softmaxKernel;
+/** The native kernels the samplers use ({} without the extension, or before an engine installed them). */
+export function nativeKernels(): Readonly<SamplingKernels> {
+  return kernels;
 }
 
 /** Whether the loaded addon carries the startup weight check (engine/weight-check.ts). */

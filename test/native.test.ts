@@ -3,10 +3,12 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { inject } from "vitest";
 import { searchExpert, solveFusion } from "../decoding/fusion/solver.js";
-import { DEFAULT_SAMPLING, drawFrom, samplingDistribution, softmax } from "../decoding/sampler.js";
+import { DEFAULT_SAMPLING, drawFrom, samplingDistribution, sampleToken, softmax, type SamplingParams } from "../decoding/sampler.js";
+import { keyedSample, PositionNoise } from "../decoding/noise.js";
 import { createRng } from "../decoding/rng.js";
 import { Engine } from "../engine/engine.js";
-import { nativeSoftmax } from "../engine/native.js";
+import { nativeKernels, useSamplingKernels } from "../engine/native.js";
+import { preDrawFeatures } from "../decoding/speculative/features.js";
 import { readManifest } from "../forge/manifest.js";
 import { LoadedModel } from "../engine/model.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
@@ -63,8 +65,8 @@ describe("native sampling kernel", () => {
   it("computes the TypeScript softmax, and the samplers use it: the same draws, no Math.exp", async (ctx) => {
     if (!required && !engine.capabilities.nativeSampling) ctx.skip();
     expect(engine.capabilities.nativeSampling).toBe(true);
-    const kernel = nativeSoftmax()!;
-    expect(kernel).not.toBeNull();
+    const kernel = nativeKernels().softmax!;
+    expect(kernel).toBeDefined();
     const rng = createRng(19);
     const gaussian = () => Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next());
     let worst = 0;
@@ -95,6 +97,95 @@ describe("native sampling kernel", () => {
     expect(() => kernel(new Float32Array([-Infinity, -Infinity]), 1, new Float64Array(2))).not.toThrow();
     expect(kernel(new Float32Array([-Infinity, -Infinity]), 1, new Float64Array(2))).toBe(0);
     expect(() => kernel(new Float32Array(3), 1, new Float64Array(2))).toThrow(/same length/);
+  });
+});
+
+describe("native draw", () => {
+  it("picks the TypeScript sampler's token for every setting, uniform and noise key, in one call", async (ctx) => {
+    if (!required && !engine.capabilities.nativeSampling) ctx.skip();
+    const installed = nativeKernels();
+    const kernel = installed.sampleToken!;
+    expect(Object.keys(installed).sort()).toEqual(["distribution", "distributionSummary", "drawFrom", "sampleToken", "softmax"]);
+    const rng = createRng(23);
+    const gaussian = () => Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next());
+    const settings: Array<Partial<SamplingParams>> = [
+      { temperature: 0 },
+      { temperature: 1 },
+      { temperature: 0.7, topP: 0.9 },
+      { temperature: 1, topP: 0.999 },
+      { temperature: 1, minP: 0.05 },
+      { temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05 },
+      { temperature: 1.3, topK: 300, topP: 0.8 },
+      { temperature: 1, topK: 1_000_000 },
+    ];
+    // The reference: decoding/sampler.ts and noise.ts with the native softmax only (its
+    // exponentials are the kernel's; everything else is the TypeScript code).
+    const reference = <T>(run: () => T): T => {
+      useSamplingKernels({ softmax: installed.softmax });
+      try {
+        return run();
+      } finally {
+        useSamplingKernels(installed);
+      }
+    };
+    let compared = 0;
+    let boundaries = 0;
+    const distinct = new Set<number>();
+    for (const [n, sigma] of [[151_936, 6], [32_000, 2], [50, 1]] as const) {
+      for (let trial = 0; trial < 2; trial++) {
+        const logits = Float32Array.from({ length: n }, () => Math.round(sigma * gaussian() * 4) / 4); // quarter steps: many ties
+        logits[3] = -Infinity;
+        for (const overrides of settings) {
+          const params: SamplingParams = { ...DEFAULT_SAMPLING, ...overrides };
+          const probs = reference(() => samplingDistribution(logits, params));
+          // The distribution, bit for bit (top-k's few exponentials: to exp's last bit).
+          const native = samplingDistribution(logits, params);
+          const topK = params.topK > 0 && params.topK < n;
+          for (let i = 0; i < n; i++) {
+            if (topK) expect(Math.abs(native[i] - probs[i])).toBeLessThanOrEqual(1e-15 * probs[i]);
+            else if (native[i] !== probs[i]) expect.fail(`token ${i}: ${native[i]} ≠ ${probs[i]}`);
+          }
+          // What a drafted position's predictor reads.
+          const scale = params.temperature === 0 ? 1 : 1 / params.temperature;
+          expect(preDrawFeatures(probs, logits, 1 / scale, 1, 0.5)).toEqual(reference(() => preDrawFeatures(probs, logits, 1 / scale, 1, 0.5)));
+          // Uniforms at random and exactly on the CDF's steps (u < cumulative decides). Not with
+          // top-k, whose few exponentials sampler.ts takes with Math.exp: a step may differ in
+          // its last bit there, which only a uniform placed on it exactly can see.
+          const uniforms = Array.from({ length: 20 }, () => rng.next());
+          let cumulative = 0;
+          for (let i = 0, steps = 0; i < n && steps < 10 && !topK; i++) {
+            if (probs[i] <= 0) continue;
+            cumulative += probs[i];
+            uniforms.push(cumulative);
+            steps++;
+            boundaries++;
+          }
+          for (const u of uniforms) {
+            const fixed = { next: () => u, int: () => 0, pick: <T>(items: readonly T[]) => items[0] };
+            const expected = reference(() => sampleToken(logits, params, fixed));
+            expect(sampleToken(logits, params, fixed)).toBe(expected);
+            expect(drawFrom(probs, fixed)).toBe(reference(() => drawFrom(probs, fixed)));
+            distinct.add(expected);
+            compared++;
+          }
+          for (let key = 0; key < 24; key++) {
+            const noise = new PositionNoise((key * 2654435761) >>> 0);
+            const expected = reference(() => keyedSample(logits, params, noise));
+            expect(keyedSample(logits, params, noise)).toBe(expected);
+            distinct.add(expected);
+            compared++;
+          }
+        }
+      }
+    }
+    expect(compared).toBeGreaterThan(2000);
+    expect(boundaries).toBeGreaterThan(100);
+    // The draws really vary (a kernel that returned the argmax would fail above).
+    expect(distinct.size).toBeGreaterThan(100);
+    // Without a finite logit: the same error as the TypeScript path.
+    expect(() => sampleToken(new Float32Array([-Infinity, -Infinity]), { ...DEFAULT_SAMPLING }, createRng(1))).toThrow(/probability zero/);
+    expect(kernel(new Float32Array(0), 1, 0, 1, 0, false, 0.5)).toBe(-1);
+    expect(() => (kernel as unknown as (x: number) => number)(1)).toThrow(/flockSampleToken/);
   });
 });
 

@@ -24,6 +24,7 @@ import type { RoundCosts } from "./costs.js";
 import type { SpeculativeStats } from "./stats.js";
 import { type LookupSettings, PromptLookup } from "./lookup.js";
 import { oneHot, PredictionAligner } from "./prediction.js";
+import { DistributionPool } from "../buffers.js";
 import { samplingRegime } from "./settings.js";
 import { EXPLORE_LENGTH, TextAcceptance, type TextProposal, type TextProposer, type TextSource } from "./text-proposals.js";
 import { type Verification, type VerificationMode, verify, verifyCoupled } from "./verifier.js";
@@ -130,6 +131,8 @@ async function draftRound(round: {
   ends: (token: number) => boolean;
   /** The committed grammar state of a constrained request: candidates are drawn masked. */
   constraint?: TokenConstraint;
+  /** Where the round's draft distributions come from (the decoder takes them back after verification). */
+  pool: DistributionPool;
 }): Promise<DraftedRound> {
   const { setup, seq, all, params, draws, budget } = round;
   const { policy, predictor, stats, costs } = setup;
@@ -178,17 +181,20 @@ async function draftRound(round: {
     costs.observeDraftStep(performance.now() - started);
     return next;
   };
+  let adjustBuffer: Float32Array | undefined;
+  let judgedBuffer: Float64Array | undefined;
   for (let k = 1; !full(); k++) {
     const at = drafted.candidates.length;
-    const adjusted = adjustLogits(draftLogits, params, draftHistory);
+    // Used up within the iteration: one buffer each serves every position.
+    const adjusted = (adjustBuffer = adjustLogits(draftLogits, params, draftHistory, adjustBuffer));
     // Under a grammar, rejection sampling compares masked q with masked p: the draft's q is
     // masked in full. A coupled draw needs no q: it checks its ranked tokens (constraint.ts),
     // and the policy reads the unmasked distribution, known before the draw either way.
     const state = drafted.states?.[at];
     if (state && !round.coupled) state.mask(adjusted);
-    const q = samplingDistribution(adjusted, params);
+    const q = samplingDistribution(adjusted, params, round.pool.take(adjusted.length));
     // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
-    const judged = params.temperature === 0 ? softmax(adjusted) : q;
+    const judged = params.temperature === 0 ? (judgedBuffer = softmax(adjusted, judgedBuffer)) : q;
     const before = preDrawFeatures(judged, adjusted, params.temperature === 0 ? 1 : params.temperature, k, round.recent);
     before.hidden = draftHidden;
     if (policy.beforeDraw?.(k, before) === "stop") {
@@ -264,6 +270,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     request.prediction && request.prediction.length > 0 ? new PredictionAligner(request.prediction) : setup.lookup?.enabled ? new PromptLookup(setup.lookup) : null;
   const drafting = draft !== null && text?.source !== "prediction";
   const textAcceptance = setup.textAcceptance ?? new TextAcceptance();
+  const pool = new DistributionPool();
   const regime = samplingRegime(request.sampling.temperature, verification);
   try {
     if (drafting) draftSeq = await draft.acquire(request.prompt, request.signal);
@@ -322,7 +329,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const { candidates, draftDistributions, features, predictions, states, drawnAt } = offer
         ? fromText!
         : drawnRound
-          ? await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, drawing, recent, detail, ends, constraint })
+          ? await draftRound({ setup, seq: draftSeq!, all, history, params, draws, coupled, budget, drawing, recent, detail, ends, constraint, pool })
           : nothing;
       const forced = drawnRound ? candidates.length - drawnAt.length : 0;
 
@@ -331,8 +338,11 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       const { logits: targetLogits, evaluated } = await catchUp(targetSeq, all, candidates);
       costs.observeTargetPass(evaluated, performance.now() - passStarted);
       // Text proposals (a prediction, lookup) and forced tokens are deterministic: one-hot q.
-      const proposals = coupled ? [] : candidates.map((y, i) => draftDistributions[i] ?? oneHot(targetLogits[0].length, y));
-      const verdict = judge(targetLogits, candidates, proposals, history, params, states, coupled ? { keyed: draws, position: all.length } : { rng: draws.rng });
+      const proposals = coupled ? [] : candidates.map((y, i) => draftDistributions[i] ?? oneHot(targetLogits[0].length, y, pool.takeZeroed(targetLogits[0].length)));
+      const verdict = judge(targetLogits, candidates, proposals, history, params, states, coupled ? { keyed: draws, position: all.length } : { rng: draws.rng }, pool);
+      // Verification was the last reader of the round's distributions.
+      pool.give(proposals);
+      pool.give(draftDistributions);
       features.forEach((f, i) => {
         if (!f) return;
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
@@ -409,10 +419,13 @@ function judge(
   sampling: SamplingParams,
   states: readonly TokenConstraint[] | undefined,
   draw: { keyed: TokenDraws; position: number } | { rng: Rng },
+  pool: DistributionPool,
 ): Verification {
   const targetHistory = committed.clone();
+  // Each position's adjusted logits are used up before the next position's: one buffer.
+  let adjustBuffer: Float32Array | undefined;
   const adjustedAt = (i: number) => {
-    const adjusted = adjustLogits(targetLogits[i], sampling, targetHistory);
+    const adjusted = (adjustBuffer = adjustLogits(targetLogits[i], sampling, targetHistory, adjustBuffer));
     if (i < candidates.length) targetHistory.push(candidates[i]);
     return adjusted;
   };
@@ -427,8 +440,10 @@ function judge(
     states?.[i].mask(adjusted);
     return adjusted;
   };
-  const targetDistributions = targetLogits.map((_, i) => samplingDistribution(maskedAt(i), sampling));
-  return verify(candidates, draftDistributions, targetDistributions, draw.rng);
+  const targetDistributions = targetLogits.map((_, i) => samplingDistribution(maskedAt(i), sampling, pool.take(targetLogits[i].length)));
+  const verdict = verify(candidates, draftDistributions, targetDistributions, draw.rng);
+  pool.give(targetDistributions);
+  return verdict;
 }
 
 /**

@@ -4,6 +4,8 @@
 // itself (DraftFeatures). The split is what keeps speculation exact: whether a position is
 // drafted may depend on PreDrawFeatures only (policies.ts).
 
+import { nativeKernels } from "../../engine/native.js";
+
 /** How many of q's most likely tokens PreDrawFeatures lists (expected acceptance sums over them). */
 export const TOP_CANDIDATES = 8;
 
@@ -41,6 +43,24 @@ export interface DraftFeatures extends PreDrawFeatures {
  */
 export function preDrawFeatures(q: Float64Array, logits: Float32Array, temperature: number, position: number, recentAcceptance: number): PreDrawFeatures {
   const scale = 1 / temperature;
+  const { top, expectedLogit, anchor } = summarize(q, logits, scale);
+  const logZ = logits[anchor] * scale - Math.log(q[anchor]);
+  // Rounding can leave a tiny negative value for a one-hot distribution.
+  const entropy = Math.max(0, logZ - expectedLogit);
+  const top1 = top[0]?.p ?? 0;
+  return { top1, margin: top1 - (top[1]?.p ?? 0), entropy, position, recentAcceptance, top };
+}
+
+const topTokens = new Int32Array(TOP_CANDIDATES);
+const topProbs = new Float64Array(TOP_CANDIDATES);
+
+/** q's most likely tokens, Σ q_i·s_i and the first kept token: in the addon where installed (this code is its reference). */
+function summarize(q: Float64Array, logits: Float32Array, scale: number): { top: Array<{ token: number; p: number }>; expectedLogit: number; anchor: number } {
+  const kernel = nativeKernels().distributionSummary;
+  if (kernel) {
+    const [count, expectedLogit, anchor] = kernel(q, logits, scale, topTokens, topProbs);
+    return { top: Array.from({ length: count }, (_, r) => ({ token: topTokens[r], p: topProbs[r] })), expectedLogit, anchor };
+  }
   const top: Array<{ token: number; p: number }> = [];
   let expectedLogit = 0;
   let anchor = -1;
@@ -55,11 +75,7 @@ export function preDrawFeatures(q: Float64Array, logits: Float32Array, temperatu
     top.splice(at, 0, { token: i, p });
     if (top.length > TOP_CANDIDATES) top.pop();
   }
-  const logZ = logits[anchor] * scale - Math.log(q[anchor]);
-  // Rounding can leave a tiny negative value for a one-hot distribution.
-  const entropy = Math.max(0, logZ - expectedLogit);
-  const top1 = top[0]?.p ?? 0;
-  return { top1, margin: top1 - (top[1]?.p ?? 0), entropy, position, recentAcceptance, top };
+  return { top, expectedLogit, anchor };
 }
 
 /** The features of the candidate `token` drawn from q at a position described by `before`. */

@@ -52,9 +52,9 @@ export class PredictionAligner implements TextProposer {
   }
 }
 
-/** The one-hot distribution of a deterministic proposal. */
-export function oneHot(vocabularySize: number, token: number): Float64Array {
-  const q = new Float64Array(vocabularySize);
+/** The one-hot distribution of a deterministic proposal (in `zeros`, a buffer of zeros, where given). */
+export function oneHot(vocabularySize: number, token: number, zeros?: Float64Array): Float64Array {
+  const q = zeros?.length === vocabularySize ? zeros : new Float64Array(vocabularySize);
   q[token] = 1;
   return q;
 }

@@ -457,36 +457,3 @@ Napi::Value flockCheckWeightType(const Napi::CallbackInfo& info) {
     return out;
 }
 
-// flockSoftmax(logits, temperature, out): out[i] = exp((logits[i] - max) / T) / total, in double,
-// the same arithmetic as decoding/sampler.ts's softmax (which stays the reference: the results
-// differ at most by exp's last bit); returns the total, 0 when no token has a finite logit.
-// Synchronous: one pass over a vocabulary takes about a millisecond at 151,936 tokens, a third of
-// what the same loop costs in JavaScript.
-Napi::Value flockSoftmax(const Napi::CallbackInfo& info) {
-    const Napi::Env env = info.Env();
-    if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsTypedArray()) {
-        Napi::TypeError::New(env, "flockSoftmax(logits: Float32Array, temperature: number, out: Float64Array)").ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    Napi::TypedArray logitsArray = info[0].As<Napi::TypedArray>();
-    Napi::TypedArray outArray = info[2].As<Napi::TypedArray>();
-    if (logitsArray.TypedArrayType() != napi_float32_array || outArray.TypedArrayType() != napi_float64_array || logitsArray.ElementLength() != outArray.ElementLength()) {
-        Napi::TypeError::New(env, "flockSoftmax: a Float32Array of logits and a Float64Array of the same length").ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    const float* logits = info[0].As<Napi::Float32Array>().Data();
-    double* out = info[2].As<Napi::Float64Array>().Data();
-    const size_t n = logitsArray.ElementLength();
-    const double temperature = info[1].As<Napi::Number>().DoubleValue();
-    float max = -INFINITY;
-    for (size_t i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
-    if (max == -INFINITY) return Napi::Number::New(env, 0);
-    double total = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double p = std::exp((double(logits[i]) - double(max)) / temperature);
-        out[i] = p;
-        total += p;
-    }
-    for (size_t i = 0; i < n; i++) out[i] /= total;
-    return Napi::Number::New(env, total);
-}
