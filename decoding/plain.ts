@@ -56,6 +56,8 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached });
       yield { tokens: [token], text, logprobs, ...(finishReason && { finishReason }) };
       if (finishReason) return;
+      // This position's logits are read: the next evaluation may write into them.
+      seq.recycle?.([logits]);
       logits = await evaluate([token]);
     }
   } finally {

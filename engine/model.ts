@@ -4,7 +4,7 @@ import { type LlamaContext, type LlamaContextSequence, type LlamaModel, type Tok
 import { type ChatMessage, ChatTemplate, type RenderedPrompt, type TemplateKwargs, type ToolDefinition } from "./chat-template.js";
 import { FlockError } from "./errors.js";
 import { GrammarCompiler } from "./grammar.js";
-import { enableRawLogits, type FusionGridKernel, fusionGridKernel, grammarKernels, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
+import { enableRawLogits, type FusionGridKernel, type LogitsRecycler, fusionGridKernel, grammarKernels, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
 import { EngineSequence } from "./sequence.js";
 
 export type { ChatMessage, RenderedPrompt, ToolCall, ToolCallSyntax, ToolDefinition } from "./chat-template.js";
@@ -76,6 +76,8 @@ export class LoadedModel {
     readonly maxQueue: number,
     /** Sequences can return final hidden states (evaluateWithHidden). */
     readonly hasHiddenStates: boolean,
+    /** Takes back logits arrays decoders are done with (flock's addon only). */
+    private readonly recycleLogits?: LogitsRecycler,
   ) {
     for (let i = 0; i < parallel; i++) this.sequences.push(context.getSequence());
     this.free.push(...this.sequences);
@@ -106,7 +108,7 @@ export class LoadedModel {
     // Routing traces travel with the hidden states, so a traced routed context has both.
     const traced = options.routing?.trace === true;
     const hasHiddenStates = capabilities.rawLogits && (options.hiddenStates === true || traced);
-    if (capabilities.rawLogits) enableRawLogits(context, { hiddenStates: hasHiddenStates, routedAdapters: traced ? options.routing!.adapters.length : 0 });
+    const recycleLogits = capabilities.rawLogits ? enableRawLogits(context, { hiddenStates: hasHiddenStates, routedAdapters: traced ? options.routing!.adapters.length : 0 }) : undefined;
     if (options.routing) {
       try {
         setRoutedLoras(context, options.routing);
@@ -115,7 +117,7 @@ export class LoadedModel {
         throw new FlockError("invalid_request", `model ${entry.id}: routed LoRA could not be set up (${(cause as Error).message})`, null, { cause });
       }
     }
-    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates);
+    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates, recycleLogits);
   }
 
   /** Tokens one sequence can hold (prompt + completion). */
@@ -295,7 +297,7 @@ export class LoadedModel {
   }
 
   private wrap(seq: LlamaContextSequence): EngineSequence {
-    return new EngineSequence(seq, this.rawLogits, () => this.release(seq));
+    return new EngineSequence(seq, this.rawLogits, () => this.release(seq), this.recycleLogits);
   }
 
   private release(seq: LlamaContextSequence): void {

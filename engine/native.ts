@@ -6,7 +6,7 @@ import { ADDON_FUNCTIONS, CONTEXT_METHODS } from "./native/surface.js";
 
 interface AddonContextWithFlock {
   sampleToken(batchLogitIndex: number, sampler: unknown, probabilities?: boolean, confidence?: boolean): Promise<unknown>;
-  flockGetLogits(batchLogitIndex: number): Float32Array;
+  flockGetLogits(batchLogitIndex: number, into?: Float32Array): Float32Array;
   flockFusionGrid(strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number): Float64Array;
   flockEnableHiddenStates(): void;
   flockGetHiddenState(batchLogitIndex: number): Float32Array;
@@ -176,9 +176,15 @@ export function hasWeightCheck(llama: Llama): boolean {
  * goes to node-llama-cpp as before. With `hiddenStates`, the answer also carries the position's
  * final hidden state, and with `routedAdapters` (a routed context with traces) its routing.
  */
-export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean; routedAdapters?: number } = {}): void {
+export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean; routedAdapters?: number } = {}): LogitsRecycler {
   const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
   const sampleToken = addon.sampleToken.bind(addon);
+  // Logits arrays their readers are done with, overwritten by later reads instead of allocating
+  // (external memory V8 would otherwise collect with full garbage collections).
+  const spare: Float32Array[] = [];
+  const recycle: LogitsRecycler = (arrays) => {
+    for (const array of arrays) if (spare.length < MAX_SPARE_LOGITS && !spare.includes(array)) spare.push(array);
+  };
   if (options.hiddenStates) addon.flockEnableHiddenStates();
   const adapters = options.routedAdapters ?? 0;
   // The module list is the context's state after its last decode: it may only be read here,
@@ -187,8 +193,8 @@ export function enableRawLogits(context: LlamaContext, options: { hiddenStates?:
   // once known, so read again only when a trace does not match it.
   let modules: readonly string[] = [];
   const read = (index: number): Float32Array | LogitsWithHidden => {
-    if (!options.hiddenStates) return addon.flockGetLogits(index);
-    const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index), hidden: addon.flockGetHiddenState(index) };
+    if (!options.hiddenStates) return addon.flockGetLogits(index, spare.pop());
+    const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index, spare.pop()), hidden: addon.flockGetHiddenState(index) };
     const probabilities = adapters > 0 ? addon.flockGetRoutingTrace(index, adapters) : null;
     if (probabilities) {
       if (modules.length * adapters !== probabilities.length) modules = addon.flockGetRoutingTraceModules();
@@ -202,7 +208,17 @@ export function enableRawLogits(context: LlamaContext, options: { hiddenStates?:
   };
   // N-API methods are read-only on the prototype; an own property shadows it.
   Object.defineProperty(addon, "sampleToken", { value: withRawLogits });
+  return recycle;
 }
+
+/**
+ * Hands logits arrays a context returned back to it: the caller reads them no more, and a later
+ * evaluation on the same context may overwrite and return them.
+ */
+export type LogitsRecycler = (arrays: readonly Float32Array[]) => void;
+
+/** The most spare logits arrays a context keeps (a speculative round reads up to 33 at once). */
+const MAX_SPARE_LOGITS = 40;
 
 /**
  * Grammar-constrained decoding's native half (AddonFlockGrammar.cpp and node-llama-cpp's grammar

@@ -3,10 +3,11 @@
 import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import { engineFaultPoint } from "./faults.js";
-import type { LogitsWithHidden, RoutingTrace } from "./native.js";
+import type { LogitsRecycler, LogitsWithHidden, RoutingTrace } from "./native.js";
 
 /** What decoders use of a sequence (EngineSequence's public side; decoder unit tests fake it). */
-export type KvSequence = Pick<EngineSequence, "tokens" | "length" | "contextSize" | "prefill" | "sharedPrefix" | "syncTo" | "evaluate" | "evaluateWithHidden" | "truncate" | "release">;
+export type KvSequence = Pick<EngineSequence, "tokens" | "length" | "contextSize" | "prefill" | "sharedPrefix" | "syncTo" | "evaluate" | "evaluateWithHidden" | "truncate" | "release"> &
+  Partial<Pick<EngineSequence, "recycle">>;
 
 export class EngineSequence {
   private released = false;
@@ -19,7 +20,17 @@ export class EngineSequence {
     private readonly seq: LlamaContextSequence,
     private readonly rawLogits: boolean,
     private readonly onRelease: () => void,
+    private readonly recycleLogits?: LogitsRecycler,
   ) {}
+
+  /**
+   * Logits this sequence returned that the caller will not read again: a later evaluation may
+   * overwrite and return them instead of allocating (vocabulary-sized arrays per token are
+   * otherwise the garbage collector's main work).
+   */
+  recycle(logits: readonly Float32Array[]): void {
+    this.recycleLogits?.(logits);
+  }
 
   /** Tokens currently held in the KV cache. */
   get tokens(): readonly number[] {

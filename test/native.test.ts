@@ -61,6 +61,38 @@ describe("native build", () => {
   });
 });
 
+describe("recycled logits", () => {
+  it("a later evaluation writes into an array its reader gave back, with the values a fresh one gets", async (ctx) => {
+    if (!engine.capabilities.rawLogits) ctx.skip();
+    const manifest = readManifest(inject("forgeDir"));
+    const entry = ModelEntry.parse({ id: "recycle", path: forgedPath(manifest.models["flock-contextual"].file), contextSize: 256, parallel: 2 });
+    const model = await engine.load(entry);
+    const word = (w: string) => manifest.vocab.tokens.indexOf(w.replace(" ", "\u2581"));
+    const prompt = [manifest.vocab.bos, word(" sailor"), word(" ties")];
+    const [recycling, fresh] = [await model.acquire([]), await model.acquire([])];
+    try {
+      const [first] = await recycling.evaluate(prompt, [prompt.length - 1]);
+      const before = Float32Array.from(first);
+      recycling.recycle([first]);
+      const [next] = await recycling.evaluate([word(" the")], [0]);
+      expect(next).toBe(first); // the same array, overwritten
+      await fresh.evaluate(prompt, []);
+      const [expected] = await fresh.evaluate([word(" the")], [0]);
+      expect(expected).not.toBe(first);
+      const distance = (a: Float32Array, b: Float32Array) => Math.max(...a.map((x, i) => Math.abs(x - b[i])));
+      expect(distance(next, expected)).toBeLessThan(1e-5);
+      expect(distance(next, before)).toBeGreaterThan(1e-2);
+      // Without a recycled array, every evaluation allocates its own.
+      const [again] = await recycling.evaluate([word(" rope")], [0]);
+      expect(again).not.toBe(next);
+    } finally {
+      recycling.release();
+      fresh.release();
+      await model[Symbol.asyncDispose]();
+    }
+  });
+});
+
 describe("native sampling kernel", () => {
   it("computes the TypeScript softmax, and the samplers use it: the same draws, no Math.exp", async (ctx) => {
     if (!required && !engine.capabilities.nativeSampling) ctx.skip();

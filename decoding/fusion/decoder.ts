@@ -80,15 +80,18 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
     const stats = setup.stats;
     const contextSize = Math.min(...sequences.map((s) => s.contextSize));
 
+    let fusedBuffer: Float32Array | undefined;
+    let adjustBuffer: Float32Array | undefined;
     for (let generated = 1; ; generated++) {
       if (request.signal?.aborted) return;
       const [strong, base, ...expertLogits] = logits;
       const solveStarted = performance.now();
       const choice = chooseFusion(settings, strong, base, expertLogits);
       stats.solveMs += performance.now() - solveStarted;
-      const fused = fuseLogits(strong, base, choice.active.map(({ index, alpha }) => ({ logits: expertLogits[index], alpha })));
+      // Both used up within the iteration: one buffer each serves every position.
+      const fused = (fusedBuffer = fuseLogits(strong, base, choice.active.map(({ index, alpha }) => ({ logits: expertLogits[index], alpha })), fusedBuffer));
       const position = request.prompt.length + generated - 1;
-      const adjusted = adjustLogits(fused, request.sampling, history);
+      const adjusted = (adjustBuffer = adjustLogits(fused, request.sampling, history, adjustBuffer));
       // The grammar masks the fused distribution; α is chosen on the unconstrained ones.
       const token = constraint ? constrainedDraw(adjusted, request.sampling, constraint, draws, position) : draws.sample(adjusted, request.sampling, position);
       history.push(token);
@@ -105,6 +108,8 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
       if (finishReason) return;
       // Every model sees the token; their evaluations run concurrently.
       const evaluateStarted = performance.now();
+      // This position's logits are read: the next evaluations may write into them.
+      sequences.forEach((seq, i) => seq.recycle?.([logits[i]]));
       logits = await Promise.all(sequences.map(async (seq) => (await seq.evaluate([token], [0]))[0]));
       stats.evaluateMs += performance.now() - evaluateStarted;
     }

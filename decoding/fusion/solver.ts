@@ -214,9 +214,10 @@ export function solveFusion(strong: Float32Array, base: Float32Array, experts: r
   return best;
 }
 
-/** L_strong + Σ α_t (L_expert_t − L_base). */
-export function fuseLogits(strong: Float32Array, base: Float32Array, experts: ReadonlyArray<{ logits: Float32Array; alpha: number }>): Float32Array {
-  const out = new Float32Array(strong);
+/** L_strong + Σ α_t (L_expert_t − L_base), into `into` (of the same length, overwritten) where given. */
+export function fuseLogits(strong: Float32Array, base: Float32Array, experts: ReadonlyArray<{ logits: Float32Array; alpha: number }>, into?: Float32Array): Float32Array {
+  const out = into?.length === strong.length ? into : new Float32Array(strong.length);
+  out.set(strong);
   for (const { logits, alpha } of experts) {
     if (alpha === 0) continue;
     for (let i = 0; i < out.length; i++) out[i] += alpha * shift(logits, base, i);

@@ -222,9 +222,12 @@ async function draftRound(round: {
     const forced = proposeForced();
     if (full()) break;
     const unread = next ? forced : [y, ...forced];
+    // The position's logits are read: the next step may write into them.
+    seq.recycle?.([draftLogits]);
     if (unread.length > 0) ({ logits: draftLogits, hidden: draftHidden } = await timedStep(unread));
     else ({ logits: draftLogits, hidden: draftHidden } = next!);
   }
+  seq.recycle?.([draftLogits]);
   // Forced tokens after the draft's last candidate cost no draft step: they end the round.
   proposeForced();
   return drafted;
@@ -395,6 +398,8 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
         }
       }
       text?.advance?.(emitted, all.slice(request.prompt.length));
+      // Verification and the logprobs were the last readers of the round's target logits.
+      targetSeq.recycle?.(targetLogits);
       yield step;
     }
   } finally {

@@ -18,8 +18,8 @@
 #include "AddonContext.h"
 #include "AddonModel.h"
 
-// flockGetLogits(batchLogitIndex): the raw next-token logits llama.cpp computed for that batch
-// position, copied into a Float32Array of the vocabulary's size. Synchronous: a memcpy, read
+// flockGetLogits(batchLogitIndex, into?): the raw next-token logits llama.cpp computed for that
+// batch position, copied into a Float32Array of the vocabulary's size (`into`, where given). Synchronous: a memcpy, read
 // before the next decode overwrites them.
 Napi::Value AddonContext::FlockGetLogits(const Napi::CallbackInfo& info) {
     if (disposed) {
@@ -33,6 +33,13 @@ Napi::Value AddonContext::FlockGetLogits(const Napi::CallbackInfo& info) {
         return info.Env().Undefined();
     }
     const int32_t n_vocab = llama_vocab_n_tokens(model->vocab);
+    // A spare array of the vocabulary's size is overwritten and returned (no allocation).
+    if (info.Length() > 1 && info[1].IsTypedArray() && info[1].As<Napi::TypedArray>().TypedArrayType() == napi_float32_array &&
+        info[1].As<Napi::TypedArray>().ElementLength() == size_t(n_vocab)) {
+        Napi::Float32Array into = info[1].As<Napi::Float32Array>();
+        std::memcpy(into.Data(), logits, sizeof(float) * n_vocab);
+        return into;
+    }
     Napi::Float32Array result = Napi::Float32Array::New(info.Env(), n_vocab);
     std::memcpy(result.Data(), logits, sizeof(float) * n_vocab);
     return result;

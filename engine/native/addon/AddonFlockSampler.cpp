@@ -120,11 +120,14 @@ void largestLogits(const float* logits, size_t n, size_t k, std::vector<int32_t>
         return;
     }
     // One pass keeping the best k in order: an equal logit loses to the earlier token kept.
+    // Until k are kept, every finite logit enters; then only those above the k-th (held in a
+    // local, so the common case is one comparison).
+    float kth = -INFINITY;
     for (size_t i = 0; i < n; i++) {
         const float l = logits[i];
-        if (!(l > -INFINITY)) continue;
-        if (top.size() == k) {
-            if (!(l > logits[top[k - 1]])) continue;
+        if (!(l > kth)) {
+            if (top.size() == k || !(l > -INFINITY)) continue;
+        } else if (top.size() == k) {
             top.pop_back();
         }
         size_t at = top.size();
@@ -134,6 +137,7 @@ void largestLogits(const float* logits, size_t n, size_t k, std::vector<int32_t>
             at--;
         }
         top[at] = int32_t(i);
+        if (top.size() == k) kth = logits[top[k - 1]];
     }
 }
 
