@@ -112,12 +112,18 @@ export type DrawFromKernel = (probs: Float64Array, u: number) => number;
  */
 export type DistributionSummaryKernel = (q: Float64Array, logits: Float32Array, scale: number, topTokens: Int32Array, topProbs: Float64Array) => Float64Array;
 
+/** decoding/speculative/verifier.ts's residual draw, natively: Σ max(p − q, 0), then the draw from it at `u`. */
+export type ResidualMassKernel = (p: Float64Array, q: Float64Array) => number;
+export type DrawResidualKernel = (p: Float64Array, q: Float64Array, total: number, u: number) => number;
+
 export interface SamplingKernels {
   softmax?: SoftmaxKernel;
   sampleToken?: SampleTokenKernel;
   distribution?: DistributionKernel;
   drawFrom?: DrawFromKernel;
   distributionSummary?: DistributionSummaryKernel;
+  residualMass?: ResidualMassKernel;
+  drawResidual?: DrawResidualKernel;
 }
 
 const KERNEL_FUNCTIONS = {
@@ -126,6 +132,8 @@ const KERNEL_FUNCTIONS = {
   distribution: "flockSamplingDistribution",
   drawFrom: "flockDrawFrom",
   distributionSummary: "flockDistributionSummary",
+  residualMass: "flockResidualMass",
+  drawResidual: "flockDrawResidual",
 } as const satisfies Record<keyof SamplingKernels, (typeof ADDON_FUNCTIONS)[number]>;
 
 let kernels: SamplingKernels = {};

@@ -9,6 +9,7 @@ import { createRng } from "../decoding/rng.js";
 import { Engine } from "../engine/engine.js";
 import { nativeKernels, useSamplingKernels } from "../engine/native.js";
 import { preDrawFeatures } from "../decoding/speculative/features.js";
+import { drawResidual } from "../decoding/speculative/verifier.js";
 import { readManifest } from "../forge/manifest.js";
 import { LoadedModel } from "../engine/model.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
@@ -137,7 +138,7 @@ describe("native draw", () => {
     if (!required && !engine.capabilities.nativeSampling) ctx.skip();
     const installed = nativeKernels();
     const kernel = installed.sampleToken!;
-    expect(Object.keys(installed).sort()).toEqual(["distribution", "distributionSummary", "drawFrom", "sampleToken", "softmax"]);
+    expect(Object.keys(installed).sort()).toEqual(["distribution", "distributionSummary", "drawFrom", "drawResidual", "residualMass", "sampleToken", "softmax"]);
     const rng = createRng(23);
     const gaussian = () => Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next());
     const settings: Array<Partial<SamplingParams>> = [
@@ -192,8 +193,20 @@ describe("native draw", () => {
             steps++;
             boundaries++;
           }
+          // A rejected candidate's recovered token: the residual of p against another distribution.
+          const q = reference(() => samplingDistribution(logits, { ...DEFAULT_SAMPLING, temperature: 1.3 }));
+          let residualMass = 0;
+          for (let i = 0; i < n; i++) if (probs[i] - q[i] > 0) residualMass += probs[i] - q[i];
+          let residualCumulative = 0;
+          for (let i = 0, steps = 0; i < n && steps < 5; i++) {
+            if (!(probs[i] - q[i] > 0)) continue;
+            residualCumulative += (probs[i] - q[i]) / residualMass;
+            uniforms.push(residualCumulative);
+            steps++;
+          }
           for (const u of uniforms) {
             const fixed = { next: () => u, int: () => 0, pick: <T>(items: readonly T[]) => items[0] };
+            expect(drawResidual(probs, q, fixed)).toBe(reference(() => drawResidual(probs, q, fixed)));
             const expected = reference(() => sampleToken(logits, params, fixed));
             expect(sampleToken(logits, params, fixed)).toBe(expected);
             expect(drawFrom(probs, fixed)).toBe(reference(() => drawFrom(probs, fixed)));
@@ -214,6 +227,10 @@ describe("native draw", () => {
     expect(boundaries).toBeGreaterThan(100);
     // The draws really vary (a kernel that returned the argmax would fail above).
     expect(distinct.size).toBeGreaterThan(100);
+    // p = q leaves no residual: both fall back to p's most likely token without a uniform.
+    const same = Float64Array.from([0.2, 0.5, 0.3]);
+    const untouched = { next: () => expect.fail("no uniform is drawn"), int: () => 0, pick: <T>(items: readonly T[]) => items[0] };
+    expect(drawResidual(same, same, untouched)).toBe(1);
     // Without a finite logit: the same error as the TypeScript path.
     expect(() => sampleToken(new Float32Array([-Infinity, -Infinity]), { ...DEFAULT_SAMPLING }, createRng(1))).toThrow(/probability zero/);
     expect(kernel(new Float32Array(0), 1, 0, 1, 0, false, 0.5)).toBe(-1);

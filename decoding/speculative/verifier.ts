@@ -18,6 +18,7 @@
 // and x_{K+1} the bonus. The emitted tokens are then exactly the target's own keyed draws, so the
 // text does not depend on what was proposed: any candidate-length rule is exact, and a seed
 // reproduces with or without a draft. Its acceptance P(argmax agree) is below Σ min(p, q).
+import { nativeKernels } from "../../engine/native.js";
 import type { Rng } from "../rng.js";
 import { argmax, drawFrom } from "../sampler.js";
 
@@ -76,6 +77,12 @@ export function verify(
 
 /** A draw from norm(max(p − q, 0)). */
 export function drawResidual(p: Float64Array, q: Float64Array, rng: Rng): number {
+  const { residualMass, drawResidual: nativeResidual } = nativeKernels();
+  if (residualMass && nativeResidual) {
+    // The same two steps in the addon, without the residual array.
+    const mass = residualMass(p, q);
+    return mass > 0 ? nativeResidual(p, q, mass, rng.next()) : argmax(p);
+  }
   const residual = new Float64Array(p.length);
   let total = 0;
   for (let x = 0; x < p.length; x++) {

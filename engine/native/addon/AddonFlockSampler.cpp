@@ -503,6 +503,45 @@ Napi::Value flockDrawFrom(const Napi::CallbackInfo& info) {
     return Napi::Number::New(env, double(drawDense(probs.Data(), probs.ElementLength(), InverseDraw{info[1].As<Napi::Number>().DoubleValue()})));
 }
 
+// flockResidualMass(p, q): Σ max(p − q, 0) in token order (verifier.ts's drawResidual, first pass).
+Napi::Value flockResidualMass(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 2 || !isFloat64Array(info[0]) || !isFloat64Array(info[1]) ||
+        info[0].As<Napi::TypedArray>().ElementLength() != info[1].As<Napi::TypedArray>().ElementLength()) {
+        return usage(env, "flockResidualMass(p: Float64Array, q: Float64Array of its length)");
+    }
+    const double* p = info[0].As<Napi::Float64Array>().Data();
+    const double* q = info[1].As<Napi::Float64Array>().Data();
+    const size_t n = info[0].As<Napi::TypedArray>().ElementLength();
+    double total = 0;
+    for (size_t x = 0; x < n; x++) {
+        const double r = p[x] - q[x];
+        if (r > 0) total += r;
+    }
+    return Napi::Number::New(env, total);
+}
+
+// flockDrawResidual(p, q, total, u): verifier.ts's draw from norm(max(p − q, 0)) at the uniform
+// u, total being flockResidualMass(p, q) > 0: the inverse CDF over (p − q) / total in token order,
+// without the residual array.
+Napi::Value flockDrawResidual(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (info.Length() < 4 || !isFloat64Array(info[0]) || !isFloat64Array(info[1]) || !numbersAt(info, 2, 2) ||
+        info[0].As<Napi::TypedArray>().ElementLength() != info[1].As<Napi::TypedArray>().ElementLength()) {
+        return usage(env, "flockDrawResidual(p: Float64Array, q: Float64Array of its length, total: number, u: number)");
+    }
+    const double* p = info[0].As<Napi::Float64Array>().Data();
+    const double* q = info[1].As<Napi::Float64Array>().Data();
+    const size_t n = info[0].As<Napi::TypedArray>().ElementLength();
+    const double total = info[2].As<Napi::Number>().DoubleValue();
+    InverseDraw draw{info[3].As<Napi::Number>().DoubleValue()};
+    for (size_t x = 0; x < n; x++) {
+        const double r = p[x] - q[x];
+        if (r > 0 && !draw.offer(int64_t(x), r / total)) break;
+    }
+    return Napi::Number::New(env, double(draw.result()));
+}
+
 // flockDistributionSummary(q, logits, scale, topTokens, topProbs): speculative/features.ts's pass
 // over a draft distribution: its most likely tokens (as many as topTokens holds, most likely
 // first, ties by token id) into topTokens/topProbs, and [how many, Σ q_i·logits_i·scale, the first
