@@ -364,8 +364,9 @@ export function drawFrom(probs: Float64Array, rng: Rng): number {
 
 export function sampleToken(logits: Float32Array, params: SamplingParams, rng: Rng): number {
   const kernel = nativeKernels().sampleToken;
-  if (params.temperature === 0) return kernel ? nativeDraw(kernel, logits, params, false, 0) : argmax(logits);
-  if (kernel) return nativeDraw(kernel, logits, params, false, rng.next());
+  // Temperature 0 draws no uniform: the argmax.
+  if (kernel) return nativeDraw(kernel, logits, params, false, params.temperature === 0 ? 0 : rng.next());
+  if (params.temperature === 0) return argmax(logits);
   return drawFrom(samplingDistribution(logits, params), rng);
 }
 

@@ -2,6 +2,7 @@
 // methods (engine/native/addon). With the prebuilt binary none of this is present, and the
 // engine falls back to node-llama-cpp's public probabilities path.
 import type { Llama, LlamaContext, LlamaGrammarEvaluationState } from "node-llama-cpp";
+import { BufferPool } from "./buffers.js";
 import { ADDON_FUNCTIONS, CONTEXT_METHODS } from "./native/surface.js";
 
 interface AddonContextWithFlock {
@@ -187,12 +188,10 @@ export function hasWeightCheck(llama: Llama): boolean {
 export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean; routedAdapters?: number } = {}): LogitsRecycler {
   const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
   const sampleToken = addon.sampleToken.bind(addon);
-  // Logits arrays their readers are done with, overwritten by later reads instead of allocating
-  // (external memory V8 would otherwise collect with full garbage collections).
-  const spare: Float32Array[] = [];
-  const recycle: LogitsRecycler = (arrays) => {
-    for (const array of arrays) if (spare.length < MAX_SPARE_LOGITS && !spare.includes(array)) spare.push(array);
-  };
+  // Logits arrays their readers are done with, overwritten by later reads instead of allocating.
+  const spare = new BufferPool<Float32Array>((length) => new Float32Array(length), MAX_SPARE_LOGITS);
+  const vocabularySize = context.model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
+  const recycle: LogitsRecycler = (arrays) => spare.give(arrays);
   if (options.hiddenStates) addon.flockEnableHiddenStates();
   const adapters = options.routedAdapters ?? 0;
   // The module list is the context's state after its last decode: it may only be read here,
@@ -201,8 +200,8 @@ export function enableRawLogits(context: LlamaContext, options: { hiddenStates?:
   // once known, so read again only when a trace does not match it.
   let modules: readonly string[] = [];
   const read = (index: number): Float32Array | LogitsWithHidden => {
-    if (!options.hiddenStates) return addon.flockGetLogits(index, spare.pop());
-    const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index, spare.pop()), hidden: addon.flockGetHiddenState(index) };
+    if (!options.hiddenStates) return addon.flockGetLogits(index, spare.reuse(vocabularySize));
+    const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index, spare.reuse(vocabularySize)), hidden: addon.flockGetHiddenState(index) };
     const probabilities = adapters > 0 ? addon.flockGetRoutingTrace(index, adapters) : null;
     if (probabilities) {
       if (modules.length * adapters !== probabilities.length) modules = addon.flockGetRoutingTraceModules();

@@ -24,7 +24,7 @@ import type { RoundCosts } from "./costs.js";
 import type { SpeculativeStats } from "./stats.js";
 import { type LookupSettings, PromptLookup } from "./lookup.js";
 import { oneHot, PredictionAligner } from "./prediction.js";
-import { DistributionPool } from "../buffers.js";
+import { type BufferPool, distributionPool } from "../../engine/buffers.js";
 import { samplingRegime } from "./settings.js";
 import { EXPLORE_LENGTH, TextAcceptance, type TextProposal, type TextProposer, type TextSource } from "./text-proposals.js";
 import { type Verification, type VerificationMode, verify, verifyCoupled } from "./verifier.js";
@@ -132,7 +132,7 @@ async function draftRound(round: {
   /** The committed grammar state of a constrained request: candidates are drawn masked. */
   constraint?: TokenConstraint;
   /** Where the round's draft distributions come from (the decoder takes them back after verification). */
-  pool: DistributionPool;
+  pool: BufferPool<Float64Array>;
 }): Promise<DraftedRound> {
   const { setup, seq, all, params, draws, budget } = round;
   const { policy, predictor, stats, costs } = setup;
@@ -273,7 +273,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
     request.prediction && request.prediction.length > 0 ? new PredictionAligner(request.prediction) : setup.lookup?.enabled ? new PromptLookup(setup.lookup) : null;
   const drafting = draft !== null && text?.source !== "prediction";
   const textAcceptance = setup.textAcceptance ?? new TextAcceptance();
-  const pool = new DistributionPool();
+  const pool = distributionPool();
   const regime = samplingRegime(request.sampling.temperature, verification);
   try {
     if (drafting) draftSeq = await draft.acquire(request.prompt, request.signal);
@@ -343,9 +343,9 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       // Text proposals (a prediction, lookup) and forced tokens are deterministic: one-hot q.
       const proposals = coupled ? [] : candidates.map((y, i) => draftDistributions[i] ?? oneHot(targetLogits[0].length, y, pool.takeZeroed(targetLogits[0].length)));
       const verdict = judge(targetLogits, candidates, proposals, history, params, states, coupled ? { keyed: draws, position: all.length } : { rng: draws.rng }, pool);
-      // Verification was the last reader of the round's distributions.
-      pool.give(proposals);
-      pool.give(draftDistributions);
+      // Verification was the last reader of the round's distributions (proposals holds the
+      // draft's, unless coupled verification needed none of them).
+      pool.give(coupled ? draftDistributions : proposals);
       features.forEach((f, i) => {
         if (!f) return;
         predictor?.observe(f, verdict.acceptanceProbabilities[i]);
@@ -424,7 +424,7 @@ function judge(
   sampling: SamplingParams,
   states: readonly TokenConstraint[] | undefined,
   draw: { keyed: TokenDraws; position: number } | { rng: Rng },
-  pool: DistributionPool,
+  pool: BufferPool<Float64Array>,
 ): Verification {
   const targetHistory = committed.clone();
   // Each position's adjusted logits are used up before the next position's: one buffer.
