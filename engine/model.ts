@@ -1,11 +1,12 @@
 // A served model: weights plus one context whose sequences are pooled, with the tokenizer and
 // detokenizer that decoding needs (the chat template is chat-template.ts).
-import { type LlamaContext, type LlamaContextSequence, type LlamaModel, type Token } from "node-llama-cpp";
+import { type LlamaContext, type LlamaModel, type Token } from "node-llama-cpp";
+import { BatchDecoder, BatchedSequence } from "./batch.js";
 import { type ChatMessage, ChatTemplate, type RenderedPrompt, type TemplateKwargs, type ToolDefinition } from "./chat-template.js";
 import { FlockError } from "./errors.js";
 import { GrammarCompiler } from "./grammar.js";
-import { enableRawLogits, type FusionGridKernel, type LogitsRecycler, fusionGridKernel, grammarKernels, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
-import { EngineSequence } from "./sequence.js";
+import { type FusionGridKernel, fusionGridKernel, grammarKernels, type RawOutputs, rawOutputs, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
+import { EngineSequence, NodeLlamaCppSequence, type SequenceCache, sharedPrefixLength } from "./sequence.js";
 
 export type { ChatMessage, RenderedPrompt, ToolCall, ToolCallSyntax, ToolDefinition } from "./chat-template.js";
 
@@ -50,9 +51,11 @@ export interface ModelLoadOptions {
 const MIN_AUTO_CONTEXT = 1024;
 
 export class LoadedModel {
-  private readonly free: LlamaContextSequence[] = [];
+  private readonly free: SequenceCache[] = [];
   /** Every sequence of the context, busy or free (their KV cells, for kvCacheUsage). */
-  private readonly sequences: LlamaContextSequence[] = [];
+  private readonly sequences: SequenceCache[] = [];
+  /** Decodes for the sequences on flock's contexts (none on node-llama-cpp's fallback path). */
+  private readonly batches: BatchDecoder | null = null;
   private readonly waiters: Waiter[] = [];
   private readonly chatTemplate: ChatTemplate;
   private disposed = false;
@@ -63,6 +66,10 @@ export class LoadedModel {
   readonly grammars: GrammarCompiler | null;
   /** Told how long each acquisition waited for a sequence, in seconds (0 when one was idle). */
   onAcquire: ((waitedSeconds: number) => void) | null = null;
+  /** Told how many sequences each llama.cpp batch of this context carries (flock's contexts only). */
+  set onBatch(observer: ((sequences: number) => void) | null) {
+    if (this.batches) this.batches.onBatch = observer;
+  }
 
   private constructor(
     readonly id: string,
@@ -76,10 +83,16 @@ export class LoadedModel {
     readonly maxQueue: number,
     /** Sequences can return final hidden states (evaluateWithHidden). */
     readonly hasHiddenStates: boolean,
-    /** Takes back logits arrays decoders are done with (flock's addon only). */
-    private readonly recycleLogits?: LogitsRecycler,
+    /** Reads decoded positions and takes back logits arrays decoders are done with (flock's addon only). */
+    private readonly outputs?: RawOutputs,
   ) {
-    for (let i = 0; i < parallel; i++) this.sequences.push(context.getSequence());
+    if (outputs) {
+      // flock drives the context's sequence ids 0…parallel−1 itself (engine/batch.ts).
+      const batches = (this.batches = new BatchDecoder(context, outputs, () => this.runningSequences));
+      for (let id = 0; id < parallel; id++) this.sequences.push(new BatchedSequence(batches, id));
+    } else {
+      for (let i = 0; i < parallel; i++) this.sequences.push(new NodeLlamaCppSequence(context.getSequence(), this.vocabularySize));
+    }
     this.free.push(...this.sequences);
     this.chatTemplate = new ChatTemplate(id, weights);
     const kernels = grammarKernels(weights.llama);
@@ -108,7 +121,7 @@ export class LoadedModel {
     // Routing traces travel with the hidden states, so a traced routed context has both.
     const traced = options.routing?.trace === true;
     const hasHiddenStates = capabilities.rawLogits && (options.hiddenStates === true || traced);
-    const recycleLogits = capabilities.rawLogits ? enableRawLogits(context, { hiddenStates: hasHiddenStates, routedAdapters: traced ? options.routing!.adapters.length : 0 }) : undefined;
+    const outputs = capabilities.rawLogits ? rawOutputs(context, { hiddenStates: hasHiddenStates, routedAdapters: traced ? options.routing!.adapters.length : 0 }) : undefined;
     if (options.routing) {
       try {
         setRoutedLoras(context, options.routing);
@@ -117,7 +130,7 @@ export class LoadedModel {
         throw new FlockError("invalid_request", `model ${entry.id}: routed LoRA could not be set up (${(cause as Error).message})`, null, { cause });
       }
     }
-    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates, recycleLogits);
+    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates, outputs);
   }
 
   /** Tokens one sequence can hold (prompt + completion). */
@@ -158,7 +171,7 @@ export class LoadedModel {
    */
   get kvCacheUsage(): number {
     if (this.disposed) return 0;
-    const held = this.sequences.reduce((sum, seq) => sum + seq.nextTokenIndex, 0);
+    const held = this.sequences.reduce((sum, seq) => sum + seq.tokens.length, 0);
     return held / (this.context.contextSize * this.parallel);
   }
   /** Sequences serving a request right now. */
@@ -285,22 +298,22 @@ export class LoadedModel {
     });
   }
 
-  private takeBestFree(prompt: readonly number[]): LlamaContextSequence | undefined {
+  private takeBestFree(prompt: readonly number[]): SequenceCache | undefined {
     if (this.free.length === 0) return undefined;
     let best = 0;
     let bestShared = -1;
     this.free.forEach((seq, i) => {
-      const shared = seq.compareContextTokens(prompt as Token[]).firstDifferentIndex;
+      const shared = sharedPrefixLength(seq.tokens, prompt);
       if (shared > bestShared) [best, bestShared] = [i, shared];
     });
     return this.free.splice(best, 1)[0];
   }
 
-  private wrap(seq: LlamaContextSequence): EngineSequence {
-    return new EngineSequence(seq, this.rawLogits, () => this.release(seq), this.recycleLogits);
+  private wrap(seq: SequenceCache): EngineSequence {
+    return new EngineSequence(seq, this.contextSize, this.rawLogits, () => this.release(seq), this.outputs?.recycle);
   }
 
-  private release(seq: LlamaContextSequence): void {
+  private release(seq: SequenceCache): void {
     const waiter = this.waiters.shift();
     if (!waiter) {
       this.free.push(seq);
@@ -333,6 +346,7 @@ export class LoadedModel {
     if (this.disposed) return;
     this.disposed = true;
     for (const w of this.waiters.splice(0)) w.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
+    await this.batches?.idle();
     await this.context.dispose();
   }
 }

@@ -175,29 +175,28 @@ export function hasWeightCheck(llama: Llama): boolean {
   return typeof addonFunction(llama, "flockCheckWeightType") === "function";
 }
 
+/** What flock reads of a decoded batch position on its contexts, and where read arrays go back. */
+export interface RawOutputs {
+  /** The position's raw logits (with hidden state and routing where the context keeps them). */
+  read(batchLogitIndex: number): Float32Array | LogitsWithHidden;
+  recycle: LogitsRecycler;
+}
+
 /**
- * Makes `controlledEvaluate` return raw logits for positions that ask for `confidence` only.
- *
- * node-llama-cpp samples every requested position through `_ctx.sampleToken(index, sampler,
- * probabilities, confidence)` and passes the returned confidence through untouched. On
- * contexts flock owns, a confidence-only request is answered with the position's raw logits
- * (a Float32Array copied by flockGetLogits) instead of a sampled token; every other request
- * goes to node-llama-cpp as before. With `hiddenStates`, the answer also carries the position's
- * final hidden state, and with `routedAdapters` (a routed context with traces) its routing.
+ * The reader of a flock context's decoded positions: raw logits (a Float32Array copied by
+ * flockGetLogits into a recycled array where one is spare); with `hiddenStates` also the final
+ * hidden state, and with `routedAdapters` (a routed context with traces) its routing. Must be
+ * called between decodes: a later decode overwrites what llama.cpp holds.
  */
-export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean; routedAdapters?: number } = {}): LogitsRecycler {
+export function rawOutputs(context: LlamaContext, options: { hiddenStates?: boolean; routedAdapters?: number } = {}): RawOutputs {
   const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
-  const sampleToken = addon.sampleToken.bind(addon);
   // Logits arrays their readers are done with, overwritten by later reads instead of allocating.
   const spare = new BufferPool<Float32Array>((length) => new Float32Array(length), MAX_SPARE_LOGITS);
   const vocabularySize = context.model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
-  const recycle: LogitsRecycler = (arrays) => spare.give(arrays);
   if (options.hiddenStates) addon.flockEnableHiddenStates();
   const adapters = options.routedAdapters ?? 0;
-  // The module list is the context's state after its last decode: it may only be read here,
-  // between decodes (node-llama-cpp maps a batch's logits before it starts the next one); read
-  // at any other time it races with a decode running on llama.cpp's thread. Fixed per context
-  // once known, so read again only when a trace does not match it.
+  // The module list is the context's state after its last decode, read between decodes like
+  // the logits. Fixed per context once known, so read again only when a trace does not match it.
   let modules: readonly string[] = [];
   const read = (index: number): Float32Array | LogitsWithHidden => {
     if (!options.hiddenStates) return addon.flockGetLogits(index, spare.reuse(vocabularySize));
@@ -209,6 +208,24 @@ export function enableRawLogits(context: LlamaContext, options: { hiddenStates?:
     }
     return answer;
   };
+  return { read, recycle: (arrays) => spare.give(arrays) };
+}
+
+/**
+ * Makes `controlledEvaluate` return raw logits for positions that ask for `confidence` only
+ * (for code that drives a flock context through node-llama-cpp; flock's own sequences decode
+ * through engine/batch.ts).
+ *
+ * node-llama-cpp samples every requested position through `_ctx.sampleToken(index, sampler,
+ * probabilities, confidence)` and passes the returned confidence through untouched. A
+ * confidence-only request is answered with the position's raw outputs (rawOutputs) instead of
+ * a sampled token; every other request goes to node-llama-cpp as before. node-llama-cpp maps a
+ * batch's logits before it starts the next decode, so the reads fall between decodes.
+ */
+export function enableRawLogits(context: LlamaContext, options: { hiddenStates?: boolean; routedAdapters?: number } = {}): LogitsRecycler {
+  const addon = (context as unknown as { _ctx: AddonContextWithFlock })._ctx;
+  const sampleToken = addon.sampleToken.bind(addon);
+  const { read, recycle } = rawOutputs(context, options);
   const withRawLogits: AddonContextWithFlock["sampleToken"] = (batchLogitIndex, sampler, probabilities, confidence) => {
     if (confidence === true && probabilities !== true) return Promise.resolve([-1, undefined, read(batchLogitIndex)]);
     return sampleToken(batchLogitIndex, sampler, probabilities, confidence);

@@ -1,6 +1,7 @@
 // One KV-cache sequence checked out of a model's pool: evaluate tokens, read next-token
 // logits at chosen positions, roll the cache back. Released back to the pool when done.
 import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
+import type { PositionOutput } from "./batch.js";
 import { FlockError } from "./errors.js";
 import { engineFaultPoint } from "./faults.js";
 import type { LogitsRecycler, LogitsWithHidden, RoutingTrace } from "./native.js";
@@ -8,6 +9,61 @@ import type { LogitsRecycler, LogitsWithHidden, RoutingTrace } from "./native.js
 /** What decoders use of a sequence (EngineSequence's public side; decoder unit tests fake it). */
 export type KvSequence = Pick<EngineSequence, "tokens" | "length" | "contextSize" | "prefill" | "sharedPrefix" | "syncTo" | "evaluate" | "evaluateWithHidden" | "truncate" | "release"> &
   Partial<Pick<EngineSequence, "recycle">>;
+
+/**
+ * A sequence of a context as the engine drives it: on flock's contexts a BatchedSequence
+ * (engine/batch.ts, raw outputs); without flock's addon, node-llama-cpp's own sequence
+ * (NodeLlamaCppSequence, log-probabilities).
+ */
+export interface SequenceCache {
+  /** Tokens the KV cache holds. */
+  readonly tokens: readonly number[];
+  /** Appends `tokens`; the outputs after the token indices in `logitsAt`, in that order. */
+  append(tokens: readonly number[], logitsAt: readonly number[]): Promise<PositionOutput[]>;
+  /** Keeps the first `length` cached tokens. */
+  cut(length: number): Promise<void>;
+}
+
+/**
+ * The fallback without flock's addon: node-llama-cpp's controlledEvaluate and its probabilities
+ * path (logits up to an additive constant, ~12 ms per position at 32k), named in the startup log.
+ */
+export class NodeLlamaCppSequence implements SequenceCache {
+  constructor(
+    private readonly seq: LlamaContextSequence,
+    private readonly vocabularySize: number,
+  ) {}
+
+  get tokens(): readonly number[] {
+    return this.seq.contextTokens;
+  }
+
+  async append(tokens: readonly number[], logitsAt: readonly number[]): Promise<Float32Array[]> {
+    const wanted = new Set(logitsAt);
+    const input: ControlledEvaluateInputItem[] = tokens.map((t, i) => (wanted.has(i) ? [t as Token, { generateNext: { probabilities: true } }] : (t as Token)));
+    const results = await this.seq.controlledEvaluate(input);
+    return logitsAt.map((i) => {
+      const probabilities = results[i]?.next?.probabilities;
+      if (!probabilities) throw new FlockError("internal", `the engine returned no distribution for position ${i}`);
+      const logits = new Float32Array(this.vocabularySize).fill(-Infinity);
+      for (const [token, p] of probabilities) logits[token] = Math.log(p);
+      return logits;
+    });
+  }
+
+  async cut(length: number): Promise<void> {
+    const end = this.seq.nextTokenIndex;
+    if (length < end) await this.seq.eraseContextTokenRanges([{ start: length, end }]);
+  }
+}
+
+/** How many leading tokens `a` and `b` share. */
+export function sharedPrefixLength(a: readonly number[], b: readonly number[]): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
+}
 
 export class EngineSequence {
   private released = false;
@@ -17,7 +73,8 @@ export class EngineSequence {
   private releaseWhenIdle = false;
 
   constructor(
-    private readonly seq: LlamaContextSequence,
+    private readonly cache: SequenceCache,
+    readonly contextSize: number,
     private readonly rawLogits: boolean,
     private readonly onRelease: () => void,
     private readonly recycleLogits?: LogitsRecycler,
@@ -34,13 +91,10 @@ export class EngineSequence {
 
   /** Tokens currently held in the KV cache. */
   get tokens(): readonly number[] {
-    return this.seq.contextTokens;
+    return this.cache.tokens;
   }
   get length(): number {
-    return this.seq.nextTokenIndex;
-  }
-  get contextSize(): number {
-    return this.seq.contextSize;
+    return this.cache.tokens.length;
   }
 
   /**
@@ -57,7 +111,7 @@ export class EngineSequence {
 
   /** How many leading tokens of `tokens` the cache already holds. */
   sharedPrefix(tokens: readonly number[]): number {
-    return Math.min(this.seq.compareContextTokens(tokens as Token[]).firstDifferentIndex, tokens.length);
+    return sharedPrefixLength(this.cache.tokens, tokens);
   }
 
   /** Makes the cache hold exactly `tokens`, reusing the longest cached prefix; no logits. */
@@ -70,36 +124,11 @@ export class EngineSequence {
   /**
    * Appends `tokens` to the cache and returns next-token logits after each position listed in
    * `logitsAt` (indices into `tokens`), in that order. With the native addon these are
-   * llama.cpp's raw logits; otherwise log-probabilities from node-llama-cpp's probabilities
-   * path (the named fallback: logits up to an additive constant, ~12 ms per position at 32k).
+   * llama.cpp's raw logits; otherwise log-probabilities (NodeLlamaCppSequence).
    */
   async evaluate(tokens: readonly number[], logitsAt: readonly number[]): Promise<Float32Array[]> {
-    this.assertHeld();
-    if (logitsAt.length > 0) engineFaultPoint();
-    if (this.length + tokens.length > this.contextSize) {
-      throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
-    }
-    const wanted = new Set(logitsAt);
-    // A confidence-only request is answered with raw logits on flock's contexts (engine/native.ts).
-    const ask = this.rawLogits ? { confidence: true } : { probabilities: true };
-    const input: ControlledEvaluateInputItem[] = tokens.map((t, i) => (wanted.has(i) ? [t as Token, { generateNext: ask }] : (t as Token)));
-    const results = await this.track(this.seq.controlledEvaluate(input));
-    if (this.rawLogits) {
-      return logitsAt.map((i) => {
-        const answer = results[i]?.next?.confidence as unknown;
-        if (answer instanceof Float32Array) return answer;
-        if (answer && typeof answer === "object" && "logits" in answer) return (answer as LogitsWithHidden).logits;
-        throw new FlockError("internal", `the engine returned no logits for position ${i}`);
-      });
-    }
-    const vocabularySize = this.seq.model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
-    return logitsAt.map((i) => {
-      const probabilities = results[i]?.next?.probabilities;
-      if (!probabilities) throw new FlockError("internal", `the engine returned no distribution for position ${i}`);
-      const logits = new Float32Array(vocabularySize).fill(-Infinity);
-      for (const [token, p] of probabilities) logits[token] = Math.log(p);
-      return logits;
-    });
+    const outputs = await this.append(tokens, logitsAt);
+    return outputs.map((output) => (output instanceof Float32Array ? output : output.logits));
   }
 
   /**
@@ -111,29 +140,27 @@ export class EngineSequence {
     tokens: readonly number[],
     logitsAt: readonly number[],
   ): Promise<{ logits: Float32Array[]; hidden: Float32Array[]; routing: Array<RoutingTrace | undefined> }> {
-    this.assertHeld();
     if (!this.rawLogits) throw new FlockError("unsupported", "hidden states need flock's native addon (npm run build:native)");
+    const answers = (await this.append(tokens, logitsAt)).map((output) => {
+      if (output instanceof Float32Array) throw new FlockError("internal", "this model was not loaded with hidden states");
+      return output;
+    });
+    return { logits: answers.map((a) => a.logits), hidden: answers.map((a) => a.hidden), routing: answers.map((a) => a.routing) };
+  }
+
+  private append(tokens: readonly number[], logitsAt: readonly number[]): Promise<PositionOutput[]> {
+    this.assertHeld();
     if (logitsAt.length > 0) engineFaultPoint();
     if (this.length + tokens.length > this.contextSize) {
       throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
     }
-    const wanted = new Set(logitsAt);
-    const input: ControlledEvaluateInputItem[] = tokens.map((t, i) => (wanted.has(i) ? [t as Token, { generateNext: { confidence: true } }] : (t as Token)));
-    const results = await this.track(this.seq.controlledEvaluate(input));
-    const answers = logitsAt.map((i) => {
-      const answer = results[i]?.next?.confidence as unknown;
-      if (!answer || typeof answer !== "object" || !("hidden" in answer)) {
-        throw new FlockError("internal", "this model was not loaded with hidden states");
-      }
-      return answer as LogitsWithHidden;
-    });
-    return { logits: answers.map((a) => a.logits), hidden: answers.map((a) => a.hidden), routing: answers.map((a) => a.routing) };
+    return this.track(this.cache.append(tokens, logitsAt));
   }
 
   /** Drops every cached token from `length` on (KV rollback). */
   async truncate(length: number): Promise<void> {
     this.assertHeld();
-    if (length < this.length) await this.track(this.seq.eraseContextTokenRanges([{ start: length, end: this.length }]));
+    if (length < this.length) await this.track(this.cache.cut(length));
   }
 
   /**

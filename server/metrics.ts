@@ -43,6 +43,7 @@ export class Metrics {
   private readonly itl: Histogram<"model_name">;
   private readonly e2e: Histogram<"model_name">;
   private readonly queue: Histogram<"model_name">;
+  private readonly batchSequences: Histogram<"model_name">;
   private readonly promptTokens: Counter<"model_name">;
   private readonly generationTokens: Counter<"model_name">;
   private readonly routedTokens: Counter<"model_name" | "expert">;
@@ -128,6 +129,13 @@ export class Metrics {
       help: "Time a choice waited for a free sequence of its model, in seconds.",
       labelNames: ["model_name"],
       buckets: REQUEST_LATENCY_BUCKETS,
+      registers,
+    });
+    this.batchSequences = new Histogram({
+      name: "flock_batch_sequences",
+      help: "Sequences whose tokens one llama.cpp decode of the model's context carried (above 1: requests share batches).",
+      labelNames: ["model_name"],
+      buckets: [1, 2, 4, 8, 16, 32, 64],
       registers,
     });
     this.promptTokens = new Counter({
@@ -333,6 +341,12 @@ export class Metrics {
   queueTimeObserver(model: string): (seconds: number) => void {
     const child = this.queue.labels({ model_name: model });
     return (seconds) => child.observe(seconds);
+  }
+
+  /** Wires a model's batch reports into flock_batch_sequences. */
+  batchObserver(model: string): (sequences: number) => void {
+    const child = this.batchSequences.labels({ model_name: model });
+    return (sequences) => child.observe(sequences);
   }
 
   /** Timings of one request's choices; `arrival` is performance.now() at arrival. */

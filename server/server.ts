@@ -109,6 +109,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
       loaded.add(pipeline);
       const model = pipeline.model;
       model.onAcquire = metrics.queueTimeObserver(pipeline.id);
+      model.onBatch = metrics.batchObserver(pipeline.id);
       log.info(
         {
           model: entry.id,

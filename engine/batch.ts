@@ -1,0 +1,258 @@
+// Decoding on the contexts flock's addon serves: one llama_decode at a time per context, the
+// queued tokens of all its sequences packed into each batch, KV-cache edits between batches.
+//
+// node-llama-cpp's controlledEvaluate does the same job for any caller, at a price paid per
+// call: a sampler object configured and disposed, two locks, a scheduling pass and a sampling
+// round trip per requested position (about 0.2 ms, as much as a small model's whole step). flock
+// reads raw logits and samples them itself, so it drives the addon's batch calls (initBatch,
+// addToBatch, decodeBatch) directly and keeps each sequence's cached tokens on its own side.
+import type { LlamaContext } from "node-llama-cpp";
+import { FlockError } from "./errors.js";
+import type { RawOutputs } from "./native.js";
+
+/** What a decoded position yields: raw logits, or logits with hidden state and routing. */
+export type PositionOutput = ReturnType<RawOutputs["read"]>;
+
+/** The addon's batch calls (node-llama-cpp's AddonContext). */
+interface AddonBatchCalls {
+  initBatch(size: number): void;
+  addToBatch(sequenceId: number, firstPosition: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array;
+  decodeBatch(): Promise<void>;
+  removeTokenCellsFromSequence(sequenceId: number, start: number, end: number): boolean;
+}
+
+interface QueuedDecode {
+  sequence: number;
+  /** Cache position of tokens[0]. */
+  position: number;
+  tokens: readonly number[];
+  /** Token indices whose outputs are wanted. */
+  wanted: ReadonlySet<number>;
+  /** Tokens already decoded (a long prompt takes several batches). */
+  done: number;
+  outputs: Map<number, PositionOutput>;
+  resolve(outputs: Map<number, PositionOutput>): void;
+  reject(err: unknown): void;
+}
+
+interface QueuedErase {
+  sequence: number;
+  from: number;
+  resolve(): void;
+  reject(err: unknown): void;
+}
+
+export class BatchDecoder {
+  private readonly addon: AddonBatchCalls;
+  private readonly decodes: QueuedDecode[] = [];
+  private readonly erases: QueuedErase[] = [];
+  private running = false;
+  private dispatchScheduled = false;
+  private idleWaiters: Array<() => void> = [];
+  /** Told how many sequences each batch carries (flock_batch_sequences). */
+  onBatch: ((sequences: number) => void) | null = null;
+
+  constructor(
+    context: LlamaContext,
+    private readonly outputs: RawOutputs,
+    /** How many sequences are serving requests: a batch waits a turn of the event loop for those not yet queued. */
+    private readonly busySequences: () => number,
+  ) {
+    this.addon = (context as unknown as { _ctx: AddonBatchCalls })._ctx;
+    this.batchSize = context.batchSize;
+  }
+
+  private readonly batchSize: number;
+
+  /**
+   * Appends `tokens` to `sequence`'s cache from `position` on; resolves with the outputs of the
+   * token indices in `wanted`, by index.
+   */
+  decode(sequence: number, position: number, tokens: readonly number[], wanted: ReadonlySet<number>): Promise<Map<number, PositionOutput>> {
+    if (tokens.length === 0) return Promise.resolve(new Map());
+    return new Promise((resolve, reject) => {
+      this.decodes.push({ sequence, position, tokens, wanted, done: 0, outputs: new Map(), resolve, reject });
+      this.schedule();
+    });
+  }
+
+  /** Drops `sequence`'s cached tokens from `from` on; between decodes, since a decode reads the cache. */
+  erase(sequence: number, from: number): Promise<void> {
+    if (!this.running) {
+      this.removeCells(sequence, from);
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => this.erases.push({ sequence, from, resolve, reject }));
+  }
+
+  /** Resolves once no decode is queued or running (before the context is freed). */
+  idle(): Promise<void> {
+    if (!this.running && this.decodes.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private removeCells(sequence: number, from: number): void {
+    // llama_memory_seq_rm with an end below 0: to the end of the sequence.
+    if (!this.addon.removeTokenCellsFromSequence(sequence, from, -1)) {
+      throw new FlockError("internal", `the KV cache of sequence ${sequence} cannot be cut at ${from}`);
+    }
+  }
+
+  /**
+   * Decodes now when every busy sequence has queued its tokens (nothing else will join the
+   * batch); otherwise after this turn of the event loop, so that the sequences whose previous
+   * step just finished join the same batch.
+   */
+  private schedule(): void {
+    if (this.running) return;
+    const queued = new Set(this.decodes.map((d) => d.sequence)).size;
+    if (queued >= this.busySequences()) {
+      void this.dispatch();
+      return;
+    }
+    if (this.dispatchScheduled) return;
+    this.dispatchScheduled = true;
+    setImmediate(() => {
+      this.dispatchScheduled = false;
+      if (!this.running) void this.dispatch();
+    });
+  }
+
+  private async dispatch(): Promise<void> {
+    if (this.running || this.decodes.length === 0) return;
+    this.running = true;
+    try {
+      let batch: ReturnType<BatchDecoder["fill"]>;
+      try {
+        batch = this.fill();
+      } catch (err) {
+        // A batch that could not be built: none of what is queued can be trusted to fit.
+        for (const decode of this.decodes.splice(0)) decode.reject(err);
+        return;
+      }
+      let failure: unknown;
+      try {
+        await this.addon.decodeBatch();
+      } catch (err) {
+        failure = new FlockError("internal", `llama_decode failed: ${(err as Error).message}`, null, { cause: err });
+      }
+      this.finish(batch, failure);
+    } finally {
+      this.running = false;
+      this.runErases();
+      if (this.decodes.length > 0) this.schedule();
+      else for (const wake of this.idleWaiters.splice(0)) wake();
+    }
+  }
+
+  /**
+   * Packs queued tokens into one batch: each queued decode gets an even share of the batch's
+   * slots, shorter ones first so that what they leave goes to longer ones (a long prompt does
+   * not hold up the sequences that are generating).
+   */
+  private fill(): Array<{ decode: QueuedDecode; count: number; logitIndexes: Uint32Array; tokenIndexes: number[] }> {
+    const order = [...this.decodes].sort((a, b) => a.tokens.length - a.done - (b.tokens.length - b.done));
+    const shares: Array<{ decode: QueuedDecode; count: number }> = [];
+    let slots = this.batchSize;
+    order.forEach((decode, i) => {
+      const count = Math.min(decode.tokens.length - decode.done, slots, Math.max(1, Math.floor(slots / (order.length - i))));
+      if (count <= 0) return;
+      shares.push({ decode, count });
+      slots -= count;
+    });
+    this.addon.initBatch(this.batchSize - slots);
+    this.onBatch?.(shares.length);
+    return shares.map(({ decode, count }) => {
+      const tokenIndexes: number[] = [];
+      for (let i = decode.done; i < decode.done + count; i++) if (decode.wanted.has(i)) tokenIndexes.push(i);
+      const tokens = Uint32Array.from(decode.tokens.slice(decode.done, decode.done + count));
+      const within = Uint32Array.from(tokenIndexes, (i) => i - decode.done);
+      const logitIndexes = this.addon.addToBatch(decode.sequence, decode.position + decode.done, tokens, within);
+      return { decode, count, logitIndexes, tokenIndexes };
+    });
+  }
+
+  /** Reads the batch's outputs (before any later decode overwrites them), settles what is complete. */
+  private finish(batch: ReturnType<BatchDecoder["fill"]>, failure: unknown): void {
+    for (const { decode, count, logitIndexes, tokenIndexes } of batch) {
+      if (failure === undefined) {
+        try {
+          tokenIndexes.forEach((tokenIndex, k) => decode.outputs.set(tokenIndex, this.outputs.read(logitIndexes[k])));
+        } catch (err) {
+          failure = err;
+        }
+      }
+      if (failure !== undefined) {
+        this.dequeue(decode);
+        decode.reject(failure);
+        continue;
+      }
+      decode.done += count;
+      if (decode.done === decode.tokens.length) {
+        this.dequeue(decode);
+        decode.resolve(decode.outputs);
+      }
+    }
+  }
+
+  private dequeue(decode: QueuedDecode): void {
+    this.decodes.splice(this.decodes.indexOf(decode), 1);
+  }
+
+  private runErases(): void {
+    for (const erase of this.erases.splice(0)) {
+      try {
+        this.removeCells(erase.sequence, erase.from);
+        erase.resolve();
+      } catch (err) {
+        erase.reject(err);
+      }
+    }
+  }
+}
+
+/**
+ * One sequence of a BatchDecoder's context: the tokens its KV cache holds, kept here (the cache
+ * itself is llama.cpp's), and its operations one at a time in the order they were asked for.
+ */
+export class BatchedSequence {
+  private readonly held: number[] = [];
+  private last: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly decoder: BatchDecoder,
+    readonly id: number,
+  ) {}
+
+  get tokens(): readonly number[] {
+    return this.held;
+  }
+
+  /** Appends `tokens`; the outputs after the token indices in `logitsAt`, in that order. */
+  append(tokens: readonly number[], logitsAt: readonly number[]): Promise<PositionOutput[]> {
+    return this.serially(async () => {
+      const outputs = await this.decoder.decode(this.id, this.held.length, tokens, new Set(logitsAt)).catch(async (err: unknown) => {
+        // A long input may have been decoded in part: the cache keeps only what is recorded here.
+        await this.decoder.erase(this.id, this.held.length);
+        throw err;
+      });
+      for (const token of tokens) this.held.push(token);
+      return logitsAt.map((i) => outputs.get(i)!);
+    });
+  }
+
+  /** Keeps the first `length` cached tokens. */
+  cut(length: number): Promise<void> {
+    return this.serially(async () => {
+      if (length >= this.held.length) return;
+      await this.decoder.erase(this.id, length);
+      this.held.length = length;
+    });
+  }
+
+  private serially<T>(operation: () => Promise<T>): Promise<T> {
+    const result = this.last.then(operation);
+    this.last = result.catch(() => undefined);
+    return result;
+  }
+}
