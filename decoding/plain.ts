@@ -51,14 +51,20 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       history.push(token);
       const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);
       if (!endOfGeneration) constraint?.accept(token);
-      const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
       const limitReached = generated >= request.maxTokens || seq.length + 1 > seq.contextSize;
+      // The next position's decode starts before this token is detokenized, checked against the
+      // stop strings and streamed: llama.cpp computes while JavaScript does that work. A stop
+      // string found meanwhile leaves one token in the cache that the next request drops.
+      const next = endOfGeneration || limitReached ? undefined : evaluate([token]);
+      next?.catch(() => undefined); // awaited below, unless the consumer stops first
+      const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
       const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached });
-      yield { tokens: [token], text, logprobs, ...(finishReason && { finishReason }) };
-      if (finishReason) return;
-      // This position's logits are read: the next evaluation may write into them.
+      // This position's logits are read (the decode started above writes its own when it ends,
+      // after this synchronous stretch): the next evaluation may write into them.
       seq.recycle?.([logits]);
-      logits = await evaluate([token]);
+      yield { tokens: [token], text, logprobs, ...(finishReason && { finishReason }) };
+      if (finishReason || !next) return;
+      logits = await next;
     }
   } finally {
     constraint?.release();
