@@ -2,7 +2,7 @@
 // Dynamic logit fusion on the forged fusion set: per-domain NLL of the strong base, static
 // fusion (α = 1), dynamic fusion and the strong domain expert, with the share of the gap closed;
 // the same on mixed-domain text; then the cost of a fused step (model evaluation vs α solve)
-// at 679, 32k and 128k vocabularies, against the models' own evaluation times; and the error
+// at 679, 32k, 128k and 151,936-token vocabularies, against the models' own evaluation times; and the error
 // of the support-set solve against the exact one.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -101,7 +101,7 @@ const quality: BenchReport["rows"] = [];
 // 2. Speed: fused decoding with 3 experts against each model's own evaluation.
 const speed: BenchReport["rows"] = [];
 let kernel: GridKernel | undefined;
-for (const vocabSize of [0, 32000, 128000]) {
+for (const vocabSize of [0, 32000, 128000, 151936]) {
   const dir = join(root, `speed-${vocabSize}`);
   const m = forge({ outDir: dir, preset: "demo", vocabSize });
   const experts = m.domains.slice(0, 3).map((d) => ({ name: d.name, lora: join(dir, m.adapters[`flock-weak-${d.name}`].file) }));
@@ -173,7 +173,7 @@ const solver: BenchReport["rows"] = [];
     ...(kernel ? [{ name: "compiled kernel, exact", options: { kernel } }, { name: "compiled kernel, support set (20 nats)", options: { kernel, supportMargin: 20 } }] : []),
     { name: "TypeScript, support set (12 nats)", options: { supportMargin: 12 } },
   ];
-  for (const vocabulary of [32000, 128000]) {
+  for (const vocabulary of [32000, 128000, 151936]) {
     const trials = 20;
     const cases = Array.from({ length: trials }, () => {
       const strong = dense(vocabulary);

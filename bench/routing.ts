@@ -6,7 +6,8 @@
 // and on domain-pure text, and how often the routed output layer picks the text's own domain.
 // Speed: tokens/s of routed decoding through the pipeline against the base model and one plain
 // LoRA, for 2, 8 and 32 experts on a random llama (d=512, 4 layers, q8_0, rank-8 experts on
-// every matrix), all variants timed in rounds, interleaved, medians.
+// every matrix) with the forge's vocabulary and padded to 151,936 tokens, all variants timed in
+// rounds, interleaved, medians.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -116,10 +117,8 @@ try {
     quality.push(row);
   }
 
-  // ---- Speed: routed decoding through the pipeline ----
+  // ---- Speed: routed decoding through the pipeline, at the forge's vocabulary and a real one ----
   const shape: RandomModelShape = { embeddingDim: 512, layers: 4, heads: 8, kvHeads: 8, ffnDim: 1536, ropeBase: 10000, blockWeights: TensorType.Q8_0 };
-  const modelPath = join(root, "random.gguf");
-  writeRandomLlama(modelPath, shape, 1);
   const targets = matrices(shape);
   const rng = createRng(5);
   const library = Array.from({ length: 32 }, (_, i) => {
@@ -129,55 +128,60 @@ try {
     writeGateFile(gates, targets.map((t) => ({ module: t.name, gate: Float32Array.from({ length: t.dims[0] }, () => rng.next() - 0.5) })));
     return { name: `e${i}`, lora, gates };
   });
-  const [base, randomRouted] = (await loadPipelines(
-    engine,
-    ModelEntry.parse({ id: "random", path: modelPath, contextSize: 512, parallel: 1, experts: { library, methods: ["phatgoose"], maxContexts: 8 } }),
-    root,
-  )) as [Pipeline, RoutedPipeline];
-  const request = (routing?: RoutingOverrides): PipelineRequest => ({
-    prompt: [1, 5, 300, 301],
-    maxTokens: TOKENS,
-    sampling: { ...DEFAULT_SAMPLING, temperature: 0 },
-    seed: 1,
-    stopStrings: [],
-    stopTokens: [],
-    topLogprobs: null,
-    routing,
-  });
-  const speedVariants: Array<{ name: string; run: () => AsyncGenerator<unknown> }> = [
-    { name: "base model", run: () => base.generate(request()) },
-    { name: "one plain LoRA (single)", run: () => randomRouted.generate(request({ mode: "single", expert: "e0" })) },
-    ...[2, 8, 32].map((n) => ({
-      name: `routed PHATGOOSE, ${n} experts, top-2`,
-      run: () => randomRouted.generate(request({ experts: library.slice(0, n).map((e) => e.name) })),
-    })),
-  ];
-  const timings = new Map(speedVariants.map((v) => [v.name, [] as number[]]));
-  for (let round = 0; round <= ROUNDS; round++) {
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const speed: BenchReport["rows"] = [];
+  for (const vocabSize of [0, 151936]) {
+    const modelPath = join(root, `random-${vocabSize}.gguf`);
+    const vocabulary = writeRandomLlama(modelPath, shape, 1, vocabSize);
+    const [base, randomRouted] = (await loadPipelines(
+      engine,
+      ModelEntry.parse({ id: `random-${vocabulary}`, path: modelPath, contextSize: 512, parallel: 1, experts: { library, methods: ["phatgoose"], maxContexts: 8 } }),
+      root,
+    )) as [Pipeline, RoutedPipeline];
+    const request = (routing?: RoutingOverrides): PipelineRequest => ({
+      prompt: [1, 5, 300, 301],
+      maxTokens: TOKENS,
+      sampling: { ...DEFAULT_SAMPLING, temperature: 0 },
+      seed: 1,
+      stopStrings: [],
+      stopTokens: [],
+      topLogprobs: null,
+      routing,
+    });
+    const speedVariants: Array<{ name: string; run: () => AsyncGenerator<unknown> }> = [
+      { name: "base model", run: () => base.generate(request()) },
+      { name: "one plain LoRA (single)", run: () => randomRouted.generate(request({ mode: "single", expert: "e0" })) },
+      ...[2, 8, 32].map((n) => ({
+        name: `routed PHATGOOSE, ${n} experts, top-2`,
+        run: () => randomRouted.generate(request({ experts: library.slice(0, n).map((e) => e.name) })),
+      })),
+    ];
+    const timings = new Map(speedVariants.map((v) => [v.name, [] as number[]]));
+    for (let round = 0; round <= ROUNDS; round++) {
+      for (const v of speedVariants) {
+        const started = performance.now();
+        let tokens = 0;
+        for await (const step of v.run()) tokens += (step as { tokens: number[] }).tokens.length;
+        // Round 0 warms up (contexts are created on first use).
+        if (round > 0) timings.get(v.name)!.push(tokens / ((performance.now() - started) / 1000));
+      }
+    }
+    const plain = median(timings.get("one plain LoRA (single)")!);
+    const baseSpeed = median(timings.get("base model")!);
     for (const v of speedVariants) {
-      const started = performance.now();
-      let tokens = 0;
-      for await (const step of v.run()) tokens += (step as { tokens: number[] }).tokens.length;
-      // Round 0 warms up (contexts are created on first use).
-      if (round > 0) timings.get(v.name)!.push(tokens / ((performance.now() - started) / 1000));
+      const tps = median(timings.get(v.name)!);
+      speed.push({ vocabulary, variant: v.name, tokensPerSecond: tps, vsBase: tps / baseSpeed, vsPlainLora: tps / plain });
     }
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  const plain = median(timings.get("one plain LoRA (single)")!);
-  const baseSpeed = median(timings.get("base model")!);
-  const speed: BenchReport["rows"] = speedVariants.map((v) => {
-    const tps = median(timings.get(v.name)!);
-    return { variant: v.name, tokensPerSecond: tps, vsBase: tps / baseSpeed, vsPlainLora: tps / plain };
-  });
 
   console.log(`Mean NLL per token (nats; lower is better), first 600 tokens of each text; forged routing set, top-2, temperature 1:`);
   printTable(quality);
-  console.log(`\nDecoding speed, ${TOKENS} tokens greedy, medians of ${ROUNDS} interleaved rounds (random llama d=512, 4 layers, q8_0; experts rank 8 on q, k, v, o, gate, up, down), 1 thread:`);
+  console.log(`\nDecoding speed, ${TOKENS} tokens greedy, medians of ${ROUNDS} interleaved rounds (random llama d=512, 4 layers, q8_0, at the forge's vocabulary and at 151,936 tokens; experts rank 8 on q, k, v, o, gate, up, down), 1 thread:`);
   printTable(speed);
   writeReport(out, {
     benchmark: "routing",
     command: "npm run bench:routing",
-    settings: { tokens: TOKENS, rounds: ROUNDS, qualityTokens: 600, topK: 2, temperature: 1, speedModel: "random llama d=512, 4 layers, q8_0", build: engine.llama.buildType },
+    settings: { tokens: TOKENS, rounds: ROUNDS, qualityTokens: 600, topK: 2, temperature: 1, speedModel: "random llama d=512, 4 layers, q8_0; vocabularies of the forge and 151,936", build: engine.llama.buildType },
     rows: [...quality.map((r) => ({ table: "quality", ...r })), ...speed.map((r) => ({ table: "speed", ...r }))],
   });
 } finally {

@@ -1,9 +1,11 @@
-// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute] [--verification rejection,coupled]
+// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute] [--verification rejection,coupled] [--vocab-size N]
 // Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
 // temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
 // own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor — each
 // verified by rejection sampling and (rows marked [coupled]) by coupled keyed noise, the mode of
 // requests with a seed. `--preset spec-compute` swaps in a target that is compute-bound on CPUs.
+// `--vocab-size N` pads the pair's vocabulary to a real size (npm run bench:spec:151936); the
+// trained heads are left out there (their training set needs the target's distributions).
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -35,6 +37,7 @@ const { values } = parseArgs({
     chunk: { type: "string" },
     preset: { type: "string" },
     verification: { type: "string" },
+    "vocab-size": { type: "string" },
   },
   strict: false,
 });
@@ -47,9 +50,11 @@ const TOKENS = Number(values.tokens ?? 48);
 
 const PRESET = String(values.preset ?? "spec");
 if (PRESET !== "spec" && PRESET !== "spec-compute") throw new Error(`--preset: spec or spec-compute, not ${PRESET}`);
-const out = jsonPathArg(`${PRESET}.json`);
-const dir = join(import.meta.dirname, "..", ".cache", `bench-${PRESET}-f${FORGE_FORMAT}`);
-if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: PRESET, seed: 1 });
+const VOCABULARY = values["vocab-size"] === undefined ? undefined : Number(values["vocab-size"]);
+const padded = VOCABULARY === undefined ? "" : `-${VOCABULARY}`;
+const out = jsonPathArg(`${PRESET}${padded}.json`);
+const dir = join(import.meta.dirname, "..", ".cache", `bench-${PRESET}${padded}-f${FORGE_FORMAT}`);
+if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: PRESET, seed: 1, vocabSize: VOCABULARY });
 const manifest = readManifest(dir);
 const pair = manifest.pairs[0];
 const target = join(dir, manifest.models[pair.target].file);
@@ -74,7 +79,7 @@ const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
 const heads: Array<{ name: string; pipeline: SpeculativePipeline }> = [];
 /** One real hidden state of the draft, to time the heads. */
 let draftHidden: Float32Array | null = null;
-if (engine.capabilities.hiddenStates) {
+if (engine.capabilities.hiddenStates && VOCABULARY === undefined) {
   const trainingDraft = await engine.load(ModelEntry.parse({ id: "training-draft", path: draft, contextSize: 512, parallel: 1 }), { hiddenStates: true });
   // Start words after those of the measured and warm-up prompts (disjoint at the default 24 prompts).
   const trainingPrompts = Array.from({ length: Math.max(24, words.length - 2 * PROMPTS) }, (_, i) => promptOf(2 * PROMPTS + i));
@@ -320,7 +325,7 @@ function predictorCost(vocabulary: number): number {
   for (let i = 0; i < N; i++) online.predictor.predict(draftFeatures(q, logits, 1, i % vocabulary, 1 + (i % 8), 0.7));
   return (performance.now() - started) / N;
 }
-const predictorMs = { [manifest.vocab.tokens.length]: predictorCost(manifest.vocab.tokens.length), 32000: predictorCost(32000), 128000: predictorCost(128000) };
+const predictorMs = Object.fromEntries([manifest.vocab.tokens.length, 32000, 128000, 151936].map((n) => [n, predictorCost(n)]));
 const costs = online.costs.describe();
 console.log(
   `online predictor, ms per drafted token (features + prediction): ${JSON.stringify(predictorMs)}; ` +
@@ -337,6 +342,7 @@ writeReport(out, {
   command: ["npm run bench:spec", ...(process.argv.length > 2 ? ["--", ...process.argv.slice(2)] : [])].join(" "),
   settings: {
     preset: PRESET,
+    vocabulary: manifest.vocab.tokens.length,
     prompts: PROMPTS,
     tokensPerPrompt: TOKENS,
     repeats: REPEATS,

@@ -46,9 +46,12 @@ export function matrices(shape: RandomModelShape): Array<{ name: string; dims: [
   return out;
 }
 
-/** Writes the model; returns its vocabulary size. Uses the forge's tokenizer so prompts tokenize alike. */
-export function writeRandomLlama(path: string, shape: RandomModelShape, seed: number): number {
-  const vocab = buildVocab(languagePieces());
+/**
+ * Writes the model; returns its vocabulary size. Uses the forge's tokenizer so prompts tokenize
+ * alike, padded to `vocabSize` tokens where given (a real model's output layer).
+ */
+export function writeRandomLlama(path: string, shape: RandomModelShape, seed: number, vocabSize = 0): number {
+  const vocab = buildVocab(languagePieces(), vocabSize);
   const V = vocab.tokens.length;
   const d = shape.embeddingDim;
   const metadata: Array<[string, GgufValue]> = [
