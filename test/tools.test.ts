@@ -144,7 +144,8 @@ describe("history with tool calls", () => {
     const definitions = [{ name: "get_weather", description: "The weather in a city", parameters: z.toJSONSchema(Weather) as Record<string, unknown> }];
     const families: Array<[string, ChatWrapper]> = [
       ["chatml", new ChatMLChatWrapper()],
-      ["llama-3.1", new Llama3_1ChatWrapper()],
+      // The template states today's date: pinned to the one the golden prompt was written with.
+      ["llama-3.1", new Llama3_1ChatWrapper({ todayDate: new Date("2026-12-06T12:00:00Z") })],
       ["qwen", new QwenChatWrapper()],
       ["mistral", new MistralChatWrapper()],
       ["functionary", new FunctionaryChatWrapper()],
