@@ -8,10 +8,8 @@
 // addToBatch, decodeBatch) directly and keeps each sequence's cached tokens on its own side.
 import type { LlamaContext } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
-import type { RawOutputs } from "./native.js";
-
-/** What a decoded position yields: raw logits, or logits with hidden state and routing. */
-export type PositionOutput = ReturnType<RawOutputs["read"]>;
+import type { PositionOutput, RawOutputs } from "./native.js";
+import type { SequenceCache } from "./sequence.js";
 
 /** The addon's batch calls (node-llama-cpp's AddonContext). */
 interface AddonBatchCalls {
@@ -44,6 +42,7 @@ interface QueuedErase {
 
 export class BatchDecoder {
   private readonly addon: AddonBatchCalls;
+  private readonly batchSize: number;
   private readonly decodes: QueuedDecode[] = [];
   private readonly erases: QueuedErase[] = [];
   private running = false;
@@ -61,8 +60,6 @@ export class BatchDecoder {
     this.addon = (context as unknown as { _ctx: AddonBatchCalls })._ctx;
     this.batchSize = context.batchSize;
   }
-
-  private readonly batchSize: number;
 
   /**
    * Appends `tokens` to `sequence`'s cache from `position` on; resolves with the outputs of the
@@ -215,7 +212,7 @@ export class BatchDecoder {
  * One sequence of a BatchDecoder's context: the tokens its KV cache holds, kept here (the cache
  * itself is llama.cpp's), and its operations one at a time in the order they were asked for.
  */
-export class BatchedSequence {
+export class BatchedSequence implements SequenceCache {
   private readonly held: number[] = [];
   private last: Promise<unknown> = Promise.resolve();
 

@@ -175,10 +175,13 @@ export function hasWeightCheck(llama: Llama): boolean {
   return typeof addonFunction(llama, "flockCheckWeightType") === "function";
 }
 
+/** What a decoded position yields: raw logits, or logits with hidden state and routing. */
+export type PositionOutput = Float32Array | LogitsWithHidden;
+
 /** What flock reads of a decoded batch position on its contexts, and where read arrays go back. */
 export interface RawOutputs {
   /** The position's raw logits (with hidden state and routing where the context keeps them). */
-  read(batchLogitIndex: number): Float32Array | LogitsWithHidden;
+  read(batchLogitIndex: number): PositionOutput;
   recycle: LogitsRecycler;
 }
 
@@ -198,7 +201,7 @@ export function rawOutputs(context: LlamaContext, options: { hiddenStates?: bool
   // The module list is the context's state after its last decode, read between decodes like
   // the logits. Fixed per context once known, so read again only when a trace does not match it.
   let modules: readonly string[] = [];
-  const read = (index: number): Float32Array | LogitsWithHidden => {
+  const read = (index: number): PositionOutput => {
     if (!options.hiddenStates) return addon.flockGetLogits(index, spare.reuse(vocabularySize));
     const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index, spare.reuse(vocabularySize)), hidden: addon.flockGetHiddenState(index) };
     const probabilities = adapters > 0 ? addon.flockGetRoutingTrace(index, adapters) : null;

@@ -1,10 +1,9 @@
 // One KV-cache sequence checked out of a model's pool: evaluate tokens, read next-token
 // logits at chosen positions, roll the cache back. Released back to the pool when done.
 import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
-import type { PositionOutput } from "./batch.js";
 import { FlockError } from "./errors.js";
 import { engineFaultPoint } from "./faults.js";
-import type { LogitsRecycler, LogitsWithHidden, RoutingTrace } from "./native.js";
+import type { LogitsRecycler, PositionOutput, RoutingTrace } from "./native.js";
 
 /** What decoders use of a sequence (EngineSequence's public side; decoder unit tests fake it). */
 export type KvSequence = Pick<EngineSequence, "tokens" | "length" | "contextSize" | "prefill" | "sharedPrefix" | "syncTo" | "evaluate" | "evaluateWithHidden" | "truncate" | "release"> &

@@ -3,7 +3,8 @@
 // between decodes. The real path runs in every integration test.
 import type { LlamaContext } from "node-llama-cpp";
 import { describe, expect, it } from "vitest";
-import { BatchDecoder, BatchedSequence, type PositionOutput } from "../../engine/batch.js";
+import { BatchDecoder, BatchedSequence } from "../../engine/batch.js";
+import type { PositionOutput } from "../../engine/native.js";
 
 class FakeAddon {
   /** Each decoded batch: [sequence, position, token] per slot. */
