@@ -12,7 +12,7 @@ import type { LoadedModel } from "../engine/model.js";
 import { createRng } from "../decoding/rng.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
 import { toolCallGrammar } from "../server/tools.js";
-import { forgedPath } from "./helpers/server.js";
+import { forgedManifest, forgedPath } from "./helpers/server.js";
 import { TEMPLATE_FAMILIES, writeCall } from "./helpers/tool-syntax.js";
 
 let engine: Engine;
@@ -195,6 +195,42 @@ describe("grammar states", () => {
     }
     expect(compared).toBeGreaterThan(100);
     expect(rejections).toBeGreaterThan(50);
+  });
+});
+
+describe("well-formed UTF-8 under a grammar", () => {
+  // llama.cpp's grammar takes any bytes shaped like a UTF-8 sequence; flock's masks and checks
+  // also require well-formed UTF-8, so a string rule cannot be met with bytes that print as U+FFFD.
+  const byte = (b: number) => forgedManifest().vocab.tokens.indexOf(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
+  const text = { gbnf: 'root ::= "\\"" [^"]* "\\""' };
+
+  it.for([true, false])("allows a byte token only where the bytes so far stay well-formed (mask cache %s)", (cached) => {
+    const start = advanced(model.grammars!.compile(text, { maskCache: cached }), model.tokenize('"', { addSpecial: false, parseSpecial: false })[0]);
+    const allows = (state: GrammarState, b: number) => {
+      const token = byte(b);
+      const check = state.allows(token);
+      expect(allowedSet(state).includes(token), `mask and check agree on 0x${b.toString(16)}`).toBe(check);
+      return check;
+    };
+    // Where no character is under way: ASCII and lead bytes; not continuations, C0/C1 (overlong) or F5-FF.
+    for (const [b, ok] of [[0x41, true], [0xc3, true], [0xe0, true], [0xf0, true], [0xf4, true], [0x80, false], [0xbf, false], [0xc0, false], [0xc1, false], [0xf5, false], [0xf8, false], [0xff, false]] as const) {
+      expect(allows(start, b), `0x${b.toString(16)} first`).toBe(ok);
+    }
+    // The byte after a lead: E0 needs A0-BF (else overlong), ED 80-9F (else a surrogate),
+    // F0 90-BF, F4 80-8F (else past U+10FFFF); C3 any continuation but no new lead or ASCII.
+    const after = (lead: number, b: number) => allows(advanced(start, byte(lead)), b);
+    for (const [lead, b, ok] of [
+      [0xc3, 0xa9, true], [0xc3, 0x41, false], [0xc3, 0xc3, false],
+      [0xe0, 0xa0, true], [0xe0, 0x9f, false], [0xed, 0x9f, true], [0xed, 0xa0, false],
+      [0xf0, 0x90, true], [0xf0, 0x8f, false], [0xf4, 0x8f, true], [0xf4, 0x90, false], [0xf1, 0x80, true],
+    ] as const) {
+      expect(after(lead, b), `0x${lead.toString(16)} then 0x${b.toString(16)}`).toBe(ok);
+    }
+    // Past the first continuation, any continuation and nothing else: F0 9F then 98 80 (U+1F600).
+    const smile = advanced(advanced(start, byte(0xf0)), byte(0x9f));
+    expect(allows(smile, 0x98)).toBe(true);
+    expect(allows(smile, 0x41)).toBe(false);
+    expect(allows(advanced(smile, byte(0x98)), 0x80)).toBe(true);
   });
 });
 

@@ -12,6 +12,7 @@
 #include <list>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -81,6 +82,61 @@ static bool stateKey(const llama_grammar& grammar, uint32_t grammarId, std::stri
     return true;
 }
 
+// Well-formed UTF-8 (RFC 3629) on top of llama.cpp's grammar. Its decode_utf8 takes any bytes
+// shaped like a sequence: overlong forms, surrogates, code points past U+10FFFF, lead bytes
+// F5-FF, non-continuation bytes where a continuation is owed. A string rule (JSON's `[^"\\]`)
+// then accepts byte-fallback or partial-character tokens that print as U+FFFD, so constrained
+// output could break its schema's maxLength or not be valid Unicode text at all. Every mask and
+// check below also requires that the bytes generated so far plus the token's stay well-formed.
+struct Utf8Owed {
+    int remain;    // continuation bytes still owed by the character under way
+    uint8_t low;   // the range the next one must fall in
+    uint8_t high;
+};
+
+// What llama.cpp's partial state owes: (value, n_remain) after a lead byte carries the lead's
+// payload bits, enough to tell the leads whose next byte has a narrower range (E0, ED, F0, F4).
+static Utf8Owed owedBy(const llama_partial_utf8& partial) {
+    if (partial.n_remain <= 0) return { partial.n_remain, 0x80, 0xBF };
+    if (partial.n_remain == 2 && partial.value < 16) {  // just after a three-byte lead E0-EF
+        return { 2, uint8_t(partial.value == 0x0 ? 0xA0 : 0x80), uint8_t(partial.value == 0xD ? 0x9F : 0xBF) };
+    }
+    if (partial.n_remain == 3) {  // just after a four-byte lead F0-F4
+        return { 3, uint8_t(partial.value == 0 ? 0x90 : 0x80), uint8_t(partial.value == 4 ? 0x8F : 0xBF) };
+    }
+    return { partial.n_remain, 0x80, 0xBF };
+}
+
+// Whether `bytes` continue well-formed UTF-8 from `owed` (a character may stay unfinished).
+static bool wellFormedUtf8(Utf8Owed owed, const char* bytes, size_t n) {
+    if (owed.remain < 0) return false;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t b = uint8_t(bytes[i]);
+        if (owed.remain > 0) {
+            if (b < owed.low || b > owed.high) return false;
+            owed = { owed.remain - 1, 0x80, 0xBF };
+        } else if (b >= 0x80) {
+            if (b < 0xC2 || b > 0xF4) return false;  // a stray continuation, an overlong C0/C1, past U+10FFFF
+            if (b < 0xE0) owed = { 1, 0x80, 0xBF };
+            else if (b < 0xF0) owed = { 2, uint8_t(b == 0xE0 ? 0xA0 : 0x80), uint8_t(b == 0xED ? 0x9F : 0xBF) };
+            else owed = { 3, uint8_t(b == 0xF0 ? 0x90 : 0x80), uint8_t(b == 0xF4 ? 0x8F : 0xBF) };
+        }
+    }
+    return true;
+}
+
+// A token's piece as the grammar reads it (special tokens spelled out).
+static std::string pieceOf(const llama_vocab* vocab, llama_token id) {
+    std::string piece(64, '\0');
+    int32_t length = llama_token_to_piece(vocab, id, piece.data(), int32_t(piece.size()), 0, true);
+    if (length < 0) {
+        piece.resize(size_t(-length));
+        length = llama_token_to_piece(vocab, id, piece.data(), int32_t(piece.size()), 0, true);
+    }
+    piece.resize(size_t(std::max(0, length)));
+    return piece;
+}
+
 // The vocabulary as llama.cpp's grammar reads it (llama_grammar_apply_impl): each token's piece
 // decoded to code points once, instead of at every pass over the vocabulary.
 struct FlockVocabText {
@@ -89,6 +145,11 @@ struct FlockVocabText {
     std::vector<size_t> offset;
     std::vector<llama_partial_utf8> partial;
     std::vector<uint8_t> kind;
+    std::string bytes;  // every token's piece, back to back
+    std::vector<size_t> bytesOffset;
+    std::vector<uint8_t> wellFormedAlone;  // its piece is well-formed UTF-8 where no bytes are pending
+
+    std::string_view piece(size_t id) const { return std::string_view(bytes).substr(bytesOffset[id], bytesOffset[id + 1] - bytesOffset[id]); }
 
     // llama-grammar.cpp's decode_utf8 from a fresh start (what it does where no bytes are pending).
     void decode(const char* pos) {
@@ -123,6 +184,8 @@ struct FlockVocabText {
         offset.resize(n);
         kind.resize(n);
         partial.reserve(n);
+        bytesOffset.reserve(size_t(n) + 1);
+        wellFormedAlone.resize(n);
         std::vector<char> piece(256);
         for (int32_t id = 0; id < n; id++) {
             int32_t length = llama_token_to_piece(vocab, id, piece.data(), int32_t(piece.size()) - 1, 0, true);
@@ -134,7 +197,11 @@ struct FlockVocabText {
             offset[id] = codePoints.size();
             kind[id] = llama_vocab_is_eog(vocab, id) ? EndOfGeneration : (length <= 0 || piece[0] == 0) ? Never : Text;
             decode(piece.data());
+            bytesOffset.push_back(bytes.size());
+            bytes.append(piece.data(), size_t(std::max(0, length)));
+            wellFormedAlone[id] = wellFormedUtf8({ 0, 0x80, 0xBF }, piece.data(), size_t(std::max(0, length)));
         }
+        bytesOffset.push_back(bytes.size());
     }
 };
 
@@ -197,7 +264,7 @@ static std::vector<uint64_t> fullMaskDecoded(const llama_grammar& grammar, const
     candidates.reserve(n);
     std::vector<uint64_t> allowed((n + 63) / 64, 0);
     for (size_t id = 0; id < n; id++) {
-        if (text.kind[id] == FlockVocabText::Text) {
+        if (text.kind[id] == FlockVocabText::Text && text.wellFormedAlone[id]) {
             candidates.push_back({ id, text.codePoints.data() + text.offset[id], text.partial[id], llama_token(id) });
             allowed[id / 64] |= uint64_t(1) << (id % 64);
         } else if (text.kind[id] == FlockVocabText::EndOfGeneration && allowEndOfGeneration) {
@@ -214,8 +281,9 @@ static std::vector<uint64_t> fullMaskDecoded(const llama_grammar& grammar, const
     return allowed;
 }
 
-// One grammar pass over the whole vocabulary: which of its n tokens may come next.
-static std::vector<uint64_t> fullMask(llama_sampler* sampler, size_t n, uint32_t& count) {
+// One grammar pass over the whole vocabulary: which of its n tokens may come next (with bytes of a
+// character pending: only tokens that go on with it well-formed).
+static std::vector<uint64_t> fullMask(llama_sampler* sampler, const FlockVocabText& text, Utf8Owed owed, size_t n, uint32_t& count) {
     static thread_local std::vector<llama_token_data> candidates;
     candidates.resize(n);
     for (size_t i = 0; i < n; i++) candidates[i] = llama_token_data { llama_token(i), 0.0f, 0.0f };
@@ -224,10 +292,11 @@ static std::vector<uint64_t> fullMask(llama_sampler* sampler, size_t n, uint32_t
     std::vector<uint64_t> allowed((n + 63) / 64, 0);
     count = 0;
     for (size_t i = 0; i < array.size; i++) {
-        if (array.data[i].logit != -INFINITY) {
-            allowed[size_t(array.data[i].id) / 64] |= uint64_t(1) << (array.data[i].id % 64);
-            count++;
-        }
+        const size_t id = size_t(array.data[i].id);
+        if (array.data[i].logit == -INFINITY) continue;
+        if (text.kind[id] == FlockVocabText::Text && !wellFormedUtf8(owed, text.piece(id).data(), text.piece(id).size())) continue;
+        allowed[id / 64] |= uint64_t(1) << (id % 64);
+        count++;
     }
     return allowed;
 }
@@ -248,11 +317,11 @@ static const FlockMaskCache::Mask* cachedMask(AddonGrammarEvaluationState* state
     cache->misses++;
     uint32_t count = 0;
     std::vector<uint64_t> allowed;
+    if (!cache->text) cache->text = std::make_unique<FlockVocabText>(state->model->vocab);
     if (grammar->partial_utf8.n_remain == 0 && !grammar->stacks.empty()) {
-        if (!cache->text) cache->text = std::make_unique<FlockVocabText>(state->model->vocab);
         allowed = fullMaskDecoded(*grammar, *cache->text, count);
     } else {
-        allowed = fullMask(state->sampler, size_t(llama_vocab_n_tokens(state->model->vocab)), count);
+        allowed = fullMask(state->sampler, *cache->text, owedBy(grammar->partial_utf8), size_t(llama_vocab_n_tokens(state->model->vocab)), count);
     }
     return cache->insert(key, std::move(allowed), count);
 }
@@ -347,9 +416,15 @@ Napi::Value flockGrammarMask(const Napi::CallbackInfo& info) {
         }
         llama_token_data_array array = { candidates.data(), candidates.size(), -1, false };
         llama_sampler_apply(state->sampler, &array);
+        const llama_grammar* grammar = grammarOf(state);
         double allowed = 0;
         for (size_t i = 0; i < array.size; i++) {
-            if (array.data[i].logit == -INFINITY) logits[array.data[i].id] = -INFINITY;
+            const llama_token id = array.data[i].id;
+            const bool wellFormed = grammar == nullptr || llama_vocab_is_eog(state->model->vocab, id) || [&] {
+                const std::string piece = pieceOf(state->model->vocab, id);
+                return wellFormedUtf8(owedBy(grammar->partial_utf8), piece.data(), piece.size());
+            }();
+            if (array.data[i].logit == -INFINITY || !wellFormed) logits[id] = -INFINITY;
             else allowed++;
         }
         return Napi::Number::New(env, allowed);
@@ -380,7 +455,11 @@ Napi::Value flockGrammarAllows(const Napi::CallbackInfo& info) {
         llama_token_data candidate = { llama_token(token), 1.0f, 0.0f };
         llama_token_data_array array = { &candidate, 1, -1, false };
         llama_sampler_apply(state->sampler, &array);
-        return Napi::Boolean::New(env, array.size == 1 && array.data[0].logit != -INFINITY);
+        if (array.size != 1 || array.data[0].logit == -INFINITY) return Napi::Boolean::New(env, false);
+        const llama_grammar* grammar = grammarOf(state);
+        if (grammar == nullptr || llama_vocab_is_eog(state->model->vocab, llama_token(token))) return Napi::Boolean::New(env, true);
+        const std::string piece = pieceOf(state->model->vocab, llama_token(token));
+        return Napi::Boolean::New(env, wellFormedUtf8(owedBy(grammar->partial_utf8), piece.data(), piece.size()));
     } catch (const std::exception& e) {
         Napi::Error::New(env, std::string("grammar: ") + e.what()).ThrowAsJavaScriptException();
         return env.Undefined();
