@@ -9,7 +9,7 @@
 import { createRng } from "../decoding/rng.js";
 import { gguf, type GgufValue, TensorType, writeGguf } from "../engine/gguf/writer.js";
 import type { Chain } from "./chain.js";
-import { CHATML_TEMPLATE, type Vocab } from "./vocab.js";
+import type { Vocab } from "./vocab.js";
 
 /** Logit of a token a state can never emit: exp underflows to exactly 0 in float32. */
 export const IMPOSSIBLE_LOGIT = -1e4;
@@ -44,24 +44,6 @@ export function shapeFor(states: number, overrides: Partial<ModelShape> = {}): M
     contextLength: overrides.contextLength ?? 4096,
     blockWeights: overrides.blockWeights ?? "f16",
   };
-}
-
-export function tokenizerMetadata(vocab: Vocab): Array<[string, GgufValue]> {
-  return [
-    ["tokenizer.ggml.model", gguf.str("llama")],
-    ["tokenizer.ggml.tokens", gguf.strings(vocab.tokens)],
-    ["tokenizer.ggml.scores", gguf.f32s(vocab.scores)],
-    ["tokenizer.ggml.token_type", gguf.i32s(vocab.types)],
-    ["tokenizer.ggml.bos_token_id", gguf.u32(vocab.bos)],
-    ["tokenizer.ggml.eos_token_id", gguf.u32(vocab.eos)],
-    ["tokenizer.ggml.eot_token_id", gguf.u32(vocab.imEnd)],
-    ["tokenizer.ggml.unknown_token_id", gguf.u32(vocab.unk)],
-    ["tokenizer.ggml.padding_token_id", gguf.u32(vocab.unk)],
-    ["tokenizer.ggml.add_bos_token", gguf.bool(true)],
-    ["tokenizer.ggml.add_eos_token", gguf.bool(false)],
-    ["tokenizer.ggml.add_space_prefix", gguf.bool(false)],
-    ["tokenizer.chat_template", gguf.str(CHATML_TEMPLATE)],
-  ];
 }
 
 /** The float32 logit the compiled model produces for a probability. */
@@ -105,7 +87,7 @@ export function writeChainModel(
     ["llama.rope.dimension_count", gguf.u32(shape.headDim)],
     ["llama.rope.freq_base", gguf.f32(10000)],
     ["llama.vocab_size", gguf.u32(V)],
-    ...tokenizerMetadata(vocab),
+    ...vocab.metadata,
   ];
 
   const block = { f32: TensorType.F32, f16: TensorType.F16, q8_0: TensorType.Q8_0, q4_0: TensorType.Q4_0 }[shape.blockWeights];

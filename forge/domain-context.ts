@@ -15,7 +15,7 @@
 //   but not exactly analytic.
 import { gguf, type GgufValue, TensorType, writeGguf } from "../engine/gguf/writer.js";
 import type { Chain } from "./chain.js";
-import { compiledLogit, IMPOSSIBLE_LOGIT, RMS_EPS, tokenizerMetadata } from "./compile.js";
+import { compiledLogit, IMPOSSIBLE_LOGIT, RMS_EPS } from "./compile.js";
 import type { Vocab } from "./vocab.js";
 
 const HEAD_DIM = 32;
@@ -75,7 +75,7 @@ export function writeDomainContextModel(
     ["llama.vocab_size", gguf.u32(V)],
     // An embedding model: llama.cpp averages the final hidden states over the input.
     ...(options.meanPooling ? ([["llama.pooling_type", gguf.u32(1)]] as Array<[string, GgufValue]>) : []),
-    ...tokenizerMetadata(vocab),
+    ...vocab.metadata,
   ];
   const tensors: Array<{ name: string; dims: number[]; type: TensorType }> = [
     { name: "token_embd.weight", dims: [d, V], type: TensorType.F32 },

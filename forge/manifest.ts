@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { ModelShape } from "./compile.js";
 
 /** Bumped whenever forged output changes, so cached demo sets are forged again. */
-export const FORGE_FORMAT = 5;
+export const FORGE_FORMAT = 6;
 
 /** A chain row as [token, probability] pairs; tokens not listed have probability 0. */
 export type ManifestRow = Array<[number, number]>;
@@ -13,7 +13,8 @@ export interface Manifest {
   format: number;
   preset: string;
   seed: number;
-  vocab: { tokens: string[]; bos: number; eos: number; imStart: number; imEnd: number };
+  /** `tokenizer`: "forge" (the forge's own) or the real tokenizer copied (forge/tokenizers.ts). */
+  vocab: { tokenizer: string; tokens: string[]; bos: number; eos: number; imStart: number; imEnd: number };
   states: { names: string[]; ofToken: number[] };
   chains: Record<string, ManifestRow[]>;
   /** `analytic`: the model's next-token distribution is exactly its chain's row. */

@@ -23,14 +23,17 @@ import { writeGateFile } from "../experts/gates.js";
 import { document, DOMAINS, domainWords, renderText } from "./language.js";
 import { FORGE_FORMAT, type Manifest } from "./manifest.js";
 import { speculativePair } from "./spec-pair.js";
-import { buildVocab, languagePieces, SPACE } from "./vocab.js";
+import type { RealTokenizer } from "./tokenizers.js";
+import { buildVocab, languagePieces, realVocab, SPACE } from "./vocab.js";
 
 export interface ForgeOptions {
   outDir: string;
   preset: PresetName;
   seed?: number;
-  /** Pad the vocabulary with unused tokens to this size (large-vocabulary benchmarks). */
+  /** Pad the forge's own vocabulary with unused tokens to this size. */
   vocabSize?: number;
+  /** A real tokenizer (readTokenizer) instead of the forge's own 679-token vocabulary. */
+  tokenizer?: RealTokenizer;
   /**
    * Storage of every chain model's block matrices, instead of each preset's own (f16 in the
    * demo): quantized bases for tests of llama.cpp's quantized kernels and buffer types.
@@ -71,7 +74,8 @@ function breakTies(chain: Chain, rng: Rng, inheritedFrom?: Chain): Chain {
 export function forge(options: ForgeOptions): Manifest {
   const seed = options.seed ?? 1;
   const rng = createRng(seed);
-  const vocab = buildVocab(languagePieces(), options.vocabSize ?? 0);
+  if (options.tokenizer && options.vocabSize) throw new Error("forge: a real tokenizer has its own vocabulary size; vocabSize pads only the forge's own");
+  const vocab = options.tokenizer ? realVocab(options.tokenizer, languagePieces()) : buildVocab(languagePieces(), options.vocabSize ?? 0);
   const layout = stateLayout(vocab);
   const V = vocab.tokens.length;
   mkdirSync(options.outDir, { recursive: true });
@@ -100,6 +104,7 @@ export function forge(options: ForgeOptions): Manifest {
     preset: options.preset,
     seed,
     vocab: {
+      tokenizer: vocab.tokenizer,
       tokens: vocab.tokens,
       bos: vocab.bos,
       eos: vocab.eos,

@@ -2,7 +2,6 @@
 // KV heads, q8_0 blocks, a non-default RoPE base, a non-square FFN), plus random LoRA adapters
 // on every matrix: the oracle's test subject where the structured models are too kind, and
 // the routed-LoRA benchmark's models.
-import { tokenizerMetadata } from "./compile.js";
 import { buildVocab, languagePieces } from "./vocab.js";
 import { gguf, type GgufValue, TensorType, writeGguf } from "../engine/gguf/writer.js";
 import { createRng } from "../decoding/rng.js";
@@ -67,7 +66,7 @@ export function writeRandomLlama(path: string, shape: RandomModelShape, seed: nu
     ["llama.rope.dimension_count", gguf.u32(d / shape.heads)],
     ["llama.rope.freq_base", gguf.f32(shape.ropeBase)],
     ["llama.vocab_size", gguf.u32(V)],
-    ...tokenizerMetadata(vocab),
+    ...vocab.metadata,
   ];
   const tensors: Array<{ name: string; dims: number[]; type: TensorType }> = [
     { name: "token_embd.weight", dims: [d, V], type: TensorType.F16 },

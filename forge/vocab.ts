@@ -3,7 +3,9 @@
 // token, so every word comes with all of its prefixes; scores grow with length so the longest
 // piece wins. Words carry the "▁" word-boundary marker except sentence-initial capitalised
 // forms, which exist both bare (start of a text) and with "▁" (after a full stop).
+import { gguf, type GgufValue } from "../engine/gguf/writer.js";
 import { allWords, capitalize, SENTENCE_STARTERS } from "./language.js";
+import { byteLevelPiece, type RealTokenizer, type TokenizerName } from "./tokenizers.js";
 
 export const SPACE = "\u2581";
 
@@ -17,16 +19,18 @@ export enum TokenType {
 }
 
 export interface Vocab {
+  /** "forge": the forge's own SPM vocabulary; otherwise the real tokenizer it copies. */
+  tokenizer: "forge" | TokenizerName;
   tokens: string[];
-  scores: number[];
-  types: TokenType[];
-  unk: number;
   bos: number;
   eos: number;
+  /** The tokens that open and close a chat turn (<|im_start|>, <|im_end|> in ChatML). */
   imStart: number;
   imEnd: number;
-  /** Token id of a whole piece ("▁stirs", "The", "."). */
+  /** Token id of a whole piece of the forged language ("▁mixes", "The", "."). */
   idOf(piece: string): number;
+  /** The `tokenizer.*` GGUF metadata a model over this vocabulary carries. */
+  metadata: Array<[string, GgufValue]>;
 }
 
 export const CHATML_TEMPLATE =
@@ -80,19 +84,80 @@ export function buildVocab(pieces: readonly string[], padTo = 0): Vocab {
   }
   for (let i = 0; tokens.length < padTo; i++) add(`<|filler_${i}|>`, TokenType.UNUSED, -1e4);
 
+  const [unk, bos, eos, imEnd] = [0, 1, 2, 4];
   return {
+    tokenizer: "forge",
     tokens,
-    scores,
-    types,
-    unk: 0,
-    bos: 1,
-    eos: 2,
+    bos,
+    eos,
     imStart: 3,
-    imEnd: 4,
-    idOf(piece: string): number {
-      const id = index.get(piece);
-      if (id === undefined) throw new Error(`piece not in vocabulary: ${JSON.stringify(piece)}`);
-      return id;
-    },
+    imEnd,
+    idOf: lookup(index),
+    metadata: [
+      ["tokenizer.ggml.model", gguf.str("llama")],
+      ["tokenizer.ggml.tokens", gguf.strings(tokens)],
+      ["tokenizer.ggml.scores", gguf.f32s(scores)],
+      ["tokenizer.ggml.token_type", gguf.i32s(types)],
+      ["tokenizer.ggml.bos_token_id", gguf.u32(bos)],
+      ["tokenizer.ggml.eos_token_id", gguf.u32(eos)],
+      ["tokenizer.ggml.eot_token_id", gguf.u32(imEnd)],
+      ["tokenizer.ggml.unknown_token_id", gguf.u32(unk)],
+      ["tokenizer.ggml.padding_token_id", gguf.u32(unk)],
+      ["tokenizer.ggml.add_bos_token", gguf.bool(true)],
+      ["tokenizer.ggml.add_eos_token", gguf.bool(false)],
+      ["tokenizer.ggml.add_space_prefix", gguf.bool(false)],
+      ["tokenizer.chat_template", gguf.str(CHATML_TEMPLATE)],
+    ],
   };
+}
+
+/**
+ * A real tokenizer's vocabulary, unchanged; each piece of the forged language is the single
+ * token that spells it there (throws, naming them, if some piece is not one token).
+ */
+export function realVocab(tokenizer: RealTokenizer, pieces: readonly string[]): Vocab {
+  const byText = new Map<string, number>();
+  tokenizer.tokens.forEach((t, id) => byText.set(t, id));
+  const index = new Map<string, number>();
+  const missing: string[] = [];
+  for (const piece of pieces) {
+    const id = byText.get(byteLevelPiece(piece.replaceAll(SPACE, " ")));
+    if (id === undefined || tokenizer.types[id] !== TokenType.NORMAL) missing.push(JSON.stringify(piece));
+    else index.set(piece, id);
+  }
+  if (missing.length > 0) throw new Error(`${tokenizer.name}: the forged language's ${missing.join(", ")} are not single tokens of this vocabulary`);
+  return {
+    tokenizer: tokenizer.name,
+    tokens: tokenizer.tokens,
+    bos: tokenizer.bos,
+    eos: tokenizer.eos,
+    imStart: tokenizer.turnStart,
+    imEnd: tokenizer.turnEnd,
+    idOf: lookup(index),
+    metadata: [
+      ...Object.entries(tokenizer.metadata)
+        .filter(([key]) => key !== "tokenizer.chat_template")
+        .map(([key, value]): [string, GgufValue] => [key, ggufValueOf(key, value)]),
+      ["tokenizer.chat_template", gguf.str(tokenizer.chatTemplate)],
+    ],
+  };
+}
+
+function lookup(index: ReadonlyMap<string, number>): (piece: string) => number {
+  return (piece) => {
+    const id = index.get(piece);
+    if (id === undefined) throw new Error(`piece not in vocabulary: ${JSON.stringify(piece)}`);
+    return id;
+  };
+}
+
+/** A metadata value read by node-llama-cpp, typed as llama.cpp reads that key. */
+function ggufValueOf(key: string, value: unknown): GgufValue {
+  if (typeof value === "string") return gguf.str(value);
+  if (typeof value === "boolean") return gguf.bool(value);
+  if (typeof value === "number") return Number.isInteger(value) ? gguf.u32(value) : gguf.f32(value);
+  if (Array.isArray(value) && value.every((v) => typeof v === "string")) return gguf.strings(value);
+  if (Array.isArray(value) && key.endsWith(".scores")) return gguf.f32s(value);
+  if (Array.isArray(value)) return gguf.i32s(value);
+  throw new Error(`tokenizer metadata ${key}: unsupported value`);
 }

@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { defaultThreads } from "../engine/engine.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
+import { TOKENIZERS, type TokenizerName } from "../forge/tokenizers.js";
 
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 
@@ -52,6 +53,11 @@ export const ServerConfig = z.strictObject({
   logFormat: z.enum(["text", "json"]).optional(),
   /** Where the built-in demo models are forged on first start. */
   cacheDir: z.string().min(1).default(defaultCacheDir()),
+  /**
+   * The built-in demo's tokenizer: Qwen 2's (a real vocabulary, 151,936 tokens), Llama 3's, or
+   * the forge's own 679 tokens (cheap per token on small machines).
+   */
+  demoTokenizer: z.enum([...(Object.keys(TOKENIZERS) as TokenizerName[]), "forge"]).default("qwen2"),
   auth: Auth.default({ apiKeys: [], healthRequiresKey: false, metricsRequiresKey: false }),
   /** Origins allowed by CORS ("*" for any); empty: no CORS headers at all. */
   corsOrigins: z.array(z.string().min(1)).default([]),
@@ -103,6 +109,8 @@ Models
   --gpu auto|off|cuda|vulkan|metal   GPU backend (default auto; env FLOCK_GPU)
   --config FILE              JSON config file (see docs/configuration.md; env FLOCK_CONFIG)
   --cache-dir DIR            where the demo models are forged (env FLOCK_CACHE_DIR)
+  --demo-tokenizer NAME      the demo's vocabulary: qwen2 (default), llama-bpe, or forge (the
+                             forge's own 679 tokens, fastest; env FLOCK_DEMO_TOKENIZER)
   --no-weight-check          skip the startup check of each weight type (env FLOCK_WEIGHT_CHECK=0)
 
 Server
@@ -263,6 +271,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     "max-body-bytes": { type: "string" },
     "log-level": { type: "string" },
     "cache-dir": { type: "string" },
+    "demo-tokenizer": { type: "string" },
     "max-prompt-tokens": { type: "string" },
     "max-queue": { type: "string" },
     "request-timeout": { type: "string" },
@@ -322,6 +331,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   set("threads", int(env.FLOCK_THREADS));
   set("logLevel", env.FLOCK_LOG_LEVEL);
   set("cacheDir", env.FLOCK_CACHE_DIR);
+  set("demoTokenizer", env.FLOCK_DEMO_TOKENIZER);
   set("host", flags.host);
   set("port", int(flags.port));
   set("gpu", flags.gpu);
@@ -330,6 +340,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   set("logFormat", env.FLOCK_LOG_FORMAT);
   set("logFormat", flags["log-format"]);
   set("cacheDir", flags["cache-dir"]);
+  set("demoTokenizer", flags["demo-tokenizer"]);
   set("keepAlive", num(flags["keep-alive"]));
   set("writeTimeout", num(flags["write-timeout"]));
   set("shutdownTimeout", num(env.FLOCK_SHUTDOWN_TIMEOUT));

@@ -1,25 +1,49 @@
-// The built-in demo: forged on first start into the cache directory, then served.
+// The built-in demo: forged on first start into the cache directory, then served. Its models
+// carry Qwen 2's tokenizer by default (151,936 tokens), so what a user tries runs at a real
+// vocabulary size.
+import { execFile } from "node:child_process";
 import { existsSync, renameSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { promisify } from "node:util";
 import { FORGE_FORMAT, readManifest } from "../forge/manifest.js";
-import { forge } from "../forge/presets.js";
+import type { TokenizerName } from "../forge/tokenizers.js";
 import type { ModelEntryInput } from "../pipelines/model-entry.js";
 
 const DEMO_SEED = 1;
+export type DemoTokenizer = TokenizerName | "forge";
 
-export function demoDir(cacheDir: string): string {
-  return join(cacheDir, `demo-f${FORGE_FORMAT}-s${DEMO_SEED}`);
+export function demoDir(cacheDir: string, tokenizer: DemoTokenizer): string {
+  return join(cacheDir, `demo-f${FORGE_FORMAT}-s${DEMO_SEED}-${tokenizer}`);
+}
+
+/**
+ * Forges the demo with `npm run forge` in a child process: at a real vocabulary size that takes
+ * seconds of CPU, and the server's event loop keeps answering /health (503 while it loads).
+ */
+async function forgeDemo(outDir: string, cacheDir: string, tokenizer: DemoTokenizer): Promise<void> {
+  const tsx = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
+  const cli = fileURLToPath(new URL("../tools/forge.ts", import.meta.url));
+  const args = ["--import", tsx, cli, "--out", outDir, "--preset", "demo", "--seed", String(DEMO_SEED), "--cache-dir", cacheDir];
+  if (tokenizer !== "forge") args.push("--tokenizer", tokenizer);
+  try {
+    await promisify(execFile)(process.execPath, args, { maxBuffer: 16 << 20 });
+  } catch (err) {
+    const stderr = (err as { stderr?: string }).stderr?.trim();
+    throw new Error(`cannot forge the demo models into ${outDir}: ${stderr || (err as Error).message}`);
+  }
 }
 
 /** Forges the demo set if it is not cached yet; returns the model entries to serve. */
-export function demoModels(cacheDir: string): ModelEntryInput[] {
-  const dir = demoDir(cacheDir);
+export async function demoModels(cacheDir: string, tokenizer: DemoTokenizer = "qwen2"): Promise<ModelEntryInput[]> {
+  const dir = demoDir(cacheDir, tokenizer);
   if (!existsSync(join(dir, "manifest.json"))) {
     // Forge beside the target and rename, so a concurrent or interrupted start never sees half a set.
     const staging = `${dir}.staging-${process.pid}`;
-    forge({ outDir: staging, preset: "demo", seed: DEMO_SEED });
-    rmSync(dir, { recursive: true, force: true });
     try {
+      await forgeDemo(staging, cacheDir, tokenizer);
+      rmSync(dir, { recursive: true, force: true });
       renameSync(staging, dir);
     } catch (err) {
       rmSync(staging, { recursive: true, force: true });

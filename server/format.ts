@@ -162,9 +162,11 @@ export class RoutingTally {
       for (const { expert, weight } of t.experts) {
         const e = (experts[expert] ??= { tokens: 0, share: 0 });
         e.tokens += 1;
-        e.share += weight / known.length;
+        e.share += weight;
       }
     }
+    // Divided once at the end: a sole expert's share is exactly 1, not a sum of rounded 1/n.
+    for (const e of Object.values(experts)) e.share /= known.length;
     return {
       mode: options.mode,
       method: options.method,

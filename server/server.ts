@@ -90,7 +90,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
   const ready = (async () => {
     engine = await Engine.create({ gpu: config.gpu, threads: config.threads });
     log.info(engine.describe(), "engine ready");
-    const entries = config.models.length > 0 ? config.models : demoModels(config.cacheDir).map((m) => ModelEntry.parse(m));
+    const entries = config.models.length > 0 ? config.models : (await demoModels(config.cacheDir, config.demoTokenizer)).map((m) => ModelEntry.parse(m));
     if (config.models.length === 0) log.info({ cacheDir: config.cacheDir }, "no models configured: serving the built-in demo");
     if (config.weightCheck) {
       const checked = await engine.checkWeights(entries.flatMap(entryFiles), join(config.cacheDir, "weight-check.json"));

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import OpenAI from "openai";
 import { afterAll, describe, expect, it } from "vitest";
+import { readTokenizer } from "../forge/tokenizers.js";
 
 const root = join(import.meta.dirname, "..");
 const tsx = join(root, "node_modules", ".bin", "tsx");
@@ -51,7 +52,8 @@ describe("the flock command", () => {
     const exited = output(child);
     const url = await listeningUrl(child);
     let health = await fetch(`${url}/health`);
-    for (let i = 0; i < 200 && health.status !== 200; i++) {
+    // Forging the demo (151,936-token models) and loading it takes a while on 2 cores.
+    for (let i = 0; i < 1200 && health.status !== 200; i++) {
       expect(health.status).toBe(503);
       await new Promise((r) => setTimeout(r, 100));
       health = await fetch(`${url}/health`);
@@ -64,6 +66,10 @@ describe("the flock command", () => {
     expect(models.data.map((m) => m.id)).toContain("flock-demo");
     const res = await client.chat.completions.create({ model: "flock-demo", messages: [{ role: "user", content: "Tell me a story." }], max_tokens: 30, seed: 3 });
     expect(res.choices[0].message.content).toMatch(/^[A-Z][a-z]* [a-z]+/); // words of the demo language
+    // The demo speaks Qwen 2's vocabulary.
+    const tokenized = await fetch(`${url}/tokenize`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ content: " cook" }) });
+    const qwen2 = await readTokenizer("qwen2", cacheDir);
+    expect(((await tokenized.json()) as { tokens: number[] }).tokens).toEqual([qwen2.tokens.indexOf("Ġcook")]);
 
     child.kill("SIGTERM");
     const { code, stdout } = await exited;
@@ -71,7 +77,7 @@ describe("the flock command", () => {
     // Not a terminal: JSON lines, one of them saying every model is loaded.
     const lines = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { msg: string; models?: string[] });
     expect(lines.find((l) => l.msg === "ready: every model is loaded")?.models).toContain("flock-demo");
-  });
+  }, 180_000);
 
   it("serves one file as llama-server does (-m PATH -c N -np N), its id the file name, logging text on request", async () => {
     const demo = readdirSync(cacheDir, { recursive: true, encoding: "utf8" }).find((f) => basename(f) === "flock-demo.gguf");

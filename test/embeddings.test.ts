@@ -63,7 +63,7 @@ describe("client.embeddings.create", () => {
   });
 
   it("float and base64 encodings carry the same float32 values; token ids embed as their text does, BOS added where the model wants it", async () => {
-    const text = "The cook stirs the soup";
+    const text = "The cook mixes the soup";
     const floats = await post("/v1/embeddings", { model: "flock-embed", input: text, encoding_format: "float" });
     const b64 = await post("/v1/embeddings", { model: "flock-embed", input: [text], encoding_format: "base64" });
     const bytes = Buffer.from(b64.body.data[0].embedding as string, "base64");

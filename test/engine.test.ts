@@ -88,7 +88,7 @@ describe("forged models through node-llama-cpp", () => {
     const model = await load("ctx", manifest.models["flock-contextual"].file);
     const oracle = new ChainOracle(manifest, "base");
     const prefix = [manifest.vocab.bos, ...oracle.promptTokens("The sailor ties the")];
-    const detour = oracle.promptTokens("A cook stirs");
+    const detour = oracle.promptTokens("A cook mixes");
     const continuation = oracle.promptTokens("She rows");
 
     const a = await model.acquire([]);

@@ -262,7 +262,7 @@ describe("routed models through the API", () => {
   const ask = (model: string, routing?: object, extra: object = {}) =>
     client.chat.completions.create({
       model,
-      messages: [{ role: "user", content: "the cook stirs the soup" }],
+      messages: [{ role: "user", content: "the cook mixes the soup" }],
       max_tokens: 12,
       temperature: 0,
       ...extra,

@@ -164,7 +164,7 @@ describe("routed requests sharing one context", () => {
   });
 
   it("report every token's experts", async () => {
-    const words = ["The cook", "the cook stirs the soup and the", "a sailor", "the ship sails over the sea and the cook tastes the"];
+    const words = ["The cook", "the cook mixes the soup and the", "a sailor", "the ship sails over the sea and the cook tastes the"];
     const ask = async (i: number) => {
       const res = await fetch(`${t.url}/v1/completions`, {
         method: "POST",

@@ -215,7 +215,7 @@ describe("counters move as requests are served", () => {
 
   it("fusion counts tokens per active expert and observes α per token", async () => {
     const before = await scrape(t.url);
-    const res = await t.client.completions.create({ model: "fused", prompt: "The cook stirs the", max_tokens: 10, temperature: 0 });
+    const res = await t.client.completions.create({ model: "fused", prompt: "The cook mixes the", max_tokens: 10, temperature: 0 });
     const after = await scrape(t.url);
     const tokens = res.usage!.completion_tokens;
     const experts = (e: Exposition) =>

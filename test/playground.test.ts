@@ -255,7 +255,7 @@ describe.runIf(CHROMIUM)("the page in Chromium", () => {
     const page = await open(t.url);
     expect(await page.locator("#model option").allTextContents()).toEqual(expect.arrayContaining(["routing+phatgoose (routed)", "routing+arrow (routed)"]));
     await page.selectOption("#model", "routing+phatgoose");
-    await page.fill("#prompt", "the cook stirs the soup in the harbor");
+    await page.fill("#prompt", "the cook mixes the soup in the harbor");
     await page.fill("#temperature", "0");
     await page.fill("#max_tokens", "24");
     const stream = await ask(page, "/v1/chat/completions");

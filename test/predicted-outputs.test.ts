@@ -99,7 +99,7 @@ describe("prediction", () => {
 
 describe("prompt lookup", () => {
   // A prompt that repeats a passage: the continuation is likely to repeat it again.
-  const passage = "The captain hauls a wet net on the deck. The cook stirs the soup.";
+  const passage = "The captain pulls a wet net on the deck. The cook mixes the soup.";
   const prompt = `${passage} ${passage} ${passage}`;
   const complete = (model: string, extra: Record<string, unknown>) =>
     t.client.completions.create({ model, prompt, max_tokens: 40, ...extra } as OpenAI.CompletionCreateParamsNonStreaming) as Promise<OpenAI.Completion & { flock?: { speculative?: { drafted_tokens: number; accepted_tokens: number } } }>;
@@ -135,7 +135,7 @@ describe("prompt lookup", () => {
 describe("text proposals at temperature 1 through the server: rejection sampling of one-hot proposals keeps the target's distribution", () => {
   // The passage repeats, so lookup (min_match 1) proposes " wet net on …" after " a"; the
   // prediction proposes the same from the first position.
-  const prompt = "The captain hauls a wet net on the deck. The captain hauls a";
+  const prompt = "The captain pulls a wet net on the deck. The captain pulls a";
   type Counted = OpenAI.Completion & { flock?: { speculative?: { drafted_tokens: number; accepted_tokens: number } } };
 
   /** First tokens of `requests` unseeded requests of n = 8 (verified by rejection sampling), and how the proposals fared. */
@@ -184,8 +184,8 @@ describe("text proposals at temperature 1 through the server: rejection sampling
 
 describe("metrics", () => {
   it("/metrics counts text proposals by source, plain models included; the sources add up to the draft tokens", async () => {
-    await t.client.completions.create({ model: "lookup", prompt: "The captain hauls a wet net on the deck. The captain hauls a", max_tokens: 8, temperature: 0 });
-    await t.client.completions.create({ model: "flock-demo", prompt: "The captain", max_tokens: 8, temperature: 0, prediction: { type: "content", content: " hauls a wet net" } } as OpenAI.CompletionCreateParamsNonStreaming);
+    await t.client.completions.create({ model: "lookup", prompt: "The captain pulls a wet net on the deck. The captain pulls a", max_tokens: 8, temperature: 0 });
+    await t.client.completions.create({ model: "flock-demo", prompt: "The captain", max_tokens: 8, temperature: 0, prediction: { type: "content", content: " pulls a wet net" } } as OpenAI.CompletionCreateParamsNonStreaming);
     const metrics = await (await fetch(`${t.url}/metrics`)).text();
     const value = (series: string) => Number(metrics.split("\n").find((l) => l.startsWith(`${series} `))?.split(" ").at(-1) ?? NaN);
     const bySource = (model: string, source: string, what: "draft" | "accepted") => value(`flock_spec_decode_num_${what}_tokens_by_source_total{model_name="${model}",source="${source}"}`);

@@ -281,7 +281,7 @@ describe("chat_template_kwargs", () => {
 
 describe("/tokenize and /detokenize", () => {
   it("llama-server's shapes: the prompt's tokens, pieces on request, and back to the text", async () => {
-    const text = "The captain hauls a wet net";
+    const text = "The captain pulls a wet net";
     const plain = await post("/tokenize", { content: text });
     expect(plain.status).toBe(200);
     expect(plain.body.tokens).toEqual(base.promptTokens(text));

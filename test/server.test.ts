@@ -333,7 +333,7 @@ describe("sampling", () => {
   });
 
   it("frequencies with temperature, top_k and top_p match the truncated distribution", async () => {
-    const prompt = "She bakes";
+    const prompt = "She heats";
     const temperature = 0.8;
     const topP = 0.6;
     const topK = 4;

@@ -19,8 +19,8 @@ export interface LoadOptions {
   modelsByKind: Record<string, string[]>;
   /** Token ids that end a generation (suppressed with logit_bias where a request must run on). */
   endTokens: number[];
-  /** Ordinary word tokens: [first, last] id (long prompts for cancellation during prefill). */
-  wordTokens: [number, number];
+  /** Ordinary tokens (the language's words) for long prompts (cancellation during prefill). */
+  wordTokens: number[];
   /** Share of requests with each fault; the rest are ordinary. */
   faultRates: Partial<Record<Exclude<ClientFault, "none">, number>>;
   /** Largest max_tokens an ordinary request asks for. */
@@ -87,8 +87,8 @@ interface Plan {
   cancelAfterMs: number;
 }
 
-const WORDS = ["The", "captain", "cook", "stirs", "a", "pot", "harbor", "net", "sky", "comet", "garden", "rabbit", "she", "watches", "bright", "wet", "deck", "tiny", "soup", "star"];
-const PROMPTS = ["Tell me a story.", "The sailor ties the", "Describe the kitchen.", "What does the gardener plant?", "The captain hauls a wet net on the deck.", "Once upon a time"];
+const WORDS = ["The", "captain", "cook", "mixes", "a", "pot", "harbor", "net", "sky", "comet", "garden", "rabbit", "she", "watches", "bright", "wet", "deck", "tiny", "soup", "star"];
+const PROMPTS = ["Tell me a story.", "The sailor ties the", "Describe the kitchen.", "What does the worker plant?", "The captain pulls a wet net on the deck.", "Once upon a time"];
 
 function sentence(rng: Rng, words: number): string {
   return Array.from({ length: words }, () => rng.pick(WORDS)).join(" ");
@@ -144,9 +144,8 @@ function planRequest(index: number, o: LoadOptions, rng: Rng): Plan {
   if (fault === "none" && rng.next() < 0.15) body.stop = [rng.pick(WORDS.slice(1)), "\n"];
   if (fault === "cancel-prefill") {
     // A long prompt of ordinary word tokens, so the prefill takes a while (completions only).
-    const [lo, hi] = o.wordTokens;
     const length = 1500 + rng.int(1500);
-    body.prompt = Array.from({ length }, () => lo + rng.int(hi - lo + 1));
+    body.prompt = Array.from({ length }, () => rng.pick(o.wordTokens));
     body.max_tokens = 64;
     return { index, endpoint: "completions", kind, model, stream: true, n: 1, fault, body, headers: {}, cutAfter: 0, cancelAfterMs: 2 + rng.int(15) };
   }
