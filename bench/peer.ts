@@ -1,7 +1,8 @@
 // npm run bench:peer [-- --json FILE] [--rounds N] [--tokens N]
 // flock against llama-server on the same GGUF files, threads and sampling settings: plain
-// decoding of the forged demo model padded to real vocabulary sizes (32,000, 128,256 and
-// 151,936 tokens), at T = 0, T = 1, T = 1 with top_p 0.95, and llama-server's own defaults; and
+// decoding of the forged demo model with real tokenizers (Llama 3's 128,256 tokens, Qwen 2's
+// 151,936) and with the forge's own vocabulary padded to Llama 2's 32,000 (whose SentencePiece
+// vocabulary lacks single tokens for the forged language's words: docs/development.md), at T = 0, T = 1, T = 1 with top_p 0.95, and llama-server's own defaults; and
 // constrained decoding at T = 1, held to a JSON schema (an array of at least three of
 // bench:grammar's objects, longer than the budget: no end of text before it) by each server's
 // grammar — llama-server's `json_schema`, flock's `response_format`; both masks are llama.cpp's
@@ -18,6 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { forge } from "../forge/presets.js";
+import { readTokenizer, type TokenizerName } from "../forge/tokenizers.js";
 import { BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 import { llamaServerBinary, startFlock as startFlockProcess, startLlamaServer as startLlamaProcess } from "./servers.js";
@@ -25,7 +27,11 @@ import { llamaServerBinary, startFlock as startFlockProcess, startLlamaServer as
 const { values: flags } = parseArgs({ options: { json: { type: "string" }, rounds: { type: "string" }, tokens: { type: "string" } }, strict: true });
 const ROUNDS = Number(flags.rounds ?? 5);
 const TOKENS = Number(flags.tokens ?? 96);
-const VOCABULARIES = [32_000, 128_256, 151_936];
+const VOCABULARIES: Array<{ tokenizer: "forge (padded)" | TokenizerName; size?: number }> = [
+  { tokenizer: "forge (padded)", size: 32_000 },
+  { tokenizer: "llama-bpe" },
+  { tokenizer: "qwen2" },
+];
 const out = jsonPathArg("peer.json");
 
 interface Sampling {
@@ -114,9 +120,11 @@ const binary = llamaServerBinary();
 const dir = mkdtempSync(join(tmpdir(), "flock-bench-peer-"));
 const rows: BenchReport["rows"] = [];
 try {
-  for (const vocabulary of VOCABULARIES) {
-    const forged = join(dir, String(vocabulary));
-    const manifest = forge({ outDir: forged, preset: "demo", vocabSize: vocabulary });
+  for (const { tokenizer, size } of VOCABULARIES) {
+    const forged = join(dir, tokenizer);
+    const real = size === undefined ? await readTokenizer(tokenizer as TokenizerName, join(dir, "cache")) : undefined;
+    const manifest = forge({ outDir: forged, preset: "demo", vocabSize: size, tokenizer: real });
+    const vocabulary = manifest.vocab.tokens.length;
     const model = join(forged, manifest.models["flock-demo"].file);
     const servers = [await startLlamaServer(binary, model, 18_000 + (vocabulary % 1000)), await startFlock(model, manifest.vocab.eos, forged)];
     try {
@@ -130,7 +138,8 @@ try {
         const peer = median(rates["llama-server"]);
         const flock = median(rates.flock);
         rows.push({
-          vocabulary: manifest.vocab.tokens.length,
+          vocabulary,
+          tokenizer,
           sampling: setting,
           llamaServerTokensPerSecond: peer,
           flockTokensPerSecond: flock,
@@ -153,6 +162,6 @@ printTable(rows);
 writeReport(out, {
   benchmark: "peer",
   command: "npm run bench:peer",
-  settings: { rounds: ROUNDS, tokens: TOKENS, threads: 1, contextSize: 512, sequences: 1, statistic: "median over rounds of streamed decode tokens/s", model: "forged demo (4 layers, d = 128), padded vocabularies" },
+  settings: { rounds: ROUNDS, tokens: TOKENS, threads: 1, contextSize: 512, sequences: 1, statistic: "median over rounds of streamed decode tokens/s", model: "forged demo (4 layers, d = 128): the forge's vocabulary padded to 32,000; Llama 3's and Qwen 2's tokenizers" },
   rows,
 });
