@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 import { llamaServerBinary, type Sample, type ServerProcess, SIDE_BY_SIDE, startFlock, startLlamaServer, stopServers, timedCompletion } from "./servers.js";
+import { tokenOfState } from "../forge/manifest.js";
 import { forgedSpecPair, SPEC_PAIR_MODELS } from "./spec-files.js";
 
 const { values } = parseArgs({ options: { json: { type: "string" }, prompts: { type: "string" }, tokens: { type: "string" }, "vocab-size": { type: "string" } }, strict: true });
@@ -25,7 +26,7 @@ const VOCABULARY = Number(values["vocab-size"] ?? 32_000);
 const out = jsonPathArg("peer-spec.json");
 
 const { manifest, target, draft } = forgedSpecPair(VOCABULARY);
-const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
+const words = tokenOfState(manifest).slice(1);
 // One prompt more than measured: the first warms every variant up.
 const prompts = Array.from({ length: PROMPTS + 1 }, (_, i) => [manifest.vocab.bos, words[(i * 17) % words.length]]);
 

@@ -18,7 +18,7 @@ import type { SpeculativeOverrides } from "../decoding/speculative/config.js";
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { GenerationRequest } from "../decoding/types.js";
 import { Engine } from "../engine/engine.js";
-import { FORGE_FORMAT, readManifest } from "../forge/manifest.js";
+import { FORGE_FORMAT, readManifest, tokenOfState } from "../forge/manifest.js";
 import { forge } from "../forge/presets.js";
 import { loadPipeline } from "../pipelines/load.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
@@ -47,7 +47,7 @@ const speculative = await loadPipeline(engine, entry("speculative", true), state
 const compiler = plain.model.grammars;
 if (!compiler) throw new Error("the native extension lacks the grammar kernels: npm run build:native");
 
-const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
+const words = tokenOfState(manifest).slice(1);
 const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
 const variants: Array<{ name: string; pipeline: Pipeline; speculative?: SpeculativeOverrides; forcedTokens?: false }> = [
   { name: "target only", pipeline: plain },

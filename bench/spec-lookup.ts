@@ -25,6 +25,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { createRng } from "../decoding/rng.js";
+import { tokenOfState } from "../forge/manifest.js";
 import { forgedSpecPair, SPEC_PAIR_MODELS } from "./spec-files.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 import { complete, llamaServerBinary, type Sample, type ServerProcess, SIDE_BY_SIDE, startFlock, startLlamaServer, stopServers, timedCompletion } from "./servers.js";
@@ -47,7 +48,7 @@ const pair = manifest.pairs[0];
 // The target's greedy successor of each word (its chain's most likely next token).
 const rows = manifest.chains[manifest.models[pair.target].chain];
 const successor = (token: number) => rows[manifest.states.ofToken[token]].reduce((best, entry) => (entry[1] > best[1] ? entry : best))[0];
-const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
+const words = tokenOfState(manifest).slice(1);
 
 interface Workload {
   name: string;

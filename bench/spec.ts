@@ -1,11 +1,12 @@
-// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute] [--verification rejection,coupled] [--vocab-size N]
+// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute] [--verification rejection,coupled] [--tokenizer NAME | --vocab-size N]
 // Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
 // temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
 // own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor — each
 // verified by rejection sampling and (rows marked [coupled]) by coupled keyed noise, the mode of
 // requests with a seed. `--preset spec-compute` swaps in a target that is compute-bound on CPUs.
-// `--vocab-size N` pads the pair's vocabulary to a real size (npm run bench:spec:151936); the
-// trained heads are left out there (their training set needs the target's distributions).
+// `--tokenizer NAME` forges the pair with a real tokenizer (npm run bench:spec:151936: Qwen 2's),
+// `--vocab-size N` pads the forge's own vocabulary; the trained heads are left out there (their
+// training set needs the target's distributions).
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,8 +20,9 @@ import { collectSamples, trainHead } from "../decoding/speculative/train-head.js
 import { SpeculativeStats } from "../decoding/speculative/stats.js";
 import type { GenerationRequest } from "../decoding/types.js";
 import { Engine } from "../engine/engine.js";
-import { FORGE_FORMAT, readManifest } from "../forge/manifest.js";
+import { FORGE_FORMAT, readManifest, tokenOfState } from "../forge/manifest.js";
 import { forge } from "../forge/presets.js";
+import { readTokenizer, type TokenizerName } from "../forge/tokenizers.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
 import { loadPipeline } from "../pipelines/load.js";
 import type { Pipeline, SpeculativePipeline } from "../pipelines/pipeline.js";
@@ -38,6 +40,7 @@ const { values } = parseArgs({
     preset: { type: "string" },
     verification: { type: "string" },
     "vocab-size": { type: "string" },
+    tokenizer: { type: "string" },
   },
   strict: false,
 });
@@ -50,11 +53,16 @@ const TOKENS = Number(values.tokens ?? 48);
 
 const PRESET = String(values.preset ?? "spec");
 if (PRESET !== "spec" && PRESET !== "spec-compute") throw new Error(`--preset: spec or spec-compute, not ${PRESET}`);
+const TOKENIZER = values.tokenizer === undefined ? undefined : (String(values.tokenizer) as TokenizerName);
 const VOCABULARY = values["vocab-size"] === undefined ? undefined : Number(values["vocab-size"]);
-const padded = VOCABULARY === undefined ? "" : `-${VOCABULARY}`;
-const out = jsonPathArg(`${PRESET}${padded}.json`);
-const dir = join(import.meta.dirname, "..", ".cache", `bench-${PRESET}${padded}-f${FORGE_FORMAT}`);
-if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: PRESET, seed: 1, vocabSize: VOCABULARY });
+const LARGE = TOKENIZER !== undefined || VOCABULARY !== undefined;
+const suffix = TOKENIZER ? `-${TOKENIZER}` : VOCABULARY === undefined ? "" : `-${VOCABULARY}`;
+const out = jsonPathArg(`${PRESET}${suffix}.json`);
+const dir = join(import.meta.dirname, "..", ".cache", `bench-${PRESET}${suffix}-f${FORGE_FORMAT}`);
+if (!existsSync(join(dir, "manifest.json"))) {
+  const tokenizer = TOKENIZER ? await readTokenizer(TOKENIZER, join(import.meta.dirname, "..", ".cache")) : undefined;
+  forge({ outDir: dir, preset: PRESET, seed: 1, vocabSize: VOCABULARY, tokenizer });
+}
 const manifest = readManifest(dir);
 const pair = manifest.pairs[0];
 const target = join(dir, manifest.models[pair.target].file);
@@ -70,7 +78,7 @@ const online = (await loadPipeline(engine, entry("online", "online"), stateDir))
 const confidence = (await loadPipeline(engine, entry("confidence", "draft-confidence"), stateDir)) as SpeculativePipeline;
 
 // Prompts: BOS and one word, starting in different states; warm-up prompts are separate.
-const words = manifest.states.names.slice(1).map((piece) => manifest.vocab.tokens.indexOf(piece));
+const words = tokenOfState(manifest).slice(1);
 const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
 
 // The authors' head (reading the draft's hidden state at the candidate) and the head that reads
@@ -79,7 +87,7 @@ const promptOf = (i: number) => [manifest.vocab.bos, words[i % words.length]];
 const heads: Array<{ name: string; pipeline: SpeculativePipeline }> = [];
 /** One real hidden state of the draft, to time the heads. */
 let draftHidden: Float32Array | null = null;
-if (engine.capabilities.hiddenStates && VOCABULARY === undefined) {
+if (engine.capabilities.hiddenStates && !LARGE) {
   const trainingDraft = await engine.load(ModelEntry.parse({ id: "training-draft", path: draft, contextSize: 512, parallel: 1 }), { hiddenStates: true });
   // Start words after those of the measured and warm-up prompts (disjoint at the default 24 prompts).
   const trainingPrompts = Array.from({ length: Math.max(24, words.length - 2 * PROMPTS) }, (_, i) => promptOf(2 * PROMPTS + i));

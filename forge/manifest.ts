@@ -37,3 +37,15 @@ export function nextTokenProbabilities(manifest: Manifest, chain: string, token:
   for (const [t, p] of manifest.chains[chain][manifest.states.ofToken[token]]) out[t] = p;
   return out;
 }
+
+/**
+ * The token of each chain state, by state: each word's own token, whatever the tokenizer spells
+ * it as (the start state, which many tokens lead to, has -1).
+ */
+export function tokenOfState(manifest: Manifest): number[] {
+  const tokens = new Array<number>(manifest.states.names.length).fill(-1);
+  manifest.states.ofToken.forEach((state, token) => {
+    if (state !== 0) tokens[state] = token;
+  });
+  return tokens;
+}
