@@ -1,10 +1,10 @@
 // Real tokenizers for forged models: the vocabulary-only GGUFs that llama.cpp ships for its
 // tokenizer tests (Qwen 2's byte-level BPE, Llama 3's BPE). A forged model copies the file's
 // `tokenizer.ggml.*` metadata as it is, so llama.cpp tokenizes, detokenizes and treats special
-// tokens exactly as it does for the real family (plus what the family's released GGUFs state
-// and the vocabulary file leaves out: whether a BOS is added, the chat template); the forged language's words are single tokens
-// of these vocabularies (forge/language.ts picks its words so), and every other token is one a
-// forged model never emits.
+// tokens exactly as it does for the real family, plus what the family's released GGUFs state and
+// the vocabulary file leaves out (whether a BOS is added, the chat template). The forged
+// language's words are single tokens of these vocabularies (forge/language.ts picks its words
+// so); every other token is one a forged model never emits.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
