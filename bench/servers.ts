@@ -7,15 +7,14 @@
 // trap here), and cached in ~/.cache/flock.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { homedir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { probeCpu } from "../engine/native/cpu-probe.js";
-import { bundledLlamaCpp } from "../engine/native/surface.js";
+import { bundledLlamaCpp, NODE_LLAMA_CPP_LLAMA_DIR } from "../engine/native/surface.js";
 
 const root = join(import.meta.dirname, "..");
-const llamaDir = join(dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp"))), "llama");
+const llamaDir = NODE_LLAMA_CPP_LLAMA_DIR;
 
 export interface ServerProcess {
   url: string;

@@ -7,13 +7,20 @@
 // so); every other token is one a forged model never emits.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { readGgufFileInfo } from "node-llama-cpp";
+import { NODE_LLAMA_CPP_LLAMA_DIR } from "../engine/native/surface.js";
 
+// Llama 3's instruct template (the vocabulary file carries none): headers per message, each
+// message ended by <|eot_id|>.
+const LLAMA3_TEMPLATE =
+  "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}" +
+  "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+
+/** `chatTemplate`: the family's template where the vocabulary file carries none (null: the file's). */
 export const TOKENIZERS = {
-  qwen2: { about: "Qwen 2 / 2.5 byte-level BPE, 151,936 tokens, ChatML", turnStart: "<|im_start|>", turnEnd: "<|im_end|>", addBos: false },
-  "llama-bpe": { about: "Llama 3 byte-level BPE, 128,256 tokens, Llama 3 chat format", turnStart: "<|start_header_id|>", turnEnd: "<|eot_id|>", addBos: true },
+  qwen2: { about: "Qwen 2 / 2.5 byte-level BPE, 151,936 tokens, ChatML", turnStart: "<|im_start|>", turnEnd: "<|im_end|>", addBos: false, chatTemplate: null },
+  "llama-bpe": { about: "Llama 3 byte-level BPE, 128,256 tokens, Llama 3 chat format", turnStart: "<|start_header_id|>", turnEnd: "<|eot_id|>", addBos: true, chatTemplate: LLAMA3_TEMPLATE },
 } as const;
 export type TokenizerName = keyof typeof TOKENIZERS;
 
@@ -30,20 +37,8 @@ export interface RealTokenizer {
   /** The tokens that open and close a chat turn. */
   turnStart: number;
   turnEnd: number;
-  /** The family's chat template: the file's own where it has one. */
+  /** The family's chat template. */
   chatTemplate: string;
-}
-
-// Llama 3's instruct template (the vocabulary file carries none): headers per message, each
-// message ended by <|eot_id|>.
-const LLAMA3_TEMPLATE =
-  "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}" +
-  "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
-
-/** The llama.cpp source folder node-llama-cpp ships (present once build:native has run). */
-function nodeLlamaCppDir(): string {
-  // The package's main entry is dist/index.js; its llama/ folder sits beside dist/.
-  return join(dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp"))), "llama");
 }
 
 /**
@@ -53,12 +48,12 @@ function nodeLlamaCppDir(): string {
  */
 export function vocabFile(name: TokenizerName, cacheDir: string, suffix = ""): string {
   const file = `ggml-vocab-${name}.gguf${suffix}`;
-  const unpacked = join(nodeLlamaCppDir(), "llama.cpp", "models", file);
+  const unpacked = join(NODE_LLAMA_CPP_LLAMA_DIR, "llama.cpp", "models", file);
   if (existsSync(unpacked)) return unpacked;
   const cached = join(cacheDir, "vocab", file);
   if (existsSync(cached)) return cached;
 
-  const bundle = join(nodeLlamaCppDir(), "gitRelease.bundle");
+  const bundle = join(NODE_LLAMA_CPP_LLAMA_DIR, "gitRelease.bundle");
   const repo = join(cacheDir, "vocab", `bundle-${process.pid}`);
   mkdirSync(repo, { recursive: true });
   try {
@@ -86,7 +81,8 @@ export async function readTokenizer(name: TokenizerName, cacheDir: string): Prom
   metadata["tokenizer.ggml.add_bos_token"] ??= TOKENIZERS[name].addBos;
   const tokens = metadata["tokenizer.ggml.tokens"] as string[];
   const types = metadata["tokenizer.ggml.token_type"] as number[];
-  const template = metadata["tokenizer.chat_template"];
+  const chatTemplate = TOKENIZERS[name].chatTemplate ?? metadata["tokenizer.chat_template"];
+  if (typeof chatTemplate !== "string") throw new Error(`${name}: the vocabulary file has no chat template and flock knows none for it`);
   const idOf = (text: string) => {
     const id = tokens.indexOf(text);
     if (id < 0) throw new Error(`${name}: no token ${text}`);
@@ -101,7 +97,7 @@ export async function readTokenizer(name: TokenizerName, cacheDir: string): Prom
     eos: metadata["tokenizer.ggml.eos_token_id"] as number,
     turnStart: idOf(TOKENIZERS[name].turnStart),
     turnEnd: idOf(TOKENIZERS[name].turnEnd),
-    chatTemplate: typeof template === "string" ? template : LLAMA3_TEMPLATE,
+    chatTemplate,
   };
 }
 

@@ -25,15 +25,13 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { type CpuProbe, describeProbe, probeCpu } from "./cpu-probe.js";
-import { ADDON_FUNCTIONS, bundledLlamaCpp, CONTEXT_METHODS, LLAMA_CPP_SOURCE } from "./surface.js";
+import { ADDON_FUNCTIONS, bundledLlamaCpp, CONTEXT_METHODS, LLAMA_CPP_SOURCE, NODE_LLAMA_CPP_DIR, NODE_LLAMA_CPP_LLAMA_DIR } from "./surface.js";
 
 const here = import.meta.dirname;
-// The package root: two levels above its entry point (dist/index.js); package.json is not exported.
-const packageDir = dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp")));
-const llamaDir = join(packageDir, "llama");
+const packageDir = NODE_LLAMA_CPP_DIR;
+const llamaDir = NODE_LLAMA_CPP_LLAMA_DIR;
 const addonDir = join(llamaDir, "addon");
 const pristineDir = join(llamaDir, ".flock-pristine-addon");
 const stampFile = join(llamaDir, "localBuilds", "flock-native.json");

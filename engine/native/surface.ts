@@ -4,7 +4,8 @@
 // test/unit/native-surface.test.ts checks that the patches define exactly these names.
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
 
 /** Methods flock's patch adds to the addon's AddonContext (engine/native/addon/AddonFlock.cpp). */
 export const CONTEXT_METHODS = [
@@ -25,6 +26,11 @@ export const ADDON_FUNCTIONS = ["flockCheckWeightType", "flockSoftmax", "flockSa
  * (llama/llama.cpp.info.json) and the commit of its llama/gitRelease.bundle.
  */
 export const LLAMA_CPP_SOURCE = { release: "v0.4.0", commit: "80fb11ac73e66d89eae2c6a91d8a77428fa733ed" } as const;
+
+/** node-llama-cpp's package root: two levels above its entry point (dist/index.js); package.json is not exported. */
+export const NODE_LLAMA_CPP_DIR = dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp")));
+/** Its `llama/` folder: llama.cpp's source bundle, the addon's sources, local builds. */
+export const NODE_LLAMA_CPP_LLAMA_DIR = join(NODE_LLAMA_CPP_DIR, "llama");
 
 /** The llama.cpp source a node-llama-cpp `llama/` folder ships: its release and the bundle's commit. */
 export function bundledLlamaCpp(llamaDir: string): { release: string; commit: string } {

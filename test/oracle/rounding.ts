@@ -4,8 +4,8 @@
 // weights, nothing for F32. These roundings are tiny, but a model with random weights can
 // amplify them past 1e-4 in probability, so a tight comparison has to reproduce them.
 import { existsSync, readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
+import { NODE_LLAMA_CPP_LLAMA_DIR } from "../../engine/native/surface.js";
 import { float16BitsToFloat32, float32ToFloat16Bits } from "../../engine/gguf/f16.js";
 import { F16, F32, type GgmlStorage, Q8_BLOCK } from "../../engine/gguf/reader.js";
 
@@ -59,7 +59,7 @@ export function f16AccumulatingKernels(): boolean {
   const flags = new Set((cpuinfo.split("\n").find((l) => /^(flags|Features)\s*:/.test(l)) ?? "").replace(/^[^:]*:/, "").trim().split(/\s+/));
   if (flags.has("asimdhp")) return true;
   if (!flags.has("avx512_fp16")) return false;
-  const stamp = join(dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp"))), "llama", "localBuilds", "flock-native.json");
+  const stamp = join(NODE_LLAMA_CPP_LLAMA_DIR, "localBuilds", "flock-native.json");
   if (!existsSync(stamp)) return false; // node-llama-cpp's prebuilt binaries are not native builds
   const { cpu } = JSON.parse(readFileSync(stamp, "utf8")) as { cpu?: { disabled: string[] } };
   return !(cpu?.disabled ?? []).includes("AVX512_FP16");

@@ -1,10 +1,9 @@
 // The native surface is listed once (engine/native/surface.ts): the patches must define exactly
 // those names, and the installed node-llama-cpp must ship the llama.cpp the patches are written for.
 import { readdirSync, readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ADDON_FUNCTIONS, bundledLlamaCpp, CONTEXT_METHODS, LLAMA_CPP_SOURCE } from "../../engine/native/surface.js";
+import { ADDON_FUNCTIONS, bundledLlamaCpp, CONTEXT_METHODS, LLAMA_CPP_SOURCE, NODE_LLAMA_CPP_LLAMA_DIR } from "../../engine/native/surface.js";
 
 const patches = join(import.meta.dirname, "..", "..", "engine", "native", "patches");
 const added = (file: string, pattern: RegExp) =>
@@ -31,7 +30,6 @@ describe("the native surface", () => {
   });
 
   it("node-llama-cpp ships the llama.cpp the patches are written for", () => {
-    const llamaDir = join(dirname(dirname(createRequire(import.meta.url).resolve("node-llama-cpp"))), "llama");
-    expect(bundledLlamaCpp(llamaDir)).toEqual(LLAMA_CPP_SOURCE);
+    expect(bundledLlamaCpp(NODE_LLAMA_CPP_LLAMA_DIR)).toEqual(LLAMA_CPP_SOURCE);
   });
 });

@@ -186,20 +186,14 @@ struct FlockVocabText {
         partial.reserve(n);
         bytesOffset.reserve(size_t(n) + 1);
         wellFormedAlone.resize(n);
-        std::vector<char> piece(256);
         for (int32_t id = 0; id < n; id++) {
-            int32_t length = llama_token_to_piece(vocab, id, piece.data(), int32_t(piece.size()) - 1, 0, true);
-            if (length < 0) {
-                piece.resize(size_t(-length) + 1);
-                length = llama_token_to_piece(vocab, id, piece.data(), int32_t(piece.size()) - 1, 0, true);
-            }
-            piece[size_t(std::max(0, length))] = 0;
+            const std::string piece = pieceOf(vocab, id);
             offset[id] = codePoints.size();
-            kind[id] = llama_vocab_is_eog(vocab, id) ? EndOfGeneration : (length <= 0 || piece[0] == 0) ? Never : Text;
-            decode(piece.data());
+            kind[id] = llama_vocab_is_eog(vocab, id) ? EndOfGeneration : (piece.empty() || piece[0] == 0) ? Never : Text;
+            decode(piece.c_str());
             bytesOffset.push_back(bytes.size());
-            bytes.append(piece.data(), size_t(std::max(0, length)));
-            wellFormedAlone[id] = wellFormedUtf8({ 0, 0x80, 0xBF }, piece.data(), size_t(std::max(0, length)));
+            bytes.append(piece);
+            wellFormedAlone[id] = wellFormedUtf8({ 0, 0x80, 0xBF }, piece.data(), piece.size());
         }
         bytesOffset.push_back(bytes.size());
     }
