@@ -165,6 +165,9 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
     }
   }
 
+  // Proxies that buffer responses (nginx, ingress-nginx) pass a stream on as it is written when
+  // told so; HAProxy never buffers (docs/scale-out.md).
+  c.header("X-Accel-Buffering", "no");
   return streamSSE(c, async (stream) => {
     stream.onAbort(onDisconnect);
     let lastWrite = performance.now();
