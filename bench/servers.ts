@@ -2,48 +2,23 @@
 // llama.cpp source node-llama-cpp ships, and both servers started as their own processes on
 // loopback with one thread and one sequence.
 //
-// llama-server is built once from llama/gitRelease.bundle (the commit flock's native build
-// patches), with the same CPU flags flock's build uses (-march=native less the extensions that
-// trap here), and cached in ~/.cache/flock.
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { homedir } from "node:os";
+// llama-server is built once from llama/gitRelease.bundle (engine/native/llama-tools.ts).
+import { type ChildProcess, spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { probeCpu } from "../engine/native/cpu-probe.js";
-import { bundledLlamaCpp, NODE_LLAMA_CPP_LLAMA_DIR } from "../engine/native/surface.js";
+import { llamaToolBinary } from "../engine/native/llama-tools.js";
 
 const root = join(import.meta.dirname, "..");
-const llamaDir = NODE_LLAMA_CPP_LLAMA_DIR;
 
 export interface ServerProcess {
   url: string;
   process: ChildProcess;
 }
 
-function run(command: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): void {
-  console.error(`bench: ${command} ${args.join(" ")}`);
-  const result = spawnSync(command, args, { stdio: ["ignore", "inherit", "inherit"], ...options });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(" ")} failed (${result.status ?? result.signal})`);
-}
-
 /** llama-server built from node-llama-cpp's bundled llama.cpp, once per commit. */
 export function llamaServerBinary(): string {
-  const { commit } = bundledLlamaCpp(llamaDir);
-  const dir = join(homedir(), ".cache", "flock", `llama-server-${commit.slice(0, 12)}`);
-  const binary = join(dir, "build", "bin", "llama-server");
-  if (existsSync(binary)) return binary;
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
-  run("git", ["clone", "--quiet", join(llamaDir, "gitRelease.bundle"), join(dir, "src")]);
-  // The CPU flags of flock's own build: -march=native less what traps on this machine.
-  run("git", ["apply", join(root, "engine", "native", "patches", "llama-cpp-native-flags.diff")], { cwd: join(dir, "src") });
-  const disabled = probeCpu().flags;
-  const env = { ...process.env, ...(disabled.length > 0 ? { FLOCK_NATIVE_DISABLE_FLAGS: disabled.join(" ") } : {}) };
-  const options = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"];
-  run("cmake", ["-S", join(dir, "src"), "-B", join(dir, "build"), "-G", "Ninja", ...options], { env });
-  run("cmake", ["--build", join(dir, "build"), "--target", "llama-server", "--parallel", "2"], { env });
-  return binary;
+  return llamaToolBinary("llama-server");
 }
 
 export async function waitForHealth(url: string, child: ChildProcess): Promise<void> {

@@ -56,6 +56,8 @@ export class BatchDecoder {
     private readonly outputs: RawOutputs,
     /** How many sequences are serving requests: a batch waits a turn of the event loop for those not yet queued. */
     private readonly busySequences: () => number,
+    /** Run after each decode: an error means its results cannot be trusted (an RPC server failed). */
+    private readonly afterDecode?: () => Error | null,
   ) {
     this.addon = (context as unknown as { _ctx: AddonBatchCalls })._ctx;
     this.batchSize = context.batchSize;
@@ -133,6 +135,7 @@ export class BatchDecoder {
       } catch (err) {
         failure = new FlockError("internal", `llama_decode failed: ${(err as Error).message}`, null, { cause: err });
       }
+      failure ??= this.afterDecode?.() ?? undefined;
       this.finish(batch, failure);
     } finally {
       this.running = false;

@@ -6,7 +6,7 @@ import { adapterMismatch, baseShapesOf, readAdapterHeader } from "./adapter-chec
 import { EmbeddingModel } from "./embedding.js";
 import { FlockError } from "./errors.js";
 import { type Capabilities, LoadedModel, type ModelLoadOptions } from "./model.js";
-import { grammarKernels, hasFlockAddon, hasWeightCheck, installSamplingKernels, type RoutedLoraConfig } from "./native.js";
+import { grammarKernels, hasFlockAddon, hasWeightCheck, installSamplingKernels, type RoutedLoraConfig, type RpcBackend, rpcBackend } from "./native.js";
 import { checkWeights } from "./weight-check.js";
 
 export type GpuSetting = "auto" | "off" | "cuda" | "vulkan" | "metal";
@@ -44,6 +44,7 @@ export class Engine {
     readonly llama: Llama,
     readonly options: EngineOptions,
     readonly capabilities: Capabilities,
+    private readonly rpc: RpcBackend | undefined,
   ) {}
 
   static async create(options: EngineOptions): Promise<Engine> {
@@ -59,7 +60,8 @@ export class Engine {
     });
     const addon = hasFlockAddon(llama);
     const nativeSampling = installSamplingKernels(llama);
-    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon, nativeSampling, grammar: grammarKernels(llama) !== undefined });
+    const rpc = rpcBackend(llama);
+    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon, nativeSampling, grammar: grammarKernels(llama) !== undefined, rpc: rpc !== undefined }, rpc);
   }
 
   /**
@@ -103,7 +105,7 @@ export class Engine {
 
   /** A model served for embeddings: its own embedding context (see embedding.ts). */
   async loadEmbedding(entry: ModelLoadOptions): Promise<EmbeddingModel> {
-    const weights = await this.weightsFor(entry.path, entry.gpuLayers).catch((err: unknown) => {
+    const weights = await this.weightsFor(entry).catch((err: unknown) => {
       throw err instanceof FlockError ? new FlockError(err.kind, `model ${entry.id}: ${err.message}`) : err;
     });
     // One sequence: the training context fits (embedding models are small); a number caps it.
@@ -126,11 +128,11 @@ export class Engine {
       throw new FlockError("unsupported", `model ${entry.id} needs routed LoRA, which this build lacks (run npm run build:native)`);
     }
     // Errors name the model id and the file: a startup that fails says which entry to fix.
-    const weights = await this.weightsFor(entry.path, entry.gpuLayers).catch((err: unknown) => {
+    const weights = await this.weightsFor(entry).catch((err: unknown) => {
       throw err instanceof FlockError ? new FlockError(err.kind, `model ${entry.id}: ${err.message}`) : err;
     });
     for (const lora of entry.lora) await this.checkAdapter(entry.id, weights, lora.path);
-    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, options).catch((err: unknown) => {
+    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, { ...options, rpcFailed: this.rpc?.failed }).catch((err: unknown) => {
       if (err instanceof FlockError) throw err;
       throw new FlockError("unavailable", `model ${entry.id}: cannot create a context for ${entry.path}${entry.lora.length > 0 ? ` with ${entry.lora.map((l) => l.path).join(", ")}` : ""}: ${(err as Error).message}`);
     });
@@ -163,11 +165,21 @@ export class Engine {
     if (mismatch) throw new FlockError("invalid_request", `model ${modelId}: ${mismatch}`);
   }
 
-  private weightsFor(path: string, gpuLayers: ModelLoadOptions["gpuLayers"]): Promise<LlamaModel> {
-    let weights = this.weights.get(path);
+  /**
+   * A file's weights, loaded once per file (and set of RPC servers). Without a GPU backend layers
+   * stay on the CPU whatever gpuLayers says (the RPC backend compiled in would otherwise make
+   * node-llama-cpp check a GPU's memory); with RPC servers every layer goes to them, spread by
+   * their free memory, unless gpuLayers is a number.
+   */
+  private weightsFor(entry: Pick<ModelLoadOptions, "path" | "gpuLayers" | "rpc">): Promise<LlamaModel> {
+    const { path } = entry;
+    const rpc = entry.rpc?.length ? entry.rpc : undefined;
+    const key = rpc ? `${path}\u0000rpc:${rpc.join(",")}` : path;
+    let weights = this.weights.get(key);
     if (!weights) {
-      weights = this.llama.loadModel({ modelPath: path, gpuLayers }).catch((cause: unknown) => {
-        this.weights.delete(path);
+      weights = this.loadWeights(path, entry.gpuLayers, rpc).catch((cause: unknown) => {
+        this.weights.delete(key);
+        if (cause instanceof FlockError) throw cause;
         // llama.cpp's own reason (e.g. tensor data past the end of a truncated file) is in its
         // log; node-llama-cpp's message is often just "Failed to load model".
         const reason = (cause as Error).message;
@@ -178,9 +190,21 @@ export class Engine {
             : reason;
         throw new FlockError("unavailable", `cannot load model file ${path}: ${why}`, null, { cause });
       });
-      this.weights.set(path, weights);
+      this.weights.set(key, weights);
     }
     return weights;
+  }
+
+  private async loadWeights(path: string, gpuLayers: ModelLoadOptions["gpuLayers"], rpc: readonly string[] | undefined): Promise<LlamaModel> {
+    if (!rpc) return this.llama.loadModel({ modelPath: path, gpuLayers: this.llama.gpu === false ? 0 : gpuLayers });
+    if (!this.rpc) throw new FlockError("unsupported", "serving over RPC needs flock's native build with llama.cpp's RPC backend (run npm run build:native)");
+    try {
+      this.rpc.setModelServers(path, rpc);
+    } catch (cause) {
+      throw new FlockError("unavailable", (cause as Error).message, null, { cause });
+    }
+    // RPC devices are not GPUs node-llama-cpp can measure: skip its memory checks.
+    return this.llama.loadModel({ modelPath: path, gpuLayers: gpuLayers === "auto" ? "max" : gpuLayers, ignoreMemorySafetyChecks: true });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -190,3 +214,4 @@ export class Engine {
     await this.llama.dispose();
   }
 }
+

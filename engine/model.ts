@@ -31,6 +31,8 @@ export interface Capabilities {
   nativeSampling: boolean;
   /** Grammar masks and llama.cpp's JSON-schema converter (constrained decoding). */
   grammar: boolean;
+  /** llama.cpp's RPC backend: other machines hold a model's layers. */
+  rpc: boolean;
 }
 
 /** What loading one model takes: the config's model entry (pipelines/model-entry.ts) is one. */
@@ -45,6 +47,8 @@ export interface ModelLoadOptions {
   gpuLayers: "auto" | "max" | number;
   batchSize?: number;
   maxQueue?: number;
+  /** RPC servers ("host:port") that hold the model's layers. */
+  rpc?: readonly string[];
 }
 
 /** The smallest context "auto" settles for before loading fails for lack of memory. */
@@ -60,6 +64,8 @@ export class LoadedModel {
   private readonly chatTemplate: ChatTemplate;
   private disposed = false;
   private retiring = false;
+  /** Why the model cannot serve (an RPC server that holds its layers failed); null while it can. */
+  private failed: string | null = null;
   /** Choices admitted by `admit` and not yet done (running or waiting). */
   private admitted = 0;
   /** Compiles grammars for constrained decoding; null where the build lacks the grammar kernels. */
@@ -85,10 +91,12 @@ export class LoadedModel {
     readonly hasHiddenStates: boolean,
     /** Reads decoded positions and takes back logits arrays decoders are done with (flock's addon only). */
     private readonly outputs?: RawOutputs,
+    /** The RPC servers that hold its layers and which of them failed since they connected. */
+    private readonly rpc?: { endpoints: readonly string[]; failed: (endpoints: readonly string[]) => string[] },
   ) {
     if (outputs) {
       // flock drives the context's sequence ids 0…parallel−1 itself (engine/batch.ts).
-      const batches = (this.batches = new BatchDecoder(context, outputs, () => this.runningSequences));
+      const batches = (this.batches = new BatchDecoder(context, outputs, () => this.runningSequences, rpc ? () => this.checkRpc() : undefined));
       for (let id = 0; id < parallel; id++) this.sequences.push(new BatchedSequence(batches, id));
     } else {
       for (let i = 0; i < parallel; i++) this.sequences.push(new NodeLlamaCppSequence(context.getSequence(), this.vocabularySize));
@@ -104,7 +112,7 @@ export class LoadedModel {
     entry: ModelLoadOptions,
     threads: number,
     capabilities: Capabilities,
-    options: { hiddenStates?: boolean; routing?: RoutedLoraConfig } = {},
+    options: { hiddenStates?: boolean; routing?: RoutedLoraConfig; rpcFailed?: (endpoints: readonly string[]) => string[] } = {},
   ): Promise<LoadedModel> {
     // "auto": node-llama-cpp sizes the context from the memory it finds free, up to the training
     // context (and no smaller than what a short chat needs).
@@ -130,7 +138,12 @@ export class LoadedModel {
         throw new FlockError("invalid_request", `model ${entry.id}: routed LoRA could not be set up (${(cause as Error).message})`, null, { cause });
       }
     }
-    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates, outputs);
+    const rpc = entry.rpc?.length && options.rpcFailed ? { endpoints: entry.rpc, failed: options.rpcFailed } : undefined;
+    if (entry.rpc?.length && !(rpc && outputs)) {
+      await context.dispose();
+      throw new FlockError("unsupported", `model ${entry.id}: serving over RPC needs flock's native build (run npm run build:native)`);
+    }
+    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates, outputs, rpc);
   }
 
   /** Tokens one sequence can hold (prompt + completion). */
@@ -192,6 +205,7 @@ export class LoadedModel {
    */
   admit(choices: number): (() => void) | null {
     if (this.disposed) return null;
+    if (this.failed) throw this.failure();
     if (this.admitted + choices > this.parallel + this.maxQueue) return null;
     this.admitted += choices;
     let done = false;
@@ -267,6 +281,33 @@ export class LoadedModel {
     return this.weights.isEogToken(token as Token);
   }
 
+  /** Why the model cannot serve (its RPC server failed), or null. */
+  get unavailable(): string | null {
+    return this.failed;
+  }
+
+  private failure(): FlockError {
+    return new FlockError("unavailable", `model ${this.id} is unavailable: ${this.failed}`);
+  }
+
+  /**
+   * After each decode of a model whose layers RPC servers hold: a server that failed during it
+   * left zeros for results, so the decode fails, and so does every request after it (flock
+   * must be restarted once the server is back: the layers it held are gone).
+   */
+  private checkRpc(): FlockError | null {
+    if (!this.failed) {
+      const failed = this.rpc!.failed(this.rpc!.endpoints);
+      if (failed.length === 0) return null;
+      this.failed = `the RPC server${failed.length > 1 ? "s" : ""} ${failed.join(", ")} holding its layers failed`;
+      for (const waiter of this.waiters.splice(0)) {
+        if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
+        waiter.reject(this.failure());
+      }
+    }
+    return this.failure();
+  }
+
   /**
    * Waits for an idle sequence, preferring the one whose cached tokens share the longest prefix
    * with `prompt` (its KV cache is reused). Rejects when `signal` aborts while waiting, and with
@@ -275,6 +316,7 @@ export class LoadedModel {
    */
   acquire(prompt: readonly number[], signal?: AbortSignal): Promise<EngineSequence> {
     if (this.disposed) return Promise.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
+    if (this.failed) return Promise.reject(this.failure());
     if (signal?.aborted) return Promise.reject(signal.reason);
     const seq = this.takeBestFree(prompt);
     if (seq) {

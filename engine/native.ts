@@ -335,3 +335,20 @@ export function grammarKernels(llama: Llama): GrammarKernels | undefined {
     free: (state) => free!(addonState(state)),
   };
 }
+
+/** llama.cpp's RPC backend (AddonFlockRpc.cpp): servers on other machines hold a model's layers. */
+export interface RpcBackend {
+  /** Connects to each "host:port" and makes their devices the next load of `path`'s devices; throws when one cannot be reached. */
+  setModelServers(path: string, endpoints: readonly string[]): number;
+  /** Those of `endpoints` that failed (unreachable, or died) since they last connected. */
+  failed(endpoints: readonly string[]): string[];
+}
+
+/** The RPC backend, where the loaded binary has it. */
+export function rpcBackend(llama: Llama): RpcBackend | undefined {
+  const supported = addonFunction(llama, "flockRpcSupported") as (() => boolean) | undefined;
+  if (typeof supported !== "function" || !supported()) return undefined;
+  const set = addonFunction(llama, "flockSetModelRpcServers") as (path: string, endpoints: string[]) => number;
+  const failed = addonFunction(llama, "flockRpcFailed") as (endpoints: string[]) => string[];
+  return { setModelServers: (path, endpoints) => set(path, [...endpoints]), failed: (endpoints) => failed([...endpoints]) };
+}

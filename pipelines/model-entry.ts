@@ -29,6 +29,16 @@ export const ModelEntry = z.strictObject({
   threads: z.number().int().min(1).optional(),
   /** Layers offloaded to the GPU: "auto" fits what memory allows. */
   gpuLayers: z.union([z.literal("auto"), z.literal("max"), z.number().int().min(0)]).default("auto"),
+  /**
+   * llama.cpp RPC servers ("host:port", started with `npm run rpc-server`) that hold this model's
+   * layers, spread by their free memory; the model's own draft, fusion and expert files stay local.
+   */
+  rpc: z
+    .array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d{1,5}$/, "an RPC server is host:port"))
+    .min(1)
+    .max(16)
+    .refine((servers) => new Set(servers).size === servers.length, "an RPC server is listed twice")
+    .optional(),
   /** Tokens evaluated per batch (prompt processing chunk). */
   batchSize: z.number().int().min(1).optional(),
   /** Choices that may wait for a free sequence of this id; beyond, requests are refused (429). Defaults to limits.maxQueue. */

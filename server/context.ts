@@ -37,8 +37,8 @@ export interface AuthSettings {
 export interface ServerContext {
   /** The loaded pipelines; throws `unavailable` while models are still loading. */
   registry(): PipelineRegistry;
-  /** Health: loading, ready, or failed with a reason. */
-  health(): { status: "loading" | "ok" | "failed"; detail?: string; models?: string[] };
+  /** Health: loading, ready, failed with a reason, or unhealthy (a model that cannot serve, with why). */
+  health(): { status: "loading" | "ok" | "failed" | "unhealthy"; detail?: string; models?: string[]; unavailable?: Array<{ id: string; detail: string }> };
   limits: Limits;
   maxBodyBytes: number;
   log: Logger;

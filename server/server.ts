@@ -42,8 +42,13 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
   const inflight = new Inflight();
   const app = createApp({
     registry: () => registry ?? notReady(),
-    health: () =>
-      registry ? { status: "ok", models: registry.list().map((m) => m.id) } : failure ? { status: "failed", detail: failure } : { status: "loading" },
+    health: () => {
+      if (!registry) return failure ? { status: "failed", detail: failure } : { status: "loading" };
+      const models = registry.list();
+      // A model whose RPC server failed cannot serve until flock restarts (engine/model.ts).
+      const unavailable = models.flatMap(({ id, pipeline }) => (pipeline.model.unavailable ? [{ id, detail: pipeline.model.unavailable }] : []));
+      return { status: unavailable.length > 0 ? "unhealthy" : "ok", models: models.map((m) => m.id), ...(unavailable.length > 0 ? { unavailable } : {}) };
+    },
     limits: { maxN: config.limits.maxN, maxTokens: config.limits.maxTokens },
     maxBodyBytes: config.limits.maxBodyBytes,
     log,
