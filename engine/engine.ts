@@ -174,7 +174,7 @@ export class Engine {
   private weightsFor(entry: Pick<ModelLoadOptions, "path" | "gpuLayers" | "rpc">): Promise<LlamaModel> {
     const { path } = entry;
     const rpc = entry.rpc?.length ? entry.rpc : undefined;
-    const key = rpc ? `${path}\u0000rpc:${rpc.join(",")}` : path;
+    const key = weightsKey(entry);
     let weights = this.weights.get(key);
     if (!weights) {
       weights = this.loadWeights(path, entry.gpuLayers, rpc).catch((cause: unknown) => {
@@ -207,6 +207,18 @@ export class Engine {
     return this.llama.loadModel({ modelPath: path, gpuLayers: gpuLayers === "auto" ? "max" : gpuLayers, ignoreMemorySafetyChecks: true });
   }
 
+  /**
+   * Frees the weights loaded for `entry` on its RPC servers (after their contexts were freed), so
+   * that loading it again connects afresh; each server serves one connection at a time.
+   */
+  async evictRpcWeights(entry: Pick<ModelLoadOptions, "path" | "rpc">): Promise<void> {
+    if (!entry.rpc?.length) return;
+    const key = weightsKey(entry);
+    const weights = this.weights.get(key);
+    this.weights.delete(key);
+    await (await weights?.catch(() => undefined))?.dispose();
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     for (const model of this.loaded.splice(0)) await model[Symbol.asyncDispose]();
     for (const weights of this.weights.values()) await (await weights.catch(() => undefined))?.dispose();
@@ -215,3 +227,7 @@ export class Engine {
   }
 }
 
+/** Weights are shared by file, apart from those placed on RPC servers. */
+function weightsKey(entry: Pick<ModelLoadOptions, "path" | "rpc">): string {
+  return entry.rpc?.length ? `${entry.path}\u0000rpc:${entry.rpc.join(",")}` : entry.path;
+}

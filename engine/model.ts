@@ -204,8 +204,8 @@ export class LoadedModel {
    * and its reservation cannot interleave with another request's.
    */
   admit(choices: number): (() => void) | null {
-    if (this.disposed) return null;
     if (this.failed) throw this.failure();
+    if (this.disposed) return null;
     if (this.admitted + choices > this.parallel + this.maxQueue) return null;
     this.admitted += choices;
     let done = false;
@@ -292,8 +292,8 @@ export class LoadedModel {
 
   /**
    * After each decode of a model whose layers RPC servers hold: a server that failed during it
-   * left zeros for results, so the decode fails, and so does every request after it (flock
-   * must be restarted once the server is back: the layers it held are gone).
+   * left zeros for results, so the decode fails, and so does every request after it. The layers
+   * the server held are gone with it: server/server.ts loads the model again once it is back.
    */
   private checkRpc(): FlockError | null {
     if (!this.failed) {
@@ -315,8 +315,8 @@ export class LoadedModel {
    * that accepts everything only converts overload into timeouts).
    */
   acquire(prompt: readonly number[], signal?: AbortSignal): Promise<EngineSequence> {
-    if (this.disposed) return Promise.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
     if (this.failed) return Promise.reject(this.failure());
+    if (this.disposed) return Promise.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
     if (signal?.aborted) return Promise.reject(signal.reason);
     const seq = this.takeBestFree(prompt);
     if (seq) {

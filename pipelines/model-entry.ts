@@ -56,10 +56,15 @@ export const ModelEntry = z.strictObject({
   fusion: FusionEntry.optional(),
   /** Also serve this model with a library of routed LoRA experts (`<id>+phatgoose`, `<id>+arrow`). */
   experts: ExpertsEntry.optional(),
-}).refine((e) => !(e.embeddings && (e.speculative || e.fusion || e.experts || e.lookup)), {
-  message: "an embeddings entry serves embeddings only; speculative, fusion, experts and lookup are for generation",
-  path: ["embeddings"],
-});
+})
+  .refine((e) => !(e.embeddings && (e.speculative || e.fusion || e.experts || e.lookup)), {
+    message: "an embeddings entry serves embeddings only; speculative, fusion, experts and lookup are for generation",
+    path: ["embeddings"],
+  })
+  .refine((e) => !(e.rpc && (e.experts || e.embeddings)), {
+    message: "a model on RPC servers serves generation without routed experts (its variants would load the whole model locally)",
+    path: ["rpc"],
+  });
 export type ModelEntry = z.infer<typeof ModelEntry>;
 
 /** Every GGUF file an entry loads: its model, LoRA adapters, draft, fusion models and experts. */

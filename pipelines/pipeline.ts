@@ -75,6 +75,18 @@ export interface RoutedPipeline extends PipelineBase {
 
 export type Pipeline = PlainPipeline | SpeculativePipeline | FusionPipeline | RoutedPipeline;
 
+/** The contexts a pipeline owns (a routed pipeline's variants belong to its library). */
+export function pipelineModels(pipeline: Pipeline): LoadedModel[] {
+  switch (pipeline.kind) {
+    case "speculative":
+      return [pipeline.model, pipeline.draft];
+    case "fusion":
+      return [pipeline.model, pipeline.base, ...pipeline.experts.map((e) => e.model)];
+    default:
+      return [pipeline.model];
+  }
+}
+
 /**
  * A plain model decodes alone, or with a Predicted Output speculates from it: the target verifies
  * the prediction's tokens in batches (coupled noise for seeded requests, so the text is the same
@@ -192,6 +204,12 @@ export class PipelineRegistry {
 
   add(pipeline: Pipeline): void {
     this.checkNew(pipeline.id);
+    this.pipelines.set(pipeline.id, pipeline);
+  }
+
+  /** Serves `pipeline` in place of the one with its id (a model loaded again). */
+  replace(pipeline: Pipeline): void {
+    if (!this.pipelines.has(pipeline.id)) throw notFound(pipeline.id);
     this.pipelines.set(pipeline.id, pipeline);
   }
 

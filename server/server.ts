@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { serve, type ServerType } from "@hono/node-server";
 import { Engine } from "../engine/engine.js";
 import { entryFiles, ModelEntry } from "../pipelines/model-entry.js";
-import { PipelineRegistry } from "../pipelines/pipeline.js";
+import { PipelineRegistry, pipelineModels } from "../pipelines/pipeline.js";
 import { loadPipelines, savePredictors } from "../pipelines/load.js";
 import { createApp } from "./app.js";
 import { notReady, shuttingDown } from "./context.js";
@@ -15,6 +15,9 @@ import { demoModels } from "./demo.js";
 import { Inflight } from "./inflight.js";
 import { createLogger, type Logger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+
+/** How often a model whose RPC server failed tries to load again. */
+const RPC_RECOVERY_MS = 5_000;
 
 export interface FlockServer {
   url: string;
@@ -92,6 +95,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
   );
 
   let saveTimer: NodeJS.Timeout | undefined;
+  let recoveryTimer: NodeJS.Timeout | undefined;
   const ready = (async () => {
     engine = await Engine.create({ gpu: config.gpu, threads: config.threads });
     log.info(engine.describe(), "engine ready");
@@ -148,6 +152,13 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     }
     registry = loaded;
     log.info({ models: [...loaded.list(), ...loaded.embeddingList()].map((m) => m.id), url: `http://${host}:${port}` }, "ready: every model is loaded");
+    const rpcEntries = entries.filter((e) => e.rpc?.length);
+    if (rpcEntries.length > 0) {
+      recoveryTimer = setInterval(() => {
+        for (const entry of rpcEntries) recoverRpcModel(engine!, loaded, { ...entry, maxQueue: entry.maxQueue ?? config.limits.maxQueue });
+      }, RPC_RECOVERY_MS);
+      recoveryTimer.unref();
+    }
     // Acceptance predictors learn while serving; keep what they learned across restarts.
     saveTimer = setInterval(() => savePredictors(loaded), 60_000);
     saveTimer.unref();
@@ -157,6 +168,29 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     throw err;
   });
   ready.catch(() => undefined); // observed by callers through `ready`; never an unhandled rejection
+
+  /**
+   * A model whose RPC server failed (engine/model.ts) is loaded again once its servers answer:
+   * its contexts and the weights it had on them are freed (each server serves one connection at
+   * a time), then its pipeline is built anew and served in place of the failed one.
+   */
+  const recovering = new Map<string, Promise<void>>();
+  const recoverRpcModel = (engine: Engine, loaded: PipelineRegistry, entry: ModelEntry) => {
+    const current = loaded.resolve(entry.id);
+    if (!current.model.unavailable || recovering.has(entry.id) || closing) return;
+    const attempt = (async () => {
+      for (const model of pipelineModels(current)) await model[Symbol.asyncDispose]();
+      await engine.evictRpcWeights(entry);
+      const [pipeline] = await loadPipelines(engine, entry, config.cacheDir, log);
+      pipeline.model.onAcquire = metrics.queueTimeObserver(pipeline.id);
+      pipeline.model.onBatch = metrics.batchObserver(pipeline.id);
+      loaded.replace(pipeline);
+      log.info({ model: entry.id, rpc: entry.rpc }, "model loaded again: its RPC servers are back");
+    })()
+      .catch((err: unknown) => log.debug({ model: entry.id, err: (err as Error).message }, "model still unavailable"))
+      .finally(() => recovering.delete(entry.id));
+    recovering.set(entry.id, attempt);
+  };
 
   let closing: Promise<void> | null = null;
   let cutDeadline: ((ms: number) => void) | null = null;
@@ -183,6 +217,8 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     http.closeAllConnections();
     await ready.catch(() => undefined);
     clearInterval(saveTimer);
+    clearInterval(recoveryTimer);
+    await Promise.all(recovering.values());
     if (registry) savePredictors(registry);
     if (engine) await (engine as Engine)[Symbol.asyncDispose]();
   };

@@ -187,6 +187,9 @@ describe("loadConfig", () => {
       [["--config", configFile({ port: "8080" })], {}, "port"],
       [["--config", configFile({ limits: { maxBodyBytes: 10 } })], {}, "limits.maxBodyBytes"],
       [["--config", configFile({ hots: "typo" })], {}, "hots"],
+      [["--config", configFile({ models: [{ id: "m", path: "/x.gguf", rpc: ["10.0.0.2"] }] })], {}, "models.0.rpc.0: an RPC server is host:port"],
+      [["--config", configFile({ models: [{ id: "m", path: "/x.gguf", rpc: ["h:1", "h:1"] }] })], {}, "models.0.rpc: an RPC server is listed twice"],
+      [["--config", configFile({ models: [{ id: "m", path: "/x.gguf", rpc: ["h:1"], experts: {} }] })], {}, "models.0.rpc: a model on RPC servers serves generation without routed experts"],
     ];
     for (const [argv, env, field] of cases) {
       expect(configError(argv, env).message, argv.join(" ") + JSON.stringify(env)).toContain(field);

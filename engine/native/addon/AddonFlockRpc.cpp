@@ -48,6 +48,7 @@ Napi::Value flockRpcSupported(const Napi::CallbackInfo& info) {
 Napi::Value flockSetModelRpcServers(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     auto addServer = flockRpcFunction<flock_rpc_add_server_t>("ggml_backend_rpc_add_server");
+    auto endpointFailed = flockRpcFunction<flock_rpc_endpoint_failed_t>("ggml_backend_rpc_endpoint_failed");
     if (addServer == nullptr) {
         Napi::Error::New(env, "this build has no RPC backend").ThrowAsJavaScriptException();
         return env.Undefined();
@@ -62,7 +63,18 @@ Napi::Value flockSetModelRpcServers(const Napi::CallbackInfo& info) {
             Napi::Error::New(env, "cannot reach the RPC server " + endpoint).ThrowAsJavaScriptException();
             return env.Undefined();
         }
-        for (size_t d = 0; d < ggml_backend_reg_dev_count(reg); d++) devices.push_back(ggml_backend_reg_dev_get(reg, d));
+        // The server's registration is cached from an earlier load: ask it now (a fresh
+        // connection) whether it answers.
+        for (size_t d = 0; d < ggml_backend_reg_dev_count(reg); d++) {
+            ggml_backend_dev_t dev = ggml_backend_reg_dev_get(reg, d);
+            size_t free = 0, total = 0;
+            ggml_backend_dev_memory(dev, &free, &total);
+            if (total == 0 || (endpointFailed != nullptr && endpointFailed(endpoint.c_str()))) {
+                Napi::Error::New(env, "cannot reach the RPC server " + endpoint).ThrowAsJavaScriptException();
+                return env.Undefined();
+            }
+            devices.push_back(dev);
+        }
     }
     std::lock_guard<std::mutex> lock(flockModelDevicesMutex);
     flockModelDevices[modelPath] = devices;
