@@ -42,7 +42,10 @@ describe("prediction", () => {
     expect(plain.usage!.completion_tokens_details).toBeUndefined();
   });
 
-  it("a prediction that diverges halfway: the same text; the diverging part is rejected, the output resynchronises", async () => {
+  // Whether the rest is proposed again after the divergence is the cost rule's call, which weighs
+  // measured timings (on a loaded machine it may decline); the aligner's resynchronisation
+  // itself is test/unit/prediction.test.ts's.
+  it("a prediction that diverges halfway: the same text; the agreeing prefix is accepted, the diverging part rejected", async () => {
     const plain = await chat({ temperature: 0 });
     const text = plain.choices[0].message.content!;
     const words = text.split(" ");
@@ -51,7 +54,7 @@ describe("prediction", () => {
     const predicted = await chat({ temperature: 0, prediction: { type: "content", content: [{ type: "text", text: diverging }] } });
     expect(predicted.choices[0].message.content).toBe(text);
     expect(details(predicted).rejected_prediction_tokens).toBeGreaterThan(0);
-    expect(details(predicted).accepted_prediction_tokens).toBeGreaterThan(half);
+    expect(details(predicted).accepted_prediction_tokens).toBeGreaterThanOrEqual(half);
   });
 
   it("seeded requests at temperature 1 give the same text with any prediction, on a plain and on a speculative model", async () => {
