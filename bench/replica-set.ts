@@ -6,6 +6,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
+import { waitForHealth } from "./servers.js";
 
 const root = join(import.meta.dirname, "..");
 
@@ -21,16 +22,6 @@ export function freePort(): Promise<number> {
       probe.close(() => resolve(port));
     });
   });
-}
-
-async function waitFor(url: string, child: ChildProcess, status = 200): Promise<void> {
-  for (let i = 0; i < 1200; i++) {
-    if (child.exitCode !== null) throw new Error(`${url}: exited (${child.exitCode})`);
-    const got = await fetch(url).then((r) => r.status, () => 0);
-    if (got === status) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${url}: no ${status} after 120 s`);
 }
 
 export interface Replica {
@@ -53,7 +44,7 @@ export async function startReplica(name: string, options: ReplicaOptions): Promi
   const args = ["--import", "tsx", "server/main.ts", "--model", `flock-demo=${options.model}`, "--port", String(port), "--threads", "1", "--parallel", String(options.parallel ?? 2), "-c", String(options.contextSize ?? 512)];
   args.push("--gpu", "off", "--shutdown-timeout", "10", "--cache-dir", join(options.dir, `cache-${name}`), "--log-level", "warn", "--log-format", "json");
   const child = spawn(process.execPath, args, { cwd: root, stdio: ["ignore", "ignore", "inherit"] });
-  await waitFor(`http://127.0.0.1:${port}/health`, child);
+  await waitForHealth(`http://127.0.0.1:${port}`, child);
   return { name, port, process: child };
 }
 
@@ -74,7 +65,7 @@ export async function startHaproxy(replicas: Replica[], dir: string): Promise<{ 
   writeFileSync(file, haproxyConfig(port, replicas));
   const child = spawn("haproxy", ["-db", "-f", file], { stdio: ["ignore", "ignore", "inherit"] });
   const url = `http://127.0.0.1:${port}`;
-  await waitFor(`${url}/health`, child);
+  await waitForHealth(url, child);
   return { url, process: child };
 }
 

@@ -5,8 +5,7 @@
 // thread). Per variant: the load time (the weights travel to the servers), greedy decoding
 // throughput over the same prompts, and whether the text equals the local model's. Variants run
 // one after another, each in its own flock server, so none competes with another's load.
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -15,7 +14,8 @@ import { forge } from "../forge/presets.js";
 import { ServerConfig } from "../server/config.js";
 import { createLogger } from "../server/logger.js";
 import { startServer } from "../server/server.js";
-import { freePort } from "./replica-set.js";
+import { startRpcServer } from "./rpc-server.js";
+import { complete } from "./servers.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const { values } = parseArgs({
@@ -31,19 +31,6 @@ const manifest = forge({ outDir: dir, preset: "demo", seed: 1 });
 const modelFile = join(dir, manifest.models["flock-demo"].file);
 const prompts = ["The cook", "The diver", "The scientist", "The worker", "The captain", "The pilot", "The farmer", "The gull"].slice(0, PROMPTS);
 
-/** An rpc-server on a free loopback port, once its port listens. */
-async function rpcServer(binary: string): Promise<{ endpoint: string; process: ChildProcess }> {
-  const port = await freePort();
-  const child = spawn(binary, ["-H", "127.0.0.1", "-p", String(port), "-t", "1"], { stdio: "ignore" });
-  const local = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
-  for (let i = 0; i < 300; i++) {
-    const listening = readFileSync("/proc/net/tcp", "utf8").split("\n").some((l) => l.split(/\s+/)[2]?.endsWith(local) && l.split(/\s+/)[4] === "0A");
-    if (listening) return { endpoint: `127.0.0.1:${port}`, process: child };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("rpc-server did not listen");
-}
-
 async function measure(rpc: string[]): Promise<{ loadSeconds: number; tokensPerSecond: number; texts: string[] }> {
   const started = performance.now();
   const server = await startServer(
@@ -53,23 +40,15 @@ async function measure(rpc: string[]): Promise<{ loadSeconds: number; tokensPerS
   try {
     await server.ready;
     const loadSeconds = (performance.now() - started) / 1000;
-    const complete = async (prompt: string, maxTokens: number) => {
-      const res = await fetch(`${server.url}/v1/completions`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "m", prompt, max_tokens: maxTokens, temperature: 0, logit_bias: { [String(manifest.vocab.eos)]: -100 } }),
-      });
-      if (!res.ok) throw new Error(`${res.status} ${await res.text()}`);
-      return (await res.json()) as { choices: Array<{ text: string }>; usage: { completion_tokens: number } };
-    };
-    await complete(prompts[0], 4); // warm-up
+    const body = (prompt: string, maxTokens: number) => ({ model: "m", prompt, max_tokens: maxTokens, temperature: 0, logit_bias: { [String(manifest.vocab.eos)]: -100 } });
+    await complete(server.url, body(prompts[0], 4)); // warm-up
     let tokens = 0;
     const texts: string[] = [];
     const t = performance.now();
     for (const prompt of prompts) {
-      const r = await complete(prompt, TOKENS);
-      tokens += r.usage.completion_tokens;
-      texts.push(r.choices[0].text);
+      const r = await complete(server.url, body(prompt, TOKENS));
+      tokens += r.tokens;
+      texts.push(r.text);
     }
     return { loadSeconds, tokensPerSecond: tokens / ((performance.now() - t) / 1000), texts };
   } finally {
@@ -78,7 +57,7 @@ async function measure(rpc: string[]): Promise<{ loadSeconds: number; tokensPerS
 }
 
 const binary = llamaToolBinary("rpc-server");
-const servers = [await rpcServer(binary), await rpcServer(binary)];
+const servers = [await startRpcServer(binary), await startRpcServer(binary)];
 const rows: BenchReport["rows"] = [];
 try {
   const local = await measure([]);

@@ -300,10 +300,7 @@ export class LoadedModel {
       const failed = this.rpc!.failed(this.rpc!.endpoints);
       if (failed.length === 0) return null;
       this.failed = `the RPC server${failed.length > 1 ? "s" : ""} ${failed.join(", ")} holding its layers failed`;
-      for (const waiter of this.waiters.splice(0)) {
-        if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
-        waiter.reject(this.failure());
-      }
+      this.rejectWaiters(this.failure());
     }
     return this.failure();
   }
@@ -367,7 +364,15 @@ export class LoadedModel {
     waiter.resolve(this.wrap(seq));
   }
 
-  /** Whether the context has been freed (shutdown, or a retired variant). */
+  /** Every waiting acquisition fails with `err`. */
+  private rejectWaiters(err: FlockError): void {
+    for (const waiter of this.waiters.splice(0)) {
+      if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
+      waiter.reject(err);
+    }
+  }
+
+    /** Whether the context has been freed (shutdown, or a retired variant). */
   get isDisposed(): boolean {
     return this.disposed;
   }
@@ -387,7 +392,7 @@ export class LoadedModel {
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    for (const w of this.waiters.splice(0)) w.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
+    this.rejectWaiters(new FlockError("unavailable", `model ${this.id} is shutting down`));
     await this.batches?.idle();
     await this.context.dispose();
   }

@@ -3,11 +3,11 @@
 // rpc-server killed mid-request ends that request with a clean error, the model reports itself
 // unavailable (GET /health 503) while the server keeps serving its other models, and once the
 // rpc-server is back flock loads the model onto it again.
-import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import type { ChildProcess } from "node:child_process";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort } from "../bench/replica-set.js";
+import { type RpcServer, startRpcServer } from "../bench/rpc-server.js";
 import { llamaToolBinary } from "../engine/native/llama-tools.js";
 import { ServerConfig } from "../server/config.js";
 import { createLogger } from "../server/logger.js";
@@ -15,28 +15,6 @@ import { type FlockServer, startServer } from "../server/server.js";
 import { forgedManifest, forgedPath } from "./helpers/server.js";
 
 const native = process.env.FLOCK_REQUIRE_NATIVE === "1" || process.env.FLOCK_RPC_TEST === "1";
-
-interface RpcServer {
-  endpoint: string;
-  port: number;
-  process: ChildProcess;
-}
-
-async function startRpcServer(binary: string, port?: number): Promise<RpcServer> {
-  port ??= await freePort();
-  const child = spawn(binary, ["-H", "127.0.0.1", "-p", String(port), "-t", "1"], { stdio: "ignore" });
-  // Ready once its port listens. (Not by connecting: it serves one client at a time, and a
-  // connection that sends nothing can hold it.)
-  const hexPort = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
-  for (let i = 0; ; i++) {
-    if (child.exitCode !== null) throw new Error(`rpc-server exited (${child.exitCode})`);
-    const listening = readFileSync("/proc/net/tcp", "utf8").split("\n").some((line) => line.split(/\s+/)[2]?.endsWith(hexPort) && line.split(/\s+/)[4] === "0A");
-    if (listening) break;
-    if (i > 300) throw new Error("rpc-server did not listen in 30 s");
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { endpoint: `127.0.0.1:${port}`, port, process: child };
-}
 
 function kill(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
