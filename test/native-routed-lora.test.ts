@@ -180,11 +180,31 @@ describe("routed LoRA in llama.cpp", () => {
     await context.dispose();
   });
 
-  it("refuses a module the model does not have", async (ctx) => {
+  it("refuses a module the model does not have, saying why", async (ctx) => {
     if (!required && !available()) ctx.skip();
     const context = await model.createContext({ contextSize: 256, threads: 1 });
     const config: RoutedLoraConfig = { ...engineConfig(randomGates(1, 1), "arrow", 1, 1), modules: [{ name: "blk.9.attn_q.weight", gates: new Float32Array(3 * 128) }] };
-    expect(() => setRoutedLoras(context, config)).toThrow(/routed LoRA/);
+    expect(() => setRoutedLoras(context, config)).toThrow("routed LoRA: the model has no tensor blk.9.attn_q.weight");
+    await context.dispose();
+  });
+
+  it("refuses, by name, an op the adapters' device cannot run, and the context serves on without routing", async (ctx) => {
+    if (!required && !available()) ctx.skip();
+    const context = await model.createContext({ contextSize: 256, threads: 1, flashAttention: false });
+    // A device without MUL_MAT_ID (the test hook reports it so): the scheduler would abort at
+    // the first decode; the configuration is refused instead.
+    process.env.FLOCK_TEST_ROUTED_UNSUPPORTED_OP = "MUL_MAT_ID";
+    try {
+      expect(() => setRoutedLoras(context, engineConfig(randomGates(1, 1), "phatgoose", 2, 1))).toThrow(
+        /^routed LoRA: the CPU device cannot run MUL_MAT_ID for [\w.]+\.weight, so this model cannot be routed there$/,
+      );
+    } finally {
+      delete process.env.FLOCK_TEST_ROUTED_UNSUPPORTED_OP;
+    }
+    const seq = context.getSequence();
+    const [r] = await seq.controlledEvaluate([[prompt[0] as Token, { generateNext: { probabilities: true } }]]);
+    const base = await engine(() => {});
+    expect(gap(dense(r!.next!.probabilities!), base[0])).toBeLessThan(1e-6);
     await context.dispose();
   });
 });

@@ -23,10 +23,29 @@ describe("the native surface", () => {
 
   it("the patches hold only hooks into existing files; flock's own files ship whole (engine/native/llama-cpp)", () => {
     for (const file of readdirSync(patches)) expect(readFileSync(join(patches, file), "utf8"), file).not.toMatch(/^new file mode/m);
-    const own = join(patches, "..", "llama-cpp", "src");
-    expect(readdirSync(own).sort()).toEqual(["llama-flock.cpp", "llama-flock.h"]);
-    // The hooks reach the shipped files: the CMake patch compiles llama-flock.cpp into libllama.
+    const own = join(patches, "..", "llama-cpp");
+    expect(readdirSync(own, { recursive: true, encoding: "utf8" }).filter((f) => /\.(cpp|h)$/.test(f)).sort()).toEqual([
+      "ggml/src/ggml-cpu/arch/x86/flock-amx-probe.h",
+      "src/llama-flock.cpp",
+      "src/llama-flock.h",
+    ]);
+    // The hooks reach the shipped files: the CMake patch compiles llama-flock.cpp into libllama,
+    // and ggml's x86 variant scoring includes the AMX check.
     expect(added("llama-cpp-flock.diff", /(llama-flock\.cpp)/g)).toContain("llama-flock.cpp");
+    expect(added("llama-cpp-cpu-variants.diff", /"(flock-amx-probe\.h)"/g)).toEqual(["flock-amx-probe.h"]);
+  });
+
+  it("a patch adds no long run of lines: bodies belong in the shipped files", () => {
+    // The longest run today is llama.h's documented routed-LoRA declarations.
+    for (const file of readdirSync(patches)) {
+      let run = 0;
+      let longest = 0;
+      for (const line of readFileSync(join(patches, file), "utf8").split("\n")) {
+        run = line.startsWith("+") && !line.startsWith("+++") ? run + 1 : 0;
+        longest = Math.max(longest, run);
+      }
+      expect(longest, file).toBeLessThanOrEqual(40);
+    }
   });
 
   it("node-llama-cpp ships the llama.cpp the patches are written for", () => {

@@ -227,7 +227,7 @@ Napi::Value AddonContext::FlockGetHiddenState(const Napi::CallbackInfo& info) {
 // routed LoRA over these adapter files on this context (see llama_flock_set_routed_loras).
 // gates[m] is a Float32Array of n_adapters × d_in values for module m. An empty paths list
 // clears routing. With trace, flockGetRoutingTrace reads each output token's routing.
-// Adapters are loaded once per model and file, and live as long as the model.
+// The adapter files are read for this call and freed after it (below); nothing stays loaded.
 Napi::Value AddonContext::FlockSetRoutedLoras(const Napi::CallbackInfo& info) {
     const Napi::Env env = info.Env();
     if (disposed) {
@@ -286,7 +286,7 @@ Napi::Value AddonContext::FlockSetRoutedLoras(const Napi::CallbackInfo& info) {
         namePointers.data(), gatePointers.data(), (int32_t) namePointers.size(),
         method == 1 ? LLAMA_FLOCK_ROUTING_ARROW : LLAMA_FLOCK_ROUTING_PHATGOOSE, topK, temperature, trace);
     if (status != 0) {
-        Napi::Error::New(env, "routed LoRA configuration failed (see the log)").ThrowAsJavaScriptException();
+        Napi::Error::New(env, llama_flock_routing_last_error()).ThrowAsJavaScriptException();
     }
     return env.Undefined();
 }

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 
@@ -73,6 +75,28 @@ void standardise(float * v, int64_t n) {
     var /= n;
     const double inv = 1.0 / std::sqrt(var + 1e-5);
     for (int64_t i = 0; i < n; i++) v[i] = float((v[i] - mean) * inv);
+}
+
+// Builds the module's routed term over a one-token input and asks the device that holds the
+// stacked adapters whether it runs every op of it: what it cannot run is refused here, with the
+// reason, instead of aborting the process in the scheduler at the first decode.
+// FLOCK_TEST_ROUTED_UNSUPPORTED_OP names an op to report as unsupported (a test hook).
+void check_routed_ops(const llama_flock_routing & routing, const llama_flock_routed_module & module, ggml_backend_dev_t dev, const char * name) {
+    const size_t n_max = 64 + 4 * (size_t) routing.top_k;
+    ggml_init_params params = { n_max * ggml_tensor_overhead() + ggml_graph_overhead_custom(n_max, false), nullptr, true };
+    ggml_context_ptr ctx(ggml_init(params));
+    ggml_tensor * x = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, module.a->ne[0], 1);
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), n_max, false);
+    ggml_build_forward_expand(gf, llama_flock_build_routed(ctx.get(), routing, module, x, nullptr));
+    const char * unsupported = std::getenv("FLOCK_TEST_ROUTED_UNSUPPORTED_OP");
+    for (int i = 0; i < ggml_graph_n_nodes(gf); i++) {
+        ggml_tensor * node = ggml_graph_node(gf, i);
+        const bool hooked = unsupported != nullptr && std::strcmp(unsupported, ggml_op_desc(node)) == 0;
+        if (hooked || !ggml_backend_dev_supports_op(dev, node)) {
+            throw std::runtime_error(std::string("routed LoRA: the ") + ggml_backend_dev_name(dev) + " device cannot run " +
+                ggml_op_desc(node) + " for " + name + ", so this model cannot be routed there");
+        }
+    }
 }
 
 } // namespace
@@ -166,6 +190,7 @@ static std::unique_ptr<llama_flock_routing> build_routing(
         ggml_backend_tensor_set(mod.a, a.data(), 0, a.size() * sizeof(float));
         ggml_backend_tensor_set(mod.b, b.data(), 0, b.size() * sizeof(float));
 
+        check_routed_ops(*routing, mod, dev, modules[m]);
         routing->modules.emplace(modules[m], mod);
         routing->ctxs.push_back(std::move(ctx));
         routing->bufs.push_back(std::move(buf));
@@ -173,16 +198,95 @@ static std::unique_ptr<llama_flock_routing> build_routing(
     return routing;
 }
 
+// llama_context members behind the hooks in llama-context.cpp: the routing state of a context and
+// its per-output-token trace.
+
+void llama_context::set_flock_routing(std::unique_ptr<llama_flock_routing> routing) {
+    flock_routing = std::move(routing);
+    flock_trace.clear();
+    flock_trace_names.clear();
+    sched_need_reserve = true;
+}
+
+const float * llama_context::flock_trace_ith(int32_t i) {
+    const size_t stride = flock_trace_names.size() * (flock_routing ? flock_routing->n_adapters : 0);
+    if (stride == 0) {
+        return nullptr;
+    }
+    try {
+        const int64_t row = output_resolve_row(i);
+        return (size_t) (row + 1) * stride <= flock_trace.size() ? flock_trace.data() + row * stride : nullptr;
+    } catch (const std::exception &) {
+        return nullptr;
+    }
+}
+
+// Copies this ubatch's traced routing probabilities into flock_trace, one row per output token.
+// A traced tensor holds either every token of the ubatch or, after the last layer's output
+// selection, only its outputs.
+void llama_context::flock_extract_trace(const llm_graph_result * res, const llama_ubatch & ubatch, int64_t n_outputs_prev, int64_t n_outputs_all) {
+    const auto & traces = res->t_flock_traces;
+    const int64_t n_adapt = flock_routing->n_adapters;
+    const int64_t n_mod   = (int64_t) traces.size();
+    if (n_outputs_prev == 0) {
+        flock_trace_names.clear();
+        for (const auto & t : traces) {
+            flock_trace_names.push_back(t.first);
+        }
+        flock_trace.assign((size_t) n_outputs_all * n_mod * n_adapt, 0.0f);
+    }
+    if ((int64_t) flock_trace_names.size() != n_mod) {
+        return; // a graph with other modules (should not happen): leave the rows at zero
+    }
+    ggml_backend_sched_synchronize(sched.get());
+    std::vector<float> tmp;
+    for (int64_t j = 0; j < n_mod; j++) {
+        ggml_tensor * t = traces[j].second;
+        const int64_t rows = t->ne[1];
+        tmp.resize((size_t) rows * n_adapt);
+        ggml_backend_tensor_get(t, tmp.data(), 0, tmp.size() * sizeof(float));
+        const bool only_outputs = rows == n_outputs && rows != (int64_t) ubatch.n_tokens;
+        int64_t k = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            if (!only_outputs && !(ubatch.output[r] || n_outputs == (int64_t) ubatch.n_tokens)) {
+                continue;
+            }
+            const int64_t out = n_outputs_prev + k++;
+            if (out >= n_outputs_all) {
+                break;
+            }
+            std::copy(tmp.begin() + r * n_adapt, tmp.begin() + (r + 1) * n_adapt, flock_trace.begin() + (out * n_mod + j) * n_adapt);
+        }
+    }
+}
+
+// Output reordering in llama_context::decode swaps rows i and j; the trace follows its rows.
+void llama_context::flock_swap_trace_rows(size_t i, size_t j) {
+    const size_t stride = flock_trace_names.size() * (flock_routing ? flock_routing->n_adapters : 0);
+    if (stride > 0 && (std::max(i, j) + 1) * stride <= flock_trace.size()) {
+        std::swap_ranges(flock_trace.begin() + i * stride, flock_trace.begin() + (i + 1) * stride, flock_trace.begin() + j * stride);
+    }
+}
+
+// Why the last llama_flock_set_routed_loras on this thread failed.
+static thread_local std::string flock_last_error;
+
+const char * llama_flock_routing_last_error(void) {
+    return flock_last_error.c_str();
+}
+
 int32_t llama_flock_set_routed_loras(
         struct llama_context * ctx,
         struct llama_adapter_lora ** adapters, const float * scales, int32_t n_adapters,
         const char ** modules, const float ** gates, int32_t n_modules,
         enum llama_flock_routing_method method, int32_t top_k, float temperature, bool trace) {
+    flock_last_error.clear();
     try {
         ctx->set_flock_routing(build_routing(ctx->get_model(), adapters, scales, n_adapters, modules, gates, n_modules, method, top_k, temperature, trace));
         return 0;
     } catch (const std::exception & err) {
         LLAMA_LOG_ERROR("%s: %s\n", __func__, err.what());
+        flock_last_error = err.what();
         return -1;
     }
 }
