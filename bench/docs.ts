@@ -4,6 +4,8 @@
 // the lines between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` become: how the run was
 // made (command, date, commit, machine) and its rows, one table per row shape, read from
 // bench/results/NAME.json. Prose stays outside the markers, so a table is never typed by hand.
+// Between `<!-- targets:NAME -->` markers: the targets a benchmark is held to (TARGETS), each
+// with the figure its results give and whether it is met, so no verdict is typed by hand either.
 // --check changes nothing and exits 1 when a page differs from what the results give (the test
 // suite runs it).
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -77,10 +79,70 @@ function renderCodeTable(name: string): string {
   return render();
 }
 
+/** A target a benchmark is held to: what it asks, the figure the rows give, the least it may be. */
+interface Target {
+  goal: string;
+  measured: (rows: readonly Row[]) => number;
+  atLeast: number;
+}
+
+/** The one row whose fields equal `where` (a missing row is a renamed variant: fail loudly). */
+function rowWhere(rows: readonly Row[], where: Row): Row {
+  const row = rows.find((r) => Object.entries(where).every(([k, v]) => r[k] === v));
+  if (!row) throw new Error(`no row ${JSON.stringify(where)}`);
+  return row;
+}
+const num = (row: Row, key: string) => row[key] as number;
+
+/** Prompt lookup's rate over llama-server's best n-gram setting's, on one workload and temperature. */
+const lookupOverNgram = (workload: string, temperature: number) => (rows: readonly Row[]) => {
+  const here = rows.filter((r) => r.workload === workload && r.temperature === temperature);
+  const ngram = Math.max(...here.filter((r) => String(r.variant).startsWith("llama-server, ngram")).map((r) => num(r, "tokensPerSecond")));
+  return num(rowWhere(here, { variant: "flock, prompt lookup" }), "tokensPerSecond") / ngram;
+};
+
+const TARGETS: Record<string, Target[]> = {
+  "peer-spec": [0, 1].map((temperature) => ({
+    goal: `flock's default over llama-server's best draft setting, T = ${temperature}`,
+    measured: (rows) => num(rowWhere(rows, { temperature, variant: "flock, default (specdec++)" }), "vsLlamaServerBestDraft"),
+    atLeast: temperature === 0 ? 1.1 : 1.3,
+  })),
+  "spec-lookup": [
+    {
+      goal: "an exact Predicted Output over the target alone, T = 0 (the slower workload)",
+      measured: (rows) => Math.min(...rows.filter((r) => r.temperature === 0 && String(r.variant).startsWith("flock, Predicted Output")).map((r) => num(r, "vsOwnTargetOnly"))),
+      atLeast: 3,
+    },
+    ...["quote", "rewrite (every 10th word edited)"].flatMap((workload) =>
+      [0, 1].map((temperature) => ({
+        goal: `prompt lookup over llama-server's best n-gram setting, ${workload.split(" ")[0]}, T = ${temperature}`,
+        measured: lookupOverNgram(workload, temperature),
+        atLeast: 1.2,
+      })),
+    ),
+  ],
+};
+const TARGET_MARKER = /<!-- targets:([\w.-]+) -->\n[\s\S]*?<!-- \/targets:\1 -->/g;
+
+export function renderTargets(name: string): string {
+  const targets = TARGETS[name];
+  if (!targets) throw new Error(`no targets for ${name} (known: ${Object.keys(TARGETS).join(", ")})`);
+  const rows = (JSON.parse(readFileSync(join(results, `${name}.json`), "utf8")) as Saved).rows;
+  return [
+    "| target | at least | measured | met |",
+    "|---|---|---|---|",
+    ...targets.map((t) => {
+      const measured = t.measured(rows);
+      return `| ${t.goal} | ${t.atLeast}× | ${cell(measured)}× | ${measured >= t.atLeast ? "yes" : "no"} |`;
+    }),
+  ].join("\n");
+}
+
 /** A page with every marked table regenerated. */
 export function regenerate(page: string): string {
   return page
     .replace(MARKER, (_, name: string) => `<!-- bench:${name} -->\n${renderResult(name)}\n<!-- /bench:${name} -->`)
+    .replace(TARGET_MARKER, (_, name: string) => `<!-- targets:${name} -->\n${renderTargets(name)}\n<!-- /targets:${name} -->`)
     .replace(CODE_MARKER, (_, name: string) => `<!-- table:${name} -->\n${renderCodeTable(name)}\n<!-- /table:${name} -->`);
 }
 

@@ -3,7 +3,7 @@
 import type { TokenConstraint } from "./constraint.js";
 import type { LookupOverrides } from "./speculative/lookup.js";
 import type { RoutingTrace } from "../engine/native.js";
-import type { KvSequence } from "../engine/sequence.js";
+import type { Sequence } from "../engine/sequence.js";
 import type { SamplingParams } from "./sampler.js";
 import type { FusionOverrides } from "./fusion/config.js";
 import type { SpeculativeOverrides } from "./speculative/config.js";
@@ -13,7 +13,7 @@ import type { TextSource } from "./speculative/text-proposals.js";
 export interface DecodingModel {
   readonly id: string;
   readonly contextSize: number;
-  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<KvSequence>;
+  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<Sequence>;
   detokenize(tokens: readonly number[], context?: readonly number[]): string;
   isEndOfGeneration(token: number): boolean;
 }

@@ -5,6 +5,7 @@
 // shape the base does not have. Used for a model entry's plain LoRA adapters (engine.ts) and for
 // the experts of a routed library (experts/library.ts).
 import { type GgufFileInfo, readGgufFileInfo } from "node-llama-cpp";
+import { checkGgufHeader } from "./gguf/header-check.js";
 import { metadataValue } from "./gguf/reader.js";
 
 /** A base model's adaptable modules: tensor name → [input width, output width]. */
@@ -58,6 +59,9 @@ export function adapterMismatch(path: string, adapter: AdapterHeader, base: Base
 
 /** The header of the adapter file at `path` (no tensor data). */
 export async function readAdapterHeader(path: string): Promise<AdapterHeader> {
-  const info = await readGgufFileInfo(path, { logWarnings: false });
+  // Lengths checked against the file before node-llama-cpp allocates what they claim; one file
+  // only (a name like x-00001-of-00002.gguf would make it read others).
+  checkGgufHeader(path);
+  const info = await readGgufFileInfo(path, { logWarnings: false, spliceSplitFiles: false });
   return { metadata: info.metadata, dims: new Map((info.fullTensorInfo ?? []).map((t) => [t.name, t.dimensions.map(Number)])) };
 }

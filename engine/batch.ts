@@ -26,6 +26,8 @@ interface QueuedDecode {
   tokens: readonly number[];
   /** Token indices whose outputs are wanted. */
   wanted: ReadonlySet<number>;
+  /** Read only their hidden states (RawOutputs.read). */
+  hiddenOnly: boolean;
   /** Tokens already decoded (a long prompt takes several batches). */
   done: number;
   outputs: Map<number, PositionOutput>;
@@ -67,10 +69,10 @@ export class BatchDecoder {
    * Appends `tokens` to `sequence`'s cache from `position` on; resolves with the outputs of the
    * token indices in `wanted`, by index.
    */
-  decode(sequence: number, position: number, tokens: readonly number[], wanted: ReadonlySet<number>): Promise<Map<number, PositionOutput>> {
+  decode(sequence: number, position: number, tokens: readonly number[], wanted: ReadonlySet<number>, hiddenOnly = false): Promise<Map<number, PositionOutput>> {
     if (tokens.length === 0) return Promise.resolve(new Map());
     return new Promise((resolve, reject) => {
-      this.decodes.push({ sequence, position, tokens, wanted, done: 0, outputs: new Map(), resolve, reject });
+      this.decodes.push({ sequence, position, tokens, wanted, hiddenOnly, done: 0, outputs: new Map(), resolve, reject });
       this.schedule();
     });
   }
@@ -177,7 +179,7 @@ export class BatchDecoder {
     for (const { decode, count, logitIndexes, tokenIndexes } of batch) {
       if (failure === undefined) {
         try {
-          tokenIndexes.forEach((tokenIndex, k) => decode.outputs.set(tokenIndex, this.outputs.read(logitIndexes[k])));
+          tokenIndexes.forEach((tokenIndex, k) => decode.outputs.set(tokenIndex, this.outputs.read(logitIndexes[k], decode.hiddenOnly)));
         } catch (err) {
           failure = err;
         }
@@ -228,10 +230,10 @@ export class BatchedSequence implements SequenceCache {
     return this.held;
   }
 
-  /** Appends `tokens`; the outputs after the token indices in `logitsAt`, in that order. */
-  append(tokens: readonly number[], logitsAt: readonly number[]): Promise<PositionOutput[]> {
+  /** Appends `tokens`; the outputs after the token indices in `logitsAt`, in that order (`hiddenOnly`: hidden states alone). */
+  append(tokens: readonly number[], logitsAt: readonly number[], hiddenOnly = false): Promise<PositionOutput[]> {
     return this.serially(async () => {
-      const outputs = await this.decoder.decode(this.id, this.held.length, tokens, new Set(logitsAt)).catch(async (err: unknown) => {
+      const outputs = await this.decoder.decode(this.id, this.held.length, tokens, new Set(logitsAt), hiddenOnly).catch(async (err: unknown) => {
         // A long input may have been decoded in part: the cache keeps only what is recorded here.
         await this.decoder.erase(this.id, this.held.length);
         throw err;

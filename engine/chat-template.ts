@@ -10,7 +10,10 @@ import {
   JinjaTemplateChatWrapper,
   type LlamaModel,
   LlamaText,
+  type LlamaTextInputValue,
   resolveChatWrapper,
+  SpecialToken,
+  SpecialTokensText,
 } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 
@@ -45,6 +48,14 @@ export interface ToolCallSyntax {
   paramsPrefix: string;
   suffix: string;
   resultPrefix: string;
+  /**
+   * How the template writes several calls in one turn (node-llama-cpp's
+   * settings.functions.parallelism.call): a section prefix (with alternates: the same without its
+   * special tokens' text, which a detokenizer may drop), the text between calls and a section
+   * suffix, each cut where generation ends. null where the template writes one call per turn
+   * (it has no parallel framing, or a call's suffix ends generation).
+   */
+  parallel: { sectionPrefix: string; sectionPrefixAlternates: string[]; betweenCalls: string; sectionSuffix: string } | null;
 }
 
 export interface RenderedPrompt {
@@ -118,7 +129,28 @@ export class ChatTemplate {
     // for models that want it (llama-server renders the template, then tokenizes with BOS).
     const bos = this.weights.tokens.bos;
     if (wrapper !== this.wrapper && this.weights.tokens.shouldPrependBosToken && bos !== null && tokens[0] !== bos) tokens.unshift(bos);
-    return { tokens, stopTokens, stopStrings: stopStrings.filter((s) => s.length > 0), toolSyntax: toolSyntaxOf(wrapper) };
+    return { tokens, stopTokens, stopStrings: stopStrings.filter((s) => s.length > 0), toolSyntax: toolSyntaxOf(wrapper, this.generationEnd(state.stopGenerationTriggers)) };
+  }
+
+  /**
+   * Where generation ends in a template's special text: the earliest of the template's stop
+   * triggers or of the model's end-of-generation tokens in it (-1: none).
+   */
+  private generationEnd(triggers: readonly LlamaTextInputValue[]): (special: string) => number {
+    const byTemplate = templateEnds(triggers);
+    const { tokenizer } = this.weights;
+    return (special) => {
+      let at = byTemplate(special);
+      let from = 0;
+      for (const token of LlamaText(new SpecialTokensText(special)).tokenize(tokenizer)) {
+        const piece = this.weights.detokenize([token], true);
+        const found = piece.length > 0 ? special.indexOf(piece, from) : -1;
+        if (found < 0) continue;
+        if (this.weights.isEogToken(token) && (at < 0 || found < at)) at = found;
+        from = found + piece.length;
+      }
+      return at;
+    };
   }
 
   private wrapperWith(kwargs: TemplateKwargs): ChatWrapper {
@@ -148,15 +180,78 @@ export class ChatTemplate {
 
 const text = (value: string | LlamaText) => (typeof value === "string" ? value : LlamaText(value).toString());
 
-/** How a wrapper writes function calls, as text. */
-export function toolSyntaxOf(wrapper: ChatWrapper): ToolCallSyntax {
-  const { call, result } = wrapper.settings.functions;
+/** Where generation ends in special text by a template's stop triggers (those written as special tokens). */
+function templateEnds(triggers: readonly LlamaTextInputValue[]): (special: string) => number {
+  const markers = triggers
+    .map((trigger) => LlamaText(trigger).values)
+    .filter((values) => values.length > 0 && values.every((v) => v instanceof SpecialTokensText))
+    .map((values) => values.map((v) => (v as SpecialTokensText).value).join(""))
+    .filter((marker) => marker.length > 0);
+  return (special) => {
+    let at = -1;
+    for (const marker of markers) {
+      const found = special.indexOf(marker);
+      if (found >= 0 && (at < 0 || found < at)) at = found;
+    }
+    return at;
+  };
+}
+
+/**
+ * A template's text up to where generation ends (an end-of-sequence or end-of-turn special
+ * token, or special text `endAt` finds one in): what a grammar writes before the model ends its
+ * turn, and whether it ends there. `plain` leaves out special tokens' text.
+ */
+function untilEnd(value: LlamaTextInputValue, endAt: (special: string) => number, plain = false): { text: string; ends: boolean } {
+  let out = "";
+  for (const v of LlamaText(value).values) {
+    if (typeof v === "string") out += v;
+    else if (v instanceof SpecialToken) {
+      if (v.value === "EOS" || v.value === "EOT") return { text: out, ends: true };
+      if (!plain) out += v.toString();
+    } else {
+      const at = endAt(v.value);
+      if (at >= 0) return { text: plain ? out : out + v.value.slice(0, at), ends: true };
+      if (!plain) out += v.value;
+    }
+  }
+  return { text: out, ends: false };
+}
+
+/** The stop triggers of a wrapper's prompt for a first answer (a wrapper that cannot render one: none). */
+function wrapperStopTriggers(wrapper: ChatWrapper): LlamaTextInputValue[] {
+  try {
+    return wrapper.generateContextState({ chatHistory: [{ type: "user", text: "" }, { type: "model", response: [] }] }).stopGenerationTriggers;
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * How a wrapper writes function calls, as text, each part cut where generation ends: `endAt`
+ * finds the end of generation in special text (by default, the wrapper's own stop triggers).
+ */
+export function toolSyntaxOf(wrapper: ChatWrapper, endAt: (special: string) => number = templateEnds(wrapperStopTriggers(wrapper))): ToolCallSyntax {
+  const { call, result, parallelism } = wrapper.settings.functions;
+  const suffix = untilEnd(call.suffix, endAt);
+  let parallel: ToolCallSyntax["parallel"] = null;
+  if (parallelism && !suffix.ends) {
+    const sectionPrefix = untilEnd(parallelism.call.sectionPrefix ?? "", endAt).text;
+    const plainPrefix = untilEnd(parallelism.call.sectionPrefix ?? "", endAt, true).text;
+    parallel = {
+      sectionPrefix,
+      sectionPrefixAlternates: plainPrefix !== sectionPrefix && plainPrefix.trim().length > 0 ? [plainPrefix] : [],
+      betweenCalls: untilEnd(parallelism.call.betweenCalls ?? "", endAt).text,
+      sectionSuffix: untilEnd(parallelism.call.sectionSuffix ?? "", endAt).text,
+    };
+  }
   return {
     prefix: text(call.prefix),
     alternatePrefixes: (call.prefixAlternateMatches ?? []).map(text),
     paramsPrefix: text(call.paramsPrefix),
-    suffix: text(call.suffix),
+    suffix: suffix.text,
     resultPrefix: text(result.prefix).replace(/\{\{functionName\}\}.*$/s, ""),
+    parallel,
   };
 }
 
@@ -175,6 +270,7 @@ function chatHistory(messages: readonly ChatMessage[]): ChatHistoryItem[] {
       continue;
     }
     const calls = m.toolCalls ?? [];
+    const at = i;
     // The answer after a call's result continues the same model turn, as the templates render it.
     const previous = history.at(-1);
     if (previous?.type === "model" && typeof previous.response.at(-1) === "object" && calls.length === 0) {
@@ -190,15 +286,16 @@ function chatHistory(messages: readonly ChatMessage[]): ChatHistoryItem[] {
       }
       results.set(answer.toolCallId, answer.content);
     }
-    for (const call of calls) {
+    for (const [j, call] of calls.entries()) {
+      const place = `messages[${at}].tool_calls[${j}]`;
       if (!results.has(call.id)) {
-        throw new FlockError("invalid_request", `an assistant message with tool_calls must be followed by tool messages answering each call; ${call.id} (${call.name}) has no answer`, "messages");
+        throw new FlockError("invalid_request", `${place}: an assistant message with tool_calls must be followed by tool messages answering each call; ${call.id} (${call.name}) has no answer`, place);
       }
       let params: unknown;
       try {
         params = call.arguments.trim() === "" ? undefined : JSON.parse(call.arguments);
       } catch {
-        throw new FlockError("invalid_request", `tool call ${call.id}: function.arguments is not JSON`, "messages");
+        throw new FlockError("invalid_request", `${place}.function.arguments: the arguments of tool call ${call.id} are not JSON`, `${place}.function.arguments`);
       }
       response.push({ type: "functionCall", name: call.name, params, result: jsonOrText(results.get(call.id)!) });
     }

@@ -26,6 +26,14 @@ export class EmbeddingModel {
     return this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
   }
 
+  /** Bytes of text one token can stand for, at most (as Tokenizer.maxTokenBytes): bounds a text's tokens from below before tokenizing. */
+  get maxTokenBytes(): number {
+    const tokens = this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
+    this.longestTokenBytes ??= tokens && tokens.length > 0 ? tokens.reduce((m, t) => Math.max(m, Buffer.byteLength(t)), 0) + 1 : Infinity;
+    return this.longestTokenBytes;
+  }
+  private longestTokenBytes: number | undefined;
+
   /** Text as tokens, special-token text kept plain (embed() adds the BOS and EOS the model expects). */
   tokenize(text: string): number[] {
     return this.weights.tokenize(text, false);

@@ -1,13 +1,15 @@
 // The engine: the only code that touches weights. It owns the node-llama-cpp instance, loads
 // each GGUF file once, and hands out LoadedModels (one context per served model id).
 import { availableParallelism } from "node:os";
-import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
+import { getLlama, Llama, LlamaLogLevel, LlamaLogLevelGreaterThanOrEqual, type LlamaModel } from "node-llama-cpp";
+import { AdapterCache } from "./adapter-cache.js";
 import { adapterMismatch, baseShapesOf, readAdapterHeader } from "./adapter-check.js";
 import { EmbeddingModel } from "./embedding.js";
 import { FlockError } from "./errors.js";
 import { type Capabilities, LoadedModel, type ModelLoadOptions } from "./model.js";
 import { grammarKernels, hasFlockAddon, hasWeightCheck, installSamplingKernels, type RoutedLoraConfig, type RpcBackend, rpcBackend } from "./native.js";
 import { checkWeights } from "./weight-check.js";
+import { WeightBufferLog } from "./weight-buffers.js";
 
 export type GpuSetting = "auto" | "off" | "cuda" | "vulkan" | "metal";
 
@@ -39,15 +41,21 @@ export interface ContextUsage {
 export class Engine {
   private readonly weights = new Map<string, Promise<LlamaModel>>();
   private readonly loaded: LoadedModel[] = [];
+  /** Weight loads under way (llama.cpp's info lines are logged while there are any). */
+  private loading = 0;
+  /** The LoRA adapters contexts apply, counted per context and freed with the last (GET /admin/status). */
+  readonly adapters = new AdapterCache();
 
   private constructor(
     readonly llama: Llama,
     readonly options: EngineOptions,
     readonly capabilities: Capabilities,
     private readonly rpc: RpcBackend | undefined,
+    private readonly buffers: WeightBufferLog,
   ) {}
 
   static async create(options: EngineOptions): Promise<Engine> {
+    const buffers = new WeightBufferLog();
     const llama = await getLlama({
       // The local build (npm run build:native) or a prebuilt binary; never a download or a
       // compile at serving time.
@@ -55,13 +63,20 @@ export class Engine {
       gpu: options.gpu === "off" ? false : options.gpu,
       // 0: no global cap, so each context uses exactly the threads it asks for.
       maxThreads: 0,
+      // llama.cpp's errors; while weights load (loadWeights), its info lines too, which name the
+      // buffer types the weights land in (weight-buffers.ts). Only errors are printed.
       logLevel: LlamaLogLevel.error,
+      logger: (level, message) => {
+        buffers.observe(message);
+        if (LlamaLogLevelGreaterThanOrEqual(level, LlamaLogLevel.error)) Llama.defaultConsoleLogger(level, message);
+      },
       progressLogs: false,
     });
+    await registerLogger(llama);
     const addon = hasFlockAddon(llama);
     const nativeSampling = installSamplingKernels(llama);
     const rpc = rpcBackend(llama);
-    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon, nativeSampling, grammar: grammarKernels(llama) !== undefined, rpc: rpc !== undefined }, rpc);
+    return new Engine(llama, options, { rawLogits: addon, fusionKernel: addon, hiddenStates: addon, routedLora: addon, nativeSampling, grammar: grammarKernels(llama) !== undefined, rpc: rpc !== undefined }, rpc, buffers);
   }
 
   /**
@@ -78,14 +93,24 @@ export class Engine {
 
   /**
    * The CPU's instruction-set extensions compiled into ggml's CPU backend, and the extra buffer
-   * types they bring (llama.cpp places weights there: repacked layouts, AMX tiles), as
-   * llama.cpp's system info lists them.
+   * types they make available (llama.cpp may place weights there: repacked layouts, AMX tiles),
+   * as llama.cpp's system info lists them. Which ones a model's weights are in depends on their
+   * types: weightBuffers() says.
    */
   cpuFeatures(): { features: string[]; extraBufferTypes: string[] } {
     const cpu = this.llama.systemInfo.split("|").map((f) => f.trim().replace(/^CPU : /, ""));
     const on = cpu.filter((f) => / = 1$/.test(f)).map((f) => f.replace(/ = 1$/, ""));
     const extraBufferTypes = [...(on.includes("REPACK") ? ["CPU_REPACK"] : []), ...(on.includes("AMX_INT8") ? ["AMX"] : [])];
     return { features: on.filter((f) => f !== "REPACK"), extraBufferTypes };
+  }
+
+  /**
+   * The buffer types holding the weights of the file `path` (as loaded: CPU, CPU_Mapped,
+   * CPU_REPACK, AMX, CUDA0, …) with their sizes in MiB, from llama.cpp's load log; undefined
+   * where that log was not seen.
+   */
+  weightBuffers(path: string): Record<string, number> | undefined {
+    return this.buffers.of(path);
   }
 
   /** A one-line description for the startup log. */
@@ -132,7 +157,7 @@ export class Engine {
       throw err instanceof FlockError ? new FlockError(err.kind, `model ${entry.id}: ${err.message}`) : err;
     });
     for (const lora of entry.lora) await this.checkAdapter(entry.id, weights, lora.path);
-    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, { ...options, rpcFailed: this.rpc?.failed }).catch((err: unknown) => {
+    const model = await LoadedModel.create(weights, entry, entry.threads ?? this.options.threads, this.capabilities, { ...options, rpcFailed: this.rpc?.failed, adapters: this.adapters }).catch((err: unknown) => {
       if (err instanceof FlockError) throw err;
       throw new FlockError("unavailable", `model ${entry.id}: cannot create a context for ${entry.path}${entry.lora.length > 0 ? ` with ${entry.lora.map((l) => l.path).join(", ")}` : ""}: ${(err as Error).message}`);
     });
@@ -196,6 +221,19 @@ export class Engine {
   }
 
   private async loadWeights(path: string, gpuLayers: ModelLoadOptions["gpuLayers"], rpc: readonly string[] | undefined): Promise<LlamaModel> {
+    // llama.cpp's info lines while it loads: they name the buffer types the weights go to.
+    this.loading++;
+    this.llama.logLevel = LlamaLogLevel.info;
+    try {
+      return await this.loadWeightsLogged(path, gpuLayers, rpc);
+    } finally {
+      // Lines logged on the loading thread are delivered on this one: let them arrive first.
+      await new Promise((resolve) => setImmediate(resolve));
+      if (--this.loading === 0 && !this.llama.disposed) this.llama.logLevel = LlamaLogLevel.error;
+    }
+  }
+
+  private async loadWeightsLogged(path: string, gpuLayers: ModelLoadOptions["gpuLayers"], rpc: readonly string[] | undefined): Promise<LlamaModel> {
     if (!rpc) return this.llama.loadModel({ modelPath: path, gpuLayers: this.llama.gpu === false ? 0 : gpuLayers });
     if (!this.rpc) throw new FlockError("unsupported", "serving over RPC needs flock's native build with llama.cpp's RPC backend (run npm run build:native)");
     try {
@@ -225,6 +263,21 @@ export class Engine {
     this.weights.clear();
     await this.llama.dispose();
   }
+}
+
+/**
+ * node-llama-cpp registers each new Llama's logger while releasing the previous one's native
+ * callback, and that release, completing later, marks no callback as set: llama.cpp's lines then
+ * bypass the logger (printed to stdout, or lost). Registering once more after the release has
+ * completed keeps them coming, in a process that made a Llama before (tests, tools).
+ */
+async function registerLogger(llama: Llama): Promise<void> {
+  const internals = llama as unknown as { _bindings: { setLogger(callback?: unknown): void }; _onAddonLog: unknown; _debug: boolean };
+  // In debug mode llama.cpp prints straight to the console, and node-llama-cpp sets no callback.
+  if (internals._debug || typeof internals._bindings?.setLogger !== "function") return;
+  internals._bindings.setLogger(); // releases whichever callback is set
+  for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));
+  internals._bindings.setLogger(internals._onAddonLog);
 }
 
 /** Weights are shared by file, apart from those placed on RPC servers. */

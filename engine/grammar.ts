@@ -6,6 +6,7 @@
 // (every position inside a string is one), and clients send the same schema again.
 import { LlamaGrammar, LlamaGrammarEvaluationState, type LlamaModel, type Token } from "node-llama-cpp";
 import type { GrammarKernels, MaskCache, MaskCacheKey, MaskCacheStats } from "./native.js";
+import { translatePatterns } from "./schema-patterns.js";
 
 /** A grammar that does not compile: `reason` says why, for a 400 naming the field. */
 export class GrammarError extends Error {
@@ -45,7 +46,8 @@ export class GrammarCompiler {
   /** GBNF for a JSON schema; throws GrammarError with the converter's reasons. */
   jsonSchemaGrammar(schema: unknown): string {
     try {
-      return this.kernels.jsonSchemaToGrammar(JSON.stringify(schema));
+      // Patterns first spelled in the regular expressions the converter translates.
+      return this.kernels.jsonSchemaToGrammar(JSON.stringify(translatePatterns(schema)));
     } catch (err) {
       throw new GrammarError((err as Error).message.replace(/^JSON schema conversion failed:\n/, ""));
     }

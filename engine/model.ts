@@ -1,24 +1,18 @@
-// A served model: weights plus one context whose sequences are pooled, with the tokenizer and
-// detokenizer that decoding needs (the chat template is chat-template.ts).
-import { type LlamaContext, type LlamaModel, type Token } from "node-llama-cpp";
+// A served model: weights plus one context, composed of the pool that lends its sequences
+// (sequence-pool.ts) and its text side (tokenizer.ts: tokenizer, detokenizer, chat template).
+// What stays here is loading, capabilities, failure (RPC) and disposal.
+import { type LlamaContext, type LlamaModel } from "node-llama-cpp";
+import { AdapterCache, type AdapterLease } from "./adapter-cache.js";
 import { BatchDecoder, BatchedSequence } from "./batch.js";
 import { type ChatMessage, ChatTemplate, type RenderedPrompt, type TemplateKwargs, type ToolDefinition } from "./chat-template.js";
 import { FlockError } from "./errors.js";
 import { GrammarCompiler } from "./grammar.js";
 import { type FusionGridKernel, fusionGridKernel, grammarKernels, type RawOutputs, rawOutputs, type RoutedLoraConfig, setRoutedLoras } from "./native.js";
-import { EngineSequence, NodeLlamaCppSequence, type SequenceCache, sharedPrefixLength } from "./sequence.js";
+import { EngineSequence, NodeLlamaCppSequence, type Sequence, type SequenceCache } from "./sequence.js";
+import { SequencePool } from "./sequence-pool.js";
+import { Tokenizer } from "./tokenizer.js";
 
 export type { ChatMessage, RenderedPrompt, ToolCall, ToolCallSyntax, ToolDefinition } from "./chat-template.js";
-
-interface Waiter {
-  prompt: readonly number[];
-  /** performance.now() when it started waiting (queue time). */
-  since: number;
-  resolve: (seq: EngineSequence) => void;
-  reject: (err: unknown) => void;
-  signal?: AbortSignal;
-  onAbort?: () => void;
-}
 
 /** What the loaded binary can do beyond public node-llama-cpp (the native extension). */
 export interface Capabilities {
@@ -54,24 +48,27 @@ export interface ModelLoadOptions {
 /** The smallest context "auto" settles for before loading fails for lack of memory. */
 const MIN_AUTO_CONTEXT = 1024;
 
+/** Where contexts made without an engine's cache (tests, tools) keep their adapters. */
+const sharedAdapters = new AdapterCache();
+
 export class LoadedModel {
-  private readonly free: SequenceCache[] = [];
-  /** Every sequence of the context, busy or free (their KV cells, for kvCacheUsage). */
-  private readonly sequences: SequenceCache[] = [];
+  /** Lends the context's sequences, busy or free (their KV cells count in kvCacheUsage). */
+  private readonly pool: SequencePool<Sequence>;
   /** Decodes for the sequences on flock's contexts (none on node-llama-cpp's fallback path). */
   private readonly batches: BatchDecoder | null = null;
-  private readonly waiters: Waiter[] = [];
-  private readonly chatTemplate: ChatTemplate;
+  /** Tokenizer, detokenizer and chat template. */
+  readonly tokenizer: Tokenizer;
   private disposed = false;
-  private retiring = false;
   /** Why the model cannot serve (an RPC server that holds its layers failed); null while it can. */
   private failed: string | null = null;
-  /** Choices admitted by `admit` and not yet done (running or waiting). */
-  private admitted = 0;
+  /** The LoRA adapters the context applies (a model entry's `lora`), released once it is freed. */
+  private adapters: AdapterLease | null = null;
   /** Compiles grammars for constrained decoding; null where the build lacks the grammar kernels. */
   readonly grammars: GrammarCompiler | null;
   /** Told how long each acquisition waited for a sequence, in seconds (0 when one was idle). */
-  onAcquire: ((waitedSeconds: number) => void) | null = null;
+  set onAcquire(observer: ((waitedSeconds: number, signal?: AbortSignal) => void) | null) {
+    this.pool.onAcquire = observer;
+  }
   /** Told how many sequences each llama.cpp batch of this context carries (flock's contexts only). */
   set onBatch(observer: ((sequences: number) => void) | null) {
     if (this.batches) this.batches.onBatch = observer;
@@ -90,19 +87,20 @@ export class LoadedModel {
     /** Sequences can return final hidden states (evaluateWithHidden). */
     readonly hasHiddenStates: boolean,
     /** Reads decoded positions and takes back logits arrays decoders are done with (flock's addon only). */
-    private readonly outputs?: RawOutputs,
+    outputs?: RawOutputs,
     /** The RPC servers that hold its layers and which of them failed since they connected. */
     private readonly rpc?: { endpoints: readonly string[]; failed: (endpoints: readonly string[]) => string[] },
   ) {
+    this.tokenizer = new Tokenizer(weights, new ChatTemplate(id, weights));
+    const sequences: SequenceCache[] = [];
     if (outputs) {
       // flock drives the context's sequence ids 0…parallel−1 itself (engine/batch.ts).
       const batches = (this.batches = new BatchDecoder(context, outputs, () => this.runningSequences, rpc ? () => this.checkRpc() : undefined));
-      for (let id = 0; id < parallel; id++) this.sequences.push(new BatchedSequence(batches, id));
+      for (let id = 0; id < parallel; id++) sequences.push(new BatchedSequence(batches, id));
     } else {
-      for (let i = 0; i < parallel; i++) this.sequences.push(new NodeLlamaCppSequence(context.getSequence(), this.vocabularySize));
+      for (let i = 0; i < parallel; i++) sequences.push(new NodeLlamaCppSequence(context.getSequence(), this.vocabularySize));
     }
-    this.free.push(...this.sequences);
-    this.chatTemplate = new ChatTemplate(id, weights);
+    this.pool = new SequencePool<Sequence>(id, sequences, maxQueue, (seq, release) => new EngineSequence(seq, this.contextSize, rawLogits, release, outputs?.recycle));
     const kernels = grammarKernels(weights.llama);
     this.grammars = kernels ? new GrammarCompiler(weights, kernels) : null;
   }
@@ -112,7 +110,7 @@ export class LoadedModel {
     entry: ModelLoadOptions,
     threads: number,
     capabilities: Capabilities,
-    options: { hiddenStates?: boolean; routing?: RoutedLoraConfig; rpcFailed?: (endpoints: readonly string[]) => string[] } = {},
+    options: { hiddenStates?: boolean; routing?: RoutedLoraConfig; rpcFailed?: (endpoints: readonly string[]) => string[]; adapters?: AdapterCache } = {},
   ): Promise<LoadedModel> {
     // "auto": node-llama-cpp sizes the context from the memory it finds free, up to the training
     // context (and no smaller than what a short chat needs).
@@ -123,9 +121,18 @@ export class LoadedModel {
       sequences: entry.parallel,
       threads: { ideal: threads, min: threads },
       batchSize: entry.batchSize,
-      lora: entry.lora.length > 0 ? { adapters: entry.lora.map((l) => ({ filePath: l.path, scale: l.scale })) } : undefined,
+      // No `lora` here: node-llama-cpp's adapter cache never frees (engine/adapter-cache.ts).
       failedCreationRemedy: false,
     });
+    let adapters: AdapterLease | null = null;
+    if (entry.lora.length > 0) {
+      try {
+        adapters = await (options.adapters ?? sharedAdapters).attach(weights, entry.path, context, entry.lora);
+      } catch (err) {
+        await context.dispose();
+        throw err;
+      }
+    }
     // Routing traces travel with the hidden states, so a traced routed context has both.
     const traced = options.routing?.trace === true;
     const hasHiddenStates = capabilities.rawLogits && (options.hiddenStates === true || traced);
@@ -135,15 +142,19 @@ export class LoadedModel {
         setRoutedLoras(context, options.routing);
       } catch (cause) {
         await context.dispose();
+        await adapters?.release();
         throw new FlockError("invalid_request", `model ${entry.id}: routed LoRA could not be set up (${(cause as Error).message})`, null, { cause });
       }
     }
     const rpc = entry.rpc?.length && options.rpcFailed ? { endpoints: entry.rpc, failed: options.rpcFailed } : undefined;
     if (entry.rpc?.length && !(rpc && outputs)) {
       await context.dispose();
+      await adapters?.release();
       throw new FlockError("unsupported", `model ${entry.id}: serving over RPC needs flock's native build (run npm run build:native)`);
     }
-    return new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates, outputs, rpc);
+    const model = new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates, outputs, rpc);
+    model.adapters = adapters;
+    return model;
   }
 
   /** Tokens one sequence can hold (prompt + completion). */
@@ -159,17 +170,17 @@ export class LoadedModel {
     return this.weights.embeddingVectorSize;
   }
   get vocabularySize(): number {
-    return this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
+    return this.tokenizer.vocabularySize;
   }
   get gpuLayers(): number {
     return this.weights.gpuLayers;
   }
   get chatTemplateName(): string {
-    return this.chatTemplate.name;
+    return this.tokenizer.chatTemplateName;
   }
   /** Sequences not serving a request right now. */
   get idleSequences(): number {
-    return this.free.length;
+    return this.pool.idle;
   }
   /**
    * What the context holds in memory (KV cache, compute buffers), as node-llama-cpp estimates it
@@ -184,16 +195,16 @@ export class LoadedModel {
    */
   get kvCacheUsage(): number {
     if (this.disposed) return 0;
-    const held = this.sequences.reduce((sum, seq) => sum + seq.tokens.length, 0);
+    const held = this.pool.sequences.reduce((sum, seq) => sum + seq.tokens.length, 0);
     return held / (this.context.contextSize * this.parallel);
   }
   /** Sequences serving a request right now. */
   get runningSequences(): number {
-    return this.parallel - this.free.length;
+    return this.pool.running;
   }
   /** Acquisitions waiting for a sequence. */
   get waitingSequences(): number {
-    return this.waiters.length;
+    return this.pool.waiting;
   }
 
   /**
@@ -206,18 +217,11 @@ export class LoadedModel {
   admit(choices: number): (() => void) | null {
     if (this.failed) throw this.failure();
     if (this.disposed) return null;
-    if (this.admitted + choices > this.parallel + this.maxQueue) return null;
-    this.admitted += choices;
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      this.admitted -= choices;
-    };
+    return this.pool.admit(choices);
   }
   /** Most choices one request can ever be admitted with. */
   get capacity(): number {
-    return this.parallel + this.maxQueue;
+    return this.pool.capacity;
   }
 
   /** flock's compiled fusion-objective kernel, when the native addon is loaded. */
@@ -225,60 +229,32 @@ export class LoadedModel {
     return this.rawLogits ? fusionGridKernel(this.context) : undefined;
   }
 
+  // The text side, delegated to the tokenizer (callers keep calling model.tokenize etc.).
   /** Whether `other` tokenizes identically (same token texts in the same order). */
   sameVocabulary(other: LoadedModel): boolean {
-    const mine = this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
-    const theirs = other.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
-    return mine !== undefined && theirs !== undefined && mine.length === theirs.length && mine.every((t, i) => t === theirs[i]);
+    return this.tokenizer.sameVocabulary(other.tokenizer);
   }
-
-  private longestTokenBytes: number | undefined;
-
-  /**
-   * An upper bound on the bytes of text one token stands for: the UTF-8 length of the longest
-   * token text in the vocabulary, plus one for a leading space a tokenizer may add (byte-level
-   * BPE spells each byte with one character, SentencePiece spells a space as three bytes, byte
-   * tokens as six: none is shorter than what it decodes to). Infinity without the token list.
-   */
+  /** Bytes of text one token can stand for, at most (Tokenizer.maxTokenBytes). */
   get maxTokenBytes(): number {
-    if (this.longestTokenBytes === undefined) {
-      const tokens = this.weights.fileInfo.metadata.tokenizer?.ggml?.tokens;
-      this.longestTokenBytes = tokens && tokens.length > 0 ? tokens.reduce((m, t) => Math.max(m, Buffer.byteLength(t)), 0) + 1 : Infinity;
-    }
-    return this.longestTokenBytes;
+    return this.tokenizer.maxTokenBytes;
   }
-
-  /** Tokenizes user text; special-token text in it stays plain text. Adds BOS as the model wants. */
   tokenizePrompt(text: string): number[] {
-    return this.tokenize(text, { addSpecial: true, parseSpecial: false });
+    return this.tokenizer.tokenizePrompt(text);
   }
-
-  /**
-   * Tokenizes text as llama-server's /tokenize does: BOS only with `addSpecial` (and when the
-   * model wants one), special-token text parsed as those tokens with `parseSpecial`.
-   */
   tokenize(text: string, options: { addSpecial: boolean; parseSpecial: boolean }): number[] {
-    const tokens: number[] = this.weights.tokenize(text, options.parseSpecial);
-    const bos = this.weights.tokens.bos;
-    return options.addSpecial && this.weights.tokens.shouldPrependBosToken && bos !== null ? [bos, ...tokens] : tokens;
+    return this.tokenizer.tokenize(text, options);
   }
-
-  /** Renders a conversation with the model's own chat template, ready for the assistant's turn. */
   renderChat(messages: readonly ChatMessage[], kwargs?: TemplateKwargs, tools?: readonly ToolDefinition[]): RenderedPrompt {
-    return this.chatTemplate.render(messages, kwargs, tools);
+    return this.tokenizer.renderChat(messages, kwargs, tools);
   }
-
   detokenize(tokens: readonly number[], context?: readonly number[]): string {
-    return this.weights.detokenize(tokens as Token[], false, context as Token[] | undefined);
+    return this.tokenizer.detokenize(tokens, context);
   }
-
-  /** A token's own text, special tokens spelled out (for logprobs). */
   tokenText(token: number): string {
-    return this.weights.detokenize([token as Token], true);
+    return this.tokenizer.tokenText(token);
   }
-
   isEndOfGeneration(token: number): boolean {
-    return this.weights.isEogToken(token as Token);
+    return this.tokenizer.isEndOfGeneration(token);
   }
 
   /** Why the model cannot serve (its RPC server failed), or null. */
@@ -300,79 +276,22 @@ export class LoadedModel {
       const failed = this.rpc!.failed(this.rpc!.endpoints);
       if (failed.length === 0) return null;
       this.failed = `the RPC server${failed.length > 1 ? "s" : ""} ${failed.join(", ")} holding its layers failed`;
-      this.rejectWaiters(this.failure());
+      this.pool.rejectWaiters(this.failure());
     }
     return this.failure();
   }
 
   /**
    * Waits for an idle sequence, preferring the one whose cached tokens share the longest prefix
-   * with `prompt` (its KV cache is reused). Rejects when `signal` aborts while waiting, and with
-   * `overloaded` when maxQueue acquisitions are already waiting (the queue is bounded: a server
-   * that accepts everything only converts overload into timeouts).
+   * with `prompt` (SequencePool.acquire: bounded queue, `overloaded` past maxQueue waiters).
    */
-  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<EngineSequence> {
+  acquire(prompt: readonly number[], signal?: AbortSignal): Promise<Sequence> {
     if (this.failed) return Promise.reject(this.failure());
     if (this.disposed) return Promise.reject(new FlockError("unavailable", `model ${this.id} is shutting down`));
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    const seq = this.takeBestFree(prompt);
-    if (seq) {
-      this.onAcquire?.(0);
-      return Promise.resolve(this.wrap(seq));
-    }
-    if (this.waiters.length >= this.maxQueue) {
-      return Promise.reject(new FlockError("overloaded", `model ${this.id} is busy: ${this.waiters.length} requests are already waiting; retry shortly`));
-    }
-    return new Promise((resolve, reject) => {
-      const waiter: Waiter = { prompt, since: performance.now(), resolve, reject, signal };
-      if (signal) {
-        waiter.onAbort = () => {
-          const i = this.waiters.indexOf(waiter);
-          if (i >= 0) this.waiters.splice(i, 1);
-          reject(signal.reason);
-        };
-        signal.addEventListener("abort", waiter.onAbort, { once: true });
-      }
-      this.waiters.push(waiter);
-    });
+    return this.pool.acquire(prompt, signal);
   }
 
-  private takeBestFree(prompt: readonly number[]): SequenceCache | undefined {
-    if (this.free.length === 0) return undefined;
-    let best = 0;
-    let bestShared = -1;
-    this.free.forEach((seq, i) => {
-      const shared = sharedPrefixLength(seq.tokens, prompt);
-      if (shared > bestShared) [best, bestShared] = [i, shared];
-    });
-    return this.free.splice(best, 1)[0];
-  }
-
-  private wrap(seq: SequenceCache): EngineSequence {
-    return new EngineSequence(seq, this.contextSize, this.rawLogits, () => this.release(seq), this.outputs?.recycle);
-  }
-
-  private release(seq: SequenceCache): void {
-    const waiter = this.waiters.shift();
-    if (!waiter) {
-      this.free.push(seq);
-      if (this.retiring && this.free.length === this.parallel) void this[Symbol.asyncDispose]();
-      return;
-    }
-    if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
-    this.onAcquire?.((performance.now() - waiter.since) / 1000);
-    waiter.resolve(this.wrap(seq));
-  }
-
-  /** Every waiting acquisition fails with `err`. */
-  private rejectWaiters(err: FlockError): void {
-    for (const waiter of this.waiters.splice(0)) {
-      if (waiter.onAbort) waiter.signal?.removeEventListener("abort", waiter.onAbort);
-      waiter.reject(err);
-    }
-  }
-
-    /** Whether the context has been freed (shutdown, or a retired variant). */
+  /** Whether the context has been freed (shutdown, or a retired variant). */
   get isDisposed(): boolean {
     return this.disposed;
   }
@@ -383,17 +302,19 @@ export class LoadedModel {
    * sequence (the first check waits a macrotask, past the microtasks between lookup and acquire).
    */
   retire(): void {
-    this.retiring = true;
+    this.pool.onAllIdle = () => void this[Symbol.asyncDispose]();
     setImmediate(() => {
-      if (this.free.length === this.parallel && this.waiters.length === 0) void this[Symbol.asyncDispose]();
+      if (this.pool.running === 0 && this.pool.waiting === 0) void this[Symbol.asyncDispose]();
     });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    this.rejectWaiters(new FlockError("unavailable", `model ${this.id} is shutting down`));
+    this.pool.rejectWaiters(new FlockError("unavailable", `model ${this.id} is shutting down`));
     await this.batches?.idle();
     await this.context.dispose();
+    // Only now: until the context is freed, llama.cpp's context points at the adapters.
+    await this.adapters?.release();
   }
 }

@@ -175,13 +175,19 @@ export function hasWeightCheck(llama: Llama): boolean {
   return typeof addonFunction(llama, "flockCheckWeightType") === "function";
 }
 
+/** The logits of a position read for its hidden state only. */
+const NO_LOGITS = new Float32Array(0);
+
 /** What a decoded position yields: raw logits, or logits with hidden state and routing. */
 export type PositionOutput = Float32Array | LogitsWithHidden;
 
 /** What flock reads of a decoded batch position on its contexts, and where read arrays go back. */
 export interface RawOutputs {
-  /** The position's raw logits (with hidden state and routing where the context keeps them). */
-  read(batchLogitIndex: number): PositionOutput;
+  /**
+   * The position's raw logits (with hidden state and routing where the context keeps them);
+   * with `hiddenOnly`, on a context with hidden states, the hidden state alone (no logits copied).
+   */
+  read(batchLogitIndex: number, hiddenOnly?: boolean): PositionOutput;
   recycle: LogitsRecycler;
 }
 
@@ -201,8 +207,11 @@ export function rawOutputs(context: LlamaContext, options: { hiddenStates?: bool
   // The module list is the context's state after its last decode, read between decodes like
   // the logits. Fixed per context once known, so read again only when a trace does not match it.
   let modules: readonly string[] = [];
-  const read = (index: number): PositionOutput => {
+  const read = (index: number, hiddenOnly = false): PositionOutput => {
     if (!options.hiddenStates) return addon.flockGetLogits(index, spare.reuse(vocabularySize));
+    // llama.cpp still computes the position's logits (its outputs are logits and embeddings
+    // together); they are just not copied out, a vocabulary of floats per position.
+    if (hiddenOnly) return { logits: NO_LOGITS, hidden: addon.flockGetHiddenState(index) };
     const answer: LogitsWithHidden = { logits: addon.flockGetLogits(index, spare.reuse(vocabularySize)), hidden: addon.flockGetHiddenState(index) };
     const probabilities = adapters > 0 ? addon.flockGetRoutingTrace(index, adapters) : null;
     if (probabilities) {

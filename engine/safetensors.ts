@@ -31,7 +31,8 @@ export function readSafetensors(path: string): Map<string, SafetensorsTensor> {
     if (!width) throw new Error(`${path}: tensor ${name} has dtype ${dtype}; F32, F16 and BF16 can be read`);
     const count = shape.reduce((a, b) => a * b, 1);
     const [begin, end] = offsets;
-    if (end - begin !== count * width || end > data.length) throw new Error(`${path}: tensor ${name} has inconsistent offsets`);
+    // A negative begin would let a claimed shape far past the file's bytes through to the allocation below.
+    if (!Number.isSafeInteger(begin) || begin < 0 || end - begin !== count * width || end > data.length) throw new Error(`${path}: tensor ${name} has inconsistent offsets`);
     const bytes = data.subarray(begin, end);
     const values = new Float32Array(count);
     for (let i = 0; i < count; i++) {

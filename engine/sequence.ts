@@ -5,9 +5,40 @@ import { FlockError } from "./errors.js";
 import { engineFaultPoint } from "./faults.js";
 import type { LogitsRecycler, PositionOutput, RoutingTrace } from "./native.js";
 
-/** What decoders use of a sequence (EngineSequence's public side; decoder unit tests fake it). */
-export type KvSequence = Pick<EngineSequence, "tokens" | "length" | "contextSize" | "prefill" | "sharedPrefix" | "syncTo" | "evaluate" | "evaluateWithHidden" | "truncate" | "release"> &
-  Partial<Pick<EngineSequence, "recycle">>;
+/**
+ * One KV-cache sequence lent to a decoder: what LoadedModel.acquire returns (EngineSequence) and
+ * what decoder unit tests fake (test/helpers/fake-engine.ts).
+ */
+export interface Sequence {
+  /** Tokens the KV cache holds. */
+  readonly tokens: readonly number[];
+  readonly length: number;
+  /** Tokens the sequence can hold. */
+  readonly contextSize: number;
+  /** Brings the cache to exactly `prompt`; the next-token logits after its last token. */
+  prefill(prompt: readonly number[]): Promise<Float32Array>;
+  /** How many leading tokens of `tokens` the cache already holds. */
+  sharedPrefix(tokens: readonly number[]): number;
+  /** Makes the cache hold exactly `tokens`; no logits. */
+  syncTo(tokens: readonly number[]): Promise<void>;
+  /** Appends `tokens`; next-token logits after each position in `logitsAt` (indices into `tokens`). */
+  evaluate(tokens: readonly number[], logitsAt: readonly number[]): Promise<Float32Array[]>;
+  /**
+   * Like evaluate, with final hidden states and routing traces (models loaded with hidden
+   * states); with `{ logits: false }` the hidden states alone (`logits` is then empty).
+   */
+  evaluateWithHidden(
+    tokens: readonly number[],
+    logitsAt: readonly number[],
+    options?: { logits?: boolean },
+  ): Promise<{ logits: Float32Array[]; hidden: Float32Array[]; routing: Array<RoutingTrace | undefined> }>;
+  /** Drops every cached token from `length` on (KV rollback). */
+  truncate(length: number): Promise<void>;
+  /** Gives the sequence back to its pool. */
+  release(): void;
+  /** Hands back logits arrays the caller will not read again (a later evaluation may reuse them). */
+  recycle(logits: readonly Float32Array[]): void;
+}
 
 /**
  * A sequence of a context as the engine drives it: on flock's contexts a BatchedSequence
@@ -17,8 +48,8 @@ export type KvSequence = Pick<EngineSequence, "tokens" | "length" | "contextSize
 export interface SequenceCache {
   /** Tokens the KV cache holds. */
   readonly tokens: readonly number[];
-  /** Appends `tokens`; the outputs after the token indices in `logitsAt`, in that order. */
-  append(tokens: readonly number[], logitsAt: readonly number[]): Promise<PositionOutput[]>;
+  /** Appends `tokens`; the outputs after the token indices in `logitsAt`, in that order (`hiddenOnly`: hidden states alone, where kept). */
+  append(tokens: readonly number[], logitsAt: readonly number[], hiddenOnly?: boolean): Promise<PositionOutput[]>;
   /** Keeps the first `length` cached tokens. */
   cut(length: number): Promise<void>;
 }
@@ -64,7 +95,7 @@ export function sharedPrefixLength(a: readonly number[], b: readonly number[]): 
   return i;
 }
 
-export class EngineSequence {
+export class EngineSequence implements Sequence {
   private released = false;
   /** Evaluations and erasures llama.cpp has not finished yet. */
   private pending = 0;
@@ -138,22 +169,24 @@ export class EngineSequence {
   async evaluateWithHidden(
     tokens: readonly number[],
     logitsAt: readonly number[],
+    options: { logits?: boolean } = {},
   ): Promise<{ logits: Float32Array[]; hidden: Float32Array[]; routing: Array<RoutingTrace | undefined> }> {
     if (!this.rawLogits) throw new FlockError("unsupported", "hidden states need flock's native addon (npm run build:native)");
-    const answers = (await this.append(tokens, logitsAt)).map((output) => {
+    const withLogits = options.logits !== false;
+    const answers = (await this.append(tokens, logitsAt, !withLogits)).map((output) => {
       if (output instanceof Float32Array) throw new FlockError("internal", "this model was not loaded with hidden states");
       return output;
     });
-    return { logits: answers.map((a) => a.logits), hidden: answers.map((a) => a.hidden), routing: answers.map((a) => a.routing) };
+    return { logits: withLogits ? answers.map((a) => a.logits) : [], hidden: answers.map((a) => a.hidden), routing: answers.map((a) => a.routing) };
   }
 
-  private append(tokens: readonly number[], logitsAt: readonly number[]): Promise<PositionOutput[]> {
+  private append(tokens: readonly number[], logitsAt: readonly number[], hiddenOnly = false): Promise<PositionOutput[]> {
     this.assertHeld();
     if (logitsAt.length > 0) engineFaultPoint();
     if (this.length + tokens.length > this.contextSize) {
       throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
     }
-    return this.track(this.cache.append(tokens, logitsAt));
+    return this.track(this.cache.append(tokens, logitsAt, hiddenOnly));
   }
 
   /** Drops every cached token from `length` on (KV rollback). */

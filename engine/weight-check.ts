@@ -105,7 +105,8 @@ const appRoot = dirname(dirname(dirname(dirname(createRequire(import.meta.url).r
 const CHILD = `
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 const { gpu, threads, types } = JSON.parse(process.argv[1]);
-const llama = await getLlama({ gpu, logLevel: LlamaLogLevel.error, progressLogs: false });
+// The build the server loaded, never a download or a compile (the server uses build: "never" too).
+const llama = await getLlama({ gpu, build: "never", logLevel: LlamaLogLevel.error, progressLogs: false });
 for (const type of types) console.log(JSON.stringify({ type, cases: llama._bindings.flockCheckWeightType(type, threads) }));
 `;
 

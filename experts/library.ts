@@ -3,6 +3,7 @@
 // clear error that leaves everything else serving.
 import { adapterMismatch, type BaseShapes, readAdapterHeader } from "../engine/adapter-check.js";
 import { FlockError } from "../engine/errors.js";
+import { GgufHeaderError } from "../engine/gguf/header-check.js";
 import { readGgufTensors } from "../engine/gguf/reader.js";
 import { arrowGate, type Gates, readGateFile } from "./gates.js";
 
@@ -37,6 +38,8 @@ export const MAX_EXPERTS = 64;
  * first bytes of whatever file the path names).
  */
 function unreadable(err: unknown): string {
+  // The header check's findings name lengths, never bytes of the file.
+  if (err instanceof GgufHeaderError) return err.message;
   const code = (err as NodeJS.ErrnoException).code;
   if (code === "ENOENT") return "no such file";
   if (code === "EACCES" || code === "EPERM") return "permission denied";

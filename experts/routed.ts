@@ -167,9 +167,10 @@ export function planRouting(setup: RoutedSetup, overrides: RoutingOverrides = {}
 }
 
 /**
- * Positions evaluated at once for retrieval: every position is an output, and llama.cpp keeps
- * (and flock copies) a vocabulary of logits for each, so a whole long prompt at once would hold
- * prompt × vocabulary floats (2.4 GB for 4k tokens at 151,936).
+ * Positions evaluated at once for retrieval: every position is an output, and llama.cpp computes
+ * and keeps a vocabulary of logits for each (its outputs cannot be hidden states alone), so a
+ * whole long prompt at once would hold prompt × vocabulary floats (2.4 GB for 4k tokens at
+ * 151,936). flock reads the hidden states only: no logits are copied out.
  */
 const RETRIEVAL_CHUNK = 32;
 
@@ -182,7 +183,7 @@ async function retrieve(setup: RoutedSetup, experts: readonly Expert[], prompt: 
     await seq.truncate(0);
     for (let at = 0; at < prompt.length; at += RETRIEVAL_CHUNK) {
       const chunk = prompt.slice(at, at + RETRIEVAL_CHUNK);
-      const { hidden } = await seq.evaluateWithHidden(chunk, chunk.map((_, i) => i));
+      const { hidden } = await seq.evaluateWithHidden(chunk, chunk.map((_, i) => i), { logits: false });
       mean ??= new Float64Array(hidden[0].length);
       for (const h of hidden) for (let i = 0; i < h.length; i++) mean[i] += h[i] / prompt.length;
     }

@@ -12,7 +12,7 @@ import type { SpeculativeEntry } from "../decoding/speculative/config.js";
 import type { ExpertsEntry } from "../experts/config.js";
 import { ModelEntry } from "./model-entry.js";
 import { candidateCap } from "../decoding/speculative/settings.js";
-import type { EngineSequence } from "../engine/sequence.js";
+import type { Sequence } from "../engine/sequence.js";
 import { ExpertLibrary } from "../experts/library.js";
 import { fusionPipeline, type Pipeline, type PipelineRegistry, plainPipeline, routedPipeline, speculativePipeline } from "./pipeline.js";
 import { PREDICTION_PER_ROUND } from "../decoding/speculative/prediction.js";
@@ -114,7 +114,7 @@ export async function calibrateCosts(model: LoadedModel, draftModel: LoadedModel
   try {
     await target.syncTo([bos]);
     await draft?.syncTo([bos]);
-    const timed = async (seq: EngineSequence, tokens: number[]) => {
+    const timed = async (seq: Sequence, tokens: number[]) => {
       const started = performance.now();
       await seq.evaluate(tokens, tokens.map((_, i) => i));
       const ms = performance.now() - started;

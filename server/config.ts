@@ -47,6 +47,18 @@ export const ServerConfig = z.strictObject({
   gpu: z.enum(["auto", "off", "cuda", "vulkan", "metal"]).default("auto"),
   threads: z.int().min(1).default(defaultThreads()),
   models: z.array(ModelEntry).default([]),
+  /**
+   * Settings for every model that does not set its own (what -c, -np and -ngl given without -m
+   * mean, as llama-server applies them to its model): the config file's models, those of -m, and
+   * every model of the built-in demo.
+   */
+  modelDefaults: z
+    .strictObject({
+      contextSize: z.union([z.number().int().min(64), z.literal("auto")]).optional(),
+      parallel: z.number().int().min(1).max(64).optional(),
+      gpuLayers: z.union([z.literal("auto"), z.literal("max"), z.number().int().min(0)]).optional(),
+    })
+    .default({}),
   limits: Limits.default({ maxN: 8, maxTokens: null, maxBodyBytes: 8 * 1024 * 1024, maxPromptTokens: null, maxQueue: 64, requestTimeout: null, retryAfter: 1 }),
   logLevel: z.enum(LOG_LEVELS).default("info"),
   /** Log lines as JSON (for collectors) or as text for people; default: text on a terminal. */
@@ -147,7 +159,8 @@ Logs
   --log-prompts              log prompt and completion text (env FLOCK_LOG_PROMPTS=1)
   -h, --help                 this text
 
-Without a model or a config file with models, flock serves its built-in demo models.`;
+-c, -np and -ngl set every model that does not set its own: the -m models, the config file's,
+and the demo's. Without a model or a config file with models, flock serves its built-in demo models.`;
 
 export class ConfigError extends Error {}
 
@@ -393,20 +406,30 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   if (flags["request-timeout"] !== undefined) limits.requestTimeout = num(flags["request-timeout"]);
   merged.limits = limits;
 
+  // -c, -np and -ngl (flag, else env) override the file's modelDefaults, and fill in every
+  // model that does not set them itself; the demo's models get them in server.ts.
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+  const fileDefaults = file.modelDefaults;
+  const modelDefaults: Record<string, unknown> = isObject(fileDefaults) ? { ...fileDefaults } : {};
+  const contextSize = flags["ctx-size"] ?? flags["max-model-len"] ?? flags["context-size"] ?? env.FLOCK_CTX_SIZE;
+  const parallel = flags.parallel ?? env.FLOCK_PARALLEL;
+  const gpuLayers = flags["n-gpu-layers"] ?? flags["gpu-layers"] ?? env.FLOCK_N_GPU_LAYERS;
+  if (contextSize !== undefined) modelDefaults.contextSize = contextSize === "auto" ? "auto" : int(contextSize);
+  if (parallel !== undefined) modelDefaults.parallel = int(parallel);
+  if (gpuLayers !== undefined) modelDefaults.gpuLayers = gpuLayers === "auto" || gpuLayers === "max" ? gpuLayers : int(gpuLayers);
+  // A file's modelDefaults that is no object reaches the schema as it is, to be refused there.
+  if (fileDefaults !== undefined && !isObject(fileDefaults)) merged.modelDefaults = fileDefaults;
+  else if (Object.keys(modelDefaults).length > 0) merged.modelDefaults = modelDefaults;
+  const withDefaults = (model: unknown) => (isObject(model) ? { ...modelDefaults, ...model } : model);
+
   // Models from flags, else from the environment (FLOCK_MODEL: paths or ID=PATH, comma-separated).
   const modelSpecs = flags.model?.length ? flags.model : (list(env.FLOCK_MODEL) ?? []);
+  const fileModels = Array.isArray(file.models) ? (file.models as unknown[]).map(withDefaults) : file.models;
+  if (fileModels !== undefined) merged.models = fileModels;
   if (modelSpecs.length > 0) {
     const aliases = [...(flags.alias ?? []), ...(flags["served-model-name"] ?? []), ...(flags.model?.length ? [] : (list(env.FLOCK_ALIAS) ?? []))];
-    const contextSize = flags["ctx-size"] ?? flags["max-model-len"] ?? flags["context-size"] ?? env.FLOCK_CTX_SIZE;
-    const parallel = flags.parallel ?? env.FLOCK_PARALLEL;
-    const gpuLayers = flags["n-gpu-layers"] ?? flags["gpu-layers"] ?? env.FLOCK_N_GPU_LAYERS;
-    const models = parseModelFlags(modelSpecs, aliases).map((model) => ({
-      ...model,
-      ...(parallel !== undefined ? { parallel: int(parallel) } : {}),
-      ...(contextSize !== undefined ? { contextSize: contextSize === "auto" ? "auto" : int(contextSize) } : {}),
-      ...(gpuLayers !== undefined ? { gpuLayers: gpuLayers === "auto" || gpuLayers === "max" ? gpuLayers : int(gpuLayers) } : {}),
-    }));
-    merged.models = [...((file.models as unknown[] | undefined) ?? []), ...models];
+    const models = parseModelFlags(modelSpecs, aliases).map(withDefaults);
+    merged.models = [...((fileModels as unknown[] | undefined) ?? []), ...models];
   } else if (flags.alias?.length || flags["served-model-name"]?.length) {
     throw new ConfigError("--alias and --served-model-name name models given with --model PATH; there are none");
   }

@@ -9,7 +9,7 @@ import type { RoutingOverrides } from "../experts/config.js";
 import { planRouting } from "../experts/routed.js";
 import type { DecodeStep } from "../decoding/types.js";
 import { FlockError } from "../engine/errors.js";
-import type { RenderedPrompt } from "../engine/model.js";
+import type { ChatMessage, RenderedPrompt } from "../engine/model.js";
 import type { Pipeline, PipelineRequest } from "../pipelines/pipeline.js";
 import type { ChoiceAccumulator, ExtensionOptions } from "./format.js";
 import { outputConstraint } from "./output-format.js";
@@ -134,7 +134,7 @@ export function promptWindow(pipeline: Pipeline, maxPromptTokens: number | null)
  * seconds; this costs one pass over the string. Prompts under 256 KiB are left to the exact
  * check after tokenizing.
  */
-export function checkPromptBytes(texts: readonly string[], pipeline: Pipeline, window: number, promptParam: PromptParam): void {
+export function checkPromptBytes(texts: readonly string[], pipeline: { readonly model: { readonly maxTokenBytes: number } }, window: number, promptParam: PromptParam): void {
   const bytes = texts.reduce((n, t) => n + Buffer.byteLength(t), 0);
   // Below this, tokenizing takes milliseconds and the refusal can state the exact token count.
   if (bytes < PRECISE_BELOW_BYTES) return;
@@ -147,6 +147,17 @@ export function checkPromptBytes(texts: readonly string[], pipeline: Pipeline, w
       promptParam,
     );
   }
+}
+
+/**
+ * The text of a conversation the chat template renders into the prompt: every message, the
+ * names and arguments of earlier tool calls, and the tool definitions (as JSON, about the size
+ * they render to), for checkPromptBytes.
+ */
+export function conversationTexts(messages: readonly ChatMessage[], tools: unknown): string[] {
+  const texts = messages.flatMap((m) => [m.content, ...(m.role === "assistant" ? (m.toolCalls ?? []).flatMap((call) => [call.name, call.arguments]) : [])]);
+  if (tools != null) texts.push(JSON.stringify(tools));
+  return texts;
 }
 
 /**
@@ -193,7 +204,9 @@ export function choiceRequests(
   firstChoice = 0,
 ): PipelineRequest[] {
   const keyedNoise = seed != null;
-  const shared = keyedNoise ? seed >>> 0 : randomInt(0, 2 ** 31);
+  // The whole seed keys the noise (both 32-bit halves, noise.ts); JSON numbers hold integers
+  // exactly up to 2^53, which the schema enforces.
+  const shared = keyedNoise ? seed : randomInt(0, 2 ** 31);
   return Array.from({ length: n }, (_, i) => ({ ...base, seed: shared, choice: firstChoice + i, keyedNoise }));
 }
 

@@ -1,6 +1,8 @@
 // The generations in flight, so shutdown can wait for them and cancel the rest.
 
 export interface Tracked {
+  /** The request's id (x-request-id), for the fatal log line of a process that dies with it in flight. */
+  id?: string;
   /** Stops the generation; `reason` is what its client is told. */
   cancel(reason: unknown): void;
 }
@@ -12,6 +14,11 @@ export class Inflight {
 
   get size(): number {
     return this.active.size;
+  }
+
+  /** The ids of the generations in flight. */
+  ids(): string[] {
+    return [...this.active].flatMap((entry) => (entry.id === undefined ? [] : [entry.id]));
   }
 
   /** True once shutdown began: new generations are refused. */

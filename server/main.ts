@@ -19,13 +19,16 @@ if (config === null) {
 const log = createLogger(config.logLevel, undefined, config.logFormat);
 // An error nothing caught leaves the process in an unknown state (a sequence held, a lock
 // taken): log it and exit non-zero, for the supervisor to restart a clean one.
+// The requests in flight are named so their clients' failures can be matched to this exit.
+let inFlight: () => string[] = () => [];
 const die = (kind: string) => (err: unknown) => {
-  log.fatal({ err }, `${kind}: exiting`);
+  log.fatal({ err, inFlight: inFlight() }, `${kind}: exiting`);
   process.exit(70);
 };
 process.on("uncaughtException", die("uncaught exception"));
 process.on("unhandledRejection", die("unhandled rejection"));
 const server = await startServer(config, log);
+inFlight = () => server.inFlight();
 // A model that cannot be loaded stops the server: the log line has the details, stderr the gist.
 server.ready.catch((err: unknown) => {
   console.error(`flock: cannot start: ${(err as Error).message}`);

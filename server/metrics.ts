@@ -2,8 +2,8 @@
 // several servers in one process (tests, benchmarks) never share counters.
 //
 // Names, labels (model_name), meanings and histogram buckets follow vLLM's
-// (vllm/v1/metrics/loggers.py, vllm/v1/spec_decode/metrics.py), so dashboards built for vLLM fit
-// after the prefix changes from vllm: to flock_.
+// (vllm/v1/metrics/loggers.py, vllm/v1/spec_decode/metrics.py) where flock has the same
+// quantity; docs/operations.md lists what a vLLM dashboard finds missing or different.
 // Request-level timings are per choice, as vLLM v1 counts each of a request's n samples as a
 // request of its own.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
@@ -16,7 +16,7 @@ import { CANDIDATE_SOURCES, type SpeculativeStats } from "../decoding/speculativ
 export const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0];
 /** vLLM's vllm:inter_token_latency_seconds (and time_per_output_token) buckets. */
 export const ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
-/** vLLM's request latency buckets (e2e, queue). */
+/** vLLM's request latency buckets (e2e, queue, inference, prefill, decode). */
 export const REQUEST_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0];
 /** vLLM's token-count buckets (1, 2, 5 per decade), up to a 128k-token window. */
 export const TOKEN_COUNT_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000];
@@ -52,6 +52,11 @@ export class Metrics {
   private readonly generationTokensPerRequest: Histogram<"model_name">;
   private readonly timePerOutputToken: Histogram<"model_name">;
   private readonly success: Counter<"model_name" | "finished_reason">;
+  private readonly prefill: Histogram<"model_name">;
+  private readonly decode: Histogram<"model_name">;
+  private readonly inference: Histogram<"model_name">;
+  /** Each request's timings by its abort signal: a model's acquisitions carry the signal of the request they serve. */
+  private readonly bySignal = new WeakMap<AbortSignal, { model: string; observed: GenerationMetrics }>();
 
   /** `pipelines` and `contexts` are read at every scrape (empty while models load). */
   constructor(pipelines: () => readonly Pipeline[], contexts: () => readonly ContextUsage[] = () => []) {
@@ -122,6 +127,29 @@ export class Metrics {
       name: "flock_request_success_total",
       help: "Choices that finished as asked: finished_reason stop (end of text or a stop sequence) or length (max_tokens or the context window).",
       labelNames: ["model_name", "finished_reason"],
+      registers,
+    });
+    // vLLM's phases of a request after it got its sequence ("scheduled"): prefill up to the first
+    // token, decode from there to the last, inference both.
+    this.prefill = new Histogram({
+      name: "flock_request_prefill_time_seconds",
+      help: "Time from a choice getting its sequence to its first token, in seconds (choices that finished with stop or length).",
+      labelNames: ["model_name"],
+      buckets: REQUEST_LATENCY_BUCKETS,
+      registers,
+    });
+    this.decode = new Histogram({
+      name: "flock_request_decode_time_seconds",
+      help: "Time from a choice's first token to its last, in seconds (choices that finished with stop or length).",
+      labelNames: ["model_name"],
+      buckets: REQUEST_LATENCY_BUCKETS,
+      registers,
+    });
+    this.inference = new Histogram({
+      name: "flock_request_inference_time_seconds",
+      help: "Time from a choice getting its sequence to its last token (prefill and decode), in seconds (choices that finished with stop or length).",
+      labelNames: ["model_name"],
+      buckets: REQUEST_LATENCY_BUCKETS,
       registers,
     });
     this.queue = new Histogram({
@@ -232,6 +260,7 @@ export class Metrics {
       "Candidate positions a candidate-length policy declined before drawing them (ending their round).",
       (s) => s.declinedBeforeDraw,
     );
+    fromStats("flock_spec_decode_num_skipped_rounds_total", "Rounds a candidate-length policy skipped drafting for (target-only rounds where drafting does not pay).", (s) => s.skippedRounds);
     fromStats("flock_spec_decode_num_forced_tokens_total", "Candidates a grammar forced (the only token it allowed), proposed without the draft; counted in draft tokens too.", (s) => s.forcedTokens);
     new Counter({
       name: "flock_spec_decode_num_rounds_total",
@@ -337,10 +366,18 @@ export class Metrics {
     this.requests.inc({ route, model_name: model, status: String(status) });
   }
 
-  /** Wires a model's queue-time reports into flock_request_queue_time_seconds. */
-  queueTimeObserver(model: string): (seconds: number) => void {
+  /**
+   * Wires a model's queue-time reports into flock_request_queue_time_seconds, and tells the
+   * request they came from (by its signal) when its choice got a sequence.
+   */
+  queueTimeObserver(model: string): (seconds: number, signal?: AbortSignal) => void {
     const child = this.queue.labels({ model_name: model });
-    return (seconds) => child.observe(seconds);
+    return (seconds, signal) => {
+      child.observe(seconds);
+      const request = signal && this.bySignal.get(signal);
+      // A draft or fusion model acquired for the same request reports under its own id: not this request's choice.
+      if (request && request.model === model) request.observed.scheduled();
+    };
   }
 
   /** Wires a model's batch reports into flock_batch_sequences. */
@@ -349,9 +386,12 @@ export class Metrics {
     return (sequences) => child.observe(sequences);
   }
 
-  /** Timings of one request's choices; `arrival` is performance.now() at arrival. */
-  generation(model: string, arrival: number, promptTokens: number): GenerationMetrics {
-    return new GenerationMetrics(
+  /**
+   * Timings of one request's choices; `arrival` is performance.now() at arrival, `signal` the one
+   * its choices acquire sequences with (without it, prefill and inference count from arrival).
+   */
+  generation(model: string, arrival: number, promptTokens: number, signal?: AbortSignal): GenerationMetrics {
+    const observed = new GenerationMetrics(
       {
         ttft: this.ttft.labels({ model_name: model }),
         itl: this.itl.labels({ model_name: model }),
@@ -363,10 +403,15 @@ export class Metrics {
         promptPerRequest: this.promptTokensPerRequest.labels({ model_name: model }),
         generatedPerRequest: this.generationTokensPerRequest.labels({ model_name: model }),
         timePerOutputToken: this.timePerOutputToken.labels({ model_name: model }),
+        prefill: this.prefill.labels({ model_name: model }),
+        decode: this.decode.labels({ model_name: model }),
+        inference: this.inference.labels({ model_name: model }),
       },
       arrival,
       promptTokens,
     );
+    if (signal) this.bySignal.set(signal, { model, observed });
+    return observed;
   }
 
   /** Routed models: `tokens` generated tokens whose routed modules gave `expert` the most weight. */
@@ -391,6 +436,9 @@ interface GenerationSinks {
   promptPerRequest: { observe(v: number): void };
   generatedPerRequest: { observe(v: number): void };
   timePerOutputToken: { observe(v: number): void };
+  prefill: { observe(v: number): void };
+  decode: { observe(v: number): void };
+  inference: { observe(v: number): void };
 }
 
 /** Per-request bookkeeping: first-token and inter-step times per choice, and how each ended. */
@@ -399,6 +447,8 @@ export class GenerationMetrics {
   private readonly firstStep = new Map<number, number>();
   private readonly generated = new Map<number, number>();
   private readonly ended = new Set<number>();
+  /** When the request's choices got their sequences, in order (choice i takes the i-th). */
+  private readonly scheduledAt: number[] = [];
   private promptCounted = false;
   /** Seconds from arrival to the first token of any choice (null before one). */
   firstTokenSeconds: number | null = null;
@@ -408,6 +458,11 @@ export class GenerationMetrics {
     private readonly arrival: number,
     private readonly promptTokens: number,
   ) {}
+
+  /** One of the request's choices got its sequence (it leaves the queue; prefill starts). */
+  scheduled(now = performance.now()): void {
+    this.scheduledAt.push(now);
+  }
 
   step(index: number, tokens: number, now = performance.now()): void {
     if (!this.promptCounted) {
@@ -438,6 +493,14 @@ export class GenerationMetrics {
       this.sinks.success(reason);
       const first = this.firstStep.get(index);
       if (first !== undefined && tokens > 1) this.sinks.timePerOutputToken.observe((this.lastStep.get(index)! - first) / 1000 / (tokens - 1));
+      if (first !== undefined) {
+        const last = this.lastStep.get(index)!;
+        // Choices start in index order and sequences go to waiters first come, first served.
+        const start = Math.min(this.scheduledAt[index] ?? this.arrival, first);
+        this.sinks.prefill.observe((first - start) / 1000);
+        this.sinks.decode.observe((last - first) / 1000);
+        this.sinks.inference.observe((last - start) / 1000);
+      }
     }
     this.sinks.promptPerRequest.observe(this.promptTokens);
     this.sinks.generatedPerRequest.observe(tokens);

@@ -7,6 +7,7 @@ import type { TokenConstraint } from "../decoding/constraint.js";
 import { FlockError } from "../engine/errors.js";
 import { GrammarError, type GrammarSource } from "../engine/grammar.js";
 import type { Pipeline } from "../pipelines/pipeline.js";
+import { unenforcedKeyword } from "./schema-coverage.js";
 
 const JsonSchemaFormat = z.looseObject({
   name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, "a name of at most 64 letters, digits, _ or -"),
@@ -61,16 +62,27 @@ function formatGrammar(format: z.infer<typeof ResponseFormat> | z.infer<typeof T
       // response_format nests the schema's fields under json_schema; text.format holds them itself.
       const nested = param === "response_format";
       const spec = (nested ? (format as { json_schema: JsonSchemaFormat }).json_schema : format) as JsonSchemaFormat;
-      return jsonSchemaSource(spec.schema, nested ? `${param}.json_schema.schema` : `${param}.schema`);
+      return jsonSchemaSource(spec.schema, nested ? `${param}.json_schema.schema` : `${param}.schema`, param, spec.strict === true);
     }
   }
 }
 
-function jsonSchemaSource(schema: Record<string, unknown> | null | undefined, param: string): { source: GrammarSource; param: string } {
+function jsonSchemaSource(schema: Record<string, unknown> | null | undefined, path: string, param: string, strict: boolean): { source: GrammarSource; param: string } {
   // No schema: any JSON value.
   const checked = schema ?? {};
-  checkJsonSchema(checked, param, checked);
-  return { source: { jsonSchema: checked }, param };
+  checkJsonSchema(checked, path, checked);
+  if (strict) refuseUnenforced(checked, path, param);
+  return { source: { jsonSchema: checked }, param: path };
+}
+
+/**
+ * A strict schema promises output valid against it: a keyword the grammar would not hold the
+ * output to is a 400 naming its path (strict: false accepts it, unenforced, as OpenAI's
+ * non-strict mode does not guarantee the schema either).
+ */
+export function refuseUnenforced(schema: unknown, path: string, param: string): void {
+  const found = unenforcedKeyword(schema, path);
+  if (found) throw new FlockError("invalid_request", `${found.at}: ${found.reason}; with strict: true the output must validate, so the schema is refused (strict: false accepts it without that guarantee)`, param);
 }
 
 /**

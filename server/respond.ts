@@ -117,7 +117,7 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
     serving.requestTimeoutMs === null
       ? undefined
       : setTimeout(() => g.abort.abort(requestTimedOut(serving.requestTimeoutMs! / 1000)), Math.max(0, serving.requestTimeoutMs - (performance.now() - c.get("arrival"))));
-  const untrack = inflight.track({ cancel: (reason) => g.abort.abort(reason) });
+  const untrack = inflight.track({ id: c.get("requestId"), cancel: (reason) => g.abort.abort(reason) });
   const onDisconnect = () => g.abort.abort(new ClientDisconnected());
   c.req.raw.signal.addEventListener("abort", onDisconnect, { once: true });
   let cleaned = false;
@@ -130,7 +130,7 @@ export async function respond(c: Context<AppEnv>, g: Generation): Promise<Respon
     releaseAdmission();
   };
 
-  const observed = metrics.generation(model, c.get("arrival"), g.promptTokens);
+  const observed = metrics.generation(model, c.get("arrival"), g.promptTokens, g.abort.signal);
   const choices = g.requests.map(() => new ChoiceAccumulator(!g.stream || g.streamKeepsLogprobs === true));
   const completionTokens = () => choices.reduce((n, ch) => n + ch.tokens, 0);
   const record = (index: number, step: DecodeStep) => {

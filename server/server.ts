@@ -31,6 +31,8 @@ export interface FlockServer {
    * engine. Calling it again while it runs cuts the deadline to `deadlineMs`.
    */
   close(deadlineMs?: number): Promise<void>;
+  /** The request ids of the generations in flight (logged when the process dies). */
+  inFlight(): string[];
 }
 
 export async function startServer(config: ServerConfig, log: Logger = createLogger(config.logLevel, undefined, config.logFormat)): Promise<FlockServer> {
@@ -74,6 +76,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
       uptimeSeconds: Math.round((Date.now() - started) / 1000),
       engine: engine ? (engine as Engine).describe() : null,
       contexts: engine ? (engine as Engine).contexts() : [],
+      adapters: engine ? (engine as Engine).adapters.status() : null,
     }),
   });
 
@@ -94,12 +97,20 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     "listening",
   );
 
+  // llama.cpp gives no model more context than it was trained for: say so rather than serve less silently.
+  const warnContextCapped = (model: string, asked: number, trained: number) =>
+    log.warn(
+      { model, contextSize: asked, trainContextSize: trained },
+      `-c/--ctx-size (contextSize) ${asked} is larger than the model's training context: each sequence holds ${trained} tokens`,
+    );
+
   let saveTimer: NodeJS.Timeout | undefined;
   let recoveryTimer: NodeJS.Timeout | undefined;
   const ready = (async () => {
     engine = await Engine.create({ gpu: config.gpu, threads: config.threads });
     log.info(engine.describe(), "engine ready");
-    const entries = config.models.length > 0 ? config.models : (await demoModels(config.cacheDir, config.demoTokenizer)).map((m) => ModelEntry.parse(m));
+    // -c, -np and -ngl without -m (modelDefaults) set every demo model: its own values are flock's choice, not the user's.
+    const entries = config.models.length > 0 ? config.models : (await demoModels(config.cacheDir, config.demoTokenizer)).map((m) => ModelEntry.parse({ ...m, ...config.modelDefaults }));
     if (config.models.length === 0) log.info({ cacheDir: config.cacheDir }, "no models configured: serving the built-in demo");
     if (config.weightCheck) {
       const checked = await engine.checkWeights(entries.flatMap(entryFiles), join(config.cacheDir, "weight-check.json"));
@@ -111,7 +122,8 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
       if (entry.embeddings) {
         const embedder = await engine.loadEmbedding(entry);
         loaded.addEmbedding(embedder);
-        log.info({ model: entry.id, path: entry.path, contextSize: embedder.contextSize, dimensions: embedder.dimensions }, "embedding model loaded");
+        log.info({ model: entry.id, path: entry.path, contextSize: embedder.contextSize, dimensions: embedder.dimensions, weightBuffers: engine.weightBuffers(entry.path) }, "embedding model loaded");
+        if (typeof entry.contextSize === "number" && entry.contextSize > embedder.contextSize) warnContextCapped(entry.id, entry.contextSize, embedder.contextSize);
         continue;
       }
       const [pipeline, ...routed] = await loadPipelines(engine, entry, config.cacheDir, log);
@@ -129,6 +141,8 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
           threads: model.threads,
           gpuLayers: model.gpuLayers,
           chatTemplate: model.chatTemplateName,
+          // The buffer types its weights are in (MiB each), as llama.cpp loaded them.
+          weightBuffers: engine.weightBuffers(entry.path),
           ...(pipeline.kind === "speculative"
             ? { draft: entry.speculative?.draft, policy: pipeline.settings.policy, predictor: pipeline.predictor.name, costs: pipeline.costs.describe() }
             : {}),
@@ -138,9 +152,11 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
       if (entry.contextSize === "auto" && model.contextSize < model.trainContextSize) {
         log.warn(
           { model: entry.id, contextSize: model.contextSize, trainContextSize: model.trainContextSize, parallel: model.parallel },
-          "context reduced below the model's training context to fit memory for its parallel sequences (set contextSize, or fewer parallel sequences)",
+          `context reduced to ${model.contextSize} tokens, below the model's training context of ${model.trainContextSize}, to fit memory for its ${model.parallel} parallel sequences: ` +
+            "choose the context with -c/--ctx-size (contextSize), or fewer sequences with -np/--parallel (parallel)",
         );
       }
+      if (typeof entry.contextSize === "number" && entry.contextSize > model.trainContextSize) warnContextCapped(entry.id, entry.contextSize, model.trainContextSize);
       for (const r of routed) {
         loaded.add(r);
         if (r.kind === "routed") {
@@ -235,5 +251,6 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
       closing = shutdown(deadlineMs);
       return closing;
     },
+    inFlight: () => inflight.ids(),
   };
 }

@@ -1,14 +1,16 @@
 // Tool calling on chat completions: `tools` and `tool_choice` in, OpenAI's `tool_calls` out. The
 // model writes a call in its chat template's own syntax (engine/chat-template.ts reads it off
 // node-llama-cpp's wrapper for the GGUF's template): with tool_choice "required" or a named
-// function, a grammar holds the output to one valid call whose arguments match the function's
-// parameters; with "auto" the model may answer or call, and a call in its output is parsed.
+// function, a grammar holds the output to valid calls whose arguments match the function's
+// parameters, framed as the template frames parallel calls (one call for a named function or with
+// parallel_tool_calls false); with "auto" the model may answer or call, and the calls in its
+// output are parsed, their framing stripped.
 import { randomBytes } from "node:crypto";
 import { z } from "zod";
 import type { RenderedPrompt, ToolCall, ToolCallSyntax, ToolDefinition } from "../engine/chat-template.js";
 import { FlockError } from "../engine/errors.js";
 import type { GrammarCompiler } from "../engine/grammar.js";
-import { checkJsonSchema } from "./output-format.js";
+import { checkJsonSchema, refuseUnenforced } from "./output-format.js";
 
 export const Tool = z.looseObject({
   type: z.literal("function"),
@@ -28,6 +30,7 @@ export const ToolChoice = z.union([
 interface ToolFields {
   tools?: Array<z.infer<typeof Tool>> | null;
   tool_choice?: z.infer<typeof ToolChoice> | null;
+  parallel_tool_calls?: boolean | null;
 }
 
 /** What a request's tools ask of the generation. */
@@ -37,6 +40,8 @@ export interface ToolPlan {
   tools: ToolDefinition[];
   /** The function a call must name (tool_choice naming one); else any of `tools`. */
   named?: string;
+  /** parallel_tool_calls not false: a required call may be several, where the template frames parallel calls. */
+  parallel?: boolean;
 }
 
 /** Arguments of a function declared without parameters: an empty object. */
@@ -47,6 +52,7 @@ export function toolPlan(body: ToolFields): ToolPlan | null {
   const tools = (body.tools ?? []).map((t, i): ToolDefinition => {
     const parameters = t.function.parameters ?? undefined;
     if (parameters) checkJsonSchema(parameters, `tools[${i}].function.parameters`, parameters);
+    if (parameters && t.function.strict === true) refuseUnenforced(parameters, `tools[${i}].function.parameters`, `tools[${i}].function.parameters`);
     return { name: t.function.name, ...(t.function.description ? { description: t.function.description } : {}), ...(parameters ? { parameters } : {}) };
   });
   const names = new Set<string>();
@@ -57,11 +63,12 @@ export function toolPlan(body: ToolFields): ToolPlan | null {
   const choice = body.tool_choice ?? (tools.length > 0 ? "auto" : "none");
   if (choice !== "none" && tools.length === 0) throw new FlockError("invalid_request", `tool_choice ${JSON.stringify(choice)} needs tools`, "tool_choice");
   if (choice === "none") return null;
-  if (typeof choice === "string") return { mode: choice, tools };
+  const parallel = body.parallel_tool_calls !== false;
+  if (typeof choice === "string") return { mode: choice, tools, parallel };
   if (!names.has(choice.function.name)) {
     throw new FlockError("invalid_request", `tool_choice names function ${choice.function.name}, which tools does not declare`, "tool_choice");
   }
-  return { mode: "required", tools, named: choice.function.name };
+  return { mode: "required", tools, named: choice.function.name, parallel };
 }
 
 /**
@@ -120,6 +127,22 @@ const forFunction = (template: string, name: string) => template.replaceAll("{{f
 /** The prefixes a call may start with: the template's own, then its alternates. */
 const callPrefixes = (syntax: ToolCallSyntax) => [syntax.prefix, ...syntax.alternatePrefixes].filter((p) => p.trim().length > 0);
 
+/** The section prefixes of the template's parallel calls (in full, then without special tokens' text), longest first. */
+const sectionPrefixes = (syntax: ToolCallSyntax) =>
+  syntax.parallel ? [syntax.parallel.sectionPrefix, ...syntax.parallel.sectionPrefixAlternates].filter((p) => p.trim().length > 0).sort((a, b) => b.length - a.length) : [];
+
+/**
+ * Where the calls start at or after `from`: the first call prefix, or the section prefix written
+ * just before it (whitespace between); `call` is the call prefix.
+ */
+function findCallStart(text: string, syntax: ToolCallSyntax, prefixes: readonly string[], from: number): { start: number; call: { at: number; length: number } } | null {
+  const call = findCallPrefix(text, prefixes, from);
+  if (!call) return null;
+  const before = text.slice(from, call.at).trimEnd();
+  const section = sectionPrefixes(syntax).find((p) => before.endsWith(p));
+  return { start: section === undefined ? call.at : from + before.length - section.length, call };
+}
+
 /** The first call prefix at or after `from` (the first listed where two start together), or null. */
 function findCallPrefix(text: string, prefixes: readonly string[], from: number): { at: number; length: number } | null {
   let best: { at: number; length: number } | null = null;
@@ -143,8 +166,11 @@ function calledAt(text: string, at: number, syntax: ToolCallSyntax, names: reado
 const longestFirst = (tools: readonly ToolDefinition[]) => tools.map((t) => t.name).sort((a, b) => b.length - a.length);
 
 /**
- * GBNF for one call in the template's syntax: the prefix, a declared function's name (or the
- * named one), its params prefix, arguments valid against its parameters, its suffix.
+ * GBNF for the calls in the template's syntax, each the prefix, a declared function's name (or
+ * the named one), its params prefix, arguments valid against its parameters, its suffix; framed
+ * as the template frames parallel calls (section prefix, calls with the text between them,
+ * section suffix up to where generation ends). Several calls only where the template frames them
+ * and the plan allows them (tool_choice "required" without parallel_tool_calls false); else one.
  */
 export function toolCallGrammar(plan: ToolPlan, syntax: ToolCallSyntax, compiler: GrammarCompiler): string {
   const callable = plan.named ? plan.tools.filter((t) => t.name === plan.named) : plan.tools;
@@ -154,7 +180,15 @@ export function toolCallGrammar(plan: ToolPlan, syntax: ToolCallSyntax, compiler
     rules.push(args);
     return `${literal(tool.name)} ${literal(forFunction(syntax.paramsPrefix, tool.name))} t${i}-root ${literal(forFunction(syntax.suffix, tool.name))}`;
   });
-  return [`root ::= ${literal(syntax.prefix)} (${alternatives.join(" | ")})`, ...rules].join("\n");
+  const framing = syntax.parallel;
+  const several = framing !== null && !plan.named && plan.parallel !== false;
+  const words = (...parts: string[]) => parts.filter((p) => p.length > 0).join(" ");
+  const calls = several ? `tool-call (${words(literal(framing.betweenCalls), "tool-call")})*` : "tool-call";
+  return [
+    `root ::= ${words(framing?.sectionPrefix ? literal(framing.sectionPrefix) : "", calls, framing?.sectionSuffix ? literal(framing.sectionSuffix) : "")}`,
+    `tool-call ::= ${literal(syntax.prefix)} (${alternatives.join(" | ")})`,
+    ...rules,
+  ].join("\n");
 }
 
 /** The end of the JSON object or array starting at `start` (after whitespace), or -1. */
@@ -189,17 +223,18 @@ export function choiceMessage(text: string, plan: ToolPlan | null, syntax: ToolC
 }
 
 /**
- * The calls in a generated text: the text before the first call prefix is the content (null when
- * empty), then each call's name, JSON arguments and suffix, in the template's syntax. Text that
- * does not parse as calls stays content, with no calls.
+ * The calls in a generated text: the text before the first call prefix (and the section prefix of
+ * parallel calls just before it) is the content (null when empty), then each call's name, JSON
+ * arguments and suffix, in the template's syntax; the text between calls and the section's
+ * suffix are passed over. Text that does not parse as calls stays content, with no calls.
  */
 export function parseToolCalls(text: string, syntax: ToolCallSyntax, tools: readonly ToolDefinition[]): { content: string | null; calls: ToolCall[] } {
   const prefixes = callPrefixes(syntax);
-  const first = findCallPrefix(text, prefixes, 0);
+  const first = findCallStart(text, syntax, prefixes, 0);
   if (!first) return { content: text, calls: [] };
   const calls: ToolCall[] = [];
   const names = longestFirst(tools);
-  let next: { at: number; length: number } | null = first;
+  let next: { at: number; length: number } | null = first.call;
   while (next) {
     const called = calledAt(text, next.at + next.length, syntax, names);
     if (called === undefined) return { content: text, calls: [] };
@@ -215,7 +250,7 @@ export function parseToolCalls(text: string, syntax: ToolCallSyntax, tools: read
     const suffix = forFunction(syntax.suffix, called.name);
     next = findCallPrefix(text, prefixes, text.startsWith(suffix, end) ? end + suffix.length : end);
   }
-  const content = text.slice(0, first.at).trim();
+  const content = text.slice(0, first.start).trim();
   return { content: content.length > 0 ? content : null, calls };
 }
 
@@ -281,30 +316,31 @@ class CallStream {
 }
 
 /**
- * The stream deltas of a required call as its text grows (tool_choice "required" or named: the
- * grammar makes the whole output one call).
+ * The stream deltas of required calls as their text grows (tool_choice "required" or named: the
+ * grammar makes the whole output the calls, in the template's parallel framing where it has one).
  */
 export class RequiredCallStream {
-  private readonly call: CallStream;
+  private readonly calls: AutoCallStream;
 
   constructor(syntax: ToolCallSyntax, tools: readonly ToolDefinition[]) {
-    this.call = new CallStream(syntax, tools, 0, [syntax.prefix]);
+    this.calls = new AutoCallStream(syntax, tools, true);
   }
 
-  /** Whether the call's name was written (then the choice finishes with "tool_calls"). */
+  /** Whether a call's name was written (then the choice finishes with "tool_calls"). */
   get started(): boolean {
-    return this.call.started;
+    return this.calls.calling;
   }
 
   deltas(text: string): ToolCallDelta[] {
-    return this.call.deltas(text);
+    return this.calls.step(text).calls;
   }
 }
 
 /**
  * The stream deltas of a choice that may call (tool_choice "auto") as its text grows: content as
- * it is written, held back only where it could be the start of a call prefix, and its trailing
- * whitespace (which the message drops before a call); from the first call prefix on, each call's
+ * it is written, held back only where it could be the start of a call prefix (or of the section
+ * prefix of parallel calls and a call prefix), and its trailing whitespace (which the message
+ * drops before a call); from the first call prefix on, each call's
  * id and name once written, then its arguments as they are written. `finish` sends what the
  * whole text's parse (choiceMessage) leaves: text that did not turn out a call is content. A
  * call whose deltas went out stays sent even where text after it fails to parse.
@@ -313,6 +349,8 @@ export class AutoCallStream {
   private sent = 0;
   private readonly calls: Array<{ at: number; stream: CallStream }> = [];
   private readonly prefixes: string[];
+  /** What a call's text may start with: a call prefix, or a section prefix and a call prefix. */
+  private readonly starts: string[];
 
   constructor(
     private readonly syntax: ToolCallSyntax,
@@ -322,6 +360,7 @@ export class AutoCallStream {
   ) {
     // Longest first: a call is read with the longest prefix its text starts with.
     this.prefixes = callPrefixes(syntax).sort((a, b) => b.length - a.length);
+    this.starts = [...this.prefixes, ...sectionPrefixes(syntax).flatMap((section) => this.prefixes.map((prefix) => section + prefix))];
   }
 
   /** Whether a call's name was written. */
@@ -332,15 +371,16 @@ export class AutoCallStream {
   step(text: string): { content: string; calls: ToolCallDelta[] } {
     let content = "";
     if (this.calls.length === 0) {
-      const first = findCallPrefix(text, this.prefixes, this.sent);
-      let safe = first ? first.at : text.length - this.possiblePrefixTail(text);
+      const first = findCallStart(text, this.syntax, this.prefixes, this.sent);
+      const written = text.trimEnd();
+      let safe = first ? first.start : written.length - this.possiblePrefixTail(written);
       while (safe > this.sent && /\s/.test(text[safe - 1])) safe--;
       if (safe > this.sent) {
         content = text.slice(this.sent, safe);
         this.sent = safe;
       }
       if (!first) return { content, calls: [] };
-      this.calls.push({ at: first.at, stream: new CallStream(this.syntax, this.tools, 0, this.prefixes) });
+      this.calls.push({ at: first.call.at, stream: new CallStream(this.syntax, this.tools, 0, this.prefixes) });
     }
     const deltas: ToolCallDelta[] = [];
     for (;;) {
@@ -362,10 +402,10 @@ export class AutoCallStream {
     return rest;
   }
 
-  /** The length of the longest end of `text` that a call prefix begins with. */
+  /** The length of the longest end of `text` that a call's start (a call prefix, or a section prefix and a call prefix) begins with. */
   private possiblePrefixTail(text: string): number {
     let longest = 0;
-    for (const prefix of this.prefixes) {
+    for (const prefix of this.starts) {
       for (let k = Math.min(prefix.length - 1, text.length); k > longest; k--) {
         if (text.endsWith(prefix.slice(0, k))) {
           longest = k;

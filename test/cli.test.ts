@@ -48,7 +48,8 @@ afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
 
 describe("the flock command", () => {
   it("forges and serves the demo without configuration, and exits 0 on SIGTERM", async () => {
-    const child = run(["--port", "0", "--threads", "1", "--gpu", "off"], { FLOCK_CACHE_DIR: cacheDir });
+    // -c and -np without -m set every demo model, as llama-server's would set its one model.
+    const child = run(["--port", "0", "--threads", "1", "--gpu", "off", "-c", "512", "-np", "1"], { FLOCK_CACHE_DIR: cacheDir });
     const exited = output(child);
     const url = await listeningUrl(child);
     let health = await fetch(`${url}/health`);
@@ -69,14 +70,19 @@ describe("the flock command", () => {
     // The demo speaks Qwen 2's vocabulary.
     const tokenized = await fetch(`${url}/tokenize`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ content: " cook" }) });
     const qwen2 = await readTokenizer("qwen2", cacheDir);
-    expect(((await tokenized.json()) as { tokens: number[] }).tokens).toEqual([qwen2.tokens.indexOf("Ġcook")]);
+    const answer = (await tokenized.json()) as { tokens: number[]; max_model_len: number };
+    expect(answer.tokens).toEqual([qwen2.tokens.indexOf("Ġcook")]);
+    expect(answer.max_model_len).toBe(512);
 
     child.kill("SIGTERM");
     const { code, stdout } = await exited;
     expect(code).toBe(0);
     // Not a terminal: JSON lines, one of them saying every model is loaded.
-    const lines = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { msg: string; models?: string[] });
+    const lines = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { msg: string; models?: string[]; parallel?: number; contextSize?: number });
     expect(lines.find((l) => l.msg === "ready: every model is loaded")?.models).toContain("flock-demo");
+    const loaded = lines.filter((l) => l.msg === "model loaded");
+    expect(loaded.length).toBeGreaterThan(3);
+    for (const l of loaded) expect([l.parallel, l.contextSize]).toEqual([1, 512]);
   }, 180_000);
 
   it("serves one file as llama-server does (-m PATH -c N -np N), its id the file name, logging text on request", async () => {

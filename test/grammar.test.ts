@@ -13,7 +13,7 @@ import { createRng } from "../decoding/rng.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
 import { toolCallGrammar } from "../server/tools.js";
 import { forgedManifest, forgedPath } from "./helpers/server.js";
-import { TEMPLATE_FAMILIES, writeCall } from "./helpers/tool-syntax.js";
+import { FRAMING_FAMILIES, TEMPLATE_FAMILIES, writeCall, writeCalls } from "./helpers/tool-syntax.js";
 
 let engine: Engine;
 let model: LoadedModel;
@@ -235,15 +235,26 @@ describe("well-formed UTF-8 under a grammar", () => {
 });
 
 describe("tool call grammars", () => {
+  /**
+   * The tokens of a text the model writes. The forged vocabulary is SentencePiece's, where "▁"
+   * reads as a space; a vocabulary with DeepSeek's special text in it spells "▁" itself, as the
+   * byte tokens of its UTF-8 (E2 96 81) do here.
+   */
+  const byte = (b: number) => forgedManifest().vocab.tokens.indexOf(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
+  const textTokens = (text: string) =>
+    text.split("▁").flatMap((part, i) => [...(i > 0 ? [0xe2, 0x96, 0x81].map(byte) : []), ...(part ? model.tokenize(part, { addSpecial: false, parseSpecial: false }) : [])]);
+
   it.for(TEMPLATE_FAMILIES)("%s: a call in the template's syntax to a declared function with valid arguments is what the grammar allows, and nothing else", ([, wrapper]) => {
     const syntax = toolSyntaxOf(wrapper);
-    const plan = { mode: "required" as const, tools: [{ name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false } }, { name: "get_time" }] };
+    // One call (parallel_tool_calls false; several are the next test's).
+    const plan = { mode: "required" as const, parallel: false, tools: [{ name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false } }, { name: "get_time" }] };
     const gbnf = toolCallGrammar(plan, syntax, model.grammars!);
-    const write = (name: string, args: string) => writeCall(syntax, name, args);
+    // One call, in the template's framing of parallel calls where it has one.
+    const write = (name: string, args: string) => writeCalls(syntax, [[name, args]]);
     /** How far a text gets under the grammar: the tokens accepted, and whether it may end there. */
     const walk = (text: string) => {
       let state = model.grammars!.compile({ gbnf });
-      const tokens = model.tokenize(text, { addSpecial: false, parseSpecial: false });
+      const tokens = textTokens(text);
       for (const [i, token] of tokens.entries()) {
         if (!state.allows(token)) return { accepted: i, complete: false, of: tokens.length };
         state = advanced(state, token);
@@ -257,13 +268,46 @@ describe("tool call grammars", () => {
     }
     // The named function alone.
     const named = toolCallGrammar({ ...plan, named: "get_time" }, syntax, model.grammars!);
+    expect(writeCall(syntax, "get_time", "{}").length).toBeGreaterThan(0);
     let state = model.grammars!.compile({ gbnf: named });
     const text = write("get_weather", "{}");
-    const tokens = model.tokenize(text, { addSpecial: false, parseSpecial: false });
+    const tokens = textTokens(text);
     expect(tokens.some((token) => {
       if (!state.allows(token)) return true;
       state = advanced(state, token);
       return false;
     })).toBe(true);
+  });
+
+  const tools = [{ name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false } }, { name: "get_time" }];
+  /** How far a text gets under a grammar: whether all of it is allowed, and whether generation may end there. */
+  function walk(gbnf: string, text: string) {
+    let state = model.grammars!.compile({ gbnf });
+    for (const token of textTokens(text)) {
+      if (!state.allows(token)) return { allowed: false, complete: false };
+      state = advanced(state, token);
+    }
+    return { allowed: true, complete: allowedSet(state).every((t) => model.isEndOfGeneration(t)) };
+  }
+
+  it.for(FRAMING_FAMILIES)("%s: required with parallel calls allows several calls in the template's framing; parallel_tool_calls false and a named function exactly one", ([, wrapper]) => {
+    const syntax = toolSyntaxOf(wrapper);
+    const two = writeCalls(syntax, [["get_weather", '{"city": "Paris"}'], ["get_time", "{}"]]);
+    const one = writeCalls(syntax, [["get_time", "{}"]]);
+    const parallel = toolCallGrammar({ mode: "required", tools, parallel: true }, syntax, model.grammars!);
+    expect(walk(parallel, two), two).toEqual({ allowed: true, complete: true });
+    expect(walk(parallel, one), one).toEqual({ allowed: true, complete: true });
+    expect(walk(parallel, writeCalls(syntax, [["get_time", "{}"], ["get_time", "{}"], ["get_weather", '{"city": "Rome"}']]))).toEqual({ allowed: true, complete: true });
+    // Not without the framing, not with a call that is not declared.
+    expect(walk(parallel, writeCall(syntax, "get_time", "{}")).allowed).toBe(false);
+    expect(walk(parallel, writeCalls(syntax, [["get_time", "{}"], ["get_wether", "{}"]])).allowed).toBe(false);
+    // After the section suffix the model may only end its turn (the suffix's end of generation).
+    const afterSuffix = two.length - syntax.parallel!.sectionSuffix.length;
+    expect(walk(parallel, two.slice(0, afterSuffix)).complete).toBe(false);
+    for (const single of [toolCallGrammar({ mode: "required", tools, parallel: false }, syntax, model.grammars!), toolCallGrammar({ mode: "required", tools, parallel: true, named: "get_time" }, syntax, model.grammars!)]) {
+      expect(walk(single, one), one).toEqual({ allowed: true, complete: true });
+      expect(walk(single, two).allowed, two).toBe(false);
+      expect(walk(single, writeCalls(syntax, [["get_time", "{}"], ["get_time", "{}"]])).allowed).toBe(false);
+    }
   });
 });

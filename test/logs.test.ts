@@ -100,6 +100,53 @@ describe("request logs", () => {
   });
 });
 
+describe("warnings", () => {
+  let s: Captured;
+  beforeAll(async () => {
+    // More context than the forged model was trained for.
+    s = await capturedServer({ models: [{ id: "one", path: forgedPath(manifest.models["flock-demo"].file), parallel: 1, contextSize: 65_536 }] });
+  });
+  afterAll(async () => {
+    await s?.server.close();
+  });
+
+  it("-c beyond the model's training context: capped, and the log says so naming the flag", () => {
+    const loaded = s.lines.find((l) => l.msg === "model loaded" && l.model === "one")!;
+    const capped = s.lines.filter((l) => l.level === 40 && l.model === "one" && String(l.msg).includes("larger than the model's training context"));
+    expect(capped).toHaveLength(1);
+    expect(capped[0]).toMatchObject({ contextSize: 65_536, trainContextSize: loaded.contextSize });
+    expect(loaded.contextSize).toBeLessThan(65_536);
+    expect(capped[0].msg).toContain("-c/--ctx-size");
+  });
+
+  it("names an ignored field once per client (User-Agent and key), and lists it in the header of every response", async () => {
+    const chat = (userAgent: string, requestId: string, key?: string) =>
+      fetch(`${s.server.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "user-agent": userAgent, "x-request-id": requestId, ...(key ? { authorization: `Bearer ${key}` } : {}) },
+        body: JSON.stringify({ model: "one", messages: [{ role: "user", content: "Hi" }], max_tokens: 1, service_tier: "auto", frobnicate: 1 }),
+      });
+    const warned = () => s.lines.filter((l) => l.level === 40 && String(l.msg).startsWith("request fields ignored"));
+    const sent: Array<[string, string, string?]> = [
+      ["client-a", "req-ignored-1"],
+      ["client-a", "req-ignored-2"],
+      ["client-b", "req-ignored-3"],
+      ["client-a", "req-ignored-4", "another-key"],
+      ["client-b", "req-ignored-5"],
+    ];
+    for (const [userAgent, requestId, key] of sent) {
+      const res = await chat(userAgent, requestId, key);
+      expect(res.status).toBe(200);
+      expect(res.headers.get("x-flock-ignored-fields")).toBe("service_tier, frobnicate");
+      await res.body?.cancel();
+    }
+    // One warning for each client's first request: client-a, client-b, client-a with another key.
+    expect(warned().map((l) => l.requestId)).toEqual(["req-ignored-1", "req-ignored-3", "req-ignored-4"]);
+    for (const line of warned()) expect(line.fields).toEqual(["service_tier", "frobnicate"]);
+    expect(warned()[1].userAgent).toBe("client-b");
+  });
+});
+
 describe("an unexpected error mid-stream (HTTP shape, fake pipeline)", () => {
   it("is logged with the request id and the stack, while the client gets a generic error event", async () => {
     const lines: Array<Record<string, unknown>> = [];

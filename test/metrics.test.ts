@@ -3,7 +3,7 @@
 // models, through the official openai client).
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FUSION_ALPHA_BUCKETS, ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS } from "../server/metrics.js";
+import { FUSION_ALPHA_BUCKETS, ITL_BUCKETS, Metrics, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS } from "../server/metrics.js";
 import { dashboardMetrics, type Exposition, parseExposition, scrape, valueOf } from "./helpers/ops.js";
 import { forgedManifest, forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
@@ -52,6 +52,9 @@ const EXPECTED: Array<[name: string, type: string, labels: string[]]> = [
   ["flock_request_generation_tokens", "histogram", ["model_name"]],
   ["flock_request_success_total", "counter", ["model_name", "finished_reason"]],
   ["flock_time_per_output_token_seconds", "histogram", ["model_name"]],
+  ["flock_request_prefill_time_seconds", "histogram", ["model_name"]],
+  ["flock_request_decode_time_seconds", "histogram", ["model_name"]],
+  ["flock_request_inference_time_seconds", "histogram", ["model_name"]],
 ];
 
 /** Samples of a family (a histogram's _bucket/_sum/_count included). */
@@ -104,10 +107,43 @@ describe("the exposition", () => {
     expect(bounds("flock_inter_token_latency_seconds")).toEqual(asLabels(ITL_BUCKETS));
     expect(bounds("flock_e2e_request_latency_seconds")).toEqual(asLabels(REQUEST_LATENCY_BUCKETS));
     expect(bounds("flock_request_queue_time_seconds")).toEqual(asLabels(REQUEST_LATENCY_BUCKETS));
+    for (const phase of ["prefill", "decode", "inference"]) expect(bounds(`flock_request_${phase}_time_seconds`)).toEqual(asLabels(REQUEST_LATENCY_BUCKETS));
     expect(TTFT_BUCKETS.slice(0, 4)).toEqual([0.001, 0.005, 0.01, 0.02]);
     expect(ITL_BUCKETS.at(-1)).toBe(80);
     expect(REQUEST_LATENCY_BUCKETS.at(-1)).toBe(7680);
     expect(e.samples.filter((s) => s.name === "flock_fusion_alpha_bucket" && s.labels.model_name === "fused").map((s) => s.labels.le)).toEqual(asLabels(FUSION_ALPHA_BUCKETS));
+  });
+});
+
+describe("request phases (vLLM's prefill, decode and inference times)", () => {
+  it("start when the choice gets its sequence, told by the model's queue observer through the request's signal", async () => {
+    const metrics = new Metrics(() => []);
+    const signal = new AbortController().signal;
+    const observed = metrics.generation("m", 0, 5, signal);
+    // A draft's acquisition for the same request reports under the draft's id: not this choice's.
+    metrics.queueTimeObserver("m-draft")(0, signal);
+    expect(parseExposition(await metrics.exposition()).samples.some((x) => x.name === "flock_request_prefill_time_seconds_count")).toBe(false);
+    observed.scheduled(1000); // waited a second in the queue
+    observed.step(0, 1, 1500);
+    observed.step(0, 1, 2500);
+    observed.finish(0, "stop", 2600);
+    const e = parseExposition(await metrics.exposition());
+    expect(valueOf(e, "flock_request_queue_time_seconds_count", { model_name: "m" })).toBe(0);
+    expect(valueOf(e, "flock_request_prefill_time_seconds_sum", { model_name: "m" })).toBeCloseTo(0.5);
+    expect(valueOf(e, "flock_request_decode_time_seconds_sum", { model_name: "m" })).toBeCloseTo(1);
+    expect(valueOf(e, "flock_request_inference_time_seconds_sum", { model_name: "m" })).toBeCloseTo(1.5);
+    expect(valueOf(e, "flock_time_to_first_token_seconds_sum", { model_name: "m" })).toBeCloseTo(1.5);
+    // The model's own observer marks the choice scheduled: a request that arrived 10,000 s ago
+    // and got its sequence now has a prefill of 1,000 s, not 11,000.
+    const next = new AbortController().signal;
+    const now = performance.now();
+    const second = metrics.generation("m", now - 10_000_000, 5, next);
+    metrics.queueTimeObserver("m")(10_000, next);
+    second.step(0, 1, now + 1_000_000);
+    second.finish(0, "length", now + 1_000_000);
+    const prefill = valueOf(parseExposition(await metrics.exposition()), "flock_request_prefill_time_seconds_sum", { model_name: "m" }) - 0.5;
+    expect(prefill).toBeGreaterThan(999);
+    expect(prefill).toBeLessThan(1001);
   });
 });
 
@@ -149,6 +185,11 @@ describe("counters move as requests are served", () => {
     expect(delta("flock_time_per_output_token_seconds_count")).toBe(usage!.completion_tokens > 1 ? 1 : 0);
     const tpot = delta("flock_time_per_output_token_seconds_sum");
     expect(tpot * (usage!.completion_tokens - 1)).toBeLessThanOrEqual(delta("flock_e2e_request_latency_seconds_sum") - delta("flock_time_to_first_token_seconds_sum") + 1e-3);
+    // vLLM's phases after the queue: prefill up to the first token, decode to the last, inference both.
+    for (const phase of ["prefill", "decode", "inference"]) expect(delta(`flock_request_${phase}_time_seconds_count`), phase).toBe(1);
+    expect(delta("flock_request_prefill_time_seconds_sum")).toBeLessThanOrEqual(delta("flock_time_to_first_token_seconds_sum") + 1e-6);
+    expect(delta("flock_request_inference_time_seconds_sum")).toBeCloseTo(delta("flock_request_prefill_time_seconds_sum") + delta("flock_request_decode_time_seconds_sum"), 6);
+    expect(delta("flock_request_inference_time_seconds_sum")).toBeLessThanOrEqual(delta("flock_e2e_request_latency_seconds_sum") + 1e-6);
     const success = (reason: string) => delta("flock_request_success_total", { model_name: "flock-demo", finished_reason: reason });
     expect(success("stop") + success("length")).toBe(1);
     // The finished request's tokens stay cached in its sequence: part of the KV cache is in use.

@@ -7,7 +7,9 @@ import type OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CHATML_TEMPLATE } from "../forge/vocab.js";
 import { compiledLogit } from "../forge/compile.js";
-import { IGNORED_FIELDS_HEADER, IgnoredFieldLog, REQUEST_FIELDS, renderFieldTable } from "../server/request-fields.js";
+import { type Endpoint, fieldRules, IGNORED_FIELDS_HEADER, IgnoredFieldLog, REQUEST_FIELDS, renderFieldTable } from "../server/request-fields.js";
+import { EmbeddingsRequest } from "../server/routes/embeddings.js";
+import { ChatCompletionRequest, CompletionRequest, ResponsesRequest } from "../server/schemas.js";
 import { ChainOracle } from "./helpers/chain.js";
 import { startTestServer, type TestServer } from "./helpers/server.js";
 
@@ -96,6 +98,26 @@ describe("the field table", () => {
       }
     }
     expect(readFileSync(join(import.meta.dirname, "..", "docs", "api.md"), "utf8")).toContain(renderFieldTable());
+  });
+
+  it("governs the schemas: each endpoint validates exactly its honoured and refused fields, never an ignored one", () => {
+    const schemas: Record<Endpoint, { shape: Record<string, unknown> }> = {
+      chat: ChatCompletionRequest,
+      completions: CompletionRequest,
+      responses: ResponsesRequest,
+      embeddings: EmbeddingsRequest,
+    };
+    for (const [endpoint, schema] of Object.entries(schemas) as Array<[Endpoint, { shape: Record<string, unknown> }]>) {
+      const rules = [...fieldRules(endpoint).values()];
+      const validated = rules.filter((r) => r.fate !== "ignored").map((r) => r.name);
+      expect(Object.keys(schema.shape).sort(), endpoint).toEqual(validated.sort());
+      // Ignored fields are dropped unvalidated: any value passes.
+      for (const rule of rules.filter((r) => r.fate === "ignored")) expect(Object.keys(schema.shape), `${endpoint}: ${rule.name}`).not.toContain(rule.name);
+    }
+    // Responses answers with usage in its final event: stream_options of any shape is ignored there.
+    const responses = ResponsesRequest.safeParse({ model: "m", input: "hi", stream_options: { include_usage: "yes" } });
+    expect(responses.success && !("stream_options" in responses.data)).toBe(true);
+    expect(ChatCompletionRequest.safeParse({ model: "m", messages: [{ role: "user", content: "hi" }], stream_options: { include_usage: "yes" } }).success).toBe(false);
   });
 
   it("logs an ignored field once per client", () => {
@@ -241,14 +263,31 @@ describe("refused fields", () => {
 
   it("history it cannot render is refused, never dropped: unanswered tool calls, stray tool results, images; n past the limit", async () => {
     const cases: Array<[unknown[], string, string | null]> = [
-      [[{ role: "user", content: "hi" }, { role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" } }] }], "messages", null],
+      [[{ role: "user", content: "hi" }, { role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" } }] }], "messages[1].tool_calls[0]", null],
+      [[{ role: "user", content: "hi" }, { role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" } }, { id: "c2", type: "function", function: { name: "f", arguments: "{not json" } }] }, { role: "tool", tool_call_id: "c1", content: "1" }, { role: "tool", tool_call_id: "c2", content: "2" }], "messages[1].tool_calls[1].function.arguments", null],
       [[{ role: "user", content: "hi" }, { role: "tool", tool_call_id: "c1", content: "42" }], "messages[1]", null],
       [[{ role: "user", content: [{ type: "image_url", image_url: { url: "data:," } }] }], "messages[0].content[0]", "unsupported_parameter"],
+      [[{ role: "user", content: [{ type: "text", text: "hear" }, { type: "input_audio", input_audio: { data: "UklGRg==", format: "wav" } }] }], "messages[0].content[1]", "unsupported_parameter"],
+      [[{ role: "user", content: [{ type: "file", file: { file_data: "data:application/pdf;base64,JVBERg==", filename: "a.pdf" } }] }], "messages[0].content[0]", "unsupported_parameter"],
     ];
     for (const [messages, param, code] of cases) {
       const res = await post("/v1/chat/completions", { model: "flock-demo", messages });
       expect(res.status).toBe(400);
       expect(res.body.error).toMatchObject({ code, param });
+      if (code) expect(res.body.error.message).toMatch(/content parts of type "(image_url|input_audio|file)" are not supported: the model accepts text only/);
+    }
+    // OpenAI's deprecated function-calling names are refused with a pointer to their tools forms.
+    const legacy: Array<[object, string, RegExp]> = [
+      [{ functions: [{ name: "f", parameters: {} }] }, "functions", /deprecated form of tools/],
+      [{ function_call: { name: "f" } }, "function_call", /deprecated form of tool_choice/],
+      [{ messages: [{ role: "user", content: "hi" }, { role: "assistant", content: null, function_call: { name: "f", arguments: "{}" } }] }, "messages[1].function_call", /deprecated form of tool_calls/],
+      [{ messages: [{ role: "user", content: "hi" }, { role: "function", name: "f", content: "1" }] }, "messages[1].role", /deprecated form of role "tool"/],
+    ];
+    for (const [extra, param, message] of legacy) {
+      const res = await post("/v1/chat/completions", { model: "flock-demo", messages: [{ role: "user", content: "hi" }], ...extra });
+      expect(res.status).toBe(400);
+      expect(res.body.error.param).toBe(param);
+      expect(res.body.error.message).toMatch(message);
     }
     const many = await post("/v1/completions", { model: "flock-demo", prompt: "x", n: 99 });
     expect(many.body.error).toMatchObject({ code: "unsupported_parameter", param: "n" });

@@ -1,6 +1,7 @@
 // POST /v1/responses through the official SDK (client.responses.create and .stream): the same
 // text chat completions give for the same conversation, the Responses object and event shapes,
-// incomplete responses, seeds, logprobs, and what is refused (stored state, tools, other items).
+// incomplete responses, seeds, logprobs, and what is refused (stored state, background, tools other
+// than functions, n above 1, other items).
 import type OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestServer, type TestServer } from "./helpers/server.js";

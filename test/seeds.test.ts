@@ -108,6 +108,49 @@ describe("a seeded request reproduces", () => {
       expectSameTokens(await complete(body), await complete(body), model);
     }
   });
+
+  it("a fused model at static α = 0 fuses nothing: its seeded text and logprobs are its strong model's (flock-demo's)", async () => {
+    let moved = 0;
+    for (const seed of [11, 12, 13]) {
+      for (const sampling of SAMPLINGS) {
+        const reference = await complete({ model: "flock-demo", seed, ...sampling });
+        expect(reference.choices[0].logprobs!.tokens!.length).toBeGreaterThan(3);
+        expectSameTokens(reference, await complete({ model: "fused", seed, ...sampling, flock: { fusion: { mode: "static", alpha: 0 } } }), `α = 0, seed ${seed}`);
+        // The same request at α = 1 fuses the expert in: a different text (the equality above is not vacuous).
+        const fused = await complete({ model: "fused", seed, ...sampling, flock: { fusion: { mode: "static", alpha: 1 } } });
+        if (fused.choices[0].text !== reference.choices[0].text) moved++;
+      }
+    }
+    expect(moved).toBeGreaterThan(0);
+  });
+
+  it("a routed model's keyed noise follows the absolute position: the prompt extended by the first k tokens continues identically", async () => {
+    let checked = 0;
+    for (let seed = 21; seed < 41 && checked < 3; seed++) {
+      const full = await complete({ model: "routing+phatgoose", seed, temperature: 1 });
+      const tokens = full.choices[0].logprobs!.tokens!;
+      if (tokens.length < 8) continue; // ended too soon to cut
+      checked++;
+      for (const k of [1, 5]) {
+        const head = tokens.slice(0, k).join("");
+        const rest = await complete({ model: "routing+phatgoose", seed, temperature: 1, prompt: PROMPT + head, max_tokens: 24 - k });
+        expect(rest.choices[0].logprobs!.tokens, `seed ${seed}, k ${k}`).toEqual(tokens.slice(k));
+      }
+    }
+    expect(checked).toBe(3);
+    // A different seed gives a different text: the noise is live.
+    const [a, b] = await Promise.all([complete({ model: "routing+phatgoose", seed: 21, temperature: 1 }), complete({ model: "routing+phatgoose", seed: 23, temperature: 1 })]);
+    expect(a.choices[0].text).not.toBe(b.choices[0].text);
+  });
+
+  it("the whole seed keys the noise: s and s + 2^32 give different texts, each reproducible, with the draft or without", async () => {
+    for (const seed of [7, 42, 2 ** 40 + 3]) {
+      const low = await complete({ model: "flock-demo", seed, temperature: 1 });
+      const high = await complete({ model: "flock-demo", seed: seed + 2 ** 32, temperature: 1 });
+      expect(high.choices[0].text, `seed ${seed}`).not.toBe(low.choices[0].text);
+      expectSameTokens(high, await complete({ model: "spec", seed: seed + 2 ** 32, temperature: 1 }), `seed ${seed} + 2^32 on the speculative model`);
+    }
+  });
 });
 
 describe("which verification served a request", () => {

@@ -29,6 +29,8 @@ let spec: SpeculativePipeline;
 let specDraftConfidence: SpeculativePipeline;
 /** The default policy (SpecDec++, automatic threshold, online predictor) on costs where drafting pays. */
 let specPinned: SpeculativePipeline;
+/** The default policy on costs where drafting does not pay (a draft step dearer than a target pass): it skips rounds. */
+let specUnpaid: SpeculativePipeline;
 let contextual: SpeculativePipeline;
 let plain: Pipeline;
 let plainContextual: Pipeline;
@@ -65,6 +67,14 @@ beforeAll(async () => {
   await specPinned.costs.calibrate(async () => 0.1, async (n) => 1 + 0.05 * n, 16, 1);
   specPinned.costs.observeDraftStep = () => {};
   specPinned.costs.observeTargetPass = () => {};
+  // The same table for the automatic rule over P̂ = q(y) (a numeric threshold reads no costs).
+  await specDraftConfidence.costs.calibrate(async () => 0.1, async (n) => 1 + 0.05 * n, 16, 1);
+  specDraftConfidence.costs.observeDraftStep = () => {};
+  specDraftConfidence.costs.observeTargetPass = () => {};
+  specUnpaid = (await loadPipeline(engine, entry("spec-unpaid", manifest.models["flock-demo"].file), stateDir)) as SpeculativePipeline;
+  await specUnpaid.costs.calibrate(async () => 3, async (n) => 4 + 0.2 * n, 16, 1);
+  specUnpaid.costs.observeDraftStep = () => {};
+  specUnpaid.costs.observeTargetPass = () => {};
   plain = await loadPipeline(engine, entry("plain", manifest.models["flock-demo"].file, false), stateDir);
   plainContextual = await loadPipeline(engine, entry("plain-ctx", manifest.models["flock-contextual"].file, false), stateDir);
 });
@@ -84,17 +94,46 @@ const greedy: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0 };
 /** Prompts starting in every chain state the language has (BOS + one word). */
 const prompts = () => manifest.states.names.slice(1).map((piece) => [manifest.vocab.bos, manifest.vocab.tokens.indexOf(piece)]);
 
+const sailorPrompt = () => [manifest.vocab.bos, ...base.promptTokens("The sailor ties the")];
+
 /**
- * The first two tokens after one prompt, over `decodes` seeded decodes, against the target's
+ * A peaked state, shaped like the one where the old default's bias showed (` So` 0.950, ` farmer`
+ * and ` pilot` 0.013): after "sail" the target's top token (".", 0.53) raised by a logit bias
+ * (on target and draft alike) to 0.969 at T = 1 — five others at 0.005–0.007 — and to 0.968 at
+ * T = 0.7 under top_p 0.98 (three others at 0.009–0.012). The forged language has no such state
+ * of its own: its rows are flat (the 76 tokens after "the" top out at 0.029), where a bias of
+ * that shape hides in the noise. Draft and target still disagree there (Σ min(p, q) ≈ 0.8 and
+ * 0.44), and the next state is flat again.
+ */
+function peaked(temperature: 1 | 0.7): { prompt: number[]; sampling: SamplingParams } {
+  const sail = base.tokenOf(" sail");
+  const logitBias = new Map([[base.argmax(sail), temperature === 1 ? 3.3 : 1.5]]);
+  const sampling: SamplingParams = temperature === 1 ? { ...DEFAULT_SAMPLING, logitBias } : { ...DEFAULT_SAMPLING, temperature: 0.7, topP: 0.98, logitBias };
+  return { prompt: [manifest.vocab.bos, sail], sampling };
+}
+
+/**
+ * `exact` with `tv` of probability moved to its most likely token from the others (in
+ * proportion): the shape of the old default's bias, which withdrew unlikely candidates.
+ */
+function towardsTop(exact: Float64Array, tv: number): Float64Array {
+  let top = 0;
+  exact.forEach((p, t) => (top = p > exact[top] ? t : top));
+  const rest = 1 - exact[top];
+  return exact.map((p, t) => (t === top ? p + tv : p - (tv * p) / rest));
+}
+
+/**
+ * The first two tokens after `prompt`, over `decodes` seeded decodes, against the target's
  * exact distributions (the second's averaged over the first); and what the pipeline's rounds
  * did meanwhile.
  */
-async function firstTwo(pipeline: SpeculativePipeline, sampling: SamplingParams, overrides: SpeculativeOverrides | undefined, decodes: number) {
-  const prompt = [manifest.vocab.bos, ...base.promptTokens("The sailor ties the")];
+async function firstTwo(pipeline: SpeculativePipeline, sampling: SamplingParams, overrides: SpeculativeOverrides | undefined, decodes: number, prompt = sailorPrompt()) {
   const first = new Map<number, number>();
   const second = new Map<number, number>();
   const lengths = new Set<number>();
   const declined = pipeline.stats.declinedBeforeDraw;
+  const skipped = pipeline.stats.skippedRounds;
   const [drafted, accepted] = [pipeline.stats.draftTokens, pipeline.stats.acceptedTokens];
   for (let seed = 0; seed < decodes; seed++) {
     const tokens: number[] = [];
@@ -112,12 +151,21 @@ async function firstTwo(pipeline: SpeculativePipeline, sampling: SamplingParams,
     if (p > 0 && t !== base.eos) sampled(base.next(t), sampling).forEach((q, u) => (exactSecond[u] += p * q));
   });
   const rejected = pipeline.stats.draftTokens - drafted - (pipeline.stats.acceptedTokens - accepted);
-  return { first: goodnessOfFit(first, exactFirst), second: goodnessOfFit(second, exactSecond), lengths, declined: pipeline.stats.declinedBeforeDraw - declined, rejected };
+  return {
+    first: goodnessOfFit(first, exactFirst),
+    second: goodnessOfFit(second, exactSecond),
+    counts: first,
+    exactFirst,
+    lengths,
+    declined: pipeline.stats.declinedBeforeDraw - declined,
+    skipped: pipeline.stats.skippedRounds - skipped,
+    rejected,
+  };
 }
 
-/** p at temperature T, truncated to the nucleus top_p and renormalised (as the sampler does). */
+/** p with the logit bias, at temperature T, truncated to the nucleus top_p and renormalised (as the sampler does). */
 function sampled(p: Float64Array, sampling: SamplingParams): Float64Array {
-  const scaled = [...p].map((x) => (x > 0 ? x ** (1 / sampling.temperature) : 0));
+  const scaled = [...p].map((x, t) => (x > 0 ? (x * Math.exp(sampling.logitBias.get(t) ?? 0)) ** (1 / sampling.temperature) : 0));
   const total = scaled.reduce((a, b) => a + b, 0);
   const order = scaled.map((x, i) => [x / total, i] as const).filter(([x]) => x > 0).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
   const out = new Float64Array(p.length);
@@ -139,6 +187,12 @@ describe("temperature 0", () => {
       expect(got.tokens).toEqual(expected.tokens);
       expect(got.text).toBe(expected.text);
       expect(got.finish).toBe(expected.finish);
+      // Seeded (keyed noise, coupled verification): temperature 0 uses no noise, the argmax stays.
+      const seeded = await collect(spec, { ...req, seed: 4242, keyedNoise: true, speculative: policy });
+      expect(seeded.steps.every((s) => s.speculative!.verification === "coupled")).toBe(true);
+      expect(seeded.tokens).toEqual(expected.tokens);
+      expect(seeded.text).toBe(expected.text);
+      expect(seeded.finish).toBe(expected.finish);
     }
   });
 
@@ -154,12 +208,17 @@ describe("temperature 0", () => {
 
 describe("sampling", () => {
   /** Transition counts prev → next over many speculative generations. */
-  async function transitions(sampling: SamplingParams, policy: SpeculativeOverrides, runs: number) {
+  async function transitions(sampling: SamplingParams, policy: SpeculativeOverrides, runs: number, exercised?: { lengths: Set<number>; rejections: number }) {
     const byState = new Map<number, Map<number, number>>();
     const all = prompts();
     for (let r = 0; r < runs; r++) {
       const prompt = all[r % all.length];
-      const { tokens } = await collect(spec, request(prompt, { sampling, seed: 7000 + r, maxTokens: 48, speculative: policy }));
+      const { tokens, steps } = await collect(spec, request(prompt, { sampling, seed: 7000 + r, maxTokens: 48, speculative: policy }));
+      for (const { speculative: round } of steps) {
+        if (!exercised) break;
+        exercised.lengths.add(round!.drafted);
+        if (round!.accepted < round!.drafted) exercised.rejections++;
+      }
       let prev = prompt.at(-1)!;
       for (const t of tokens) {
         const state = manifest.states.ofToken[prev];
@@ -190,16 +249,24 @@ describe("sampling", () => {
   }
 
   it("tokens follow the target's analytic distribution at temperature 1 (SpecDec++)", async () => {
-    const byState = await transitions(DEFAULT_SAMPLING, { policy: "specdec++", threshold: 0.7 }, 400);
+    const exercised = { lengths: new Set<number>(), rejections: 0 };
+    const byState = await transitions(DEFAULT_SAMPLING, { policy: "specdec++", threshold: 0.7 }, 400, exercised);
     const fit = pooledFit(byState, (token) => base.next(token));
     expect(fit.dof).toBeGreaterThan(50);
     expect(fit.outside).toBe(0);
     expect(fit.pValue).toBeGreaterThan(1e-4);
+    // The threshold rule stopped after draws at several lengths, and the target rejected candidates.
+    expect(exercised.lengths.size).toBeGreaterThan(2);
+    expect(exercised.rejections).toBeGreaterThan(100);
   });
 
   it("and with top_k and top_p applied to both target and draft (fixed K = 4)", async () => {
     const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.9, topK: 5, topP: 0.8 };
-    const byState = await transitions(sampling, { policy: "fixed", k: 4 }, 300);
+    const exercised = { lengths: new Set<number>(), rejections: 0 };
+    const byState = await transitions(sampling, { policy: "fixed", k: 4 }, 300, exercised);
+    // Rounds of four candidates ran, and the target rejected some of them.
+    expect(exercised.lengths.has(4)).toBe(true);
+    expect(exercised.rejections).toBeGreaterThan(20);
     const truncated = (token: number) => {
       const p = base.next(token);
       const scaled = [...p].map((x) => x ** (1 / 0.9));
@@ -223,26 +290,35 @@ describe("sampling", () => {
 
   // The policies whose decisions read P̂ or q: the default (automatic threshold, online
   // predictor, calibrated at load) at temperature 1 and at 0.7 with top_p, SpecDec++'s fixed
-  // threshold over P̂ = q(y), and the confidence rule. A bias of the size the old default had
-  // (first-token total variation 0.02) fails these; each run also shows what it exercised:
-  // rejections, rounds of several lengths, positions declined before their draw (the rules
-  // that decline any).
-  const T07: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.7, topP: 0.9 };
+  // threshold and its automatic rule over P̂ = q(y), and the confidence rule; and the default
+  // where drafting does not pay, which skips rounds. On a peaked first token (peaked()), 3,000
+  // decodes: each test shows that a bias of the size and shape the old default had (first-token
+  // total variation 0.02, mass moved from the unlikely tokens to the likely one) fails it, and
+  // what its run exercised: rejections, rounds of several lengths (stops after a draw),
+  // positions declined before their draw (the rules that decline any), skipped rounds.
+  const DECODES = 3000;
   it.for([
-    ["the default policy (SpecDec++ auto, online predictor), T = 1", () => specPinned, undefined, DEFAULT_SAMPLING],
-    ["the default policy, T = 0.7, top_p 0.9", () => specPinned, undefined, T07],
-    ["SpecDec++ h = 0.5 with P̂ = q(y), T = 1", () => specDraftConfidence, { policy: "specdec++", threshold: 0.5 }, DEFAULT_SAMPLING],
-    ["the confidence rule, T = 0.7, top_p 0.9", () => spec, { policy: "confidence", pMin: 0.5 }, T07],
-  ] as const)("%s: the first two tokens follow the target's distributions", async ([, pipeline, overrides, sampling]) => {
-    const run = await firstTwo(pipeline(), sampling, overrides, 1500);
+    ["the default policy (SpecDec++ auto, online predictor), T = 1", () => specPinned, undefined, 1],
+    ["the default policy, T = 0.7, top_p 0.98", () => specPinned, undefined, 0.7],
+    ["SpecDec++ h = 0.5 with P̂ = q(y), T = 1", () => specDraftConfidence, { policy: "specdec++", threshold: 0.5 }, 1],
+    ["SpecDec++ auto with P̂ = q(y), T = 1", () => specDraftConfidence, { policy: "specdec++", threshold: "auto" }, 1],
+    ["SpecDec++ auto with P̂ = q(y), T = 0.7, top_p 0.98", () => specDraftConfidence, { policy: "specdec++", threshold: "auto" }, 0.7],
+    ["the confidence rule, T = 0.7, top_p 0.98", () => spec, { policy: "confidence", pMin: 0.38 }, 0.7],
+    ["the default policy where drafting does not pay (it skips rounds), T = 1", () => specUnpaid, undefined, 1],
+  ] as const)("%s: the first two tokens follow the target's distributions", async ([name, pipeline, overrides, temperature]) => {
+    const { prompt, sampling } = peaked(temperature);
+    const run = await firstTwo(pipeline(), sampling, overrides, DECODES, prompt);
     for (const fit of [run.first, run.second]) {
       expect(fit.outsideSupport).toBe(0);
       expect(fit.pValue).toBeGreaterThan(1e-4);
     }
-    expect(run.first.degreesOfFreedom).toBeGreaterThan(3);
+    expect(run.first.degreesOfFreedom).toBeGreaterThanOrEqual(3);
+    // The power to see the bug: the same counts against the target off by 0.02 in its shape fail.
+    expect(goodnessOfFit(run.counts, towardsTop(run.exactFirst, 0.02)).pValue).toBeLessThan(1e-4);
     expect(run.rejected).toBeGreaterThan(20);
     expect(run.lengths.size).toBeGreaterThan(1);
-    if (!(overrides && "threshold" in overrides)) expect(run.declined).toBeGreaterThan(10);
+    if (!(overrides && "threshold" in overrides && overrides.threshold !== "auto")) expect(run.declined).toBeGreaterThan(10);
+    if (name.includes("skips")) expect(run.skipped).toBeGreaterThan(100);
   });
 
   it("the measured acceptance rate matches the closed form Σ min(p, q) of the visited states", async () => {
@@ -460,6 +536,15 @@ describe("the SpecDec++ authors' head", () => {
       for (const fit of [sampledRun.first, sampledRun.second]) expect(fit.pValue).toBeGreaterThan(1e-4);
       expect(sampledRun.rejected).toBeGreaterThan(20);
       expect(sampledRun.lengths.size).toBeGreaterThan(1);
+      // At T = 0.7 with top_p as well. The embedding view's expectation E_q[P̂] declines
+      // positions before their draw; the hidden view has no expectation before a draw (it judges
+      // the next position by the last P̂, as the step after that draw already did), so its
+      // rounds end after draws.
+      const cooler = await firstTwo(pipeline, { ...DEFAULT_SAMPLING, temperature: 0.7, topP: 0.9 }, { policy: "specdec++", threshold: "auto" }, 1000);
+      for (const fit of [cooler.first, cooler.second]) expect(fit.pValue).toBeGreaterThan(1e-4);
+      expect(cooler.rejected).toBeGreaterThan(20);
+      expect(cooler.lengths.size).toBeGreaterThan(1);
+      if (view === "embedding") expect(cooler.declined).toBeGreaterThan(0);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

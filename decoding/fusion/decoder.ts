@@ -3,7 +3,7 @@
 // sampler settings, and feeds the token to all of them.
 import { TokenHistory } from "../history.js";
 import { tokenDraws } from "../noise.js";
-import type { KvSequence } from "../../engine/sequence.js";
+import type { Sequence } from "../../engine/sequence.js";
 import { OutputAssembler } from "../output.js";
 import { describeLogprobs, type LogprobModel } from "../plain.js";
 import { constrainedDraw } from "../constraint.js";
@@ -68,7 +68,7 @@ export async function* fusionDecode(setup: FusionSetup, request: GenerationReque
   const experts = selectExperts(setup.experts, overrides.experts);
   const models = [setup.strong, setup.base, ...experts.map((e) => e.model)];
   // Always acquired in the same order, so concurrent requests cannot deadlock across pools.
-  const sequences: KvSequence[] = [];
+  const sequences: Sequence[] = [];
   const constraint = request.constraint?.clone();
   try {
     for (const model of models) sequences.push(await model.acquire(request.prompt, request.signal));

@@ -10,7 +10,7 @@
 //   rolled back to what was accepted); each round it catches up, then drafts.
 import { constrainedDraw, type TokenConstraint } from "../constraint.js";
 import { TokenHistory } from "../history.js";
-import type { KvSequence } from "../../engine/sequence.js";
+import type { Sequence } from "../../engine/sequence.js";
 import type { Rng } from "../rng.js";
 import { type TokenDraws, tokenDraws } from "../noise.js";
 import { OutputAssembler } from "../output.js";
@@ -58,7 +58,7 @@ const RECENT_DECAY = 0.9;
  * logits from the last committed token on, and how many tokens the pass evaluated.
  */
 async function catchUp(
-  seq: KvSequence,
+  seq: Sequence,
   all: readonly number[],
   extra: readonly number[],
   withHidden = false,
@@ -77,7 +77,7 @@ async function catchUp(
  * One draft step over `tokens` (a candidate, and the text a grammar forces after it, in one
  * batch): the next-token logits after the last, and the hidden state behind them when asked.
  */
-async function draftStep(seq: KvSequence, tokens: readonly number[], withHidden: boolean): Promise<{ logits: Float32Array; hidden?: Float32Array }> {
+async function draftStep(seq: Sequence, tokens: readonly number[], withHidden: boolean): Promise<{ logits: Float32Array; hidden?: Float32Array }> {
   const last = [tokens.length - 1];
   if (!withHidden) return { logits: (await seq.evaluate(tokens, last))[0] };
   const { logits, hidden } = await seq.evaluateWithHidden(tokens, last);
@@ -116,7 +116,7 @@ interface DraftedRound {
  */
 async function draftRound(round: {
   setup: SpeculativeSetup;
-  seq: KvSequence;
+  seq: Sequence;
   all: readonly number[];
   history: TokenHistory;
   params: SamplingParams;
@@ -265,7 +265,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
   const coupled = verification === "coupled";
   let constraint = request.constraint?.clone();
   const targetSeq = await target.acquire(request.prompt, request.signal);
-  let draftSeq: KvSequence | undefined;
+  let draftSeq: Sequence | undefined;
   // A Predicted Output (prediction.ts) proposes instead of the draft; prompt lookup (lookup.ts)
   // proposes in the rounds where its candidates promise a better rate than the draft's recent
   // rounds yielded. Text proposals are priced whole (costs.ts) from how such proposals fared.
@@ -329,6 +329,7 @@ export async function* speculativeDecode(setup: SpeculativeSetup, request: Gener
       if (fromText?.candidates.length === 0) offer = null;
       const drawnRound = budget > 0 && !offer && drafting;
       const drawing = drawnRound && policy.skipRound?.() !== true;
+      if (drawnRound && !drawing) stats.recordSkipped();
       const { candidates, draftDistributions, features, predictions, states, drawnAt } = offer
         ? fromText!
         : drawnRound

@@ -19,6 +19,8 @@ export class SpeculativeStats {
   readonly rounds: Record<"rejection" | "coupled", number> = { rejection: 0, coupled: 0 };
   /** Positions a candidate-length policy declined before drawing their candidate (the round ended there). */
   declinedBeforeDraw = 0;
+  /** Rounds the candidate-length policy skipped drafting for (target-only rounds; the SpecDec++ rule's back-off where drafting does not pay). */
+  skippedRounds = 0;
   /** Candidates a grammar forced (proposed without the draft; counted in draftTokens too). */
   forcedTokens = 0;
   /** Candidates proposed and accepted by proposer: the draft (with a grammar's forced tokens), or text (counted in draftTokens too). */
@@ -30,6 +32,10 @@ export class SpeculativeStats {
 
   recordDeclined(): void {
     this.declinedBeforeDraw++;
+  }
+
+  recordSkipped(): void {
+    this.skippedRounds++;
   }
 
   recordRound(drafted: number, accepted: number, verification: "rejection" | "coupled" = "rejection", forced = 0, source: CandidateSource = "draft"): void {
@@ -53,6 +59,7 @@ export class SpeculativeStats {
     this.rounds.rejection += other.rounds.rejection;
     this.rounds.coupled += other.rounds.coupled;
     this.declinedBeforeDraw += other.declinedBeforeDraw;
+    this.skippedRounds += other.skippedRounds;
     this.forcedTokens += other.forcedTokens;
     for (const source of CANDIDATE_SOURCES) {
       this.bySource[source].proposed += other.bySource[source].proposed;

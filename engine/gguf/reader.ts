@@ -4,6 +4,7 @@
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { readGgufFileInfo } from "node-llama-cpp";
 import { float16BitsToFloat32 } from "./f16.js";
+import { checkGgufHeader } from "./header-check.js";
 
 export const F32 = 0;
 export const F16 = 1;
@@ -54,7 +55,9 @@ export async function readStoredTensor(path: string, name: string): Promise<Stor
 }
 
 async function readStored(path: string, only: (name: string) => boolean, use: (name: string, tensor: StoredTensor) => void): Promise<unknown> {
-  const info = await readGgufFileInfo(path, { logWarnings: false });
+  // Lengths checked against the file before node-llama-cpp allocates what they claim.
+  checkGgufHeader(path);
+  const info = await readGgufFileInfo(path, { logWarnings: false, spliceSplitFiles: false });
   const fd = openSync(path, "r");
   try {
     const fileSize = fstatSync(fd).size;

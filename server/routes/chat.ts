@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import type { ChatMessage, ToolCall } from "../../engine/model.js";
 import { type ChoiceAccumulator, chatLogprobs, choiceExtension, chunkFor, completionId, nowSeconds, responseExtension, streamedStep, type Usage } from "../format.js";
-import { checkPromptBytes, choiceCount, conversationChoices, extensionOptions, maxTokensFor, predictionTokens, predictionUsage, promptWindow } from "../generation.js";
+import { checkPromptBytes, choiceCount, conversationChoices, conversationTexts, extensionOptions, maxTokensFor, predictionTokens, predictionUsage, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { ChatCompletionRequest, contentText } from "../schemas.js";
 import { AutoCallStream, choiceMessage, RequiredCallStream, toolGeneration, toolPlan } from "../tools.js";
@@ -29,7 +29,8 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const extension = extensionOptions(body, pipeline);
     const n = choiceCount(body, ctx.limits);
     const messages = toChatMessages(body);
-    checkPromptBytes(messages.map((m) => m.content), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "messages");
+    // Tool definitions and earlier calls' arguments are rendered into the prompt too.
+    checkPromptBytes(conversationTexts(messages, body.tools), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "messages");
     const tools = toolPlan(body);
     const { rendered, grammar: toolCallGrammar } = toolGeneration(tools, pipeline.model.renderChat(messages, body.chat_template_kwargs ?? undefined, tools?.tools), pipeline.model.grammars);
     const message = (ch: ChoiceAccumulator) => choiceMessage(ch.text, tools, rendered.toolSyntax, body.parallel_tool_calls);

@@ -6,6 +6,7 @@ import type { Hono } from "hono";
 import { z } from "zod";
 import { FlockError } from "../../engine/errors.js";
 import type { AppEnv, ServerContext } from "../context.js";
+import { checkPromptBytes } from "../generation.js";
 import { parseRequest } from "../validation.js";
 
 const MAX_INPUTS = 2048;
@@ -36,6 +37,10 @@ export function embeddingsRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       throw new FlockError("unsupported", `model ${model.id} makes ${model.dimensions}-dimensional embeddings; it cannot shorten them to ${body.dimensions}`, "dimensions");
     }
     const input = body.input;
+    // Each text is one sequence: one too long for the context is refused before it is tokenized.
+    if (typeof input === "string" || typeof input[0] === "string") {
+      for (const text of typeof input === "string" ? [input] : (input as string[])) checkPromptBytes([text], { model }, model.contextSize, "input");
+    }
     const inputs: number[][] =
       typeof input === "string"
         ? [model.tokenize(input)]

@@ -12,7 +12,7 @@ import type { ChatMessage, RenderedPrompt, ToolCall } from "../../engine/model.j
 import type { AppEnv, ServerContext } from "../context.js";
 import type { OpenAIErrorBody } from "../errors.js";
 import { type ChoiceAccumulator, chatLogprobs, nowSeconds, responseExtension, type Usage } from "../format.js";
-import { checkPromptBytes, conversationChoices, extensionOptions, maxTokensFor, promptWindow } from "../generation.js";
+import { checkPromptBytes, conversationChoices, conversationTexts, extensionOptions, maxTokensFor, promptWindow } from "../generation.js";
 import { respond, type ResponseShape } from "../respond.js";
 import { contentText, ResponsesRequest } from "../schemas.js";
 import { AutoCallStream, choiceMessage, toolGeneration, toolPlan } from "../tools.js";
@@ -55,7 +55,7 @@ function renderInput(render: () => RenderedPrompt): RenderedPrompt {
     return render();
   } catch (err) {
     if (err instanceof FlockError && err.param?.startsWith("messages")) {
-      const message = err.message.replace(/^messages\[\d+\]: /, "").replace("a tool message", "a function_call_output").replace("tool_call_id", "call_id");
+      const message = err.message.replace(/^messages\[\d+\](\.tool_calls\[\d+\](\.function\.arguments)?)?: /, "").replace("a tool message", "a function_call_output").replace("tool_call_id", "call_id");
       throw new FlockError(err.kind, `input: ${message}`, "input");
     }
     throw err;
@@ -66,8 +66,9 @@ function renderInput(render: () => RenderedPrompt): RenderedPrompt {
 function chatTools(body: ResponsesRequest) {
   const choice = body.tool_choice;
   return {
-    tools: (body.tools ?? []).map((t) => ({ type: "function" as const, function: { name: t.name, description: t.description, parameters: t.parameters } })),
+    tools: (body.tools ?? []).map((t) => ({ type: "function" as const, function: { name: t.name, description: t.description, parameters: t.parameters, strict: t.strict } })),
     tool_choice: choice && typeof choice === "object" ? { type: "function" as const, function: { name: choice.name } } : choice,
+    parallel_tool_calls: body.parallel_tool_calls,
   };
 }
 
@@ -81,7 +82,7 @@ export function responsesRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const pipeline = ctx.registry().resolve(body.model);
     const extension = extensionOptions(body, pipeline);
     const messages = toChatMessages(body);
-    checkPromptBytes(messages.map((m) => m.content), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "input");
+    checkPromptBytes(conversationTexts(messages, body.tools), pipeline, promptWindow(pipeline, c.get("ops").serving.maxPromptTokens), "input");
     const tools = toolPlan(chatTools(body));
     const { rendered, grammar: toolCallGrammar } = toolGeneration(tools, renderInput(() => pipeline.model.renderChat(messages, undefined, tools?.tools)), pipeline.model.grammars);
     const maxTokens = maxTokensFor(body.max_output_tokens, rendered.tokens.length, pipeline, ctx.limits, "input", "max_output_tokens");

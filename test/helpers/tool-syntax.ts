@@ -1,15 +1,33 @@
-// The chat-template families whose tool-call syntax the tests write, and a call written in one.
-import { ChatMLChatWrapper, Llama3_1ChatWrapper, QwenChatWrapper } from "node-llama-cpp";
+// The chat-template families whose tool-call syntax the tests write, and calls written in one.
+import { ChatMLChatWrapper, DeepSeekChatWrapper, Llama3_1ChatWrapper, MistralChatWrapper, QwenChatWrapper } from "node-llama-cpp";
 import type { ToolCallSyntax } from "../../engine/chat-template.js";
 
 export const TEMPLATE_FAMILIES = [
   ["chatml", new ChatMLChatWrapper()],
   ["qwen", new QwenChatWrapper()],
   ["llama-3.1", new Llama3_1ChatWrapper()],
+  // Parallel calls framed: [TOOL_CALLS][call, call]</s>
+  ["mistral", new MistralChatWrapper()],
+  // Parallel calls framed: <｜tool▁calls▁begin｜>call\ncall<｜tool▁calls▁end｜><｜end▁of▁sentence｜>
+  ["deepseek", new DeepSeekChatWrapper({ functionCallingSyntax: "original", parallelFunctionCalling: true })],
 ] as const;
+
+/** The families that frame parallel calls (a section prefix, text between calls, a section suffix). */
+export const FRAMING_FAMILIES = TEMPLATE_FAMILIES.filter(([family]) => family === "mistral" || family === "deepseek");
 
 /** A call as the template writes it: prefix, name, params prefix, arguments, suffix. */
 export function writeCall(syntax: ToolCallSyntax, name: string, args: string): string {
   const forName = (template: string) => template.replaceAll("{{functionName}}", name);
   return `${syntax.prefix}${name}${forName(syntax.paramsPrefix)}${args}${forName(syntax.suffix)}`;
+}
+
+/**
+ * Calls as the template writes several in one turn: its section prefix, the calls with the text
+ * between them, its section suffix (as text up to where generation ends); `plain` writes the
+ * section prefix without its special tokens' text, as a detokenizer that drops them shows it.
+ */
+export function writeCalls(syntax: ToolCallSyntax, calls: ReadonlyArray<readonly [string, string]>, plain = false): string {
+  const framing = syntax.parallel ?? { sectionPrefix: "", sectionPrefixAlternates: [], betweenCalls: "", sectionSuffix: "" };
+  const prefix = plain ? (framing.sectionPrefixAlternates[0] ?? "") : framing.sectionPrefix;
+  return `${prefix}${calls.map(([name, args]) => writeCall(syntax, name, args)).join(framing.betweenCalls)}${framing.sectionSuffix}`;
 }

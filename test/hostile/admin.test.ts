@@ -131,6 +131,60 @@ describe("admin file paths", () => {
     expect((await fetch(`${t.url}/health`)).status).toBe(200);
   });
 
+  it("a tiny file whose metadata lies (a 512 MiB string in 69 bytes) is refused before the header reader allocates it", async () => {
+    // GGUF v3, no tensors, one key whose string value claims 536,870,000 bytes. node-llama-cpp's
+    // reader alone would Buffer.alloc the claim (peak RSS +1 GiB) before flock checked anything.
+    const key = Buffer.from("general.architecture");
+    const bytes = Buffer.alloc(69);
+    let at = bytes.write("GGUF", 0);
+    at = bytes.writeUInt32LE(3, at);
+    at = bytes.writeBigUInt64LE(0n, at);
+    at = bytes.writeBigUInt64LE(1n, at);
+    at = bytes.writeBigUInt64LE(BigInt(key.length), at);
+    at += key.copy(bytes, at);
+    at = bytes.writeUInt32LE(8, at); // string
+    at = bytes.writeBigUInt64LE(536_870_000n, at);
+    bytes.write("llama", at);
+    const path = join(adminDir, "metadata-liar.gguf");
+    writeFileSync(path, bytes);
+    const before = process.resourceUsage().maxRSS; // kilobytes, the process's peak so far
+    const adapter = await addExpert({ name: "metadata-liar", lora: path });
+    const gates = await addExpert({ name: "gate-liar", lora: join(adminDir, "ok.gguf"), gates: path });
+    expect((process.resourceUsage().maxRSS - before) * 1024).toBeLessThan(64 * 2 ** 20);
+    for (const answer of [adapter, gates]) {
+      expect(answer.status).toBe(400);
+      expect(answer.message).toMatch(/past the end of the file/);
+      expect(answer.message).not.toContain(adminDir);
+    }
+  });
+
+  it("the caps: a 65th expert and an adapter of rank 1,025 (shapes consistent) are 400s", async () => {
+    const base = manifest.models["flock-routing-base"].shape.embeddingDim;
+    const V = manifest.vocab.tokens.length;
+    const wide = join(adminDir, "rank1025.gguf");
+    writeLoraAdapter(wide, "wide", [{ target: "output.weight", inDim: base, outDim: V, rank: 1025, a: new Float32Array(base * 1025), b: new Float32Array(1025 * V) }]);
+    const rank = await addExpert({ name: "wide", lora: wide });
+    expect(rank.status).toBe(400);
+    expect(rank.message).toMatch(/rank 1025 is above the limit of 1024/);
+
+    const listed = async () =>
+      ((await (await fetch(`${t.url}/admin/models/routing/experts`, { headers: { authorization: `Bearer ${ADMIN}` } })).json()) as { experts: Array<{ name: string }> }).experts;
+    const added: string[] = [];
+    try {
+      for (let i = (await listed()).length; i < 64; i++) {
+        const res = await addExpert({ name: `cap-${i}`, lora: join(adminDir, "ok.gguf") });
+        expect(res.status).toBe(201);
+        added.push(`cap-${i}`);
+      }
+      expect(await listed()).toHaveLength(64);
+      const over = await addExpert({ name: "cap-65th", lora: join(adminDir, "ok.gguf") });
+      expect(over.status).toBe(400);
+      expect(over.message).toMatch(/already has 64 experts/);
+    } finally {
+      for (const name of added) await fetch(`${t.url}/admin/models/routing/experts/${name}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } });
+    }
+  });
+
   it("without --admin-dir the admin API adds no files at all", async () => {
     const other = await startTestServer({
       auth: { apiKeys: [], adminKey: ADMIN, healthRequiresKey: false, metricsRequiresKey: false },

@@ -3,11 +3,14 @@
 // near-zero routing temperature, a cross-origin "simple" POST. Each test fails on a server that
 // does not defend against it.
 import { connect } from "node:net";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { inject } from "vitest";
 import type { Manifest } from "../../forge/manifest.js";
 import { readManifest } from "../../forge/manifest.js";
+import { EmbeddingModel } from "../../engine/embedding.js";
 import { LoadedModel } from "../../engine/model.js";
+import { EngineSequence } from "../../engine/sequence.js";
 import { forgedPath, startTestServer, type TestServer } from "../helpers/server.js";
 
 let t: TestServer;
@@ -22,6 +25,7 @@ beforeAll(async () => {
     auth: { apiKeys: [], adminKey: ADMIN, healthRequiresKey: false, metricsRequiresKey: false },
     models: [
       { id: "flock-demo", path: forgedPath(manifest.models["flock-demo"].file), parallel: 8 },
+      { id: "flock-embed", path: forgedPath(manifest.models["flock-embed"].file), embeddings: true },
       {
         id: "routing",
         path: forgedPath(manifest.models["flock-routing-base"].file),
@@ -107,13 +111,55 @@ describe("a client that misbehaves", () => {
     expect(gauge('flock_context_memory_bytes{model_name="routing",memory="ram"}')).toBe(ram);
   });
 
+  it("routed requests with many temperatures at once: never more than maxContexts (2) routed contexts live, and 429s past them", async () => {
+    const variants = async () => (await status()).contexts.filter((c) => c.id.includes(":variant-")).length;
+    let most = 0;
+    let polling = true;
+    const poller = (async () => {
+      while (polling) {
+        most = Math.max(most, await variants());
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    // Ten configurations, each held busy for a while, all asked for at once.
+    const temperatures = [1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0];
+    const answers = await Promise.all(
+      temperatures.map((temperature) => post("/v1/completions", { model: "routing+phatgoose", prompt: "The cook", max_tokens: 100, flock: { routing: { temperature } } })),
+    );
+    polling = false;
+    await poller;
+    most = Math.max(most, await variants());
+    const statuses = answers.map((a) => a.status);
+    expect(statuses.every((s) => s === 200 || s === 429)).toBe(true);
+    expect(statuses.filter((s) => s === 429).length).toBeGreaterThanOrEqual(1);
+    expect(statuses.filter((s) => s === 200).length).toBeGreaterThanOrEqual(1);
+    const refused = answers.find((a) => a.status === 429)!;
+    expect(((await refused.json()) as { error: { message: string } }).error.message).toMatch(/routing contexts of this model are in use/);
+    expect(most).toBeGreaterThanOrEqual(1);
+    expect(most).toBeLessThanOrEqual(2);
+  });
+
   it("a logit_bias beyond 1,024 entries, or naming a token outside the vocabulary, is a 400 at once", async () => {
-    const huge = Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [String(i), -1]));
-    const started = performance.now();
-    const res = await post("/v1/completions", { model: "flock-demo", prompt: "The", max_tokens: 256, logit_bias: huge });
+    // The issue's 690k entries: 8.2 MB, just under the default 8 MiB body limit.
+    const body = JSON.stringify({ model: "flock-demo", prompt: "The", max_tokens: 256, logit_bias: Object.fromEntries(Array.from({ length: 690_000 }, (_, i) => [String(i), -1])) });
+    expect(Buffer.byteLength(body)).toBeLessThan(8 * 2 ** 20);
+    // The server runs in this process: the longest event-loop stall while it answers is the cost
+    // of refusing the map. Reading the body is unavoidable, so the bound is relative to a body of
+    // the same size that is refused without looking at the map (an unknown field, and
+    // max_tokens -1). Validating 690k entries before counting them added about 700 ms to that.
+    const longestStall = async (text: string) => {
+      const delay = monitorEventLoopDelay({ resolution: 10 });
+      delay.enable();
+      const res = await post("/v1/completions", text);
+      delay.disable();
+      return { res, ms: delay.max / 1e6 };
+    };
+    const baseline = await longestStall(body.replace('"max_tokens":256,"logit_bias"', '"max_tokens":-1,"unknown_map"'));
+    expect(baseline.res.status).toBe(400);
+    const { res, ms } = await longestStall(body);
     expect(res.status).toBe(400);
     expect(((await res.json()) as { error: { message: string; param: string } }).error.message).toMatch(/at most 1024 entries/);
-    expect(performance.now() - started).toBeLessThan(2_000);
+    expect(ms).toBeLessThan(1.5 * baseline.ms + 250);
     const outside = await post("/v1/completions", { model: "flock-demo", prompt: "The", max_tokens: 2, logit_bias: { "999999": 5 } });
     expect(outside.status).toBe(400);
     expect(((await outside.json()) as { error: { param: string } }).error.param).toBe("logit_bias");
@@ -139,6 +185,7 @@ describe("a client that misbehaves", () => {
   it("a prompt of megabytes is refused before it is tokenized, with a bound no real prompt crosses", async () => {
     const tokenize = vi.spyOn(LoadedModel.prototype, "tokenizePrompt");
     const render = vi.spyOn(LoadedModel.prototype, "renderChat");
+    const embedTokenize = vi.spyOn(EmbeddingModel.prototype, "tokenize");
     try {
       const text = "the cook ties the rope ".repeat(200_000); // 4.6 MB
       const completion = await post("/v1/completions", { model: "flock-demo", prompt: text, max_tokens: 1 });
@@ -147,8 +194,33 @@ describe("a client that misbehaves", () => {
       const chat = await post("/v1/chat/completions", { model: "flock-demo", messages: [{ role: "user", content: text }], max_tokens: 1 });
       expect(chat.status).toBe(400);
       expect(((await chat.json()) as { error: { code: string; param: string } }).error).toMatchObject({ code: "context_length_exceeded", param: "messages" });
+      // What the template renders besides message text: tool definitions, earlier calls' arguments.
+      const tools = [{ type: "function", function: { name: "lookup", description: text, parameters: { type: "object", properties: {} } } }];
+      const withTools = await post("/v1/chat/completions", { model: "flock-demo", messages: [{ role: "user", content: "hi" }], tools, max_tokens: 1 });
+      expect(withTools.status).toBe(400);
+      expect(((await withTools.json()) as { error: { code: string; param: string } }).error).toMatchObject({ code: "context_length_exceeded", param: "messages" });
+      const call = { id: "call_1", type: "function", function: { name: "lookup", arguments: JSON.stringify({ q: text }) } };
+      const withCall = await post("/v1/chat/completions", {
+        model: "flock-demo",
+        messages: [
+          { role: "user", content: "hi" },
+          { role: "assistant", content: null, tool_calls: [call] },
+          { role: "tool", tool_call_id: "call_1", content: "ok" },
+        ],
+        max_tokens: 1,
+      });
+      expect(withCall.status).toBe(400);
+      expect(((await withCall.json()) as { error: { code: string; param: string } }).error).toMatchObject({ code: "context_length_exceeded", param: "messages" });
       expect(tokenize).not.toHaveBeenCalled();
       expect(render).not.toHaveBeenCalled();
+      // Embeddings: each text is one sequence of the embedding model's context.
+      for (const input of [text, ["short", text]]) {
+        const embedding = await post("/v1/embeddings", { model: "flock-embed", input });
+        expect(embedding.status).toBe(400);
+        expect(((await embedding.json()) as { error: { code: string; param: string } }).error).toMatchObject({ code: "context_length_exceeded", param: "input" });
+      }
+      expect(embedTokenize).not.toHaveBeenCalled();
+      expect((await post("/v1/embeddings", { model: "flock-embed", input: ["the cook", "ties the rope"] })).status).toBe(200);
       // The bound is a lower bound: real text has at least bytes / maxTokenBytes tokens.
       const ok = await post("/v1/completions", { model: "flock-demo", prompt: "The cook", max_tokens: 1 });
       expect(ok.status).toBe(200);
@@ -160,6 +232,7 @@ describe("a client that misbehaves", () => {
     } finally {
       tokenize.mockRestore();
       render.mockRestore();
+      embedTokenize.mockRestore();
     }
   });
 
@@ -170,5 +243,30 @@ describe("a client that misbehaves", () => {
     expect(body.error.code).toBe("unsupported_media_type");
     const form = await post("/v1/chat/completions", "model=flock-demo", { "content-type": "application/x-www-form-urlencoded" });
     expect(form.status).toBe(415);
+  });
+
+  it("retrieval reads the prompt's hidden states 32 positions at a time, and no logits", async () => {
+    const evaluate = vi.spyOn(EngineSequence.prototype, "evaluateWithHidden");
+    try {
+      const prompt = "the cook ties the rope and the gardener waters the beds ".repeat(20);
+      const res = await post("/v1/completions", { model: "routing+phatgoose", prompt, max_tokens: 2, flock: { routing: { mode: "retrieval" } } });
+      expect(res.status).toBe(200);
+      const { usage } = (await res.json()) as { usage: { prompt_tokens: number } };
+      expect(usage.prompt_tokens).toBeGreaterThanOrEqual(150);
+      const calls = evaluate.mock.calls.map(([tokens, , options], i) => ({ tokens: tokens.length, options, result: evaluate.mock.results[i] }));
+      expect(calls.length).toBeGreaterThan(0);
+      // Every prompt position once, in chunks of at most 32.
+      expect(calls.reduce((n, call) => n + call.tokens, 0)).toBe(usage.prompt_tokens);
+      expect(Math.max(...calls.map((call) => call.tokens))).toBeLessThanOrEqual(32);
+      // Hidden states only: no vocabulary of logits copied out per position.
+      for (const call of calls) {
+        expect(call.options).toEqual({ logits: false });
+        const { logits, hidden } = await (call.result.value as ReturnType<EngineSequence["evaluateWithHidden"]>);
+        expect(logits).toHaveLength(0);
+        expect(hidden).toHaveLength(call.tokens);
+      }
+    } finally {
+      evaluate.mockRestore();
+    }
   });
 });

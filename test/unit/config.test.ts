@@ -168,6 +168,32 @@ describe("loadConfig", () => {
     expect(load(["--config", file, "--model", "from-flag=/g.gguf"]).models.map((m) => m.id)).toEqual(["from-file", "from-flag"]);
   });
 
+  it("applies -c, -np and -ngl given without -m to every model that does not set its own, and keeps them for the demo", () => {
+    // The demo: no models yet (they are forged at start); server.ts applies modelDefaults to each.
+    const demo = load(["-c", "2048", "-np", "2", "-ngl", "0"]);
+    expect(demo.models).toEqual([]);
+    expect(demo.modelDefaults).toEqual({ contextSize: 2048, parallel: 2, gpuLayers: 0 });
+    expect(load([], { FLOCK_CTX_SIZE: "1024", FLOCK_PARALLEL: "3", FLOCK_N_GPU_LAYERS: "max" }).modelDefaults).toEqual({ contextSize: 1024, parallel: 3, gpuLayers: "max" });
+    expect(load(["--max-model-len", "auto"]).modelDefaults).toEqual({ contextSize: "auto" });
+    expect(load([]).modelDefaults).toEqual({});
+
+    // The config file's models: each key a model sets itself wins; the file's modelDefaults yield to the flags.
+    const file = configFile({
+      modelDefaults: { parallel: 6, gpuLayers: 10 },
+      models: [{ id: "own", path: "/f.gguf", contextSize: 512, parallel: 1 }, { id: "bare", path: "/g.gguf" }],
+    });
+    const config = load(["--config", file, "-c", "2048", "-ngl", "max"]);
+    expect(config.models.map(({ id, contextSize, parallel, gpuLayers }) => ({ id, contextSize, parallel, gpuLayers }))).toEqual([
+      { id: "own", contextSize: 512, parallel: 1, gpuLayers: "max" },
+      { id: "bare", contextSize: 2048, parallel: 6, gpuLayers: "max" },
+    ]);
+    // With -m too, the flags set the -m models and fill in the file's.
+    const both = load(["--config", file, "-m", "/m/c.gguf", "-np", "2"]);
+    expect(both.models.map((m) => [m.id, m.parallel, m.gpuLayers])).toEqual([["own", 1, 10], ["bare", 2, 10], ["c", 2, 10]]);
+    expect(configError(["-c", "10"]).message).toContain("modelDefaults.contextSize");
+    expect(configError(["--config", configFile({ modelDefaults: 4 })]).message).toContain("modelDefaults");
+  });
+
   it("rejects malformed --model specs", () => {
     for (const spec of ["=/x.gguf", "id="]) expect(configError(["--model", spec]).message).toContain("--model");
   });

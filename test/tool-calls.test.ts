@@ -2,13 +2,26 @@
 // zod helpers), real node-llama-cpp; and a conversation with tool calls and results rendered
 // through the chat templates of several model families (golden prompts).
 import { zodFunction } from "openai/helpers/zod";
-import { type ChatWrapper, ChatMLChatWrapper, FunctionaryChatWrapper, Llama3_1ChatWrapper, MistralChatWrapper, QwenChatWrapper, type Token } from "node-llama-cpp";
+import {
+  type ChatWrapper,
+  ChatMLChatWrapper,
+  DeepSeekChatWrapper,
+  FunctionaryChatWrapper,
+  Llama3_1ChatWrapper,
+  LlamaText,
+  MistralChatWrapper,
+  QwenChatWrapper,
+  SpecialTokensText,
+  type Token,
+} from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { type ChatMessage, ChatTemplate } from "../engine/chat-template.js";
+import { type ChatMessage, ChatTemplate, toolSyntaxOf } from "../engine/chat-template.js";
 import { Engine } from "../engine/engine.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
+import { parseToolCalls } from "../server/tools.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
+import { FRAMING_FAMILIES, writeCalls } from "./helpers/tool-syntax.js";
 
 let t: TestServer;
 beforeAll(async () => {
@@ -159,6 +172,47 @@ describe("history with tool calls", () => {
       expect(text.indexOf("Paris"), family).toBeLessThan(text.lastIndexOf("21"));
       await expect(text).toMatchFileSnapshot(`fixtures/chat-templates/${family}-tools.txt`);
     }
+    await engine[Symbol.asyncDispose]();
+  });
+
+  it("parallel calls in one turn render in the template's framing (Mistral, DeepSeek), the framing flock constrains and parses new calls in", async () => {
+    const engine = await Engine.create({ gpu: "off", threads: 1 });
+    const model = await engine.load(ModelEntry.parse({ id: "framing", path: forgedPath("flock-demo.gguf"), contextSize: 2048, parallel: 1 }));
+    const calls = [
+      { id: "call_1", name: "get_weather", arguments: '{"city": "Paris", "unit": "c"}' },
+      { id: "call_2", name: "get_time", arguments: '{"zone": "CET"}' },
+    ];
+    const messages: ChatMessage[] = [
+      { role: "user", content: "Weather and time in Paris?" },
+      { role: "assistant", content: "", toolCalls: calls },
+      { role: "tool", toolCallId: "call_1", content: '{"temperature": 21}' },
+      { role: "tool", toolCallId: "call_2", content: '"12:00"' },
+      { role: "user", content: "Thanks. And Rome?" },
+    ];
+    const definitions = [
+      { name: "get_weather", parameters: z.toJSONSchema(Weather) as Record<string, unknown> },
+      { name: "get_time", parameters: z.toJSONSchema(Time) as Record<string, unknown> },
+    ];
+    for (const [family, wrapper] of FRAMING_FAMILIES) {
+      const rendered = new ChatTemplate("framing", model.weights, wrapper).render(messages, undefined, definitions);
+      const syntax = rendered.toolSyntax;
+      expect(syntax.parallel?.sectionPrefix, family).toBeTruthy();
+      // The forged vocabulary reads "▁" as a space.
+      const text = model.weights.detokenize(rendered.tokens as Token[], true).replaceAll("▁", " ");
+      const written = writeCalls(syntax, calls.map((c) => [c.name, c.arguments] as const));
+      expect(text, family).toContain(written.replaceAll("▁", " "));
+      const parsed = parseToolCalls(`${written}`, syntax, definitions);
+      expect(parsed.content, family).toBeNull();
+      expect(parsed.calls.map((c) => [c.name, c.arguments]), family).toEqual(calls.map((c) => [c.name, c.arguments]));
+    }
+    // A suffix's special text that is the model's end of generation (here its </s>, which the
+    // template's stop triggers do not name) is cut: the model ends its turn there.
+    const chatml = new ChatMLChatWrapper();
+    const ending = Object.assign(Object.create(ChatMLChatWrapper.prototype) as ChatMLChatWrapper, chatml, {
+      settings: { ...chatml.settings, functions: { ...chatml.settings.functions, call: { ...chatml.settings.functions.call, suffix: LlamaText(new SpecialTokensText(")</s>")) } } },
+    });
+    expect(toolSyntaxOf(ending).suffix).toBe(")</s>");
+    expect(new ChatTemplate("framing", model.weights, ending).render(messages.slice(0, 1), undefined, definitions).toolSyntax.suffix).toBe(")");
     await engine[Symbol.asyncDispose]();
   });
 });
