@@ -16,7 +16,7 @@ beforeAll(async () => {
     models: [
       { id: "flock-demo", path: demo, parallel: 2 },
       { id: "spec", path: demo, parallel: 2, speculative: { draft: forgedPath(manifest.models["flock-demo-draft"].file) } },
-      // Every offer proposed: whether one pays on this CPU is the cost rule's own test (test/unit/costs.test.ts).
+      // Every offer proposed: whether one pays on this CPU is the cost rule's own test (test/unit/decoding/speculative/costs.test.ts).
       { id: "lookup", path: demo, parallel: 2, lookup: { minMatch: 1, maxCandidates: 6, priced: false } },
     ],
   });
@@ -44,7 +44,7 @@ describe("prediction", () => {
 
   // Whether the rest is proposed again after the divergence is the cost rule's call, which weighs
   // measured timings (on a loaded machine it may decline); the aligner's resynchronisation
-  // itself is test/unit/prediction.test.ts's.
+  // itself is test/unit/decoding/speculative/prediction.test.ts's.
   it("a prediction that diverges halfway: the same text; the agreeing prefix is accepted, the diverging part rejected", async () => {
     const plain = await chat({ temperature: 0 });
     const text = plain.choices[0].message.content!;

@@ -1,7 +1,7 @@
 // flock's native surface, listed once: what the patches add to node-llama-cpp's addon, and the
 // llama.cpp source they are written against. The build (build.ts) checks the source before it
 // patches and the methods after it builds; startup (engine/native.ts) checks the loaded binary;
-// test/unit/native-surface.test.ts checks that the patches define exactly these names.
+// test/unit/engine/native/surface.test.ts checks that the patches define exactly these names.
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";

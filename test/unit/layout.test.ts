@@ -1,7 +1,8 @@
 // The layering a newcomer can rely on: imports flow one way, from the server down to the engine,
-// and no two modules import each other, directly or through others. See docs/development.md.
-import { readdirSync, readFileSync, statSync } from "node:fs";
-import { dirname, join, relative, resolve } from "node:path";
+// and no two modules import each other, directly or through others; and each unit test sits where
+// the module it tests does. See docs/development.md.
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { basename, dirname, join, relative, resolve } from "node:path";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
 
@@ -81,5 +82,50 @@ describe("module layering", () => {
     };
     for (const v of graph.keys()) if (!index.has(v)) visit(v);
     expect(cycles).toEqual([]);
+  });
+});
+
+/**
+ * The unit tests that test no one module but the whole repository: they sit at the top of
+ * test/unit/, each with what it checks.
+ */
+const REPO_WIDE: Record<string, string> = {
+  "layout.test.ts": "the import layering of every module, and where every unit test sits (this file)",
+  "references.test.ts": "every repository path the sources and docs mention",
+};
+
+/** Unit tests, relative to test/unit/ (`decoding/sampler.test.ts`). */
+function unitTests(dir = ""): string[] {
+  return readdirSync(join(root, "test", "unit", dir)).flatMap((name) => {
+    const path = dir ? `${dir}/${name}` : name;
+    if (statSync(join(root, "test", "unit", path)).isDirectory()) return unitTests(path);
+    return name.endsWith(".test.ts") ? [path] : [];
+  });
+}
+
+describe("unit tests mirror the source layout", () => {
+  const tests = unitTests();
+
+  it("reads every unit test", () => {
+    expect(tests.length).toBeGreaterThan(20);
+    expect(tests).toContain("decoding/sampler.test.ts");
+  });
+
+  // test/unit/<folder>/<module>.test.ts tests <folder>/<module>.ts; a second file on the same
+  // module names its aspect (server/config.operations.test.ts), and a test of a whole folder may
+  // be named after the folder. <folder> is any folder of the repository (test/helpers/ included).
+  it("each unit test is named after a module in the folder it mirrors", () => {
+    const misplaced = tests.filter((test) => {
+      if (test in REPO_WIDE) return false;
+      const folder = dirname(test);
+      const module = basename(test).split(".")[0];
+      if (folder === "." || !existsSync(join(root, folder)) || !statSync(join(root, folder)).isDirectory()) return true;
+      return !existsSync(join(root, folder, `${module}.ts`)) && module !== basename(folder);
+    });
+    expect(misplaced).toEqual([]);
+  });
+
+  it("the repository-wide allow-list names only unit tests that exist", () => {
+    expect(Object.keys(REPO_WIDE).filter((test) => !tests.includes(test))).toEqual([]);
   });
 });
