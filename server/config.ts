@@ -164,6 +164,18 @@ and the demo's. Without a model or a config file with models, flock serves its b
 
 export class ConfigError extends Error {}
 
+/** flock's environment variables and llama-server's names for the same settings. */
+const LLAMA_SERVER_ENV: Record<string, string> = {
+  FLOCK_MODEL: "LLAMA_ARG_MODEL",
+  FLOCK_ALIAS: "LLAMA_ARG_ALIAS",
+  FLOCK_HOST: "LLAMA_ARG_HOST",
+  FLOCK_PORT: "LLAMA_ARG_PORT",
+  FLOCK_THREADS: "LLAMA_ARG_THREADS",
+  FLOCK_CTX_SIZE: "LLAMA_ARG_CTX_SIZE",
+  FLOCK_PARALLEL: "LLAMA_ARG_N_PARALLEL",
+  FLOCK_N_GPU_LAYERS: "LLAMA_ARG_N_GPU_LAYERS",
+};
+
 /** Whether a bind address is reachable from this machine only. */
 export function isLoopback(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, "").toLowerCase();
@@ -333,6 +345,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     }
     if (typeof file !== "object" || file === null || Array.isArray(file)) throw new ConfigError(`${configPath}: expected a JSON object`);
   }
+
+  // llama-server's variables (LLAMA_ARG_*) stand in for flock's where flock's are unset, so a
+  // deployment written for llama-server keeps its environment.
+  env = { ...Object.fromEntries(Object.entries(LLAMA_SERVER_ENV).flatMap(([flock, llama]) => (env[llama] !== undefined ? [[flock, env[llama]]] : []))), ...env };
 
   const merged: Record<string, unknown> = { ...file };
   const set = (key: string, value: unknown) => {

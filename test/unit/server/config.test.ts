@@ -156,6 +156,15 @@ describe("loadConfig", () => {
     expect(load(["-m", "/m/c.gguf", "-c", "512"], env).models).toEqual([{ id: "c", path: "/m/c.gguf", lora: [], contextSize: 512, parallel: 3, gpuLayers: "max", embeddings: false }]);
   });
 
+  it("reads llama-server's LLAMA_ARG_* variables where flock's are unset", () => {
+    const flock = { FLOCK_MODEL: "/m/a.gguf", FLOCK_ALIAS: "alpha", FLOCK_HOST: "0.0.0.0", FLOCK_PORT: "9000", FLOCK_THREADS: "3", FLOCK_CTX_SIZE: "1024", FLOCK_PARALLEL: "2", FLOCK_N_GPU_LAYERS: "max", FLOCK_API_KEYS: "k" };
+    const llama = { LLAMA_ARG_MODEL: "/m/a.gguf", LLAMA_ARG_ALIAS: "alpha", LLAMA_ARG_HOST: "0.0.0.0", LLAMA_ARG_PORT: "9000", LLAMA_ARG_THREADS: "3", LLAMA_ARG_CTX_SIZE: "1024", LLAMA_ARG_N_PARALLEL: "2", LLAMA_ARG_N_GPU_LAYERS: "max", FLOCK_API_KEYS: "k" };
+    expect(load([], llama)).toEqual(load([], flock));
+    expect(load([], llama).models[0]).toMatchObject({ id: "alpha", contextSize: 1024, parallel: 2, gpuLayers: "max" });
+    // flock's own name wins over llama-server's.
+    expect(load([], { ...llama, FLOCK_PORT: "9100" }).port).toBe(9100);
+  });
+
   it("suggests the closest flag for a typo", () => {
     expect(configError(["--prot", "80"]).message).toContain("Did you mean --port?");
     expect(configError(["--ctx", "80"]).message).toContain("Did you mean --ctx-size?");
