@@ -8,16 +8,22 @@ import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob } from 
 
 export interface LogprobModel extends DecodingModel {
   tokenText(token: number): string;
+  /** The token's raw bytes (`text`: its tokenText), which differ from text's UTF-8 for part of a character. */
+  tokenBytes?(token: number, text: string): number[];
 }
 
 export function describeLogprobs(model: LogprobModel, logits: Float32Array, token: number, top: number): TokenLogprob {
   const logprobs = logSoftmax(logits);
   const finite = (lp: number) => Math.max(lp, ZERO_PROBABILITY_LOGPROB);
+  const described = (t: number) => {
+    const text = model.tokenText(t);
+    return model.tokenBytes ? { text, bytes: model.tokenBytes(t, text) } : { text };
+  };
   return {
     token,
-    text: model.tokenText(token),
+    ...described(token),
     logprob: finite(logprobs[token]),
-    top: topTokens(logprobs, top).map((t) => ({ token: t.token, logprob: finite(t.logprob), text: model.tokenText(t.token) })),
+    top: topTokens(logprobs, top).map((t) => ({ token: t.token, logprob: finite(t.logprob), ...described(t.token) })),
   };
 }
 

@@ -21,8 +21,10 @@ export interface DecodingModel {
 export interface TokenLogprob {
   token: number;
   text: string;
+  /** The token's raw bytes (they differ from text's UTF-8 for part of a character); absent: text's. */
+  bytes?: number[];
   logprob: number;
-  top: Array<{ token: number; text: string; logprob: number }>;
+  top: Array<{ token: number; text: string; bytes?: number[]; logprob: number }>;
 }
 
 export interface GenerationRequest {

@@ -253,6 +253,10 @@ export class LoadedModel {
   tokenText(token: number): string {
     return this.tokenizer.tokenText(token);
   }
+
+  tokenBytes(token: number, text?: string): number[] {
+    return this.tokenizer.tokenBytes(token, text);
+  }
   isEndOfGeneration(token: number): boolean {
     return this.tokenizer.isEndOfGeneration(token);
   }

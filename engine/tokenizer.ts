@@ -6,6 +6,15 @@ import type { ChatMessage, ChatTemplate, RenderedPrompt, TemplateKwargs, ToolDef
 /** What the tokenizer reads of the weights (a fake in unit tests). */
 export type TokenizerWeights = Pick<LlamaModel, "tokenize" | "detokenize" | "tokens" | "isEogToken" | "fileInfo">;
 
+/** GPT-2's byte-level BPE alphabet, reversed: the byte each character of a token's text spells. */
+const BYTE_OF_CHAR: ReadonlyMap<string, number> = (() => {
+  const printable = (b: number) => (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+  const map = new Map<string, number>();
+  let shifted = 0;
+  for (let b = 0; b < 256; b++) map.set(String.fromCodePoint(printable(b) ? b : 256 + shifted++), b);
+  return map;
+})();
+
 export class Tokenizer {
   private longestTokenBytes: number | undefined;
 
@@ -70,6 +79,26 @@ export class Tokenizer {
 
   detokenize(tokens: readonly number[], context?: readonly number[]): string {
     return this.weights.detokenize(tokens as Token[], false, context as Token[] | undefined);
+  }
+
+  /**
+   * A token's bytes (logprobs' `bytes`, /tokenize's pieces): its text's UTF-8, except for a token
+   * that holds part of a character, whose text decodes to U+FFFD: there the raw bytes, read from
+   * the vocabulary (byte-level BPE spells each byte with one character, SentencePiece a lone byte
+   * as <0xXX>); the replacement character's bytes where the vocabulary is of another kind.
+   */
+  tokenBytes(token: number, text = this.tokenText(token)): number[] {
+    if (text.includes("\uFFFD")) {
+      const ggml = this.weights.fileInfo.metadata.tokenizer?.ggml;
+      const spelled = ggml?.tokens?.[token];
+      if (spelled !== undefined && ggml?.model === "gpt2") {
+        const bytes = [...spelled].map((ch) => BYTE_OF_CHAR.get(ch));
+        if (bytes.every((b) => b !== undefined)) return bytes as number[];
+      }
+      const byte = spelled === undefined ? null : /^<0x([0-9A-Fa-f]{2})>$/.exec(spelled);
+      if (ggml?.model === "llama" && byte) return [parseInt(byte[1], 16)];
+    }
+    return [...Buffer.from(text, "utf8")];
   }
 
   /** A token's own text, special tokens spelled out (for logprobs). */

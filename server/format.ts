@@ -25,8 +25,8 @@ export function chatLogprobs(entries: readonly TokenLogprob[]) {
   return entries.map((e) => ({
     token: e.text,
     logprob: e.logprob,
-    bytes: bytesOf(e.text),
-    top_logprobs: e.top.map((t) => ({ token: t.text, logprob: t.logprob, bytes: bytesOf(t.text) })),
+    bytes: e.bytes ?? bytesOf(e.text),
+    top_logprobs: e.top.map((t) => ({ token: t.text, logprob: t.logprob, bytes: t.bytes ?? bytesOf(t.text) })),
   }));
 }
 

@@ -15,6 +15,7 @@ import { forge } from "../forge/presets.js";
 import { readTokenizer, type RealTokenizer, TOKENIZERS, vocabFile } from "../forge/tokenizers.js";
 import { languagePieces, realVocab } from "../forge/vocab.js";
 import { OutputAssembler } from "../decoding/output.js";
+import { describeLogprobs } from "../decoding/plain.js";
 import { createRng } from "../decoding/rng.js";
 import { ServerConfig } from "../server/config.js";
 import { createLogger } from "../server/logger.js";
@@ -131,6 +132,21 @@ describe("streaming text over byte-level tokens", () => {
     expect(chunks.some((c) => c === "")).toBe(true); // something was held back
     for (const c of chunks) expect(c).not.toContain("\uFFFD");
     expect(chunks.join("")).toBe(text);
+  });
+
+  it("logprobs carry a token's raw bytes, also for a token that holds part of a character", async () => {
+    const text = " 𠜎 and 🦙";
+    const { tokens } = await post("/tokenize", { content: text, parse_special: false });
+    const partial = tokens.filter((t) => model.tokenText(t).includes("\uFFFD"));
+    expect(partial.length).toBeGreaterThanOrEqual(3);
+    // The bytes of every token, in order, are the text's: no replacement character's bytes.
+    expect(Buffer.from(tokens.flatMap((t) => model.tokenBytes(t))).toString("utf8")).toBe(text);
+    // As the decoders describe a sampled token for logprobs.
+    const logits = new Float32Array(model.vocabularySize);
+    const described = describeLogprobs(model, logits, partial[0], 2);
+    expect(described.bytes).toEqual(model.tokenBytes(partial[0]));
+    expect(described.bytes).not.toEqual([...Buffer.from(described.text)]);
+    expect(described.top.every((t) => t.bytes !== undefined)).toBe(true);
   });
 
   it("/tokenize with_pieces gives a piece that is part of a character as its bytes, as llama-server does", async () => {

@@ -31,37 +31,11 @@ const DetokenizeRequest = z.object({
   tokens: z.array(z.int().min(0)).max(MAX_TOKENIZE_CHARS),
 });
 
-/** GPT-2's byte-level BPE alphabet, reversed: the byte each character of a token's text spells. */
-const BYTE_OF_CHAR: ReadonlyMap<string, number> = (() => {
-  const printable = (b: number) => (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-  const map = new Map<string, number>();
-  let shifted = 0;
-  for (let b = 0; b < 256; b++) map.set(String.fromCodePoint(printable(b) ? b : 256 + shifted++), b);
-  return map;
-})();
-
-/**
- * A token's bytes, from its text in the vocabulary: byte-level BPE (gpt2) spells each byte with
- * one character, SentencePiece (llama) a lone byte as <0xXX>. Undefined for anything else.
- */
-function tokenBytes(model: LoadedModel, id: number): number[] | undefined {
-  const ggml = model.weights.fileInfo.metadata.tokenizer?.ggml;
-  const text = ggml?.tokens?.[id];
-  if (text === undefined) return undefined;
-  if (ggml?.model === "gpt2") {
-    const bytes = [...text].map((ch) => BYTE_OF_CHAR.get(ch));
-    return bytes.every((b) => b !== undefined) ? (bytes as number[]) : undefined;
-  }
-  const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(text);
-  return ggml?.model === "llama" && byte ? [parseInt(byte[1], 16)] : undefined;
-}
-
 /** llama-server's piece: the token's text, or its bytes where they are not valid UTF-8 alone (part of a character). */
 function pieceOf(model: LoadedModel, id: number): string | number[] {
   const text = model.tokenText(id);
   if (!text.includes("\uFFFD")) return text;
-  const bytes = tokenBytes(model, id);
-  if (!bytes) return text;
+  const bytes = model.tokenBytes(id);
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(Uint8Array.from(bytes));
   } catch {
