@@ -1,4 +1,5 @@
 // The exact distributions of forged models, from the manifest (independent of the server).
+import { expect } from "vitest";
 import { type Manifest, nextTokenProbabilities } from "../../forge/manifest.js";
 
 const SPACE = "\u2581";
@@ -52,4 +53,31 @@ export class ChainOracle {
     }
     return path;
   }
+}
+
+/**
+ * Checks a greedy static-fusion completion of "The cook" (strong "base", small base "weak", the
+ * expert "weak-kitchen", legacy `logprobs`) against softmax(L_strong + α (L_expert − L_base)) of
+ * the chains: each token is the fused argmax, its logprob and top logprobs the fused ones (to 4
+ * digits, OpenAI's -9999 for none). Returns whether fusion moved some token's probability more
+ * than 0.01 off the strong model's own.
+ */
+export function expectGreedyStaticFusion(manifest: Manifest, logprobs: { tokens?: string[]; token_logprobs?: number[]; top_logprobs?: Array<Record<string, number>> }, alpha: number): boolean {
+  const [s, b, e] = ["base", "weak", "weak-kitchen"].map((name) => new ChainOracle(manifest, name));
+  let prev = s.tokenOf(" cook");
+  let differs = false;
+  logprobs.tokens!.forEach((text, i) => {
+    const [ps, pb, pe] = [s.next(prev), b.next(prev), e.next(prev)];
+    const logits = ps.map((p, v) => (p > 0 ? Math.log(p) + alpha * (Math.log(pe[v]) - Math.log(pb[v])) : -Infinity));
+    const max = Math.max(...logits);
+    const z = logits.reduce((acc, l) => acc + Math.exp(l - max), 0);
+    const expected = (token: number) => Math.max(logits[token] - max - Math.log(z), -9999);
+    const argmax = logits.indexOf(max);
+    expect(text).toBe(s.text(argmax));
+    expect(logprobs.token_logprobs![i]).toBeCloseTo(expected(argmax), 4);
+    for (const [alt, value] of Object.entries(logprobs.top_logprobs![i])) expect(value).toBeCloseTo(expected(s.tokenOf(alt)), 4);
+    if (Math.abs(Math.exp(expected(argmax)) - ps[argmax]) > 1e-2) differs = true;
+    prev = argmax;
+  });
+  return differs;
 }

@@ -1,6 +1,7 @@
 // A fake engine for decoder unit tests: models that are Markov chains over a few tokens, so a
 // decode costs microseconds and every next-token distribution is known exactly. They implement
 // what decoders use of a served model (decoding/types.ts) and of a sequence (engine/sequence.ts).
+import type { TokenConstraint } from "../../decoding/constraint.js";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../../decoding/sampler.js";
 import type { LogprobModel } from "../../decoding/plain.js";
 import type { GenerationRequest } from "../../decoding/types.js";
@@ -108,4 +109,57 @@ export function argmax(row: readonly number[]): number {
   let best = 0;
   for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
   return best;
+}
+
+/** What a test's LastTokenGrammar states were asked, across all of them. */
+export interface GrammarCalls {
+  masks: number;
+  allows: number;
+  created: number;
+  released: number;
+}
+
+/**
+ * A grammar whose allowed set depends only on the last token (`allowedAfter[last]`; a lone
+ * allowed token is forced), so a state not rolled back to the accepted prefix masks the wrong
+ * tokens. Throws when used after its release, as the engine's states do, and counts its calls.
+ */
+export class LastTokenGrammar implements TokenConstraint {
+  private released = false;
+  constructor(
+    private readonly allowedAfter: ReadonlyArray<readonly number[]>,
+    private last: number,
+    private readonly calls: GrammarCalls,
+  ) {
+    calls.created++;
+  }
+  private live(): void {
+    if (this.released) throw new Error("grammar state used after release");
+  }
+  allows(token: number): boolean {
+    this.live();
+    this.calls.allows++;
+    return this.allowedAfter[this.last].includes(token);
+  }
+  mask(logits: Float32Array): void {
+    this.live();
+    this.calls.masks++;
+    for (let t = 0; t < logits.length; t++) if (!this.allowedAfter[this.last].includes(t)) logits[t] = -Infinity;
+  }
+  forcedToken(): number | undefined {
+    this.live();
+    return this.allowedAfter[this.last].length === 1 ? this.allowedAfter[this.last][0] : undefined;
+  }
+  accept(token: number): void {
+    if (!this.allows(token)) throw new Error(`token ${token} is not allowed after ${this.last}`);
+    this.last = token;
+  }
+  clone(): TokenConstraint {
+    this.live();
+    return new LastTokenGrammar(this.allowedAfter, this.last, this.calls);
+  }
+  release(): void {
+    if (!this.released) this.calls.released++;
+    this.released = true;
+  }
 }

@@ -3,12 +3,11 @@
 // static α, and a grammar whose allowed set depends on the last token too: the exact distribution
 // of each generated token is known, and the decoder's draws must follow it.
 import { describe, expect, it } from "vitest";
-import type { TokenConstraint } from "../../../../decoding/constraint.js";
 import { AUTHORS_GRID } from "../../../../decoding/fusion/solver.js";
 import { fusionDecode, FusionStats, type FusionSetup } from "../../../../decoding/fusion/decoder.js";
 import { DEFAULT_SAMPLING, samplingDistribution, type SamplingParams } from "../../../../decoding/sampler.js";
 import type { GenerationRequest } from "../../../../decoding/types.js";
-import { ChainModel } from "../../../helpers/fake-engine.js";
+import { ChainModel, type GrammarCalls, LastTokenGrammar } from "../../../helpers/fake-engine.js";
 import { goodnessOfFit } from "../../../helpers/goodness.js";
 
 const V = 4;
@@ -35,42 +34,8 @@ const ALLOWED_AFTER = [[0, 1, 3], [2, 3], [0, 1, 3], [1]];
 const PROMPT = [2];
 const ALPHA = 1;
 
-const calls = { masks: 0, allows: 0, created: 0, released: 0 };
-class LastTokenGrammar implements TokenConstraint {
-  private released = false;
-  constructor(private last: number) {
-    calls.created++;
-  }
-  private live(): void {
-    if (this.released) throw new Error("grammar state used after release");
-  }
-  allows(token: number): boolean {
-    this.live();
-    calls.allows++;
-    return ALLOWED_AFTER[this.last].includes(token);
-  }
-  mask(logits: Float32Array): void {
-    this.live();
-    calls.masks++;
-    for (let t = 0; t < logits.length; t++) if (!ALLOWED_AFTER[this.last].includes(t)) logits[t] = -Infinity;
-  }
-  forcedToken(): number | undefined {
-    this.live();
-    return ALLOWED_AFTER[this.last].length === 1 ? ALLOWED_AFTER[this.last][0] : undefined;
-  }
-  accept(token: number): void {
-    if (!this.allows(token)) throw new Error(`token ${token} is not allowed after ${this.last}`);
-    this.last = token;
-  }
-  clone(): TokenConstraint {
-    this.live();
-    return new LastTokenGrammar(this.last);
-  }
-  release(): void {
-    if (!this.released) calls.released++;
-    this.released = true;
-  }
-}
+const calls: GrammarCalls = { masks: 0, allows: 0, created: 0, released: 0 };
+const grammar = (last: number) => new LastTokenGrammar(ALLOWED_AFTER, last, calls);
 
 const setup = (): FusionSetup => ({
   strong: new ChainModel("strong", STRONG),
@@ -122,7 +87,7 @@ describe("fusion decoding under a grammar", () => {
         stopStrings: [],
         stopTokens: [],
         topLogprobs: null,
-        constraint: new LastTokenGrammar(PROMPT[0]),
+        constraint: grammar(PROMPT[0]),
       };
       const tokens: number[] = [];
       for await (const step of fusionDecode(fusion, request)) {

@@ -40,8 +40,7 @@ import { type AcceptancePredictor, expectedOverTop } from "../../../../decoding/
 import { SpeculativeStats } from "../../../../decoding/speculative/stats.js";
 import type { VerificationMode } from "../../../../decoding/speculative/verifier.js";
 import type { GenerationRequest } from "../../../../decoding/types.js";
-import type { TokenConstraint } from "../../../../decoding/constraint.js";
-import { ChainModel } from "../../../helpers/fake-engine.js";
+import { ChainModel, type GrammarCalls, LastTokenGrammar } from "../../../helpers/fake-engine.js";
 import { createRng, type Rng } from "../../../../decoding/rng.js";
 import { goodnessOfFit } from "../../../helpers/goodness.js";
 
@@ -725,45 +724,10 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
    * anything goes.
    */
   const ALLOWED_AFTER = [[0, 1], [0], [0, 1, 2]];
-  const calls = { masks: 0, allows: 0, created: 0, released: 0 };
-  /** Throws when used after its release, as the engine's states do; counts what is never released. */
-  class LastTokenGrammar implements TokenConstraint {
-    private released = false;
-    constructor(private last: number) {
-      calls.created++;
-    }
-    private live(): void {
-      if (this.released) throw new Error("grammar state used after release");
-    }
-    allows(token: number): boolean {
-      this.live();
-      calls.allows++;
-      return ALLOWED_AFTER[this.last].includes(token);
-    }
-    mask(logits: Float32Array): void {
-      this.live();
-      calls.masks++;
-      for (let t = 0; t < logits.length; t++) if (!ALLOWED_AFTER[this.last].includes(t)) logits[t] = -Infinity;
-    }
-    forcedToken(): number | undefined {
-      this.live();
-      return ALLOWED_AFTER[this.last].length === 1 ? ALLOWED_AFTER[this.last][0] : undefined;
-    }
-    accept(token: number): void {
-      if (!this.allows(token)) throw new Error(`token ${token} is not allowed after ${this.last}`);
-      this.last = token;
-    }
-    clone(): TokenConstraint {
-      this.live();
-      return new LastTokenGrammar(this.last);
-    }
-    release(): void {
-      if (!this.released) calls.released++;
-      this.released = true;
-    }
-  }
+  const calls: GrammarCalls = { masks: 0, allows: 0, created: 0, released: 0 };
+  const grammar = (last: number) => new LastTokenGrammar(ALLOWED_AFTER, last, calls);
   const constrained = (sampling: SamplingParams, seed: number, extra: Partial<GenerationRequest> = {}) =>
-    request(sampling, seed, { constraint: new LastTokenGrammar(PROMPT[PROMPT.length - 1]), ...extra });
+    request(sampling, seed, { constraint: grammar(PROMPT[PROMPT.length - 1]), ...extra });
   /** The target's exact masked distribution of the next token after `history`. */
   function exactConstrained(history: readonly number[], sampling: SamplingParams): Float64Array {
     const last = history.length > 0 ? history[history.length - 1] : PROMPT[PROMPT.length - 1];
@@ -880,9 +844,9 @@ describe("constrained decoding: the grammar's mask on target and draft alike", (
     const prompt = [0, 2, 1, 0];
     const lookup: LookupSettings = { enabled: true, minMatch: 1, maxMatch: 1, maxCandidates: MAX_CANDIDATES, priced: false };
     for (let seed = 0; seed < 200; seed++) {
-      const req = request(DEFAULT_SAMPLING, seed, { prompt, keyedNoise: true, constraint: new LastTokenGrammar(0) });
+      const req = request(DEFAULT_SAMPLING, seed, { prompt, keyedNoise: true, constraint: grammar(0) });
       const plain: number[] = [];
-      for await (const step of plainDecode(target, { ...req, constraint: new LastTokenGrammar(0) })) plain.push(...step.tokens);
+      for await (const step of plainDecode(target, { ...req, constraint: grammar(0) })) plain.push(...step.tokens);
       const setup: SpeculativeSetup = { target, draft, lookup, policy: new FixedLengthPolicy(2), predictor: null, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs: await cpuLikeCosts(), verification: "coupled" };
       const generation = speculativeDecode(setup, req);
       const first = (await generation.next()).value!;
