@@ -1,0 +1,461 @@
+// flock: LoRA training inside llama.cpp (issue #23). A rank-r adapter (A random, B zero, as PEFT
+// initialises them) is set on a training context of a frozen base, and llama.cpp's own optimizer
+// trains it: llama_opt_init with a param_filter that accepts only the adapter's tensors (flock's
+// patches/llama-cpp-opt-lora.diff offers the context's adapters to the filter; upstream walks the
+// model's tensors only), then llama_opt_epoch over a ggml_opt_dataset of token windows. The
+// trained tensors are written as an ordinary llama.cpp LoRA GGUF (general.type=adapter,
+// adapter.type=lora, adapter.lora.alpha, <base tensor>.lora_a [d_in, r] / .lora_b [r, d_out]).
+//
+// Registered on the addon's exports by patches/addon-exports.diff; TypeScript reaches it through
+// experts/train-lora.ts.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "ggml.h"
+#include "ggml-backend.h"
+#include "ggml-opt.h"
+#include "gguf.h"
+#include "llama.h"
+#include "napi.h"
+
+namespace {
+
+struct TrainOptimizer {
+    float lr = 1e-4f;
+    float lrMin = 1e-4f;
+    float weightDecay = 0.0f;
+    int32_t epoch = 0;
+    int32_t epochs = 1;
+    float current() const {
+        if (epochs <= 1) return lr;
+        // cosine from lr (first epoch) to lrMin (last epoch)
+        const float t = float(epoch) / float(epochs - 1);
+        return lrMin + 0.5f * (lr - lrMin) * (1.0f + std::cos(3.14159265358979f * t));
+    }
+};
+
+ggml_opt_optimizer_params trainOptimizerParams(void* userdata) {
+    const TrainOptimizer& o = *static_cast<const TrainOptimizer*>(userdata);
+    ggml_opt_optimizer_params result = ggml_opt_get_default_optimizer_params(nullptr);
+    result.adamw.alpha = result.sgd.alpha = o.current();
+    result.adamw.wd = result.sgd.wd = o.weightDecay;
+    return result;
+}
+
+// The adapter tensors the param_filter accepted (llama_opt_init calls it once per tensor).
+struct TrainParams {
+    std::vector<const ggml_tensor*> tensors;
+};
+
+bool endsWith(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool trainParamFilter(const ggml_tensor* tensor, void* userdata) {
+    const std::string name = tensor->name;
+    if (!endsWith(name, ".lora_a") && !endsWith(name, ".lora_b")) return false; // the base stays frozen
+    static_cast<TrainParams*>(userdata)->tensors.push_back(tensor);
+    return true;
+}
+
+// Progress of the running epoch, for the JS callback (ggml's epoch callback has no user data).
+struct TrainProgress {
+    Napi::Env env;
+    Napi::Function fn;
+    int32_t epoch;
+};
+thread_local TrainProgress* trainProgress = nullptr;
+
+void trainEpochCallback(bool train, ggml_opt_context_t, ggml_opt_dataset_t, ggml_opt_result_t result, int64_t ibatch, int64_t ibatch_max, int64_t t_start_us) {
+    TrainProgress* p = trainProgress;
+    if (p == nullptr || p->fn.IsEmpty() || p->env.IsExceptionPending()) return;
+    double loss = 0, unc = 0;
+    ggml_opt_result_loss(result, &loss, &unc);
+    const double seconds = double(ggml_time_us() - t_start_us) / 1e6;
+    p->fn.Call({Napi::Number::New(p->env, p->epoch), Napi::Boolean::New(p->env, train), Napi::Number::New(p->env, double(ibatch)),
+                Napi::Number::New(p->env, double(ibatch_max)), Napi::Number::New(p->env, loss), Napi::Number::New(p->env, seconds)});
+}
+
+struct LoraTensor {
+    std::string name; // <base tensor>.lora_a / .lora_b
+    int64_t ne0, ne1;
+    std::vector<float> data;
+};
+
+// Writes an adapter GGUF the way convert_lora_to_gguf lays it out.
+bool writeAdapter(const std::string& path, const std::string& arch, float alpha, const std::vector<LoraTensor>& tensors, std::string& error) {
+    size_t bytes = 0;
+    for (const auto& t : tensors) bytes += t.data.size() * sizeof(float) + ggml_tensor_overhead() + 64;
+    ggml_init_params params = {bytes + 1024, nullptr, false};
+    ggml_context* ctx = ggml_init(params);
+    gguf_context* gguf = gguf_init_empty();
+    gguf_set_val_str(gguf, "general.architecture", arch.c_str());
+    gguf_set_val_str(gguf, "general.type", "adapter");
+    gguf_set_val_str(gguf, "adapter.type", "lora");
+    gguf_set_val_f32(gguf, "adapter.lora.alpha", alpha);
+    for (const auto& t : tensors) {
+        ggml_tensor* tensor = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, t.ne0, t.ne1);
+        ggml_set_name(tensor, t.name.c_str());
+        std::memcpy(tensor->data, t.data.data(), t.data.size() * sizeof(float));
+        gguf_add_tensor(gguf, tensor);
+    }
+    // written beside, then renamed: an interrupted run leaves no half-written adapter
+    const std::string partial = path + ".partial";
+    bool ok = gguf_write_to_file(gguf, partial.c_str(), false);
+    if (ok && std::rename(partial.c_str(), path.c_str()) != 0) {
+        std::remove(partial.c_str());
+        ok = false;
+    }
+    if (!ok) error = "cannot write " + path;
+    gguf_free(gguf);
+    ggml_free(ctx);
+    return ok;
+}
+
+// A text document as it is packed: the vocabulary's BOS (where it adds one) before the first
+// document of a stream only, and EOS after every document — "doc EOS doc EOS", the format
+// GPT-style pretraining packs and flock's forged chain models generate, so that no window holds
+// an EOS -> BOS transition a model never saw.
+std::vector<llama_token> tokensOf(const llama_vocab* vocab, const Napi::Value& value, bool first, std::string& error) {
+    std::vector<llama_token> out;
+    if (value.IsString()) {
+        const std::string text = value.As<Napi::String>().Utf8Value();
+        int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), nullptr, 0, first, false);
+        if (n < 0) n = -n;
+        out.resize(n);
+        const int32_t got = llama_tokenize(vocab, text.data(), (int32_t) text.size(), out.data(), n, first, false);
+        if (got < 0) error = "tokenization failed";
+        else out.resize(got);
+        const llama_token eos = llama_vocab_eos(vocab);
+        if (eos != LLAMA_TOKEN_NULL && (out.empty() || out.back() != eos)) out.push_back(eos);
+    } else if (value.IsTypedArray()) {
+        const Napi::TypedArray array = value.As<Napi::TypedArray>();
+        if (array.TypedArrayType() == napi_uint32_array) {
+            const Napi::Uint32Array a = value.As<Napi::Uint32Array>();
+            out.assign(a.Data(), a.Data() + a.ElementLength());
+        } else if (array.TypedArrayType() == napi_int32_array) {
+            const Napi::Int32Array a = value.As<Napi::Int32Array>();
+            out.assign(a.Data(), a.Data() + a.ElementLength());
+        } else {
+            error = "token arrays must be Uint32Array or Int32Array";
+        }
+    } else {
+        error = "documents must be strings or token arrays";
+    }
+    return out;
+}
+
+// Windows of n_ctx tokens (labels: the next tokens) over the concatenated documents.
+std::vector<std::vector<llama_token>> windowsOf(const std::vector<llama_token>& tokens, int64_t n_ctx, int64_t stride) {
+    std::vector<std::vector<llama_token>> out;
+    for (int64_t start = 0; start + n_ctx + 1 <= int64_t(tokens.size()); start += stride) {
+        out.emplace_back(tokens.begin() + start, tokens.begin() + start + n_ctx + 1);
+    }
+    return out;
+}
+
+ggml_opt_dataset_t datasetOf(const std::vector<std::vector<llama_token>>& windows, const std::vector<size_t>& order, int64_t n_ctx) {
+    ggml_opt_dataset_t dataset = ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, n_ctx, n_ctx, (int64_t) windows.size(), 1);
+    llama_token* data = (llama_token*) ggml_opt_dataset_data(dataset)->data;
+    llama_token* labels = (llama_token*) ggml_opt_dataset_labels(dataset)->data;
+    for (size_t i = 0; i < order.size(); i++) {
+        const auto& w = windows[order[i]];
+        std::memcpy(data + i * n_ctx, w.data(), n_ctx * sizeof(llama_token));
+        std::memcpy(labels + i * n_ctx, w.data() + 1, n_ctx * sizeof(llama_token));
+    }
+    return dataset;
+}
+
+template <typename T>
+T optionOr(const Napi::Object& o, const char* key, T fallback);
+template <>
+double optionOr<double>(const Napi::Object& o, const char* key, double fallback) {
+    return o.Has(key) && o.Get(key).IsNumber() ? o.Get(key).As<Napi::Number>().DoubleValue() : fallback;
+}
+template <>
+std::string optionOr<std::string>(const Napi::Object& o, const char* key, std::string fallback) {
+    return o.Has(key) && o.Get(key).IsString() ? o.Get(key).As<Napi::String>().Utf8Value() : fallback;
+}
+
+// Everything the training holds, freed in reverse on every exit.
+struct TrainResources {
+    llama_model* model = nullptr;
+    llama_context* ctx = nullptr;
+    llama_adapter_lora* adapter = nullptr;
+    ggml_opt_dataset_t train = nullptr;
+    ggml_opt_dataset_t validation = nullptr;
+    ggml_opt_result_t resultTrain = nullptr;
+    ggml_opt_result_t resultEval = nullptr;
+    std::string initFile;
+    ~TrainResources() {
+        if (resultEval) ggml_opt_result_free(resultEval);
+        if (resultTrain) ggml_opt_result_free(resultTrain);
+        if (validation) ggml_opt_dataset_free(validation);
+        if (train) ggml_opt_dataset_free(train);
+        if (ctx) llama_free(ctx);
+        if (adapter) llama_adapter_lora_free(adapter);
+        if (model) llama_model_free(model);
+        if (!initFile.empty()) std::remove(initFile.c_str());
+    }
+};
+
+} // namespace
+
+// flockTrainLora(options, onEpoch?, onStep?): trains a LoRA adapter on a frozen GGUF base with
+// llama.cpp's optimizer (AdamW) and writes it to options.out. Synchronous (blocks the calling
+// thread; the CLI and tests run it on their own).
+//   options: { modelPath, out, train: (string | Uint32Array)[], validation: (string | Uint32Array)[],
+//              modules?: string[] (default attn_q, attn_output, ffn_gate, ffn_up, ffn_down),
+//              rank?, alpha?, epochs?, learningRate?, learningRateMin?, weightDecay?, contextSize?,
+//              stride?, threads?, seed?, gpuLayers?, init?: adapter GGUF to continue from }
+//   Strings are tokenized with the model's vocabulary and packed "doc EOS doc EOS" (BOS, where the
+//   vocabulary adds one, before the first only); token arrays are taken as they are.
+//   onEpoch(epoch, trainLoss, validationLoss, seconds) after each epoch; onStep(epoch, train,
+//   step, steps, runningLoss, seconds) after each optimizer step or validation window.
+// Returns { contextSize, trainWindows, validationWindows, tensors, parameters, initialValidationLoss,
+//           epochs: [{ epoch, trainLoss, validationLoss, seconds, learningRate }] }.
+Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    auto fail = [&](const std::string& message) {
+        Napi::Error::New(env, "flockTrainLora: " + message).ThrowAsJavaScriptException();
+        return env.Undefined();
+    };
+    if (info.Length() < 1 || !info[0].IsObject()) return fail("options object expected");
+    const Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Function onEpoch = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
+    Napi::Function onStep = info.Length() > 2 && info[2].IsFunction() ? info[2].As<Napi::Function>() : Napi::Function();
+
+    const std::string modelPath = optionOr<std::string>(o, "modelPath", "");
+    const std::string out = optionOr<std::string>(o, "out", "");
+    const std::string init = optionOr<std::string>(o, "init", "");
+    if (modelPath.empty() || out.empty()) return fail("modelPath and out are required");
+    const int32_t rank = (int32_t) optionOr<double>(o, "rank", 8);
+    float alpha = (float) optionOr<double>(o, "alpha", rank);
+    const int32_t epochs = (int32_t) optionOr<double>(o, "epochs", 1);
+    const int32_t threads = (int32_t) optionOr<double>(o, "threads", 0);
+    const uint32_t seed = (uint32_t) optionOr<double>(o, "seed", 1);
+    const int32_t gpuLayers = (int32_t) optionOr<double>(o, "gpuLayers", -1);
+    TrainOptimizer optimizer;
+    optimizer.lr = (float) optionOr<double>(o, "learningRate", 1e-4);
+    optimizer.lrMin = (float) optionOr<double>(o, "learningRateMin", optimizer.lr);
+    optimizer.weightDecay = (float) optionOr<double>(o, "weightDecay", 0.0);
+    optimizer.epochs = epochs;
+    std::vector<std::string> modules = {"attn_q", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    if (o.Has("modules") && o.Get("modules").IsArray()) {
+        const Napi::Array a = o.Get("modules").As<Napi::Array>();
+        modules.clear();
+        for (uint32_t i = 0; i < a.Length(); i++) modules.push_back(a.Get(i).As<Napi::String>().Utf8Value());
+    }
+    if (rank < 1) return fail("rank must be at least 1");
+    if (epochs < 0) return fail("epochs must be 0 or more");
+    if (!o.Has("train") || !o.Get("train").IsArray() || !o.Has("validation") || !o.Get("validation").IsArray()) {
+        return fail("train and validation document arrays are required");
+    }
+
+    TrainResources r;
+
+    // The base, frozen; no repacked buffer types (their weights take no backward ops).
+    llama_model_params mparams = llama_model_default_params();
+    mparams.use_extra_bufts = false;
+    if (gpuLayers >= 0) mparams.n_gpu_layers = gpuLayers;
+    r.model = llama_model_load_from_file(modelPath.c_str(), mparams);
+    if (r.model == nullptr) return fail("cannot load model " + modelPath);
+    const llama_vocab* vocab = llama_model_get_vocab(r.model);
+
+    // The adapter: an existing one to continue, or a fresh one written to a scratch file.
+    std::string arch;
+    {
+        char buf[256] = {0};
+        if (llama_model_meta_val_str(r.model, "general.architecture", buf, sizeof(buf)) < 0) return fail("the model names no architecture");
+        arch = buf;
+    }
+    std::string adapterPath = init;
+    if (init.empty()) {
+        gguf_context* meta = nullptr;
+        ggml_context* metaCtx = nullptr;
+        gguf_init_params gparams = {true, &metaCtx};
+        meta = gguf_init_from_file(modelPath.c_str(), gparams);
+        if (meta == nullptr) return fail("cannot read tensors of " + modelPath);
+        std::mt19937 rng(seed);
+        std::vector<LoraTensor> fresh;
+        std::vector<std::string> available;
+        const std::regex blockTensor(R"(^blk\.\d+\.(.+)\.weight$)");
+        for (ggml_tensor* t = ggml_get_first_tensor(metaCtx); t != nullptr; t = ggml_get_next_tensor(metaCtx, t)) {
+            const std::string name = t->name;
+            std::smatch m;
+            std::string module;
+            if (std::regex_match(name, m, blockTensor)) module = m[1];
+            else if (endsWith(name, ".weight")) module = name.substr(0, name.size() - 7);
+            if (module.empty() || ggml_n_dims(t) != 2 || module == "token_embd") continue;
+            if (std::find(available.begin(), available.end(), module) == available.end()) available.push_back(module);
+            if (std::find(modules.begin(), modules.end(), module) == modules.end()) continue;
+            const int64_t dIn = t->ne[0], dOut = t->ne[1];
+            // PEFT's init: A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (kaiming-uniform, a = sqrt(5)), B = 0.
+            std::uniform_real_distribution<float> uniform(-1.0f / std::sqrt(float(dIn)), 1.0f / std::sqrt(float(dIn)));
+            LoraTensor a{name + ".lora_a", dIn, rank, std::vector<float>(size_t(dIn) * rank)};
+            for (float& x : a.data) x = uniform(rng);
+            LoraTensor b{name + ".lora_b", rank, dOut, std::vector<float>(size_t(rank) * dOut, 0.0f)};
+            fresh.push_back(std::move(a));
+            fresh.push_back(std::move(b));
+        }
+        gguf_free(meta);
+        ggml_free(metaCtx);
+        if (fresh.empty()) {
+            std::string list;
+            for (const auto& m : available) list += (list.empty() ? "" : ", ") + m;
+            return fail("no tensor of the model matches the modules; it has: " + list);
+        }
+        adapterPath = out + ".init.tmp";
+        std::string error;
+        if (!writeAdapter(adapterPath, arch, alpha, fresh, error)) return fail(error);
+        r.initFile = adapterPath;
+    }
+    r.adapter = llama_adapter_lora_init(r.model, adapterPath.c_str());
+    if (!r.initFile.empty()) { // read whole by the loader: no longer needed
+        std::remove(r.initFile.c_str());
+        r.initFile.clear();
+    }
+    if (r.adapter == nullptr) return fail("cannot load LoRA adapter " + adapterPath + " for this model");
+    if (!init.empty()) {
+        char buf[64] = {0};
+        alpha = llama_adapter_meta_val_str(r.adapter, "adapter.lora.alpha", buf, sizeof(buf)) >= 0 ? std::strtof(buf, nullptr) : 0.0f;
+    }
+
+    // The training context: one sequence, windows of n_ctx tokens (llama.cpp pads n_ctx to 256),
+    // each one optimizer step; f32 KV cache (no f16 OUT_PROD), no flash attention (no backward).
+    llama_context_params cparams = llama_context_default_params();
+    const uint32_t wantCtx = (uint32_t) optionOr<double>(o, "contextSize", 256);
+    cparams.n_ctx = wantCtx;
+    cparams.n_batch = cparams.n_ubatch = (wantCtx + 255) / 256 * 256;
+    cparams.n_seq_max = 1;
+    cparams.type_k = cparams.type_v = GGML_TYPE_F32;
+    cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cparams.no_perf = true;
+    if (threads > 0) cparams.n_threads = cparams.n_threads_batch = threads;
+    r.ctx = llama_init_from_model(r.model, cparams);
+    if (r.ctx == nullptr) return fail("cannot create a training context");
+    const int64_t n_ctx = llama_n_ctx(r.ctx);
+    if (llama_n_batch(r.ctx) != n_ctx) return fail("the context's batch size differs from its length");
+    float scale = 1.0f;
+    llama_adapter_lora* adapters[1] = {r.adapter};
+    if (llama_set_adapters_lora(r.ctx, adapters, 1, &scale) != 0) return fail("cannot set the adapter on the training context");
+
+    // Data: train windows (stride: overlap by default half a window), validation windows disjoint.
+    auto collect = [&](const char* key, std::vector<llama_token>& all, std::string& error) {
+        const Napi::Array docs = o.Get(key).As<Napi::Array>();
+        for (uint32_t i = 0; i < docs.Length() && error.empty(); i++) {
+            const std::vector<llama_token> t = tokensOf(vocab, docs.Get(i), all.empty(), error);
+            all.insert(all.end(), t.begin(), t.end());
+        }
+    };
+    std::vector<llama_token> trainTokens, validationTokens;
+    std::string error;
+    collect("train", trainTokens, error);
+    collect("validation", validationTokens, error);
+    if (!error.empty()) return fail(error);
+    const int64_t stride = std::max<int64_t>(1, (int64_t) optionOr<double>(o, "stride", double(n_ctx / 2)));
+    const auto trainWindows = windowsOf(trainTokens, n_ctx, stride);
+    const auto validationWindows = windowsOf(validationTokens, n_ctx, n_ctx);
+    if (trainWindows.empty()) return fail("the training text has " + std::to_string(trainTokens.size()) + " tokens, fewer than one window of " + std::to_string(n_ctx + 1));
+    if (validationWindows.empty()) return fail("the validation text has " + std::to_string(validationTokens.size()) + " tokens, fewer than one window of " + std::to_string(n_ctx + 1));
+    std::vector<size_t> trainOrder(trainWindows.size()), validationOrder(validationWindows.size());
+    for (size_t i = 0; i < trainOrder.size(); i++) trainOrder[i] = i;
+    for (size_t i = 0; i < validationOrder.size(); i++) validationOrder[i] = i;
+    r.validation = datasetOf(validationWindows, validationOrder, n_ctx);
+
+    // The optimizer: only the adapter's tensors are parameters.
+    TrainParams params;
+    llama_opt_params lopt = {
+        /*n_ctx_train     =*/ (uint32_t) n_ctx,
+        /*param_filter    =*/ trainParamFilter,
+        /*param_filter_ud =*/ &params,
+        /*get_opt_pars    =*/ trainOptimizerParams,
+        /*get_opt_pars_ud =*/ &optimizer,
+        /*optimizer_type  =*/ GGML_OPT_OPTIMIZER_TYPE_ADAMW,
+    };
+    llama_opt_init(r.ctx, r.model, lopt);
+    if (params.tensors.empty()) {
+        return fail("llama_opt_init offered none of the adapter's tensors as parameters: this build lacks flock's llama-cpp-opt-lora patch (npm run build:native)");
+    }
+    int64_t nParams = 0;
+    for (const ggml_tensor* t : params.tensors) nParams += ggml_nelements(t);
+
+    r.resultTrain = ggml_opt_result_init();
+    r.resultEval = ggml_opt_result_init();
+    TrainProgress progress{env, onStep, 0};
+    trainProgress = onStep.IsEmpty() ? nullptr : &progress;
+    struct ClearProgress {
+        ~ClearProgress() { trainProgress = nullptr; }
+    } clearProgress;
+    ggml_opt_epoch_callback stepCallback = onStep.IsEmpty() ? nullptr : trainEpochCallback;
+
+    auto validate = [&]() {
+        ggml_opt_result_reset(r.resultEval);
+        llama_opt_epoch(r.ctx, r.validation, r.resultTrain, r.resultEval, 0, nullptr, stepCallback);
+        double loss = 0, unc = 0;
+        ggml_opt_result_loss(r.resultEval, &loss, &unc);
+        return loss;
+    };
+    const double initialValidationLoss = validate();
+    if (env.IsExceptionPending()) return env.Undefined();
+
+    std::mt19937 shuffle(seed ^ 0x9e3779b9u);
+    Napi::Array epochResults = Napi::Array::New(env);
+    for (int32_t epoch = 0; epoch < epochs; epoch++) {
+        const auto started = std::chrono::steady_clock::now();
+        optimizer.epoch = epoch;
+        progress.epoch = epoch;
+        std::shuffle(trainOrder.begin(), trainOrder.end(), shuffle);
+        if (r.train) ggml_opt_dataset_free(r.train);
+        r.train = datasetOf(trainWindows, trainOrder, n_ctx);
+        ggml_opt_result_reset(r.resultTrain);
+        llama_opt_epoch(r.ctx, r.train, r.resultTrain, r.resultEval, (int64_t) trainWindows.size(), stepCallback, nullptr);
+        if (env.IsExceptionPending()) return env.Undefined();
+        double trainLoss = 0, unc = 0;
+        ggml_opt_result_loss(r.resultTrain, &trainLoss, &unc);
+        const double validationLoss = validate();
+        if (env.IsExceptionPending()) return env.Undefined();
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        Napi::Object e = Napi::Object::New(env);
+        e.Set("epoch", epoch);
+        e.Set("trainLoss", trainLoss);
+        e.Set("validationLoss", validationLoss);
+        e.Set("seconds", seconds);
+        e.Set("learningRate", optimizer.current());
+        epochResults.Set(epochResults.Length(), e);
+        if (!onEpoch.IsEmpty()) {
+            onEpoch.Call({Napi::Number::New(env, epoch), Napi::Number::New(env, trainLoss), Napi::Number::New(env, validationLoss), Napi::Number::New(env, seconds)});
+            if (env.IsExceptionPending()) return env.Undefined();
+        }
+    }
+
+    // The trained tensors, in name order, written as an ordinary adapter.
+    std::vector<LoraTensor> trained;
+    for (const ggml_tensor* t : params.tensors) {
+        LoraTensor lt{t->name, t->ne[0], t->ne[1], std::vector<float>(size_t(ggml_nelements(t)))};
+        ggml_backend_tensor_get(t, lt.data.data(), 0, ggml_nbytes(t));
+        trained.push_back(std::move(lt));
+    }
+    std::sort(trained.begin(), trained.end(), [](const LoraTensor& a, const LoraTensor& b) { return a.name < b.name; });
+    if (!writeAdapter(out, arch, alpha, trained, error)) return fail(error);
+
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("contextSize", Napi::Number::New(env, double(n_ctx)));
+    result.Set("trainWindows", Napi::Number::New(env, double(trainWindows.size())));
+    result.Set("validationWindows", Napi::Number::New(env, double(validationWindows.size())));
+    result.Set("trainTokens", Napi::Number::New(env, double(trainTokens.size())));
+    result.Set("tensors", Napi::Number::New(env, double(params.tensors.size())));
+    result.Set("parameters", Napi::Number::New(env, double(nParams)));
+    result.Set("alpha", Napi::Number::New(env, alpha));
+    result.Set("initialValidationLoss", Napi::Number::New(env, initialValidationLoss));
+    result.Set("epochs", epochResults);
+    return result;
+}
