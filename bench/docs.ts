@@ -101,7 +101,12 @@ const lookupOverNgram = (workload: string, temperature: number) => (rows: readon
   return num(rowWhere(here, { variant: "flock, prompt lookup" }), "tokensPerSecond") / ngram;
 };
 
+/** Constrained SpecDec++ (rejection verification) over constrained target-only decoding at T = 0. */
+const constrainedSpeedup = (rows: readonly Row[]) => num(rowWhere(rows, { temperature: 0, variant: "specdec++, rejection" }), "vsTargetOnly");
+
 const TARGETS: Record<string, Target[]> = {
+  "spec-json": [{ goal: "constrained SpecDec++ over constrained target-only, T = 0", measured: constrainedSpeedup, atLeast: 1.5 }],
+  "spec-json-qwen2": [{ goal: "constrained SpecDec++ over constrained target-only at 151,936 tokens, T = 0", measured: constrainedSpeedup, atLeast: 1.5 }],
   "peer-spec": [0, 1].map((temperature) => ({
     goal: `flock's default over llama-server's best draft setting, T = ${temperature}`,
     measured: (rows) => num(rowWhere(rows, { temperature, variant: "flock, default (specdec++)" }), "vsLlamaServerBestDraft"),

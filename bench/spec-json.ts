@@ -1,4 +1,4 @@
-// npm run bench:spec:json [-- --json FILE] [--prompts N] [--tokens N] [--repeats N]
+// npm run bench:spec:json [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--tokenizer NAME]
 // Speculative decoding under a JSON schema on the forge's `spec` pair (the pair bench:spec
 // measures): constrained target-only decoding against constrained speculation (SpecDec++ with
 // the online predictor, rejection and coupled verification; fixed K = 4), at temperature 0 and 1,
@@ -8,6 +8,8 @@
 // share of a variant's tokens that were such tokens proposed without the draft (a variant
 // without those proposals shows what they bring). Requests share one compiled start
 // state per schema, as the server's do (engine/grammar.ts: masks cached per state).
+// `--tokenizer NAME` forges the pair with a real tokenizer (npm run bench:spec:json:151936:
+// Qwen 2's), where a grammar pass over the vocabulary costs what it costs on a real model.
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,21 +22,30 @@ import type { GenerationRequest } from "../decoding/types.js";
 import { Engine } from "../engine/engine.js";
 import { FORGE_FORMAT, readManifest, tokenOfState } from "../forge/manifest.js";
 import { forge } from "../forge/presets.js";
+import { readTokenizer, type TokenizerName } from "../forge/tokenizers.js";
 import { loadPipeline } from "../pipelines/load.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
 import type { Pipeline } from "../pipelines/pipeline.js";
 import { BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
-const { values } = parseArgs({ options: { prompts: { type: "string" }, tokens: { type: "string" }, repeats: { type: "string" }, json: { type: "string" } }, strict: false });
+const { values } = parseArgs({
+  options: { prompts: { type: "string" }, tokens: { type: "string" }, repeats: { type: "string" }, json: { type: "string" }, tokenizer: { type: "string" } },
+  strict: false,
+});
 const PROMPTS = Number(values.prompts ?? 12);
 const TOKENS = Number(values.tokens ?? 160);
 const REPEATS = Number(values.repeats ?? 3);
-const out = jsonPathArg("spec-json.json");
+const TOKENIZER = values.tokenizer === undefined ? undefined : (String(values.tokenizer) as TokenizerName);
+const suffix = TOKENIZER ? `-${TOKENIZER}` : "";
+const out = jsonPathArg(`spec-json${suffix}.json`);
 const SCHEMA = BOAT_SCHEMA;
 
-const dir = join(import.meta.dirname, "..", ".cache", `bench-spec-f${FORGE_FORMAT}`);
-if (!existsSync(join(dir, "manifest.json"))) forge({ outDir: dir, preset: "spec", seed: 1 });
+const dir = join(import.meta.dirname, "..", ".cache", `bench-spec${suffix}-f${FORGE_FORMAT}`);
+if (!existsSync(join(dir, "manifest.json"))) {
+  const tokenizer = TOKENIZER ? await readTokenizer(TOKENIZER, join(import.meta.dirname, "..", ".cache")) : undefined;
+  forge({ outDir: dir, preset: "spec", seed: 1, tokenizer });
+}
 const manifest = readManifest(dir);
 const pair = manifest.pairs[0];
 const target = join(dir, manifest.models[pair.target].file);
@@ -192,8 +203,8 @@ for (const temperature of [0, 1]) {
 printTable(rows);
 writeReport(out, {
   benchmark: "spec-json",
-  command: "npm run bench:spec:json",
-  settings: { prompts: PROMPTS, tokens: TOKENS, repeats: REPEATS, schema: SCHEMA, statistic: "median over repetitions of tokens per second; completeJson: share of outputs that ended by themselves and parse" },
+  command: TOKENIZER ? `npm run bench:spec:json -- --tokenizer ${TOKENIZER} --prompts ${PROMPTS} --tokens ${TOKENS} --repeats ${REPEATS}` : "npm run bench:spec:json",
+  settings: { vocabulary: manifest.vocab.tokens.length, tokenizer: TOKENIZER ?? "forge", prompts: PROMPTS, tokens: TOKENS, repeats: REPEATS, schema: SCHEMA, statistic: "median over repetitions of tokens per second; completeJson: share of outputs that ended by themselves and parse" },
   rows,
 });
 await engine[Symbol.asyncDispose]();
