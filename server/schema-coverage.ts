@@ -33,10 +33,10 @@ export interface Unenforced {
  * when the grammar holds output to all of them. `path` names the schema in messages.
  */
 export function unenforcedKeyword(schema: unknown, path: string): Unenforced | undefined {
-  return visit(schema, path);
+  return visit(schema, path, schema);
 }
 
-function visit(schema: unknown, path: string): Unenforced | undefined {
+function visit(schema: unknown, path: string, root: unknown): Unenforced | undefined {
   if (schema === null || typeof schema !== "object" || Array.isArray(schema)) return undefined;
   const node = schema as Node;
   const has = (key: string) => node[key] !== undefined;
@@ -46,12 +46,12 @@ function visit(schema: unknown, path: string): Unenforced | undefined {
     const key = keys.find(has);
     return key === undefined ? undefined : miss(key, reason);
   };
-  const sub = (key: string, value: unknown) => visit(value, `${path}.${key}`);
+  const sub = (key: string, value: unknown) => visit(value, `${path}.${key}`, root);
   const each = (key: string) => {
     const map = node[key];
     if (map === null || typeof map !== "object") return undefined;
     for (const [name, value] of Object.entries(map)) {
-      const found = visit(value, `${path}.${key}${Array.isArray(map) ? `[${name}]` : `.${name}`}`);
+      const found = visit(value, `${path}.${key}${Array.isArray(map) ? `[${name}]` : `.${name}`}`, root);
       if (found) return found;
     }
     return undefined;
@@ -68,11 +68,18 @@ function visit(schema: unknown, path: string): Unenforced | undefined {
   if (has("anyOf") || has("oneOf")) {
     const key = has("oneOf") ? "oneOf" : "anyOf";
     const beside = ignored([...STRING_KEYS, ...NUMBER_KEYS, ...ARRAY_KEYS, ...OBJECT_KEYS, "type", "enum", "const", "allOf", key === "oneOf" ? "anyOf" : "oneOf"], `beside ${key} (the converter holds the output to one of the alternatives only: move it into each)`);
-    return beside ?? each(key);
+    if (beside) return beside;
+    // The grammar writes one alternative (anyOf); oneOf also forbids matching a second one.
+    const overlap = key === "oneOf" && Array.isArray(node.oneOf) ? overlappingAlternatives(node.oneOf as unknown[], root) : undefined;
+    if (overlap) {
+      const [i, j] = overlap;
+      return miss("oneOf", `where alternatives ${i} and ${j} may both match (the grammar writes one alternative as anyOf would, and cannot keep it from matching another: tell them apart by type, by const or enum values, or by a required property with distinct const values, or use anyOf)`);
+    }
+    return each(key);
   }
   if (Array.isArray(type)) {
     for (const t of type) {
-      const found = visit({ ...node, type: t }, path);
+      const found = visit({ ...node, type: t }, path, root);
       if (found) return found;
     }
     return undefined;
@@ -103,7 +110,7 @@ function visit(schema: unknown, path: string): Unenforced | undefined {
         if (extra) return { at: `${at}.${extra}`, reason: `${extra} is not enforced inside allOf (the converter merges the members' properties only)` };
         const props = part.properties && typeof part.properties === "object" ? Object.entries(part.properties as object) : [];
         for (const [name, value] of props) {
-          const found = visit(value, `${at}.properties.${name}`);
+          const found = visit(value, `${at}.properties.${name}`, root);
           if (found) return found;
         }
       }
@@ -276,6 +283,100 @@ export function unsupportedPattern(pattern: string): string | undefined {
         } else break;
       }
       if (literal === 0) return `it has a character the converter does not read here: ${c}`;
+    }
+  }
+  return undefined;
+}
+
+type Kind = "null" | "boolean" | "integer" | "number" | "string" | "array" | "object";
+
+/** The JSON type of a value; numbers with a fractional part are "number", whole ones "integer". */
+function kindOf(value: unknown): Kind {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "array";
+  if (typeof value === "number") return Number.isInteger(value) ? "integer" : "number";
+  return typeof value as Kind;
+}
+
+/** JSON text with object keys sorted: equal for equal JSON values. */
+function canonical(value: unknown): string {
+  if (value === null || typeof value !== "object") return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical((value as Node)[k])}`).join(",")}}`;
+}
+
+/** A schema with its local $ref followed (into $defs or definitions of the root), or undefined where it cannot be. */
+function resolved(schema: unknown, root: unknown, depth = 0): Node | undefined {
+  if (schema === null || typeof schema !== "object" || Array.isArray(schema)) return undefined;
+  const node = schema as Node;
+  if (typeof node.$ref !== "string") return node;
+  const match = /^#\/(\$defs|definitions)\/([^/]+)$/.exec(node.$ref);
+  const defs = match && root !== null && typeof root === "object" ? (root as Node)[match[1]] : undefined;
+  if (!match || depth > 16 || defs === null || typeof defs !== "object") return undefined;
+  return resolved((defs as Node)[decodeURIComponent(match[2]).replace(/~1/g, "/").replace(/~0/g, "~")], root, depth + 1);
+}
+
+/** The values a schema accepts where it lists them (const or enum). */
+function listedValues(node: Node): Set<string> | undefined {
+  if (node.const !== undefined) return new Set([canonical(node.const)]);
+  return Array.isArray(node.enum) ? new Set(node.enum.map(canonical)) : undefined;
+}
+
+/** The JSON types a schema accepts, or undefined where it accepts any (a validator skips the keywords of other types). */
+function acceptedKinds(node: Node): Set<Kind> | undefined {
+  if (node.const !== undefined) return new Set([kindOf(node.const)]);
+  if (Array.isArray(node.enum)) return new Set(node.enum.map(kindOf));
+  const types = typeof node.type === "string" ? [node.type] : Array.isArray(node.type) ? (node.type as string[]) : undefined;
+  if (!types) return undefined;
+  // A whole number is an integer and a number alike.
+  return new Set(types.flatMap((t): Kind[] => (t === "number" ? ["number", "integer"] : [t as Kind])));
+}
+
+const disjointSets = (a: Set<string>, b: Set<string>) => [...a].every((v) => !b.has(v));
+
+/** Whether no object valid against `a` is valid against `b`: a property one requires whose values the two keep apart, or that the other forbids. */
+function objectsDisjoint(a: Node, b: Node, root: unknown): boolean {
+  const required = (n: Node) => (Array.isArray(n.required) ? (n.required as unknown[]).filter((r): r is string => typeof r === "string") : []);
+  const property = (n: Node, name: string) => (n.properties && typeof n.properties === "object" ? (n.properties as Node)[name] : undefined);
+  const forbids = (n: Node, name: string) => n.additionalProperties === false && property(n, name) === undefined;
+  for (const [x, y] of [
+    [a, b],
+    [b, a],
+  ]) {
+    for (const name of required(x)) {
+      if (forbids(y, name)) return true;
+      if (!required(y).includes(name)) continue;
+      const px = resolved(property(x, name), root);
+      const py = resolved(property(y, name), root);
+      const vx = px && listedValues(px);
+      const vy = py && listedValues(py);
+      if (vx && vy && disjointSets(vx, vy)) return true;
+    }
+  }
+  return false;
+}
+
+/**
+ * Two alternatives of a oneOf that some value may match both of, as [i, j], or undefined where
+ * every pair is provably apart: by the types they accept, the values they list, or (objects) a
+ * required property with distinct listed values — a discriminator — or one the other forbids.
+ */
+function overlappingAlternatives(alternatives: unknown[], root: unknown): [number, number] | undefined {
+  const nodes = alternatives.map((a) => resolved(a, root));
+  for (let i = 0; i < nodes.length; i++) {
+    for (let j = i + 1; j < nodes.length; j++) {
+      const a = nodes[i];
+      const b = nodes[j];
+      if (!a || !b) return [i, j];
+      const ka = acceptedKinds(a);
+      const kb = acceptedKinds(b);
+      const shared = ka && kb ? [...ka].filter((k) => kb.has(k)) : undefined;
+      if (shared && shared.length === 0) continue;
+      const va = listedValues(a);
+      const vb = listedValues(b);
+      if (va && vb && disjointSets(va, vb)) continue;
+      if (shared && shared.every((k) => k === "object") && objectsDisjoint(a, b, root)) continue;
+      return [i, j];
     }
   }
   return undefined;

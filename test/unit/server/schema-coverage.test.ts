@@ -78,6 +78,41 @@ describe("unenforcedKeyword", () => {
     expect(unenforcedKeyword(schema, "s")?.at).toBe(at);
   });
 
+  describe("oneOf (written as anyOf: one alternative)", () => {
+    const cat = { type: "object", properties: { kind: { const: "cat" }, meows: { type: "boolean" } }, required: ["kind", "meows"] };
+    const dog = { type: "object", properties: { kind: { enum: ["dog", "puppy"] } }, required: ["kind"] };
+    it.for([
+      { oneOf: [{ type: "string" }, { type: "integer" }] },
+      { oneOf: [{ const: "a" }, { const: "b" }, { type: "null" }] },
+      { oneOf: [{ type: "string", enum: ["x"] }, { type: ["null", "boolean"] }] },
+      // A discriminator, as pydantic writes a tagged union.
+      { $defs: { Cat: cat, Dog: dog }, oneOf: [{ $ref: "#/$defs/Cat" }, { $ref: "#/$defs/Dog" }], discriminator: { propertyName: "kind" } },
+      // A property one alternative requires and the other forbids.
+      {
+        oneOf: [
+          { type: "object", properties: { a: { type: "string" } }, required: ["a"], additionalProperties: false },
+          { type: "object", properties: { b: { type: "string" } }, required: ["b"], additionalProperties: false },
+        ],
+      },
+    ])("%j: enforced, its alternatives exclude each other", (schema) => {
+      expect(unenforcedKeyword(schema, "s")).toBeUndefined();
+    });
+
+    it.for([
+      { oneOf: [{ type: "number" }, { type: "integer" }] },
+      { oneOf: [{ type: "string" }, { type: "string", maxLength: 3 }] },
+      { oneOf: [{ enum: [1, 2] }, { enum: [2, 3] }] },
+      { oneOf: [{ type: "string" }, {}] },
+      { oneOf: [{ type: "object", properties: { a: { type: "string" } } }, { type: "object", properties: { b: { type: "string" } } }] },
+      { $defs: { Cat: cat }, oneOf: [{ $ref: "#/$defs/Cat" }, { $ref: "#/$defs/Cat" }] },
+      { oneOf: [{ $ref: "#/$defs/missing" }, { type: "null" }] },
+    ])("%j: not enforced, two alternatives may both match", (schema) => {
+      const found = unenforcedKeyword(schema, "s");
+      expect(found?.at).toBe("s.oneOf");
+      expect(found?.reason).toMatch(/may both match/);
+    });
+  });
+
   it.for([
     { type: "integer", minimum: 0, maximum: 9, multipleOf: 1 },
     { type: ["integer", "null"], exclusiveMinimum: 0 },
