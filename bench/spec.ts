@@ -312,6 +312,8 @@ for (const temperature of [1, 0]) {
       closedForm: speculative ? mean((r) => r.expectedAcceptance) : null,
       meanCandidates: speculative ? stats.meanCandidateLength : null,
       targetCallsPerToken: speculative ? stats.targetCalls / all.reduce((a, r) => a + r.tokens, 0) : name === external ? null : 1,
+      // A round the policy ended before a draw paid a draft step for a position it did not draft.
+      declinedPerRound: speculative ? stats.declinedBeforeDraw / Math.max(1, stats.targetCalls) : null,
       // Only greedy runs can sit in a cycle of the chain.
       cyclicShare: temperature === 0 ? mean((r) => r.cyclic) : null,
     });

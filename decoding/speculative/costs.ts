@@ -185,7 +185,9 @@ export class RoundCosts {
   /**
    * Before position k is drawn, with survivals S_1..S_{k−1} of the candidates drawn so far and
    * p̄ the position's expected acceptance: whether drafting it (and perhaps more) promises a
-   * better rate than ending the round at k − 1 (at k = 1: than target-only decoding).
+   * better rate than ending the round at k − 1 (at k = 1: than target-only decoding). Past the
+   * first position the draft step that produced q_k is already paid: ending now costs k steps,
+   * not k − 1, and leaves that step unused.
    */
   draftPosition(k: number, survivals: readonly number[], expected: number, maxCandidates: number): "draft" | "stop" {
     const tokens = 1 + survivals.reduce((a, s) => a + s, 0);

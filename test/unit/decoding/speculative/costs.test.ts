@@ -78,6 +78,17 @@ describe("RoundCosts", () => {
     expect(flat.draftPosition(6, survivals(0.9, 5), 0.9, 8)).toBe("draft");
   });
 
+  it("counts the draft step that produced a position's distribution as paid when deciding to draft it", async () => {
+    // Costly draft steps, cheap extra verified tokens: at k = 3 the step to q_3 is spent, so
+    // ending costs 3 steps + T(3) for the tokens so far, and drafting adds only T(4) − T(3).
+    const costs = await calibrated(2, (n) => 10 + 0.5 * n);
+    // p̄ = 0.3 pays for the extra verified token (ending at 2 candidates as if the third step
+    // were free, the rule would stop here and waste that step).
+    expect(costs.draftPosition(3, survivals(0.9, 2), 0.3, 8)).toBe("draft");
+    // p̄ = 0.05 does not.
+    expect(costs.draftPosition(3, survivals(0.9, 2), 0.05, 8)).toBe("stop");
+  });
+
   it("recalibrates P̂ per token from verification's labels, per sampling regime, and relaxes when it stops drafting", () => {
     const calibration = new AcceptanceCalibration();
     expect(calibration.apply(0.7)).toBeCloseTo(0.7, 9);
