@@ -191,7 +191,7 @@ export class RoundCosts {
    */
   draftPosition(k: number, survivals: readonly number[], expected: number, maxCandidates: number): "draft" | "stop" {
     const tokens = 1 + survivals.reduce((a, s) => a + s, 0);
-    const ending = k === 1 ? 1 / this.targetPass(1) : this.rate(k - 1, tokens);
+    const ending = k === 1 ? 1 / this.targetPass(1) : tokens / (k * this.draftStep! + this.targetPass(k));
     return this.bestFrom(k, tokens, survivals.at(-1) ?? 1, expected, maxCandidates) > ending ? "draft" : "stop";
   }
 
