@@ -61,14 +61,17 @@ beforeAll(async () => {
   contextual = (await loadPipeline(engine, entry("ctx", manifest.models["flock-contextual"].file), stateDir)) as SpeculativePipeline;
   specDraftConfidence = (await loadPipeline(engine, entry("spec-q", manifest.models["flock-demo"].file, true, "draft-confidence"), stateDir)) as SpeculativePipeline;
   // The demo's draft costs as much as its target on this CPU, so the automatic rule rightly
-  // declines to draft; its drafting paths are exercised on a pinned GPU-like cost table
-  // (verification nearly flat, draft steps a tenth of a pass) that the rounds do not retime.
+  // declines to draft; its drafting paths are exercised on a pinned cost table that the rounds
+  // do not retime: draft steps a tenth of a pass, verifying a second token nearly free and each
+  // one after it a third of a pass more, so that positions whose E_q[P̂] is low are declined
+  // before their draw even though the step to q_k is paid.
+  const pinned = async (n: number) => 1 + 0.05 * n + 0.35 * Math.max(0, n - 2);
   specPinned = (await loadPipeline(engine, entry("spec-pinned", manifest.models["flock-demo"].file), stateDir)) as SpeculativePipeline;
-  await specPinned.costs.calibrate(async () => 0.1, async (n) => 1 + 0.05 * n, 16, 1);
+  await specPinned.costs.calibrate(async () => 0.1, pinned, 16, 1);
   specPinned.costs.observeDraftStep = () => {};
   specPinned.costs.observeTargetPass = () => {};
   // The same table for the automatic rule over P̂ = q(y) (a numeric threshold reads no costs).
-  await specDraftConfidence.costs.calibrate(async () => 0.1, async (n) => 1 + 0.05 * n, 16, 1);
+  await specDraftConfidence.costs.calibrate(async () => 0.1, pinned, 16, 1);
   specDraftConfidence.costs.observeDraftStep = () => {};
   specDraftConfidence.costs.observeTargetPass = () => {};
   specUnpaid = (await loadPipeline(engine, entry("spec-unpaid", manifest.models["flock-demo"].file), stateDir)) as SpeculativePipeline;

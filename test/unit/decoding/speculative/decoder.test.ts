@@ -73,9 +73,13 @@ const MAX_CANDIDATES = 4;
 const target = new ChainModel("target", TARGET);
 const draft = new ChainModel("draft", DRAFT);
 
-/** P̂ that depends on the candidate's value: token 0 looks safe, the others do not. */
+/**
+ * P̂ that depends on the candidate's value: token 0 looks safe, the others do not — unsafe enough
+ * that where the draft gives token 0 only a quarter of its mass, E_q[P̂] says the position is
+ * not worth a draft step (so the E_q rule declines positions before their draw).
+ */
 const valueDependent = (withExpectation: boolean): AcceptancePredictor => {
-  const predict = (f: DraftFeatures) => (f.token === 0 ? 0.95 : 0.4);
+  const predict = (f: DraftFeatures) => (f.token === 0 ? 0.95 : 0.1);
   return {
     name: "value-dependent",
     rejectionWeight: 1,
@@ -91,8 +95,20 @@ class FixedCosts extends RoundCosts {
   override observeTargetPass(): void {}
 }
 
-/** Costs where neither a draft step nor verification is free, so the auto rule's decisions depend on P̂. */
+/**
+ * Costs where neither a draft step nor verification is free, so the auto rule's decisions depend
+ * on P̂: past two tokens each one more verified costs 1.25 ms, enough that a position whose
+ * E_q[P̂] is low is declined before its draw even with the draft step to q_k already paid, while
+ * a likely candidate before it (P̂ 0.95) still makes the step towards it worth taking.
+ */
 async function cpuLikeCosts(): Promise<RoundCosts> {
+  const costs = new FixedCosts();
+  await costs.calibrate(async () => 1, async (n) => (n === 1 ? 4 : 4.4 + 1.25 * (n - 2)), 8, 1);
+  return costs;
+}
+
+/** Costs where each token more verified costs little, so priced text proposals vary in length. */
+async function cheapVerificationCosts(): Promise<RoundCosts> {
   const costs = new FixedCosts();
   await costs.calibrate(async () => 1.5, async (n) => (n === 1 ? 4 : 4 + 0.2 * n), 8, 1);
   return costs;
@@ -526,7 +542,7 @@ describe("coupled verification", () => {
 describe("Predicted Outputs: one-hot proposals from a prediction", () => {
   /** Decodes with the prediction as the only proposer (no draft model), as plain models do. */
   async function predictedTokens(req: GenerationRequest, verification: VerificationMode, count: number, seen: Exercised, weight: () => number, lookup: LookupSettings | null = null): Promise<number[]> {
-    const costs = await cpuLikeCosts();
+    const costs = await cheapVerificationCosts();
     const setup = { target, draft: null, lookup, policy: new FixedLengthPolicy(MAX_CANDIDATES), predictor: null, maxCandidates: MAX_CANDIDATES, stats: new SpeculativeStats(), costs, verification };
     return decodeCounting(setup, req, count, seen, weight);
   }
