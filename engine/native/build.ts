@@ -24,7 +24,7 @@
 // where it was built, and picks its CPU variant at run time.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { type CpuProbe, describeProbe, probeCpu } from "./cpu-probe.js";
 import { ADDON_FUNCTIONS, bundledLlamaCpp, CONTEXT_METHODS, LLAMA_CPP_SOURCE, NODE_LLAMA_CPP_DIR, NODE_LLAMA_CPP_LLAMA_DIR } from "./surface.js";
@@ -167,7 +167,12 @@ function quickRebuild(): void {
   if (added) run("cmake", [buildDir], packageDir);
   run("cmake", ["--build", buildDir, "--parallel", "2"], packageDir);
   const bin = join(buildDir, "bin");
-  for (const file of readdirSync(bin)) copyFileSync(join(bin, file), join(buildDir, "Release", file));
+  // A new file, not the old one rewritten: a running process that has the library mapped keeps
+  // its copy (writing over a mapped library crashes it).
+  for (const file of readdirSync(bin)) {
+    rmSync(join(buildDir, "Release", file), { force: true });
+    copyFileSync(join(bin, file), join(buildDir, "Release", file));
+  }
   mkdirSync(dirname(stampFile), { recursive: true });
   // The configuration (and so the CPU extensions) is the last full build's.
   const last = (existsSync(stampFile) ? JSON.parse(readFileSync(stampFile, "utf8")) : {}) as { cpu?: { disabled: string[] } };

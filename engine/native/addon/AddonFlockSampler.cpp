@@ -353,6 +353,37 @@ struct ExponentialRace {
     int64_t result() const { return best; }
 };
 
+// The exponential race over a whole distribution, a block of tokens at a time: the tokens'
+// uniforms and offer()'s cheap test against the bound as it stood at the block's start are
+// computed for the whole block in vector lanes (the hash is 32-bit integer arithmetic; the
+// double arithmetic is exact or the same IEEE operations as offer()'s), and only the tokens the
+// test lets through are offered, in order. The bound only falls, so a token the test passes over
+// with the block's bound would be passed over with the bound offer() would have used: the winner
+// is ExponentialRace's, in about half its time at 128,256 tokens.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+int64_t raceDense(const double* probs, size_t n, uint32_t key) {
+    ExponentialRace race{key};
+    constexpr size_t BLOCK = 64;
+    uint8_t offered[BLOCK];
+    for (size_t start = 0; start < n; start += BLOCK) {
+        const size_t count = std::min(BLOCK, n - start);
+        const double bound = race.bound;
+        const double* w = probs + start;
+        for (size_t j = 0; j < count; j++) {
+            const uint32_t a = mix32(key ^ ((uint32_t(start + j) + 1u) * 0x9e3779b9u));
+            const uint32_t b = mix32(a ^ 0x5bd1e995u);
+            // tokenUniform's value (a >> 5 and b >> 6 fit in an int32, which converts in lanes).
+            const double u = (double(int32_t(a >> 5)) * 67108864.0 + double(int32_t(b >> 6)) + 0.5) / 9007199254740992.0;
+            const double x = w[j] * bound;
+            offered[j] = (w[j] > 0) & !((x < 1) & (u <= 1 - x * (1 + 1e-9) - 1e-15));
+        }
+        for (size_t j = 0; j < count; j++) if (offered[j]) race.offer(int64_t(start + j), w[j]);
+    }
+    return race.result();
+}
+
 template <typename Draw>
 int64_t drawDense(const double* probs, size_t n, Draw draw) {
     for (size_t i = 0; i < n; i++) if (!draw.offer(int64_t(i), probs[i])) break;
@@ -414,7 +445,7 @@ int64_t sampleToken(const float* logits, size_t n, const Sampling& s, bool keyed
     if (sc.probs.size() < n) sc.probs.resize(n);
     double* probs = sc.probs.data();
     if (!samplingDistribution(logits, n, s, probs)) return -1;
-    return keyed ? drawDense(probs, n, ExponentialRace{key}) : drawDense(probs, n, InverseDraw{u});
+    return keyed ? raceDense(probs, n, key) : drawDense(probs, n, InverseDraw{u});
 }
 
 bool isFloat32Array(const Napi::Value& v) { return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array; }
