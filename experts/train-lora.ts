@@ -9,13 +9,6 @@ import { FlockError } from "../engine/errors.js";
 /** The modules a fresh adapter adapts unless told otherwise (llama-style tensor names). */
 export const DEFAULT_LORA_MODULES = ["attn_q", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] as const;
 
-/**
- * Modules whose LoRA receives no gradient in llama.cpp's training graph: K and V reach the
- * attention only through the KV cache (ggml_set_rows, then a view of the cache tensor), which
- * cuts the backward pass. Training them leaves B at zero; the CLI refuses them.
- */
-export const NO_GRADIENT_MODULES = ["attn_k", "attn_v"] as const;
-
 export type TrainDocument = string | Uint32Array;
 
 export interface TrainLoraOptions {
@@ -111,10 +104,6 @@ export function trainLora(llama: Llama, options: TrainLoraOptions): TrainLoraRes
   const native = nativeTrainLora(llama);
   if (!native) throw new FlockError("unsupported", "this native build cannot train adapters (run npm run build:native)");
   const { onEpoch, onStep, ...rest } = options;
-  const gradientFree = (options.modules ?? []).filter((m) => (NO_GRADIENT_MODULES as readonly string[]).includes(m));
-  if (gradientFree.length > 0) {
-    throw new FlockError("invalid_request", `${gradientFree.join(", ")} cannot be trained: llama.cpp's training graph passes no gradient through the KV cache`);
-  }
   return native(
     { ...rest, train: [...options.train], validation: [...options.validation], modules: options.modules ? [...options.modules] : undefined },
     onEpoch ? (epoch, trainLoss, validationLoss, seconds) => onEpoch({ epoch, trainLoss, validationLoss, seconds }) : undefined,

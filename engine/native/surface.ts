@@ -19,7 +19,7 @@ export const CONTEXT_METHODS = [
 ] as const;
 
 /** Functions flock's patch adds to the addon's exports. */
-export const ADDON_FUNCTIONS = ["flockCheckWeightType", "flockSoftmax", "flockSampleToken", "flockSamplingDistribution", "flockDrawFrom", "flockDistributionSummary", "flockResidualMass", "flockDrawResidual", "flockGrammarValid", "flockGrammarMask", "flockJsonSchemaToGrammar", "flockGrammarFree", "flockGrammarMaskCache", "flockGrammarMaskCacheStats", "flockGrammarAllows", "flockGrammarForcedToken", "flockRpcSupported", "flockSetModelRpcServers", "flockRpcFailed", "flockTrainLora"] as const;
+export const ADDON_FUNCTIONS = ["flockCheckWeightType", "flockSoftmax", "flockSampleToken", "flockSamplingDistribution", "flockDrawFrom", "flockDistributionSummary", "flockResidualMass", "flockDrawResidual", "flockGrammarValid", "flockGrammarMask", "flockJsonSchemaToGrammar", "flockGrammarFree", "flockGrammarMaskCache", "flockGrammarMaskCacheStats", "flockGrammarAllows", "flockGrammarForcedToken", "flockRpcSupported", "flockSetModelRpcServers", "flockRpcFailed", "flockTrainLora", "flockTrainGates", "flockTrainGradientCheck"] as const;
 
 /**
  * The llama.cpp source the patches apply to: node-llama-cpp's bundled release

@@ -6,8 +6,12 @@
 // trained tensors are written as an ordinary llama.cpp LoRA GGUF (general.type=adapter,
 // adapter.type=lora, adapter.lora.alpha, <base tensor>.lora_a [d_in, r] / .lora_b [r, d_out]).
 //
-// Registered on the addon's exports by patches/addon-exports.diff; TypeScript reaches it through
-// experts/train-lora.ts.
+// flockTrainGates trains PHATGOOSE gates for a frozen expert the same way (patches/
+// llama-cpp-opt-gates.diff), and flockTrainGradientCheck compares the training graph's gradient
+// with finite differences (both below).
+//
+// Registered on the addon's exports by patches/addon-exports.diff; TypeScript reaches them through
+// experts/train-lora.ts and experts/train-gates.ts.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -457,5 +461,382 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
     result.Set("alpha", Napi::Number::New(env, alpha));
     result.Set("initialValidationLoss", Napi::Number::New(env, initialValidationLoss));
     result.Set("epochs", epochResults);
+    return result;
+}
+
+// ---- PHATGOOSE gates (issue #23, item 2) ------------------------------------------------------
+// An expert's LoRA stays frozen; one gate vector v per adapted module is trained, the module's
+// output becoming W x + sigmoid(v . x) * scale * B A x (Muqeeth et al. 2024). flock's
+// llama-cpp-opt-gates.diff gives llama.cpp's LoRA loader a gate per module (tensor
+// <base weight>.gate, f32 [d_in], in the adapter file), builds the gated term in build_lora_mm,
+// offers the gates to llama_opt_init's param_filter and adds sigmoid's backward to ggml. Here the
+// expert is written again with zero gates beside its tensors, loaded, and the gates alone trained.
+
+namespace {
+
+bool gateParamFilter(const ggml_tensor* tensor, void* userdata) {
+    if (!endsWith(tensor->name, ".gate")) return false; // the base and the expert's A, B stay frozen
+    static_cast<TrainParams*>(userdata)->tensors.push_back(tensor);
+    return true;
+}
+
+// The adapter at `src` again at `dst`, with a zero gate for every module that has none (a gate
+// already in the file is kept: training continues from it). Returns the number of gates.
+int writeGatedAdapter(const std::string& src, const std::string& dst, std::string& error) {
+    ggml_context* data = nullptr;
+    gguf_init_params params = {false, &data};
+    gguf_context* in = gguf_init_from_file(src.c_str(), params);
+    if (in == nullptr) {
+        error = "cannot read the adapter " + src;
+        return -1;
+    }
+    const int64_t keyType = gguf_find_key(in, "general.type");
+    if (keyType < 0 || std::string(gguf_get_val_str(in, keyType)) != "adapter") {
+        error = src + " is not a LoRA adapter (general.type is not adapter)";
+        gguf_free(in);
+        ggml_free(data);
+        return -1;
+    }
+    gguf_context* out = gguf_init_empty();
+    gguf_set_kv(out, in);
+    std::vector<std::pair<std::string, int64_t>> missing; // module, input width
+    for (int64_t i = 0; i < gguf_get_n_tensors(in); i++) {
+        const std::string name = gguf_get_tensor_name(in, i);
+        ggml_tensor* t = ggml_get_tensor(data, name.c_str());
+        if (t == nullptr) continue;
+        gguf_add_tensor(out, t);
+        if (!endsWith(name, ".lora_a")) continue;
+        const std::string module = name.substr(0, name.size() - 7);
+        if (module == "token_embd.weight" || gguf_find_tensor(in, (module + ".gate").c_str()) >= 0) continue;
+        missing.emplace_back(module, t->ne[0]);
+    }
+    size_t bytes = 1024;
+    for (const auto& m : missing) bytes += ggml_tensor_overhead() + size_t(m.second) * sizeof(float) + 64;
+    ggml_init_params gparams = {bytes, nullptr, false};
+    ggml_context* gates = ggml_init(gparams);
+    int count = 0;
+    for (const auto& m : missing) {
+        ggml_tensor* gate = ggml_new_tensor_1d(gates, GGML_TYPE_F32, m.second);
+        ggml_set_name(gate, (m.first + ".gate").c_str());
+        std::memset(gate->data, 0, ggml_nbytes(gate));
+        gguf_add_tensor(out, gate);
+    }
+    for (int64_t i = 0; i < gguf_get_n_tensors(out); i++) count += endsWith(gguf_get_tensor_name(out, i), ".gate") ? 1 : 0;
+    const bool ok = gguf_write_to_file(out, dst.c_str(), false);
+    if (!ok) error = "cannot write " + dst;
+    gguf_free(out);
+    gguf_free(in);
+    ggml_free(gates);
+    ggml_free(data);
+    return ok ? count : -1;
+}
+
+// A frozen base with one adapter set on a training context, and llama.cpp's optimizer over the
+// tensors `filter` accepts: the gates (gated: the adapter is written again with gates first) or
+// the adapter's A and B.
+struct TrainSession {
+    TrainResources r;
+    TrainParams params;
+    TrainOptimizer optimizer;
+    int64_t n_ctx = 0;
+    std::string arch;
+
+    // Returns an error message, empty on success.
+    std::string open(const Napi::Object& o, const std::string& adapterPath, bool gated, llama_opt_param_filter filter, ggml_opt_optimizer_type type) {
+        const std::string modelPath = optionOr<std::string>(o, "modelPath", "");
+        const int32_t threads = (int32_t) optionOr<double>(o, "threads", 0);
+        const int32_t gpuLayers = (int32_t) optionOr<double>(o, "gpuLayers", -1);
+        if (modelPath.empty() || adapterPath.empty()) return "modelPath and the adapter are required";
+        llama_model_params mparams = llama_model_default_params();
+        mparams.use_extra_bufts = false; // repacked weights take no backward ops
+        if (gpuLayers >= 0) mparams.n_gpu_layers = gpuLayers;
+        r.model = llama_model_load_from_file(modelPath.c_str(), mparams);
+        if (r.model == nullptr) return "cannot load model " + modelPath;
+        char buf[256] = {0};
+        if (llama_model_meta_val_str(r.model, "general.architecture", buf, sizeof(buf)) < 0) return "the model names no architecture";
+        arch = buf;
+
+        std::string path = adapterPath;
+        if (gated) {
+            std::string error;
+            const std::string out = optionOr<std::string>(o, "out", "");
+            path = (out.empty() ? adapterPath : out) + ".gated.tmp";
+            r.initFile = path; // removed on every exit
+            const int gates = writeGatedAdapter(adapterPath, path, error);
+            if (gates < 0) return error;
+            if (gates == 0) return adapterPath + " adapts no module that can be gated";
+        }
+        r.adapter = llama_adapter_lora_init(r.model, path.c_str());
+        if (r.adapter == nullptr) return "cannot load the LoRA adapter " + adapterPath + " for this model";
+
+        // As for LoRA training: one sequence, windows of n_ctx tokens, each one optimizer step;
+        // f32 KV cache, no flash attention.
+        llama_context_params cparams = llama_context_default_params();
+        const uint32_t wantCtx = (uint32_t) optionOr<double>(o, "contextSize", 256);
+        cparams.n_ctx = wantCtx;
+        cparams.n_batch = cparams.n_ubatch = (wantCtx + 255) / 256 * 256;
+        cparams.n_seq_max = 1;
+        cparams.type_k = cparams.type_v = GGML_TYPE_F32;
+        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        cparams.no_perf = true;
+        if (threads > 0) cparams.n_threads = cparams.n_threads_batch = threads;
+        r.ctx = llama_init_from_model(r.model, cparams);
+        if (r.ctx == nullptr) return "cannot create a training context";
+        n_ctx = llama_n_ctx(r.ctx);
+        if (llama_n_batch(r.ctx) != n_ctx) return "the context's batch size differs from its length";
+        float scale = (float) optionOr<double>(o, "scale", 1.0);
+        llama_adapter_lora* adapters[1] = {r.adapter};
+        if (llama_set_adapters_lora(r.ctx, adapters, 1, &scale) != 0) return "cannot set the adapter on the training context";
+
+        llama_opt_params lopt = {
+            /*n_ctx_train     =*/ (uint32_t) n_ctx,
+            /*param_filter    =*/ filter,
+            /*param_filter_ud =*/ &params,
+            /*get_opt_pars    =*/ trainOptimizerParams,
+            /*get_opt_pars_ud =*/ &optimizer,
+            /*optimizer_type  =*/ type,
+        };
+        llama_opt_init(r.ctx, r.model, lopt);
+        if (params.tensors.empty()) {
+            return gated ? "llama_opt_init offered no gate as a parameter: this build lacks flock's llama-cpp-opt-gates patch (npm run build:native)"
+                         : "llama_opt_init offered none of the adapter's tensors as parameters: this build lacks flock's llama-cpp-opt-lora patch (npm run build:native)";
+        }
+        std::sort(params.tensors.begin(), params.tensors.end(), [](const ggml_tensor* a, const ggml_tensor* b) { return std::strcmp(a->name, b->name) < 0; });
+        r.resultTrain = ggml_opt_result_init();
+        r.resultEval = ggml_opt_result_init();
+        return "";
+    }
+
+    // Mean token cross-entropy over the dataset's windows, forward only.
+    double evaluate(ggml_opt_dataset_t dataset, ggml_opt_epoch_callback callback = nullptr) {
+        ggml_opt_result_reset(r.resultEval);
+        llama_opt_epoch(r.ctx, dataset, r.resultTrain, r.resultEval, 0, nullptr, callback);
+        double loss = 0, unc = 0;
+        ggml_opt_result_loss(r.resultEval, &loss, &unc);
+        return loss;
+    }
+
+    std::vector<float> get(const ggml_tensor* t) const {
+        std::vector<float> v(size_t(ggml_nelements(t)));
+        ggml_backend_tensor_get(t, v.data(), 0, ggml_nbytes(t));
+        return v;
+    }
+    void set(const ggml_tensor* t, const std::vector<float>& v) { ggml_backend_tensor_set(const_cast<ggml_tensor*>(t), v.data(), 0, ggml_nbytes(t)); }
+};
+
+Napi::Float32Array float32Array(Napi::Env env, const std::vector<float>& v) {
+    Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+    std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
+    return a;
+}
+
+// Tokens of a document array, packed as flockTrainLora packs them.
+std::vector<llama_token> collectTokens(const llama_vocab* vocab, const Napi::Value& value, std::string& error) {
+    std::vector<llama_token> all;
+    if (!value.IsArray()) {
+        error = "document arrays expected";
+        return all;
+    }
+    const Napi::Array docs = value.As<Napi::Array>();
+    for (uint32_t i = 0; i < docs.Length() && error.empty(); i++) {
+        const std::vector<llama_token> t = tokensOf(vocab, docs.Get(i), all.empty(), error);
+        all.insert(all.end(), t.begin(), t.end());
+    }
+    return all;
+}
+
+} // namespace
+
+// flockTrainGates(options, onStep?): PHATGOOSE gate training for one expert adapter on a frozen
+// base with llama.cpp's optimizer (AdamW); the gates the only parameters, zeros at the start.
+//   options: { modelPath, adapterPath, out? (scratch files go beside it), train: documents,
+//              validation?: documents, steps? (100), learningRate? (1e-2), weightDecay? (0),
+//              scale? (the adapter's scale, 1), contextSize? (256), stride?, threads?, seed?,
+//              gpuLayers? }
+//   Steps are training windows, one optimizer step each, drawn from shuffled passes over the
+//   windows. onStep(0, train, step, steps, runningLoss, seconds) as for flockTrainLora.
+// Returns { gates: { [module]: Float32Array }, steps, contextSize, trainWindows, trainTokens,
+//           parameters, trainLoss, initialValidationLoss?, validationLoss?, seconds }.
+Napi::Value flockTrainGates(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    auto fail = [&](const std::string& message) {
+        Napi::Error::New(env, "flockTrainGates: " + message).ThrowAsJavaScriptException();
+        return env.Undefined();
+    };
+    if (info.Length() < 1 || !info[0].IsObject()) return fail("options object expected");
+    const Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Function onStep = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
+    const int64_t steps = (int64_t) optionOr<double>(o, "steps", 100);
+    const uint32_t seed = (uint32_t) optionOr<double>(o, "seed", 1);
+    if (steps < 0) return fail("steps must be 0 or more");
+    if (!o.Has("train") || !o.Get("train").IsArray()) return fail("a train document array is required");
+
+    TrainSession s;
+    s.optimizer.lr = s.optimizer.lrMin = (float) optionOr<double>(o, "learningRate", 1e-2);
+    s.optimizer.weightDecay = (float) optionOr<double>(o, "weightDecay", 0.0);
+    const std::string optimizerName = optionOr<std::string>(o, "optimizer", "adamw");
+    if (optimizerName != "adamw" && optimizerName != "sgd") return fail("optimizer is adamw or sgd");
+    const ggml_opt_optimizer_type optimizerType = optimizerName == "sgd" ? GGML_OPT_OPTIMIZER_TYPE_SGD : GGML_OPT_OPTIMIZER_TYPE_ADAMW;
+    std::string error = s.open(o, optionOr<std::string>(o, "adapterPath", ""), true, gateParamFilter, optimizerType);
+    if (!error.empty()) return fail(error);
+    const llama_vocab* vocab = llama_model_get_vocab(s.r.model);
+    const int64_t n_ctx = s.n_ctx;
+
+    const std::vector<llama_token> trainTokens = collectTokens(vocab, o.Get("train"), error);
+    if (!error.empty()) return fail(error);
+    const int64_t stride = std::max<int64_t>(1, (int64_t) optionOr<double>(o, "stride", double(n_ctx / 2)));
+    const auto trainWindows = windowsOf(trainTokens, n_ctx, stride);
+    if (trainWindows.empty()) return fail("the training text has " + std::to_string(trainTokens.size()) + " tokens, fewer than one window of " + std::to_string(n_ctx + 1));
+    const bool hasValidation = o.Has("validation") && o.Get("validation").IsArray() && o.Get("validation").As<Napi::Array>().Length() > 0;
+    if (hasValidation) {
+        const std::vector<llama_token> validationTokens = collectTokens(vocab, o.Get("validation"), error);
+        if (!error.empty()) return fail(error);
+        const auto windows = windowsOf(validationTokens, n_ctx, n_ctx);
+        if (windows.empty()) return fail("the validation text has " + std::to_string(validationTokens.size()) + " tokens, fewer than one window of " + std::to_string(n_ctx + 1));
+        std::vector<size_t> order(windows.size());
+        for (size_t i = 0; i < order.size(); i++) order[i] = i;
+        s.r.validation = datasetOf(windows, order, n_ctx);
+    }
+
+    // `steps` windows: shuffled passes over the training windows, as many as it takes.
+    std::mt19937 shuffle(seed ^ 0x9e3779b9u);
+    std::vector<std::vector<llama_token>> stepWindows;
+    while (int64_t(stepWindows.size()) < steps) {
+        std::vector<size_t> pass(trainWindows.size());
+        for (size_t i = 0; i < pass.size(); i++) pass[i] = i;
+        std::shuffle(pass.begin(), pass.end(), shuffle);
+        for (size_t i = 0; i < pass.size() && int64_t(stepWindows.size()) < steps; i++) stepWindows.push_back(trainWindows[pass[i]]);
+    }
+    std::vector<size_t> order(stepWindows.size());
+    for (size_t i = 0; i < order.size(); i++) order[i] = i;
+
+    TrainProgress progress{env, onStep, 0};
+    trainProgress = onStep.IsEmpty() ? nullptr : &progress;
+    struct ClearProgress {
+        ~ClearProgress() { trainProgress = nullptr; }
+    } clearProgress;
+    const ggml_opt_epoch_callback stepCallback = onStep.IsEmpty() ? nullptr : trainEpochCallback;
+
+    Napi::Object result = Napi::Object::New(env);
+    if (s.r.validation) {
+        result.Set("initialValidationLoss", s.evaluate(s.r.validation));
+        if (env.IsExceptionPending()) return env.Undefined();
+    }
+    const auto started = std::chrono::steady_clock::now();
+    double trainLoss = 0;
+    if (steps > 0) {
+        s.r.train = datasetOf(stepWindows, order, n_ctx);
+        ggml_opt_result_reset(s.r.resultTrain);
+        llama_opt_epoch(s.r.ctx, s.r.train, s.r.resultTrain, s.r.resultEval, steps, stepCallback, nullptr);
+        if (env.IsExceptionPending()) return env.Undefined();
+        double unc = 0;
+        ggml_opt_result_loss(s.r.resultTrain, &trainLoss, &unc);
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    if (s.r.validation) {
+        result.Set("validationLoss", s.evaluate(s.r.validation));
+        if (env.IsExceptionPending()) return env.Undefined();
+    }
+
+    Napi::Object gates = Napi::Object::New(env);
+    int64_t parameters = 0;
+    for (const ggml_tensor* t : s.params.tensors) {
+        const std::string name = t->name;
+        gates.Set(name.substr(0, name.size() - 5), float32Array(env, s.get(t)));
+        parameters += ggml_nelements(t);
+    }
+    result.Set("gates", gates);
+    result.Set("steps", Napi::Number::New(env, double(steps)));
+    result.Set("contextSize", Napi::Number::New(env, double(n_ctx)));
+    result.Set("trainWindows", Napi::Number::New(env, double(trainWindows.size())));
+    result.Set("trainTokens", Napi::Number::New(env, double(trainTokens.size())));
+    result.Set("parameters", Napi::Number::New(env, double(parameters)));
+    result.Set("trainLoss", Napi::Number::New(env, trainLoss));
+    result.Set("seconds", Napi::Number::New(env, seconds));
+    return result;
+}
+
+// flockTrainGradientCheck(options): the gradient llama.cpp's training graph computes, against
+// central finite differences of the loss, for the gates (of a gated copy of the adapter) or the
+// adapter's A and B. The analytic gradient is read from one plain SGD step (learning rate 1, no
+// weight decay: delta = -g); the parameters are then restored and, for the `elements` entries of
+// largest |g| in each of the first `tensors` parameter tensors (in name order), the loss is
+// evaluated at theta +- epsilon.
+//   options: { modelPath, adapterPath, params: "gates" | "lora", tokens: Uint32Array (a window of
+//              contextSize + 1), contextSize? (256), epsilon? (1e-2), elements? (2), tensors? (all),
+//              threads?, gpuLayers?, scale? }
+// Returns { loss, lossAfterRestore, parameters, checks: [{ tensor, index, analytic, numeric }] }.
+Napi::Value flockTrainGradientCheck(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    auto fail = [&](const std::string& message) {
+        Napi::Error::New(env, "flockTrainGradientCheck: " + message).ThrowAsJavaScriptException();
+        return env.Undefined();
+    };
+    if (info.Length() < 1 || !info[0].IsObject()) return fail("options object expected");
+    const Napi::Object o = info[0].As<Napi::Object>();
+    const std::string which = optionOr<std::string>(o, "params", "gates");
+    if (which != "gates" && which != "lora") return fail("params is gates or lora");
+    const bool gated = which == "gates";
+    const float epsilon = (float) optionOr<double>(o, "epsilon", 1e-2);
+    const int64_t elements = std::max<int64_t>(1, (int64_t) optionOr<double>(o, "elements", 2));
+    const int64_t maxTensors = (int64_t) optionOr<double>(o, "tensors", 1e9);
+    if (!o.Has("tokens") || !o.Get("tokens").IsTypedArray()) return fail("tokens (Uint32Array) are required");
+
+    TrainSession s;
+    s.optimizer.lr = s.optimizer.lrMin = 1.0f;
+    s.optimizer.weightDecay = 0.0f;
+    std::string error = s.open(o, optionOr<std::string>(o, "adapterPath", ""), gated, gated ? gateParamFilter : trainParamFilter, GGML_OPT_OPTIMIZER_TYPE_SGD);
+    if (!error.empty()) return fail(error);
+    const std::vector<llama_token> tokens = tokensOf(llama_model_get_vocab(s.r.model), o.Get("tokens"), false, error);
+    if (!error.empty()) return fail(error);
+    if (int64_t(tokens.size()) < s.n_ctx + 1) return fail("tokens: a window of " + std::to_string(s.n_ctx + 1) + " tokens is needed");
+    const std::vector<std::vector<llama_token>> window = {std::vector<llama_token>(tokens.begin(), tokens.begin() + s.n_ctx + 1)};
+    s.r.train = datasetOf(window, {0}, s.n_ctx);
+
+    std::vector<std::vector<float>> before;
+    for (const ggml_tensor* t : s.params.tensors) before.push_back(s.get(t));
+    const double loss = s.evaluate(s.r.train);
+    llama_opt_epoch(s.r.ctx, s.r.train, s.r.resultTrain, s.r.resultEval, 1, nullptr, nullptr); // one SGD step
+    std::vector<std::vector<float>> gradients;
+    for (size_t k = 0; k < s.params.tensors.size(); k++) {
+        std::vector<float> g = s.get(s.params.tensors[k]);
+        for (size_t i = 0; i < g.size(); i++) g[i] = before[k][i] - g[i];
+        gradients.push_back(std::move(g));
+        s.set(s.params.tensors[k], before[k]);
+    }
+    const double lossAfterRestore = s.evaluate(s.r.train);
+
+    Napi::Array checks = Napi::Array::New(env);
+    int64_t parameters = 0;
+    for (size_t k = 0; k < s.params.tensors.size(); k++) {
+        parameters += ggml_nelements(s.params.tensors[k]);
+        if (int64_t(k) >= maxTensors) continue;
+        const std::vector<float>& g = gradients[k];
+        std::vector<size_t> idx(g.size());
+        for (size_t i = 0; i < idx.size(); i++) idx[i] = i;
+        const size_t n = std::min<size_t>(size_t(elements), idx.size());
+        std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](size_t a, size_t b) { return std::fabs(g[a]) > std::fabs(g[b]); });
+        for (size_t j = 0; j < n; j++) {
+            std::vector<float> theta = before[k];
+            theta[idx[j]] = before[k][idx[j]] + epsilon;
+            s.set(s.params.tensors[k], theta);
+            const double plus = s.evaluate(s.r.train);
+            theta[idx[j]] = before[k][idx[j]] - epsilon;
+            s.set(s.params.tensors[k], theta);
+            const double minus = s.evaluate(s.r.train);
+            s.set(s.params.tensors[k], before[k]);
+            Napi::Object c = Napi::Object::New(env);
+            c.Set("tensor", s.params.tensors[k]->name);
+            c.Set("index", Napi::Number::New(env, double(idx[j])));
+            c.Set("analytic", Napi::Number::New(env, g[idx[j]]));
+            c.Set("numeric", Napi::Number::New(env, (plus - minus) / (2.0 * epsilon)));
+            checks.Set(checks.Length(), c);
+        }
+    }
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("loss", loss);
+    result.Set("lossAfterRestore", lossAfterRestore);
+    result.Set("parameters", Napi::Number::New(env, double(parameters)));
+    result.Set("checks", checks);
     return result;
 }
