@@ -1,7 +1,8 @@
 // npm run bench:routing [-- --json FILE] [--tokens N]
 // Routed LoRA experts. Quality on the forged routing set (a base whose residual tracks the
 // text's domain, four domain LoRAs): mean NLL per token of token-wise routing (PHATGOOSE with
-// the forged gates, PHATGOOSE with average-activation gates fitted by fit:gates' method, Arrow)
+// the forged gates, with gates fitted by fit:gates' average-activation method and trained by its
+// phatgoose method, Arrow)
 // against each baseline (the base, each single expert, the uniform merge, retrieval) on mixed
 // and on domain-pure text, and how often the routed output layer picks the text's own domain.
 // Speed: tokens/s of routed decoding through the pipeline against the base model and one plain
@@ -24,6 +25,7 @@ import { matrices, type RandomModelShape, writeRandomLlama, writeRandomLora } fr
 import { ModelEntry } from "../pipelines/model-entry.js";
 import { createRng } from "../decoding/rng.js";
 import { averageActivation } from "../experts/fit-gates.js";
+import { trainGates } from "../experts/train-gates.js";
 import { writeGateFile } from "../experts/gates.js";
 import { loadPipelines } from "../pipelines/load.js";
 import type { Pipeline, PipelineRequest, RoutedPipeline } from "../pipelines/pipeline.js";
@@ -51,16 +53,23 @@ try {
     .filter(([, a]) => a.base === "flock-routing-base")
     .map(([, a]) => ({ name: a.domain, lora: join(dir, a.file), gates: join(dir, a.gates!) }));
 
-  // Average-activation gates (npm run fit:gates' method) from fresh domain text, not the held-out text.
+  // Gates fitted by npm run fit:gates' two methods on the same fresh domain text (never the
+  // held-out text): average activation, and PHATGOOSE's gate training (the expert frozen, its
+  // gates trained from zeros in llama.cpp's optimizer, the tool's defaults).
   const fitBase = await engine.load(ModelEntry.parse({ id: "fit", path: basePath, contextSize: 2048, parallel: 1 }), { hiddenStates: true });
   const fitRng = createRng(0xf17);
   const fitted = [];
-  for (const e of experts) {
+  const gateTrained = [];
+  for (const [i, e] of experts.entries()) {
     const domain = DOMAINS.find((d) => d.name === e.name)!;
-    const { gate } = await averageActivation(fitBase, [renderText(document(fitRng, [domain], 40))]);
+    const fitTexts = Array.from({ length: 8 }, () => renderText(document(fitRng, [domain], 30)));
+    const { gate } = await averageActivation(fitBase, fitTexts);
     const gates = join(root, `${e.name}.avg.gates.gguf`);
     writeGateFile(gates, [{ module: "output.weight", gate }], "average-activation");
     fitted.push({ ...e, gates });
+    const trainedGates = join(root, `${e.name}.phatgoose.gates.gguf`);
+    trainGates(engine.llama, { modelPath: basePath, adapterPath: e.lora, out: trainedGates, train: fitTexts, threads: 1, seed: 1 + i });
+    gateTrained.push({ ...e, gates: trainedGates });
   }
 
   const routedSet = async (id: string, library: typeof experts) => {
@@ -69,6 +78,7 @@ try {
   };
   const [, phatgoose, arrow] = await routedSet("trained", experts);
   const [, averaged] = await routedSet("average", fitted);
+  const [, gateTraining] = await routedSet("gate-trained", gateTrained);
 
   const nll = async (pipeline: RoutedPipeline, overrides: RoutingOverrides, tokens: number[]) => {
     const { logits, routing } = await scoreRouted(pipeline, overrides, tokens);
@@ -80,6 +90,7 @@ try {
   const variants: Array<{ name: string; pipeline: RoutedPipeline; overrides: RoutingOverrides }> = [
     { name: "routed: PHATGOOSE (forged gates)", pipeline: phatgoose, overrides: {} },
     { name: "routed: PHATGOOSE (average-activation gates)", pipeline: averaged, overrides: {} },
+    { name: "routed: PHATGOOSE (trained gates)", pipeline: gateTraining, overrides: {} },
     { name: "routed: Arrow", pipeline: arrow, overrides: {} },
     { name: "uniform merge", pipeline: phatgoose, overrides: { mode: "merge" } },
     { name: "retrieval (whole text)", pipeline: phatgoose, overrides: { mode: "retrieval" } },
