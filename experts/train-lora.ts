@@ -42,6 +42,14 @@ export interface TrainLoraOptions {
   gpuLayers?: number;
   /** An adapter GGUF (f32 tensors) to continue training instead of a fresh one. */
   init?: string;
+  /** Where the adapter is written after every epoch, before onEpoch hears of it. */
+  checkpoint?: string;
+  /**
+   * Epochs already done (default 0): resuming a run from its checkpoint (given as init), the
+   * learning-rate schedule and the shuffling of the training windows go on from this epoch.
+   */
+  startEpoch?: number;
+  /** After each epoch; an exception it throws stops the training there (the checkpoint kept). */
   onEpoch?: (epoch: TrainEpoch) => void;
   /** After each optimizer step (train) or validation window. */
   onStep?: (step: TrainStep) => void;

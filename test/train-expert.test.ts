@@ -3,7 +3,7 @@
 // llama.cpp's optimizer trains. The held-out loss must fall; the written file must load through
 // node-llama-cpp as an ordinary LoRA, reproduce the trainer's validation loss on the same
 // window, and lower that domain's NLL — more than another domain's.
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama, type Llama, type LlamaModel, type Token } from "node-llama-cpp";
@@ -119,6 +119,36 @@ describe("LoRA training with llama.cpp's optimizer", () => {
     const otherBase = await nll(otherDomain);
     const otherAdapted = await nll(otherDomain, adapterPath);
     expect(base - adapted).toBeGreaterThan(2 * (otherBase - otherAdapted));
+  });
+
+  it("stops at an epoch, keeping its checkpoint, and resumes there with the schedule and shuffling going on", async (ctx) => {
+    if (!required && !available()) ctx.skip();
+    const train = texts(1, 0, 120).map((d) => Uint32Array.from(model.tokenize(d)));
+    const common = { modelPath, train, validation: [heldOut], rank: 4, alpha: 8, epochs: 2, learningRate: 1e-2, learningRateMin: 1e-3, contextSize: WINDOW, threads: 2, seed: 11 };
+    const whole = trainLora(llama, { ...common, out: join(dir, "whole.gguf") });
+    // Stopped after the first epoch, as Ctrl-C between epochs leaves it: the checkpoint is written.
+    const checkpoint = join(dir, "stopped.checkpoint.gguf");
+    expect(() =>
+      trainLora(llama, {
+        ...common,
+        out: join(dir, "stopped.gguf"),
+        checkpoint,
+        onEpoch: () => {
+          throw new Error("stop");
+        },
+      }),
+    ).toThrow("stop");
+    expect(existsSync(join(dir, "stopped.gguf"))).toBe(false);
+    const resumed = trainLora(llama, { ...common, out: join(dir, "resumed.gguf"), init: checkpoint, startEpoch: 1 });
+    // The checkpoint is the adapter after epoch 1 (the same run up to there as the whole one).
+    expect(resumed.initialValidationLoss).toBeCloseTo(whole.epochs[0].validationLoss, 3);
+    expect(resumed.epochs.map((e) => e.epoch)).toEqual([1]);
+    // The cosine schedule goes on at its second epoch, not from its start.
+    expect(resumed.epochs[0].learningRate!).toBeCloseTo(whole.epochs[1].learningRate!, 9);
+    expect(whole.epochs[1].learningRate!).toBeLessThan(whole.epochs[0].learningRate!);
+    expect(resumed.epochs[0].validationLoss).toBeLessThan(resumed.initialValidationLoss);
+    // AdamW's moments start afresh on resume (the checkpoint holds the adapter only): close, not equal.
+    expect(Math.abs(resumed.epochs[0].validationLoss - whole.epochs[1].validationLoss)).toBeLessThan(0.3);
   });
 
   it("packs text documents as BOS doc EOS doc EOS, and an untrained adapter is the base", async (ctx) => {

@@ -1,6 +1,7 @@
 // npm run train:expert -- --model BASE.gguf --data FILE.txt|FILE.jsonl --out ADAPTER.gguf [options]
 // Trains a LoRA expert on a frozen GGUF base inside llama.cpp (AdamW; experts/train-lora.ts) and
 // writes it as an ordinary llama.cpp LoRA adapter. Prints the loss per epoch. docs/training.md.
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { getLlama } from "node-llama-cpp";
 import { z } from "zod";
@@ -19,6 +20,8 @@ const usage = `usage: npm run train:expert -- --model BASE.gguf --data FILE.txt|
   [--stride N]        tokens from one training window to the next (default: half the context)
   [--validation F]    fraction of the documents held out for validation (default 0.1)
   [--init FILE]       continue training this adapter (f32 tensors) instead of a fresh one
+  [--resume]          go on from the last finished epoch of a run that was stopped (Ctrl-C):
+                      its checkpoint is ADAPTER.checkpoint.gguf, written after every epoch
   [--threads N]       CPU threads (default: cores - 1)
   [--seed N]          initialisation and shuffling seed (default 1)
 A .txt file is one document per paragraph; a .jsonl file one object a line with "text"
@@ -49,10 +52,29 @@ function fail(message: string): never {
 }
 
 const names = ["model", "data", "out", "rank", "alpha", "modules", "epochs", "lr", "lr-min", "weight-decay", "context", "stride", "validation", "init", "threads", "seed"] as const;
-const { values } = parseArgs({ options: Object.fromEntries(names.map((n) => [n, { type: "string" }])) as Record<(typeof names)[number], { type: "string" }>, strict: true });
-const parsed = Flags.safeParse(values);
+const { values } = parseArgs({
+  options: { ...(Object.fromEntries(names.map((n) => [n, { type: "string" }])) as Record<(typeof names)[number], { type: "string" }>), resume: { type: "boolean" } },
+  strict: true,
+});
+const { resume, ...given } = values;
+const parsed = Flags.safeParse(given);
 if (!parsed.success) fail(parsed.error.issues.map((i) => `--${i.path.join(".")}: ${i.message}`).join("; "));
 const flags = parsed.data;
+
+// After every epoch the adapter is written to the checkpoint and the run's settings and progress
+// beside it; --resume reads them back. What the run trains must not change in between.
+const checkpoint = flags.out.replace(/\.gguf$/i, ".checkpoint.gguf");
+const checkpointState = flags.out.replace(/\.gguf$/i, ".checkpoint.json");
+const { threads: _threads, ...settings } = flags;
+let startEpoch = 0;
+if (resume) {
+  if (flags.init) fail("--resume continues the run's own checkpoint: leave out --init");
+  if (!existsSync(checkpointState) || !existsSync(checkpoint)) fail(`nothing to resume: no checkpoint ${checkpoint} (it is written after the first epoch)`);
+  const state = JSON.parse(readFileSync(checkpointState, "utf8")) as { epochsDone: number; settings: Record<string, unknown> };
+  const changed = Object.keys({ ...settings, ...state.settings }).filter((k) => JSON.stringify((settings as Record<string, unknown>)[k]) !== JSON.stringify(state.settings[k]));
+  if (changed.length > 0) fail(`the stopped run had other settings (${changed.map((k) => `--${k}`).join(", ")}): resume with the same ones`);
+  startEpoch = state.epochsDone;
+}
 
 let documents: string[];
 try {
@@ -72,7 +94,8 @@ const started = performance.now();
 console.log(
   `train:expert: ${flags.model} ← ${flags.data} (${train.length} training, ${validation.length} validation documents); ` +
     (flags.init ? `continuing ${flags.init} (its rank, alpha and modules)` : `rank ${flags.rank}, alpha ${flags.alpha ?? flags.rank}`) +
-    `, ${flags.epochs} epochs, lr ${flags.lr}`,
+    `, ${flags.epochs} epochs, lr ${flags.lr}` +
+    (resume ? `; resuming after epoch ${startEpoch} from ${checkpoint}` : "; Ctrl-C stops, --resume goes on from the last finished epoch"),
 );
 try {
   const result = trainLora(llama, {
@@ -91,7 +114,9 @@ try {
     stride: flags.stride,
     threads: flags.threads,
     seed: flags.seed,
-    init: flags.init,
+    init: resume ? checkpoint : flags.init,
+    checkpoint,
+    startEpoch,
     onStep: (s) => {
       if (s.train) trainSeconds = s.seconds;
       if (!tty) return;
@@ -103,16 +128,19 @@ try {
       if (s.step === s.steps) process.stderr.write("\r\x1b[K");
     },
     onEpoch: (e) => {
+      writeFileSync(checkpointState, JSON.stringify({ epochsDone: e.epoch + 1, settings }));
       console.log(
         `epoch ${e.epoch + 1}/${flags.epochs}  train loss ${e.trainLoss.toFixed(4)}  validation loss ${e.validationLoss.toFixed(4)} ` +
           `(perplexity ${Math.exp(e.validationLoss).toFixed(2)})  ${e.seconds.toFixed(1)} s`,
       );
     },
   });
+  rmSync(checkpoint, { force: true });
+  rmSync(checkpointState, { force: true });
   const tokensPerSecond = trainSeconds > 0 ? (result.trainWindows * result.contextSize) / trainSeconds : 0;
   console.log(
     `train:expert: ${result.tensors / 2} modules, ${result.parameters} parameters; ${result.trainWindows} training and ${result.validationWindows} validation windows of ${result.contextSize} tokens; ` +
-      `validation loss before training ${result.initialValidationLoss.toFixed(4)}`,
+      `validation loss ${resume ? "at the checkpoint" : "before training"} ${result.initialValidationLoss.toFixed(4)}`,
   );
   console.log(
     `train:expert: wrote ${flags.out} in ${((performance.now() - started) / 1000).toFixed(1)} s` +

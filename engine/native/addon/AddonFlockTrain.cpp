@@ -219,10 +219,14 @@ struct TrainResources {
 //   options: { modelPath, out, train: (string | Uint32Array)[], validation: (string | Uint32Array)[],
 //              modules?: string[] (default attn_q, attn_output, ffn_gate, ffn_up, ffn_down),
 //              rank?, alpha?, epochs?, learningRate?, learningRateMin?, weightDecay?, contextSize?,
-//              stride?, threads?, seed?, gpuLayers?, init?: adapter GGUF to continue from }
+//              stride?, threads?, seed?, gpuLayers?, init?: adapter GGUF to continue from,
+//              checkpoint?: where the adapter is written after every epoch, startEpoch?: the
+//              epochs before it count as done (resuming from a checkpoint given as init: the
+//              learning-rate schedule and the shuffling go on from there) }
 //   Strings are tokenized with the model's vocabulary and packed "doc EOS doc EOS" (BOS, where the
 //   vocabulary adds one, before the first only); token arrays are taken as they are.
-//   onEpoch(epoch, trainLoss, validationLoss, seconds) after each epoch; onStep(epoch, train,
+//   onEpoch(epoch, trainLoss, validationLoss, seconds) after each epoch (and its checkpoint);
+//   an exception it throws stops the training there. onStep(epoch, train,
 //   step, steps, runningLoss, seconds) after each optimizer step or validation window.
 // Returns { contextSize, trainWindows, validationWindows, tensors, parameters, initialValidationLoss,
 //           epochs: [{ epoch, trainLoss, validationLoss, seconds, learningRate }] }.
@@ -244,6 +248,8 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
     const int32_t rank = (int32_t) optionOr<double>(o, "rank", 8);
     float alpha = (float) optionOr<double>(o, "alpha", rank);
     const int32_t epochs = (int32_t) optionOr<double>(o, "epochs", 1);
+    const std::string checkpoint = optionOr<std::string>(o, "checkpoint", "");
+    const int32_t startEpoch = (int32_t) optionOr<double>(o, "startEpoch", 0);
     const int32_t threads = (int32_t) optionOr<double>(o, "threads", 0);
     const uint32_t seed = (uint32_t) optionOr<double>(o, "seed", 1);
     const int32_t gpuLayers = (int32_t) optionOr<double>(o, "gpuLayers", -1);
@@ -260,6 +266,7 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
     }
     if (rank < 1) return fail("rank must be at least 1");
     if (epochs < 0) return fail("epochs must be 0 or more");
+    if (startEpoch < 0 || startEpoch > epochs) return fail("startEpoch must be between 0 and epochs");
     if (!o.Has("train") || !o.Get("train").IsArray() || !o.Has("validation") || !o.Get("validation").IsArray()) {
         return fail("train and validation document arrays are required");
     }
@@ -411,9 +418,23 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
     const double initialValidationLoss = validate();
     if (env.IsExceptionPending()) return env.Undefined();
 
+    // The adapter's tensors as they stand, in name order.
+    auto currentTensors = [&]() {
+        std::vector<LoraTensor> tensors;
+        for (const ggml_tensor* t : params.tensors) {
+            LoraTensor lt{t->name, t->ne[0], t->ne[1], std::vector<float>(size_t(ggml_nelements(t)))};
+            ggml_backend_tensor_get(t, lt.data.data(), 0, ggml_nbytes(t));
+            tensors.push_back(std::move(lt));
+        }
+        std::sort(tensors.begin(), tensors.end(), [](const LoraTensor& a, const LoraTensor& b) { return a.name < b.name; });
+        return tensors;
+    };
+
     std::mt19937 shuffle(seed ^ 0x9e3779b9u);
+    // A resumed run shuffles as the run it continues did.
+    for (int32_t epoch = 0; epoch < startEpoch; epoch++) std::shuffle(trainOrder.begin(), trainOrder.end(), shuffle);
     Napi::Array epochResults = Napi::Array::New(env);
-    for (int32_t epoch = 0; epoch < epochs; epoch++) {
+    for (int32_t epoch = startEpoch; epoch < epochs; epoch++) {
         const auto started = std::chrono::steady_clock::now();
         optimizer.epoch = epoch;
         progress.epoch = epoch;
@@ -435,21 +456,15 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
         e.Set("seconds", seconds);
         e.Set("learningRate", optimizer.current());
         epochResults.Set(epochResults.Length(), e);
+        if (!checkpoint.empty() && !writeAdapter(checkpoint, arch, alpha, currentTensors(), error)) return fail(error);
         if (!onEpoch.IsEmpty()) {
             onEpoch.Call({Napi::Number::New(env, epoch), Napi::Number::New(env, trainLoss), Napi::Number::New(env, validationLoss), Napi::Number::New(env, seconds)});
             if (env.IsExceptionPending()) return env.Undefined();
         }
     }
 
-    // The trained tensors, in name order, written as an ordinary adapter.
-    std::vector<LoraTensor> trained;
-    for (const ggml_tensor* t : params.tensors) {
-        LoraTensor lt{t->name, t->ne[0], t->ne[1], std::vector<float>(size_t(ggml_nelements(t)))};
-        ggml_backend_tensor_get(t, lt.data.data(), 0, ggml_nbytes(t));
-        trained.push_back(std::move(lt));
-    }
-    std::sort(trained.begin(), trained.end(), [](const LoraTensor& a, const LoraTensor& b) { return a.name < b.name; });
-    if (!writeAdapter(out, arch, alpha, trained, error)) return fail(error);
+    // The trained tensors, written as an ordinary adapter.
+    if (!writeAdapter(out, arch, alpha, currentTensors(), error)) return fail(error);
 
     Napi::Object result = Napi::Object::New(env);
     result.Set("contextSize", Napi::Number::New(env, double(n_ctx)));
