@@ -211,6 +211,35 @@ struct TrainResources {
     }
 };
 
+// The base, frozen, as both trainings load it: no repacked buffer types (their weights take no
+// backward ops); gpuLayers below 0 leaves llama.cpp's default.
+llama_model* loadFrozenBase(const std::string& path, int32_t gpuLayers) {
+    llama_model_params mparams = llama_model_default_params();
+    mparams.use_extra_bufts = false;
+    if (gpuLayers >= 0) mparams.n_gpu_layers = gpuLayers;
+    return llama_model_load_from_file(path.c_str(), mparams);
+}
+
+// The model's general.architecture, empty where it names none.
+std::string architectureOf(const llama_model* model) {
+    char buf[256] = {0};
+    return llama_model_meta_val_str(model, "general.architecture", buf, sizeof(buf)) < 0 ? std::string() : std::string(buf);
+}
+
+// A training context: one sequence, windows of wantCtx tokens (llama.cpp pads n_ctx to 256), each
+// one optimizer step; f32 KV cache (no f16 OUT_PROD), no flash attention (no backward).
+llama_context* trainingContext(llama_model* model, uint32_t wantCtx, int32_t threads) {
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx = wantCtx;
+    cparams.n_batch = cparams.n_ubatch = (wantCtx + 255) / 256 * 256;
+    cparams.n_seq_max = 1;
+    cparams.type_k = cparams.type_v = GGML_TYPE_F32;
+    cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cparams.no_perf = true;
+    if (threads > 0) cparams.n_threads = cparams.n_threads_batch = threads;
+    return llama_init_from_model(model, cparams);
+}
+
 } // namespace
 
 // flockTrainLora(options, onEpoch?, onStep?): trains a LoRA adapter on a frozen GGUF base with
@@ -273,21 +302,13 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
 
     TrainResources r;
 
-    // The base, frozen; no repacked buffer types (their weights take no backward ops).
-    llama_model_params mparams = llama_model_default_params();
-    mparams.use_extra_bufts = false;
-    if (gpuLayers >= 0) mparams.n_gpu_layers = gpuLayers;
-    r.model = llama_model_load_from_file(modelPath.c_str(), mparams);
+    r.model = loadFrozenBase(modelPath, gpuLayers);
     if (r.model == nullptr) return fail("cannot load model " + modelPath);
     const llama_vocab* vocab = llama_model_get_vocab(r.model);
 
     // The adapter: an existing one to continue, or a fresh one written to a scratch file.
-    std::string arch;
-    {
-        char buf[256] = {0};
-        if (llama_model_meta_val_str(r.model, "general.architecture", buf, sizeof(buf)) < 0) return fail("the model names no architecture");
-        arch = buf;
-    }
+    const std::string arch = architectureOf(r.model);
+    if (arch.empty()) return fail("the model names no architecture");
     std::string adapterPath = init;
     if (init.empty()) {
         gguf_context* meta = nullptr;
@@ -340,18 +361,7 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
         alpha = llama_adapter_meta_val_str(r.adapter, "adapter.lora.alpha", buf, sizeof(buf)) >= 0 ? std::strtof(buf, nullptr) : 0.0f;
     }
 
-    // The training context: one sequence, windows of n_ctx tokens (llama.cpp pads n_ctx to 256),
-    // each one optimizer step; f32 KV cache (no f16 OUT_PROD), no flash attention (no backward).
-    llama_context_params cparams = llama_context_default_params();
-    const uint32_t wantCtx = (uint32_t) optionOr<double>(o, "contextSize", 256);
-    cparams.n_ctx = wantCtx;
-    cparams.n_batch = cparams.n_ubatch = (wantCtx + 255) / 256 * 256;
-    cparams.n_seq_max = 1;
-    cparams.type_k = cparams.type_v = GGML_TYPE_F32;
-    cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    cparams.no_perf = true;
-    if (threads > 0) cparams.n_threads = cparams.n_threads_batch = threads;
-    r.ctx = llama_init_from_model(r.model, cparams);
+    r.ctx = trainingContext(r.model, (uint32_t) optionOr<double>(o, "contextSize", 256), threads);
     if (r.ctx == nullptr) return fail("cannot create a training context");
     const int64_t n_ctx = llama_n_ctx(r.ctx);
     if (llama_n_batch(r.ctx) != n_ctx) return fail("the context's batch size differs from its length");
@@ -562,14 +572,10 @@ struct TrainSession {
         const int32_t threads = (int32_t) optionOr<double>(o, "threads", 0);
         const int32_t gpuLayers = (int32_t) optionOr<double>(o, "gpuLayers", -1);
         if (modelPath.empty() || adapterPath.empty()) return "modelPath and the adapter are required";
-        llama_model_params mparams = llama_model_default_params();
-        mparams.use_extra_bufts = false; // repacked weights take no backward ops
-        if (gpuLayers >= 0) mparams.n_gpu_layers = gpuLayers;
-        r.model = llama_model_load_from_file(modelPath.c_str(), mparams);
+        r.model = loadFrozenBase(modelPath, gpuLayers);
         if (r.model == nullptr) return "cannot load model " + modelPath;
-        char buf[256] = {0};
-        if (llama_model_meta_val_str(r.model, "general.architecture", buf, sizeof(buf)) < 0) return "the model names no architecture";
-        arch = buf;
+        arch = architectureOf(r.model);
+        if (arch.empty()) return "the model names no architecture";
 
         std::string path = adapterPath;
         if (gated) {
@@ -584,18 +590,7 @@ struct TrainSession {
         r.adapter = llama_adapter_lora_init(r.model, path.c_str());
         if (r.adapter == nullptr) return "cannot load the LoRA adapter " + adapterPath + " for this model";
 
-        // As for LoRA training: one sequence, windows of n_ctx tokens, each one optimizer step;
-        // f32 KV cache, no flash attention.
-        llama_context_params cparams = llama_context_default_params();
-        const uint32_t wantCtx = (uint32_t) optionOr<double>(o, "contextSize", 256);
-        cparams.n_ctx = wantCtx;
-        cparams.n_batch = cparams.n_ubatch = (wantCtx + 255) / 256 * 256;
-        cparams.n_seq_max = 1;
-        cparams.type_k = cparams.type_v = GGML_TYPE_F32;
-        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-        cparams.no_perf = true;
-        if (threads > 0) cparams.n_threads = cparams.n_threads_batch = threads;
-        r.ctx = llama_init_from_model(r.model, cparams);
+        r.ctx = trainingContext(r.model, (uint32_t) optionOr<double>(o, "contextSize", 256), threads);
         if (r.ctx == nullptr) return "cannot create a training context";
         n_ctx = llama_n_ctx(r.ctx);
         if (llama_n_batch(r.ctx) != n_ctx) return "the context's batch size differs from its length";
