@@ -9,12 +9,13 @@ import { join } from "node:path";
 import { DeepSeekChatWrapper, JinjaTemplateChatWrapper, Llama3_2LightweightChatWrapper, Llama3ChatWrapper, type ChatWrapper, type Token } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { type ChatMessage, ChatTemplate } from "../engine/chat-template.js";
+import { ChatTemplate } from "../engine/chat-template.js";
 import { FlockError } from "../engine/errors.js";
 import { parseToolCalls } from "../server/tools.js";
 import { ChainOracle } from "./helpers/chain.js";
 import { goodnessOfFit } from "./helpers/goodness.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
+import { WEATHER_DEFINITIONS, WEATHER_HISTORY } from "./helpers/tool-syntax.js";
 
 let t: TestServer;
 let base: ChainOracle;
@@ -440,16 +441,8 @@ describe("tool history through more template families (golden prompts)", () => {
   // The families test/tool-calls.test.ts renders (ChatML, Llama 3.1, Qwen, Mistral, Functionary), and
   // these: a GGUF's own Jinja template (Qwen 2.5's, with tools), Llama 3.2 lightweight, Llama 3
   // and DeepSeek, each of which node-llama-cpp's resolveChatWrapper can pick for a model.
-  const Weather = z.object({ city: z.string().max(10), unit: z.enum(["c", "f"]) });
-  const messages: ChatMessage[] = [
-    { role: "system", content: "You are terse." },
-    { role: "user", content: "What is the weather in Paris?" },
-    { role: "assistant", content: "", toolCalls: [{ id: "call_1", name: "get_weather", arguments: '{"city": "Paris", "unit": "c"}' }] },
-    { role: "tool", toolCallId: "call_1", content: '{"temperature": 21}' },
-    { role: "assistant", content: "It is 21 °C." },
-    { role: "user", content: "And the time?" },
-  ];
-  const definitions = [{ name: "get_weather", description: "The weather in a city", parameters: z.toJSONSchema(Weather) as Record<string, unknown> }];
+  const messages = WEATHER_HISTORY;
+  const definitions = WEATHER_DEFINITIONS;
 
   it("renders the call, its arguments and its result in each family's syntax, in order; a broken pairing is a 400 naming the element", async () => {
     const { Engine } = await import("../engine/engine.js");

@@ -21,7 +21,7 @@ import { Engine } from "../engine/engine.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
 import { parseToolCalls } from "../server/tools.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
-import { FRAMING_FAMILIES, writeCalls } from "./helpers/tool-syntax.js";
+import { FRAMING_FAMILIES, WEATHER_DEFINITIONS, WEATHER_HISTORY, writeCalls } from "./helpers/tool-syntax.js";
 
 let t: TestServer;
 beforeAll(async () => {
@@ -146,15 +146,8 @@ describe("history with tool calls", () => {
   it("renders through each supported template family with the call and its result (golden prompts)", async () => {
     const engine = await Engine.create({ gpu: "off", threads: 1 });
     const model = await engine.load(ModelEntry.parse({ id: "golden", path: forgedPath("flock-demo.gguf"), contextSize: 2048, parallel: 1 }));
-    const messages: ChatMessage[] = [
-      { role: "system", content: "You are terse." },
-      { role: "user", content: "What is the weather in Paris?" },
-      { role: "assistant", content: "", toolCalls: [{ id: "call_1", name: "get_weather", arguments: '{"city": "Paris", "unit": "c"}' }] },
-      { role: "tool", toolCallId: "call_1", content: '{"temperature": 21}' },
-      { role: "assistant", content: "It is 21 °C." },
-      { role: "user", content: "And the time?" },
-    ];
-    const definitions = [{ name: "get_weather", description: "The weather in a city", parameters: z.toJSONSchema(Weather) as Record<string, unknown> }];
+    const messages = WEATHER_HISTORY;
+    const definitions = WEATHER_DEFINITIONS;
     const families: Array<[string, ChatWrapper]> = [
       ["chatml", new ChatMLChatWrapper()],
       // The template states today's date: pinned to the one the golden prompt was written with.

@@ -1,6 +1,7 @@
 // The chat-template families whose tool-call syntax the tests write, and calls written in one.
 import { ChatMLChatWrapper, DeepSeekChatWrapper, Llama3_1ChatWrapper, MistralChatWrapper, QwenChatWrapper } from "node-llama-cpp";
-import type { ToolCallSyntax } from "../../engine/chat-template.js";
+import { z } from "zod";
+import type { ChatMessage, ToolCallSyntax } from "../../engine/chat-template.js";
 
 export const TEMPLATE_FAMILIES = [
   ["chatml", new ChatMLChatWrapper()],
@@ -31,3 +32,17 @@ export function writeCalls(syntax: ToolCallSyntax, calls: ReadonlyArray<readonly
   const prefix = plain ? (framing.sectionPrefixAlternates[0] ?? "") : framing.sectionPrefix;
   return `${prefix}${calls.map(([name, args]) => writeCall(syntax, name, args)).join(framing.betweenCalls)}${framing.sectionSuffix}`;
 }
+
+/** The tool both golden-prompt tests render: a city's weather. */
+export const WEATHER = z.object({ city: z.string().max(10), unit: z.enum(["c", "f"]) });
+export const WEATHER_DEFINITIONS = [{ name: "get_weather", description: "The weather in a city", parameters: z.toJSONSchema(WEATHER) as Record<string, unknown> }];
+
+/** A history with a tool call, its result and the turns around them, as the golden prompts render it. */
+export const WEATHER_HISTORY: ChatMessage[] = [
+  { role: "system", content: "You are terse." },
+  { role: "user", content: "What is the weather in Paris?" },
+  { role: "assistant", content: "", toolCalls: [{ id: "call_1", name: "get_weather", arguments: '{"city": "Paris", "unit": "c"}' }] },
+  { role: "tool", toolCallId: "call_1", content: '{"temperature": 21}' },
+  { role: "assistant", content: "It is 21 °C." },
+  { role: "user", content: "And the time?" },
+];
