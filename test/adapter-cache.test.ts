@@ -5,6 +5,7 @@ import { copyFileSync, mkdtempSync, realpathSync, renameSync, rmSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import type { AdapterUsage } from "../engine/adapter-cache.js";
 import { type Manifest, readManifest } from "../forge/manifest.js";
 import { forgedPath, startTestServer, type TestServer } from "./helpers/server.js";
 
@@ -15,14 +16,8 @@ let dir: string;
 let path: string;
 let domains: Array<{ domain: string; file: string }>;
 
-interface Loaded {
-  model: string;
-  path: string;
-  size: number;
-  mtimeMs: number;
-  refs: number;
-  current: boolean;
-}
+/** An adapter as GET /admin/status lists it. */
+type Loaded = AdapterUsage;
 interface AdapterStatus {
   loaded: Loaded[];
   loads: number;
