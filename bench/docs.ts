@@ -104,7 +104,25 @@ const lookupOverNgram = (workload: string, temperature: number) => (rows: readon
 /** Constrained SpecDec++ (rejection verification) over constrained target-only decoding at T = 0. */
 const constrainedSpeedup = (rows: readonly Row[]) => num(rowWhere(rows, { temperature: 0, variant: "specdec++, rejection" }), "vsTargetOnly");
 
+/** The best of SpecDec++ rows (h = auto, rejection verification) over the best fixed K of the same temperature, both against target-only. */
+const overBestFixed = (temperature: number, predictors: readonly string[]) => (rows: readonly Row[]) => {
+  const here = rows.filter((r) => r.temperature === temperature);
+  const fixed = Math.max(...here.filter((r) => /^fixed K=\d+$/.test(String(r.variant))).map((r) => num(r, "vsTargetOnly")));
+  return Math.max(...predictors.map((p) => num(rowWhere(here, { variant: `SpecDec++ h=auto (${p})` }), "vsTargetOnly"))) / fixed;
+};
+
 const TARGETS: Record<string, Target[]> = {
+  spec: [
+    ...[1, 0].flatMap((temperature) => [
+      { goal: `SpecDec++, default predictor (online), over the best fixed K, T = ${temperature}`, measured: overBestFixed(temperature, ["online logistic"]), atLeast: 1 },
+      { goal: `SpecDec++, a trained head (the better view), over the best fixed K, T = ${temperature}`, measured: overBestFixed(temperature, ["authors' head", "head, candidate embedding"]), atLeast: 1.07 },
+    ]),
+    {
+      goal: "coupled SpecDec++ over rejection SpecDec++ (default predictor), T = 1",
+      measured: (rows) => num(rowWhere(rows, { temperature: 1, variant: "SpecDec++ h=auto (online logistic) [coupled]" }), "vsTargetOnly") / num(rowWhere(rows, { temperature: 1, variant: "SpecDec++ h=auto (online logistic)" }), "vsTargetOnly"),
+      atLeast: 0.9,
+    },
+  ],
   "spec-json": [{ goal: "constrained SpecDec++ over constrained target-only, T = 0", measured: constrainedSpeedup, atLeast: 1.5 }],
   "spec-json-qwen2": [{ goal: "constrained SpecDec++ over constrained target-only at 151,936 tokens, T = 0", measured: constrainedSpeedup, atLeast: 1.5 }],
   "peer-spec": [0, 1].map((temperature) => ({
@@ -143,11 +161,30 @@ export function renderTargets(name: string): string {
   ].join("\n");
 }
 
+/**
+ * bench:spec's stopping replay (its settings.stoppingReplayOverBestFixedK): what a perfect
+ * predictor deciding after each draw under the cost-aware rule, and the best length per round in
+ * hindsight, gain over the best fixed K on the run's own cost table.
+ */
+const REPLAY_MARKER = /<!-- stopping:([\w.-]+) -->\n[\s\S]*?<!-- \/stopping:\1 -->/g;
+
+export function renderStoppingReplay(name: string): string {
+  const saved = JSON.parse(readFileSync(join(results, `${name}.json`), "utf8")) as Saved;
+  const replays = (saved.settings as { stoppingReplayOverBestFixedK?: Record<string, { perfectPredictor: number; hindsight: number; bestFixedK: number; rounds: number }> }).stoppingReplayOverBestFixedK;
+  if (!replays) return "(this run recorded no replay: rerun the benchmark)";
+  return [
+    "| temperature | rounds replayed | best fixed K | perfect predictor, cost-aware rule | best length per round in hindsight |",
+    "|---|---|---|---|---|",
+    ...Object.entries(replays).map(([t, c]) => `| ${t} | ${c.rounds} | ${c.bestFixedK} | ${cell(c.perfectPredictor)}× | ${cell(c.hindsight)}× |`),
+  ].join("\n");
+}
+
 /** A page with every marked table regenerated. */
 export function regenerate(page: string): string {
   return page
     .replace(MARKER, (_, name: string) => `<!-- bench:${name} -->\n${renderResult(name)}\n<!-- /bench:${name} -->`)
     .replace(TARGET_MARKER, (_, name: string) => `<!-- targets:${name} -->\n${renderTargets(name)}\n<!-- /targets:${name} -->`)
+    .replace(REPLAY_MARKER, (_, name: string) => `<!-- stopping:${name} -->\n${renderStoppingReplay(name)}\n<!-- /stopping:${name} -->`)
     .replace(CODE_MARKER, (_, name: string) => `<!-- table:${name} -->\n${renderCodeTable(name)}\n<!-- /table:${name} -->`);
 }
 

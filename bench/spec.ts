@@ -1,4 +1,4 @@
-// npm run bench:spec [-- --json FILE] [--prompts N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute] [--verification rejection,coupled] [--tokenizer NAME | --vocab-size N]
+// npm run bench:spec [-- --json FILE] [--prompts N] [--warmup N] [--tokens N] [--repeats N] [--chunk N] [--thresholds auto,0.7] [--only NAME,NAME…] [--preset spec|spec-compute] [--verification rejection,coupled] [--tokenizer NAME | --vocab-size N]
 // Speculative decoding on the forge's `spec` pair (target ≥ 8× the draft's cost), at
 // temperature 1 and 0: target only, fixed K = 1..8, the draft-confidence rule, node-llama-cpp's
 // own DraftSequenceTokenPredictor on the same models, and SpecDec++ with each predictor — each
@@ -31,6 +31,7 @@ import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report
 const { values } = parseArgs({
   options: {
     prompts: { type: "string" },
+    warmup: { type: "string" },
     tokens: { type: "string" },
     repeats: { type: "string" },
     json: { type: "string" },
@@ -48,6 +49,8 @@ const THRESHOLDS = String(values.thresholds ?? "auto,0.7")
   .split(",")
   .map((h) => (h === "auto" ? ("auto" as const) : Number(h)));
 const PROMPTS = Number(values.prompts ?? 24);
+/** Prompts each SpecDec++ pipeline serves before the measured ones: its online state (predictor, costs, calibration) learns there. */
+const WARMUP = Number(values.warmup ?? 72);
 const VERIFICATIONS = String(values.verification ?? "rejection,coupled").split(",") as Array<"rejection" | "coupled">;
 const TOKENS = Number(values.tokens ?? 48);
 
@@ -253,10 +256,11 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const rows: BenchReport["rows"] = [];
 for (const temperature of [1, 0]) {
   const sampling: SamplingParams = { ...DEFAULT_SAMPLING, temperature };
-  // Steady state: every SpecDec++ pipeline (its online predictor, its cost table, its
-  // calibration of P̂ for this temperature) has seen traffic before the measured prompts.
+  // Steady state: every SpecDec++ pipeline (its online predictor and offsets, its cost table,
+  // its calibration of P̂ for this temperature) has served WARMUP prompts — other start words
+  // than the measured ones — as a server has before the traffic it is judged on.
   for (const pipeline of [online, confidence, ...heads.map((h) => h.pipeline)]) {
-    for (const verification of VERIFICATIONS) await runFlock(pipeline, sampling, { policy: "specdec++", verification }, PROMPTS, PROMPTS, 0);
+    for (const verification of VERIFICATIONS) await runFlock(pipeline, sampling, { policy: "specdec++", verification }, PROMPTS, WARMUP, 0);
   }
   // Every repetition runs every variant once, interleaved, so slow phases of a shared machine
   // hit all of them; the table reports medians over repetitions.
@@ -319,6 +323,74 @@ for (const temperature of [1, 0]) {
     });
   }
 }
+/**
+ * What stopping after a draw can gain on this machine's cost table: rounds of REPLAY_K
+ * candidates are recorded with every candidate's acceptance a = min(1, p(y)/q(y)) (or 0/1 at
+ * T = 0), then replayed: fixed K, the cost-aware rule (costs.ts) fed the true a as P̂ after each
+ * draw (a perfect predictor), and the best length per round in hindsight (no rule can see
+ * later candidates' a). Each as a ratio to the best fixed K on the same rounds. Declining a
+ * position before its draw (at T = 0 the draw is known) is not modelled: it can gain more.
+ */
+const REPLAY_K = 8;
+async function stoppingReplay(sampling: SamplingParams): Promise<{ perfectPredictor: number; hindsight: number; bestFixedK: number; rounds: number }> {
+  const rounds: number[][] = [];
+  const observe = online.predictor.observe.bind(online.predictor);
+  online.predictor.observe = (f, a) => {
+    if (f.position === 1) rounds.push([]);
+    rounds.at(-1)!.push(a);
+    observe(f, a);
+  };
+  try {
+    await runFlock(online, sampling, { policy: "fixed", k: REPLAY_K, verification: "rejection" }, 0, PROMPTS, 0);
+  } finally {
+    online.predictor.observe = observe;
+  }
+  const costs = online.costs;
+  const draftStep = costs.describe().draftStepMs!;
+  const rate = (choose: (a: number[]) => number) => {
+    let tokens = 0;
+    let ms = 0;
+    for (const a of rounds) {
+      const k = choose(a);
+      let survival = 1;
+      tokens += 1;
+      for (let i = 0; i < k; i++) tokens += survival *= a[i];
+      ms += k * draftStep + costs.targetPass(k + 1);
+    }
+    return tokens / ms;
+  };
+  const perfect = (a: number[]) => {
+    const survivals: number[] = [];
+    for (let k = 1; k <= a.length; k++) {
+      survivals.push((survivals.at(-1) ?? 1) * a[k - 1]);
+      if (k === a.length || costs.draftAnother(k, survivals, a[k - 1], REPLAY_K) === "stop") return k;
+    }
+    return a.length;
+  };
+  const hindsight = (a: number[]) => {
+    let best = { k: 1, rate: -Infinity };
+    let survival = 1;
+    let tokens = 1;
+    a.forEach((x, i) => {
+      tokens += survival *= x;
+      const r = tokens / ((i + 1) * draftStep + costs.targetPass(i + 2));
+      if (r > best.rate) best = { k: i + 1, rate: r };
+    });
+    return best.k;
+  };
+  const fixed = Array.from({ length: REPLAY_K }, (_, i) => rate((a) => Math.min(i + 1, a.length)));
+  const best = Math.max(...fixed);
+  return { perfectPredictor: rate(perfect) / best, hindsight: rate(hindsight) / best, bestFixedK: fixed.indexOf(best) + 1, rounds: rounds.length };
+}
+const replays: Record<number, Awaited<ReturnType<typeof stoppingReplay>>> = {};
+for (const temperature of [1, 0]) replays[temperature] = await stoppingReplay({ ...DEFAULT_SAMPLING, temperature });
+for (const [temperature, c] of Object.entries(replays)) {
+  console.log(
+    `T = ${temperature}, ${c.rounds} rounds of ${REPLAY_K} replayed on this cost table: a perfect predictor under the cost-aware rule ${c.perfectPredictor.toFixed(3)}× ` +
+      `the best fixed K (${c.bestFixedK}); the best length per round in hindsight ${c.hindsight.toFixed(3)}×`,
+  );
+}
+
 // A predictor must pay for itself: its cost per drafted token against a draft step.
 function headCost(head: SpeculativePipeline): number {
   const f = { ...draftFeatures(softmax(Float32Array.from([0, 1])), Float32Array.from([0, 1]), 1, 1, 1, 0.7), hidden: draftHidden!, candidateHidden: draftHidden! };
@@ -354,6 +426,7 @@ writeReport(out, {
     preset: PRESET,
     vocabulary: manifest.vocab.tokens.length,
     prompts: PROMPTS,
+    warmupPrompts: WARMUP,
     tokensPerPrompt: TOKENS,
     repeats: REPEATS,
     target: manifest.models[pair.target].shape,
@@ -362,6 +435,7 @@ writeReport(out, {
     costs,
     predictorMsPerDraftToken: predictorMs,
     headMsPerDraftToken: headMs,
+    stoppingReplayOverBestFixedK: replays,
   },
   rows,
 });

@@ -31,6 +31,11 @@ export class TokenHistory {
     return new TokenHistory([...this.tokens], new Map(this.counts));
   }
 
+  /** The last token (the prompt's, before anything is generated). */
+  get last(): number | undefined {
+    return this.tokens.at(-1);
+  }
+
   /** How often each token was generated. */
   get generated(): ReadonlyMap<number, number> {
     return this.counts;

@@ -33,9 +33,9 @@ export interface LoadLog {
   error(fields: object, message: string): void;
 }
 
-/** Where a speculative model id keeps its online acceptance predictor. */
-export function predictorFile(stateDir: string, modelId: string): string {
-  return join(stateDir, "acceptance", `${modelId.replace(/[^\w.-]+/g, "_")}.json`);
+/** Where a speculative model id keeps what its acceptance predictor learns in serving (online, or around a head). */
+export function predictorFile(stateDir: string, modelId: string, predictor: "online" | "head" = "online"): string {
+  return join(stateDir, "acceptance", `${modelId.replace(/[^\w.-]+/g, "_")}${predictor === "head" ? ".head" : ""}.json`);
 }
 
 /** Every pipeline a configured entry serves: its own id, plus the routed ids of its expert library. */
@@ -90,14 +90,14 @@ async function buildPredictor(entry: ModelEntry, spec: SpeculativeEntry, draft: 
         const view = embeddings ? "hidden state and token embedding" : "two hidden states";
         throw new FlockError("invalid_request", `model ${entry.id}: the head ${spec.head} reads ${head.d} inputs, the draft's ${view} make ${inputs}`);
       }
-      return new HeadPredictor(head, embeddings);
+      return new HeadPredictor(head, embeddings, predictorFile(stateDir, entry.id, "head"));
     }
   }
 }
 
 export function savePredictors(registry: PipelineRegistry): void {
   for (const { pipeline } of registry.list()) {
-    if (pipeline.kind === "speculative" && pipeline.predictor instanceof OnlineLogisticPredictor) pipeline.predictor.save();
+    if (pipeline.kind === "speculative") pipeline.predictor.save?.();
   }
 }
 

@@ -197,6 +197,8 @@ async function draftRound(round: {
     const judged = params.temperature === 0 ? (judgedBuffer = softmax(adjusted, judgedBuffer)) : q;
     const before = preDrawFeatures(judged, adjusted, params.temperature === 0 ? 1 : params.temperature, k, round.recent);
     before.hidden = draftHidden;
+    before.context = draftHistory.last;
+    before.greedy = params.temperature === 0;
     if (policy.beforeDraw?.(k, before) === "stop") {
       stats.recordDeclined();
       break;

@@ -22,6 +22,13 @@ export interface PreDrawFeatures {
   recentAcceptance: number;
   /** q's TOP_CANDIDATES most likely tokens, most likely first (pre-draw expectations sum over them). */
   top?: ReadonlyArray<{ token: number; p: number }>;
+  /**
+   * Greedy decoding: the draw is the most likely token, whatever the probabilities (which then
+   * describe the draft's confidence, softmax at temperature 1): an expectation is P̂ at top[0].
+   */
+  greedy?: boolean;
+  /** The token before the position (the context's last): online predictors learn per context. */
+  context?: number;
   /** Only for predictors that read hidden states: the draft's final hidden state that produced q. */
   hidden?: Float32Array;
 }

@@ -14,11 +14,12 @@
 //   context, so it needs more rollouts to generalize across tokens.
 // The hidden state before y is there because a draft's hidden state can carry little context
 // (the forge's first-order drafts' carry only the current token's state).
+import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { z } from "zod";
 import type { TokenEmbeddings } from "./embeddings.js";
 import type { DraftFeatures, PreDrawFeatures } from "./features.js";
-import { type AcceptancePredictor, expectedOverTop } from "./predictors.js";
+import { type AcceptancePredictor, expectedOverTop, OnlineLogisticPredictor } from "./predictors.js";
 
 export const HeadFile = z.object({
   /** 2: the input is [hidden state before y, a view of y] (version 1 heads read one hidden state). */
@@ -108,8 +109,20 @@ export class AcceptanceHead {
     return { states, preActivations, logit: this.acceptanceLogit(states[states.length - 1]) };
   }
 
-  /** The forward pass without what training keeps: it reuses its work vectors. */
+  /** Identifies the weights (what serving learns beside a head belongs to that head). */
+  get fingerprint(): string {
+    const hash = createHash("sha256");
+    for (const tensor of [this.weight, this.bias, this.out, this.outBias]) hash.update(new Uint8Array(tensor.buffer, tensor.byteOffset, tensor.byteLength));
+    return hash.digest("hex").slice(0, 16);
+  }
+
+  /** P̂ = σ(logit(h)). */
   predict(h: ArrayLike<number>): number {
+    return 1 / (1 + Math.exp(-this.logit(h)));
+  }
+
+  /** z_accept − z_reject: the forward pass without what training keeps (it reuses its work vectors). */
+  logit(h: ArrayLike<number>): number {
     let [x, next] = this.scratch;
     const pre = this.scratch[2];
     for (let j = 0; j < this.d; j++) x[j] = h[j];
@@ -117,7 +130,7 @@ export class AcceptanceHead {
       this.block(x, pre, next);
       [x, next] = [next, x];
     }
-    return 1 / (1 + Math.exp(-this.acceptanceLogit(x)));
+    return this.acceptanceLogit(x);
   }
 
   /**
@@ -163,21 +176,31 @@ export function headInput(features: DraftFeatures, embeddings: TokenEmbeddings |
   return input;
 }
 
-/** SpecDec++ with the authors' head: needs the draft's hidden states (native extension). */
+/**
+ * SpecDec++ with the authors' head: needs the draft's hidden states (native extension). In
+ * serving, the head's logit is one feature of an online model (predictors.ts: the draft's
+ * statistics, per-token offsets) that starts as the head's P̂ and learns from verification's
+ * labels, with the head's rejection weight, how far to trust it: a head trained on other text or
+ * at another temperature adapts to what it serves. `file` keeps what serving learned, for this head.
+ */
 export class HeadPredictor implements AcceptancePredictor {
   readonly name = "head";
   readonly needsHidden = true;
   readonly needsCandidateHidden: boolean;
   private readonly input: Float32Array;
+  private readonly online: OnlineLogisticPredictor;
 
   /** embeddings: the draft's, for a head whose candidate view is "embedding" (else null). */
   constructor(
     private readonly head: AcceptanceHead,
     private readonly embeddings: TokenEmbeddings | null,
+    file?: string,
   ) {
     if ((head.candidate === "embedding") !== (embeddings !== null)) throw new Error(`a head with candidate view "${head.candidate}" ${embeddings ? "takes no" : "needs the draft's"} token embeddings`);
     this.needsCandidateHidden = head.candidate === "hidden";
     this.input = new Float32Array(head.d);
+    const extra = { logit: (f: DraftFeatures) => this.head.logit(headInput(f, this.embeddings, this.input)), fingerprint: head.fingerprint };
+    this.online = new OnlineLogisticPredictor({ rejectionWeight: head.rejectionWeight, file, extra });
   }
 
   get rejectionWeight(): number {
@@ -185,7 +208,7 @@ export class HeadPredictor implements AcceptancePredictor {
   }
 
   predict(features: DraftFeatures): number {
-    return this.head.predict(headInput(features, this.embeddings, this.input));
+    return this.online.predict(features);
   }
 
   /**
@@ -198,6 +221,12 @@ export class HeadPredictor implements AcceptancePredictor {
     return (before) => expectedOverTop(before, (chosen, token) => this.predict({ ...before, chosen, token }), 2);
   }
 
-  /** Trained offline; serving does not change it. */
-  observe(): void {}
+  /** The head is trained offline; serving trains the online model around it. */
+  observe(features: DraftFeatures, acceptance: number): void {
+    this.online.observe(features, acceptance);
+  }
+
+  save(): void {
+    this.online.save();
+  }
 }

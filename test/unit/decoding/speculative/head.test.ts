@@ -118,6 +118,44 @@ describe("acceptance head", () => {
   });
 });
 
+describe("the head in serving", () => {
+  it("starts as the head's P̂ and learns around it from verification's labels, with the head's rejection weight", () => {
+    const { head } = trainHead(syntheticSamples(200, 4, 5), { blocks: 1, epochs: 2, batchSize: 16, learningRate: 0.01, rejectionWeight: 6, seed: 1 });
+    const predictor = new HeadPredictor(head, null);
+    const h = Float32Array.from([0.3, -0.2, 0.9, 0.1]);
+    const at = (context: number, token: number) => ({ chosen: 0.5, top1: 0.5, margin: 0, entropy: 1, position: 1, recentAcceptance: 0.7, context, token, hidden: h.subarray(0, 2), candidateHidden: h.subarray(2) });
+    expect(predictor.predict(at(3, 1))).toBeCloseTo(head.predict(h), 12);
+    // The same hidden states, told apart by the candidate the head cannot see here.
+    for (let i = 0; i < 3000; i++) {
+      predictor.observe(at(3, 1), 1);
+      predictor.observe(at(3, 2), 0.5);
+    }
+    expect(predictor.predict(at(3, 1))).toBeGreaterThan(0.95);
+    // A soft label a = 1/2 under w = 6 settles where the weighted loss is least: a / (a + w(1 − a)) = 1/7.
+    expect(predictor.predict(at(3, 2))).toBeCloseTo(1 / 7, 2);
+  });
+
+  it("keeps what serving learned in a file, for the head it was learned beside", () => {
+    const dir = mkdtempSync(join(tmpdir(), "head-serving-"));
+    try {
+      const file = join(dir, "acceptance", "pair.head.json");
+      const { head } = trainHead(syntheticSamples(200, 4, 5), { blocks: 1, epochs: 2, batchSize: 16, learningRate: 0.01, rejectionWeight: 6, seed: 1 });
+      const h = Float32Array.from([0.3, -0.2, 0.9, 0.1]);
+      const f = { chosen: 0.5, top1: 0.5, margin: 0, entropy: 1, position: 1, recentAcceptance: 0.7, context: 3, token: 1, hidden: h.subarray(0, 2), candidateHidden: h.subarray(2) };
+      const serving = new HeadPredictor(head, null, file);
+      for (let i = 0; i < 200; i++) serving.observe(f, 0);
+      serving.save();
+      expect(new HeadPredictor(head, null, file).predict(f)).toBe(serving.predict(f));
+      expect(serving.predict(f)).toBeLessThan(0.1);
+      // A retrained head starts from its own P̂.
+      const retrained = trainHead(syntheticSamples(200, 4, 6), { blocks: 1, epochs: 2, batchSize: 16, learningRate: 0.01, rejectionWeight: 6, seed: 2 }).head;
+      expect(new HeadPredictor(retrained, null, file).predict(f)).toBeCloseTo(retrained.predict(h), 12);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("the draft's token embeddings", () => {
   it("read rows of F32, F16 and Q8_0 files as the whole tensor decodes, RMS-normalized", async () => {
     const dir = mkdtempSync(join(tmpdir(), "embeddings-"));

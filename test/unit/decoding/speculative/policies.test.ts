@@ -122,6 +122,10 @@ describe("OnlineLogisticPredictor", () => {
     const q = Float64Array.from([0.45, 0.25, 0.15, 0.1, 0.05]);
     const before = preDrawFeatures(q, Float32Array.from(q, Math.log), 1, 2, 0.7);
     const exact = [...q].reduce((sum, p, y) => sum + p * predictor.predict({ ...before, chosen: p, token: y }), 0);
-    expect(predictor.expected(before)).toBeCloseTo(exact, 12);
+    expect(predictor.expected!(before)).toBeCloseTo(exact, 12);
+    // Greedy decoding draws the most likely token: the expectation is P̂ there, nothing else.
+    const greedy = { ...before, greedy: true };
+    expect(predictor.expected!(greedy)).toBe(predictor.predict({ ...before, chosen: 0.45, token: 0 }));
+    expect(new DraftConfidencePredictor().expected(greedy)).toBe(0.45);
   });
 });
