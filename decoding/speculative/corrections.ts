@@ -23,7 +23,7 @@ const TOKEN = 0x85ebca77;
 const PAIR = 0xc2b2ae3d;
 
 export class AcceptanceCorrections {
-  readonly table: Float32Array;
+  private readonly table: Float32Array;
   private readonly mask: number;
 
   constructor(table?: Float32Array) {

@@ -194,11 +194,12 @@ async function draftRound(round: {
     if (state && !round.coupled) state.mask(adjusted);
     const q = samplingDistribution(adjusted, params, round.pool.take(adjusted.length));
     // At temperature 0, q is one-hot; the predictor needs the draft's actual confidence.
-    const judged = params.temperature === 0 ? (judgedBuffer = softmax(adjusted, judgedBuffer)) : q;
-    const before = preDrawFeatures(judged, adjusted, params.temperature === 0 ? 1 : params.temperature, k, round.recent);
+    const greedy = params.temperature === 0;
+    const judged = greedy ? (judgedBuffer = softmax(adjusted, judgedBuffer)) : q;
+    const before = preDrawFeatures(judged, adjusted, greedy ? 1 : params.temperature, k, round.recent);
     before.hidden = draftHidden;
     before.context = draftHistory.last;
-    before.greedy = params.temperature === 0;
+    before.greedy = greedy;
     if (policy.beforeDraw?.(k, before) === "stop") {
       stats.recordDeclined();
       break;

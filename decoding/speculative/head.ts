@@ -19,7 +19,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { z } from "zod";
 import type { TokenEmbeddings } from "./embeddings.js";
 import type { DraftFeatures, PreDrawFeatures } from "./features.js";
-import { type AcceptancePredictor, expectedOverTop, OnlineLogisticPredictor } from "./predictors.js";
+import { type AcceptancePredictor, expectedOverTop, OnlineLogisticPredictor, sigmoid } from "./predictors.js";
 
 export const HeadFile = z.object({
   /** 2: the input is [hidden state before y, a view of y] (version 1 heads read one hidden state). */
@@ -118,7 +118,7 @@ export class AcceptanceHead {
 
   /** P̂ = σ(logit(h)). */
   predict(h: ArrayLike<number>): number {
-    return 1 / (1 + Math.exp(-this.logit(h)));
+    return sigmoid(this.logit(h));
   }
 
   /** z_accept − z_reject: the forward pass without what training keeps (it reuses its work vectors). */

@@ -69,7 +69,7 @@ export function expectedOverTop(before: PreDrawFeatures, predict: (chosen: numbe
  * d/dz of the authors' weighted soft-label loss at P̂ = σ(z) for label a, normalised by the
  * sample's weight: [w(1 − a)·P̂ − a·(1 − P̂)] / [w(1 − a) + a].
  */
-export function weightedLossGradient(p: number, acceptance: number, rejectionWeight: number): number {
+function weightedLossGradient(p: number, acceptance: number, rejectionWeight: number): number {
   const w = rejectionWeight;
   return (w * (1 - acceptance) * p - acceptance * (1 - p)) / (w * (1 - acceptance) + acceptance);
 }
