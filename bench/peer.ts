@@ -1,4 +1,4 @@
-// npm run bench:peer [-- --json FILE] [--rounds N] [--tokens N]
+// npm run bench:peer [-- --json FILE] [--rounds N] [--tokens N] [--tokenizer NAME …]
 // flock against llama-server on the same GGUF files, threads and sampling settings: plain
 // decoding of the forged demo model with real tokenizers (Llama 3's 128,256 tokens, Qwen 2's
 // 151,936) and with the forge's own vocabulary padded to Llama 2's 32,000 (whose SentencePiece
@@ -24,14 +24,17 @@ import { BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 import { llamaServerBinary, startFlock as startFlockProcess, startLlamaServer as startLlamaProcess } from "./servers.js";
 
-const { values: flags } = parseArgs({ options: { json: { type: "string" }, rounds: { type: "string" }, tokens: { type: "string" } }, strict: true });
+const { values: flags } = parseArgs({ options: { json: { type: "string" }, rounds: { type: "string" }, tokens: { type: "string" }, tokenizer: { type: "string", multiple: true } }, strict: true });
 const ROUNDS = Number(flags.rounds ?? 5);
 const TOKENS = Number(flags.tokens ?? 96);
-const VOCABULARIES: Array<{ tokenizer: "forge (padded)" | TokenizerName; size?: number }> = [
-  { tokenizer: "forge (padded)", size: 32_000 },
-  { tokenizer: "llama-bpe" },
-  { tokenizer: "qwen2" },
-];
+// --tokenizer picks some of them (forge, llama-bpe, qwen2).
+const VOCABULARIES = (
+  [
+    { tokenizer: "forge (padded)", size: 32_000 },
+    { tokenizer: "llama-bpe" },
+    { tokenizer: "qwen2" },
+  ] as Array<{ tokenizer: "forge (padded)" | TokenizerName; size?: number }>
+).filter((v) => !flags.tokenizer || flags.tokenizer.includes(v.tokenizer.split(" ")[0]));
 const out = jsonPathArg("peer.json");
 
 interface Sampling {
@@ -159,6 +162,8 @@ try {
 }
 
 printTable(rows);
+// A partial run leaves the published report alone unless --json names a file.
+if (flags.tokenizer && !flags.json) process.exit(0);
 writeReport(out, {
   benchmark: "peer",
   command: "npm run bench:peer",

@@ -51,8 +51,9 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       if (request.signal?.aborted) return;
       // The token's position in prompt + output keys its noise.
       const position = request.prompt.length + generated - 1;
-      // Used up within the iteration: one buffer serves every position.
-      const adjusted = (adjustBuffer = adjustLogits(logits, request.sampling, history, adjustBuffer));
+      // Used up within the iteration: one buffer serves every position. Without logprobs the raw
+      // logits are read no more, and are adjusted in place (a vocabulary-sized copy saved per token).
+      const adjusted = request.topLogprobs === null ? adjustLogits(logits, request.sampling, history, logits) : (adjustBuffer = adjustLogits(logits, request.sampling, history, adjustBuffer));
       const token = constraint ? constrainedDraw(adjusted, request.sampling, constraint, draws, position) : draws.sample(adjusted, request.sampling, position);
       history.push(token);
       const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);

@@ -41,13 +41,14 @@ export const DEFAULT_SAMPLING: SamplingParams = {
  * Applies logit_bias, the repetition penalty and OpenAI's presence/frequency penalties; returns a
  * new array, or `into` (of the same length) overwritten: a decoder that is done with each
  * position's adjusted logits before the next reuses one buffer (no 600 KB allocation per token
- * at 151,936 tokens for the garbage collector to chase). The repetition penalty, as llama.cpp's
+ * at 151,936 tokens for the garbage collector to chase). `into` may be `logits` itself, adjusted
+ * in place, where the caller reads the raw logits no more (no copy at all). The repetition penalty, as llama.cpp's
  * penalties sampler applies it to each distinct token in its window: a positive logit is divided
  * by it, a negative one multiplied.
  */
 export function adjustLogits(logits: Float32Array, params: SamplingParams, history: TokenHistory, into?: Float32Array): Float32Array {
   const out = into && into.length === logits.length ? into : new Float32Array(logits.length);
-  out.set(logits);
+  if (out !== logits) out.set(logits);
   for (const [token, bias] of params.logitBias) if (token < out.length) out[token] += bias;
   if (params.repetitionPenalty !== 1 && params.repeatLastN !== 0) {
     const penalty = params.repetitionPenalty;

@@ -21,7 +21,10 @@ export interface Sequence {
   sharedPrefix(tokens: readonly number[]): number;
   /** Makes the cache hold exactly `tokens`; no logits. */
   syncTo(tokens: readonly number[]): Promise<void>;
-  /** Appends `tokens`; next-token logits after each position in `logitsAt` (indices into `tokens`). */
+  /**
+   * Appends `tokens`; next-token logits after each position in `logitsAt` (indices into `tokens`),
+   * in arrays the caller owns: it may adjust them in place.
+   */
   evaluate(tokens: readonly number[], logitsAt: readonly number[]): Promise<Float32Array[]>;
   /**
    * Like evaluate, with final hidden states and routing traces (models loaded with hidden

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { inject } from "vitest";
 import { searchExpert, solveFusion } from "../decoding/fusion/solver.js";
-import { DEFAULT_SAMPLING, drawFrom, samplingDistribution, sampleToken, softmax, type SamplingParams } from "../decoding/sampler.js";
+import { argmax, DEFAULT_SAMPLING, drawFrom, samplingDistribution, sampleToken, softmax, type SamplingParams } from "../decoding/sampler.js";
 import { keyedSample, PositionNoise } from "../decoding/noise.js";
 import { createRng } from "../decoding/rng.js";
 import { Engine } from "../engine/engine.js";
@@ -235,6 +235,41 @@ describe("native draw", () => {
     expect(() => sampleToken(new Float32Array([-Infinity, -Infinity]), { ...DEFAULT_SAMPLING }, createRng(1))).toThrow(/probability zero/);
     expect(kernel(new Float32Array(0), 1, 0, 1, 0, false, 0.5)).toBe(-1);
     expect(() => (kernel as unknown as (x: number) => number)(1)).toThrow(/flockSampleToken/);
+  });
+
+  it("finds the argmax and the top k wherever they sit in the vector scan's blocks, NaN never winning", (ctx) => {
+    if (!required && !engine.capabilities.nativeSampling) ctx.skip();
+    const installed = nativeKernels();
+    const kernel = installed.sampleToken!;
+    const greedy = (logits: Float32Array) => kernel(logits, 0, 0, 1, 0, false, 0);
+    const n = 75; // two 32-value steps, one 8-value step, a scalar tail of 3
+    for (let at = 0; at < n; at++) {
+      const logits = new Float32Array(n).fill(-1);
+      logits[at] = 2;
+      expect(greedy(logits)).toBe(at);
+      // A tie goes to the earlier token; NaN after it changes nothing, NaN first wins nothing.
+      logits[n - 1 - at] = 2;
+      expect(greedy(logits)).toBe(Math.min(at, n - 1 - at));
+      logits[(at + 1) % n] = NaN;
+      expect(greedy(logits)).toBe(argmax(logits));
+    }
+    const nanFirst = Float32Array.from({ length: n }, (_, i) => (i === 0 ? NaN : i));
+    expect(greedy(nanFirst)).toBe(argmax(nanFirst)); // 0, as the TypeScript scan answers
+    // Top-k skips straight to logits above the k-th: the kept set is the sort's.
+    const rng = createRng(5);
+    for (let trial = 0; trial < 20; trial++) {
+      const logits = Float32Array.from({ length: 1000 + trial * 37 }, () => Math.round(rng.next() * 64));
+      if (trial % 2 === 0) logits[rng.int(logits.length)] = NaN;
+      const params: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.7, topK: 5 + trial };
+      const native = samplingDistribution(logits, params);
+      useSamplingKernels({});
+      try {
+        const reference = samplingDistribution(logits, params);
+        for (let i = 0; i < logits.length; i++) expect(native[i] > 0).toBe(reference[i] > 0);
+      } finally {
+        useSamplingKernels(installed);
+      }
+    }
   });
 });
 

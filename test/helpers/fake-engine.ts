@@ -33,7 +33,8 @@ export class ChainModel implements LogprobModel {
     let released = false;
     const evaluate = async (tokens: readonly number[], at: readonly number[]) => {
       cached.push(...tokens);
-      return at.map((i) => logits[tokens[i]]);
+      // Copies: the caller owns what evaluate returns (a decoder may adjust it in place).
+      return at.map((i) => logits[tokens[i]].slice());
     };
     return {
       get tokens() {

@@ -9,6 +9,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "napi.h"
 
 // JavaScript evaluates a * b + c as two roundings; a fused multiply-add would round once and the
@@ -29,11 +33,55 @@ struct Sampling {
     double minP;
 };
 
-// argmax: the first largest value; a NaN never wins (sampler.ts's argmax).
+// The first index i >= from with values[i] > threshold, or n (a NaN is above nothing): the scan
+// under argmax, top-k and the softmax's maximum, where almost every value is below the threshold.
+size_t nextAboveScalar(const float* values, size_t from, size_t n, float threshold) {
+    for (size_t i = from; i < n; i++) if (values[i] > threshold) return i;
+    return n;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same, 32 values per step: four ordered compares (false on NaN, as > is) and one test.
+__attribute__((target("avx2"))) size_t nextAboveAvx2(const float* values, size_t from, size_t n, float threshold) {
+    const __m256 t = _mm256_set1_ps(threshold);
+    size_t i = from;
+    for (; i + 32 <= n; i += 32) {
+        const __m256 a = _mm256_cmp_ps(_mm256_loadu_ps(values + i), t, _CMP_GT_OQ);
+        const __m256 b = _mm256_cmp_ps(_mm256_loadu_ps(values + i + 8), t, _CMP_GT_OQ);
+        const __m256 c = _mm256_cmp_ps(_mm256_loadu_ps(values + i + 16), t, _CMP_GT_OQ);
+        const __m256 d = _mm256_cmp_ps(_mm256_loadu_ps(values + i + 24), t, _CMP_GT_OQ);
+        const __m256 any = _mm256_or_ps(_mm256_or_ps(a, b), _mm256_or_ps(c, d));
+        if (!_mm256_testz_ps(any, any)) break;
+    }
+    for (; i + 8 <= n; i += 8) {
+        const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + i), t, _CMP_GT_OQ));
+        if (mask != 0) return i + size_t(__builtin_ctz(unsigned(mask)));
+    }
+    return nextAboveScalar(values, i, n, threshold);
+}
+
+size_t (*const nextAbove)(const float*, size_t, size_t, float) = [] {
+    __builtin_cpu_init();  // this may run before libgcc's own constructor has
+    return __builtin_cpu_supports("avx2") ? nextAboveAvx2 : nextAboveScalar;
+}();
+#else
+size_t (*const nextAbove)(const float*, size_t, size_t, float) = nextAboveScalar;
+#endif
+
+// argmax: the first largest value; a NaN never wins (sampler.ts's argmax: with a NaN first,
+// nothing compares above it and the answer is 0, here too).
 size_t argmaxOf(const float* values, size_t n) {
     size_t best = 0;
-    for (size_t i = 1; i < n; i++) if (values[i] > values[best]) best = i;
+    if (n == 0) return 0;
+    for (size_t i = nextAbove(values, 1, n, values[0]); i < n; i = nextAbove(values, i + 1, n, values[best])) best = i;
     return best;
+}
+
+// The largest value, NaN skipped; -INFINITY when there is none.
+float maxOf(const float* values, size_t n) {
+    float max = -INFINITY;
+    for (size_t i = nextAbove(values, 0, n, max); i < n; i = nextAbove(values, i + 1, n, max)) max = values[i];
+    return max;
 }
 
 // exp(x) for x <= 0, the one exponential every kernel here takes: x = k·ln2 + r with |r| <= ln2/2
@@ -89,8 +137,7 @@ void exponentials(const float* logits, size_t n, float max, double temperature, 
 // probs = exp((logits - max) / T) / total, in double (sampler.ts's softmaxInto); the total, 0
 // when no logit is finite.
 double softmaxInto(const float* logits, size_t n, double temperature, double* probs) {
-    float max = -INFINITY;
-    for (size_t i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
+    const float max = maxOf(logits, n);
     if (max == -INFINITY) return 0;
     exponentials(logits, n, max, temperature, probs);
     double total = 0;
@@ -124,6 +171,8 @@ void largestLogits(const float* logits, size_t n, size_t k, std::vector<int32_t>
     // local, so the common case is one comparison).
     float kth = -INFINITY;
     for (size_t i = 0; i < n; i++) {
+        // Once k are kept, straight to the next logit above the k-th.
+        if (top.size() == k && (i = nextAbove(logits, i, n, kth)) == n) break;
         const float l = logits[i];
         if (!(l > kth)) {
             if (top.size() == k || !(l > -INFINITY)) continue;
