@@ -126,12 +126,15 @@ export function softmaxInto(logits: Float32Array, temperature: number, probs: Fl
   let max = -Infinity;
   for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
   if (max === -Infinity) throw new Error("every token has probability zero");
-  let total = 0;
+  // Eight interleaved partial sums (token i into sum i mod 8), combined pairwise: the addon's
+  // order, which its vector lanes follow.
+  const lanes = new Float64Array(8);
   for (let i = 0; i < n; i++) {
     const p = Math.exp((logits[i] - max) / temperature);
     probs[i] = p;
-    total += p;
+    lanes[i & 7] += p;
   }
+  const total = lanes[0] + lanes[1] + (lanes[2] + lanes[3]) + (lanes[4] + lanes[5] + (lanes[6] + lanes[7]));
   for (let i = 0; i < n; i++) probs[i] /= total;
 }
 

@@ -16,11 +16,13 @@ export function fullSortDistribution(logits: Float32Array, params: SamplingParam
   const probs = new Float64Array(n);
   let max = -Infinity;
   for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
-  let total = 0;
+  // The total in sampler.ts's order: eight interleaved partial sums, combined pairwise.
+  const lanes = [0, 0, 0, 0, 0, 0, 0, 0];
   for (let i = 0; i < n; i++) {
     probs[i] = Math.exp((logits[i] - max) / params.temperature);
-    total += probs[i];
+    lanes[i % 8] += probs[i];
   }
+  const total = lanes[0] + lanes[1] + (lanes[2] + lanes[3]) + (lanes[4] + lanes[5] + (lanes[6] + lanes[7]));
   for (let i = 0; i < n; i++) probs[i] /= total;
   if (params.topP >= 1 && params.minP <= 0) return probs;
   const order = Array.from({ length: n }, (_, i) => i).filter((i) => probs[i] > 0);

@@ -86,8 +86,9 @@ float maxOf(const float* values, size_t n) {
 
 // exp(x) for x <= 0, the one exponential every kernel here takes: x = k·ln2 + r with |r| <= ln2/2
 // (Cody and Waite's two-part ln2, so k·ln2 is exact), e^r by its Taylor polynomial of degree 13
-// (truncation below 1e-17), times 2^k built from its bits. Within 2 ulp of the true value, and
-// branch-free, so that a loop over it is vectorized (glibc's exp is a call per token, most of a
+// (truncation below 1e-17) in Estrin's order, times 2^k built from its bits. Within 2.2 ulp of
+// the true value (the worst of 2·10^6 points against long double), and branch-free, so that a
+// loop over it is vectorized (glibc's exp is a call per token, most of a
 // position's time at 151,936 tokens); the same on every machine (IEEE doubles, no fused
 // multiply-add). Results below the smallest normal double (x < -708) are flushed to zero: such a
 // probability cannot be drawn.
@@ -97,20 +98,21 @@ inline double expNonPositive(double x) {
     const double t = clamped * 1.4426950408889634 + shifter;
     const double k = t - shifter;
     const double r = (clamped - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    // Estrin's scheme: pairs, then pairs of pairs; a chain of 8 dependent operations, not 26.
+    const double r2 = r * r;
+    const double r4 = r2 * r2;
+    const double r8 = r4 * r4;
+    const double q0 = 1.0 + r;
+    const double q1 = 0.5 + r * (1.0 / 6.0);
+    const double q2 = 1.0 / 24.0 + r * (1.0 / 120.0);
+    const double q3 = 1.0 / 720.0 + r * (1.0 / 5040.0);
+    const double q4 = 1.0 / 40320.0 + r * (1.0 / 362880.0);
+    const double q5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0);
+    const double q6 = 1.0 / 479001600.0 + r * (1.0 / 6227020800.0);
+    const double s0 = q0 + q1 * r2;
+    const double s1 = q2 + q3 * r2;
+    const double s2 = q4 + q5 * r2;
+    const double p = (s0 + s1 * r4) + (s2 + q6 * r4) * r8;
     int64_t tBits, shifterBits;
     std::memcpy(&tBits, &t, sizeof t);
     std::memcpy(&shifterBits, &shifter, sizeof shifter);
@@ -124,7 +126,7 @@ inline double expNonPositive(double x) {
 // out[i] = exp((logits[i] - max) / T): the vocabulary-sized pass, compiled for AVX2 too where
 // the build allows (the same results: the same IEEE operations in each lane).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void exponentials(const float* logits, size_t n, float max, double temperature, double* out) {
     if (temperature == 1) {  // x / 1 is x: the same values without a division per token
@@ -134,16 +136,63 @@ void exponentials(const float* logits, size_t n, float max, double temperature, 
     for (size_t i = 0; i < n; i++) out[i] = expNonPositive((double(logits[i]) - double(max)) / temperature);
 }
 
+// One token's exp((logit - max) / T), the very operations exponentials() applies.
+inline double weightOf(float logit, float max, double temperature) {
+    return temperature == 1 ? expNonPositive(double(logit) - double(max)) : expNonPositive((double(logit) - double(max)) / temperature);
+}
+
+// A sum in eight interleaved partial sums (value i into sum i mod 8), combined pairwise at the
+// end: the order sampler.ts's softmaxInto adds in, which vector lanes can follow (one running
+// sum is a chain of dependent additions, most of a pass's time at 151,936 tokens).
+struct LaneSum {
+    double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double total() const { return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])); }
+};
+
+double laneSum(const double* values, size_t n) {
+    LaneSum sum;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) for (size_t j = 0; j < 8; j++) sum.lanes[j] += values[i + j];
+    for (; i < n; i++) sum.lanes[i & 7] += values[i];
+    return sum.total();
+}
+
 // probs = exp((logits - max) / T) / total, in double (sampler.ts's softmaxInto); the total, 0
 // when no logit is finite.
 double softmaxInto(const float* logits, size_t n, double temperature, double* probs) {
     const float max = maxOf(logits, n);
     if (max == -INFINITY) return 0;
     exponentials(logits, n, max, temperature, probs);
-    double total = 0;
-    for (size_t i = 0; i < n; i++) total += probs[i];
+    const double total = laneSum(probs, n);
     for (size_t i = 0; i < n; i++) probs[i] /= total;
     return total;
+}
+
+// softmaxInto's total without storing the exponentials, a block at a time; with the count of
+// tokens whose exponential is positive (those the distribution gives a probability).
+struct Total {
+    double total;
+    size_t positives;
+};
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+Total exponentialTotal(const float* logits, size_t n, float max, double temperature) {
+    constexpr size_t BLOCK = 256;
+    double block[BLOCK];
+    LaneSum sum;
+    size_t positives = 0;
+    for (size_t start = 0; start < n; start += BLOCK) {
+        const size_t count = std::min(BLOCK, n - start);
+        exponentials(logits + start, count, max, temperature, block);
+        // start is a multiple of 8: block index j is token start + j's lane.
+        size_t j = 0;
+        for (; j + 8 <= count; j += 8) for (size_t k = 0; k < 8; k++) sum.lanes[k] += block[j + k];
+        for (; j < count; j++) sum.lanes[j & 7] += block[j];
+        for (j = 0; j < count; j++) positives += block[j] > 0;
+    }
+    return {sum.total(), positives};
 }
 
 // --- top-k (sampler.ts's largestLogits and topKDistribution) -------------------------------
@@ -394,44 +443,14 @@ struct ExponentialRace {
         // exp(-x) >= 1 - x: this token's ratio cannot beat the bound.
         if (x < 1 && u <= 1 - x * (1 + 1e-9) - 1e-15) return true;
         const double ratio = -std::log(u) / w;
-        if (!(ratio < bound)) return true;
+        // An equal ratio goes to the lower token id, in whatever order tokens are offered.
+        if (!(ratio < bound || (ratio == bound && token < best))) return true;
         best = token;
         bound = ratio;
         return true;
     }
     int64_t result() const { return best; }
 };
-
-// The exponential race over a whole distribution, a block of tokens at a time: the tokens'
-// uniforms and offer()'s cheap test against the bound as it stood at the block's start are
-// computed for the whole block in vector lanes (the hash is 32-bit integer arithmetic; the
-// double arithmetic is exact or the same IEEE operations as offer()'s), and only the tokens the
-// test lets through are offered, in order. The bound only falls, so a token the test passes over
-// with the block's bound would be passed over with the bound offer() would have used: the winner
-// is ExponentialRace's, in about half its time at 128,256 tokens.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-int64_t raceDense(const double* probs, size_t n, uint32_t key) {
-    ExponentialRace race{key};
-    constexpr size_t BLOCK = 64;
-    uint8_t offered[BLOCK];
-    for (size_t start = 0; start < n; start += BLOCK) {
-        const size_t count = std::min(BLOCK, n - start);
-        const double bound = race.bound;
-        const double* w = probs + start;
-        for (size_t j = 0; j < count; j++) {
-            const uint32_t a = mix32(key ^ ((uint32_t(start + j) + 1u) * 0x9e3779b9u));
-            const uint32_t b = mix32(a ^ 0x5bd1e995u);
-            // tokenUniform's value (a >> 5 and b >> 6 fit in an int32, which converts in lanes).
-            const double u = (double(int32_t(a >> 5)) * 67108864.0 + double(int32_t(b >> 6)) + 0.5) / 9007199254740992.0;
-            const double x = w[j] * bound;
-            offered[j] = (w[j] > 0) & !((x < 1) & (u <= 1 - x * (1 + 1e-9) - 1e-15));
-        }
-        for (size_t j = 0; j < count; j++) if (offered[j]) race.offer(int64_t(start + j), w[j]);
-    }
-    return race.result();
-}
 
 template <typename Draw>
 int64_t drawDense(const double* probs, size_t n, Draw draw) {
@@ -445,7 +464,133 @@ int64_t drawSparse(const std::vector<std::pair<int32_t, double>>& kept, Draw dra
     return draw.result();
 }
 
+// A token's probability as samplingDistribution gives it without truncation: its exponential
+// over softmaxInto's total (the same operations, so the same bits).
+struct Softmax {
+    const float* logits;
+    float max;
+    double temperature;
+    double total;
+    double ofLogit(float logit) const { return weightOf(logit, max, temperature) / total; }
+    double of(size_t token) const { return ofLogit(logits[token]); }
+};
+
+// The exponential race over softmax(logits / T) without writing the distribution down: the
+// argmax runs first, which sets a tight bound; then each block of 64 tokens is passed over when
+// even its largest logit, with the largest uniform any of its tokens can have (read off the
+// first hash word alone), cannot pass ExponentialRace's cheap test; the other blocks are offered
+// token by token. A token passed over would have been passed over by that test, so the winner
+// is the race's over the whole distribution in token order, ties to the lower token id included.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+int64_t raceSoftmax(const Softmax& sm, size_t n, uint32_t key) {
+    ExponentialRace race{key};
+    const size_t top = argmaxOf(sm.logits, n);
+    race.offer(int64_t(top), sm.of(top));
+    constexpr size_t BLOCK = 64;
+    for (size_t start = 0; start < n; start += BLOCK) {
+        const size_t count = std::min(BLOCK, n - start);
+        const float* l = sm.logits + start;
+        float largest = -INFINITY;
+        for (size_t j = 0; j < count; j++) largest = l[j] > largest ? l[j] : largest;
+        if (!(largest > -INFINITY)) continue;  // no token here has a probability
+        uint32_t high = 0;
+        for (size_t j = 0; j < count; j++) {
+            const uint32_t a = mix32(key ^ ((uint32_t(start + j) + 1u) * 0x9e3779b9u)) >> 5;
+            high = a > high ? a : high;
+        }
+        // u < (a >> 5 + 1) / 2^27 (tokenUniform's second word adds less than 2^26 / 2^53); each
+        // token's probability is at most the largest logit's (1e-13: exp's last bits).
+        const double uAbove = (double(high) + 1) / 134217728.0;
+        const double x = sm.ofLogit(largest) * (1 + 1e-13) * race.bound;
+        if (x < 1 && uAbove <= 1 - x * (1 + 1e-9) - 1e-15) continue;
+        for (size_t j = 0; j < count; j++) race.offer(int64_t(start + j), sm.of(start + j));
+    }
+    return race.result();
+}
+
+// The inverse-CDF draw over softmax(logits / T) in token order (drawDense over softmaxInto's
+// distribution), the probabilities computed a block at a time as the walk reaches them.
+int64_t drawSoftmax(const Softmax& sm, size_t n, double u) {
+    InverseDraw draw{u};
+    constexpr size_t BLOCK = 256;
+    double block[BLOCK];
+    for (size_t start = 0; start < n; start += BLOCK) {
+        const size_t count = std::min(BLOCK, n - start);
+        exponentials(sm.logits + start, count, sm.max, sm.temperature, block);
+        for (size_t j = 0; j < count; j++) if (!draw.offer(int64_t(start + j), block[j] / sm.total)) return draw.result();
+    }
+    return draw.result();
+}
+
+// Top-p and min-p as truncate() cuts, without the dense distribution: the full-sort rules
+// (cutWithin) need only the probabilities at or above a floor that the cut lies above. Those
+// tokens are found by their logits (a probability p needs a logit of at least
+// max + T·ln(p·total)), the floor starting 2^-12 below the largest probability and dropping by
+// as much until the cut is found; among them, truncate()'s octave histogram picks which to sort.
+// The kept tokens, renormalised, in token order, into kept; false (nothing kept) where the
+// candidates grow past an eighth of the vocabulary: a flat distribution, whose cut the dense
+// distribution finds sooner (vector exponentials, not one at a time).
+struct TruncationScratch {
+    std::vector<std::pair<int32_t, double>> candidates;
+    std::vector<double> values;
+    std::vector<double> sorted;
+    Octaves octaves;
+};
+
+bool truncatedTokens(const Softmax& sm, size_t n, size_t positives, const Sampling& s, TruncationScratch& t, std::vector<std::pair<int32_t, double>>& kept) {
+    const size_t most = std::max<size_t>(n / 8, 64);
+    double floor = 1 / sm.total / 4096;
+    for (int round = 0;; round++) {
+        // After a few rounds (or where the floor would underflow) every positive probability.
+        if (round == 4 || floor < 1e-300) floor = 0;
+        t.candidates.clear();
+        t.values.clear();
+        // 0.01 nats below the exact bound: far more than the rounding of either side.
+        const float threshold = floor == 0 ? -INFINITY : std::nextafter(float(double(sm.max) + sm.temperature * (std::log(floor * sm.total) - 0.01)), -INFINITY);
+        for (size_t i = nextAbove(sm.logits, 0, n, threshold); i < n; i = nextAbove(sm.logits, i + 1, n, threshold)) {
+            const double p = sm.of(i);
+            if (p > 0 && p >= floor) {
+                t.candidates.emplace_back(int32_t(i), p);
+                t.values.push_back(p);
+            }
+            if (t.candidates.size() > most) return false;
+        }
+        // The argmax is above any floor: the histogram's largest value is the distribution's.
+        Octaves& h = t.octaves;
+        fillOctaves(t.values.data(), t.values.size(), h);
+        const double minPFloor = s.minP > 0 ? s.minP * h.max : 0;
+        int bucket = 0;
+        for (double mass = 0; bucket < BUCKETS - 1; bucket++) {
+            mass += h.mass[bucket];
+            if (s.topP < 1 ? mass >= s.topP * (1 + 1e-9) : h.floorOf(bucket) <= minPFloor) break;
+        }
+        for (;;) {
+            const double at = std::max(h.floorOf(bucket), floor);
+            t.sorted.clear();
+            for (const double v : t.values) if (v >= at) t.sorted.push_back(v);
+            std::sort(t.sorted.begin(), t.sorted.end(), std::greater<double>());
+            const long keep = cutWithin(t.sorted, positives, s.topP, minPFloor, at);
+            if (keep >= 0) {
+                double mass = 0;
+                for (long r = 0; r < keep; r++) mass += t.sorted[r];
+                const double last = t.sorted[keep - 1];
+                long ties = 0;
+                for (long r = keep - 1; r >= 0 && t.sorted[r] == last; r--) ties++;
+                kept.clear();
+                for (const auto& [token, p] : t.candidates) if (p > last || (p == last && ties-- > 0)) kept.emplace_back(token, p / mass);
+                return true;
+            }
+            if (at <= floor) break;  // the cut lies below the candidates: lower the floor
+            bucket = std::min(bucket + 1, BUCKETS - 1);
+        }
+        floor /= 4096;
+    }
+}
+
 struct Scratch {
+    TruncationScratch truncation;
     std::vector<double> probs;
     std::vector<double> values;
     std::vector<int32_t> candidates;
@@ -491,10 +636,21 @@ int64_t sampleToken(const float* logits, size_t n, const Sampling& s, bool keyed
         if (!topKDistribution(logits, s, sc.candidates, sc.tokens, sc.weights, sc.kept)) return -1;
         return keyed ? drawSparse(sc.kept, ExponentialRace{key}) : drawSparse(sc.kept, InverseDraw{u});
     }
-    if (sc.probs.size() < n) sc.probs.resize(n);
-    double* probs = sc.probs.data();
-    if (!samplingDistribution(logits, n, s, probs)) return -1;
-    return keyed ? raceDense(probs, n, key) : drawDense(probs, n, InverseDraw{u});
+    // softmax(logits / T), truncated or not, without writing the vocabulary's distribution down.
+    const float max = maxOf(logits, n);
+    if (max == -INFINITY) return -1;
+    const Total total = exponentialTotal(logits, n, max, s.temperature);
+    const Softmax sm{logits, max, s.temperature, total.total};
+    if (s.topP < 1 || s.minP > 0) {
+        if (truncatedTokens(sm, n, total.positives, s, sc.truncation, sc.kept)) {
+            return keyed ? drawSparse(sc.kept, ExponentialRace{key}) : drawSparse(sc.kept, InverseDraw{u});
+        }
+        if (sc.probs.size() < n) sc.probs.resize(n);
+        double* probs = sc.probs.data();
+        samplingDistribution(logits, n, s, probs);
+        return keyed ? drawDense(probs, n, ExponentialRace{key}) : drawDense(probs, n, InverseDraw{u});
+    }
+    return keyed ? raceSoftmax(sm, n, key) : drawSoftmax(sm, n, u);
 }
 
 bool isFloat32Array(const Napi::Value& v) { return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array; }
