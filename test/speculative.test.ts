@@ -199,6 +199,28 @@ describe("temperature 0", () => {
     }
   });
 
+  it("the default policy declines positions before their draw by P̂ at the draft's argmax; the output stays the target's", async () => {
+    // At T = 0 the candidate is the draft's argmax, known before the draw: the expectation the
+    // cost-aware rule weighs is P̂ there (expectedOverTop's greedy case), not E_q over q's tokens.
+    const run = async (policy?: SpeculativeOverrides) => {
+      const before = { declined: specPinned.stats.declinedBeforeDraw, drafted: specPinned.stats.draftTokens, accepted: specPinned.stats.acceptedTokens };
+      for (const prompt of prompts().slice(0, 60)) {
+        const req = request(prompt, { sampling: greedy, maxTokens: 24 });
+        const expected = await collect(plain, req);
+        expect((await collect(specPinned, { ...req, speculative: policy })).tokens).toEqual(expected.tokens);
+      }
+      const drafted = specPinned.stats.draftTokens - before.drafted;
+      return { declined: specPinned.stats.declinedBeforeDraw - before.declined, drafted, acceptance: (specPinned.stats.acceptedTokens - before.accepted) / drafted };
+    };
+    const auto = await run();
+    const fixed = await run({ policy: "fixed", k: 3 });
+    expect(auto.declined).toBeGreaterThan(10);
+    expect(auto.drafted).toBeGreaterThan(100);
+    expect(fixed.declined).toBe(0);
+    // What it declines are the likely misses: its candidates are accepted more often than fixed K's.
+    expect(auto.acceptance).toBeGreaterThan(fixed.acceptance + 0.05);
+  });
+
   it.each(POLICIES)("also on a target whose logits depend on the whole context, so cache errors would show (%o)", async (policy) => {
     for (const prompt of prompts().slice(0, 40)) {
       const req = request(prompt, { sampling: greedy, maxTokens: 32, stopTokens: [] });
