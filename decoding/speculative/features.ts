@@ -69,19 +69,22 @@ function summarize(q: Float64Array, logits: Float32Array, scale: number): { top:
     return { top: Array.from({ length: count }, (_, r) => ({ token: topTokens[r], p: topProbs[r] })), expectedLogit, anchor };
   }
   const top: Array<{ token: number; p: number }> = [];
-  let expectedLogit = 0;
+  // Σ q_i·s_i in eight interleaved partial sums (token i into sum i mod 8), combined pairwise:
+  // the addon's order, which its vector lanes follow.
+  const lanes = [0, 0, 0, 0, 0, 0, 0, 0];
   let anchor = -1;
   for (let i = 0; i < q.length; i++) {
     const p = q[i];
     if (p <= 0) continue;
     if (anchor < 0) anchor = i;
-    expectedLogit += p * logits[i] * scale;
+    lanes[i & 7] += p * logits[i] * scale;
     if (top.length === TOP_CANDIDATES && p <= top[TOP_CANDIDATES - 1].p) continue;
     let at = top.length;
     while (at > 0 && top[at - 1].p < p) at--;
     top.splice(at, 0, { token: i, p });
     if (top.length > TOP_CANDIDATES) top.pop();
   }
+  const expectedLogit = lanes[0] + lanes[1] + (lanes[2] + lanes[3]) + (lanes[4] + lanes[5] + (lanes[6] + lanes[7]));
   return { top, expectedLogit, anchor };
 }
 

@@ -778,6 +778,20 @@ Napi::Value flockDrawResidual(const Napi::CallbackInfo& info) {
     return Napi::Number::New(env, double(draw.result()));
 }
 
+// Σ q_i·logits_i·scale over the tokens with q_i > 0, in LaneSum's order (features.ts adds in it).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+static double expectedScaledLogit(const double* q, const float* logits, size_t n, double scale) {
+    LaneSum sum;
+    // A token without probability adds nothing (its logit may be −∞: 0·−∞ would be NaN).
+    const auto term = [&](size_t i) { return q[i] > 0 ? q[i] * logits[i] * scale : 0.0; };
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) for (size_t j = 0; j < 8; j++) sum.lanes[j] += term(i + j);
+    for (; i < n; i++) sum.lanes[i & 7] += term(i);
+    return sum.total();
+}
+
 // flockDistributionSummary(q, logits, scale, topTokens, topProbs): speculative/features.ts's pass
 // over a draft distribution: its most likely tokens (as many as topTokens holds, most likely
 // first, ties by token id) into topTokens/topProbs, and [how many, Σ q_i·logits_i·scale, the first
@@ -798,13 +812,12 @@ Napi::Value flockDistributionSummary(const Napi::CallbackInfo& info) {
     double* topProbs = info[4].As<Napi::Float64Array>().Data();
     const size_t capacity = info[3].As<Napi::TypedArray>().ElementLength();
     size_t count = 0;
-    double expectedLogit = 0;
+    const double expectedLogit = expectedScaledLogit(q, logits, n, scale);
     int64_t anchor = -1;
     for (size_t i = 0; i < n; i++) {
         const double p = q[i];
         if (p <= 0) continue;
         if (anchor < 0) anchor = int64_t(i);
-        expectedLogit += p * logits[i] * scale;
         if (capacity == 0 || (count == capacity && p <= topProbs[capacity - 1])) continue;
         size_t at = count < capacity ? count : capacity - 1;
         if (count < capacity) count++;
