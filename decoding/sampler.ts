@@ -113,6 +113,14 @@ export function samplingDistribution(logits: Float32Array, params: SamplingParam
 }
 
 /**
+ * The total of eight partial sums (term i added into sum i mod 8), combined pairwise: the order
+ * the addon adds a vocabulary in, which its vector lanes follow.
+ */
+export function laneTotal(lanes: ArrayLike<number>): number {
+  return lanes[0] + lanes[1] + (lanes[2] + lanes[3]) + (lanes[4] + lanes[5] + (lanes[6] + lanes[7]));
+}
+
+/**
  * probs = softmax(logits / T): exp((logit − max) / T) over the total. In the addon when the
  * engine installed it (one pass, about a third of this loop's cost); this code is the reference.
  */
@@ -126,15 +134,14 @@ export function softmaxInto(logits: Float32Array, temperature: number, probs: Fl
   let max = -Infinity;
   for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
   if (max === -Infinity) throw new Error("every token has probability zero");
-  // Eight interleaved partial sums (token i into sum i mod 8), combined pairwise: the addon's
-  // order, which its vector lanes follow.
+  // The total in laneTotal's order.
   const lanes = new Float64Array(8);
   for (let i = 0; i < n; i++) {
     const p = Math.exp((logits[i] - max) / temperature);
     probs[i] = p;
     lanes[i & 7] += p;
   }
-  const total = lanes[0] + lanes[1] + (lanes[2] + lanes[3]) + (lanes[4] + lanes[5] + (lanes[6] + lanes[7]));
+  const total = laneTotal(lanes);
   for (let i = 0; i < n; i++) probs[i] /= total;
 }
 

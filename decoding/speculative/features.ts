@@ -5,6 +5,7 @@
 // drafted may depend on PreDrawFeatures only (policies.ts).
 
 import { nativeKernels } from "../../engine/native.js";
+import { laneTotal } from "../sampler.js";
 
 /** How many of q's most likely tokens PreDrawFeatures lists (expected acceptance sums over them). */
 export const TOP_CANDIDATES = 8;
@@ -69,8 +70,7 @@ function summarize(q: Float64Array, logits: Float32Array, scale: number): { top:
     return { top: Array.from({ length: count }, (_, r) => ({ token: topTokens[r], p: topProbs[r] })), expectedLogit, anchor };
   }
   const top: Array<{ token: number; p: number }> = [];
-  // Σ q_i·s_i in eight interleaved partial sums (token i into sum i mod 8), combined pairwise:
-  // the addon's order, which its vector lanes follow.
+  // Σ q_i·s_i in laneTotal's order.
   const lanes = [0, 0, 0, 0, 0, 0, 0, 0];
   let anchor = -1;
   for (let i = 0; i < q.length; i++) {
@@ -84,7 +84,7 @@ function summarize(q: Float64Array, logits: Float32Array, scale: number): { top:
     top.splice(at, 0, { token: i, p });
     if (top.length > TOP_CANDIDATES) top.pop();
   }
-  const expectedLogit = lanes[0] + lanes[1] + (lanes[2] + lanes[3]) + (lanes[4] + lanes[5] + (lanes[6] + lanes[7]));
+  const expectedLogit = laneTotal(lanes);
   return { top, expectedLogit, anchor };
 }
 

@@ -3,7 +3,7 @@
 // draws by Gumbel-max over every token (decoding/noise.ts races and prunes). Tests hold the fast
 // paths to these; bench/sampler.ts measures the difference.
 import { tokenUniform } from "../../decoding/noise.js";
-import { argmax, type SamplingParams, topKDistribution } from "../../decoding/sampler.js";
+import { argmax, laneTotal, type SamplingParams, topKDistribution } from "../../decoding/sampler.js";
 
 export function fullSortDistribution(logits: Float32Array, params: SamplingParams): Float64Array {
   const n = logits.length;
@@ -16,13 +16,13 @@ export function fullSortDistribution(logits: Float32Array, params: SamplingParam
   const probs = new Float64Array(n);
   let max = -Infinity;
   for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
-  // The total in sampler.ts's order: eight interleaved partial sums, combined pairwise.
+  // The total in sampler.ts's order (laneTotal).
   const lanes = [0, 0, 0, 0, 0, 0, 0, 0];
   for (let i = 0; i < n; i++) {
     probs[i] = Math.exp((logits[i] - max) / params.temperature);
     lanes[i % 8] += probs[i];
   }
-  const total = lanes[0] + lanes[1] + (lanes[2] + lanes[3]) + (lanes[4] + lanes[5] + (lanes[6] + lanes[7]));
+  const total = laneTotal(lanes);
   for (let i = 0; i < n; i++) probs[i] /= total;
   if (params.topP >= 1 && params.minP <= 0) return probs;
   const order = Array.from({ length: n }, (_, i) => i).filter((i) => probs[i] > 0);

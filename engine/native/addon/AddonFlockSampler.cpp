@@ -146,14 +146,19 @@ inline double weightOf(float logit, float max, double temperature) {
 // sum is a chain of dependent additions, most of a pass's time at 151,936 tokens).
 struct LaneSum {
     double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    // Adds term(i) for i < n into lane i mod 8 (the caller's first index must be a lane's first).
+    template <typename Term>
+    void add(size_t n, Term term) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) for (size_t j = 0; j < 8; j++) lanes[j] += term(i + j);
+        for (; i < n; i++) lanes[i & 7] += term(i);
+    }
     double total() const { return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])); }
 };
 
 double laneSum(const double* values, size_t n) {
     LaneSum sum;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) for (size_t j = 0; j < 8; j++) sum.lanes[j] += values[i + j];
-    for (; i < n; i++) sum.lanes[i & 7] += values[i];
+    sum.add(n, [&](size_t i) { return values[i]; });
     return sum.total();
 }
 
@@ -187,10 +192,8 @@ Total exponentialTotal(const float* logits, size_t n, float max, double temperat
         const size_t count = std::min(BLOCK, n - start);
         exponentials(logits + start, count, max, temperature, block);
         // start is a multiple of 8: block index j is token start + j's lane.
-        size_t j = 0;
-        for (; j + 8 <= count; j += 8) for (size_t k = 0; k < 8; k++) sum.lanes[k] += block[j + k];
-        for (; j < count; j++) sum.lanes[j & 7] += block[j];
-        for (j = 0; j < count; j++) positives += block[j] > 0;
+        sum.add(count, [&](size_t j) { return block[j]; });
+        for (size_t j = 0; j < count; j++) positives += block[j] > 0;
     }
     return {sum.total(), positives};
 }
@@ -785,10 +788,7 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 static double expectedScaledLogit(const double* q, const float* logits, size_t n, double scale) {
     LaneSum sum;
     // A token without probability adds nothing (its logit may be −∞: 0·−∞ would be NaN).
-    const auto term = [&](size_t i) { return q[i] > 0 ? q[i] * logits[i] * scale : 0.0; };
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) for (size_t j = 0; j < 8; j++) sum.lanes[j] += term(i + j);
-    for (; i < n; i++) sum.lanes[i & 7] += term(i);
+    sum.add(n, [&](size_t i) { return q[i] > 0 ? q[i] * logits[i] * scale : 0.0; });
     return sum.total();
 }
 
