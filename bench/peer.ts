@@ -9,12 +9,15 @@
 // grammar over the vocabulary, flock's cached per grammar state, after warm-up.
 //
 // llama-server is built from the llama.cpp source node-llama-cpp ships (bench/servers.ts).
-// Both servers run as their own processes with one thread and one sequence;
+// flock runs twice: as configured by default (plain requests decoded and drawn in the addon's
+// generation loop) and with models[].generationLoop false (every token through its JavaScript
+// loop), so the loop's effect is measured in the same run.
+// The servers run as their own processes with one thread and one sequence;
 // the same client streams 96 tokens from each in turn through /v1/completions (end-of-text
 // ruled out: ignore_eos for llama-server, a logit bias for flock) and measures the decode rate
 // between the first and the last streamed token, so prompt processing and start-up stay out.
 import type { ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -70,10 +73,12 @@ async function startLlamaServer(binary: string, model: string, port: number): Pr
   };
 }
 
-async function startFlock(model: string, eos: number, dir: string): Promise<Server> {
+/** flock; `generationLoop` false: every token through its JavaScript loop instead of the addon's (models[].generationLoop). */
+async function startFlock(model: string, eos: number, dir: string, generationLoop = true): Promise<Server> {
+  mkdirSync(dir, { recursive: true });
   return {
-    name: "flock",
-    ...(await startFlockProcess([{ id: "m", path: model, contextSize: 512, parallel: 1 }], dir)),
+    name: generationLoop ? "flock" : "flock, JavaScript loop",
+    ...(await startFlockProcess([{ id: "m", path: model, contextSize: 512, parallel: 1, generationLoop }], dir)),
     body: (s, seed) => ({
       temperature: s.temperature,
       top_p: s.topP,
@@ -129,17 +134,22 @@ try {
     const manifest = forge({ outDir: forged, preset: "demo", vocabSize: size, tokenizer: real });
     const vocabulary = manifest.vocab.tokens.length;
     const model = join(forged, manifest.models["flock-demo"].file);
-    const servers = [await startLlamaServer(binary, model, 18_000 + (vocabulary % 1000)), await startFlock(model, manifest.vocab.eos, forged)];
+    const servers = [
+      await startLlamaServer(binary, model, 18_000 + (vocabulary % 1000)),
+      await startFlock(model, manifest.vocab.eos, forged),
+      await startFlock(model, manifest.vocab.eos, join(forged, "js-loop"), false),
+    ];
     try {
       for (const server of servers) for (const [, sampling] of SETTINGS) await decodeRate(server, sampling, 1); // warm-up
       for (const [setting, sampling] of SETTINGS) {
-        const rates: Record<string, number[]> = { "llama-server": [], flock: [] };
+        const rates: Record<string, number[]> = Object.fromEntries(servers.map((s) => [s.name, []]));
         for (let round = 0; round < ROUNDS; round++) {
-          // Take turns, the first alternating, so that the machine's slow phases fall on both.
+          // Take turns, the order alternating, so that the machine's slow phases fall on all.
           for (const server of round % 2 === 0 ? servers : [...servers].reverse()) rates[server.name].push(await decodeRate(server, sampling, 100 + round));
         }
         const peer = median(rates["llama-server"]);
         const flock = median(rates.flock);
+        const jsLoop = median(rates["flock, JavaScript loop"]);
         rows.push({
           vocabulary,
           tokenizer,
@@ -147,11 +157,13 @@ try {
           llamaServerTokensPerSecond: peer,
           flockTokensPerSecond: flock,
           ratio: flock / peer,
+          flockJsLoopTokensPerSecond: jsLoop,
+          jsLoopRatio: jsLoop / peer,
           // What flock spends per token beyond what llama-server spends: sampling in TypeScript,
           // the copy of the logits, the HTTP and SSE layers.
           flockExtraMsPerToken: 1000 / flock - 1000 / peer,
         });
-        console.error(`${vocabulary} ${setting}: llama-server ${peer.toFixed(1)} tok/s, flock ${flock.toFixed(1)} tok/s (${(flock / peer).toFixed(2)}×)`);
+        console.error(`${vocabulary} ${setting}: llama-server ${peer.toFixed(1)} tok/s, flock ${flock.toFixed(1)} tok/s (${(flock / peer).toFixed(2)}×), JavaScript loop ${jsLoop.toFixed(1)} tok/s (${(jsLoop / peer).toFixed(2)}×)`);
       }
     } finally {
       for (const server of servers) server.process.kill("SIGTERM");

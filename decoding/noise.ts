@@ -144,6 +144,12 @@ export interface TokenDraws {
   ranked(adjusted: Float32Array, params: SamplingParams, position: number, count: number): number[];
   /** The choice's sequential RNG (rejection sampling's uniforms; unused with keyed noise). */
   readonly rng: Rng;
+  /**
+   * The value the native draw (flockSampleToken) takes for the token at `position`, which
+   * `sample` would pass it: keyed noise's position key, or the RNG's next uniform (none at
+   * temperature 0, where the draw is the argmax). The addon's generation loop is handed these.
+   */
+  nativeValue(params: SamplingParams, position: number): number;
 }
 
 /**
@@ -158,6 +164,7 @@ export function tokenDraws(request: { seed: number; choice?: number; keyedNoise?
       keyed: false,
       rng,
       sample: (adjusted, params) => sampleToken(adjusted, params, rng),
+      nativeValue: (params) => (params.temperature === 0 ? 0 : rng.next()),
       ranked: (adjusted, params, _position, count) => {
         if (params.temperature === 0) return largestLogits(adjusted, count);
         const probs = samplingDistribution(adjusted, params);
@@ -171,6 +178,7 @@ export function tokenDraws(request: { seed: number; choice?: number; keyedNoise?
     keyed: true,
     rng,
     sample: (adjusted, params, position) => keyedSample(adjusted, params, noiseAt(position)),
+    nativeValue: (_params, position) => positionKey(key, position),
     ranked: (adjusted, params, position, count) => keyedOrder(adjusted, params, noiseAt(position), count),
   };
 }

@@ -1,9 +1,11 @@
 // The plain autoregressive decoder: one model, one token per step.
+import type { NativeGeneration, NativeGenerationJob } from "../engine/sequence.js";
+import { nativeKernels } from "../engine/native.js";
 import { constrainedDraw } from "./constraint.js";
 import { TokenHistory } from "./history.js";
-import { tokenDraws } from "./noise.js";
+import { type TokenDraws, tokenDraws } from "./noise.js";
 import { OutputAssembler } from "./output.js";
-import { adjustLogits, logSoftmax, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
+import { adjustLogits, logSoftmax, type SamplingParams, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob } from "./types.js";
 
 export interface LogprobModel extends DecodingModel {
@@ -30,6 +32,7 @@ export function describeLogprobs(model: LogprobModel, logits: Float32Array, toke
 export async function* plainDecode(model: LogprobModel, request: GenerationRequest): AsyncGenerator<DecodeStep> {
   const seq = await model.acquire(request.prompt, request.signal);
   const constraint = request.constraint?.clone();
+  let generation: NativeGeneration | null = null;
   try {
     const draws = tokenDraws(request);
     const output = new OutputAssembler(model, request.prompt, request.stopStrings);
@@ -43,6 +46,11 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       observe({ hidden: hidden[0], routing: routing[0] });
       return logits[0];
     };
+    // Whether the addon's generation loop may draw this request's tokens: nothing but the
+    // sampled token is read per position (no logprobs, grammar, observer or penalties).
+    const loopable = !constraint && !observe && request.topLogprobs === null && seq.generate !== undefined && nativeLoopSampling(request.sampling);
+    // Tokens in the cache before the g-th output token is decoded: prompt + (g − 1).
+    const limitReached = (generated: number) => generated >= request.maxTokens || request.prompt.length + generated > seq.contextSize;
     await seq.syncTo(request.prompt.slice(0, -1));
     let logits = await evaluate(request.prompt.slice(-1));
     let adjustBuffer: Float32Array | undefined;
@@ -58,23 +66,124 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       history.push(token);
       const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);
       if (!endOfGeneration) constraint?.accept(token);
-      const limitReached = generated >= request.maxTokens || seq.length + 1 > seq.contextSize;
-      // The next position's decode starts before this token is detokenized, checked against the
-      // stop strings and streamed: llama.cpp computes while JavaScript does that work. A stop
-      // string found meanwhile leaves one token in the cache that the next request drops.
-      const next = endOfGeneration || limitReached ? undefined : evaluate([token]);
+      const limit = limitReached(generated);
+      const more = !endOfGeneration && !limit;
+      // From here on the addon may decode and draw by itself (docs/native-engine.md).
+      const drawn = new DrawnTokens();
+      generation = more && loopable ? (seq.generate?.(token, loopJob(request, draws, stopTokens, generated, seq.contextSize), (t) => drawn.push(t)) ?? null) : null;
+      generation?.done.then(() => drawn.end(), (err: unknown) => drawn.fail(err));
+      // A request cancelled while the loop waits for its consumer: the loop stops, and with it the wait.
+      if (generation) request.signal?.addEventListener("abort", generation.stop, { once: true });
+      // Otherwise the next position's decode starts before this token is detokenized, checked
+      // against the stop strings and streamed: llama.cpp computes while JavaScript does that
+      // work. A stop string found meanwhile leaves one token in the cache that the next request drops.
+      const next = more && !generation ? evaluate([token]) : undefined;
       next?.catch(() => undefined); // awaited below, unless the consumer stops first
       const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
-      const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached });
+      const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached: limit });
       // This position's logits are read (the decode started above writes its own when it ends,
       // after this synchronous stretch): the next evaluation may write into them.
       seq.recycle?.([logits]);
       yield { tokens: [token], text, logprobs, ...(finishReason && { finishReason }) };
-      if (finishReason || !next) return;
+      if (finishReason) return;
+      if (generation) {
+        // The loop's tokens, each handled as the lines above handle a token drawn here.
+        let last = token;
+        for (let t = await drawn.next(); t !== null; t = await drawn.next()) {
+          generation.consumed();
+          generated++;
+          if (request.signal?.aborted) return;
+          history.push(t);
+          const ends = { endOfGeneration: model.isEndOfGeneration(t) || stopTokens.has(t), limitReached: limitReached(generated) };
+          const emitted = output.emit(t, undefined, ends);
+          yield { tokens: [t], text: emitted.text, logprobs: emitted.logprobs, ...(emitted.finishReason && { finishReason: emitted.finishReason }) };
+          if (emitted.finishReason) return;
+          last = t;
+        }
+        // The loop gave the context up (another sequence asked for it): its last token drawn is
+        // not decoded yet; this loop goes on from there.
+        request.signal?.removeEventListener("abort", generation.stop);
+        generation = null;
+        if (request.signal?.aborted) return;
+        logits = await evaluate([last]);
+        continue;
+      }
+      if (!next) return;
       logits = await next;
     }
   } finally {
+    if (generation) {
+      request.signal?.removeEventListener("abort", generation.stop);
+      generation.stop();
+    }
     constraint?.release();
     seq.release();
+  }
+}
+
+/** Sampling the addon's loop draws exactly as adjustLogits + draws.sample do: no penalties (they read the history). */
+function nativeLoopSampling(params: SamplingParams): boolean {
+  const repetition = params.repetitionPenalty !== 1 && params.repeatLastN !== 0;
+  return !repetition && params.presencePenalty === 0 && params.frequencyPenalty === 0 && nativeKernels().sampleToken !== null;
+}
+
+/**
+ * The generation loop's job after the `generated`-th token: the draws' values for the tokens
+ * after it up to the one that reaches the length or context limit (its budget), the logit bias,
+ * the stop tokens.
+ */
+function loopJob(request: GenerationRequest, draws: TokenDraws, stopTokens: ReadonlySet<number>, generated: number, contextSize: number): NativeGenerationJob {
+  const { sampling } = request;
+  const budget = Math.min(request.maxTokens - generated, contextSize - request.prompt.length - generated + 1);
+  const values = new Float64Array(budget);
+  for (let k = 0; k < budget; k++) values[k] = draws.nativeValue(sampling, request.prompt.length + generated + k);
+  return {
+    temperature: sampling.temperature,
+    topK: sampling.topK,
+    topP: sampling.topP,
+    minP: sampling.minP,
+    keyed: draws.keyed,
+    values,
+    biasTokens: Int32Array.from(sampling.logitBias.keys()),
+    biasValues: Float64Array.from(sampling.logitBias.values()),
+    stopTokens: Int32Array.from(stopTokens),
+    window: LOOP_WINDOW,
+  };
+}
+
+/** Tokens the loop may draw ahead of the consumer: enough to never wait on a streaming client. */
+const LOOP_WINDOW = 4;
+
+/** The tokens a generation loop posts, read one at a time; null once it has ended. */
+class DrawnTokens {
+  private readonly queue: number[] = [];
+  private ended = false;
+  private failure: unknown = undefined;
+  private waiter: (() => void) | null = null;
+
+  push(token: number): void {
+    this.queue.push(token);
+    this.wake();
+  }
+  end(): void {
+    this.ended = true;
+    this.wake();
+  }
+  fail(err: unknown): void {
+    this.failure = err ?? new Error("the generation loop failed");
+    this.wake();
+  }
+
+  async next(): Promise<number | null> {
+    while (this.queue.length === 0 && !this.ended && this.failure === undefined) await new Promise<void>((resolve) => (this.waiter = resolve));
+    if (this.queue.length > 0) return this.queue.shift()!;
+    if (this.failure !== undefined) throw this.failure;
+    return null;
+  }
+
+  private wake(): void {
+    const waiter = this.waiter;
+    this.waiter = null;
+    waiter?.();
   }
 }

@@ -9,13 +9,19 @@
 import type { LlamaContext } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
 import type { PositionOutput, RawOutputs } from "./native.js";
-import type { SequenceCache } from "./sequence.js";
+import type { NativeGeneration, NativeGenerationJob, SequenceCache } from "./sequence.js";
 
 /** The addon's batch calls (node-llama-cpp's AddonContext). */
 interface AddonBatchCalls {
   initBatch(size: number): void;
   addToBatch(sequenceId: number, firstPosition: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array;
   decodeBatch(): Promise<void>;
+  /** decodeBatch on the context's own thread (flock's addon: engine/native/addon/AddonFlockDecode.cpp). */
+  flockDecodeBatch?(): Promise<void>;
+  /** A generation loop on that thread: onEvent per token drawn (token ≥ 0), then once with token −1. */
+  flockGenerate?(job: NativeGenerationJob & { sequence: number; position: number; first: number }, onEvent: (token: number, decoded: number, error?: string) => void): void;
+  flockGenerateStop?(): void;
+  flockGenerateConsumed?(count: number): void;
   removeTokenCellsFromSequence(sequenceId: number, start: number, end: number): boolean;
 }
 
@@ -48,10 +54,14 @@ export class BatchDecoder {
   private readonly decodes: QueuedDecode[] = [];
   private readonly erases: QueuedErase[] = [];
   private running = false;
+  /** Whether generate may run loops at all (models[].generationLoop). */
+  generationLoop = true;
+  /** The generation loop that holds the context, if one does. */
+  private generation: NativeGeneration | null = null;
   private dispatchScheduled = false;
   private idleWaiters: Array<() => void> = [];
-  /** Told how many sequences each batch carries (flock_batch_sequences). */
-  onBatch: ((sequences: number) => void) | null = null;
+  /** Told how many sequences each batch carries (flock_batch_sequences); `loop`: a generation loop's decode. */
+  onBatch: ((sequences: number, loop: boolean) => void) | null = null;
 
   constructor(
     context: LlamaContext,
@@ -73,8 +83,54 @@ export class BatchDecoder {
     if (tokens.length === 0) return Promise.resolve(new Map());
     return new Promise((resolve, reject) => {
       this.decodes.push({ sequence, position, tokens, wanted, hiddenOnly, done: 0, outputs: new Map(), resolve, reject });
+      // Another sequence needs the context: a generation loop gives it up after its step.
+      this.generation?.stop();
       this.schedule();
     });
+  }
+
+  /**
+   * Starts a generation loop for `sequence`, which decodes `first` at `position` and goes on
+   * drawing (NativeGenerationJob), with `onToken` for each token drawn; null when the context
+   * cannot be given to one sequence now (other sequences are busy or queued, a decode is running,
+   * the addon has no loop, or each decode must be checked: an RPC model).
+   */
+  generate(sequence: number, position: number, first: number, job: NativeGenerationJob, onToken: (token: number) => void): NativeGeneration | null {
+    const addon = this.addon;
+    if (!this.generationLoop || !addon.flockGenerate || !addon.flockGenerateStop || !addon.flockGenerateConsumed) return null;
+    if (this.running || this.decodes.length > 0 || this.busySequences() > 1 || this.afterDecode) return null;
+    let ended!: (tokens: number[]) => void;
+    let failed!: (err: unknown) => void;
+    const done = new Promise<number[]>((resolve, reject) => {
+      ended = resolve;
+      failed = reject;
+    });
+    const drawn: number[] = [];
+    this.running = true;
+    const generation: NativeGeneration = {
+      done,
+      stop: () => addon.flockGenerateStop!(),
+      consumed: () => addon.flockGenerateConsumed!(1),
+    };
+    this.generation = generation;
+    addon.flockGenerate({ ...job, sequence, position, first }, (token, count, error) => {
+      if (token >= 0) {
+        drawn.push(token);
+        this.onBatch?.(1, true); // the decode this token was drawn after
+        onToken(token);
+        return;
+      }
+      // The loop has ended: `count` tokens decoded, `first` and then the tokens drawn.
+      const decoded = count === 0 ? [] : [first, ...drawn.slice(0, count - 1)];
+      this.generation = null;
+      this.running = false;
+      this.runErases();
+      if (this.decodes.length > 0) this.schedule();
+      else for (const wake of this.idleWaiters.splice(0)) wake();
+      if (error === undefined) ended(decoded);
+      else failed(Object.assign(new FlockError("internal", `llama_decode failed: ${error}`), { decoded }));
+    });
+    return generation;
   }
 
   /** Drops `sequence`'s cached tokens from `from` on; between decodes, since a decode reads the cache. */
@@ -133,7 +189,7 @@ export class BatchDecoder {
       }
       let failure: unknown;
       try {
-        await this.addon.decodeBatch();
+        await (this.addon.flockDecodeBatch ? this.addon.flockDecodeBatch() : this.addon.decodeBatch());
       } catch (err) {
         failure = new FlockError("internal", `llama_decode failed: ${(err as Error).message}`, null, { cause: err });
       }
@@ -163,7 +219,7 @@ export class BatchDecoder {
       slots -= count;
     });
     this.addon.initBatch(this.batchSize - slots);
-    this.onBatch?.(shares.length);
+    this.onBatch?.(shares.length, false);
     return shares.map(({ decode, count }) => {
       const tokenIndexes: number[] = [];
       for (let i = decode.done; i < decode.done + count; i++) if (decode.wanted.has(i)) tokenIndexes.push(i);
@@ -220,6 +276,8 @@ export class BatchDecoder {
 export class BatchedSequence implements SequenceCache {
   private readonly held: number[] = [];
   private last: Promise<unknown> = Promise.resolve();
+  /** Operations of this sequence queued or running. */
+  private operations = 0;
 
   constructor(
     private readonly decoder: BatchDecoder,
@@ -243,6 +301,27 @@ export class BatchedSequence implements SequenceCache {
     });
   }
 
+  /**
+   * Hands the sequence to a generation loop (BatchDecoder.generate) that decodes `first` next;
+   * null when the context cannot be given to it now. Later operations wait for the loop's end.
+   */
+  generate(first: number, job: NativeGenerationJob, onToken: (token: number) => void): NativeGeneration | null {
+    if (this.busy) return null;
+    const generation = this.decoder.generate(this.id, this.held.length, first, job, onToken);
+    if (!generation) return null;
+    const recorded = generation.done.then(
+      (decoded) => {
+        for (const token of decoded) this.held.push(token);
+      },
+      (err: unknown) => {
+        for (const token of (err as { decoded?: number[] }).decoded ?? []) this.held.push(token);
+        throw err;
+      },
+    );
+    this.last = recorded.catch(() => undefined);
+    return { ...generation, done: recorded.then(() => generation.done) };
+  }
+
   /** Keeps the first `length` cached tokens. */
   cut(length: number): Promise<void> {
     return this.serially(async () => {
@@ -253,8 +332,13 @@ export class BatchedSequence implements SequenceCache {
   }
 
   private serially<T>(operation: () => Promise<T>): Promise<T> {
-    const result = this.last.then(operation);
+    this.operations++;
+    const result = this.last.then(operation).finally(() => this.operations--);
     this.last = result.catch(() => undefined);
     return result;
+  }
+
+  private get busy(): boolean {
+    return this.operations > 0;
   }
 }

@@ -46,6 +46,11 @@ export function withFault<T>(plan: FaultPlan, fn: () => T): T {
   return current.run(plan, fn);
 }
 
+/** Whether the current request carries a fault plan. */
+export function faultPlanned(): boolean {
+  return current.getStore() !== undefined;
+}
+
 /**
  * Called by the engine before each evaluation that produces logits: throws when the current
  * request's plan says this one fails.

@@ -41,6 +41,8 @@ export interface ModelLoadOptions {
   gpuLayers: "auto" | "max" | number;
   batchSize?: number;
   maxQueue?: number;
+  /** Whether plain requests may use the addon's generation loop (default true). */
+  generationLoop?: boolean;
   /** RPC servers ("host:port") that hold the model's layers. */
   rpc?: readonly string[];
 }
@@ -69,8 +71,8 @@ export class LoadedModel {
   set onAcquire(observer: ((waitedSeconds: number, signal?: AbortSignal) => void) | null) {
     this.pool.onAcquire = observer;
   }
-  /** Told how many sequences each llama.cpp batch of this context carries (flock's contexts only). */
-  set onBatch(observer: ((sequences: number) => void) | null) {
+  /** Told how many sequences each llama.cpp batch of this context carries, and whether the generation loop ran it (flock's contexts only). */
+  set onBatch(observer: ((sequences: number, loop: boolean) => void) | null) {
     if (this.batches) this.batches.onBatch = observer;
   }
 
@@ -154,6 +156,7 @@ export class LoadedModel {
     }
     const model = new LoadedModel(entry.id, weights, context, entry.parallel, threads, capabilities.rawLogits, entry.maxQueue ?? Infinity, hasHiddenStates, outputs, rpc);
     model.adapters = adapters;
+    if (model.batches && entry.generationLoop === false) model.batches.generationLoop = false;
     return model;
   }
 

@@ -8,6 +8,12 @@ import { ADDON_FUNCTIONS, CONTEXT_METHODS } from "./native/surface.js";
 interface AddonContextWithFlock {
   sampleToken(batchLogitIndex: number, sampler: unknown, probabilities?: boolean, confidence?: boolean): Promise<unknown>;
   flockGetLogits(batchLogitIndex: number, into?: Float32Array): Float32Array;
+  /** node-llama-cpp's decodeBatch, on the context's own thread (engine/batch.ts). */
+  flockDecodeBatch(): Promise<void>;
+  /** The generation loop on that thread (engine/batch.ts's NativeGenerationJob). */
+  flockGenerate(job: object, onEvent: (token: number, decoded: number, error?: string) => void): void;
+  flockGenerateStop(): void;
+  flockGenerateConsumed(count: number): void;
   flockFusionGrid(strong: Float32Array, base: Float32Array, experts: Float32Array[], step: number, steps: number, pruneMargin: number): Float64Array;
   flockEnableHiddenStates(): void;
   flockGetHiddenState(batchLogitIndex: number): Float32Array;

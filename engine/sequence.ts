@@ -2,7 +2,7 @@
 // logits at chosen positions, roll the cache back. Released back to the pool when done.
 import type { ControlledEvaluateInputItem, LlamaContextSequence, Token } from "node-llama-cpp";
 import { FlockError } from "./errors.js";
-import { engineFaultPoint } from "./faults.js";
+import { engineFaultPoint, faultPlanned } from "./faults.js";
 import type { LogitsRecycler, PositionOutput, RoutingTrace } from "./native.js";
 
 /**
@@ -41,6 +41,45 @@ export interface Sequence {
   release(): void;
   /** Hands back logits arrays the caller will not read again (a later evaluation may reuse them). */
   recycle(logits: readonly Float32Array[]): void;
+  /**
+   * Plain decoding in the addon from here on (engine/batch.ts): decodes `first`, then draws and
+   * decodes as `job` says, `onToken` for each token drawn; null where it cannot run now (then
+   * evaluate as usual). Absent without flock's addon.
+   */
+  generate?(first: number, job: NativeGenerationJob, onToken: (token: number) => void): NativeGeneration | null;
+}
+
+/**
+ * Plain decoding of one sequence inside the addon (AddonFlockDecode.cpp): decode, draw with
+ * flock's native sampler, post the token, decode it … without a round trip through JavaScript
+ * per token. decoding/plain.ts builds the job; its draws are the ones its own loop would make.
+ */
+export interface NativeGenerationJob {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  /** `values` are keyed noise's position keys (noise.ts); otherwise the RNG's uniforms. */
+  keyed: boolean;
+  /** The draw's value for each token the loop may draw, in order: its length is the budget. */
+  values: Float64Array;
+  /** The request's logit bias. */
+  biasTokens: Int32Array;
+  biasValues: Float64Array;
+  /** Tokens that end the generation besides the model's end-of-generation tokens. */
+  stopTokens: Int32Array;
+  /** How many drawn tokens may wait for the consumer (backpressure). */
+  window: number;
+}
+
+/** A running generation loop, as its sequence's decoder sees it. */
+export interface NativeGeneration {
+  /** Settles with every token the loop decoded (`first`, then drawn tokens), when it has ended. */
+  readonly done: Promise<number[]>;
+  /** The loop stops after its current step. */
+  stop(): void;
+  /** The consumer took one more token. */
+  consumed(): void;
 }
 
 /**
@@ -55,6 +94,8 @@ export interface SequenceCache {
   append(tokens: readonly number[], logitsAt: readonly number[], hiddenOnly?: boolean): Promise<PositionOutput[]>;
   /** Keeps the first `length` cached tokens. */
   cut(length: number): Promise<void>;
+  /** A generation loop in the addon (BatchedSequence.generate). */
+  generate?(first: number, job: NativeGenerationJob, onToken: (token: number) => void): NativeGeneration | null;
 }
 
 /**
@@ -190,6 +231,18 @@ export class EngineSequence implements Sequence {
       throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
     }
     return this.track(this.cache.append(tokens, logitsAt, hiddenOnly));
+  }
+
+  generate(first: number, job: NativeGenerationJob, onToken: (token: number) => void): NativeGeneration | null {
+    this.assertHeld();
+    // A planned fault counts evaluations, which the loop makes out of JavaScript's sight.
+    if (!this.cache.generate || faultPlanned()) return null;
+    if (this.length + 1 + job.values.length - 1 > this.contextSize) {
+      throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
+    }
+    const generation = this.cache.generate(first, job, onToken);
+    if (generation) void this.track(generation.done).catch(() => undefined);
+    return generation;
   }
 
   /** Drops every cached token from `length` on (KV rollback). */

@@ -179,6 +179,7 @@ async function loadRouted(engine: Engine, entry: ModelEntry, experts: ExpertsEnt
           threads: entry.threads,
           gpuLayers: entry.gpuLayers,
           batchSize: entry.batchSize,
+          generationLoop: entry.generationLoop,
         }),
         { hiddenStates: spec.hiddenStates, routing: spec.routing },
       ),

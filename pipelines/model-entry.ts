@@ -41,6 +41,11 @@ export const ModelEntry = z.strictObject({
     .optional(),
   /** Tokens evaluated per batch (prompt processing chunk). */
   batchSize: z.number().int().min(1).optional(),
+  /**
+   * Plain requests decode and draw inside the native addon while their sequence has the context
+   * to itself (engine/batch.ts); false: every token through JavaScript's loop (a diagnostic switch).
+   */
+  generationLoop: z.boolean().optional(),
   /** Choices that may wait for a free sequence of this id; beyond, requests are refused (429). Defaults to limits.maxQueue. */
   maxQueue: z.number().int().min(0).optional(),
   /**

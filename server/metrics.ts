@@ -44,6 +44,7 @@ export class Metrics {
   private readonly e2e: Histogram<"model_name">;
   private readonly queue: Histogram<"model_name">;
   private readonly batchSequences: Histogram<"model_name">;
+  private readonly loopDecodes: Counter<"model_name">;
   private readonly promptTokens: Counter<"model_name">;
   private readonly generationTokens: Counter<"model_name">;
   private readonly routedTokens: Counter<"model_name" | "expert">;
@@ -164,6 +165,12 @@ export class Metrics {
       help: "Sequences whose tokens one llama.cpp decode of the model's context carried (above 1: requests share batches).",
       labelNames: ["model_name"],
       buckets: [1, 2, 4, 8, 16, 32, 64],
+      registers,
+    });
+    this.loopDecodes = new Counter({
+      name: "flock_generation_loop_decodes_total",
+      help: "Decodes of plain generation run by the native addon's loop, without a round trip through JavaScript per token.",
+      labelNames: ["model_name"],
       registers,
     });
     this.promptTokens = new Counter({
@@ -380,10 +387,14 @@ export class Metrics {
     };
   }
 
-  /** Wires a model's batch reports into flock_batch_sequences. */
-  batchObserver(model: string): (sequences: number) => void {
+  /** Wires a model's batch reports into flock_batch_sequences and flock_generation_loop_decodes_total. */
+  batchObserver(model: string): (sequences: number, loop: boolean) => void {
     const child = this.batchSequences.labels({ model_name: model });
-    return (sequences) => child.observe(sequences);
+    const loopDecodes = this.loopDecodes.labels({ model_name: model });
+    return (sequences, loop) => {
+      child.observe(sequences);
+      if (loop) loopDecodes.inc();
+    };
   }
 
   /**

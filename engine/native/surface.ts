@@ -10,6 +10,10 @@ import { dirname, join } from "node:path";
 /** Methods flock's patch adds to the addon's AddonContext (engine/native/addon/AddonFlock.cpp). */
 export const CONTEXT_METHODS = [
   "flockGetLogits",
+  "flockDecodeBatch",
+  "flockGenerate",
+  "flockGenerateStop",
+  "flockGenerateConsumed",
   "flockFusionGrid",
   "flockEnableHiddenStates",
   "flockGetHiddenState",

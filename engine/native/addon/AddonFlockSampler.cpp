@@ -604,7 +604,8 @@ struct Scratch {
 };
 
 Scratch& scratch() {
-    static Scratch s;
+    // Per thread: the decode threads' generation loops (AddonFlockDecode.cpp) sample too.
+    thread_local Scratch s;
     return s;
 }
 
@@ -677,6 +678,13 @@ Napi::Value usage(const Napi::Env& env, const char* signature) {
 }
 
 }  // namespace
+
+// flockSampleToken's draw for C++ callers (the generation loop of AddonFlockDecode.cpp).
+int64_t flockSampleTokenAt(const float* logits, size_t n, double temperature, double topK, double topP, double minP, bool keyed, double value) {
+    if (n == 0) return -1;
+    const Sampling s{temperature, topK > 0 ? size_t(topK) : 0, topP, minP};
+    return sampleToken(logits, n, s, keyed, value, keyed ? uint32_t(int64_t(value)) : 0);
+}
 
 // flockSoftmax(logits, temperature, out): out[i] = exp((logits[i] - max) / T) / total, in double,
 // the same arithmetic as decoding/sampler.ts's softmax (which stays the reference: the results
