@@ -28,7 +28,7 @@ import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report
 import { llamaServerBinary, startFlock as startFlockProcess, startLlamaServer as startLlamaProcess } from "./servers.js";
 
 const { values: flags } = parseArgs({ options: { json: { type: "string" }, rounds: { type: "string" }, tokens: { type: "string" }, tokenizer: { type: "string", multiple: true } }, strict: true });
-const ROUNDS = Number(flags.rounds ?? 5);
+const ROUNDS = Number(flags.rounds ?? 9);
 const TOKENS = Number(flags.tokens ?? 96);
 // --tokenizer picks some of them (forge, llama-bpe, qwen2).
 const VOCABULARIES = (
