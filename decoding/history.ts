@@ -41,6 +41,11 @@ export class TokenHistory {
     return this.counts;
   }
 
+  /** The last `n` tokens (prompt included); n < 0: all of them. */
+  recent(n: number): number[] {
+    return n < 0 ? [...this.tokens] : this.tokens.slice(Math.max(0, this.tokens.length - n));
+  }
+
   /** The distinct tokens among the last `n` (prompt included); n < 0: all of them. */
   distinctRecent(n: number): Set<number> {
     const from = n < 0 ? 0 : Math.max(0, this.tokens.length - n);

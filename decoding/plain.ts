@@ -5,7 +5,7 @@ import { constrainedDraw } from "./constraint.js";
 import { TokenHistory } from "./history.js";
 import { type TokenDraws, tokenDraws } from "./noise.js";
 import { OutputAssembler } from "./output.js";
-import { adjustLogits, logSoftmax, type SamplingParams, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
+import { adjustLogits, logSoftmax, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob } from "./types.js";
 
 export interface LogprobModel extends DecodingModel {
@@ -47,8 +47,8 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       return logits[0];
     };
     // Whether the addon's generation loop may draw this request's tokens: nothing but the
-    // sampled token is read per position (no logprobs, grammar, observer or penalties).
-    const loopable = !constraint && !observe && request.topLogprobs === null && seq.generate !== undefined && nativeLoopSampling(request.sampling);
+    // sampled token is read per position (no logprobs, grammar or observer).
+    const loopable = !constraint && !observe && request.topLogprobs === null && seq.generate !== undefined && nativeKernels().sampleToken !== null;
     // Tokens in the cache before the g-th output token is decoded: prompt + (g − 1).
     const limitReached = (generated: number) => generated >= request.maxTokens || request.prompt.length + generated > seq.contextSize;
     await seq.syncTo(request.prompt.slice(0, -1));
@@ -70,7 +70,7 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       const more = !endOfGeneration && !limit;
       // From here on the addon may decode and draw by itself (docs/native-engine.md).
       const drawn = new DrawnTokens();
-      generation = more && loopable ? (seq.generate?.(token, loopJob(request, draws, stopTokens, generated, seq.contextSize), (t) => drawn.push(t)) ?? null) : null;
+      generation = more && loopable ? (seq.generate?.(token, loopJob(request, draws, history, stopTokens, generated, seq.contextSize), (t) => drawn.push(t)) ?? null) : null;
       generation?.done.then(() => drawn.end(), (err: unknown) => drawn.fail(err));
       // A request cancelled while the loop waits for its consumer: the loop stops, and with it the wait.
       if (generation) request.signal?.addEventListener("abort", generation.stop, { once: true });
@@ -121,18 +121,12 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
   }
 }
 
-/** Sampling the addon's loop draws exactly as adjustLogits + draws.sample do: no penalties (they read the history). */
-function nativeLoopSampling(params: SamplingParams): boolean {
-  const repetition = params.repetitionPenalty !== 1 && params.repeatLastN !== 0;
-  return !repetition && params.presencePenalty === 0 && params.frequencyPenalty === 0 && nativeKernels().sampleToken !== null;
-}
-
 /**
  * The generation loop's job after the `generated`-th token: the draws' values for the tokens
- * after it up to the one that reaches the length or context limit (its budget), the logit bias,
- * the stop tokens.
+ * after it up to the one that reaches the length or context limit (its budget), the logit bias
+ * and penalties with what they read, the stop tokens.
  */
-function loopJob(request: GenerationRequest, draws: TokenDraws, stopTokens: ReadonlySet<number>, generated: number, contextSize: number): NativeGenerationJob {
+function loopJob(request: GenerationRequest, draws: TokenDraws, history: TokenHistory, stopTokens: ReadonlySet<number>, generated: number, contextSize: number): NativeGenerationJob {
   const { sampling } = request;
   const budget = Math.min(request.maxTokens - generated, contextSize - request.prompt.length - generated + 1);
   const values = new Float64Array(budget);
@@ -148,6 +142,13 @@ function loopJob(request: GenerationRequest, draws: TokenDraws, stopTokens: Read
     biasValues: Float64Array.from(sampling.logitBias.values()),
     stopTokens: Int32Array.from(stopTokens),
     window: LOOP_WINDOW,
+    repetitionPenalty: sampling.repetitionPenalty,
+    repeatLastN: sampling.repeatLastN,
+    presencePenalty: sampling.presencePenalty,
+    frequencyPenalty: sampling.frequencyPenalty,
+    history: Int32Array.from(history.recent(sampling.repeatLastN)),
+    generatedTokens: Int32Array.from(history.generated.keys()),
+    generatedCounts: Int32Array.from(history.generated.values()),
   };
 }
 

@@ -68,6 +68,15 @@ export interface NativeGenerationJob {
   biasValues: Float64Array;
   /** Tokens that end the generation besides the model's end-of-generation tokens. */
   stopTokens: Int32Array;
+  /** The penalties (SamplingParams), and what they read: the tokens seen so far, the generated tokens' counts. */
+  repetitionPenalty: number;
+  repeatLastN: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  /** Prompt and output so far (the last repeatLastN are enough; all when it is negative). */
+  history: Int32Array;
+  generatedTokens: Int32Array;
+  generatedCounts: Int32Array;
   /** How many drawn tokens may wait for the consumer (backpressure). */
   window: number;
 }

@@ -50,6 +50,9 @@ describe("the generation loop draws what the JavaScript loop draws", () => {
     ["T = 0.8, top_p 0.9, top_k 40, min_p 0.05, seeded", () => ({ temperature: 0.8, top_p: 0.9, seed: 12, flock: { top_k: 40, min_p: 0.05 }, ...endless() })],
     ["T = 1, seeded, a logit bias", () => ({ temperature: 1, seed: 13, logit_bias: { [String(manifest.vocab.eos)]: -100, "7": 3, "12": -2 } })],
     ["T = 1, seeded, ending at the end-of-text token", () => ({ temperature: 1, seed: 14, max_tokens: 200 })],
+    ["T = 0.7, top_p 0.9, presence and frequency penalties, seeded", () => ({ temperature: 0.7, top_p: 0.9, seed: 16, presence_penalty: 0.8, frequency_penalty: 0.6, ...endless() })],
+    ["T = 1, repetition penalty over the last 8 tokens, seeded", () => ({ temperature: 1, seed: 17, repetition_penalty: 1.6, repeat_last_n: 8, ...endless() })],
+    ["T = 0, repetition penalty over the whole context", () => ({ temperature: 0, repetition_penalty: 1.3, repeat_last_n: -1, ...endless() })],
   ];
   it.each(SETTINGS)("%s: the same tokens and finish reason", async (_name, body) => {
     const loop = await complete("one", body());

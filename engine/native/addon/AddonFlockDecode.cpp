@@ -28,6 +28,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "llama.h"
@@ -80,6 +81,13 @@ struct GenerationJob {
     std::vector<int32_t> biasTokens;
     std::vector<double> biasValues;
     std::vector<int32_t> stopTokens;  // sorted
+    // The penalties (sampler.ts's adjustLogits): the tokens seen so far (prompt, then output; the
+    // repetition penalty reads the last repeatLastN of them, all when negative) and how often
+    // each was generated (presence and frequency).
+    double repetitionPenalty, presencePenalty, frequencyPenalty;
+    int32_t repeatLastN;
+    std::vector<int32_t> history;
+    std::unordered_map<int32_t, int32_t> generated;
     uint32_t window;                  // tokens drawn and not yet consumed, at most
     Napi::ThreadSafeFunction events;
     // Under the thread's mutex:
@@ -225,6 +233,23 @@ class DecodeThread {
             }
         }
 
+        // sampler.ts's adjustLogits after the bias: each step in double, stored as float.
+        static void penalize(const GenerationJob& g, float* logits, size_t n_vocab) {
+            if (g.repetitionPenalty != 1 && g.repeatLastN != 0) {
+                const size_t from = g.repeatLastN < 0 ? 0 : g.history.size() - std::min(g.history.size(), size_t(g.repeatLastN));
+                std::unordered_set<int32_t> seen(g.history.begin() + from, g.history.end());
+                for (const int32_t t : seen) {
+                    if (t < 0 || size_t(t) >= n_vocab) continue;
+                    logits[t] = logits[t] > 0 ? float(double(logits[t]) / g.repetitionPenalty) : float(double(logits[t]) * g.repetitionPenalty);
+                }
+            }
+            if (g.presencePenalty != 0 || g.frequencyPenalty != 0) {
+                for (const auto& [t, count] : g.generated) {
+                    if (count > 0 && t >= 0 && size_t(t) < n_vocab) logits[t] = float(double(logits[t]) - (g.presencePenalty + g.frequencyPenalty * count));
+                }
+            }
+        }
+
         // Decode → draw → post, until the budget is spent, an end-of-generation or stop token is
         // drawn, JavaScript asks it to stop, or a decode fails. The last token drawn is not decoded.
         void generate(GenerationJob& g, GenerationEvent& end) {
@@ -261,12 +286,15 @@ class DecodeThread {
                         const int32_t t = g.biasTokens[i];
                         if (t >= 0 && size_t(t) < n_vocab) logits[t] = float(double(logits[t]) + g.biasValues[i]);
                     }
+                    penalize(g, logits, n_vocab);
                     const int64_t next = flockSampleTokenAt(logits, n_vocab, g.temperature, g.topK, g.topP, g.minP, g.keyed, g.values[drawn]);
                     if (next < 0) {
                         end.error = "every token has probability zero";
                         break;
                     }
                     drawn++;
+                    g.history.push_back(int32_t(next));
+                    g.generated[int32_t(next)]++;
                     g.events.NonBlockingCall(new GenerationEvent{int32_t(next), 0, ""}, deliver);
                     const bool stopToken = llama_vocab_is_eog(vocab, llama_token(next)) || std::binary_search(g.stopTokens.begin(), g.stopTokens.end(), int32_t(next));
                     if (stopToken || drawn >= g.values.size()) break;
@@ -374,6 +402,15 @@ Napi::Value AddonContext::FlockGenerate(const Napi::CallbackInfo& info) {
         job->biasValues = copyOf<double, Napi::Float64Array>(spec, "biasValues");
         job->stopTokens = copyOf<int32_t, Napi::Int32Array>(spec, "stopTokens");
         job->window = uint32_t(std::max(1.0, numberOf(spec, "window")));
+        job->repetitionPenalty = numberOf(spec, "repetitionPenalty");
+        job->repeatLastN = int32_t(numberOf(spec, "repeatLastN"));
+        job->presencePenalty = numberOf(spec, "presencePenalty");
+        job->frequencyPenalty = numberOf(spec, "frequencyPenalty");
+        job->history = copyOf<int32_t, Napi::Int32Array>(spec, "history");
+        const std::vector<int32_t> generatedTokens = copyOf<int32_t, Napi::Int32Array>(spec, "generatedTokens");
+        const std::vector<int32_t> generatedCounts = copyOf<int32_t, Napi::Int32Array>(spec, "generatedCounts");
+        if (generatedTokens.size() != generatedCounts.size()) throw std::invalid_argument("flockGenerate: job.generatedTokens and job.generatedCounts must have the same length");
+        for (size_t i = 0; i < generatedTokens.size(); i++) job->generated[generatedTokens[i]] = generatedCounts[i];
     } catch (const std::exception& e) {
         Napi::TypeError::New(env, e.what()).ThrowAsJavaScriptException();
         return env.Undefined();
