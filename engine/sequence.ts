@@ -246,7 +246,8 @@ export class EngineSequence implements Sequence {
     this.assertHeld();
     // A planned fault counts evaluations, which the loop makes out of JavaScript's sight.
     if (!this.cache.generate || faultPlanned()) return null;
-    if (this.length + 1 + job.values.length - 1 > this.contextSize) {
+    // The loop decodes `first` and at most all but the last of the tokens it may draw.
+    if (this.length + job.values.length > this.contextSize) {
       throw new FlockError("context_length_exceeded", `the sequence is full (${this.contextSize} tokens)`);
     }
     const generation = this.cache.generate(first, job, onToken);
