@@ -101,7 +101,7 @@ describe("the generation loop draws what the JavaScript loop draws", () => {
 
 describe("the generation loop and other requests", () => {
   it("gives the context up when a second sequence needs it: both texts are their solo texts, and they shared batches", async () => {
-    const long = { temperature: 1, seed: 41, max_tokens: 120, ...endless() };
+    const long = { temperature: 1, seed: 41, max_tokens: 400, ...endless() };
     const short = { temperature: 1, seed: 42, max_tokens: 30, ...endless() };
     const soloLong = await complete("pair", long);
     const soloShort = await complete("pair", short);
@@ -110,7 +110,8 @@ describe("the generation loop and other requests", () => {
       return valueOf(exposition, "flock_batch_sequences_count", { model_name: "pair" }) - valueOf(exposition, "flock_batch_sequences_bucket", { model_name: "pair", le: "1" });
     };
     const sharedBefore = await shared();
-    // The long request streams; the short one arrives once the long one's loop is running.
+    // The long request streams; the short one arrives once the long one's loop is running, with
+    // most of the long one still to come.
     const res = await fetch(`${t.url}/v1/completions`, {
       method: "POST",
       headers: { "content-type": "application/json" },
@@ -118,7 +119,7 @@ describe("the generation loop and other requests", () => {
     });
     let second: Promise<Awaited<ReturnType<typeof complete>>> | undefined;
     const streamed = await readSSE(res, (text) => {
-      if (!second && (text.match(/"text"/g)?.length ?? 0) >= 5) second = complete("pair", short);
+      if (!second && (text.match(/"text"/g)?.length ?? 0) >= 2) second = complete("pair", short);
       return false;
     });
     const text = streamed
