@@ -4,7 +4,7 @@ import { nativeKernels } from "../engine/native.js";
 import { constrainedDraw } from "./constraint.js";
 import { TokenHistory } from "./history.js";
 import { type TokenDraws, tokenDraws } from "./noise.js";
-import { OutputAssembler } from "./output.js";
+import { type Emitted, OutputAssembler } from "./output.js";
 import { adjustLogits, logSoftmax, topTokens, ZERO_PROBABILITY_LOGPROB } from "./sampler.js";
 import type { DecodeStep, DecodingModel, GenerationRequest, TokenLogprob } from "./types.js";
 
@@ -49,8 +49,11 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     // Whether the addon's generation loop may draw this request's tokens: nothing but the
     // sampled token is read per position (no logprobs, grammar or observer).
     const loopable = !constraint && !observe && request.topLogprobs === null && seq.generate !== undefined && nativeKernels().sampleToken !== null;
-    // Tokens in the cache before the g-th output token is decoded: prompt + (g − 1).
-    const limitReached = (generated: number) => generated >= request.maxTokens || request.prompt.length + generated > seq.contextSize;
+    // Whether the `generated`-th output token ends the text; the cache holds prompt + (g − 1) tokens before it is decoded.
+    const ends = (token: number, generated: number) => ({
+      endOfGeneration: model.isEndOfGeneration(token) || stopTokens.has(token),
+      limitReached: generated >= request.maxTokens || request.prompt.length + generated > seq.contextSize,
+    });
     await seq.syncTo(request.prompt.slice(0, -1));
     let logits = await evaluate(request.prompt.slice(-1));
     let adjustBuffer: Float32Array | undefined;
@@ -64,29 +67,30 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
       const adjusted = request.topLogprobs === null ? adjustLogits(logits, request.sampling, history, logits) : (adjustBuffer = adjustLogits(logits, request.sampling, history, adjustBuffer));
       const token = constraint ? constrainedDraw(adjusted, request.sampling, constraint, draws, position) : draws.sample(adjusted, request.sampling, position);
       history.push(token);
-      const endOfGeneration = model.isEndOfGeneration(token) || stopTokens.has(token);
+      const { endOfGeneration, limitReached } = ends(token, generated);
       if (!endOfGeneration) constraint?.accept(token);
-      const limit = limitReached(generated);
-      const more = !endOfGeneration && !limit;
+      const more = !endOfGeneration && !limitReached;
       // From here on the addon may decode and draw by itself (docs/native-engine.md).
-      const drawn = new DrawnTokens();
-      generation = more && loopable ? (seq.generate?.(token, loopJob(request, draws, history, stopTokens, generated, seq.contextSize), (t) => drawn.push(t)) ?? null) : null;
-      generation?.done.then(() => drawn.end(), (err: unknown) => drawn.fail(err));
-      // A request cancelled while the loop waits for its consumer: the loop stops, and with it the wait.
-      if (generation) request.signal?.addEventListener("abort", generation.stop, { once: true });
+      const drawn = more && loopable ? new DrawnTokens() : null;
+      generation = drawn && (seq.generate?.(token, loopJob(request, draws, history, stopTokens, generated, seq.contextSize), (t) => drawn.push(t)) ?? null);
+      if (generation && drawn) {
+        generation.done.then(() => drawn.end(), (err: unknown) => drawn.fail(err));
+        // A request cancelled while the loop waits for its consumer: the loop stops, and with it the wait.
+        request.signal?.addEventListener("abort", generation.stop, { once: true });
+      }
       // Otherwise the next position's decode starts before this token is detokenized, checked
       // against the stop strings and streamed: llama.cpp computes while JavaScript does that
       // work. A stop string found meanwhile leaves one token in the cache that the next request drops.
       const next = more && !generation ? evaluate([token]) : undefined;
       next?.catch(() => undefined); // awaited below, unless the consumer stops first
       const logprob = endOfGeneration || request.topLogprobs === null ? undefined : describeLogprobs(model, logits, token, request.topLogprobs);
-      const { text, logprobs, finishReason } = output.emit(token, logprob, { endOfGeneration, limitReached: limit });
+      const emitted = output.emit(token, logprob, { endOfGeneration, limitReached });
       // This position's logits are read (the decode started above writes its own when it ends,
       // after this synchronous stretch): the next evaluation may write into them.
       seq.recycle?.([logits]);
-      yield { tokens: [token], text, logprobs, ...(finishReason && { finishReason }) };
-      if (finishReason) return;
-      if (generation) {
+      yield step(token, emitted);
+      if (emitted.finishReason) return;
+      if (generation && drawn) {
         // The loop's tokens, each handled as the lines above handle a token drawn here.
         let last = token;
         for (let t = await drawn.next(); t !== null; t = await drawn.next()) {
@@ -94,10 +98,9 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
           generated++;
           if (request.signal?.aborted) return;
           history.push(t);
-          const ends = { endOfGeneration: model.isEndOfGeneration(t) || stopTokens.has(t), limitReached: limitReached(generated) };
-          const emitted = output.emit(t, undefined, ends);
-          yield { tokens: [t], text: emitted.text, logprobs: emitted.logprobs, ...(emitted.finishReason && { finishReason: emitted.finishReason }) };
-          if (emitted.finishReason) return;
+          const emittedByLoop = output.emit(t, undefined, ends(t, generated));
+          yield step(t, emittedByLoop);
+          if (emittedByLoop.finishReason) return;
           last = t;
         }
         // The loop gave the context up (another sequence asked for it): its last token drawn is
@@ -119,6 +122,11 @@ export async function* plainDecode(model: LogprobModel, request: GenerationReque
     constraint?.release();
     seq.release();
   }
+}
+
+/** The step a token makes of what the output assembler emitted for it. */
+function step(token: number, emitted: Emitted): DecodeStep {
+  return { tokens: [token], text: emitted.text, logprobs: emitted.logprobs, ...(emitted.finishReason && { finishReason: emitted.finishReason }) };
 }
 
 /**

@@ -123,10 +123,7 @@ export class BatchDecoder {
       // The loop has ended: `count` tokens decoded, `first` and then the tokens drawn.
       const decoded = count === 0 ? [] : [first, ...drawn.slice(0, count - 1)];
       this.generation = null;
-      this.running = false;
-      this.runErases();
-      if (this.decodes.length > 0) this.schedule();
-      else for (const wake of this.idleWaiters.splice(0)) wake();
+      this.ranToEnd();
       if (error === undefined) ended(decoded);
       else failed(Object.assign(new FlockError("internal", `llama_decode failed: ${error}`), { decoded }));
     });
@@ -196,11 +193,16 @@ export class BatchDecoder {
       failure ??= this.afterDecode?.() ?? undefined;
       this.finish(batch, failure);
     } finally {
-      this.running = false;
-      this.runErases();
-      if (this.decodes.length > 0) this.schedule();
-      else for (const wake of this.idleWaiters.splice(0)) wake();
+      this.ranToEnd();
     }
+  }
+
+  /** After a decode or a generation loop: the cuts that waited for it, then what is queued (or the idle waiters). */
+  private ranToEnd(): void {
+    this.running = false;
+    this.runErases();
+    if (this.decodes.length > 0) this.schedule();
+    else for (const wake of this.idleWaiters.splice(0)) wake();
   }
 
   /**
@@ -309,17 +311,19 @@ export class BatchedSequence implements SequenceCache {
     if (this.busy) return null;
     const generation = this.decoder.generate(this.id, this.held.length, first, job, onToken);
     if (!generation) return null;
-    const recorded = generation.done.then(
+    // What the loop decoded is in the cache, also when it failed part way.
+    const done = generation.done.then(
       (decoded) => {
         for (const token of decoded) this.held.push(token);
+        return decoded;
       },
       (err: unknown) => {
         for (const token of (err as { decoded?: number[] }).decoded ?? []) this.held.push(token);
         throw err;
       },
     );
-    this.last = recorded.catch(() => undefined);
-    return { ...generation, done: recorded.then(() => generation.done) };
+    this.last = done.catch(() => undefined);
+    return { ...generation, done };
   }
 
   /** Keeps the first `length` cached tokens. */

@@ -168,9 +168,8 @@ class DecodeThread {
         std::mutex mutex;
         std::condition_variable wake;
         PendingDecode* pending = nullptr;
+        // Set from start() until the loop has ended (this thread runs it, so it is not waited for meanwhile).
         std::unique_ptr<GenerationJob> job;
-        // A generation loop is running (job stays set until the loop has posted its end).
-        bool generating = false;
         bool stopping = false;
 
         bool busy() const { return pending != nullptr || job != nullptr; }
@@ -181,18 +180,17 @@ class DecodeThread {
                 GenerationJob* generation = nullptr;
                 {
                     std::unique_lock<std::mutex> lock(mutex);
-                    wake.wait(lock, [this] { return pending != nullptr || (job && !generating) || stopping; });
+                    wake.wait(lock, [this] { return pending != nullptr || job != nullptr || stopping; });
                     if (pending != nullptr) {
                         decode = pending;
-                    } else if (job && !generating) {
-                        generating = true;
+                    } else if (job != nullptr) {
                         generation = job.get();
                     } else {
                         return;
                     }
                 }
                 if (decode != nullptr) {
-                    decode->error = decodeBatch();
+                    decode->error = this->decode(context->ctx, context->batch);
                     {
                         std::lock_guard<std::mutex> lock(mutex);
                         pending = nullptr;
@@ -207,7 +205,6 @@ class DecodeThread {
                 {
                     std::lock_guard<std::mutex> lock(mutex);
                     finished = std::move(job);
-                    generating = false;
                 }
                 AddonContext* owner = finished->context;
                 finished->events.NonBlockingCall(end, [owner](Napi::Env env, Napi::Function onEvent, GenerationEvent* event) {
@@ -218,13 +215,14 @@ class DecodeThread {
             }
         }
 
-        // The same call and messages as node-llama-cpp's AddonContextDecodeBatchWorker.
-        std::string decodeBatch() {
+        // llama_decode, then llama_synchronize: the same call and messages as node-llama-cpp's
+        // AddonContextDecodeBatchWorker; "" when it succeeded.
+        static std::string decode(llama_context* ctx, const llama_batch& batch) {
             try {
-                const int r = llama_decode(context->ctx, context->batch);
+                const int r = llama_decode(ctx, batch);
                 if (r == 1) return "could not find a KV slot for the batch (try reducing the size of the batch or increase the context)";
                 if (r != 0) return "Eval has failed";
-                llama_synchronize(context->ctx);
+                llama_synchronize(ctx);
                 return "";
             } catch (const std::exception& e) {
                 return e.what();
@@ -268,12 +266,8 @@ class DecodeThread {
                     batch.n_seq_id[0] = 1;
                     batch.seq_id[0][0] = g.sequence;
                     batch.logits[0] = 1;
-                    const int r = llama_decode(ctx, batch);
-                    if (r != 0) {
-                        end.error = r == 1 ? "could not find a KV slot for the batch (try reducing the size of the batch or increase the context)" : "Eval has failed";
-                        break;
-                    }
-                    llama_synchronize(ctx);
+                    end.error = decode(ctx, batch);
+                    if (!end.error.empty()) break;
                     end.decoded++;
                     position++;
                     float* logits = llama_get_logits_ith(ctx, -1);
