@@ -10,7 +10,9 @@
 // own pass, and flock's on the first request with the schema and on later ones (masks are cached
 // per grammar state) — each timed alone (so the draws' allocations do not land in the grammar's
 // time); and how many checks and masks flock's constrained draw makes (it checks the draw's
-// ranked tokens and masks only when none is allowed), which give its grammar cost per position.
+// ranked tokens and masks only when none is allowed), which give its grammar cost per position
+// once the masks are cached; and that cost timed on the first request with the schema.
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama, LlamaLogLevel, type LlamaModel, type Token } from "node-llama-cpp";
 import { constrainedDraw, type TokenConstraint } from "../decoding/constraint.js";
@@ -19,12 +21,13 @@ import { createRng } from "../decoding/rng.js";
 import { DEFAULT_SAMPLING } from "../decoding/sampler.js";
 import { GrammarCompiler, type GrammarState } from "../engine/grammar.js";
 import { grammarKernels, installSamplingKernels } from "../engine/native.js";
+import { vocabFile } from "../forge/tokenizers.js";
 import { BOAT_INSTANCE, BOAT_SCHEMA } from "./json-workload.js";
 import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report.js";
 
 const ROUNDS = 5;
 const out = jsonPathArg("grammar.json");
-const VOCABULARIES = ["llama-spm", "llama-bpe", "qwen2"];
+const VOCABULARIES = ["llama-spm", "llama-bpe", "qwen2"] as const;
 const SCHEMA = BOAT_SCHEMA;
 const INSTANCE = BOAT_INSTANCE;
 
@@ -63,14 +66,20 @@ function writeAsModel(model: LlamaModel, compiler: GrammarCompiler, vocabulary: 
   return tokens;
 }
 
-/** A grammar state that counts its checks and masks. */
-function counting(state: GrammarState): TokenConstraint & { calls: { checks: number; masks: number } } {
-  const calls = { checks: 0, masks: 0 };
+/** A grammar state that counts its checks and masks, and the time they take. */
+function counting(state: GrammarState): TokenConstraint & { calls: { checks: number; masks: number; ms: number } } {
+  const calls = { checks: 0, masks: 0, ms: 0 };
+  const timed = <T>(call: () => T): T => {
+    const started = performance.now();
+    const result = call();
+    calls.ms += performance.now() - started;
+    return result;
+  };
   return {
     calls,
-    allows: (token) => (calls.checks++, state.allows(token)),
+    allows: (token) => (calls.checks++, timed(() => state.allows(token))),
     forcedToken: (computeMask) => state.forcedToken(computeMask),
-    mask: (logits) => (calls.masks++, state.mask(logits)),
+    mask: (logits) => (calls.masks++, timed(() => state.mask(logits))),
     accept: (token) => state.accept(token),
     clone: () => counting(state.clone()),
     release: () => state.release(),
@@ -79,7 +88,7 @@ function counting(state: GrammarState): TokenConstraint & { calls: { checks: num
 
 const rows: BenchReport["rows"] = [];
 for (const name of VOCABULARIES) {
-  const model = await llama.loadModel({ modelPath: join(import.meta.dirname, "../node_modules/node-llama-cpp/llama/llama.cpp/models", `ggml-vocab-${name}.gguf`), vocabOnly: true });
+  const model = await llama.loadModel({ modelPath: vocabFile(name, join(tmpdir(), "flock-vocab")), vocabOnly: true });
   const compiler = new GrammarCompiler(model, kernels);
   const vocabulary = model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
   const tokens = writeAsModel(model, compiler, vocabulary);
@@ -118,6 +127,7 @@ for (const name of VOCABULARIES) {
     const llamaMaskMs: number[] = [];
     const firstMaskMs: number[] = [];
     const cachedMaskMs: number[] = [];
+    const firstGrammarMs: number[] = [];
     let distinctStates = 0;
     const maskWalk = (start: GrammarState) => {
       const masks = start.clone();
@@ -152,6 +162,14 @@ for (const name of VOCABULARIES) {
       firstMaskMs.push(maskWalk(start));
       distinctStates = compiler.maskCacheStats().misses - missesBefore;
       cachedMaskMs.push(maskWalk(start));
+      // flock's constrained draws on the first request with the schema: their checks and masks,
+      // each mask computed at its state's first visit.
+      const first = counting(compiler.compile({ jsonSchema: SCHEMA }));
+      positions.forEach((logits, i) => {
+        constrainedDraw(new Float32Array(logits), params, first, keyed, i);
+        first.accept(tokens[i]);
+      });
+      firstGrammarMs.push(first.calls.ms / tokens.length);
     }
     const [check, llamaMask, firstMask, cachedMask] = [median(checkMs), median(llamaMaskMs), median(firstMaskMs), median(cachedMaskMs)];
     rows.push({
@@ -169,6 +187,7 @@ for (const name of VOCABULARIES) {
       firstMaskMs: firstMask,
       cachedMaskMs: cachedMask,
       grammarMs: (counted.calls.checks * check + counted.calls.masks * cachedMask) / tokens.length,
+      firstGrammarMs: median(firstGrammarMs),
     });
     console.error(`${name} ${shape}: draw ${median(drawMs).toFixed(3)} ms, check ${check.toFixed(4)} ms, mask ${llamaMask.toFixed(3)} ms llama.cpp, ${firstMask.toFixed(3)} ms first, ${cachedMask.toFixed(4)} ms cached (${distinctStates} states); ${counted.calls.checks} checks, ${counted.calls.masks} masks over ${tokens.length} positions`);
   }
@@ -190,9 +209,10 @@ writeReport(out, {
       checkMs: "one grammar check of a token",
       states: "distinct grammar states the instance passes through (masks computed on the first walk)",
       llamaMaskMs: "a mask per position by llama.cpp's own pass (llama_sampler_apply over every token, decoding each token's text each time): uncached",
-      firstMaskMs: "a mask per position, first request with the schema: flock's grammar pass over the pre-decoded vocabulary at each state's first visit, a cached mask after",
+      firstMaskMs: "a mask per position, first request with the schema: flock's walk over the trie of the pre-decoded vocabulary at each state's first visit, a cached mask after",
       cachedMaskMs: "a mask per position, any later request with the schema: every state's mask found in the model's cache",
       grammarMs: "flock's grammar cost per position once the schema's masks are cached: checks × checkMs + masked × cachedMaskMs",
+      firstGrammarMs: "flock's grammar cost per position on the first request with the schema: the constrained draws' checks and masks, timed, each mask computed at its state's first visit",
     },
     schema: SCHEMA,
     instance: INSTANCE,

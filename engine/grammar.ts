@@ -111,15 +111,21 @@ interface GrammarContext {
 /** One generation's position in a grammar. */
 export class GrammarState {
   private released = false;
+  /** Checks since the state last moved. */
+  private checks = 0;
 
   constructor(
     private readonly state: LlamaGrammarEvaluationState,
     private readonly context: GrammarContext,
   ) {}
 
-  /** Whether `token` may come next. */
+  /**
+   * Whether `token` may come next. A second check at one position means the first token was
+   * refused and more are coming (decoding/constraint.ts), so where only a few characters may come
+   * next the state's mask is computed then (a short walk) and answers the rest.
+   */
   allows(token: number): boolean {
-    return this.context.kernels.allows(this.live(), token, this.context.masks);
+    return this.context.kernels.allows(this.live(), token, this.context.masks, ++this.checks === 2);
   }
 
   /** Sets the logit of every token that may not come next to −Infinity, in place. */
@@ -143,6 +149,7 @@ export class GrammarState {
     // nothing follows one anyway.
     if (this.context.endsGeneration(token)) return;
     this.context.kernels.accept(this.live(), token);
+    this.checks = 0;
   }
 
   clone(): GrammarState {

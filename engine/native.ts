@@ -274,8 +274,12 @@ export interface GrammarKernels {
    * the grammar allows. With a cache, the state's mask is looked up, or computed and kept.
    */
   mask(state: LlamaGrammarEvaluationState, logits: Float32Array, cache?: MaskCacheKey): number;
-  /** Whether `token` may come next (a bit of the cached mask where there is one). */
-  allows(state: LlamaGrammarEvaluationState, token: number, cache?: MaskCacheKey): boolean;
+  /**
+   * Whether `token` may come next: a bit of the cached mask where there is one — with
+   * `maskIfNarrow`, computed and kept first where only a few characters may come next (between
+   * JSON fields: a short walk that answers every later check) — else a check of that one token.
+   */
+  allows(state: LlamaGrammarEvaluationState, token: number, cache?: MaskCacheKey, maskIfNarrow?: boolean): boolean;
   /** Advances the state past `token`. */
   accept(state: LlamaGrammarEvaluationState, token: number): void;
   /**
@@ -338,7 +342,7 @@ export function grammarKernels(llama: Llama): GrammarKernels | undefined {
   return {
     valid: (state) => valid!(addonState(state)) as boolean,
     mask: (state, logits, key) => mask!(addonState(state), logits, ...cached(key)) as number,
-    allows: (state, token, key) => allows!(addonState(state), token, ...cached(key)) as boolean,
+    allows: (state, token, key, maskIfNarrow = false) => allows!(addonState(state), token, ...cached(key), ...(key ? [maskIfNarrow] : [])) as boolean,
     accept: (state, token) => sampler.acceptGrammarEvaluationStateToken(addonState(state), token),
     forcedToken: (state, key, computeOnMiss) => {
       const token = forced!(addonState(state), key.cache, key.grammarId, computeOnMiss) as number;

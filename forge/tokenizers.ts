@@ -44,9 +44,10 @@ export interface RealTokenizer {
 /**
  * Path of llama.cpp's `models/ggml-vocab-NAME.gguf` (or its `.inp`/`.out` tokenizer fixtures,
  * `suffix`): from the unpacked source where build:native left it, else read out of
- * node-llama-cpp's git bundle into `cacheDir` (no network either way).
+ * node-llama-cpp's git bundle into `cacheDir` (no network either way). Any of the vocabularies
+ * llama.cpp ships, not only the forge's (`llama-spm`: Llama 2's 32,000 SentencePiece tokens).
  */
-export function vocabFile(name: TokenizerName, cacheDir: string, suffix = ""): string {
+export function vocabFile(name: TokenizerName | "llama-spm", cacheDir: string, suffix = ""): string {
   const file = `ggml-vocab-${name}.gguf${suffix}`;
   const unpacked = join(NODE_LLAMA_CPP_LLAMA_DIR, "llama.cpp", "models", file);
   if (existsSync(unpacked)) return unpacked;

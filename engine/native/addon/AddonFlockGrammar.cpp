@@ -1,9 +1,10 @@
 // Grammar-constrained decoding's native half (engine/grammar.ts, decoding/constraint.ts). A
 // grammar evaluation state is node-llama-cpp's AddonGrammarEvaluationState (llama.cpp's grammar
 // sampler), created, cloned and advanced through node-llama-cpp; these add what flock's own
-// sampling path needs: masks over the whole vocabulary, kept per grammar state so that a state
-// seen before costs a lookup instead of a grammar pass over 151,936 tokens; checks of one
-// token; the token a state forces (the only one its mask allows).
+// sampling path needs: masks over the whole vocabulary, computed at a state's first visit by a
+// walk over the vocabulary's trie (AddonFlockGrammarTrie.cpp) and kept per grammar state so that
+// a state seen before costs a lookup; checks of one token; the token a state forces (the only
+// one its mask allows).
 // Registered on the addon's exports by patches/addon-exports.diff.
 #include <algorithm>
 #include <cmath>
@@ -20,6 +21,7 @@
 #include "napi.h"
 #include "AddonModel.h"
 #include "AddonGrammarEvaluationState.h"
+#include "AddonFlockGrammarTrie.h"
 #include "json-schema-to-grammar.h"
 #include "llama-grammar.h"
 
@@ -148,6 +150,7 @@ struct FlockVocabText {
     std::string bytes;  // every token's piece, back to back
     std::vector<size_t> bytesOffset;
     std::vector<uint8_t> wellFormedAlone;  // its piece is well-formed UTF-8 where no bytes are pending
+    std::unique_ptr<FlockVocabTrie> trie;  // the text tokens well-formed alone, by code points
 
     std::string_view piece(size_t id) const { return std::string_view(bytes).substr(bytesOffset[id], bytesOffset[id + 1] - bytesOffset[id]); }
 
@@ -196,6 +199,11 @@ struct FlockVocabText {
             wellFormedAlone[id] = wellFormedUtf8({ 0, 0x80, 0xBF }, piece.data(), piece.size());
         }
         bytesOffset.push_back(bytes.size());
+        std::vector<uint32_t> masked;
+        for (int32_t id = 0; id < n; id++) {
+            if (kind[id] == Text && wellFormedAlone[id]) masked.push_back(uint32_t(id));
+        }
+        trie = std::make_unique<FlockVocabTrie>(std::move(masked), codePoints.data(), offset.data(), partial.data());
     }
 };
 
@@ -247,29 +255,19 @@ static FlockMaskCache* cacheArg(const Napi::Value& value) {
     return value.IsExternal() ? value.As<Napi::External<FlockMaskCache>>().Data() : nullptr;
 }
 
-// One grammar pass over the whole vocabulary, as llama_grammar_apply_impl makes it, on the
-// pre-decoded vocabulary (valid where no UTF-8 bytes are pending, as decoding then starts afresh).
-static std::vector<uint64_t> fullMaskDecoded(const llama_grammar& grammar, const FlockVocabText& text, uint32_t& count) {
+// One grammar pass over the whole vocabulary, as llama_grammar_apply_impl makes it, over the
+// pre-decoded vocabulary's trie (valid where no UTF-8 bytes are pending, as decoding then starts
+// afresh): the text tokens well-formed alone that the grammar allows, and the end of generation
+// where a stack is done. Empty where the walk would visit more than maxNodes nodes.
+static std::vector<uint64_t> fullMaskDecoded(const llama_grammar& grammar, const FlockVocabText& text, uint32_t& count, size_t maxNodes = SIZE_MAX) {
     const size_t n = text.kind.size();
     bool allowEndOfGeneration = false;
     for (const auto& stack : grammar.stacks) allowEndOfGeneration |= stack.empty();
-    static thread_local llama_grammar_candidates candidates;
-    candidates.clear();
-    candidates.reserve(n);
     std::vector<uint64_t> allowed((n + 63) / 64, 0);
-    for (size_t id = 0; id < n; id++) {
-        if (text.kind[id] == FlockVocabText::Text && text.wellFormedAlone[id]) {
-            candidates.push_back({ id, text.codePoints.data() + text.offset[id], text.partial[id], llama_token(id) });
-            allowed[id / 64] |= uint64_t(1) << (id % 64);
-        } else if (text.kind[id] == FlockVocabText::EndOfGeneration && allowEndOfGeneration) {
-            allowed[id / 64] |= uint64_t(1) << (id % 64);
-        }
+    for (size_t id = 0; allowEndOfGeneration && id < n; id++) {
+        if (text.kind[id] == FlockVocabText::EndOfGeneration) allowed[id / 64] |= uint64_t(1) << (id % 64);
     }
-    if (!candidates.empty() && !grammar.stacks.empty()) {
-        llama_grammar_candidates rejects = llama_grammar_reject_candidates_for_stack(grammar.rules, grammar.stacks.front(), candidates);
-        for (size_t i = 1; i < grammar.stacks.size(); i++) rejects = llama_grammar_reject_candidates_for_stack(grammar.rules, grammar.stacks[i], rejects);
-        for (const auto& reject : rejects) allowed[reject.index / 64] &= ~(uint64_t(1) << (reject.index % 64));
-    }
+    if (!flockTrieMask(grammar, *text.trie, allowed, maxNodes)) return {};
     count = 0;
     for (const uint64_t word : allowed) count += uint32_t(__builtin_popcountll(word));
     return allowed;
@@ -295,8 +293,20 @@ static std::vector<uint64_t> fullMask(llama_sampler* sampler, const FlockVocabTe
     return allowed;
 }
 
-// The cached mask of the state's position, computed on a miss; null where the state has no key.
-static const FlockMaskCache::Mask* cachedMask(AddonGrammarEvaluationState* state, FlockMaskCache* cache, uint32_t grammarId, bool computeOnMiss) {
+// What cachedMask does where the state's mask is not cached.
+enum class OnMiss {
+    Nothing,
+    Compute,
+    // Compute where only a few characters may come next (flockGrammarNarrow) and the walk stays
+    // short: about what a few checks of single tokens cost, and it answers every later one. A
+    // walk that outgrows MAX_NARROW_SHARE of the trie's nodes is given up.
+    ComputeIfNarrow,
+};
+static constexpr size_t MAX_NARROW_SHARE = 64;
+
+// The cached mask of the state's position, computed on a miss as onMiss says; null where the
+// state has no key or its mask was not computed.
+static const FlockMaskCache::Mask* cachedMask(AddonGrammarEvaluationState* state, FlockMaskCache* cache, uint32_t grammarId, OnMiss onMiss) {
     llama_grammar* grammar = grammarOf(state);
     static thread_local std::string key;
     if (grammar == nullptr || !stateKey(*grammar, grammarId, key)) {
@@ -307,16 +317,22 @@ static const FlockMaskCache::Mask* cachedMask(AddonGrammarEvaluationState* state
         cache->hits++;
         return mask;
     }
-    if (!computeOnMiss) return nullptr;
-    cache->misses++;
+    if (onMiss == OnMiss::Nothing) return nullptr;
+    // The trie walk reads characters from a fresh start; llama.cpp's own pass does the rest.
+    const bool walkable = grammar->partial_utf8.n_remain == 0 && !grammar->stacks.empty() && !flockGrammarHasTokenElements(*grammar);
+    if (onMiss == OnMiss::ComputeIfNarrow && !(walkable && flockGrammarNarrow(*grammar))) return nullptr;
+    if (!cache->text) cache->text = std::make_unique<FlockVocabText>(state->model->vocab);
     uint32_t count = 0;
     std::vector<uint64_t> allowed;
-    if (!cache->text) cache->text = std::make_unique<FlockVocabText>(state->model->vocab);
-    if (grammar->partial_utf8.n_remain == 0 && !grammar->stacks.empty()) {
+    if (onMiss == OnMiss::ComputeIfNarrow) {
+        allowed = fullMaskDecoded(*grammar, *cache->text, count, cache->text->trie->nodes.size() / MAX_NARROW_SHARE);
+        if (allowed.empty()) return nullptr;
+    } else if (walkable) {
         allowed = fullMaskDecoded(*grammar, *cache->text, count);
     } else {
         allowed = fullMask(state->sampler, *cache->text, owedBy(grammar->partial_utf8), size_t(llama_vocab_n_tokens(state->model->vocab)), count);
     }
+    cache->misses++;
     return cache->insert(key, std::move(allowed), count);
 }
 
@@ -384,7 +400,7 @@ Napi::Value flockGrammarMask(const Napi::CallbackInfo& info) {
         FlockMaskCache* cache = info.Length() >= 4 ? cacheArg(info[2]) : nullptr;
         if (cache != nullptr) {
             const uint32_t grammarId = info[3].As<Napi::Number>().Uint32Value();
-            if (const FlockMaskCache::Mask* mask = cachedMask(state, cache, grammarId, true)) {
+            if (const FlockMaskCache::Mask* mask = cachedMask(state, cache, grammarId, OnMiss::Compute)) {
                 // Whole words at a time: inside a string nearly every word is all ones, between
                 // fields nearly every word is zero.
                 for (size_t word = 0; word * 64 < n; word++) {
@@ -428,12 +444,14 @@ Napi::Value flockGrammarMask(const Napi::CallbackInfo& info) {
     }
 }
 
-// flockGrammarAllows(state, token, cache?, grammarId?): whether the token may come next — a bit
-// of the state's cached mask where there is one, else llama.cpp's grammar on that one token.
+// flockGrammarAllows(state, token, cache?, grammarId?, maskIfNarrow?): whether the token may come
+// next — a bit of the state's cached mask where there is one (with maskIfNarrow, computed first
+// where only a few characters may come next: OnMiss::ComputeIfNarrow), else llama.cpp's grammar
+// on that one token.
 Napi::Value flockGrammarAllows(const Napi::CallbackInfo& info) {
     const Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsNumber()) {
-        Napi::TypeError::New(env, "flockGrammarAllows(state: AddonGrammarEvaluationState, token: number, cache?: External, grammarId?: number)").ThrowAsJavaScriptException();
+        Napi::TypeError::New(env, "flockGrammarAllows(state: AddonGrammarEvaluationState, token: number, cache?: External, grammarId?: number, maskIfNarrow?: boolean)").ThrowAsJavaScriptException();
         return env.Undefined();
     }
     AddonGrammarEvaluationState* state = stateArg(info[0]);
@@ -442,7 +460,8 @@ Napi::Value flockGrammarAllows(const Napi::CallbackInfo& info) {
     try {
         FlockMaskCache* cache = info.Length() >= 4 ? cacheArg(info[2]) : nullptr;
         if (cache != nullptr) {
-            if (const FlockMaskCache::Mask* mask = cachedMask(state, cache, info[3].As<Napi::Number>().Uint32Value(), false)) {
+            const OnMiss onMiss = info.Length() >= 5 && info[4].IsBoolean() && info[4].As<Napi::Boolean>().Value() ? OnMiss::ComputeIfNarrow : OnMiss::Nothing;
+            if (const FlockMaskCache::Mask* mask = cachedMask(state, cache, info[3].As<Napi::Number>().Uint32Value(), onMiss)) {
                 return Napi::Boolean::New(env, (mask->allowed[size_t(token) / 64] >> (token % 64)) & 1);
             }
         }
@@ -473,7 +492,7 @@ Napi::Value flockGrammarForcedToken(const Napi::CallbackInfo& info) {
     AddonGrammarEvaluationState* state = stateArg(info[0]);
     if (state->sampler == nullptr) return Napi::Number::New(env, -1);
     try {
-        const FlockMaskCache::Mask* mask = cachedMask(state, cache, info[2].As<Napi::Number>().Uint32Value(), info[3].As<Napi::Boolean>().Value());
+        const FlockMaskCache::Mask* mask = cachedMask(state, cache, info[2].As<Napi::Number>().Uint32Value(), info[3].As<Napi::Boolean>().Value() ? OnMiss::Compute : OnMiss::Nothing);
         return Napi::Number::New(env, mask == nullptr || mask->count != 1 ? -1 : mask->only);
     } catch (const std::exception& e) {
         Napi::Error::New(env, std::string("grammar: ") + e.what()).ThrowAsJavaScriptException();
