@@ -44,11 +44,18 @@ export interface TrainLoraOptions {
   init?: string;
   /** Where the adapter is written after every epoch, before onEpoch hears of it. */
   checkpoint?: string;
+  /** Where AdamW's state (its step count and moments) is written after every epoch, beside the checkpoint. */
+  optimizerCheckpoint?: string;
   /**
    * Epochs already done (default 0): resuming a run from its checkpoint (given as init), the
    * learning-rate schedule and the shuffling of the training windows go on from this epoch.
    */
   startEpoch?: number;
+  /**
+   * AdamW's state to go on with: the optimizerCheckpoint of the run being resumed. With it, a
+   * resumed run takes the steps the uninterrupted run would have; without, its moments start at zero.
+   */
+  initOptimizer?: string;
   /** After each epoch; an exception it throws stops the training there (the checkpoint kept). */
   onEpoch?: (epoch: TrainEpoch) => void;
   /** After each optimizer step (train) or validation window. */

@@ -20,8 +20,10 @@ const usage = `usage: npm run train:expert -- --model BASE.gguf --data FILE.txt|
   [--stride N]        tokens from one training window to the next (default: half the context)
   [--validation F]    fraction of the documents held out for validation (default 0.1)
   [--init FILE]       continue training this adapter (f32 tensors) instead of a fresh one
-  [--resume]          go on from the last finished epoch of a run that was stopped (Ctrl-C):
-                      its checkpoint is ADAPTER.checkpoint.gguf, written after every epoch
+  [--resume]          go on from the last finished epoch of a run that was stopped (Ctrl-C),
+                      exactly as the run would have gone on: its checkpoint is
+                      ADAPTER.checkpoint.gguf with AdamW's state in
+                      ADAPTER.checkpoint.optimizer.gguf, written after every epoch
   [--threads N]       CPU threads (default: cores - 1)
   [--seed N]          initialisation and shuffling seed (default 1)
 A .txt file is one document per paragraph; a .jsonl file one object a line with "text"
@@ -64,12 +66,13 @@ const flags = parsed.data;
 // After every epoch the adapter is written to the checkpoint and the run's settings and progress
 // beside it; --resume reads them back. What the run trains must not change in between.
 const checkpoint = flags.out.replace(/\.gguf$/i, ".checkpoint.gguf");
+const optimizerCheckpoint = flags.out.replace(/\.gguf$/i, ".checkpoint.optimizer.gguf");
 const checkpointState = flags.out.replace(/\.gguf$/i, ".checkpoint.json");
 const { threads: _threads, ...settings } = flags;
 let startEpoch = 0;
 if (resume) {
   if (flags.init) fail("--resume continues the run's own checkpoint: leave out --init");
-  if (!existsSync(checkpointState) || !existsSync(checkpoint)) fail(`nothing to resume: no checkpoint ${checkpoint} (it is written after the first epoch)`);
+  if (!existsSync(checkpointState) || !existsSync(checkpoint) || !existsSync(optimizerCheckpoint)) fail(`nothing to resume: no checkpoint ${checkpoint} with its optimizer state (they are written after the first epoch)`);
   const state = JSON.parse(readFileSync(checkpointState, "utf8")) as { epochsDone: number; settings: Record<string, unknown> };
   const changed = Object.keys({ ...settings, ...state.settings }).filter((k) => JSON.stringify((settings as Record<string, unknown>)[k]) !== JSON.stringify(state.settings[k]));
   if (changed.length > 0) fail(`the stopped run had other settings (${changed.map((k) => `--${k}`).join(", ")}): resume with the same ones`);
@@ -116,7 +119,9 @@ try {
     seed: flags.seed,
     init: resume ? checkpoint : flags.init,
     checkpoint,
+    optimizerCheckpoint,
     startEpoch,
+    initOptimizer: resume ? optimizerCheckpoint : undefined,
     onStep: (s) => {
       if (s.train) trainSeconds = s.seconds;
       if (!tty) return;
@@ -135,8 +140,7 @@ try {
       );
     },
   });
-  rmSync(checkpoint, { force: true });
-  rmSync(checkpointState, { force: true });
+  for (const file of [checkpoint, optimizerCheckpoint, checkpointState]) rmSync(file, { force: true });
   const tokensPerSecond = trainSeconds > 0 ? (result.trainWindows * result.contextSize) / trainSeconds : 0;
   console.log(
     `train:expert: ${result.tensors / 2} modules, ${result.parameters} parameters; ${result.trainWindows} training and ${result.validationWindows} validation windows of ${result.contextSize} tokens; ` +

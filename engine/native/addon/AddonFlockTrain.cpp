@@ -124,6 +124,90 @@ bool writeAdapter(const std::string& path, const std::string& arch, float alpha,
     return ok;
 }
 
+// AdamW's state between epochs (patches/llama-cpp-opt-state.diff): the step count and each
+// parameter's first and second moments, written beside the adapter's checkpoint so that a
+// resumed run takes exactly the steps an uninterrupted one would. A GGUF holding
+// "flock.optimizer.iter" and tensors "m.<parameter>", "v.<parameter>".
+bool writeOptimizerState(const std::string& path, ggml_opt_context_t opt, const std::vector<const ggml_tensor*>& params, std::string& error) {
+    size_t bytes = 0;
+    for (const ggml_tensor* t : params) bytes += 2 * (ggml_nbytes(t) + ggml_tensor_overhead() + 64);
+    ggml_init_params init = {bytes + 1024, nullptr, false};
+    ggml_context* ctx = ggml_init(init);
+    gguf_context* gguf = gguf_init_empty();
+    gguf_set_val_str(gguf, "general.type", "flock.optimizer");
+    gguf_set_val_i64(gguf, "flock.optimizer.iter", ggml_opt_flock_iter(opt));
+    for (const ggml_tensor* t : params) {
+        for (int order = 1; order <= 2 && error.empty(); order++) {
+            const ggml_tensor* moment = ggml_opt_flock_moment(opt, t, order);
+            if (moment == nullptr || ggml_nelements(moment) != ggml_nelements(t)) {
+                error = std::string("the optimizer holds no moments for ") + t->name;
+                break;
+            }
+            ggml_tensor* copy = ggml_new_tensor(ctx, GGML_TYPE_F32, GGML_MAX_DIMS, t->ne);
+            ggml_set_name(copy, ((order == 1 ? "m." : "v.") + std::string(t->name)).c_str());
+            ggml_backend_tensor_get(moment, copy->data, 0, ggml_nbytes(copy));
+            gguf_add_tensor(gguf, copy);
+        }
+    }
+    bool ok = error.empty();
+    if (ok) {
+        const std::string partial = path + ".partial";
+        ok = gguf_write_to_file(gguf, partial.c_str(), false) && std::rename(partial.c_str(), path.c_str()) == 0;
+        if (!ok) {
+            std::remove(partial.c_str());
+            error = "cannot write " + path;
+        }
+    }
+    gguf_free(gguf);
+    ggml_free(ctx);
+    return ok;
+}
+
+// An optimizer state to start from, filled into the moments when llama.cpp allocates them (before
+// the first optimizer step; ggml_opt_flock_set_moments_init).
+struct OptimizerStart {
+    std::map<std::string, std::vector<float>> moments;  // by tensor name in the file
+    const std::vector<const ggml_tensor*>* params = nullptr;
+    std::string error;
+    bool filled = false;
+};
+
+bool readOptimizerState(const std::string& path, OptimizerStart& start, int64_t& iter, std::string& error) {
+    ggml_context* ctx = nullptr;
+    gguf_init_params params = {false, &ctx};
+    gguf_context* gguf = gguf_init_from_file(path.c_str(), params);
+    if (gguf == nullptr) {
+        error = "cannot read the optimizer state " + path;
+        return false;
+    }
+    const int64_t key = gguf_find_key(gguf, "flock.optimizer.iter");
+    if (key < 0) error = path + " is not an optimizer state (no flock.optimizer.iter)";
+    else iter = gguf_get_val_i64(gguf, key);
+    for (ggml_tensor* t = ggml_get_first_tensor(ctx); t != nullptr && error.empty(); t = ggml_get_next_tensor(ctx, t)) {
+        const float* data = static_cast<const float*>(t->data);
+        start.moments[t->name] = std::vector<float>(data, data + ggml_nelements(t));
+    }
+    gguf_free(gguf);
+    ggml_free(ctx);
+    return error.empty();
+}
+
+void fillMoments(ggml_opt_context_t opt, void* userdata) {
+    auto* start = static_cast<OptimizerStart*>(userdata);
+    for (const ggml_tensor* t : *start->params) {
+        for (int order = 1; order <= 2; order++) {
+            ggml_tensor* moment = ggml_opt_flock_moment(opt, t, order);
+            const auto found = start->moments.find((order == 1 ? "m." : "v.") + std::string(t->name));
+            if (moment == nullptr || found == start->moments.end() || int64_t(found->second.size()) != ggml_nelements(moment)) {
+                start->error = std::string("the optimizer state does not match the adapter at ") + t->name;
+                return;
+            }
+            ggml_backend_tensor_set(moment, found->second.data(), 0, ggml_nbytes(moment));
+        }
+    }
+    start->filled = true;
+}
+
 // A text document as it is packed: the vocabulary's BOS (where it adds one) before the first
 // document of a stream only, and EOS after every document — "doc EOS doc EOS", the format
 // GPT-style pretraining packs and flock's forged chain models generate, so that no window holds
@@ -249,9 +333,11 @@ llama_context* trainingContext(llama_model* model, uint32_t wantCtx, int32_t thr
 //              modules?: string[] (default attn_q, attn_output, ffn_gate, ffn_up, ffn_down),
 //              rank?, alpha?, epochs?, learningRate?, learningRateMin?, weightDecay?, contextSize?,
 //              stride?, threads?, seed?, gpuLayers?, init?: adapter GGUF to continue from,
-//              checkpoint?: where the adapter is written after every epoch, startEpoch?: the
-//              epochs before it count as done (resuming from a checkpoint given as init: the
-//              learning-rate schedule and the shuffling go on from there) }
+//              checkpoint?: where the adapter is written after every epoch, optimizerCheckpoint?:
+//              where AdamW's state is written after every epoch, startEpoch?: the epochs before
+//              it count as done (resuming from a checkpoint given as init: the learning-rate
+//              schedule and the shuffling go on from there), initOptimizer?: AdamW's state to
+//              go on with (the resumed run's optimizerCheckpoint) }
 //   Strings are tokenized with the model's vocabulary and packed "doc EOS doc EOS" (BOS, where the
 //   vocabulary adds one, before the first only); token arrays are taken as they are.
 //   onEpoch(epoch, trainLoss, validationLoss, seconds) after each epoch (and its checkpoint);
@@ -278,6 +364,8 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
     float alpha = (float) optionOr<double>(o, "alpha", rank);
     const int32_t epochs = (int32_t) optionOr<double>(o, "epochs", 1);
     const std::string checkpoint = optionOr<std::string>(o, "checkpoint", "");
+    const std::string optimizerCheckpoint = optionOr<std::string>(o, "optimizerCheckpoint", "");
+    const std::string initOptimizer = optionOr<std::string>(o, "initOptimizer", "");
     const int32_t startEpoch = (int32_t) optionOr<double>(o, "startEpoch", 0);
     const int32_t threads = (int32_t) optionOr<double>(o, "threads", 0);
     const uint32_t seed = (uint32_t) optionOr<double>(o, "seed", 1);
@@ -408,6 +496,15 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
     }
     int64_t nParams = 0;
     for (const ggml_tensor* t : params.tensors) nParams += ggml_nelements(t);
+    ggml_opt_context_t opt = llama_flock_opt_context(r.ctx);
+    OptimizerStart optimizerStart;
+    optimizerStart.params = &params.tensors;
+    if (!initOptimizer.empty()) {
+        int64_t iter = 1;
+        if (!readOptimizerState(initOptimizer, optimizerStart, iter, error)) return fail(error);
+        ggml_opt_flock_set_iter(opt, iter);
+        ggml_opt_flock_set_moments_init(opt, fillMoments, &optimizerStart);
+    }
 
     r.resultTrain = ggml_opt_result_init();
     r.resultEval = ggml_opt_result_init();
@@ -427,6 +524,8 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
     };
     const double initialValidationLoss = validate();
     if (env.IsExceptionPending()) return env.Undefined();
+    // The first graph built (the validation's) allocated the moments, and filled them.
+    if (!initOptimizer.empty() && !optimizerStart.filled) return fail(optimizerStart.error.empty() ? "the optimizer's moments were not allocated" : optimizerStart.error);
 
     // The adapter's tensors as they stand, in name order.
     auto currentTensors = [&]() {
@@ -466,6 +565,7 @@ Napi::Value flockTrainLora(const Napi::CallbackInfo& info) {
         e.Set("seconds", seconds);
         e.Set("learningRate", optimizer.current());
         epochResults.Set(epochResults.Length(), e);
+        if (!optimizerCheckpoint.empty() && !writeOptimizerState(optimizerCheckpoint, opt, params.tensors, error)) return fail(error);
         if (!checkpoint.empty() && !writeAdapter(checkpoint, arch, alpha, currentTensors(), error)) return fail(error);
         if (!onEpoch.IsEmpty()) {
             onEpoch.Call({Napi::Number::New(env, epoch), Napi::Number::New(env, trainLoss), Napi::Number::New(env, validationLoss), Napi::Number::New(env, seconds)});
