@@ -14,6 +14,8 @@ import { AUTHORS_GRID, type GridKernel, type SolveOptions, solveFusion } from ".
 import { DEFAULT_SAMPLING } from "../decoding/sampler.js";
 import type { GenerationRequest } from "../decoding/types.js";
 import { Engine } from "../engine/engine.js";
+import { trainLora } from "../experts/train-lora.js";
+import { document, DOMAINS, renderText } from "../forge/language.js";
 import { forge } from "../forge/presets.js";
 import type { LoadedModel } from "../engine/model.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
@@ -24,6 +26,10 @@ import { jsonPathArg, printTable, writeReport, type BenchReport } from "./report
 
 const { values } = parseArgs({ options: { tokens: { type: "string" }, json: { type: "string" } }, strict: false });
 const TOKENS = Number(values.tokens ?? 64);
+// The small experts train:expert trains: documents of fresh domain text and epochs, at the
+// tool's default learning rate.
+const TRAIN_DOCUMENTS = 120;
+const TRAIN_EPOCHS = 3;
 const out = jsonPathArg("fusion.json");
 const root = mkdtempSync(join(tmpdir(), "flock-bench-fusion-"));
 const engine = await Engine.create({ gpu: "off", threads: 1 });
@@ -38,7 +44,8 @@ const meanNll = (logits: Float32Array[], tokens: number[]) => {
   return total / (tokens.length - 1);
 };
 
-// 1. Quality: teacher-forced NLL on held-out text.
+// 1. Quality: teacher-forced NLL on held-out text, with the forge's small experts and with small
+// experts trained by train:expert (experts/train-lora.ts) on fresh text of each domain.
 const quality: BenchReport["rows"] = [];
 {
   const dir = join(root, "quality");
@@ -46,56 +53,52 @@ const quality: BenchReport["rows"] = [];
   const domains = m.domains.map((d) => d.name);
   const strong = await load(dir, "strong", m.models["flock-demo"].file);
   const weak = await load(dir, "weak", m.models["flock-weak"].file);
-  const weakExperts: LoadedModel[] = [];
   const strongExperts: LoadedModel[] = [];
-  for (const d of domains) {
-    weakExperts.push(await load(dir, `weak-${d}`, m.models["flock-weak"].file, m.adapters[`flock-weak-${d}`].file));
-    strongExperts.push(await load(dir, `strong-${d}`, m.models["flock-demo"].file, m.adapters[`flock-demo-${d}`].file));
+  for (const d of domains) strongExperts.push(await load(dir, `strong-${d}`, m.models["flock-demo"].file, m.adapters[`flock-demo-${d}`].file));
+  const forgedExperts: LoadedModel[] = [];
+  for (const d of domains) forgedExperts.push(await load(dir, `weak-${d}`, m.models["flock-weak"].file, m.adapters[`flock-weak-${d}`].file));
+  const trainedExperts: LoadedModel[] = [];
+  for (const [i, d] of domains.entries()) {
+    const domain = DOMAINS.find((x) => x.name === d)!;
+    const texts = (seed: number, n: number) => {
+      const rng = createRng(seed);
+      return Array.from({ length: n }, () => renderText(document(rng, [domain], 6)));
+    };
+    const file = `trained-weak-${d}.gguf`;
+    const result = trainLora(engine.llama, { modelPath: join(dir, m.models["flock-weak"].file), out: join(dir, file), train: texts(100 + i, TRAIN_DOCUMENTS), validation: texts(200 + i, 20), epochs: TRAIN_EPOCHS, contextSize: 256, threads: 2, seed: 1 + i });
+    console.error(`bench:fusion: trained ${d}'s small expert: validation loss ${result.initialValidationLoss.toFixed(3)} → ${result.epochs.at(-1)!.validationLoss.toFixed(3)}`);
+    trainedExperts.push(await load(dir, `trained-weak-${d}`, m.models["flock-weak"].file, file));
   }
-  for (const [i, d] of m.domains.entries()) {
-    const tokens = strong.tokenizePrompt(d.heldOutText);
-    const perModel = await logitsAlong([strong, weak, weakExperts[i]], tokens);
-    const [expertLogits] = await logitsAlong([strongExperts[i]], tokens);
-    const dyn = scoreFusion(perModel, [d.name], tokens, dynamic);
-    const stat = scoreFusion(perModel, [d.name], tokens, staticOne);
-    const expert = meanNll(expertLogits, tokens);
-    const closed = (x: number) => (dyn.strong - x) / (dyn.strong - expert);
-    quality.push({
-      text: `${d.name} (held out)`,
-      tokens: tokens.length - 1,
-      strongBase: dyn.strong,
-      staticFusion: stat.fused,
-      dynamicFusion: dyn.fused,
-      strongExpert: expert,
-      gapClosedStatic: closed(stat.fused),
-      gapClosedDynamic: closed(dyn.fused),
-    });
+  for (const [experts, weakExperts] of [["forged", forgedExperts], ["trained (train:expert)", trainedExperts]] as const) {
+    for (const [i, d] of m.domains.entries()) {
+      const tokens = strong.tokenizePrompt(d.heldOutText);
+      const perModel = await logitsAlong([strong, weak, weakExperts[i]], tokens);
+      const [expertLogits] = await logitsAlong([strongExperts[i]], tokens);
+      const dyn = scoreFusion(perModel, [d.name], tokens, dynamic);
+      const stat = scoreFusion(perModel, [d.name], tokens, staticOne);
+      const expert = meanNll(expertLogits, tokens);
+      const closed = (x: number) => (dyn.strong - x) / (dyn.strong - expert);
+      quality.push({
+        text: `${d.name} (held out)`,
+        smallExperts: experts,
+        tokens: tokens.length - 1,
+        strongBase: dyn.strong,
+        staticFusion: stat.fused,
+        dynamicFusion: dyn.fused,
+        strongExpert: expert,
+        gapClosedStatic: closed(stat.fused),
+        gapClosedDynamic: closed(dyn.fused),
+      });
+    }
+    const tokens = strong.tokenizePrompt(m.mixedText!);
+    const perModel = await logitsAlong([strong, weak, ...weakExperts], tokens);
+    const dyn = scoreFusion(perModel, domains, tokens, dynamic);
+    const staticAll = scoreFusion(perModel, domains, tokens, staticOne);
+    const singles = domains.map((d, i) => scoreFusion([perModel[0], perModel[1], perModel[2 + i]], [d], tokens, staticOne).fused);
+    for (const [text, staticFusion] of [["mixed domains", Math.min(...singles)], ["mixed domains, static α=1 with all four experts summed", staticAll.fused]] as const) {
+      quality.push({ text, smallExperts: experts, tokens: tokens.length - 1, strongBase: dyn.strong, staticFusion, dynamicFusion: dyn.fused, strongExpert: null, gapClosedStatic: null, gapClosedDynamic: null });
+    }
   }
-  const tokens = strong.tokenizePrompt(m.mixedText!);
-  const perModel = await logitsAlong([strong, weak, ...weakExperts], tokens);
-  const dyn = scoreFusion(perModel, domains, tokens, dynamic);
-  const staticAll = scoreFusion(perModel, domains, tokens, staticOne);
-  const singles = domains.map((d, i) => scoreFusion([perModel[0], perModel[1], perModel[2 + i]], [d], tokens, staticOne).fused);
-  quality.push({
-    text: "mixed domains",
-    tokens: tokens.length - 1,
-    strongBase: dyn.strong,
-    staticFusion: Math.min(...singles),
-    dynamicFusion: dyn.fused,
-    strongExpert: null,
-    gapClosedStatic: null,
-    gapClosedDynamic: null,
-  });
-  quality.push({
-    text: "mixed domains, static α=1 with all four experts summed",
-    tokens: tokens.length - 1,
-    strongBase: dyn.strong,
-    staticFusion: staticAll.fused,
-    dynamicFusion: dyn.fused,
-    strongExpert: null,
-    gapClosedStatic: null,
-    gapClosedDynamic: null,
-  });
 }
 
 // 2. Speed: fused decoding with 3 experts against each model's own evaluation.
@@ -203,6 +206,6 @@ console.log("\nCost of a fused step (3 experts), ms:");
 printTable(speed);
 console.log("\nα solve on dense logits (3 experts), per step:");
 printTable(solver);
-writeReport(out, { benchmark: "fusion", command: "npm run bench:fusion", settings: { tokens: TOKENS, grid: AUTHORS_GRID, threads: 1 }, rows: [...quality, ...speed, ...solver] });
+writeReport(out, { benchmark: "fusion", command: "npm run bench:fusion", settings: { tokens: TOKENS, grid: AUTHORS_GRID, threads: 1, trainedExperts: { documents: TRAIN_DOCUMENTS, epochs: TRAIN_EPOCHS, contextSize: 256, learningRate: "train:expert's default (1e-4)", rank: "default (8)" } }, rows: [...quality, ...speed, ...solver] });
 await engine[Symbol.asyncDispose]();
 rmSync(root, { recursive: true, force: true });
