@@ -12,6 +12,7 @@ import { createRng } from "../decoding/rng.js";
 import { GrammarCompiler, type GrammarSource, type GrammarState } from "../engine/grammar.js";
 import { grammarKernels } from "../engine/native.js";
 import { vocabFile } from "../forge/tokenizers.js";
+import { advanced, allowedTokens } from "./helpers/grammar.js";
 
 const GRAMMARS: Record<string, GrammarSource> = {
   json: {
@@ -69,18 +70,7 @@ describe.each(["qwen2", "llama-spm"] as const)("grammar masks at the %s vocabula
   });
   afterAll(() => model?.dispose());
 
-  const allowedSet = (state: GrammarState) => {
-    const logits = new Float32Array(vocabulary);
-    state.mask(logits);
-    const allowed: number[] = [];
-    for (let t = 0; t < vocabulary; t++) if (logits[t] > -Infinity) allowed.push(t);
-    return allowed;
-  };
-  const advanced = (state: GrammarState, token: number) => {
-    const next = state.clone();
-    next.accept(token);
-    return next;
-  };
+  const allowedSet = (state: GrammarState) => allowedTokens(state, vocabulary);
 
   it.each(Object.keys(GRAMMARS))("%s: the first mask of every state walked equals llama.cpp's pass", (grammar) => {
     const source = GRAMMARS[grammar];

@@ -12,6 +12,7 @@ import type { LoadedModel } from "../engine/model.js";
 import { createRng } from "../decoding/rng.js";
 import { ModelEntry } from "../pipelines/model-entry.js";
 import { toolCallGrammar } from "../server/tools.js";
+import { advanced, allowedTokens } from "./helpers/grammar.js";
 import { forgedManifest, forgedPath } from "./helpers/server.js";
 import { FRAMING_FAMILIES, TEMPLATE_FAMILIES, writeCall, writeCalls } from "./helpers/tool-syntax.js";
 
@@ -31,17 +32,7 @@ const SCHEMA = {
 };
 
 /** The tokens the state allows next. */
-function allowedSet(state: GrammarState): number[] {
-  const logits = new Float32Array(model.vocabularySize);
-  state.mask(logits);
-  return [...logits.keys()].filter((t) => logits[t] > -Infinity);
-}
-
-function advanced(state: GrammarState, token: number): GrammarState {
-  const next = state.clone();
-  next.accept(token);
-  return next;
-}
+const allowedSet = (state: GrammarState) => allowedTokens(state, model.vocabularySize);
 
 describe("grammar states", () => {
   it("the mask allows exactly the tokens single checks allow, and the end of generation only once the object is complete", () => {

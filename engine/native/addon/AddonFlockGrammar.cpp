@@ -139,71 +139,69 @@ static std::string pieceOf(const llama_vocab* vocab, llama_token id) {
     return piece;
 }
 
-// The vocabulary as llama.cpp's grammar reads it (llama_grammar_apply_impl): each token's piece
-// decoded to code points once, instead of at every pass over the vocabulary.
+// llama-grammar.cpp's decode_utf8 from a fresh start (what it does where no bytes are pending):
+// the piece's code points appended to codePoints and ended by 0, the bytes of an unfinished
+// character after them to partial.
+static void decodeFresh(const char* pos, std::vector<uint32_t>& codePoints, std::vector<llama_partial_utf8>& partial) {
+    static const int lookup[] = { 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4 };
+    const size_t start = codePoints.size();
+    uint32_t value = 0;
+    int remain = 0;
+    while (*pos != 0) {
+        const uint8_t first = uint8_t(*pos);
+        remain = lookup[first >> 4] - 1;
+        if (remain < 0) {
+            codePoints.resize(start);
+            codePoints.push_back(0);
+            partial.push_back(llama_partial_utf8 { 0, remain });
+            return;
+        }
+        value = first & ((1 << (7 - remain)) - 1);
+        ++pos;
+        while (*pos != 0 && remain > 0) {
+            value = (value << 6) + (uint8_t(*pos) & 0x3F);
+            ++pos;
+            --remain;
+        }
+        if (remain == 0) codePoints.push_back(value);
+    }
+    codePoints.push_back(0);
+    partial.push_back(llama_partial_utf8 { value, remain });
+}
+
+// The vocabulary as llama.cpp's grammar reads it (llama_grammar_apply_impl): each token's kind
+// and piece, and the text tokens whose pieces are well-formed alone filed by their code points
+// in a trie, decoded once instead of at every pass over the vocabulary.
 struct FlockVocabText {
     enum Kind : uint8_t { Text, EndOfGeneration, Never };
-    std::vector<uint32_t> codePoints;  // every token's, each ended by 0
-    std::vector<size_t> offset;
-    std::vector<llama_partial_utf8> partial;
     std::vector<uint8_t> kind;
     std::string bytes;  // every token's piece, back to back
     std::vector<size_t> bytesOffset;
-    std::vector<uint8_t> wellFormedAlone;  // its piece is well-formed UTF-8 where no bytes are pending
-    std::unique_ptr<FlockVocabTrie> trie;  // the text tokens well-formed alone, by code points
+    std::unique_ptr<FlockVocabTrie> trie;
 
     std::string_view piece(size_t id) const { return std::string_view(bytes).substr(bytesOffset[id], bytesOffset[id + 1] - bytesOffset[id]); }
 
-    // llama-grammar.cpp's decode_utf8 from a fresh start (what it does where no bytes are pending).
-    void decode(const char* pos) {
-        static const int lookup[] = { 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4 };
-        const size_t start = codePoints.size();
-        uint32_t value = 0;
-        int remain = 0;
-        while (*pos != 0) {
-            const uint8_t first = uint8_t(*pos);
-            remain = lookup[first >> 4] - 1;
-            if (remain < 0) {
-                codePoints.resize(start);
-                codePoints.push_back(0);
-                partial.push_back(llama_partial_utf8 { 0, remain });
-                return;
-            }
-            value = first & ((1 << (7 - remain)) - 1);
-            ++pos;
-            while (*pos != 0 && remain > 0) {
-                value = (value << 6) + (uint8_t(*pos) & 0x3F);
-                ++pos;
-                --remain;
-            }
-            if (remain == 0) codePoints.push_back(value);
-        }
-        codePoints.push_back(0);
-        partial.push_back(llama_partial_utf8 { value, remain });
-    }
-
     explicit FlockVocabText(const llama_vocab* vocab) {
         const int32_t n = llama_vocab_n_tokens(vocab);
-        offset.resize(n);
+        // Only the trie keeps what the decoding gives.
+        std::vector<uint32_t> codePoints;
+        std::vector<size_t> offset(n);
+        std::vector<llama_partial_utf8> partial;
+        std::vector<uint32_t> filed;
         kind.resize(n);
         partial.reserve(n);
         bytesOffset.reserve(size_t(n) + 1);
-        wellFormedAlone.resize(n);
         for (int32_t id = 0; id < n; id++) {
             const std::string piece = pieceOf(vocab, id);
             offset[id] = codePoints.size();
             kind[id] = llama_vocab_is_eog(vocab, id) ? EndOfGeneration : (piece.empty() || piece[0] == 0) ? Never : Text;
-            decode(piece.c_str());
+            decodeFresh(piece.c_str(), codePoints, partial);
             bytesOffset.push_back(bytes.size());
             bytes.append(piece);
-            wellFormedAlone[id] = wellFormedUtf8({ 0, 0x80, 0xBF }, piece.data(), piece.size());
+            if (kind[id] == Text && wellFormedUtf8({ 0, 0x80, 0xBF }, piece.data(), piece.size())) filed.push_back(uint32_t(id));
         }
         bytesOffset.push_back(bytes.size());
-        std::vector<uint32_t> masked;
-        for (int32_t id = 0; id < n; id++) {
-            if (kind[id] == Text && wellFormedAlone[id]) masked.push_back(uint32_t(id));
-        }
-        trie = std::make_unique<FlockVocabTrie>(std::move(masked), codePoints.data(), offset.data(), partial.data());
+        trie = std::make_unique<FlockVocabTrie>(std::move(filed), codePoints.data(), offset.data(), partial.data());
     }
 };
 

@@ -94,6 +94,18 @@ struct LoraTensor {
     std::vector<float> data;
 };
 
+// Writes the GGUF beside path, then renames it there: an interrupted run leaves no half-written file.
+bool writeGgufFile(const gguf_context* gguf, const std::string& path, std::string& error) {
+    const std::string partial = path + ".partial";
+    bool ok = gguf_write_to_file(gguf, partial.c_str(), false);
+    if (ok && std::rename(partial.c_str(), path.c_str()) != 0) ok = false;
+    if (!ok) {
+        std::remove(partial.c_str());
+        error = "cannot write " + path;
+    }
+    return ok;
+}
+
 // Writes an adapter GGUF the way convert_lora_to_gguf lays it out.
 bool writeAdapter(const std::string& path, const std::string& arch, float alpha, const std::vector<LoraTensor>& tensors, std::string& error) {
     size_t bytes = 0;
@@ -111,14 +123,7 @@ bool writeAdapter(const std::string& path, const std::string& arch, float alpha,
         std::memcpy(tensor->data, t.data.data(), t.data.size() * sizeof(float));
         gguf_add_tensor(gguf, tensor);
     }
-    // written beside, then renamed: an interrupted run leaves no half-written adapter
-    const std::string partial = path + ".partial";
-    bool ok = gguf_write_to_file(gguf, partial.c_str(), false);
-    if (ok && std::rename(partial.c_str(), path.c_str()) != 0) {
-        std::remove(partial.c_str());
-        ok = false;
-    }
-    if (!ok) error = "cannot write " + path;
+    const bool ok = writeGgufFile(gguf, path, error);
     gguf_free(gguf);
     ggml_free(ctx);
     return ok;
@@ -149,15 +154,7 @@ bool writeOptimizerState(const std::string& path, ggml_opt_context_t opt, const 
             gguf_add_tensor(gguf, copy);
         }
     }
-    bool ok = error.empty();
-    if (ok) {
-        const std::string partial = path + ".partial";
-        ok = gguf_write_to_file(gguf, partial.c_str(), false) && std::rename(partial.c_str(), path.c_str()) == 0;
-        if (!ok) {
-            std::remove(partial.c_str());
-            error = "cannot write " + path;
-        }
-    }
+    const bool ok = error.empty() && writeGgufFile(gguf, path, error);
     gguf_free(gguf);
     ggml_free(ctx);
     return ok;
